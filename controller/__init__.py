@@ -1,0 +1,1 @@
+"""fleettrace controller: API, storage, dispatch, ingest, schedules, reports."""

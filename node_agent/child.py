@@ -1,0 +1,87 @@
+"""The runner's child process: runs one trace and writes its events as JSON lines.
+
+stdin: first line a ChildStart; later lines are commands ("stop").
+stdout: one RunEvent per line. Anything else the child or bcc prints goes to stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import sys
+import threading
+import traceback
+from typing import IO
+
+from pydantic import BaseModel
+
+from node_agent.errors import FleettraceError
+from node_agent.protocol import ErrorCode, RunEvent, RunState, StateChange, TraceError, TraceRequest
+
+log = logging.getLogger("node_agent.child")
+
+
+class ChildStart(BaseModel):
+    request: TraceRequest
+    allow_custom: bool = False
+    max_duration_s: float = 3600.0
+
+
+def _limit_memory(megabytes: int) -> None:
+    limit = megabytes * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _watch_stdin(stdin: IO[str], stop: threading.Event) -> None:
+    for line in stdin:
+        if line.strip() == "stop":
+            stop.set()
+    stop.set()  # the parent went away: stop too, rather than trace unattended
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
+    # Keep a private copy of stdout for events; fd 1 then points at stderr for stray output.
+    events = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+
+    def emit(event: RunEvent) -> None:
+        events.write(event.model_dump_json() + "\n")
+        events.flush()
+
+    start = ChildStart.model_validate_json(sys.stdin.readline())
+    request = start.request
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    threading.Thread(target=_watch_stdin, args=(sys.stdin, stop), daemon=True).start()
+    try:
+        from node_agent.runtime.bcc_runtime import BccRuntime
+        from node_agent.trace import execute, prepare
+
+        _limit_memory(request.limits.memory_mb)
+        prepared = prepare(
+            request, allow_custom=start.allow_custom, max_duration_s=start.max_duration_s
+        )
+        state = execute(prepared, BccRuntime(), emit, stop)
+    except FleettraceError as exc:
+        emit(StateChange(run_id=request.run_id, state=RunState.failed, error=exc.to_error()))
+        return 1
+    except MemoryError:
+        error = TraceError(
+            code=ErrorCode.limit_exceeded,
+            message=f"the trace ran out of its {request.limits.memory_mb} MiB memory limit",
+        )
+        emit(StateChange(run_id=request.run_id, state=RunState.failed, error=error))
+        return 1
+    except Exception as exc:
+        error = TraceError(code=ErrorCode.internal, message=str(exc), detail=traceback.format_exc())
+        emit(StateChange(run_id=request.run_id, state=RunState.failed, error=error))
+        return 1
+    return 0 if state in (RunState.succeeded, RunState.cancelled) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

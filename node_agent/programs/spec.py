@@ -1,0 +1,150 @@
+"""A catalog program as data: its parameters, needs, C source and decoder."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from node_agent.errors import BadParameter
+from node_agent.protocol import Feature, Limits, MapDecl, Result
+from node_agent.runtime.base import LoadedProgram
+
+ParamType = Literal["int", "float", "bool", "str"]
+OutputKind = Literal["counter_table", "log2_histogram", "folded_stacks", "event_samples"]
+ALL_SCOPES = frozenset({"cgroup", "pid", "comm"})
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: ParamType
+    default: Any
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    def coerce(self, raw: Any) -> Any:
+        """Turn a JSON value or a CLI string into this parameter's type, within bounds."""
+        value: Any
+        try:
+            if self.type == "bool":
+                if isinstance(raw, bool):
+                    value = raw
+                elif str(raw).lower() in _TRUE:
+                    value = True
+                elif str(raw).lower() in _FALSE:
+                    value = False
+                else:
+                    raise ValueError
+            elif self.type == "int":
+                if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                    raise ValueError
+                value = int(raw)
+            elif self.type == "float":
+                if isinstance(raw, bool):
+                    raise ValueError
+                value = float(raw)
+                if not math.isfinite(value):
+                    raise ValueError
+            else:
+                if not isinstance(raw, str):
+                    raise ValueError
+                value = raw
+        except (TypeError, ValueError):
+            raise BadParameter(f"params.{self.name}", f"expected {self.type}, got {raw!r}") from None
+        if self.minimum is not None and value < self.minimum:
+            raise BadParameter(f"params.{self.name}", f"{value} is below the minimum {self.minimum:g}")
+        if self.maximum is not None and value > self.maximum:
+            raise BadParameter(f"params.{self.name}", f"{value} is above the maximum {self.maximum:g}")
+        if self.choices is not None and value not in self.choices:
+            raise BadParameter(
+                f"params.{self.name}", f"{value!r} is not one of {', '.join(self.choices)}"
+            )
+        return value
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "type": self.type, "default": self.default}
+        out["help"] = self.help
+        if self.minimum is not None:
+            out["minimum"] = self.minimum
+        if self.maximum is not None:
+            out["maximum"] = self.maximum
+        if self.choices is not None:
+            out["choices"] = list(self.choices)
+        return out
+
+
+@dataclass(frozen=True)
+class DecodeContext:
+    """What a decoder gets: the loaded program, validated params and the limits."""
+
+    program: LoadedProgram
+    params: Mapping[str, Any]
+    limits: Limits
+    maps: Sequence[MapDecl] = ()
+
+
+Decoder = Callable[[DecodeContext], list[Result]]
+Defines = Callable[[Mapping[str, Any]], dict[str, str | int]]
+
+
+def no_defines(params: Mapping[str, Any]) -> dict[str, str | int]:
+    return {}
+
+
+@dataclass(frozen=True)
+class PerfSample:
+    """A function run on a CPU-clock perf event; the frequency comes from a parameter."""
+
+    fn: str
+    frequency_param: str
+
+
+@dataclass(frozen=True)
+class ProgramSpec:
+    name: str
+    summary: str
+    output: OutputKind
+    decode: Decoder
+    source_path: Path | None
+    params: tuple[Param, ...] = ()
+    features: frozenset[Feature] = frozenset({Feature.tracepoints})
+    tracepoints: tuple[str, ...] = ()
+    scopes: frozenset[str] = ALL_SCOPES
+    scope_note: str | None = None
+    defines: Defines = no_defines
+    perf_samples: tuple[PerfSample, ...] = ()
+    events_table: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def source(self) -> str:
+        if self.source_path is None:
+            raise ValueError(f"{self.name} has no C source of its own")
+        return self.source_path.read_text()
+
+    def validate_params(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        known = {p.name: p for p in self.params}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            names = ", ".join(known) or "none"
+            raise BadParameter(f"params.{unknown[0]}", f"unknown parameter (this program takes: {names})")
+        return {name: p.coerce(raw[name]) if name in raw else p.default for name, p in known.items()}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "summary": self.summary,
+            "output": self.output,
+            "params": [p.describe() for p in self.params],
+            "features": sorted(f.value for f in self.features),
+            "tracepoints": list(self.tracepoints),
+            "scopes": sorted(self.scopes),
+            "scope_note": self.scope_note,
+        }

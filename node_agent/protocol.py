@@ -1,0 +1,281 @@
+"""What crosses the wire between controller and agents: requests, snapshots, states, errors.
+
+No bcc import here: the controller imports this module.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PROTOCOL_VERSION = 1
+MAX_ERROR_DETAIL = 8192
+COMM_LEN = 16  # the kernel's TASK_COMM_LEN, NUL included
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class Scope(_Model):
+    """Which tasks a trace looks at, filtered in the kernel. Empty means the whole host."""
+
+    cgroup: str | None = Field(
+        default=None, description="cgroup v2 path, absolute or relative to the cgroup2 mount"
+    )
+    pid: int | None = Field(default=None, ge=1, description="process id (tgid)")
+    comm: str | None = Field(
+        default=None, min_length=1, max_length=COMM_LEN - 1, description="process name"
+    )
+
+    def is_empty(self) -> bool:
+        return self.cgroup is None and self.pid is None and self.comm is None
+
+    def kinds(self) -> set[str]:
+        return {k for k in ("cgroup", "pid", "comm") if getattr(self, k) is not None}
+
+
+class Limits(_Model):
+    """Bounds on what one trace may cost and produce."""
+
+    map_entries: int = Field(default=10240, ge=16, le=1_048_576)
+    max_rows: int = Field(default=1000, ge=1, le=100_000)
+    max_samples: int = Field(default=100, ge=0, le=10_000)
+    memory_mb: int = Field(default=2048, ge=256, le=65_536)
+
+
+class MapKind(str, Enum):
+    counter = "counter"
+    log2_hist = "log2_hist"
+
+
+class MapDecl(_Model):
+    """A map of a custom program to read, and how to read it."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    kind: MapKind
+    unit: str = "value"
+
+
+class TraceRequest(_Model):
+    run_id: str = Field(min_length=1, max_length=128)
+    job_id: str | None = None
+    program: str = Field(min_length=1, max_length=64)
+    params: dict[str, Any] = Field(default_factory=dict)
+    scope: Scope = Field(default_factory=Scope)
+    duration_s: float = Field(gt=0, le=86_400)
+    interval_s: float | None = Field(
+        default=None, ge=0.1, description="snapshot every this many seconds; None: final only"
+    )
+    grace_s: float = Field(default=5.0, ge=0.5, le=300)
+    limits: Limits = Field(default_factory=Limits)
+    source: str | None = Field(default=None, max_length=256_000, description="custom: bcc C")
+    maps: list[MapDecl] = Field(default_factory=list, description="custom: maps to read")
+
+    @model_validator(mode="after")
+    def _custom_needs_source(self) -> TraceRequest:
+        if self.program == "custom":
+            if not self.source:
+                raise ValueError("custom programs need 'source'")
+            if not self.maps:
+                raise ValueError("custom programs need 'maps' to declare what to read")
+        elif self.source is not None:
+            raise ValueError("'source' is only for the custom program")
+        return self
+
+
+class RunState(str, Enum):
+    pending = "pending"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    timed_out = "timed_out"
+    cancelled = "cancelled"
+    expired = "expired"
+    unsupported = "unsupported"
+
+    @property
+    def final(self) -> bool:
+        return self not in (RunState.pending, RunState.running)
+
+
+class ErrorCode(str, Enum):
+    unknown_program = "unknown_program"
+    bad_request = "bad_request"
+    bad_parameter = "bad_parameter"
+    unsupported = "unsupported"
+    compile_error = "compile_error"
+    verifier_rejected = "verifier_rejected"
+    attach_failed = "attach_failed"
+    limit_exceeded = "limit_exceeded"
+    killed = "killed"
+    internal = "internal"
+
+
+class TraceError(_Model):
+    code: ErrorCode
+    message: str
+    detail: str | None = Field(default=None, description="compiler or verifier log, truncated")
+
+    @field_validator("detail")
+    @classmethod
+    def _truncate(cls, v: str | None) -> str | None:
+        return truncate_log(v) if v is not None else None
+
+
+def truncate_log(text: str, limit: int = MAX_ERROR_DETAIL) -> str:
+    """Keep the head and the tail of a long log: verifiers put the reason at the end."""
+    if len(text) <= limit:
+        return text
+    head = limit // 4
+    tail = limit - head - 40
+    return f"{text[:head]}\n... [{len(text) - head - tail} bytes cut] ...\n{text[-tail:]}"
+
+
+# -- results ----------------------------------------------------------------------------------
+
+KeyValue = str | int
+
+
+class KeyField(_Model):
+    name: str
+    type: Literal["str", "int", "addr", "port", "path"] = "str"
+
+
+class CounterTable(_Model):
+    """Rows of counts keyed by typed fields, largest first."""
+
+    kind: Literal["counter_table"] = "counter_table"
+    name: str
+    key_fields: list[KeyField]
+    value_fields: list[str] = Field(default_factory=lambda: ["count"])
+    rows: list[tuple[list[KeyValue], list[int]]] = Field(default_factory=list)
+    total_rows: int = 0
+    truncated: bool = False
+
+
+class Log2Histogram(_Model):
+    """A log2 histogram: bucket slot s holds values in [2**(s-1), 2**s - 1] (slot 1 holds 0 and 1)."""
+
+    kind: Literal["log2_histogram"] = "log2_histogram"
+    name: str
+    unit: str
+    labels: dict[str, KeyValue] = Field(default_factory=dict)
+    buckets: list[tuple[int, int]] = Field(default_factory=list, description="(slot, count), sparse")
+
+    @property
+    def total(self) -> int:
+        return sum(c for _, c in self.buckets)
+
+
+class StackCount(_Model):
+    frames: list[str] = Field(description="root first")
+    count: int
+
+
+class FoldedStacks(_Model):
+    """Sampled stacks, root first, in the folded format flame graphs read."""
+
+    kind: Literal["folded_stacks"] = "folded_stacks"
+    name: str
+    unit: str = "samples"
+    stacks: list[StackCount] = Field(default_factory=list)
+    total_rows: int = 0
+    truncated: bool = False
+
+    def folded(self) -> list[str]:
+        return [f"{';'.join(s.frames)} {s.count}" for s in self.stacks]
+
+
+class EventSamples(_Model):
+    """A bounded sample of individual events: the most recent ones, not all of them."""
+
+    kind: Literal["event_samples"] = "event_samples"
+    name: str
+    fields: list[str]
+    events: list[list[KeyValue | float]] = Field(default_factory=list)
+    seen: int = 0
+    dropped: int = 0
+
+
+Result = Annotated[
+    CounterTable | Log2Histogram | FoldedStacks | EventSamples, Field(discriminator="kind")
+]
+
+
+class SnapshotStats(_Model):
+    events_lost: int = 0
+    map_full_drops: int = 0
+    rows_truncated: bool = False
+    compile_s: float = 0.0
+    attach_s: float = 0.0
+    agent_cpu_s: float = 0.0
+    peak_rss_mb: float = 0.0
+
+
+class Snapshot(_Model):
+    """Cumulative results from the start of the run up to interval_end."""
+
+    type: Literal["snapshot"] = "snapshot"
+    run_id: str
+    seq: int = Field(ge=0)
+    interval_start: float
+    interval_end: float
+    final: bool = False
+    results: list[Result] = Field(default_factory=list)
+    stats: SnapshotStats = Field(default_factory=SnapshotStats)
+
+
+class StateChange(_Model):
+    type: Literal["state"] = "state"
+    run_id: str
+    state: RunState
+    at: float = Field(default_factory=time.time)
+    error: TraceError | None = None
+    reason: str | None = None
+
+
+RunEvent = Annotated[Snapshot | StateChange, Field(discriminator="type")]
+
+
+# -- capabilities -----------------------------------------------------------------------------
+
+
+class Feature(str, Enum):
+    tracepoints = "tracepoints"
+    kprobes = "kprobes"
+    fentry = "fentry"
+    uprobes = "uprobes"
+    perf_events = "perf_events"
+    btf = "btf"
+
+
+class HeadersState(str, Enum):
+    exact = "exact"
+    approximate = "approximate"
+    none = "none"
+
+
+class ProgramSupport(_Model):
+    program: str
+    supported: bool
+    reason: str | None = None
+
+
+class HostCapabilities(_Model):
+    kernel_release: str
+    arch: str
+    bcc_version: str | None
+    headers: HeadersState
+    headers_detail: str | None = None
+    lockdown: str | None = None
+    features: dict[Feature, bool]
+    feature_errors: dict[Feature, str] = Field(default_factory=dict)
+    programs: list[ProgramSupport] = Field(default_factory=list)
+    probed_at: float = Field(default_factory=time.time)
+
+    def missing(self, needed: set[Feature]) -> list[Feature]:
+        return sorted((f for f in needed if not self.features.get(f, False)), key=lambda f: f.value)

@@ -1,0 +1,212 @@
+"""Run one trace in a child process, under a deadline plus grace, and relay its events.
+
+A crash, a hung compile or a memory blow-up in the child cannot take the agent down; a
+child that does not stop in time is killed, and the kernel then unloads what it attached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import IO
+
+from pydantic import TypeAdapter, ValidationError
+
+from node_agent.child import ChildStart
+from node_agent.errors import FleettraceError
+from node_agent.protocol import (
+    ErrorCode,
+    RunEvent,
+    RunState,
+    Snapshot,
+    StateChange,
+    TraceError,
+    TraceRequest,
+    truncate_log,
+)
+from node_agent.trace import prepare
+
+log = logging.getLogger(__name__)
+
+_EVENT = TypeAdapter(RunEvent)
+_EOF = object()
+STDERR_TAIL = 4096
+
+
+class TraceRunner:
+    """Runs a TraceRequest to its final state; `cancel()` may be called from any thread."""
+
+    def __init__(
+        self,
+        request: TraceRequest,
+        on_event: Callable[[RunEvent], None],
+        *,
+        allow_custom: bool = False,
+        max_duration_s: float = 3600.0,
+        compile_timeout_s: float = 120.0,
+        child_argv: Sequence[str] | None = None,
+    ) -> None:
+        self.request = request
+        self.on_event = on_event
+        self.allow_custom = allow_custom
+        self.max_duration_s = max_duration_s
+        self.compile_timeout_s = compile_timeout_s
+        self.child_argv = list(child_argv or [sys.executable, "-m", "node_agent.child"])
+        self._cancel = threading.Event()
+        self.last_snapshot: Snapshot | None = None
+        self.child_pid: int | None = None
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def run(self) -> StateChange:
+        run_id = self.request.run_id
+        try:
+            prepare(self.request, allow_custom=self.allow_custom, max_duration_s=self.max_duration_s)
+        except FleettraceError as exc:
+            state = RunState.unsupported if exc.code is ErrorCode.unsupported else RunState.failed
+            return self._final(StateChange(run_id=run_id, state=state, error=exc.to_error()))
+        with tempfile.TemporaryFile(mode="w+b") as stderr:
+            return self._supervise(stderr)
+
+    def _final(self, change: StateChange) -> StateChange:
+        self.on_event(change)
+        return change
+
+    def _supervise(self, stderr: IO[bytes]) -> StateChange:
+        request = self.request
+        start = ChildStart(
+            request=request, allow_custom=self.allow_custom, max_duration_s=self.max_duration_s
+        )
+        child = subprocess.Popen(
+            self.child_argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+        )
+        self.child_pid = child.pid
+        assert child.stdin is not None and child.stdout is not None
+        lines: queue.Queue[object] = queue.Queue()
+        reader = threading.Thread(target=_read_lines, args=(child.stdout, lines), daemon=True)
+        reader.start()
+        _send(child.stdin, start.model_dump_json())
+
+        hard_deadline = time.monotonic() + self.compile_timeout_s
+        stop_sent = killed = False
+        final: StateChange | None = None
+        why_killed = ""
+        while True:
+            now = time.monotonic()
+            if self._cancel.is_set() and not stop_sent:
+                stop_sent = True
+                _send(child.stdin, "stop")
+                hard_deadline = min(hard_deadline, now + request.grace_s)
+            if now > hard_deadline and not killed:
+                killed = True
+                why_killed = "compile" if final is None and self.last_snapshot is None else "stop"
+                log.warning("run %s: child did not stop in time; killing it", request.run_id)
+                _kill(child)
+            try:
+                item = lines.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if item is _EOF:
+                break
+            event = self._parse(str(item))
+            if event is None:
+                continue
+            if isinstance(event, StateChange):
+                if event.state is RunState.running:
+                    hard_deadline = time.monotonic() + request.duration_s + request.grace_s
+                    if stop_sent:
+                        hard_deadline = min(hard_deadline, time.monotonic() + request.grace_s)
+                if event.state.final:
+                    final = event
+            else:
+                self.last_snapshot = event
+            self.on_event(event)
+        code = child.wait()
+        reader.join(timeout=1)
+        if final is not None:
+            return final
+        return self._final(self._failure(stderr, code, killed, stop_sent, why_killed))
+
+    def _parse(self, line: str) -> RunEvent | None:
+        try:
+            event: RunEvent = _EVENT.validate_json(line)
+        except ValidationError:
+            log.warning("run %s: unreadable line from child: %.200s", self.request.run_id, line)
+            return None
+        return event
+
+    def _failure(
+        self, stderr: IO[bytes], code: int, killed: bool, stop_sent: bool, why_killed: str
+    ) -> StateChange:
+        run_id = self.request.run_id
+        tail = _tail(stderr)
+        if killed and stop_sent:
+            error = TraceError(
+                code=ErrorCode.killed,
+                message=f"the trace did not stop within {self.request.grace_s:g}s of the cancel; killed",
+                detail=tail,
+            )
+            return StateChange(run_id=run_id, state=RunState.cancelled, error=error)
+        if killed and why_killed == "compile":
+            error = TraceError(
+                code=ErrorCode.killed,
+                message=f"compile and attach took over {self.compile_timeout_s:g}s; killed",
+                detail=tail,
+            )
+            return StateChange(run_id=run_id, state=RunState.failed, error=error)
+        if killed:
+            error = TraceError(
+                code=ErrorCode.killed,
+                message=f"the trace did not stop within {self.request.grace_s:g}s of its deadline;"
+                " killed (results up to the last snapshot are kept)",
+                detail=tail,
+            )
+            return StateChange(run_id=run_id, state=RunState.timed_out, error=error)
+        if code < 0:
+            message = f"the trace process died of signal {signal.Signals(-code).name}"
+        else:
+            message = f"the trace process exited with code {code} without a final state"
+        if "MemoryError" in tail or "std::bad_alloc" in tail:
+            message += f" (memory limit {self.request.limits.memory_mb} MiB)"
+        error = TraceError(code=ErrorCode.internal, message=message, detail=tail)
+        return StateChange(run_id=run_id, state=RunState.failed, error=error)
+
+
+def _read_lines(stream: IO[str], out: queue.Queue[object]) -> None:
+    for line in stream:
+        if line.strip():
+            out.put(line)
+    out.put(_EOF)
+
+
+def _send(stdin: IO[str], line: str) -> None:
+    with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+        stdin.write(line + "\n")
+        stdin.flush()
+
+
+def _kill(child: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGKILL)
+
+
+def _tail(stderr: IO[bytes]) -> str:
+    stderr.flush()
+    size = stderr.seek(0, os.SEEK_END)
+    stderr.seek(max(0, size - STDERR_TAIL))
+    return truncate_log(stderr.read().decode("utf-8", "replace"), STDERR_TAIL)

@@ -1,0 +1,159 @@
+"""The real runtime: bcc from the distro, with compiler and verifier output captured."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from node_agent.errors import AttachError, ProgramCompileError, VerifierRejected
+from node_agent.runtime.base import EventCallback
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[Callable[[], str]]:
+    """Redirect fd 2 (where libbcc and LLVM write) to a file while the block runs."""
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        saved = os.dup(2)
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield lambda: _read_all(sink)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _read_all(sink: Any) -> str:
+    sink.flush()
+    sink.seek(0)
+    data: bytes = sink.read()
+    return data.decode("utf-8", "replace")
+
+
+def _classify(exc: Exception, log_text: str) -> Exception:
+    message = str(exc)
+    if "Failed to compile" in message:
+        return ProgramCompileError("the C source did not compile", detail=log_text or message)
+    if "Failed to load BPF program" in message:
+        return VerifierRejected(
+            f"the kernel verifier rejected the program: {message.split(': ', 1)[-1]}",
+            detail=log_text or message,
+        )
+    if "Failed to attach" in message or "attach" in message.lower():
+        return AttachError(message, detail=log_text or None)
+    return ProgramCompileError(message, detail=log_text or None)
+
+
+class BccProgram:
+    """A loaded bcc module; see runtime.base.LoadedProgram."""
+
+    def __init__(self, bpf: Any) -> None:
+        self._bpf = bpf
+        self._closed = False
+
+    def items(self, table: str) -> list[tuple[Any, Any]]:
+        from bcc import table as bcc_table
+
+        t = self._bpf[table]
+        percpu = isinstance(t, bcc_table.PerCpuHash | bcc_table.PerCpuArray)
+        pairs: list[tuple[Any, Any]]
+        try:
+            pairs = list(t.items_lookup_batch())
+        except Exception:
+            pairs = list(t.items())
+        if percpu:
+            return [(k, _sum_percpu(v)) for k, v in pairs]
+        return pairs
+
+    def stack(self, table: str, stack_id: int) -> list[int]:
+        if stack_id < 0:
+            return []
+        try:
+            return [int(a) for a in self._bpf[table].walk(stack_id)]
+        except KeyError:
+            return []
+
+    def symbolize(self, addr: int, pid: int | None) -> str:
+        if pid is None:
+            raw: bytes = self._bpf.ksym(addr)
+        else:
+            raw = self._bpf.sym(addr, pid, show_module=True)
+        return raw.decode("utf-8", "replace")
+
+    def open_events(
+        self, table: str, on_event: EventCallback, on_lost: Callable[[int], None]
+    ) -> None:
+        t = self._bpf[table]
+
+        def _cb(cpu: int, data: Any, size: int) -> None:
+            on_event(t.event(data))
+
+        t.open_perf_buffer(_cb, page_cnt=64, lost_cb=on_lost)
+
+    def poll_events(self, timeout_ms: int) -> None:
+        if self._bpf.perf_buffers:
+            self._bpf.perf_buffer_poll(timeout=timeout_ms)
+        else:
+            time.sleep(timeout_ms / 1000)
+
+    def attach_perf_sample(self, fn: str, frequency_hz: int) -> None:
+        from bcc import BPF, PerfSWConfig, PerfType
+
+        with captured_stderr() as output:
+            try:
+                self._bpf.load_func(fn, BPF.PERF_EVENT)
+                self._bpf.attach_perf_event(
+                    ev_type=PerfType.SOFTWARE,
+                    ev_config=PerfSWConfig.CPU_CLOCK,
+                    fn_name=fn,
+                    sample_freq=frequency_hz,
+                )
+            except Exception as exc:
+                raise _classify(exc, output()) from exc
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._bpf.cleanup()
+
+
+def _sum_percpu(values: Any) -> Any:
+    first = values[0]
+    if isinstance(first, ctypes.Structure):
+        return first  # structs are not summed; programs keep per-CPU maps scalar
+    return sum(int(v) for v in values)
+
+
+class BccRuntime:
+    """Compiles with bcc's clang, loads through the verifier, attaches auto probes."""
+
+    def load(self, source: str, cflags: list[str]) -> tuple[BccProgram, float, float]:
+        from bcc import BPF
+
+        attach_s = 0.0
+
+        class _TimedBPF(BPF):  # type: ignore[misc]
+            def _trace_autoload(self) -> None:
+                nonlocal attach_s
+                start = time.monotonic()
+                try:
+                    super()._trace_autoload()
+                finally:
+                    attach_s = time.monotonic() - start
+
+        start = time.monotonic()
+        with captured_stderr() as output:
+            try:
+                bpf = _TimedBPF(text=source, cflags=cflags)
+            except Exception as exc:
+                raise _classify(exc, output()) from exc
+        total = time.monotonic() - start
+        log.debug("loaded program in %.3fs (attach %.3fs)", total, attach_s)
+        return BccProgram(bpf), total - attach_s, attach_s

@@ -1,0 +1,212 @@
+"""One trace, start to end: validate, preflight, load, snapshot on a clock, stop, unload.
+
+`prepare` needs no bcc and no root; `execute` runs inside the runner's child process.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from node_agent.errors import BadParameter, FleettraceError, LimitExceeded, UnsupportedProgram
+from node_agent.programs import get_program
+from node_agent.programs.spec import DecodeContext, ProgramSpec
+from node_agent.protocol import (
+    EventSamples,
+    Feature,
+    KeyValue,
+    Result,
+    RunEvent,
+    RunState,
+    Snapshot,
+    SnapshotStats,
+    StateChange,
+    TraceRequest,
+)
+from node_agent.runtime.base import LoadedProgram, Runtime
+from node_agent.scope import scope_defines
+
+log = logging.getLogger(__name__)
+
+PRELUDE = Path(__file__).with_name("programs") / "prelude.h"
+TRACEFS = Path("/sys/kernel/tracing")
+POLL_MS = 100  # how often the loop looks at the stop flag: the bound on cancel latency
+
+Emit = Callable[[RunEvent], None]
+
+
+@dataclass(frozen=True)
+class PreparedTrace:
+    request: TraceRequest
+    spec: ProgramSpec
+    params: dict[str, Any]
+    source: str
+    cflags: list[str]
+
+
+def prepare(
+    request: TraceRequest, *, allow_custom: bool = False, max_duration_s: float = 3600.0
+) -> PreparedTrace:
+    """Check a request against the catalog and this agent's limits; build source and flags."""
+    spec = get_program(request.program)
+    if spec.name == "custom" and not allow_custom:
+        raise UnsupportedProgram("this agent does not run custom programs (allow_custom is off)")
+    if request.duration_s > max_duration_s:
+        raise LimitExceeded(
+            f"duration_s: {request.duration_s:g}s is above this agent's limit of {max_duration_s:g}s"
+        )
+    params = spec.validate_params(request.params)
+    for kind in sorted(request.scope.kinds() - spec.scopes):
+        note = f" ({spec.scope_note})" if spec.scope_note else ""
+        raise BadParameter(f"scope.{kind}", f"{spec.name} cannot be scoped by {kind}{note}")
+    defines: dict[str, str | int] = {"FT_MAP_ENTRIES": request.limits.map_entries}
+    defines.update(scope_defines(request.scope))
+    defines.update(spec.defines(params))
+    body = request.source if spec.name == "custom" and request.source else spec.source()
+    source = PRELUDE.read_text() + "\n" + body
+    cflags = [f"-D{name}={value}" for name, value in defines.items()]
+    return PreparedTrace(request, spec, params, source, cflags)
+
+
+def preflight(spec: ProgramSpec, tracefs: Path = TRACEFS) -> None:
+    """Check the attach points a program needs before compiling it, naming what is missing."""
+    if Feature.kprobes in spec.features and not (tracefs / "kprobe_events").exists():
+        raise UnsupportedProgram(f"{spec.name} needs kprobes, which this kernel does not provide")
+    if Feature.uprobes in spec.features and not (tracefs / "uprobe_events").exists():
+        raise UnsupportedProgram(f"{spec.name} needs uprobes, which this kernel does not provide")
+    if Feature.btf in spec.features and not Path("/sys/kernel/btf/vmlinux").exists():
+        raise UnsupportedProgram(f"{spec.name} needs kernel BTF (/sys/kernel/btf/vmlinux)")
+    if spec.tracepoints and not (tracefs / "events").is_dir():
+        raise UnsupportedProgram(f"{spec.name} needs tracefs mounted at {tracefs}")
+    for tp in spec.tracepoints:
+        category, _, event = tp.partition(":")
+        if not (tracefs / "events" / category / event).is_dir():
+            raise UnsupportedProgram(f"{spec.name} needs tracepoint {tp}, missing on this kernel")
+
+
+class _Samples:
+    """The most recent N events of a program's perf output, and how many were seen or lost."""
+
+    def __init__(self, spec: ProgramSpec, keep: int) -> None:
+        self.spec = spec
+        self.recent: deque[list[KeyValue | float]] = deque(maxlen=keep)
+        self.seen = 0
+        self.lost = 0
+
+    def on_event(self, event: Any) -> None:
+        self.seen += 1
+        to_row = self.spec.extra["sample_row"]
+        self.recent.append(to_row(event))
+
+    def on_lost(self, count: int) -> None:
+        self.lost += count
+
+    def result(self) -> EventSamples:
+        return EventSamples(
+            name=self.spec.extra.get("sample_name", "recent"),
+            fields=list(self.spec.extra["sample_fields"]),
+            events=list(self.recent),
+            seen=self.seen,
+            dropped=max(0, self.seen - len(self.recent)) + self.lost,
+        )
+
+
+def _counter_sum(program: LoadedProgram, table: str) -> int:
+    return sum(int(getattr(v, "value", v)) for _, v in program.items(table))
+
+
+class _Snapshotter:
+    def __init__(self, prepared: PreparedTrace, program: LoadedProgram, samples: _Samples | None,
+                 compile_s: float, attach_s: float) -> None:
+        self.prepared = prepared
+        self.program = program
+        self.samples = samples
+        self.compile_s = compile_s
+        self.attach_s = attach_s
+        self.seq = 0
+        self.started = time.time()
+        self.last = self.started
+
+    def take(self, *, final: bool) -> Snapshot:
+        request = self.prepared.request
+        ctx = DecodeContext(self.program, self.prepared.params, request.limits, request.maps)
+        results: list[Result] = list(self.prepared.spec.decode(ctx))
+        lost = _counter_sum(self.program, "ft_lost")
+        if self.samples is not None:
+            results.append(self.samples.result())
+            lost += self.samples.lost
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        now = time.time()
+        snapshot = Snapshot(
+            run_id=request.run_id,
+            seq=self.seq,
+            interval_start=self.last,
+            interval_end=now,
+            final=final,
+            results=results,
+            stats=SnapshotStats(
+                events_lost=lost,
+                map_full_drops=_counter_sum(self.program, "ft_drops"),
+                rows_truncated=any(getattr(r, "truncated", False) for r in results),
+                compile_s=round(self.compile_s, 4),
+                attach_s=round(self.attach_s, 4),
+                agent_cpu_s=round(usage.ru_utime + usage.ru_stime, 4),
+                peak_rss_mb=round(usage.ru_maxrss / 1024, 1),
+            ),
+        )
+        self.seq += 1
+        self.last = now
+        return snapshot
+
+
+def execute(prepared: PreparedTrace, runtime: Runtime, emit: Emit, stop: threading.Event) -> RunState:
+    """Run a prepared trace to its deadline or until stop is set; emit snapshots and states."""
+    request = prepared.request
+    spec = prepared.spec
+    try:
+        preflight(spec)
+        program, compile_s, attach_s = runtime.load(prepared.source, prepared.cflags)
+    except FleettraceError as exc:
+        state = RunState.unsupported if isinstance(exc, UnsupportedProgram) else RunState.failed
+        emit(StateChange(run_id=request.run_id, state=state, error=exc.to_error()))
+        return state
+    try:
+        extra_attach = time.monotonic()
+        for sample in spec.perf_samples:
+            program.attach_perf_sample(sample.fn, int(prepared.params[sample.frequency_param]))
+        samples = None
+        if spec.events_table is not None:
+            samples = _Samples(spec, request.limits.max_samples)
+            program.open_events(spec.events_table, samples.on_event, samples.on_lost)
+        attach_s += time.monotonic() - extra_attach
+        snapshots = _Snapshotter(prepared, program, samples, compile_s, attach_s)
+        emit(StateChange(run_id=request.run_id, state=RunState.running))
+        log.info("run %s: %s attached (compile %.2fs)", request.run_id, spec.name, compile_s)
+        deadline = snapshots.started + request.duration_s
+        interval = request.interval_s
+        next_snapshot = snapshots.started + interval if interval else deadline
+        while not stop.is_set():
+            now = time.time()
+            if now >= deadline:
+                break
+            if now >= next_snapshot and interval:
+                emit(snapshots.take(final=False))
+                next_snapshot += interval * max(1, int((now - next_snapshot) // interval) + 1)
+            wait_ms = min(POLL_MS, max(1, int((min(deadline, next_snapshot) - now) * 1000)))
+            program.poll_events(wait_ms)
+        state = RunState.cancelled if stop.is_set() else RunState.succeeded
+        emit(snapshots.take(final=True))
+        emit(StateChange(run_id=request.run_id, state=state))
+        return state
+    except FleettraceError as exc:
+        emit(StateChange(run_id=request.run_id, state=RunState.failed, error=exc.to_error()))
+        return RunState.failed
+    finally:
+        program.close()

@@ -1,0 +1,111 @@
+"""Test helpers: run a real trace through the runner and collect what it emits."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from node_agent.protocol import (
+    CounterTable,
+    EventSamples,
+    FoldedStacks,
+    Log2Histogram,
+    Result,
+    RunEvent,
+    Snapshot,
+    StateChange,
+    TraceRequest,
+)
+from node_agent.runner import TraceRunner
+
+
+@dataclass
+class TraceOutcome:
+    final: StateChange
+    events: list[RunEvent] = field(default_factory=list)
+
+    @property
+    def snapshots(self) -> list[Snapshot]:
+        return [e for e in self.events if isinstance(e, Snapshot)]
+
+    @property
+    def last(self) -> Snapshot:
+        snaps = self.snapshots
+        assert snaps, f"no snapshot; final state {self.final}"
+        return snaps[-1]
+
+    def results(self, kind: type[Result]) -> list[Result]:  # type: ignore[valid-type]
+        return [r for r in self.last.results if isinstance(r, kind)]
+
+    def table(self, name: str | None = None) -> CounterTable:
+        for r in self.last.results:
+            if isinstance(r, CounterTable) and (name is None or r.name == name):
+                return r
+        raise AssertionError(f"no counter table {name!r} in {self.last.results}")
+
+    def histograms(self) -> list[Log2Histogram]:
+        return [r for r in self.last.results if isinstance(r, Log2Histogram)]
+
+    def stacks(self) -> FoldedStacks:
+        return next(r for r in self.last.results if isinstance(r, FoldedStacks))
+
+    def samples(self) -> EventSamples:
+        return next(r for r in self.last.results if isinstance(r, EventSamples))
+
+
+def run_trace(
+    request: TraceRequest,
+    workload: Callable[[], None] | None = None,
+    *,
+    start_after: Callable[[], bool] | None = None,
+    **runner_kwargs: object,
+) -> TraceOutcome:
+    """Run a trace; start `workload` in a thread once the program is attached."""
+    outcome_events: list[RunEvent] = []
+    attached = threading.Event()
+
+    def on_event(event: RunEvent) -> None:
+        outcome_events.append(event)
+        if isinstance(event, StateChange) and event.state.value == "running":
+            attached.set()
+
+    runner = TraceRunner(request, on_event, **runner_kwargs)  # type: ignore[arg-type]
+    worker: threading.Thread | None = None
+    if workload is not None:
+
+        def delayed() -> None:
+            if attached.wait(timeout=120):
+                workload()
+
+        worker = threading.Thread(target=delayed, daemon=True)
+        worker.start()
+    final = runner.run()
+    attached.set()
+    if worker is not None:
+        worker.join(timeout=60)
+    return TraceOutcome(final=final, events=outcome_events)
+
+
+def compile_c(source: str, out: Path, *flags: str) -> Path:
+    """Build a small C helper with frame pointers and symbols, for stacks and uprobes."""
+    src = out.with_suffix(".c")
+    src.write_text(source)
+    subprocess.run(
+        ["gcc", "-O0", "-g", "-fno-omit-frame-pointer", "-o", str(out), str(src), *flags],
+        check=True,
+    )
+    return out
+
+
+def row_value(table: CounterTable, **key: object) -> int:
+    """Sum of the first value over rows whose named key fields equal the given ones."""
+    names = [f.name for f in table.key_fields]
+    total = 0
+    for keys, values in table.rows:
+        fields = dict(zip(names, keys, strict=True))
+        if all(fields.get(k) == v for k, v in key.items()):
+            total += values[0]
+    return total
