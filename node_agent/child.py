@@ -34,6 +34,13 @@ def _limit_memory(megabytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, MemoryError) or any(
+        sign in text for sign in ("failed to map segment", "Cannot allocate memory", "bad_alloc")
+    )
+
+
 def _watch_stdin(stdin: IO[str], stop: threading.Event) -> None:
     for line in stdin:
         if line.strip() == "stop":
@@ -69,15 +76,14 @@ def main() -> int:
     except FleettraceError as exc:
         emit(StateChange(run_id=request.run_id, state=RunState.failed, error=exc.to_error()))
         return 1
-    except MemoryError:
-        error = TraceError(
-            code=ErrorCode.limit_exceeded,
-            message=f"the trace ran out of its {request.limits.memory_mb} MiB memory limit",
-        )
-        emit(StateChange(run_id=request.run_id, state=RunState.failed, error=error))
-        return 1
     except Exception as exc:
-        error = TraceError(code=ErrorCode.internal, message=str(exc), detail=traceback.format_exc())
+        if _out_of_memory(exc):
+            message = f"the trace ran out of its {request.limits.memory_mb} MiB memory limit: {exc}"
+            error = TraceError(code=ErrorCode.limit_exceeded, message=message)
+        else:
+            error = TraceError(
+                code=ErrorCode.internal, message=str(exc), detail=traceback.format_exc()
+            )
         emit(StateChange(run_id=request.run_id, state=RunState.failed, error=error))
         return 1
     return 0 if state in (RunState.succeeded, RunState.cancelled) else 1

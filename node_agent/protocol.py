@@ -158,13 +158,15 @@ class CounterTable(_Model):
 
 
 class Log2Histogram(_Model):
-    """A log2 histogram: bucket slot s holds values in [2**(s-1), 2**s - 1] (slot 1 holds 0 and 1)."""
+    """A log2 histogram: slot s holds values in [2**(s-1), 2**s - 1]; slot 1 holds 0 and 1."""
 
     kind: Literal["log2_histogram"] = "log2_histogram"
     name: str
     unit: str
     labels: dict[str, KeyValue] = Field(default_factory=dict)
-    buckets: list[tuple[int, int]] = Field(default_factory=list, description="(slot, count), sparse")
+    buckets: list[tuple[int, int]] = Field(
+        default_factory=list, description="(slot, count), sparse"
+    )
 
     @property
     def total(self) -> int:

@@ -71,7 +71,9 @@ class TraceRunner:
     def run(self) -> StateChange:
         run_id = self.request.run_id
         try:
-            prepare(self.request, allow_custom=self.allow_custom, max_duration_s=self.max_duration_s)
+            prepare(
+                self.request, allow_custom=self.allow_custom, max_duration_s=self.max_duration_s
+            )
         except FleettraceError as exc:
             state = RunState.unsupported if exc.code is ErrorCode.unsupported else RunState.failed
             return self._final(StateChange(run_id=run_id, state=state, error=exc.to_error()))
@@ -103,7 +105,7 @@ class TraceRunner:
         _send(child.stdin, start.model_dump_json())
 
         hard_deadline = time.monotonic() + self.compile_timeout_s
-        stop_sent = killed = False
+        stop_sent = killed = running = False
         final: StateChange | None = None
         why_killed = ""
         while True:
@@ -114,7 +116,7 @@ class TraceRunner:
                 hard_deadline = min(hard_deadline, now + request.grace_s)
             if now > hard_deadline and not killed:
                 killed = True
-                why_killed = "compile" if final is None and self.last_snapshot is None else "stop"
+                why_killed = "stop" if running else "compile"
                 log.warning("run %s: child did not stop in time; killing it", request.run_id)
                 _kill(child)
             try:
@@ -128,6 +130,7 @@ class TraceRunner:
                 continue
             if isinstance(event, StateChange):
                 if event.state is RunState.running:
+                    running = True
                     hard_deadline = time.monotonic() + request.duration_s + request.grace_s
                     if stop_sent:
                         hard_deadline = min(hard_deadline, time.monotonic() + request.grace_s)
@@ -158,7 +161,8 @@ class TraceRunner:
         if killed and stop_sent:
             error = TraceError(
                 code=ErrorCode.killed,
-                message=f"the trace did not stop within {self.request.grace_s:g}s of the cancel; killed",
+                message=f"the trace did not stop within {self.request.grace_s:g}s of the cancel;"
+                " killed",
                 detail=tail,
             )
             return StateChange(run_id=run_id, state=RunState.cancelled, error=error)

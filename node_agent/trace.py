@@ -17,7 +17,7 @@ from typing import Any
 
 from node_agent.errors import BadParameter, FleettraceError, LimitExceeded, UnsupportedProgram
 from node_agent.programs import get_program
-from node_agent.programs.spec import DecodeContext, ProgramSpec
+from node_agent.programs.spec import DecodeContext, ProgramSpec, SampleSpec
 from node_agent.protocol import (
     EventSamples,
     Feature,
@@ -60,7 +60,8 @@ def prepare(
         raise UnsupportedProgram("this agent does not run custom programs (allow_custom is off)")
     if request.duration_s > max_duration_s:
         raise LimitExceeded(
-            f"duration_s: {request.duration_s:g}s is above this agent's limit of {max_duration_s:g}s"
+            f"duration_s: {request.duration_s:g}s is above this agent's limit"
+            f" of {max_duration_s:g}s"
         )
     params = spec.validate_params(request.params)
     for kind in sorted(request.scope.kinds() - spec.scopes):
@@ -94,7 +95,7 @@ def preflight(spec: ProgramSpec, tracefs: Path = TRACEFS) -> None:
 class _Samples:
     """The most recent N events of a program's perf output, and how many were seen or lost."""
 
-    def __init__(self, spec: ProgramSpec, keep: int) -> None:
+    def __init__(self, spec: SampleSpec, keep: int) -> None:
         self.spec = spec
         self.recent: deque[list[KeyValue | float]] = deque(maxlen=keep)
         self.seen = 0
@@ -102,16 +103,15 @@ class _Samples:
 
     def on_event(self, event: Any) -> None:
         self.seen += 1
-        to_row = self.spec.extra["sample_row"]
-        self.recent.append(to_row(event))
+        self.recent.append(self.spec.row(event))
 
     def on_lost(self, count: int) -> None:
         self.lost += count
 
     def result(self) -> EventSamples:
         return EventSamples(
-            name=self.spec.extra.get("sample_name", "recent"),
-            fields=list(self.spec.extra["sample_fields"]),
+            name=self.spec.name,
+            fields=list(self.spec.fields),
             events=list(self.recent),
             seen=self.seen,
             dropped=max(0, self.seen - len(self.recent)) + self.lost,
@@ -123,8 +123,14 @@ def _counter_sum(program: LoadedProgram, table: str) -> int:
 
 
 class _Snapshotter:
-    def __init__(self, prepared: PreparedTrace, program: LoadedProgram, samples: _Samples | None,
-                 compile_s: float, attach_s: float) -> None:
+    def __init__(
+        self,
+        prepared: PreparedTrace,
+        program: LoadedProgram,
+        samples: _Samples | None,
+        compile_s: float,
+        attach_s: float,
+    ) -> None:
         self.prepared = prepared
         self.program = program
         self.samples = samples
@@ -166,7 +172,9 @@ class _Snapshotter:
         return snapshot
 
 
-def execute(prepared: PreparedTrace, runtime: Runtime, emit: Emit, stop: threading.Event) -> RunState:
+def execute(
+    prepared: PreparedTrace, runtime: Runtime, emit: Emit, stop: threading.Event
+) -> RunState:
     """Run a prepared trace to its deadline or until stop is set; emit snapshots and states."""
     request = prepared.request
     spec = prepared.spec
@@ -182,9 +190,9 @@ def execute(prepared: PreparedTrace, runtime: Runtime, emit: Emit, stop: threadi
         for sample in spec.perf_samples:
             program.attach_perf_sample(sample.fn, int(prepared.params[sample.frequency_param]))
         samples = None
-        if spec.events_table is not None:
-            samples = _Samples(spec, request.limits.max_samples)
-            program.open_events(spec.events_table, samples.on_event, samples.on_lost)
+        if spec.samples is not None:
+            samples = _Samples(spec.samples, request.limits.max_samples)
+            program.open_events(spec.samples.table, samples.on_event, samples.on_lost)
         attach_s += time.monotonic() - extra_attach
         snapshots = _Snapshotter(prepared, program, samples, compile_s, attach_s)
         emit(StateChange(run_id=request.run_id, state=RunState.running))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -67,8 +68,6 @@ def make_cgroup(cgroup2_root: Path) -> Iterator[Callable[[str], Path]]:
     for path in reversed(made):
         procs = (path / "cgroup.procs").read_text().split()
         for pid in procs:
-            try:
+            with contextlib.suppress(OSError):
                 (cgroup2_root / "cgroup.procs").write_text(pid)
-            except OSError:
-                pass
         path.rmdir()

@@ -109,3 +109,13 @@ def row_value(table: CounterTable, **key: object) -> int:
         if all(fields.get(k) == v for k, v in key.items()):
             total += values[0]
     return total
+
+
+def loaded_bpf_programs() -> dict[int, str]:
+    """Every BPF program loaded in the kernel now, id -> name (from bpftool)."""
+    import json
+
+    out = subprocess.run(
+        ["bpftool", "-j", "prog", "show"], check=True, capture_output=True, text=True
+    ).stdout
+    return {int(p["id"]): str(p.get("name", "")) for p in json.loads(out or "[]")}

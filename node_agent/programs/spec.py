@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from node_agent.errors import BadParameter
-from node_agent.protocol import Feature, Limits, MapDecl, Result
+from node_agent.protocol import Feature, KeyValue, Limits, MapDecl, Result
 from node_agent.runtime.base import LoadedProgram
 
 ParamType = Literal["int", "float", "bool", "str"]
@@ -58,11 +58,17 @@ class Param:
                     raise ValueError
                 value = raw
         except (TypeError, ValueError):
-            raise BadParameter(f"params.{self.name}", f"expected {self.type}, got {raw!r}") from None
+            raise BadParameter(
+                f"params.{self.name}", f"expected {self.type}, got {raw!r}"
+            ) from None
         if self.minimum is not None and value < self.minimum:
-            raise BadParameter(f"params.{self.name}", f"{value} is below the minimum {self.minimum:g}")
+            raise BadParameter(
+                f"params.{self.name}", f"{value} is below the minimum {self.minimum:g}"
+            )
         if self.maximum is not None and value > self.maximum:
-            raise BadParameter(f"params.{self.name}", f"{value} is above the maximum {self.maximum:g}")
+            raise BadParameter(
+                f"params.{self.name}", f"{value} is above the maximum {self.maximum:g}"
+            )
         if self.choices is not None and value not in self.choices:
             raise BadParameter(
                 f"params.{self.name}", f"{value!r} is not one of {', '.join(self.choices)}"
@@ -108,6 +114,16 @@ class PerfSample:
 
 
 @dataclass(frozen=True)
+class SampleSpec:
+    """A perf output whose most recent events are kept as a bounded sample."""
+
+    table: str
+    fields: tuple[str, ...]
+    row: Callable[[Any], list[KeyValue | float]]
+    name: str = "recent"
+
+
+@dataclass(frozen=True)
 class ProgramSpec:
     name: str
     summary: str
@@ -121,8 +137,7 @@ class ProgramSpec:
     scope_note: str | None = None
     defines: Defines = no_defines
     perf_samples: tuple[PerfSample, ...] = ()
-    events_table: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    samples: SampleSpec | None = None
 
     def source(self) -> str:
         if self.source_path is None:
@@ -134,8 +149,12 @@ class ProgramSpec:
         unknown = sorted(set(raw) - set(known))
         if unknown:
             names = ", ".join(known) or "none"
-            raise BadParameter(f"params.{unknown[0]}", f"unknown parameter (this program takes: {names})")
-        return {name: p.coerce(raw[name]) if name in raw else p.default for name, p in known.items()}
+            raise BadParameter(
+                f"params.{unknown[0]}", f"unknown parameter (this program takes: {names})"
+            )
+        return {
+            name: p.coerce(raw[name]) if name in raw else p.default for name, p in known.items()
+        }
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -20,7 +20,9 @@ class LoadedProgram(Protocol):
     def symbolize(self, addr: int, pid: int | None) -> str:
         """Name of a user address in pid, or of a kernel address when pid is None."""
 
-    def open_events(self, table: str, on_event: EventCallback, on_lost: Callable[[int], None]) -> None:
+    def open_events(
+        self, table: str, on_event: EventCallback, on_lost: Callable[[int], None]
+    ) -> None:
         """Start delivering a perf output's events to on_event (decoded structs)."""
 
     def poll_events(self, timeout_ms: int) -> None:

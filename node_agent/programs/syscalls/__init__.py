@@ -8,7 +8,7 @@ from typing import Any
 
 from node_agent.programs.decode import counter_table, syscall_name, text, value
 from node_agent.programs.spec import DecodeContext, Param, ProgramSpec
-from node_agent.protocol import KeyField, Result
+from node_agent.protocol import KeyField, KeyValue, Result
 
 
 def _defines(params: Mapping[str, Any]) -> dict[str, str | int]:
@@ -17,7 +17,7 @@ def _defines(params: Mapping[str, Any]) -> dict[str, str | int]:
 
 def _decode(ctx: DecodeContext) -> list[Result]:
     per_process = bool(ctx.params["per_process"])
-    rows = []
+    rows: list[tuple[list[KeyValue], list[int]]] = []
     for key, count in ctx.program.items("counts"):
         name = syscall_name(int(key.nr))
         if per_process:

@@ -1,0 +1,241 @@
+"""fleettrace-agent: list programs, probe this host, run a trace locally."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import signal
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+
+from node_agent import __version__
+from node_agent.errors import FleettraceError
+from node_agent.programs import catalog, get_program
+from node_agent.protocol import (
+    Limits,
+    MapDecl,
+    RunEvent,
+    RunState,
+    Scope,
+    Snapshot,
+    StateChange,
+    TraceRequest,
+)
+from node_agent.render import snapshot_text
+
+log = logging.getLogger("node_agent.cli")
+
+EXIT_USAGE = 2
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+class UsageError(Exception):
+    """Bad command-line input: one line on stderr, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def parse_duration(text: str) -> float:
+    """'30', '30s', '500ms', '2m', '1h' -> seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"bad duration {text!r} (use e.g. 30s, 500ms, 2m)")
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"duration must be positive, got {text!r}")
+    return seconds
+
+
+def _param(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"bad parameter {text!r} (use name=value)")
+    return name.strip(), value
+
+
+def _map_decl(text: str) -> MapDecl:
+    name, _, kind = text.partition(":")
+    try:
+        return MapDecl(name=name, kind=kind or "counter")  # type: ignore[arg-type]
+    except ValidationError:
+        raise argparse.ArgumentTypeError(
+            f"bad map {text!r} (use NAME:counter or NAME:log2_hist)"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fleettrace-agent", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fleettrace-agent {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    programs = sub.add_parser("programs", help="list the program catalog")
+    programs.add_argument("--json", action="store_true")
+
+    sub.add_parser("probe", help="print this host's capabilities as JSON")
+
+    run = sub.add_parser("run", help="run one trace on this host")
+    run.add_argument("program")
+    run.add_argument("--duration", type=parse_duration, required=True, help="e.g. 10s, 2m")
+    run.add_argument("--interval", type=parse_duration, help="snapshot every interval")
+    run.add_argument("--param", type=_param, action="append", default=[], metavar="K=V")
+    run.add_argument("--cgroup", help="cgroup v2 path to scope to")
+    run.add_argument("--pid", type=int, help="process id to scope to")
+    run.add_argument("--comm", help="process name to scope to")
+    run.add_argument("--json", action="store_true", help="one JSON event per line")
+    run.add_argument("--max-rows", type=int, default=Limits().max_rows)
+    run.add_argument("--map-entries", type=int, default=Limits().map_entries)
+    run.add_argument("--max-samples", type=int, default=Limits().max_samples)
+    run.add_argument("--grace", type=parse_duration, default=5.0, help="kill after this long")
+    run.add_argument("--source", type=Path, help="custom: bcc C file")
+    run.add_argument("--map", type=_map_decl, action="append", default=[], metavar="NAME:KIND")
+    run.add_argument("--allow-custom", action="store_true", help="allow the custom program")
+    run.add_argument("--max-duration", type=parse_duration, default=3600.0)
+    return parser
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def cmd_programs(args: argparse.Namespace) -> int:
+    specs = catalog()
+    if args.json:
+        _out(json.dumps([s.describe() for s in specs.values()], indent=2))
+        return 0
+    width = max(len(n) for n in specs)
+    for spec in specs.values():
+        _out(f"{spec.name:<{width}}  {spec.output:<15} {spec.summary}")
+        for p in spec.params:
+            bounds = ""
+            if p.choices:
+                bounds = f" one of {'|'.join(p.choices)}"
+            elif p.minimum is not None or p.maximum is not None:
+                bounds = f" in [{p.minimum:g}, {p.maximum:g}]" if p.maximum is not None else ""
+            _out(f"{'':<{width}}    --param {p.name}=<{p.type}> (default {p.default!r}){bounds}")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from node_agent.capabilities import probe
+
+    _out(probe().model_dump_json(indent=2))
+    return 0
+
+
+def _request(args: argparse.Namespace) -> TraceRequest:
+    get_program(args.program)
+    fields: dict[str, Any] = {
+        "run_id": f"local-{uuid.uuid4().hex[:12]}",
+        "program": args.program,
+        "params": dict(args.param),
+        "scope": {"cgroup": args.cgroup, "pid": args.pid, "comm": args.comm},
+        "duration_s": args.duration,
+        "interval_s": args.interval,
+        "grace_s": args.grace,
+        "limits": {
+            "max_rows": args.max_rows,
+            "map_entries": args.map_entries,
+            "max_samples": args.max_samples,
+        },
+        "maps": [m.model_dump() for m in args.map],
+    }
+    if args.source is not None:
+        try:
+            fields["source"] = args.source.read_text()
+        except OSError as exc:
+            raise UsageError(f"--source: cannot read {args.source}: {exc.strerror}") from None
+    try:
+        return TraceRequest.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "request"
+        raise UsageError(f"{_flag(where)}: {first['msg']}") from None
+
+
+def _flag(location: str) -> str:
+    names = {"duration_s": "--duration", "interval_s": "--interval", "grace_s": "--grace"}
+    if location.startswith(("scope.", "limits.")):
+        return "--" + location.split(".", 1)[1].replace("_", "-")
+    return names.get(location, location)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from node_agent.runner import TraceRunner
+    from node_agent.trace import prepare
+
+    request = _request(args)
+    try:
+        prepare(request, allow_custom=args.allow_custom, max_duration_s=args.max_duration)
+    except FleettraceError as exc:
+        if exc.code.value in ("unknown_program", "bad_parameter", "limit_exceeded", "bad_request"):
+            raise UsageError(exc.message) from None
+        raise
+
+    def on_event(event: RunEvent) -> None:
+        if args.json:
+            _out(event.model_dump_json())
+        elif isinstance(event, Snapshot):
+            _out(snapshot_text(event) + "\n")
+        elif event.state is RunState.running:
+            scope = Scope.model_validate(request.scope).kinds()
+            where = f" scoped by {', '.join(sorted(scope))}" if scope else ""
+            sys.stderr.write(
+                f"Tracing {request.program}{where} for {request.duration_s:g}s..."
+                " Ctrl-C to stop early.\n"
+            )
+
+    runner = TraceRunner(
+        request,
+        on_event,
+        allow_custom=args.allow_custom,
+        max_duration_s=args.max_duration,
+    )
+    signal.signal(signal.SIGINT, lambda *_: runner.cancel())
+    final = runner.run()
+    return _report(final)
+
+
+def _report(final: StateChange) -> int:
+    if final.state in (RunState.succeeded, RunState.cancelled) and final.error is None:
+        return 0
+    if final.error is not None:
+        sys.stderr.write(f"fleettrace-agent: {final.state.value}: {final.error.message}\n")
+        if final.error.detail:
+            sys.stderr.write(final.error.detail.rstrip() + "\n")
+    else:
+        sys.stderr.write(f"fleettrace-agent: {final.state.value}\n")
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING,
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        )
+        commands = {"programs": cmd_programs, "probe": cmd_probe, "run": cmd_run}
+        return commands[args.command](args)
+    except UsageError as exc:
+        sys.stderr.write(f"fleettrace-agent: error: {exc}\n")
+        return EXIT_USAGE
+    except FleettraceError as exc:
+        sys.stderr.write(f"fleettrace-agent: error: {exc.message}\n")
+        return EXIT_USAGE if exc.code.value == "unknown_program" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
