@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("probe", help="print this host's capabilities as JSON")
 
+    worker = sub.add_parser("worker", help="join the fleet: consume this host's queue")
+    worker.add_argument("--host", help="this host's name in the fleet (default: hostname)")
+    worker.add_argument("--redis-url", help="the broker (default from settings)")
+    worker.add_argument("--cgroup", help="confine every trace to this cgroup v2 path")
+    worker.add_argument("--allow-custom", action="store_true", default=None)
+
     run = sub.add_parser("run", help="run one trace on this host")
     run.add_argument("program")
     run.add_argument("--duration", type=parse_duration, required=True, help="e.g. 10s, 2m")
@@ -131,6 +137,26 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from node_agent.capabilities import probe
 
     _out(probe().model_dump_json(indent=2))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from node_agent.settings import AgentSettings
+    from node_agent.worker import serve
+
+    overrides = {
+        "host": args.host,
+        "redis_url": args.redis_url,
+        "cgroup": args.cgroup,
+        "allow_custom": args.allow_custom,
+    }
+    try:
+        settings = AgentSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UsageError(f"--{first['loc'][0]}: {first['msg']}") from None
+    logging.getLogger().setLevel(logging.INFO)
+    serve(settings)
     return 0
 
 
@@ -227,7 +253,12 @@ def main(argv: list[str] | None = None) -> int:
             level=logging.INFO if args.verbose else logging.WARNING,
             format="%(asctime)s %(name)s %(levelname)s %(message)s",
         )
-        commands = {"programs": cmd_programs, "probe": cmd_probe, "run": cmd_run}
+        commands = {
+            "programs": cmd_programs,
+            "probe": cmd_probe,
+            "run": cmd_run,
+            "worker": cmd_worker,
+        }
         return commands[args.command](args)
     except UsageError as exc:
         sys.stderr.write(f"fleettrace-agent: error: {exc}\n")

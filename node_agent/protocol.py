@@ -281,3 +281,22 @@ class HostCapabilities(_Model):
 
     def missing(self, needed: set[Feature]) -> list[Feature]:
         return sorted((f for f in needed if not self.features.get(f, False)), key=lambda f: f.value)
+
+
+class Heartbeat(_Model):
+    """An agent's periodic sign of life, with what it can run."""
+
+    type: Literal["heartbeat"] = "heartbeat"
+    host: str
+    agent_version: str
+    at: float = Field(default_factory=time.time)
+    capabilities: HostCapabilities | None = None
+    running: list[str] = Field(default_factory=list, description="run ids in progress")
+
+
+class StreamEnvelope(_Model):
+    """One entry of the events stream: which host sent what about which run."""
+
+    host: str
+    job_id: str | None = None
+    event: Annotated[Snapshot | StateChange | Heartbeat, Field(discriminator="type")]

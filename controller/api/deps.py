@@ -1,0 +1,74 @@
+"""Dependencies as Annotated aliases: settings, database session, dispatcher, caller's role."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from controller.auth import service as auth_service
+from controller.auth.models import ApiToken, Role
+from controller.db import utcnow
+from controller.dispatch import Dispatcher
+from controller.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.sessions() as session:
+        yield session
+
+
+def get_dispatcher(request: Request) -> Dispatcher:
+    dispatcher: Dispatcher = request.app.state.dispatcher
+    return dispatcher
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+
+_bearer = HTTPBearer(auto_error=False, description="an API token: Authorization: Bearer ft_...")
+
+
+def current_token(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ApiToken:
+    if credentials is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "an API token is required",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    token = auth_service.authenticate(session=session, raw=credentials.credentials)
+    if token is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "unknown or revoked API token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    token.last_used_at = utcnow()
+    session.commit()
+    return token
+
+
+def require(role: Role) -> Callable[[ApiToken], ApiToken]:
+    def check(token: Annotated[ApiToken, Depends(current_token)]) -> ApiToken:
+        if not Role(token.role).allows(role):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"this needs the {role.value} role")
+        return token
+
+    return check
+
+
+Viewer = Annotated[ApiToken, Depends(require(Role.viewer))]
+Operator = Annotated[ApiToken, Depends(require(Role.operator))]
+Admin = Annotated[ApiToken, Depends(require(Role.admin))]

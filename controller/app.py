@@ -1,0 +1,53 @@
+"""The FastAPI application: routers, error mapping, shared state."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from controller.auth.routes import router as tokens_router
+from controller.db import make_engine, make_sessionmaker
+from controller.dispatch import CeleryDispatcher, Dispatcher
+from controller.errors import ControllerError
+from controller.hosts.routes import router as hosts_router
+from controller.jobs.routes import router as jobs_router
+from controller.programs_routes import router as programs_router
+from controller.settings import Settings, get_settings
+from node_agent import __version__
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="fleettrace",
+        version=__version__,
+        description="Run eBPF traces across a fleet of Linux hosts and compare them.",
+    )
+    engine = make_engine(settings.database_url)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = make_sessionmaker(engine)
+    app.state.dispatcher = dispatcher or CeleryDispatcher(settings.redis_url)
+
+    @app.exception_handler(ControllerError)
+    async def _controller_error(request: Request, exc: ControllerError) -> JSONResponse:
+        detail: Any = exc.message
+        if exc.field is not None:
+            detail = [
+                {"loc": ["body", *exc.field.split(".")], "msg": exc.message, "type": "value_error"}
+            ]
+        return JSONResponse(status_code=exc.status, content={"detail": detail})
+
+    @app.get("/healthz", operation_id="health", tags=["meta"])
+    def health() -> dict[str, str]:
+        """Liveness for load balancers: no token, no data."""
+        return {"status": "ok"}
+
+    for router in (hosts_router, jobs_router, programs_router, tokens_router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,52 @@
+"""Routes for API tokens (admin only)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+
+from controller.api.deps import Admin, SessionDep
+from controller.auth import service
+from controller.auth.models import (
+    ApiToken,
+    Role,
+    TokenCreate,
+    TokenCreated,
+    TokenPublic,
+    TokensPublic,
+)
+
+router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
+
+
+def _public(token: ApiToken) -> TokenPublic:
+    return TokenPublic(
+        id=token.id,
+        name=token.name,
+        role=Role(token.role),
+        created_at=token.created_at,
+        last_used_at=token.last_used_at,
+        revoked_at=token.revoked_at,
+    )
+
+
+@router.get("", operation_id="list_tokens")
+def list_tokens(session: SessionDep, _: Admin) -> TokensPublic:
+    """List tokens (never their secrets)."""
+    data = [_public(t) for t in service.list_tokens(session=session)]
+    return TokensPublic(data=data, count=len(data))
+
+
+@router.post("", operation_id="create_token", status_code=status.HTTP_201_CREATED)
+def create_token(token_in: TokenCreate, session: SessionDep, _: Admin) -> TokenCreated:
+    """Create a token; its secret is shown in this answer only."""
+    token, raw = service.create(session=session, name=token_in.name, role=token_in.role)
+    session.commit()
+    return TokenCreated(**_public(token).model_dump(), token=raw)
+
+
+@router.delete("/{token_id}", operation_id="revoke_token", status_code=status.HTTP_204_NO_CONTENT)
+def revoke_token(token_id: int, session: SessionDep, _: Admin) -> None:
+    """Revoke a token."""
+    if service.revoke(session=session, token_id=token_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no token {token_id}")
+    session.commit()

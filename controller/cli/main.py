@@ -1,0 +1,55 @@
+"""The fleettrace command line: one parser, server commands and client commands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import NoReturn
+
+from controller.cli import client, server
+
+
+class CliError(Exception):
+    """Bad input or a refused request: one line on stderr, exit code 2 (or 1 for failures)."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise CliError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fleettrace", description="Run eBPF traces across a fleet of hosts.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    server.add_commands(sub)
+    client.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        logging.basicConfig(
+            level=logging.INFO
+            if args.verbose or args.command in ("serve", "ingest")
+            else logging.WARNING,
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        )
+        code: int = args.func(args)
+        return code
+    except CliError as exc:
+        sys.stderr.write(f"fleettrace: error: {exc}\n")
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Sending work to agents: one Celery task per run on the host's own queue; cancel flags."""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from typing import Protocol
+
+import redis
+from celery import Celery
+
+from node_agent.protocol import TraceRequest
+from node_agent.wire import (
+    CANCEL_TTL_S,
+    TASK_RUN_TRACE,
+    cancel_key,
+    celery_config,
+    client_url,
+    host_queue,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher(Protocol):
+    def send(self, *, host: str, request: TraceRequest, expires_s: float) -> None: ...
+
+    def request_cancel(self, *, run_id: str) -> None: ...
+
+
+class CeleryDispatcher:
+    """Tasks carry the request (ids and parameters), JSON only, with an expiry."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.redis_url = redis_url
+
+    @cached_property
+    def celery(self) -> Celery:
+        app = Celery("fleettrace-controller")
+        app.conf.update(celery_config(self.redis_url))
+        return app
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(client_url(self.redis_url))
+
+    def send(self, *, host: str, request: TraceRequest, expires_s: float) -> None:
+        self.celery.send_task(
+            TASK_RUN_TRACE,
+            args=[request.model_dump(mode="json")],
+            queue=host_queue(host),
+            routing_key=host_queue(host),
+            expires=expires_s,
+            task_id=request.run_id,
+        )
+        log.info("run %s (job %s): queued for %s", request.run_id, request.job_id, host)
+
+    def request_cancel(self, *, run_id: str) -> None:
+        self.redis.set(cancel_key(run_id), "1", ex=CANCEL_TTL_S)

@@ -1,0 +1,75 @@
+"""Hosts: registry, label selection, heartbeat bookkeeping."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.db import utcnow
+from controller.errors import Conflict
+from controller.hosts.models import Host, HostCreate, HostPublic, HostState, HostUpdate
+from node_agent.protocol import Heartbeat
+
+
+def get(*, session: Session, name: str) -> Host | None:
+    return session.scalar(select(Host).where(Host.name == name))
+
+
+def list_hosts(*, session: Session, selector: dict[str, str] | None = None) -> list[Host]:
+    hosts = session.scalars(select(Host).order_by(Host.name)).all()
+    if not selector:
+        return list(hosts)
+    return [h for h in hosts if all(h.labels.get(k) == v for k, v in selector.items())]
+
+
+def create(*, session: Session, host_in: HostCreate) -> Host:
+    if get(session=session, name=host_in.name) is not None:
+        raise Conflict(f"host {host_in.name!r} exists", field="name")
+    host = Host(name=host_in.name, address=host_in.address, labels=dict(host_in.labels))
+    session.add(host)
+    session.flush()
+    return host
+
+
+def update(*, session: Session, host: Host, host_in: HostUpdate) -> Host:
+    if host_in.address is not None:
+        host.address = host_in.address
+    if host_in.labels is not None:
+        host.labels = dict(host_in.labels)
+    return host
+
+
+def state(host: Host, *, timeout_s: float, now: datetime | None = None) -> HostState:
+    if host.last_heartbeat is None:
+        return "never_seen"
+    now = now or utcnow()
+    return "online" if now - host.last_heartbeat <= timedelta(seconds=timeout_s) else "offline"
+
+
+def to_public(host: Host, *, timeout_s: float) -> HostPublic:
+    return HostPublic(
+        name=host.name,
+        address=host.address,
+        labels=dict(host.labels),
+        state=state(host, timeout_s=timeout_s),
+        last_heartbeat=host.last_heartbeat,
+        agent_version=host.agent_version,
+        capabilities=host.capabilities,
+        created_at=host.created_at,
+    )
+
+
+def record_heartbeat(*, session: Session, beat: Heartbeat, auto_register: bool) -> Host | None:
+    host = get(session=session, name=beat.host)
+    if host is None:
+        if not auto_register:
+            return None
+        host = Host(name=beat.host, labels={})
+        session.add(host)
+    host.last_heartbeat = utcnow()
+    host.agent_version = beat.agent_version
+    if beat.capabilities is not None:
+        host.capabilities = beat.capabilities.model_dump(mode="json")
+    return host

@@ -1,0 +1,218 @@
+"""Ingest: read agents' events from the Redis stream, store them, ack only after commit.
+
+A consumer that dies re-reads its own pending entries on restart (or another consumer claims
+them), and storage is idempotent per (run, seq), so nothing is lost and nothing counted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from controller.db import utcnow
+from controller.hosts import service as hosts_service
+from controller.jobs import service as jobs_service
+from controller.jobs.models import Job, Run, SnapshotRow
+from controller.settings import Settings
+from node_agent.protocol import Heartbeat, RunState, Snapshot, StateChange, StreamEnvelope
+from node_agent.wire import EVENTS_STREAM
+
+log = logging.getLogger(__name__)
+DEAD_LETTERS = "fleettrace:events:dead"
+SWEEP_EVERY_S = 1.0
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+class Ingest:
+    def __init__(
+        self, settings: Settings, sessions: sessionmaker[Session], client: redis.Redis
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.redis = client
+        self.group = settings.ingest_group
+        self.consumer = settings.ingest_consumer
+        self._recovered = False
+        self._last_sweep = 0.0
+        self.stored = 0
+
+    def ensure_group(self) -> None:
+        try:
+            self.redis.xgroup_create(EVENTS_STREAM, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def step(self, block_ms: int = 1000) -> int:
+        """Read, store and ack one batch; returns how many entries were handled."""
+        entries = self._read(block_ms)
+        if entries:
+            self._store(entries)
+            self.redis.xack(EVENTS_STREAM, self.group, *[entry_id for entry_id, _ in entries])
+        if time.monotonic() - self._last_sweep >= SWEEP_EVERY_S:
+            self._last_sweep = time.monotonic()
+            self.sweep()
+        return len(entries)
+
+    def _read(self, block_ms: int) -> list[Entry]:
+        count = self.settings.ingest_batch
+        if not self._recovered:
+            # First our own pending entries: delivered before a crash, never acked.
+            mine = self.redis.xreadgroup(
+                self.group, self.consumer, {EVENTS_STREAM: "0"}, count=count
+            )
+            pending = _entries(mine)
+            if pending:
+                return pending
+            self._recovered = True
+            claimed = self.redis.xautoclaim(
+                EVENTS_STREAM,
+                self.group,
+                self.consumer,
+                min_idle_time=self.settings.ingest_claim_idle_ms,
+                start_id="0-0",
+                count=count,
+            )
+            found: Any = claimed[1] if claimed else []
+            if found:
+                return [(e[0], e[1]) for e in found if e[1] is not None]
+        return _entries(
+            self.redis.xreadgroup(
+                self.group, self.consumer, {EVENTS_STREAM: ">"}, count=count, block=block_ms
+            )
+        )
+
+    def _store(self, entries: Sequence[Entry]) -> None:
+        envelopes: list[StreamEnvelope] = []
+        for entry_id, fields in entries:
+            raw = fields.get(b"data", b"")
+            try:
+                envelopes.append(StreamEnvelope.model_validate_json(raw))
+            except ValidationError as exc:
+                log.error(
+                    "ingest: unreadable entry %s moved to %s: %s", entry_id, DEAD_LETTERS, exc
+                )
+                self.redis.xadd(DEAD_LETTERS, {"id": entry_id, "data": raw}, maxlen=10_000)
+        with self.sessions() as session:
+            for envelope in envelopes:
+                self.apply(session, envelope)
+            session.commit()
+        self.stored += len(envelopes)
+
+    def apply(self, session: Session, envelope: StreamEnvelope) -> None:
+        event = envelope.event
+        if isinstance(event, Heartbeat):
+            hosts_service.record_heartbeat(
+                session=session, beat=event, auto_register=self.settings.auto_register_hosts
+            )
+            return
+        run = session.get(Run, event.run_id)
+        if run is None:
+            log.warning("ingest: event for unknown run %s from %s", event.run_id, envelope.host)
+            return
+        if run.host_name != envelope.host:
+            log.warning(
+                "ingest: host %s sent an event for %s's run %s",
+                envelope.host,
+                run.host_name,
+                run.id,
+            )
+            return
+        if isinstance(event, Snapshot):
+            self._snapshot(session, run, event)
+        else:
+            self._state(session, run, event)
+
+    def _snapshot(self, session: Session, run: Run, snap: Snapshot) -> None:
+        exists = session.scalar(
+            select(SnapshotRow.id).where(SnapshotRow.run_id == run.id, SnapshotRow.seq == snap.seq)
+        )
+        if exists is not None:
+            return  # a redelivery after a crash: stored already
+        data = snap.model_dump(mode="json")
+        row = SnapshotRow(
+            run_id=run.id,
+            job_id=run.job_id,
+            host_name=run.host_name,
+            seq=snap.seq,
+            final=snap.final,
+            interval_start=snap.interval_start,
+            interval_end=snap.interval_end,
+            results=data["results"],
+            stats=data["stats"],
+        )
+        session.add(row)
+        run.last_seq = max(run.last_seq, snap.seq)
+        session.flush()
+        # The event log points at the stored snapshot rather than holding a second copy.
+        payload = {"run_id": run.id, "host": run.host_name, "seq": snap.seq, "snapshot_id": row.id}
+        jobs_service.add_event(
+            session, job_id=run.job_id, run=run, kind="snapshot", payload=payload
+        )
+
+    def _state(self, session: Session, run: Run, change: StateChange) -> None:
+        error = change.error.model_dump(mode="json") if change.error else None
+        changed = jobs_service.set_run_state(
+            session=session, run=run, state=change.state, reason=change.reason, error=error
+        )
+        if changed:
+            job = session.get(Job, run.job_id)
+            if job is not None:
+                jobs_service.refresh_state(session=session, job=job)
+
+    def sweep(self) -> int:
+        """Runs whose host never started them before their expiry end `expired`."""
+        now = utcnow()
+        with self.sessions() as session:
+            overdue = session.scalars(
+                select(Run).where(Run.state == RunState.pending.value, Run.expires_at < now)
+            ).all()
+            for run in overdue:
+                jobs_service.set_run_state(
+                    session=session,
+                    run=run,
+                    state=RunState.expired,
+                    reason="the host did not start the run before it expired (host away?)",
+                )
+            job_ids = {run.job_id for run in overdue}
+            for job_id in job_ids:
+                job = session.get(Job, job_id)
+                if job is not None:
+                    jobs_service.refresh_state(session=session, job=job)
+            session.commit()
+        if overdue:
+            log.info("ingest: %d runs expired", len(overdue))
+        return len(overdue)
+
+    def run_forever(self, stop: threading.Event) -> None:
+        self.ensure_group()
+        log.info("ingest %s/%s reading %s", self.group, self.consumer, EVENTS_STREAM)
+        while not stop.is_set():
+            try:
+                self.step()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("ingest: redis unavailable (%s); retrying", exc)
+                stop.wait(1.0)
+            except Exception:
+                log.exception("ingest: batch failed; it stays pending and is retried")
+                self._recovered = False
+                stop.wait(1.0)
+
+
+def _entries(response: Any) -> list[Entry]:
+    """XREADGROUP's entries for our one stream, under RESP2 (list) or RESP3 (dict) replies."""
+    if not response:
+        return []
+    if isinstance(response, dict):
+        streams = list(response.values())
+        return list(streams[0][0]) if streams and streams[0] else []
+    return list(response[0][1])

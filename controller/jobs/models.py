@@ -1,0 +1,200 @@
+"""Jobs, their per-host runs, stored snapshots and the ordered event log."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from controller.db import Base, utcnow
+from controller.hosts.models import NAME_PATTERN
+from node_agent.protocol import Limits, MapDecl, Result, RunState, Scope, SnapshotStats
+
+_NAME = re.compile(NAME_PATTERN)
+
+
+class JobState(str, Enum):
+    pending = "pending"
+    running = "running"
+    succeeded = "succeeded"
+    partial = "partial"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self not in (JobState.pending, JobState.running)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    program: Mapped[str] = mapped_column(String(64), index=True)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    scope: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    limits: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    targets: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    duration_s: Mapped[float]
+    interval_s: Mapped[float | None]
+    source: Mapped[str | None] = mapped_column(Text)
+    maps: Mapped[list[Any]] = mapped_column(default=list)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.pending.value, index=True)
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    finished_at: Mapped[datetime | None]
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+
+    runs: Mapped[list[Run]] = relationship(
+        back_populates="job", order_by="Run.host_name", cascade="all, delete-orphan"
+    )
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (UniqueConstraint("job_id", "host_name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    host_name: Mapped[str] = mapped_column(String(128), index=True)
+    state: Mapped[str] = mapped_column(String(16), default=RunState.pending.value, index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    dispatched_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    last_seq: Mapped[int] = mapped_column(default=-1)
+
+    job: Mapped[Job] = relationship(back_populates="runs")
+
+
+class SnapshotRow(Base):
+    __tablename__ = "snapshots"
+    __table_args__ = (UniqueConstraint("run_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(String(36), index=True)
+    host_name: Mapped[str] = mapped_column(String(128))
+    seq: Mapped[int]
+    final: Mapped[bool] = mapped_column(default=False)
+    interval_start: Mapped[float]
+    interval_end: Mapped[float]
+    results: Mapped[list[Any]] = mapped_column(default=list)
+    stats: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobEvent(Base):
+    """Everything that happened to a job, in order: what SSE replays to late subscribers."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(36))
+    run_id: Mapped[str | None] = mapped_column(String(36))
+    host_name: Mapped[str | None] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# -- API schemas --------------------------------------------------------------------------------
+
+
+class Targets(BaseModel):
+    """Which hosts: by name, by label selector, or all of them (exactly one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hosts: list[str] | None = Field(default=None, min_length=1, max_length=10_000)
+    selector: dict[str, str] | None = Field(default=None, min_length=1)
+    all: bool = False
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Targets:
+        given = [self.hosts is not None, self.selector is not None, self.all]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of hosts, selector or all")
+        for name in self.hosts or []:
+            if not _NAME.match(name):
+                raise ValueError(f"bad host name {name!r}")
+        return self
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    program: str = Field(min_length=1, max_length=64)
+    params: dict[str, Any] = Field(default_factory=dict)
+    scope: Scope = Field(default_factory=Scope)
+    duration_s: float = Field(gt=0)
+    interval_s: float | None = Field(default=None, ge=0.1)
+    targets: Targets
+    limits: Limits = Field(default_factory=Limits)
+    source: str | None = Field(default=None, max_length=256_000)
+    maps: list[MapDecl] = Field(default_factory=list)
+
+
+class RunPublic(BaseModel):
+    id: str
+    host: str
+    state: RunState
+    reason: str | None
+    error: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    snapshots: int
+
+
+class JobPublic(BaseModel):
+    id: str
+    program: str
+    params: dict[str, Any]
+    scope: dict[str, Any]
+    limits: dict[str, Any]
+    targets: dict[str, Any]
+    duration_s: float
+    interval_s: float | None
+    state: JobState
+    created_by: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    runs: list[RunPublic]
+    counts: dict[str, int] = Field(description="runs per state")
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+class HostResult(BaseModel):
+    host: str
+    run_id: str
+    state: RunState
+    seq: int | None
+    final: bool
+    interval_start: float | None
+    interval_end: float | None
+    results: list[Result]
+    stats: SnapshotStats | None
+
+
+class JobResults(BaseModel):
+    job_id: str
+    program: str
+    state: JobState
+    hosts: list[HostResult]
+    merged: list[Result] = Field(
+        description="the fleet: counters and stacks summed, histograms merged"
+    )

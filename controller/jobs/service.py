@@ -1,0 +1,329 @@
+"""Jobs: validate against the catalog, fan out one run per host, track and cancel them."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from controller.db import utcnow
+from controller.dispatch import Dispatcher
+from controller.errors import Forbidden, InvalidRequest
+from controller.hosts import service as hosts_service
+from controller.hosts.models import Host
+from controller.jobs.models import Job, JobCreate, JobEvent, JobPublic, JobState, Run, RunPublic
+from controller.settings import Settings
+from node_agent.errors import BadParameter, UnknownProgram
+from node_agent.programs import get_program
+from node_agent.protocol import RunState, TraceRequest
+
+log = logging.getLogger(__name__)
+
+
+def validate(job_in: JobCreate, *, settings: Settings, may_run_custom: bool) -> dict[str, Any]:
+    """Check a job against the program's spec; returns the validated parameters."""
+    try:
+        spec = get_program(job_in.program)
+    except UnknownProgram as exc:
+        raise InvalidRequest(exc.message, field="program") from None
+    if spec.name == "custom":
+        if not may_run_custom:
+            raise Forbidden("custom programs need the admin role", field="program")
+        if not job_in.source or not job_in.maps:
+            raise InvalidRequest("custom programs need 'source' and 'maps'", field="source")
+    elif job_in.source is not None or job_in.maps:
+        raise InvalidRequest("'source' and 'maps' are only for the custom program", field="source")
+    if job_in.duration_s > settings.max_duration_s:
+        raise InvalidRequest(
+            f"{job_in.duration_s:g}s is above the limit of {settings.max_duration_s:g}s",
+            field="duration_s",
+        )
+    if job_in.interval_s is not None and job_in.interval_s > job_in.duration_s:
+        raise InvalidRequest("the interval is longer than the duration", field="interval_s")
+    try:
+        params = spec.validate_params(job_in.params)
+    except BadParameter as exc:
+        raise InvalidRequest(exc.message, field=exc.field) from None
+    for kind in sorted(job_in.scope.kinds() - spec.scopes):
+        note = f" ({spec.scope_note})" if spec.scope_note else ""
+        raise InvalidRequest(f"{spec.name} cannot be scoped by {kind}{note}", field=f"scope.{kind}")
+    return params
+
+
+def resolve_targets(*, session: Session, job_in: JobCreate) -> list[Host]:
+    targets = job_in.targets
+    if targets.hosts is not None:
+        found = {h.name: h for h in hosts_service.list_hosts(session=session)}
+        unknown = [n for n in targets.hosts if n not in found]
+        if unknown:
+            raise InvalidRequest(f"unknown hosts: {', '.join(unknown)}", field="targets.hosts")
+        return [found[n] for n in dict.fromkeys(targets.hosts)]
+    hosts = hosts_service.list_hosts(session=session, selector=targets.selector)
+    if not hosts:
+        field = "targets.selector" if targets.selector else "targets.all"
+        raise InvalidRequest("no host matches the targets", field=field)
+    return hosts
+
+
+def unsupported_reason(host: Host, program: str) -> str | None:
+    """Why a host cannot run a program, from the capabilities it reported; None if it can."""
+    caps = host.capabilities
+    if not caps:
+        return None
+    for support in caps.get("programs", []):
+        if support.get("program") == program and not support.get("supported", True):
+            return str(support.get("reason") or "unsupported on this host")
+    if program == "custom" and not caps.get("features", {}).get("tracepoints", False):
+        return "this host cannot load tracepoint programs"
+    return None
+
+
+def create(
+    *,
+    session: Session,
+    settings: Settings,
+    dispatcher: Dispatcher,
+    job_in: JobCreate,
+    created_by: str | None,
+    may_run_custom: bool,
+) -> Job:
+    params = validate(job_in, settings=settings, may_run_custom=may_run_custom)
+    hosts = resolve_targets(session=session, job_in=job_in)
+    now = utcnow()
+    job = Job(
+        id=str(uuid.uuid4()),
+        program=job_in.program,
+        params=params,
+        scope=job_in.scope.model_dump(exclude_none=True),
+        limits=job_in.limits.model_dump(),
+        targets=job_in.targets.model_dump(exclude_none=True, exclude_defaults=True)
+        or {"all": True},
+        duration_s=job_in.duration_s,
+        interval_s=job_in.interval_s,
+        source=job_in.source,
+        maps=[m.model_dump(mode="json") for m in job_in.maps],
+        created_by=created_by,
+        created_at=now,
+        state=JobState.pending.value,
+        cancel_requested=False,
+    )
+    session.add(job)
+    to_send: list[tuple[Host, Run]] = []
+    for host in hosts:
+        run = Run(
+            id=str(uuid.uuid4()),
+            job=job,
+            host_name=host.name,
+            state=RunState.pending.value,
+            created_at=now,
+        )
+        reason = unsupported_reason(host, job.program)
+        if reason is not None:
+            run.state = RunState.unsupported.value
+            run.reason = reason
+            run.finished_at = now
+        else:
+            run.expires_at = now + timedelta(seconds=settings.task_expiry_s)
+            to_send.append((host, run))
+        session.add(run)
+        add_event(session, job_id=job.id, run=run, kind="state", payload=_run_state(run))
+    refresh_state(session=session, job=job)
+    session.commit()
+    for host, run in to_send:
+        dispatcher.send(
+            host=host.name, request=trace_request(job, run), expires_s=settings.task_expiry_s
+        )
+        run.dispatched_at = utcnow()
+    session.commit()
+    log.info("job %s: %s on %d hosts", job.id, job.program, len(hosts))
+    return job
+
+
+def trace_request(job: Job, run: Run) -> TraceRequest:
+    return TraceRequest(
+        run_id=run.id,
+        job_id=job.id,
+        program=job.program,
+        params=job.params,
+        scope=job.scope,  # type: ignore[arg-type]
+        duration_s=job.duration_s,
+        interval_s=job.interval_s,
+        limits=job.limits,  # type: ignore[arg-type]
+        source=job.source,
+        maps=job.maps,
+    )
+
+
+def _run_state(run: Run) -> dict[str, Any]:
+    return {
+        "run_id": run.id,
+        "host": run.host_name,
+        "state": run.state,
+        "reason": run.reason,
+        "error": run.error,
+    }
+
+
+def add_event(
+    session: Session, *, job_id: str, run: Run | None, kind: str, payload: dict[str, Any]
+) -> None:
+    session.add(
+        JobEvent(
+            job_id=job_id,
+            run_id=run.id if run else None,
+            host_name=run.host_name if run else None,
+            kind=kind,
+            payload=payload,
+        )
+    )
+
+
+def refresh_state(*, session: Session, job: Job) -> JobState:
+    """A job's state follows its runs; when it becomes final, that is logged once."""
+    states = [RunState(r.state) for r in job.runs]
+    before = JobState(job.state)
+    if not states or any(not s.final for s in states):
+        new = JobState.running if any(s is RunState.running for s in states) else JobState.pending
+        if before is JobState.running and new is JobState.pending:
+            new = JobState.running
+    elif job.cancel_requested:
+        new = JobState.cancelled
+    elif all(s is RunState.succeeded for s in states):
+        new = JobState.succeeded
+    elif any(s is RunState.succeeded for s in states):
+        new = JobState.partial
+    else:
+        new = JobState.failed
+    if new is not before:
+        job.state = new.value
+        if new.final:
+            job.finished_at = utcnow()
+            add_event(session, job_id=job.id, run=None, kind="job", payload={"state": new.value})
+    return new
+
+
+def set_run_state(
+    *,
+    session: Session,
+    run: Run,
+    state: RunState,
+    reason: str | None = None,
+    error: dict[str, Any] | None = None,
+) -> bool:
+    """Move a run to a new state if that is a legal step; False when it is not."""
+    current = RunState(run.state)
+    # `expired` is the controller's guess that the host never started; the host may prove it wrong.
+    if current.final and current is not RunState.expired:
+        return False
+    if current is state:
+        return False
+    now = utcnow()
+    run.state = state.value
+    if reason is not None:
+        run.reason = reason
+    if error is not None:
+        run.error = error
+    if state is RunState.running and run.started_at is None:
+        run.started_at = now
+    if state.final:
+        run.finished_at = now
+    add_event(session, job_id=run.job_id, run=run, kind="state", payload=_run_state(run))
+    return True
+
+
+def get(*, session: Session, job_id: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.id == job_id).options(selectinload(Job.runs)))
+
+
+def list_jobs(
+    *,
+    session: Session,
+    state: JobState | None = None,
+    program: str | None = None,
+    host: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Job], int]:
+    query = select(Job)
+    if state is not None:
+        query = query.where(Job.state == state.value)
+    if program is not None:
+        query = query.where(Job.program == program)
+    if host is not None:
+        query = query.where(Job.id.in_(select(Run.job_id).where(Run.host_name == host)))
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.options(selectinload(Job.runs))
+        .order_by(Job.created_at.desc(), Job.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return list(rows), total
+
+
+def cancel(*, session: Session, dispatcher: Dispatcher, job: Job) -> Job:
+    """Ask every unfinished run to stop; runs not started yet end here and now."""
+    job.cancel_requested = True
+    for run in job.runs:
+        state = RunState(run.state)
+        if state.final:
+            continue
+        dispatcher.request_cancel(run_id=run.id)
+        if state is RunState.pending:
+            set_run_state(
+                session=session, run=run, state=RunState.cancelled, reason="cancelled before start"
+            )
+    refresh_state(session=session, job=job)
+    session.commit()
+    log.info("job %s: cancel requested", job.id)
+    return job
+
+
+def snapshot_counts(*, session: Session, job: Job) -> dict[str, int]:
+    from controller.jobs.models import SnapshotRow
+
+    rows = session.execute(
+        select(SnapshotRow.run_id, func.count())
+        .where(SnapshotRow.job_id == job.id)
+        .group_by(SnapshotRow.run_id)
+    ).all()
+    return {run_id: int(n) for run_id, n in rows}
+
+
+def to_public(job: Job, *, snapshots: dict[str, int] | None = None) -> JobPublic:
+    snapshots = snapshots or {}
+    runs = [
+        RunPublic(
+            id=r.id,
+            host=r.host_name,
+            state=RunState(r.state),
+            reason=r.reason,
+            error=r.error,
+            created_at=r.created_at,
+            started_at=r.started_at,
+            finished_at=r.finished_at,
+            snapshots=snapshots.get(r.id, 0),
+        )
+        for r in job.runs
+    ]
+    return JobPublic(
+        id=job.id,
+        program=job.program,
+        params=job.params,
+        scope=job.scope,
+        limits=job.limits,
+        targets=job.targets,
+        duration_s=job.duration_s,
+        interval_s=job.interval_s,
+        state=JobState(job.state),
+        created_by=job.created_by,
+        created_at=job.created_at,
+        finished_at=job.finished_at,
+        runs=runs,
+        counts=dict(Counter(r.state for r in job.runs)),
+    )

@@ -1,0 +1,28 @@
+"""The agent's settings: FLEETTRACE_* environment variables or /etc/fleettrace/agent.env."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CONFIG_FILE = os.environ.get("FLEETTRACE_AGENT_CONFIG", "/etc/fleettrace/agent.env")
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FLEETTRACE_", env_file=CONFIG_FILE, extra="ignore"
+    )
+
+    host: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    allow_custom: bool = False
+    max_duration_s: float = Field(default=3600.0, gt=0)
+    concurrency: int = Field(default=4, ge=1, le=64)
+    heartbeat_s: float = Field(default=10.0, gt=0)
+    probe_every_s: float = Field(default=3600.0, gt=0)
+    cgroup: str | None = Field(
+        default=None, description="cgroup v2 path every trace of this host is confined to"
+    )

@@ -1,0 +1,237 @@
+"""The agent's Celery worker: consumes only its host's queue, runs traces, streams events back."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+
+from node_agent import __version__
+from node_agent.protocol import (
+    Heartbeat,
+    HostCapabilities,
+    RunEvent,
+    RunState,
+    StateChange,
+    StreamEnvelope,
+    TraceRequest,
+)
+from node_agent.runner import TraceRunner
+from node_agent.settings import AgentSettings
+from node_agent.wire import (
+    EVENTS_STREAM,
+    EVENTS_STREAM_MAXLEN,
+    TASK_RUN_TRACE,
+    cancel_key,
+    celery_config,
+    client_url,
+    host_queue,
+)
+
+log = logging.getLogger(__name__)
+CANCEL_POLL_S = 0.2
+
+
+class EventPublisher:
+    """Appends an agent's events to the shared Redis stream, in order per run."""
+
+    def __init__(self, client: redis.Redis, host: str) -> None:
+        self.client = client
+        self.host = host
+
+    def publish(self, event: RunEvent | Heartbeat, job_id: str | None = None) -> None:
+        envelope = StreamEnvelope(host=self.host, job_id=job_id, event=event)
+        for attempt in range(5):
+            try:
+                self.client.xadd(
+                    EVENTS_STREAM,
+                    {"data": envelope.model_dump_json()},
+                    maxlen=EVENTS_STREAM_MAXLEN,
+                    approximate=True,
+                )
+                return
+            except redis.ConnectionError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+
+
+class Agent:
+    """One host's agent: settings, a Redis client, the traces in progress."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.redis = redis.Redis.from_url(client_url(settings.redis_url))
+        self.publisher = EventPublisher(self.redis, settings.host)
+        self.running: dict[str, TraceRunner] = {}
+        self.capabilities: HostCapabilities | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def confine(self, request: TraceRequest) -> TraceRequest:
+        """Scope a request to this host's cgroup, when the agent has one."""
+        base = self.settings.cgroup
+        if base is None:
+            return request
+        inner = (request.scope.cgroup or "").strip("/")
+        cgroup = f"{base.rstrip('/')}/{inner}" if inner else base
+        return request.model_copy(
+            update={"scope": request.scope.model_copy(update={"cgroup": cgroup})}
+        )
+
+    def run(self, request: TraceRequest) -> StateChange:
+        job_id = request.job_id
+        run_id = request.run_id
+
+        def publish(event: RunEvent) -> None:
+            self.publisher.publish(event, job_id=job_id)
+
+        if self.redis.exists(cancel_key(run_id)):
+            final = StateChange(
+                run_id=run_id, state=RunState.cancelled, reason="cancelled before start"
+            )
+            publish(final)
+            return final
+        runner = TraceRunner(
+            self.confine(request),
+            publish,
+            allow_custom=self.settings.allow_custom,
+            max_duration_s=self.settings.max_duration_s,
+        )
+        with self._lock:
+            self.running[run_id] = runner
+        done = threading.Event()
+        watcher = threading.Thread(
+            target=self._watch_cancel, args=(run_id, runner, done), daemon=True
+        )
+        watcher.start()
+        try:
+            log.info("run %s (job %s): starting %s", run_id, job_id, request.program)
+            final = runner.run()
+            log.info("run %s (job %s): %s", run_id, job_id, final.state.value)
+            return final
+        finally:
+            done.set()
+            with self._lock:
+                self.running.pop(run_id, None)
+
+    def _watch_cancel(self, run_id: str, runner: TraceRunner, done: threading.Event) -> None:
+        while not done.wait(CANCEL_POLL_S):
+            try:
+                if self.redis.exists(cancel_key(run_id)):
+                    log.info("run %s: cancel requested", run_id)
+                    runner.cancel()
+                    return
+            except redis.RedisError as exc:
+                log.warning("run %s: cannot check for cancel: %s", run_id, exc)
+
+    def probe(self) -> HostCapabilities | None:
+        """Probe in a child process: a probe that crashes must not take the worker down."""
+        try:
+            out = subprocess.run(
+                [sys.executable, "-m", "node_agent.cli", "probe"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=True,
+            ).stdout
+            return HostCapabilities.model_validate(json.loads(out))
+        except (subprocess.SubprocessError, ValueError, OSError) as exc:
+            log.error("host %s: capability probe failed: %s", self.settings.host, exc)
+            return None
+
+    def heartbeat_forever(self) -> None:
+        probed_at = 0.0
+        while not self._stop.is_set():
+            if (
+                time.monotonic() - probed_at > self.settings.probe_every_s
+                or self.capabilities is None
+            ):
+                self.capabilities = self.probe() or self.capabilities
+                probed_at = time.monotonic()
+            with self._lock:
+                running = list(self.running)
+            beat = Heartbeat(
+                host=self.settings.host,
+                agent_version=__version__,
+                capabilities=self.capabilities,
+                running=running,
+            )
+            try:
+                self.publisher.publish(beat)
+            except redis.RedisError as exc:
+                log.warning("host %s: heartbeat failed: %s", self.settings.host, exc)
+            self._stop.wait(self.settings.heartbeat_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            runners = list(self.running.values())
+        for runner in runners:
+            runner.cancel()
+
+
+def make_app(agent: Agent) -> Celery:
+    app = Celery("fleettrace-agent")
+    app.conf.update(celery_config(agent.settings.redis_url))
+
+    @app.task(name=TASK_RUN_TRACE, ignore_result=True)  # type: ignore[untyped-decorator]
+    def run_trace(request: dict[str, Any]) -> str:
+        try:
+            parsed = TraceRequest.model_validate(request)
+        except ValueError as exc:
+            run_id = (
+                str(request.get("run_id", "unknown")) if isinstance(request, dict) else "unknown"
+            )
+            log.error("run %s: unreadable request: %s", run_id, exc)
+            return "failed"
+        return agent.run(parsed).state.value
+
+    return app
+
+
+def serve(settings: AgentSettings) -> None:
+    """Join the fleet: heartbeat, then consume this host's queue until stopped."""
+    agent = Agent(settings)
+    app = make_app(agent)
+    beat = threading.Thread(target=agent.heartbeat_forever, name="heartbeat", daemon=True)
+    beat.start()
+    log.info("agent %s joining via %s", settings.host, _redact(settings.redis_url))
+    try:
+        app.worker_main(
+            [
+                "worker",
+                "--queues",
+                host_queue(settings.host),
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(settings.concurrency),
+                "--hostname",
+                f"{settings.host}@{os.uname().nodename}",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "INFO",
+            ]
+        )
+    finally:
+        agent.stop()
+
+
+def _redact(url: str) -> str:
+    """A URL without its password, for logs."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, where = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{where}" if ":" in creds else f"{scheme}://{user}@{where}"
