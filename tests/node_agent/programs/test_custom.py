@@ -194,6 +194,8 @@ def test_a_declared_map_the_program_lacks_is_a_bad_request() -> None:
     error = outcome.final.error
     assert error is not None and error.code is ErrorCode.bad_request
     assert "not_there" in error.message
+    # Found when the program is loaded, not after the whole trace has run.
+    assert not [e for e in outcome.events if getattr(e, "state", None) is RunState.running]
     _check_counter_trace("custom-nomap-after")
 
 
