@@ -10,7 +10,6 @@ from node_agent.programs.decode import counter_table, syscall_name, text, value
 from node_agent.programs.spec import DecodeContext, Param, ProgramSpec
 from node_agent.protocol import KeyField, KeyValue, Result
 
-
 NR_SLOTS = 1024
 
 
