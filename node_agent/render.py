@@ -28,7 +28,7 @@ def slot_bounds(slot: int) -> tuple[int, int]:
 
 def histogram_lines(hist: Log2Histogram) -> list[str]:
     if not hist.buckets:
-        return [f"     {hist.unit:<19}: count     distribution", "     (no samples)"]
+        return [f"     {hist.unit:<19} : count     distribution", "     (no samples)"]
     counts = dict(hist.buckets)
     top = max(counts)
     first = min(s for s, c in hist.buckets if c)
@@ -38,7 +38,7 @@ def histogram_lines(hist: Log2Histogram) -> list[str]:
         low, high = slot_bounds(slot)
         count = counts.get(slot, 0)
         bar = "*" * (count * BAR_WIDTH // peak if peak else 0)
-        lines.append(f"{low:>10} -> {high:<10}: {count:<9} |{bar:<{BAR_WIDTH}}|")
+        lines.append(f"{low:>10} -> {high:<10} : {count:<8} |{bar:<{BAR_WIDTH}}|")
     return lines
 
 
