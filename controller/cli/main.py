@@ -8,14 +8,7 @@ import sys
 from typing import NoReturn
 
 from controller.cli import client, server
-
-
-class CliError(Exception):
-    """Bad input or a refused request: one line on stderr, exit code 2 (or 1 for failures)."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
+from controller.cli.errors import CliError
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,254 @@
+"""`fleettrace jobs submit|list|show|cancel|results`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from controller.cli.common import api, pair, print_json
+from controller.cli.follow import FINAL_JOB_STATES, follow, settle
+from controller.cli.http import ApiClient
+from controller.cli.sidebyside import TOP, render_results
+from controller.cli.text import Line, emit, plural, seconds, table_lines, terminal_width, when
+from controller.jobs.models import JobPublic, JobResults
+from node_agent.cli import parse_duration
+
+JOB_STATES = ("pending", "running", "succeeded", "partial", "failed", "cancelled")
+# After a cancel, agents stop within about a second and send what they have.
+CANCEL_SETTLE_S = 10.0
+
+
+def _hosts(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"no host names in {text!r} (use a,b,c)")
+    return names
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    jobs = sub.add_parser("jobs", help="run traces on hosts and read their results")
+    jsub = jobs.add_subparsers(dest="jobs_command", required=True)
+
+    submit = jsub.add_parser("submit", parents=[common], help="run a program on hosts")
+    submit.add_argument("program", help="a catalog program (fleettrace-agent programs)")
+    target = submit.add_mutually_exclusive_group(required=True)
+    target.add_argument("--hosts", type=_hosts, metavar="A,B", help="these hosts")
+    target.add_argument(
+        "--selector", type=pair, action="append", metavar="K=V", help="hosts with these labels"
+    )
+    target.add_argument("--all", action="store_true", help="every registered host")
+    submit.add_argument("--duration", type=parse_duration, required=True, help="e.g. 30s, 2m")
+    submit.add_argument("--interval", type=parse_duration, help="a snapshot every interval")
+    submit.add_argument("--param", type=pair, action="append", default=[], metavar="K=V")
+    submit.add_argument("--cgroup", help="trace only this cgroup v2 path on every host")
+    submit.add_argument("--pid", type=int, help="trace only this process id")
+    submit.add_argument("--comm", help="trace only processes with this name")
+    submit.add_argument("--wait", action="store_true", help="follow it, then show the results")
+    submit.add_argument("--top", type=_positive, default=TOP, help="rows per result (--wait)")
+    submit.add_argument("--json", action="store_true")
+    submit.set_defaults(func=cmd_submit)
+
+    listing = jsub.add_parser("list", parents=[common], help="jobs, newest first")
+    listing.add_argument("--state", choices=JOB_STATES)
+    listing.add_argument("--program")
+    listing.add_argument("--host", help="jobs that ran on this host")
+    listing.add_argument("--limit", type=_positive, default=20)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_list)
+
+    show = jsub.add_parser("show", parents=[common], help="a job and its run on each host")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_show)
+
+    cancel = jsub.add_parser("cancel", parents=[common], help="stop a job, keep its results")
+    cancel.add_argument("id")
+    cancel.add_argument("--json", action="store_true")
+    cancel.set_defaults(func=cmd_cancel)
+
+    results = jsub.add_parser("results", parents=[common], help="results, hosts side by side")
+    results.add_argument("id")
+    results.add_argument("--top", type=_positive, default=TOP, help="rows per result")
+    results.add_argument("--json", action="store_true")
+    results.set_defaults(func=cmd_results)
+
+
+def job_body(args: argparse.Namespace) -> dict[str, Any]:
+    if args.hosts is not None:
+        targets: dict[str, Any] = {"hosts": args.hosts}
+    elif args.selector:
+        targets = {"selector": dict(args.selector)}
+    else:
+        targets = {"all": True}
+    scope = {"cgroup": args.cgroup, "pid": args.pid, "comm": args.comm}
+    return {
+        "program": args.program,
+        # Values stay strings: the program's spec coerces and bounds-checks them.
+        "params": dict(args.param),
+        "scope": {k: v for k, v in scope.items() if v is not None},
+        "duration_s": args.duration,
+        "interval_s": args.interval,
+        "targets": targets,
+    }
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    with api(args) as client:
+        job: dict[str, Any] = client.post("/v1/jobs", job_body(args))
+        if not args.wait:
+            if args.json:
+                print_json(job)
+            else:
+                emit(submitted_lines(JobPublic.model_validate(job)))
+            return 0
+        try:
+            state = follow(client, job).state
+        except KeyboardInterrupt:
+            sys.stderr.write(
+                f"fleettrace: interrupted: cancelling job {job['id']}, keeping what it gathered\n"
+            )
+            client.post(f"/v1/jobs/{job['id']}/cancel")
+            state = settle(client, job["id"], timeout_s=CANCEL_SETTLE_S)["state"]
+        show_results(client, job["id"], top=args.top, as_json=args.json)
+    return 0 if state == "succeeded" else 1
+
+
+def submitted_lines(job: JobPublic) -> list[Line]:
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(job.counts.items()))
+    return [
+        Line(
+            f"submitted job {job.id}: {job.program} on {plural(len(job.runs), 'host')} ({counts})"
+        ),
+        Line(f"progress: fleettrace jobs show {job.id}", "dim"),
+        Line(f"results:  fleettrace jobs results {job.id}", "dim"),
+    ]
+
+
+def show_results(client: ApiClient, job_id: str, *, top: int, as_json: bool) -> None:
+    data = client.get(f"/v1/jobs/{job_id}/results")
+    if as_json:
+        print_json(data)
+        return
+    job = JobPublic.model_validate(client.get(f"/v1/jobs/{job_id}"))
+    results = JobResults.model_validate(data)
+    emit(render_results(results, runs=job.runs, top=top, width=terminal_width()))
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    with api(args) as client:
+        show_results(client, args.id, top=args.top, as_json=args.json)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    params = {"state": args.state, "program": args.program, "host": args.host}
+    query = {k: v for k, v in params.items() if v is not None} | {"limit": args.limit}
+    with api(args) as client:
+        data = client.get("/v1/jobs", params=query)
+    if args.json:
+        print_json(data)
+        return 0
+    jobs = [JobPublic.model_validate(j) for j in data["data"]]
+    if not jobs:
+        emit([Line("no jobs", "dim")])
+        return 0
+    rows = [
+        [
+            j.id,
+            j.program,
+            j.state.value,
+            f"{j.counts.get('succeeded', 0)}/{len(j.runs)}",
+            when(j.created_at),
+            seconds(j.duration_s),
+            j.created_by or "-",
+        ]
+        for j in jobs
+    ]
+    header = ["ID", "PROGRAM", "STATE", "OK/HOSTS", "CREATED", "DURATION", "BY"]
+    footer = f"{len(jobs)} of {data['count']} jobs" + (
+        " (--limit for more)" if data["count"] > len(jobs) else ""
+    )
+    emit([*table_lines(header, rows, right=[False] * 3 + [True]), Line(footer, "dim")])
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with api(args) as client:
+        data = client.get(f"/v1/jobs/{args.id}")
+    if args.json:
+        print_json(data)
+        return 0
+    emit(job_lines(JobPublic.model_validate(data)))
+    return 0
+
+
+def _kv(items: dict[str, Any]) -> str:
+    # JSON spelling (true, not True), as the operator would type it in --param.
+    return " ".join(f"{k}={_value(v)}" for k, v in items.items()) or "-"
+
+
+def _value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def job_lines(job: JobPublic) -> list[Line]:
+    targets = job.targets
+    if "hosts" in targets:
+        target = "hosts " + ",".join(targets["hosts"])
+    elif "selector" in targets:
+        target = "selector " + _kv(targets["selector"])
+    else:
+        target = "all hosts"
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(job.counts.items()))
+    every = f", a snapshot every {seconds(job.interval_s)}" if job.interval_s else ""
+    fields = [
+        ("program", job.program),
+        ("state", f"{job.state.value} ({counts})"),
+        ("params", _kv(job.params)),
+        ("scope", _kv(job.scope)),
+        ("targets", target),
+        ("duration", seconds(job.duration_s) + every),
+        ("created", f"{when(job.created_at)} by {job.created_by or '-'}"),
+        ("finished", when(job.finished_at)),
+    ]
+    lines = [Line(f"job {job.id}", "title")]
+    lines += [Line(f"{k + ':':<10}{v}") for k, v in fields]
+    rows = []
+    for run in job.runs:
+        note = run.reason or ""
+        if run.error:
+            note = f"{run.error.get('code', 'error')}: {run.error.get('message', '')}"
+        started = run.started_at.astimezone().strftime("%H:%M:%S") if run.started_at else "-"
+        ended = run.finished_at.astimezone().strftime("%H:%M:%S") if run.finished_at else "-"
+        rows.append([run.host, run.state.value, str(run.snapshots), started, ended, note])
+    header = ["HOST", "STATE", "SNAPSHOTS", "STARTED", "FINISHED", "REASON"]
+    table = table_lines(header, rows, right=[False, False, True])
+    bad = {"failed", "timed_out", "expired", "unsupported"}
+    for i, run in enumerate(job.runs, start=1):
+        if run.state.value in bad:
+            table[i] = Line(table[i].text, "bad")
+    return [*lines, Line(""), *table]
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with api(args) as client:
+        data = client.post(f"/v1/jobs/{args.id}/cancel")
+    if args.json:
+        print_json(data)
+        return 0
+    job = JobPublic.model_validate(data)
+    still = "" if job.state.value in FINAL_JOB_STATES else "; running hosts stop within a second"
+    emit([Line(f"job {job.id}: cancel requested, now {job.state.value}{still}")])
+    return 0

@@ -1,0 +1,69 @@
+"""Numbers from log2 histograms (count, percentiles, highest bucket) for views and reports.
+
+Percentiles are bucket upper bounds: a log2 histogram cannot say more than "at most this".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+from node_agent.render import slot_bounds
+
+Buckets = Iterable[tuple[int, int]]
+DEFAULT_PERCENTILES = (50.0, 90.0, 99.0)
+
+
+def _nonempty(buckets: Buckets) -> list[tuple[int, int]]:
+    return sorted((slot, count) for slot, count in buckets if count > 0)
+
+
+def percentile(buckets: Buckets, p: float) -> int | None:
+    """The upper bound of the bucket where the cumulative count reaches rank ceil(p% of n).
+
+    None for an empty histogram.
+    """
+    if not 0 < p <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {p}")
+    items = _nonempty(buckets)
+    n = sum(count for _, count in items)
+    if n == 0:
+        return None
+    # Exact arithmetic: 99.9% of 1000 must be rank 999, not 1000 through a float error.
+    rank = max(1, math.ceil(Fraction(str(p)) * n / 100))
+    seen = 0
+    for slot, count in items:
+        seen += count
+        if seen >= rank:
+            return slot_bounds(slot)[1]
+    raise AssertionError("unreachable: the last bucket reaches every rank")
+
+
+def max_slot(buckets: Buckets) -> int | None:
+    """The highest non-empty slot, or None for an empty histogram."""
+    items = _nonempty(buckets)
+    return items[-1][0] if items else None
+
+
+@dataclass(frozen=True)
+class HistogramSummary:
+    count: int
+    percentiles: dict[float, int | None]
+    max_slot: int | None
+
+    @property
+    def max_bounds(self) -> tuple[int, int] | None:
+        return slot_bounds(self.max_slot) if self.max_slot is not None else None
+
+
+def summarize(
+    buckets: Buckets, percentiles: Sequence[float] = DEFAULT_PERCENTILES
+) -> HistogramSummary:
+    items = _nonempty(buckets)
+    return HistogramSummary(
+        count=sum(count for _, count in items),
+        percentiles={p: percentile(items, p) for p in percentiles},
+        max_slot=max_slot(items),
+    )
