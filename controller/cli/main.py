@@ -9,6 +9,7 @@ from typing import NoReturn
 
 from controller.cli import client, server
 from controller.cli.errors import CliError
+from controller.devstack import cli as devstack_cli
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     server.add_commands(sub)
     client.add_commands(sub)
+    devstack_cli.add_commands(sub)
     return parser
 
 

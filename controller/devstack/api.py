@@ -1,0 +1,82 @@
+"""The few REST calls a local stack needs: health, hosts, jobs, results."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from controller.devstack.config import DevstackError, HostSpec
+
+FINAL_JOB_STATES = {"succeeded", "partial", "failed", "cancelled"}
+
+
+class Api:
+    def __init__(self, url: str, token: str, timeout_s: float = 10.0) -> None:
+        self.client = httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.client.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise DevstackError(f"{method} {path}: {exc}") from None
+        if response.status_code >= 400:
+            raise DevstackError(f"{method} {path}: {response.status_code} {response.text[:500]}")
+        return response.json() if response.content else None
+
+    def healthy(self) -> bool:
+        try:
+            return self.client.get("/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def register(self, host: HostSpec, address: str) -> None:
+        body = {"name": host.name, "address": address, "labels": host.labels}
+        self._call("POST", "/v1/hosts", json=body)
+
+    def hosts(self) -> dict[str, dict[str, Any]]:
+        return {h["name"]: h for h in self._call("GET", "/v1/hosts")["data"]}
+
+    def wait_online(self, names: list[str], timeout_s: float, alive: Callable[[], None]) -> None:
+        """Until every named host heartbeats; `alive` raises if the stack broke meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            alive()
+            hosts = self.hosts()
+            waiting = [n for n in names if hosts.get(n, {}).get("state") != "online"]
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                raise DevstackError(f"hosts not online after {timeout_s:g}s: {', '.join(waiting)}")
+            time.sleep(0.3)
+
+    def submit(self, program: str, params: dict[str, Any], duration_s: float) -> dict[str, Any]:
+        body = {
+            "program": program,
+            "params": params,
+            "duration_s": duration_s,
+            "targets": {"all": True},
+        }
+        job: dict[str, Any] = self._call("POST", "/v1/jobs", json=body)
+        return job
+
+    def wait_job(self, job_id: str, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job: dict[str, Any] = self._call("GET", f"/v1/jobs/{job_id}")
+            if job["state"] in FINAL_JOB_STATES:
+                return job
+            if time.monotonic() > deadline:
+                raise DevstackError(f"job {job_id} still {job['state']} after {timeout_s:g}s")
+            time.sleep(0.3)
+
+    def results(self, job_id: str) -> dict[str, Any]:
+        results: dict[str, Any] = self._call("GET", f"/v1/jobs/{job_id}/results")
+        return results

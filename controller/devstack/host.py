@@ -1,0 +1,87 @@
+"""One local host: its files, and the command lines of what runs in its namespaces."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Protocol
+
+from controller.devstack import system, workload
+from controller.devstack.config import HostSpec, StackConfig
+
+WORKLOAD_DIR = "fleettrace-demo"
+# Runs in a host's fresh mount and UTS namespaces: name it, give it its own /opt and
+# /etc/fleettrace, then hold the namespaces open until the stack stops.
+HOLDER = """set -e
+echo "$1" > /proc/sys/kernel/hostname
+mount --bind "$2/opt" /opt
+mount --bind "$2/etc" /etc/fleettrace
+touch "$2/ready"
+while [ -e "$3" ]; do sleep 1; done
+"""
+
+
+class HostService(Protocol):
+    """Something more to run in every local host's namespaces (issue 4 adds its sshd here)."""
+
+    name: str
+
+    def prepare(self, config: StackConfig, host: HostSpec, index: int) -> None:
+        """Write what the service needs under config.host_dir(host.name)."""
+
+    def command(self, config: StackConfig, host: HostSpec, index: int) -> list[str]:
+        """The command line, run in the host's namespaces and its agent's cgroup; in the
+        foreground (e.g. `sshd -D`): a service that exits fails the stack."""
+
+
+def fleettrace_command(script: str, module: str) -> list[str]:
+    """This venv's console script, or its module's main() when the scripts are not installed."""
+    path = Path(sys.executable).parent / script
+    if path.exists():
+        return [str(path)]
+    return [sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())"]
+
+
+def write_files(config: StackConfig, host: HostSpec) -> None:
+    """The host's own /opt (its workload) and /etc/fleettrace (its agent's config)."""
+    home = config.host_dir(host.name)
+    (home / "opt" / WORKLOAD_DIR).mkdir(parents=True, exist_ok=True)
+    (home / "etc").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(workload.__file__, home / "opt" / WORKLOAD_DIR / "workload.py")
+    (home / "etc" / "agent.env").write_text(
+        f"FLEETTRACE_HOST={host.name}\n"
+        f"FLEETTRACE_REDIS_URL={config.redis_url}\n"
+        f"FLEETTRACE_CGROUP={config.host_cgroup(host.name)}\n"
+        f"FLEETTRACE_HEARTBEAT_S={config.heartbeat_s:g}\n"
+    )
+
+
+def ready_file(config: StackConfig, host: HostSpec) -> Path:
+    return config.host_dir(host.name) / "ready"
+
+
+def holder_command(config: StackConfig, host: HostSpec) -> list[str]:
+    """Enters the host's network namespace and makes its mount and UTS namespaces."""
+    netns = system.NETNS_DIR / config.netns(host.name)
+    home, alive = config.host_dir(host.name), config.alive_file
+    return [
+        *("nsenter", f"--net={netns}", "--"),
+        *("unshare", "--mount", "--uts", "--propagation", "private", "--"),
+        *("sh", "-c", HOLDER, "holder", host.name, str(home), str(alive)),
+    ]
+
+
+def workload_command(config: StackConfig, host: HostSpec, holder: int) -> list[str]:
+    """Runs from the host's private /opt; stops by itself once the stack's alive file is gone."""
+    script = f"/opt/{WORKLOAD_DIR}/workload.py"
+    alive = str(config.alive_file)
+    return [*system.enter(holder), sys.executable, script, host.workload, alive]
+
+
+def agent_command(config: StackConfig, host: HostSpec, holder: int) -> list[str]:
+    agent = fleettrace_command("fleettrace-agent", "node_agent.cli")
+    return [
+        *(*system.enter(holder), *agent, "worker", "--host", host.name),
+        *("--redis-url", config.redis_url, "--cgroup", config.host_cgroup(host.name)),
+    ]

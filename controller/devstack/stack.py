@@ -1,0 +1,273 @@
+"""Bring a local stack up on this machine: Redis, the controller, and hosts in namespaces."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from controller.devstack import host, system
+from controller.devstack.api import Api
+from controller.devstack.config import DevstackError, HostSpec, StackConfig, load
+from controller.devstack.teardown import down
+
+log = logging.getLogger(__name__)
+NEEDED = ("redis-server", "ip", "nsenter", "unshare", "mount", "sh")
+
+
+class Stack:
+    def __init__(
+        self,
+        config: StackConfig,
+        *,
+        services: Sequence[host.HostService] = (),
+        progress: Callable[[str], None] = log.info,
+    ) -> None:
+        self.config = config
+        self.services = services
+        self.progress = progress
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.token = ""
+
+    @property
+    def api(self) -> Api:
+        return Api(self.config.api_url, self.token)
+
+    def up(self, *, online_timeout_s: float = 90.0) -> None:
+        """Start everything and wait until every host is online; on failure, undo it all."""
+        self._preflight()
+        started = time.monotonic()
+        try:
+            self._prepare_dirs()
+            self._start_redis()
+            self._start_controller()
+            api = self.api
+            try:
+                for index, spec in enumerate(self.config.hosts):
+                    self._start_host(index, spec, api)
+                self.progress("waiting for the agents' first heartbeats")
+                api.wait_online([h.name for h in self.config.hosts], online_timeout_s, self.check)
+            finally:
+                api.close()
+        except BaseException:
+            self.progress("could not start: tearing down what was made")
+            try:
+                self.down()
+            except DevstackError as exc:
+                self.progress(str(exc))
+            raise
+        self.progress(f"stack up in {time.monotonic() - started:.1f}s: {self.config.api_url}")
+
+    def down(self, *, purge: bool = False) -> None:
+        down(self.config.state_dir, purge=purge, progress=self.progress, reap=self.reap)
+
+    def reap(self) -> None:
+        for proc in self.procs.values():
+            proc.poll()
+
+    def check(self) -> None:
+        """Raise if a process this stack started has exited."""
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                where = self.config.logs_dir / f"{name}.log"
+                raise DevstackError(
+                    f"{name} exited with {proc.returncode}; last lines of {where}:\n"
+                    + system.tail(where)
+                )
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def _preflight(self) -> None:
+        if os.geteuid() != 0:
+            raise DevstackError("the local stack needs root (namespaces, cgroups, bcc)")
+        missing = [tool for tool in NEEDED if shutil.which(tool) is None]
+        if missing:
+            raise DevstackError(f"missing tools: {', '.join(missing)} (run scripts/setup.sh)")
+        system.cgroup_root()
+        for private in ("/opt", "/etc/fleettrace"):
+            for needed in (Path(sys.prefix), Path(__file__), self.config.state_dir):
+                if needed.resolve().is_relative_to(private):
+                    raise DevstackError(
+                        f"{needed} is under {private}, which every local host replaces with its own"
+                    )
+        previous = load(self.config.state_dir)
+        if previous is not None:
+            if system.cgroup_pids(system.cgroup_path(previous.cgroup_parent)):
+                raise DevstackError(
+                    f"a stack is already up in {self.config.state_dir}: `fleettrace dev down` first"
+                )
+            self.progress(f"cleaning up after a previous run in {self.config.state_dir}")
+            down(self.config.state_dir, progress=self.progress)
+        self._check_names_free()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", self.config.port))
+            except OSError:
+                raise DevstackError(
+                    f"port {self.config.port} is in use on 127.0.0.1: choose one with --port"
+                ) from None
+
+    def _check_names_free(self) -> None:
+        """Refuse to start over things this stack did not make: `down` would remove them."""
+        config = self.config
+        taken = []
+        if system.cgroup_path(config.cgroup_parent).exists():
+            taken.append(f"cgroup {config.cgroup_parent}")
+        for index, spec in enumerate(config.hosts):
+            if system.netns_exists(config.netns(spec.name)):
+                taken.append(f"netns {config.netns(spec.name)}")
+            if system.link_exists(config.link(index)):
+                taken.append(f"link {config.link(index)}")
+        if taken:
+            raise DevstackError(
+                f"{', '.join(taken)} already exist and were not made by the stack in "
+                f"{config.state_dir}: remove them first"
+            )
+
+    def _prepare_dirs(self) -> None:
+        self.config.save()
+        self.config.alive_file.touch()
+        shutil.rmtree(self.config.logs_dir, ignore_errors=True)
+        self.config.logs_dir.mkdir(parents=True)
+        for mountpoint in (Path("/opt"), Path("/etc/fleettrace")):
+            if not mountpoint.exists():
+                # Recorded before it is made, so that `down` removes it even after a crash.
+                self.config = self.config.with_created_dir(mountpoint)
+                self.config.save()
+                mountpoint.mkdir(parents=True)
+
+    def _spawn(self, name: str, cmd: list[str], cgroup: str, **kwargs: Any) -> int:
+        proc = system.spawn(
+            cmd,
+            cgroup=system.make_cgroup(cgroup),
+            log_file=self.config.logs_dir / f"{name}.log",
+            **kwargs,
+        )
+        self.procs[name] = proc
+        pids = self._pids()
+        pids[name] = proc.pid
+        (self.config.state_dir / "pids.json").write_text(json.dumps(pids, indent=2) + "\n")
+        return proc.pid
+
+    def _pids(self) -> dict[str, int]:
+        path = self.config.state_dir / "pids.json"
+        return json.loads(path.read_text()) if path.exists() else {}  # type: ignore[no-any-return]
+
+    def _wait(self, what: str, ready: Callable[[], bool], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            self.check()
+            if time.monotonic() > deadline:
+                raise DevstackError(f"{what} not ready after {timeout_s:g}s")
+            time.sleep(0.05)
+
+    def _start_redis(self) -> None:
+        config = self.config
+        self.progress(f"starting redis on {config.redis_socket}")
+        self._spawn(
+            "redis",
+            [
+                *("redis-server", "--port", "0", "--unixsocket", str(config.redis_socket)),
+                *("--unixsocketperm", "700", "--save", "", "--appendonly", "no"),
+                *("--dir", str(config.state_dir), "--daemonize", "no"),
+            ],
+            config.services_cgroup,
+        )
+        client = redis.Redis(unix_socket_path=str(config.redis_socket))
+
+        def pong() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
+
+        try:
+            self._wait("redis", pong, 15)
+        finally:
+            client.close()
+
+    def _controller_env(self) -> dict[str, str]:
+        config = self.config
+        return system.clean_env(
+            {
+                "FLEETTRACE_DATABASE_URL": config.database_url,
+                "FLEETTRACE_REDIS_URL": config.redis_url,
+                "FLEETTRACE_HEARTBEAT_TIMEOUT_S": str(config.heartbeat_timeout_s),
+            }
+        )
+
+    def _start_controller(self) -> None:
+        config = self.config
+        env = self._controller_env()
+        fleettrace = host.fleettrace_command("fleettrace", "controller.cli")
+        self.progress("creating the database and an admin token")
+        created = subprocess.run(
+            [*fleettrace, "tokens", "create", "--name", "devstack", "--role", "admin"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=config.state_dir,
+            timeout=120,
+            check=False,
+        )
+        if created.returncode != 0:
+            raise DevstackError(f"fleettrace tokens create failed: {created.stderr.strip()}")
+        self.token = created.stdout.strip().splitlines()[-1]
+        config.token_file.write_text(self.token + "\n")
+        config.token_file.chmod(0o600)
+        config.env_file.write_text(
+            f"export FLEETTRACE_URL={config.api_url}\nexport FLEETTRACE_TOKEN={self.token}\n"
+        )
+        config.env_file.chmod(0o600)
+        self.progress(f"starting the controller on {config.api_url}")
+        self._spawn(
+            "controller",
+            [*fleettrace, "serve", "--host", "127.0.0.1", "--port", str(config.port)],
+            config.services_cgroup,
+            env=env,
+            cwd=config.state_dir,
+        )
+        api = self.api
+        try:
+            self._wait("the controller", api.healthy, 60)
+        finally:
+            api.close()
+
+    def _start_host(self, index: int, spec: HostSpec, api: Api) -> None:
+        config = self.config
+        root_addr, host_addr = config.addresses(index)
+        netns = config.netns(spec.name)
+        self.progress(f"host {spec.name}: netns {netns} at {host_addr}, workload {spec.workload}")
+        host.write_files(config, spec)
+        system.make_cgroup(config.host_cgroup(spec.name))
+        system.make_netns(netns, config.link(index), root_addr, host_addr)
+        agents = config.agent_cgroup(spec.name)
+        holder = self._spawn(f"{spec.name}-ns", host.holder_command(config, spec), agents)
+        ready = host.ready_file(config, spec)
+        self._wait(f"host {spec.name}'s namespaces", ready.exists, 10)
+        api.register(spec, host_addr)
+        self._spawn(
+            f"{spec.name}-workload",
+            host.workload_command(config, spec, holder),
+            config.host_cgroup(spec.name),
+        )
+        self._spawn(
+            f"{spec.name}-agent",
+            host.agent_command(config, spec, holder),
+            agents,
+            env=system.clean_env({"FLEETTRACE_HEARTBEAT_S": str(config.heartbeat_s)}),
+        )
+        for service in self.services:
+            service.prepare(config, spec, index)
+            command = service.command(config, spec, index)
+            self._spawn(f"{spec.name}-{service.name}", [*system.enter(holder), *command], agents)

@@ -1,0 +1,144 @@
+"""The local fleet: two hosts in their own namespaces and cgroups, a real job, a clean teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller.devstack import HostSpec, Stack, StackConfig, down
+from controller.devstack.api import Api
+from controller.devstack.system import NETNS_DIR, cgroup_path
+from node_agent.scope import cgroup2_mount
+
+pytestmark = pytest.mark.bcc
+
+HOSTS = (
+    HostSpec("web-1", {"role": "web"}, "web-moderate"),
+    HostSpec("db-1", {"role": "db"}, "db-io"),
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tag = os.getpid() % 10_000
+    # Names of its own, so the test never touches a developer's `fleettrace dev up` stack.
+    config = StackConfig(
+        state_dir=tmp_path_factory.mktemp("devstack"),
+        hosts=HOSTS,
+        port=_free_port(),
+        netns_prefix=f"ftt{tag}-",
+        link_prefix=f"ftt{tag}v",
+        cgroup_parent=f"fleettrace-test-{os.getpid()}-devstack",
+        subnet=200 + tag % 50,
+    )
+    stack = Stack(config)
+    stack.up(online_timeout_s=60)
+    try:
+        yield stack
+    finally:
+        down(config.state_dir, purge=True, reap=stack.reap)
+
+
+def _pids(stack: Stack) -> dict[str, int]:
+    return json.loads((stack.config.state_dir / "pids.json").read_text())  # type: ignore[no-any-return]
+
+
+def _inside(pid: int, *cmd: str) -> str:
+    """Run a command in the namespaces of process `pid` (as the host's own processes see it)."""
+    return subprocess.run(
+        ["nsenter", f"--target={pid}", "--net", "--mount", "--uts", "--", *cmd],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    ).stdout
+
+
+def _cgroup_of(pid: int) -> str:
+    """The process's cgroup v2 path (the `0::` line)."""
+    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    return next(line.removeprefix("0::") for line in lines if line.startswith("0::"))
+
+
+def _ns(pid: int, kind: str) -> str:
+    return os.readlink(f"/proc/{pid}/ns/{kind}")
+
+
+def test_each_host_has_its_own_namespaces_and_cgroup(stack: Stack) -> None:
+    config, pids = stack.config, _pids(stack)
+    assert not Path("/opt/fleettrace-demo").exists(), "the hosts' /opt must stay private"
+    seen_mnt = set()
+    for index, host in enumerate(config.hosts):
+        agent = pids[f"{host.name}-agent"]
+        assert _inside(agent, "hostname").strip() == host.name
+        agent_env = _inside(agent, "cat", "/etc/fleettrace/agent.env")
+        assert f"FLEETTRACE_HOST={host.name}\n" in agent_env
+        assert _inside(agent, "ls", "/opt").split() == ["fleettrace-demo"]
+        netns = NETNS_DIR / config.netns(host.name)
+        assert os.stat(f"/proc/{agent}/ns/net").st_ino == os.stat(netns).st_ino
+        assert f"{config.addresses(index)[1]}/30" in _inside(agent, "ip", "-br", "addr")
+        seen_mnt.add(_ns(agent, "mnt"))
+
+        # The agent is beside its host's cgroup, the workload inside it, both in the same host.
+        assert _cgroup_of(agent) == "/" + config.agent_cgroup(host.name)
+        procs = cgroup_path(config.host_cgroup(host.name)) / "cgroup.procs"
+        workload = [int(p) for p in procs.read_text().split()]
+        assert workload == [pids[f"{host.name}-workload"]]
+        for kind in ("uts", "mnt", "net"):
+            assert _ns(workload[0], kind) == _ns(agent, kind)
+            assert _ns(agent, kind) != _ns(os.getpid(), kind)
+    assert len(seen_mnt) == len(config.hosts)
+
+
+def test_a_job_runs_on_every_host_with_each_hosts_own_numbers(stack: Stack) -> None:
+    api = Api(stack.config.api_url, stack.token)
+    try:
+        hosts = api.hosts()
+        assert {n: (h["state"], h["labels"]) for n, h in hosts.items()} == {
+            "web-1": ("online", {"role": "web"}),
+            "db-1": ("online", {"role": "db"}),
+        }
+        job = api.submit("syscalls", {"per_process": False}, 2.0)
+        final = api.wait_job(job["id"], timeout_s=90)
+        results = api.results(job["id"])
+    finally:
+        api.close()
+    assert final["state"] == "succeeded", final
+    counts = {}
+    for host in results["hosts"]:
+        (table,) = host["results"]
+        counts[host["host"]] = {key[0]: values[0] for key, values in table["rows"]}
+    web, db = counts["web-1"], counts["db-1"]
+    # web-1 only calls getppid() in bursts; db-1 only writes and fsyncs: the agent's cgroup
+    # scope keeps each host's numbers to its own workload.
+    assert web.get("getppid", 0) > 10_000, web
+    assert db.get("getppid", 0) * 100 < web["getppid"], db
+    assert db.get("fsync", 0) > 10, db
+    assert web.get("fsync", 0) == 0, web
+
+
+def test_teardown_leaves_no_namespace_cgroup_link_or_process(stack: Stack) -> None:
+    config, pids = stack.config, _pids(stack)
+    assert down(config.state_dir, purge=True, reap=stack.reap)
+    for index, host in enumerate(config.hosts):
+        assert not (NETNS_DIR / config.netns(host.name)).exists()
+        assert not Path("/sys/class/net", config.link(index)).exists()
+    root = cgroup2_mount()
+    assert root is not None
+    assert not (root / config.cgroup_parent).exists()
+    for name, pid in pids.items():
+        assert not Path(f"/proc/{pid}").exists(), f"{name} ({pid}) still exists"
+    assert not config.state_dir.exists()
+    assert not down(config.state_dir), "a second down finds nothing to do"
