@@ -18,7 +18,15 @@ def _selector(raw: list[str]) -> dict[str, str]:
     for item in raw:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"selector: bad {item!r}")
+            # The same shape as FastAPI's own validation errors, so clients find the field.
+            detail = [
+                {
+                    "loc": ["query", "selector"],
+                    "msg": f"bad {item!r}, want k=v",
+                    "type": "value_error",
+                }
+            ]
+            raise HTTPException(422, detail)
         selector[key] = value
     return selector
 

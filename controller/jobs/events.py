@@ -21,6 +21,9 @@ KEEPALIVE_S = 15.0
 
 def _fetch(sessions: sessionmaker[Session], job_id: str, after: int) -> tuple[list[str], int, bool]:
     with sessions() as session:
+        # Read the state before the events: a job seen final has all its events committed.
+        job = session.get(Job, job_id)
+        final = job is None or JobState(job.state).final
         rows = session.scalars(
             select(JobEvent)
             .where(JobEvent.job_id == job_id, JobEvent.id > after)
@@ -42,8 +45,7 @@ def _fetch(sessions: sessionmaker[Session], job_id: str, after: int) -> tuple[li
                     )
             frames.append(f"id: {row.id}\nevent: {row.kind}\ndata: {json.dumps(data)}\n\n")
             after = row.id
-        job = session.get(Job, job_id)
-        done = job is None or (JobState(job.state).final and len(rows) < 500)
+        done = final and len(rows) < 500
         return frames, after, done
 
 

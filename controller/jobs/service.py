@@ -78,8 +78,13 @@ def unsupported_reason(host: Host, program: str) -> str | None:
     for support in caps.get("programs", []):
         if support.get("program") == program and not support.get("supported", True):
             return str(support.get("reason") or "unsupported on this host")
-    if program == "custom" and not caps.get("features", {}).get("tracepoints", False):
+    features = caps.get("features", {})
+    if program == "custom" and not features.get("tracepoints", False):
         return "this host cannot load tracepoint programs"
+    # An agent older than the program does not list it: judge by the features it reported.
+    lacking = sorted(f.value for f in get_program(program).features if not features.get(f.value))
+    if lacking:
+        return f"needs {', '.join(lacking)}, which this host lacks"
     return None
 
 
@@ -133,13 +138,16 @@ def create(
         session.add(run)
         add_event(session, job_id=job.id, run=run, kind="state", payload=_run_state(run))
     refresh_state(session=session, job=job)
+    # Stamped before sending: once a task is out, ingest may be writing its run, and writing
+    # the runs again here deadlocked against it on PostgreSQL (and queued behind it on SQLite).
+    queued_at = utcnow()
+    for _, run in to_send:
+        run.dispatched_at = queued_at
     session.commit()
     for host, run in to_send:
         dispatcher.send(
             host=host.name, request=trace_request(job, run), expires_s=settings.task_expiry_s
         )
-        run.dispatched_at = utcnow()
-    session.commit()
     log.info("job %s: %s on %d hosts", job.id, job.program, len(hosts))
     return job
 
@@ -201,8 +209,9 @@ def refresh_state(*, session: Session, job: Job) -> JobState:
         new = JobState.failed
     if new is not before:
         job.state = new.value
+        # A job reopens when an expired run turns out to have started after all.
+        job.finished_at = utcnow() if new.final else None
         if new.final:
-            job.finished_at = utcnow()
             add_event(session, job_id=job.id, run=None, kind="job", payload={"state": new.value})
     return new
 
@@ -268,6 +277,8 @@ def list_jobs(
 
 def cancel(*, session: Session, dispatcher: Dispatcher, job: Job) -> Job:
     """Ask every unfinished run to stop; runs not started yet end here and now."""
+    if JobState(job.state).final:
+        return job  # a finished job keeps its state: cancelling it is a no-op
     job.cancel_requested = True
     for run in job.runs:
         state = RunState(run.state)

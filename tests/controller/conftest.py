@@ -1,0 +1,426 @@
+"""Controller fixtures on real services: Redis, PostgreSQL, the app, ingest and real agents.
+
+Slow things (servers, agents) are session- or module-scoped; a module gets its own database
+and a flushed Redis, and overrides `database_url` or `settings_overrides` when it needs to.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from controller.app import create_app
+from controller.auth import service as auth_service
+from controller.auth.models import Role
+from controller.db import make_engine, make_sessionmaker
+from controller.dispatch import CeleryDispatcher
+from controller.ingest.consumer import Ingest
+from controller.migrate import upgrade
+from controller.settings import Settings
+from node_agent.protocol import TraceRequest
+from node_agent.wire import client_url
+from tests.controller.support import clean_env, missing, stop_process, wait_for
+
+REDIS_SERVER = Path("/usr/bin/redis-server")
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+BIN = Path(sys.executable).parent
+
+
+# -- Redis ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """A private redis-server on a unix socket (no TCP); yields its unix:// URL."""
+    if not REDIS_SERVER.exists():
+        missing(f"{REDIS_SERVER} (apt install redis-server)")
+    workdir = Path(tempfile.mkdtemp(prefix="ft-redis-"))
+    sock = workdir / "redis.sock"
+    proc = subprocess.Popen(
+        [
+            *(str(REDIS_SERVER), "--port", "0", "--dir", str(workdir)),
+            *("--unixsocket", str(sock), "--unixsocketperm", "700"),
+            *("--save", "", "--appendonly", "no"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"unix://{sock}"
+    try:
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"redis-server exited with {proc.returncode}")
+            try:
+                with redis.Redis.from_url(url) as client:
+                    return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_for(up, 10, "redis-server to answer")
+        yield url
+    finally:
+        stop_process(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def redis_url(redis_server: str) -> str:
+    """The test Redis, emptied once per module (agents keep their queues for the module)."""
+    with redis.Redis.from_url(redis_server) as client:
+        client.flushall()
+    return redis_server
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(client_url(redis_url))
+    yield client
+    client.close()
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------------
+
+
+@dataclass
+class PostgresServer:
+    socket_dir: Path
+    port: int
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@/{database}?host={self.socket_dir}&port={self.port}"
+
+    def new_database(self) -> str:
+        import psycopg
+
+        name = f"ft_{uuid.uuid4().hex[:12]}"
+        conninfo = f"host={self.socket_dir} port={self.port} user=postgres dbname=postgres"
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL 15 cluster on a unix socket, run as the postgres user."""
+    if not (PG_BIN / "initdb").exists() or not (PG_BIN / "pg_ctl").exists():
+        missing(f"PostgreSQL 15 in {PG_BIN} (apt install postgresql)")
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:
+        # PostgreSQL refuses to run as root.
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    workdir = Path(tempfile.mkdtemp(prefix="ft-pg-"))
+    data, sockets = workdir / "data", workdir / "run"
+    sockets.mkdir()
+    if as_postgres:
+        shutil.chown(workdir, "postgres", "postgres")
+        shutil.chown(sockets, "postgres", "postgres")
+    port = _free_port()
+    pg_ctl = [*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data)]
+    started = False
+    try:
+        subprocess.run(
+            [
+                *(*as_postgres, str(PG_BIN / "initdb"), "-D", str(data)),
+                *("-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        options = (
+            f"-c listen_addresses='' -k {sockets} -p {port} -c fsync=off"
+            " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        subprocess.run(
+            [*pg_ctl, "-l", str(workdir / "postgres.log"), "-o", options, "-w", "start"],
+            check=True,
+            capture_output=True,
+        )
+        started = True
+        yield PostgresServer(socket_dir=sockets, port=port)
+    except subprocess.CalledProcessError as exc:
+        log = workdir / "postgres.log"
+        tail = log.read_text()[-2000:] if log.exists() else ""
+        raise AssertionError(f"PostgreSQL did not start: {exc.stderr!r}\n{tail}") from None
+    finally:
+        if started:
+            subprocess.run([*pg_ctl, "-m", "immediate", "-w", "stop"], capture_output=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fresh, empty database per module on each backend (for storage-level tests)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('db') / 'fleettrace.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.new_database()
+
+
+@pytest.fixture(scope="module")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """SQLite by default; storage modules override this with `db_url`."""
+    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'fleettrace.db'}"
+
+
+# -- the controller -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def settings_overrides() -> dict[str, Any]:
+    """Modules override this to change settings (e.g. a short task expiry)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def settings(database_url: str, redis_url: str, settings_overrides: dict[str, Any]) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "redis_url": redis_url,
+        "task_expiry_s": 10.0,
+        "heartbeat_timeout_s": 5.0,
+        "max_duration_s": 600.0,
+        "ingest_claim_idle_ms": 1000,
+        **settings_overrides,
+    }
+    return Settings(**values)
+
+
+@pytest.fixture(scope="module")
+def engine(settings: Settings) -> Iterator[Engine]:
+    """The module's database, migrated to the newest schema."""
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return make_sessionmaker(engine)
+
+
+class RecordingDispatcher(CeleryDispatcher):
+    """The real Celery dispatcher, remembering what it sent so tests can check it."""
+
+    def __init__(self, redis_url: str) -> None:
+        super().__init__(redis_url)
+        self.sent: list[tuple[str, TraceRequest]] = []
+        self.cancels: list[str] = []
+
+    def send(self, *, host: str, request: TraceRequest, expires_s: float) -> None:
+        super().send(host=host, request=request, expires_s=expires_s)
+        self.sent.append((host, request))
+
+    def request_cancel(self, *, run_id: str) -> None:
+        super().request_cancel(run_id=run_id)
+        self.cancels.append(run_id)
+
+
+@pytest.fixture(scope="module")
+def dispatcher(settings: Settings) -> Iterator[RecordingDispatcher]:
+    dispatcher = RecordingDispatcher(settings.redis_url)
+    yield dispatcher
+    made = vars(dispatcher)  # cached_property: only what was used exists
+    if "celery" in made:
+        dispatcher.celery.close()
+    if "redis" in made:
+        dispatcher.redis.close()
+
+
+@pytest.fixture(scope="module")
+def app(settings: Settings, engine: Engine, dispatcher: RecordingDispatcher) -> Iterator[FastAPI]:
+    app = create_app(settings, dispatcher)
+    yield app
+    app.state.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as client:
+        yield client
+
+
+@dataclass
+class Tokens:
+    """API tokens made straight in the database, one per role, plus a revoked one."""
+
+    sessions: sessionmaker[Session]
+    raw: dict[str, str] = field(default_factory=dict)
+
+    def make(self, role: str, *, revoked: bool = False) -> str:
+        with self.sessions() as session:
+            token, raw = auth_service.create(session=session, name=f"test-{role}", role=Role(role))
+            if revoked:
+                auth_service.revoke(session=session, token_id=token.id)
+            session.commit()
+        return raw
+
+    def token(self, role: str) -> str:
+        if role not in self.raw:
+            self.raw[role] = self.make(role)
+        return self.raw[role]
+
+    def headers(self, role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(role)}"}
+
+
+@pytest.fixture(scope="module")
+def tokens(sessions: sessionmaker[Session]) -> Tokens:
+    return Tokens(sessions)
+
+
+class IngestThread:
+    """Ingest.run_forever in a thread, stoppable and restartable."""
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.ingest: Ingest | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        assert not self.running, "ingest is running already"
+        client = redis.Redis.from_url(client_url(self.settings.redis_url))
+        self.ingest = Ingest(self.settings, self.sessions, client)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self.ingest.run_forever, args=(self._stop,), name="ingest", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout=10)
+        assert not self._thread.is_alive(), "ingest did not stop"
+        self._thread = None
+        if self.ingest is not None:
+            self.ingest.redis.close()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="module")
+def ingest(settings: Settings, sessions: sessionmaker[Session]) -> Iterator[IngestThread]:
+    thread = IngestThread(settings, sessions)
+    thread.start()
+    yield thread
+    thread.stop()
+
+
+@dataclass
+class AgentProcess:
+    host: str
+    cgroup: str | None
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def log_tail(self, size: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-size:] if self.log.exists() else ""
+
+
+class Agents:
+    """Starts real `fleettrace-agent worker` processes and stops them all at the end."""
+
+    def __init__(self, settings: Settings, client: TestClient, tokens: Tokens, logs: Path) -> None:
+        self.settings = settings
+        self.client = client
+        self.tokens = tokens
+        self.logs = logs
+        self.started: list[AgentProcess] = []
+
+    def start(
+        self, host: str, cgroup: str | Path | None = None, *, wait: bool = True
+    ) -> AgentProcess:
+        """Start an agent; with wait, return once its host is online with capabilities."""
+        argv = [str(BIN / "fleettrace-agent"), "worker", "--host", host]
+        argv += ["--redis-url", self.settings.redis_url]
+        if cgroup is not None:
+            argv += ["--cgroup", str(cgroup)]
+        log = self.logs / f"agent-{host}.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=clean_env(FLEETTRACE_HEARTBEAT_S="0.5", FLEETTRACE_AGENT_CONFIG=os.devnull),
+                start_new_session=True,
+            )
+        agent = AgentProcess(host, None if cgroup is None else str(cgroup), proc, log)
+        self.started.append(agent)
+        if wait:
+            self.wait_online(agent)
+        return agent
+
+    def wait_online(self, agent: AgentProcess, timeout: float = 60.0) -> dict[str, Any]:
+        headers = self.tokens.headers("viewer")
+
+        def online() -> dict[str, Any] | None:
+            if agent.proc.poll() is not None:
+                raise AssertionError(f"agent {agent.host} exited:\n{agent.log_tail()}")
+            answer = self.client.get(f"/v1/hosts/{agent.host}", headers=headers)
+            if answer.status_code != 200:
+                return None
+            host: dict[str, Any] = answer.json()
+            return host if host["state"] == "online" and host["capabilities"] else None
+
+        try:
+            result: dict[str, Any] = wait_for(online, timeout, f"host {agent.host} online", 0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{agent.log_tail()}") from None
+        return result
+
+    def stop(self, agent: AgentProcess) -> None:
+        stop_process(agent.proc)
+
+    def stop_all(self) -> None:
+        for agent in reversed(self.started):
+            self.stop(agent)
+
+
+@pytest.fixture(scope="module")
+def agent(
+    settings: Settings,
+    client: TestClient,
+    tokens: Tokens,
+    ingest: IngestThread,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Agents]:
+    """Factory: agent.start(host, cgroup) runs a real agent and waits until it is online."""
+    factory = Agents(settings, client, tokens, tmp_path_factory.mktemp("agents"))
+    yield factory
+    factory.stop_all()

@@ -1,0 +1,206 @@
+"""Helpers for controller tests: polling, process control, answers' field names, event factories."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from node_agent.protocol import (
+    CounterTable,
+    Feature,
+    HeadersState,
+    Heartbeat,
+    HostCapabilities,
+    KeyField,
+    KeyValue,
+    ProgramSupport,
+    Result,
+    RunState,
+    Snapshot,
+    StateChange,
+    StreamEnvelope,
+)
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+def missing(what: str) -> None:
+    """A service the tests need is absent: CI must have it, a workstation may skip."""
+    if IN_CI:
+        pytest.fail(f"CI requires {what}")
+    pytest.skip(f"needs {what}")
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
+    """Poll until check() is truthy and return that value; fail naming what did not happen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(every)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """Terminate, then kill the whole process group if it does not go in time."""
+    if proc.poll() is None:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=timeout)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without FLEETTRACE_* settings leaking into children."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETTRACE_")}
+    env.update(extra)
+    return env
+
+
+def field_paths(answer: Any) -> list[str]:
+    """The dotted field paths a 4xx answer's detail names (FastAPI's and ours share a shape)."""
+    detail = answer.json().get("detail")
+    if not isinstance(detail, list):
+        return []
+    paths = []
+    for item in detail:
+        loc = [str(part) for part in item.get("loc", [])]
+        if loc and loc[0] == "body":
+            loc = loc[1:]
+        paths.append(".".join(loc))
+    return paths
+
+
+@contextlib.contextmanager
+def timed() -> Iterator[Callable[[], float]]:
+    start = time.monotonic()
+    yield lambda: time.monotonic() - start
+
+
+# -- API shortcuts ------------------------------------------------------------------------------
+
+
+def register_host(
+    client: TestClient, headers: dict[str, str], name: str, **labels: str
+) -> dict[str, Any]:
+    answer = client.post("/v1/hosts", json={"name": name, "labels": labels}, headers=headers)
+    assert answer.status_code == 201, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def submit(client: TestClient, headers: dict[str, str], **job: Any) -> dict[str, Any]:
+    job.setdefault("program", "syscalls")
+    job.setdefault("duration_s", 2)
+    answer = client.post("/v1/jobs", json=job, headers=headers)
+    assert answer.status_code == 201, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def get_job(client: TestClient, headers: dict[str, str], job_id: str) -> dict[str, Any]:
+    answer = client.get(f"/v1/jobs/{job_id}", headers=headers)
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def runs_by_host(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {run["host"]: run for run in job["runs"]}
+
+
+def wait_job(
+    client: TestClient,
+    headers: dict[str, str],
+    job_id: str,
+    done: Callable[[dict[str, Any]], bool],
+    timeout: float,
+    what: str,
+) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        job = get_job(client, headers, job_id)
+        return job if done(job) else None
+
+    try:
+        result: dict[str, Any] = wait_for(check, timeout, what, every=0.05)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; job now: {get_job(client, headers, job_id)}") from None
+    return result
+
+
+def job_final(job: dict[str, Any]) -> bool:
+    return job["state"] not in ("pending", "running")
+
+
+# -- what agents send -------------------------------------------------------------------------
+
+
+def envelope(
+    host: str, event: Snapshot | StateChange | Heartbeat, job_id: str | None = None
+) -> str:
+    return StreamEnvelope(host=host, job_id=job_id, event=event).model_dump_json()
+
+
+def state(run_id: str, new: str, reason: str | None = None) -> StateChange:
+    return StateChange(run_id=run_id, state=RunState(new), reason=reason)
+
+
+def snapshot(
+    run_id: str, seq: int, results: Sequence[Result] = (), *, final: bool = False
+) -> Snapshot:
+    return Snapshot(
+        run_id=run_id,
+        seq=seq,
+        interval_start=0.0,
+        interval_end=float(seq + 1),
+        final=final,
+        results=list(results),
+    )
+
+
+def counters(name: str, rows: dict[str, int]) -> CounterTable:
+    """A one-key counter table, largest first, as agents send it."""
+    ordered: list[tuple[list[KeyValue], list[int]]] = [
+        ([k], [v]) for k, v in sorted(rows.items(), key=lambda kv: -kv[1])
+    ]
+    return CounterTable(
+        name=name, key_fields=[KeyField(name="key")], rows=ordered, total_rows=len(rows)
+    )
+
+
+def capabilities(*, without: Sequence[Feature] = (), programs: bool = True) -> HostCapabilities:
+    """A host's capabilities as an agent would report them, lacking some features."""
+    from node_agent.programs import catalog
+
+    features = {f: f not in without for f in Feature}
+    support = []
+    if programs:
+        for spec in catalog().values():
+            lacking = sorted(f.value for f in spec.features if not features[f])
+            reason = f"needs {', '.join(lacking)}, which this host lacks" if lacking else None
+            support.append(ProgramSupport(program=spec.name, supported=not lacking, reason=reason))
+    return HostCapabilities(
+        kernel_release="6.1.0-test",
+        arch="x86_64",
+        bcc_version="0.26.0",
+        headers=HeadersState.exact,
+        features=features,
+        programs=support,
+    )
+
+
+def heartbeat(host: str, caps: HostCapabilities | None) -> Heartbeat:
+    return Heartbeat(host=host, agent_version="0.1.0", capabilities=caps)
