@@ -15,7 +15,7 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from controller.db import utcnow
 from controller.hosts import service as hosts_service
@@ -103,10 +103,32 @@ class Ingest:
                 )
                 self.redis.xadd(DEAD_LETTERS, {"id": entry_id, "data": raw}, maxlen=10_000)
         with self.sessions() as session:
-            for envelope in envelopes:
-                self.apply(session, envelope)
+            self._apply_batch(session, envelopes)
             session.commit()
         self.stored += len(envelopes)
+
+    def _apply_batch(self, session: Session, envelopes: Sequence[StreamEnvelope]) -> None:
+        """apply() for each envelope, with one query for the batch's runs, one for its stored
+        seqs and one INSERT for its snapshots (not a few round trips per entry); the event log
+        keeps the entries' order."""
+        _held = _preload(session, envelopes)
+        stored = _stored_seqs(session, envelopes)
+        new_rows: dict[int, tuple[Run, SnapshotRow]] = {}
+        for i, envelope in enumerate(envelopes):
+            snap = envelope.event
+            if not isinstance(snap, Snapshot):
+                continue
+            run = self._checked_run(session, envelope, snap.run_id)
+            if run is None or (run.id, snap.seq) in stored:
+                continue  # a redelivery after a crash (or twice in one batch): stored already
+            stored.add((run.id, snap.seq))
+            new_rows[i] = (run, self._snapshot_row(session, run, snap))
+        session.flush()  # the snapshot ids, for the event log
+        for i, envelope in enumerate(envelopes):
+            if i in new_rows:
+                self._snapshot_event(session, *new_rows[i])
+            elif not isinstance(envelope.event, Snapshot):
+                self.apply(session, envelope)
 
     def apply(self, session: Session, envelope: StreamEnvelope) -> None:
         event = envelope.event
@@ -115,10 +137,20 @@ class Ingest:
                 session=session, beat=event, auto_register=self.settings.auto_register_hosts
             )
             return
-        run = session.get(Run, event.run_id)
+        run = self._checked_run(session, envelope, event.run_id)
         if run is None:
-            log.warning("ingest: event for unknown run %s from %s", event.run_id, envelope.host)
             return
+        if isinstance(event, Snapshot):
+            self._snapshot(session, run, event)
+        else:
+            self._state(session, run, event)
+
+    def _checked_run(self, session: Session, envelope: StreamEnvelope, run_id: str) -> Run | None:
+        """The run an event is about, if it exists and belongs to the host that sent it."""
+        run = session.get(Run, run_id)
+        if run is None:
+            log.warning("ingest: event for unknown run %s from %s", run_id, envelope.host)
+            return None
         if run.host_name != envelope.host:
             log.warning(
                 "ingest: host %s sent an event for %s's run %s",
@@ -126,11 +158,8 @@ class Ingest:
                 run.host_name,
                 run.id,
             )
-            return
-        if isinstance(event, Snapshot):
-            self._snapshot(session, run, event)
-        else:
-            self._state(session, run, event)
+            return None
+        return run
 
     def _snapshot(self, session: Session, run: Run, snap: Snapshot) -> None:
         exists = session.scalar(
@@ -138,6 +167,11 @@ class Ingest:
         )
         if exists is not None:
             return  # a redelivery after a crash: stored already
+        row = self._snapshot_row(session, run, snap)
+        session.flush()
+        self._snapshot_event(session, run, row)
+
+    def _snapshot_row(self, session: Session, run: Run, snap: Snapshot) -> SnapshotRow:
         data = snap.model_dump(mode="json")
         row = SnapshotRow(
             run_id=run.id,
@@ -152,9 +186,11 @@ class Ingest:
         )
         session.add(row)
         run.last_seq = max(run.last_seq, snap.seq)
-        session.flush()
+        return row
+
+    def _snapshot_event(self, session: Session, run: Run, row: SnapshotRow) -> None:
         # The event log points at the stored snapshot rather than holding a second copy.
-        payload = {"run_id": run.id, "host": run.host_name, "seq": snap.seq, "snapshot_id": row.id}
+        payload = {"run_id": run.id, "host": run.host_name, "seq": row.seq, "snapshot_id": row.id}
         jobs_service.add_event(
             session, job_id=run.job_id, run=run, kind="snapshot", payload=payload
         )
@@ -206,6 +242,38 @@ class Ingest:
                 log.exception("ingest: batch failed; it stays pending and is retried")
                 self._recovered = False
                 stop.wait(1.0)
+
+
+def _preload(session: Session, envelopes: Sequence[StreamEnvelope]) -> list[object]:
+    """Load a batch's runs, and the jobs (with all their runs) whose state may change, in two
+    queries; the caller holds the result so the (weak) identity map keeps them for the batch."""
+    run_ids = {e.event.run_id for e in envelopes if not isinstance(e.event, Heartbeat)}
+    if not run_ids:
+        return []
+    runs = list(session.scalars(select(Run).where(Run.id.in_(run_ids))))
+    changing = {e.event.run_id for e in envelopes if isinstance(e.event, StateChange)}
+    job_ids = {run.job_id for run in runs if run.id in changing}
+    if not job_ids:
+        return list(runs)
+    # refresh_state() walks a job's runs: loaded once here, not once per state change.
+    jobs = session.scalars(
+        select(Job).where(Job.id.in_(job_ids)).options(selectinload(Job.runs))
+    ).all()
+    return [*runs, *jobs]
+
+
+def _stored_seqs(session: Session, envelopes: Sequence[StreamEnvelope]) -> set[tuple[str, int]]:
+    """Which of a batch's (run, seq) snapshots are in the database already."""
+    wanted = {(e.event.run_id, e.event.seq) for e in envelopes if isinstance(e.event, Snapshot)}
+    if not wanted:
+        return set()
+    rows = session.execute(
+        select(SnapshotRow.run_id, SnapshotRow.seq).where(
+            SnapshotRow.run_id.in_({run_id for run_id, _ in wanted}),
+            SnapshotRow.seq.in_({seq for _, seq in wanted}),
+        )
+    )
+    return {(run_id, seq) for run_id, seq in rows if (run_id, seq) in wanted}
 
 
 def _entries(response: Any) -> list[Entry]:

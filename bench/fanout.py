@@ -1,0 +1,507 @@
+"""One job to 200 emulated agents: time from POST until every run is final and merged.
+
+The stack is real (redis-server on a unix socket, a migrated SQLite or PostgreSQL
+database, `fleettrace serve` = API + ingest); the fleet is ONE process, a Celery worker
+(threads pool) consuming the 200 queues host.h000 ... host.h199 with the same Celery
+config as agents. For each task it answers like an agent does, through the agent's own
+EventPublisher: StateChange running, one final Snapshot (a 5-row counter table and a
+64-bucket log2 histogram), StateChange succeeded. The 200 hosts joined by sending
+heartbeats with this machine's real capability probe, through the ingest path.
+
+Measured per job: POST (validate, 200 runs, 200 send_task), agents (until the fleet's last
+event is XADDed), ingest (until the job is final in the database), then GET results (the
+merge of 200 hosts, checked against the expected sums). Baseline in the same run: 200 bare
+send_task calls plus the same 600 events as raw XADD + XREADGROUP + XACK (no parsing, no
+database), i.e. the floor of moving this much work through Redis from one client.
+
+    .venv/bin/python bench/fanout.py [--hosts 200] [--rounds 5] [--db sqlite|postgresql] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from _stack import (
+    BIN,
+    create_token,
+    database,
+    print_log_tails,
+    redis_server,
+    serve,
+    stop_process,
+    wait_for,
+)
+from sqlalchemy import func, select
+
+from controller.db import make_engine, make_sessionmaker
+from controller.jobs.models import Job, Run
+from node_agent.protocol import (
+    CounterTable,
+    Heartbeat,
+    HostCapabilities,
+    KeyField,
+    Log2Histogram,
+    RunState,
+    Snapshot,
+    SnapshotStats,
+    StateChange,
+    StreamEnvelope,
+    TraceRequest,
+)
+from node_agent.wire import EVENTS_STREAM, TASK_RUN_TRACE, celery_config, client_url
+
+PROGRAM = "syscalls"
+SYSCALLS = ("read", "write", "openat", "close", "futex")
+BUCKETS = 64
+
+
+def host_name(i: int) -> str:
+    return f"h{i:03d}"
+
+
+# -- the emulated fleet (runs in its own process) -------------------------------------------------
+
+
+def host_results(index: int) -> list[CounterTable | Log2Histogram]:
+    """What emulated host `index` reports: known numbers, so the merge can be checked."""
+    table = CounterTable(
+        name="syscalls",
+        key_fields=[KeyField(name="syscall")],
+        rows=[([name], [(index + 1) * (k + 1)]) for k, name in enumerate(SYSCALLS)],
+        total_rows=len(SYSCALLS),
+    )
+    hist = Log2Histogram(
+        name="latency", unit="ns", buckets=[(slot, index + slot) for slot in range(BUCKETS)]
+    )
+    return [table, hist]
+
+
+def expected_merge(hosts: int) -> tuple[int, int]:
+    """(sum of the counter table, sum of the histogram) over the fleet."""
+    table = sum((i + 1) * (k + 1) for i in range(hosts) for k in range(len(SYSCALLS)))
+    hist = sum(i + slot for i in range(hosts) for slot in range(BUCKETS))
+    return table, hist
+
+
+def emulate(redis_url: str, hosts: int, concurrency: int, capabilities_file: Path) -> None:
+    """A Celery worker on every host.hNNN queue, answering like node_agent.worker does."""
+    from celery import Celery
+
+    from node_agent.worker import EventPublisher
+
+    client = redis.Redis.from_url(client_url(redis_url))
+    caps = HostCapabilities.model_validate_json(capabilities_file.read_text())
+    names = [host_name(i) for i in range(hosts)]
+    publishers = {name: EventPublisher(client, name) for name in names}
+    stop = threading.Event()
+
+    def heartbeats() -> None:
+        while not stop.is_set():
+            for name in names:
+                publishers[name].publish(
+                    Heartbeat(host=name, agent_version="bench", capabilities=caps)
+                )
+            stop.wait(10.0)
+
+    app = Celery("fleettrace-emulated-fleet")
+    app.conf.update(celery_config(redis_url))
+
+    @app.task(name=TASK_RUN_TRACE, ignore_result=True, bind=True)  # type: ignore[untyped-decorator]
+    def run_trace(task: Any, request: dict[str, Any]) -> str:
+        queue = task.request.delivery_info.get("routing_key", "")
+        host = queue.removeprefix("host.")
+        parsed = TraceRequest.model_validate(request)
+        publish = publishers[host].publish
+        started = time.time()
+        publish(StateChange(run_id=parsed.run_id, state=RunState.running), job_id=parsed.job_id)
+        snapshot = Snapshot(
+            run_id=parsed.run_id,
+            seq=0,
+            interval_start=started,
+            interval_end=time.time(),
+            final=True,
+            results=host_results(int(host[1:])),
+            stats=SnapshotStats(compile_s=0.0, attach_s=0.0),
+        )
+        publish(snapshot, job_id=parsed.job_id)
+        publish(StateChange(run_id=parsed.run_id, state=RunState.succeeded), job_id=parsed.job_id)
+        return "succeeded"
+
+    threading.Thread(target=heartbeats, daemon=True).start()
+    try:
+        app.worker_main(
+            [
+                "worker",
+                "--queues",
+                ",".join(f"host.{n}" for n in names),
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(concurrency),
+                "--hostname",
+                f"emulated-fleet-{os.getpid()}@bench",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--loglevel",
+                "WARNING",
+            ]
+        )
+    finally:
+        stop.set()
+
+
+# -- the benchmark --------------------------------------------------------------------------------
+
+
+@dataclass
+class Round:
+    """Seconds since the POST was sent, except `results` (a duration)."""
+
+    job_id: str
+    post: float  # POST returned (200 runs stored, 200 tasks sent)
+    first_event: float  # the fleet's first event XADDed
+    last_event: float  # the fleet's last event XADDed
+    final: float  # the job final in the database (ingest stored every run's end)
+    seen: float  # the client's poll (every 20 ms) saw it final
+    total: float  # GET results returned the merge, checked
+    results: float  # the GET /v1/jobs/{id}/results round trip
+
+
+@dataclass
+class Baseline:
+    send_task_s: float  # N bare send_task calls
+    xadd_s: float  # 3N raw XADDs (the same envelopes)
+    read_ack_s: float  # XREADGROUP + XACK of them, in batches of 200
+
+    @property
+    def total_s(self) -> float:
+        return self.send_task_s + self.xadd_s + self.read_ack_s
+
+
+def baseline(redis_url: str, hosts: int) -> Baseline:
+    """The floor: the same messages through Redis from one client, nothing else."""
+    from celery import Celery
+
+    app = Celery("fleettrace-bench-baseline")
+    app.conf.update(celery_config(redis_url))
+    client = redis.Redis.from_url(client_url(redis_url))
+    requests = [
+        TraceRequest(run_id=f"bench-{i}", job_id="bench", program=PROGRAM, duration_s=1)
+        for i in range(hosts)
+    ]
+    queues = [f"bench.q{i:03d}" for i in range(hosts)]  # nobody consumes these
+    t0 = time.perf_counter()
+    for queue, request in zip(queues, requests, strict=True):
+        app.send_task(
+            TASK_RUN_TRACE,
+            args=[request.model_dump(mode="json")],
+            queue=queue,
+            routing_key=queue,
+            expires=60,
+            task_id=request.run_id,
+        )
+    send_s = time.perf_counter() - t0
+    client.delete(*queues)
+    payloads = []
+    for i, request in enumerate(requests):
+        host = host_name(i)
+        now = time.time()
+        for event in (
+            StateChange(run_id=request.run_id, state=RunState.running),
+            Snapshot(
+                run_id=request.run_id,
+                seq=0,
+                interval_start=now,
+                interval_end=now,
+                final=True,
+                results=host_results(i),
+            ),
+            StateChange(run_id=request.run_id, state=RunState.succeeded),
+        ):
+            payloads.append(
+                StreamEnvelope(host=host, job_id="bench", event=event).model_dump_json()
+            )
+    stream = "bench:fanout:raw"
+    client.delete(stream)
+    client.xgroup_create(stream, "g", id="0", mkstream=True)
+    t0 = time.perf_counter()
+    for payload in payloads:
+        client.xadd(stream, {"data": payload})
+    xadd_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    read = 0
+    while read < len(payloads):
+        reply = client.xreadgroup("g", "c", {stream: ">"}, count=200)
+        entries = reply[0][1] if reply else []
+        if entries:
+            client.xack(stream, "g", *[entry_id for entry_id, _ in entries])
+        read += len(entries)
+    read_s = time.perf_counter() - t0
+    client.delete(stream)
+    client.close()
+    return Baseline(send_task_s=send_s, xadd_s=xadd_s, read_ack_s=read_s)
+
+
+def job_events_span(client: redis.Redis, job_id: str) -> tuple[float, float]:
+    """Redis's clock (entry ids) of the job's first and last event on the stream."""
+    first = last = 0.0
+    for entry_id, fields in client.xrange(EVENTS_STREAM):
+        if json.loads(fields[b"data"]).get("job_id") != job_id:
+            continue
+        at = int(entry_id.split(b"-")[0]) / 1000
+        first = first or at
+        last = at
+    return first, last
+
+
+def one_round(api: httpx.Client, sessions: Any, client: redis.Redis, hosts: int) -> Round:
+    body = {"program": PROGRAM, "duration_s": 1, "targets": {"all": True}}
+    t0 = time.time()
+    resp = api.post("/v1/jobs", json=body)
+    t_post = time.time()
+    resp.raise_for_status()
+    job_id = resp.json()["id"]
+    if len(resp.json()["runs"]) != hosts:
+        raise RuntimeError(f"job has {len(resp.json()['runs'])} runs, not {hosts}")
+    while True:
+        state = api.get(f"/v1/jobs/{job_id}").json()["state"]
+        if state not in ("pending", "running"):
+            break
+        if time.time() - t0 > 120:
+            raise RuntimeError(f"job {job_id} not final after 120 s")
+        time.sleep(0.02)
+    t_seen = time.time()
+    if state != "succeeded":
+        raise RuntimeError(f"job {job_id} ended {state}")
+    results = api.get(f"/v1/jobs/{job_id}/results")
+    t_done = time.time()
+    results.raise_for_status()
+    check_merge(results.json(), hosts)
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.finished_at is not None
+        finished = job.finished_at.timestamp()
+        not_succeeded = session.scalar(
+            select(func.count()).where(Run.job_id == job_id, Run.state != "succeeded")
+        )
+        if not_succeeded:
+            raise RuntimeError(f"{not_succeeded} runs did not succeed")
+    first, last = job_events_span(client, job_id)
+    return Round(
+        job_id=job_id,
+        post=t_post - t0,
+        first_event=first - t0,
+        last_event=last - t0,
+        final=finished - t0,
+        seen=t_seen - t0,
+        total=t_done - t0,
+        results=t_done - t_seen,
+    )
+
+
+def check_merge(doc: dict[str, Any], hosts: int) -> None:
+    table_sum, hist_sum = expected_merge(hosts)
+    if len(doc["hosts"]) != hosts or not all(h["final"] for h in doc["hosts"]):
+        raise RuntimeError("results lack some host's final snapshot")
+    merged = {r["kind"]: r for r in doc["merged"]}
+    got_table = sum(v[0] for _, v in merged["counter_table"]["rows"])
+    got_hist = sum(c for _, c in merged["log2_histogram"]["buckets"])
+    if (got_table, got_hist) != (table_sum, hist_sum):
+        raise RuntimeError(f"merge wrong: {(got_table, got_hist)} != {(table_sum, hist_sum)}")
+
+
+@contextlib.contextmanager
+def fleet(redis_url: str, hosts: int, concurrency: int, workdir: Path, log: Any) -> Any:
+    caps = workdir / "capabilities.json"
+    probe = subprocess.run(
+        [str(BIN / "fleettrace-agent"), "probe"], capture_output=True, text=True, check=False
+    )
+    if probe.returncode == 0:
+        caps.write_text(probe.stdout)
+    else:  # not root: a plausible host that can run tracepoint programs
+        caps.write_text(
+            HostCapabilities(
+                kernel_release=os.uname().release,
+                arch=os.uname().machine,
+                bcc_version=None,
+                headers="approximate",  # type: ignore[arg-type]
+                features={"tracepoints": True},  # type: ignore[dict-item]
+            ).model_dump_json()
+        )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--emulate",
+            "--redis-url",
+            redis_url,
+            "--hosts",
+            str(hosts),
+            "--concurrency",
+            str(concurrency),
+            "--capabilities",
+            str(caps),
+        ],
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        stop_process(proc, timeout_s=30)
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def summarize(rounds: list[Round], bases: list[Baseline], meta: dict[str, Any]) -> dict[str, Any]:
+    fields = ("post", "first_event", "last_event", "final", "seen", "total", "results")
+    medians = {f: _median([getattr(r, f) for r in rounds]) for f in fields}
+    base = {
+        "send_task_s": _median([b.send_task_s for b in bases]),
+        "xadd_s": _median([b.xadd_s for b in bases]),
+        "read_ack_s": _median([b.read_ack_s for b in bases]),
+        "total_s": _median([b.total_s for b in bases]),
+    }
+    return {
+        "benchmark": "fanout",
+        **meta,
+        "target_s": 5.0,
+        "median": medians,
+        "baseline_median": base,
+        "ratio_total_vs_floor": medians["total"] / base["total_s"],
+        "rounds": [asdict(r) for r in rounds],
+        "baseline": [{**asdict(b), "total_s": b.total_s} for b in bases],
+    }
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    print(
+        f"\nfan-out: one {summary['program']} job to {summary['hosts']} emulated agents (one "
+        f"Celery worker, {summary['concurrency']} threads), {summary['db']} database, "
+        f"{len(summary['rounds'])} rounds; kernel {summary['kernel']}, {summary['cpus']} CPUs"
+    )
+    cols = ("post", "first_event", "last_event", "final", "seen", "total", "results")
+    names = ("POST", "1st evt", "last evt", "final", "seen", "TOTAL", "results")
+    head = f"{'':10}" + "".join(f"{c:>9}" for c in names)
+    print(head + "   (s since POST sent; results: GET duration)")
+    print("-" * len(head))
+    rows = [(f"round {i + 1}", r) for i, r in enumerate(summary["rounds"])]
+    for label, values in [*rows, ("median", summary["median"])]:
+        if label == "median":
+            print("-" * len(head))
+        print(f"{label:10}" + "".join(f"{values[c]:9.3f}" for c in cols))
+    base = summary["baseline_median"]
+    n = summary["hosts"]
+    print(
+        f"\nbaseline (same run, one client, no DB): {n} send_task {base['send_task_s']:.3f} s + "
+        f"{3 * n} XADD {base['xadd_s']:.3f} s + XREADGROUP/XACK {base['read_ack_s']:.3f} s "
+        f"= {base['total_s']:.3f} s"
+    )
+    print(f"ours / baseline: x{summary['ratio_total_vs_floor']:.1f}")
+    total = summary["median"]["total"]
+    verdict = "met" if total < summary["target_s"] else "NOT met"
+    print(f"POST -> final and merged, median {total:.3f} s; target < 5 s: {verdict}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hosts", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5, help="jobs to time (median taken)")
+    parser.add_argument("--concurrency", type=int, default=16, help="emulator threads")
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead")
+    parser.add_argument("--emulate", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--redis-url", help=argparse.SUPPRESS)
+    parser.add_argument("--capabilities", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.emulate:
+        emulate(args.redis_url, args.hosts, args.concurrency, args.capabilities)
+        return 0
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    workdir = Path(tempfile.mkdtemp(prefix="ft-bench-fanout-"))
+    rounds: list[Round] = []
+    bases: list[Baseline] = []
+    try:
+        with redis_server(workdir) as redis_url, database(args.db, workdir) as database_url:
+            token = create_token(database_url, "operator")
+            engine = make_engine(database_url)
+            sessions = make_sessionmaker(engine)
+            client = redis.Redis.from_url(client_url(redis_url))
+            try:
+                with (
+                    open(workdir / "serve.log", "wb") as serve_log,
+                    open(workdir / "fleet.log", "wb") as fleet_log,
+                    serve(workdir, database_url, redis_url, serve_log) as base,
+                    fleet(redis_url, args.hosts, args.concurrency, workdir, fleet_log),
+                    httpx.Client(
+                        base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
+                    ) as api,
+                ):
+                    log(f"stack up ({args.db}); waiting for {args.hosts} hosts to heartbeat")
+
+                    def all_online() -> bool:
+                        data = api.get("/v1/hosts").json()["data"]
+                        return sum(h["state"] == "online" for h in data) >= args.hosts
+
+                    wait_for(all_online, 120, f"{args.hosts} hosts online", every_s=0.5)
+                    time.sleep(1.0)  # let the emulator's worker finish binding its queues
+                    one_round(api, sessions, client, args.hosts)
+                    log("warm-up job done")
+                    for i in range(args.rounds):
+                        r = one_round(api, sessions, client, args.hosts)
+                        rounds.append(r)
+                        bases.append(baseline(redis_url, args.hosts))
+                        log(
+                            f"round {i + 1}/{args.rounds}: {r.total:.3f} s "
+                            f"(baseline {bases[-1].total_s:.3f} s)"
+                        )
+            finally:
+                client.close()
+                engine.dispose()
+    except BaseException:
+        print_log_tails(workdir)
+        raise
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    meta = {
+        "program": PROGRAM,
+        "hosts": args.hosts,
+        "concurrency": args.concurrency,
+        "db": args.db,
+        "kernel": os.uname().release,
+        "cpus": os.cpu_count(),
+        "at": datetime.now().isoformat(timespec="seconds"),
+    }
+    summary = summarize(rounds, bases, meta)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_table(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""Time from POST /v1/jobs to the first stored snapshot, split by stage, next to bare bcc.
+
+A real stack on unix sockets and 127.0.0.1: redis-server, a migrated SQLite (or PostgreSQL)
+database, `fleettrace serve` (API + ingest), and one real `fleettrace-agent worker`. Each
+job runs the `syscalls` program on that agent; the stages come from the clocks of the
+processes involved (one machine, one clock):
+
+  api       client sends POST -> the run's dispatched_at (auth, validation, the job and run
+            rows; stamped just before the commit that precedes send_task)
+  deliver   dispatched_at -> the agent's Celery "Task ... received" log line (commit,
+            send_task, Redis, the worker's BRPOP)
+  start     received -> compile begins (runner, child process, imports, prepare)
+  compile   compile_s + attach_s from the snapshot's stats
+  interval  attached -> first snapshot taken (the snapshot interval itself)
+  publish   snapshot taken -> XADDed (child -> runner -> Redis; the stream entry id's time)
+  store     XADDed -> stored (ingest read, parse, insert; the row's received_at)
+
+overhead = total - compile - interval: what the orchestration adds. In the same run, a
+bare `BPF(text=...)` of the same prepared source in a fresh python process (spawn to
+attached) is the baseline for what reaching "attached" costs without us.
+
+    sudo .venv/bin/python bench/submit_latency.py [--jobs 10] [--interval 1] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from _stack import (
+    agent_worker,
+    create_token,
+    database,
+    print_log_tails,
+    redis_server,
+    serve,
+    wait_for,
+)
+from sqlalchemy import select
+
+from controller.db import make_engine, make_sessionmaker
+from controller.jobs.models import Run, SnapshotRow
+from node_agent.protocol import StreamEnvelope, TraceRequest
+from node_agent.trace import prepare
+from node_agent.wire import EVENTS_STREAM, client_url
+
+HOST = "bench-1"
+PROGRAM = "syscalls"
+STAGES = ("api", "deliver", "start", "compile", "interval", "publish", "store")
+
+# Runs in a fresh interpreter: import bcc, load (tracepoints attach on load), report times.
+BARE_SCRIPT = r"""
+import json, sys, time
+t0 = time.monotonic()
+cfg = json.loads(sys.stdin.read())
+from bcc import BPF
+t1 = time.monotonic()
+b = BPF(text=cfg["source"], cflags=cfg["cflags"])
+t2 = time.monotonic()
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1}))
+sys.stdout.flush()
+b.cleanup()
+"""
+
+# The agent's log: "2026-11-25 03:21:00,123 celery.worker.strategy INFO Task X[RUN_ID] received"
+_RECEIVED = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) .*Task \S+\[([0-9a-f-]+)\] received"
+)
+
+
+@dataclass
+class JobSample:
+    job_id: str
+    post_rtt: float  # the client's whole POST round trip (overlaps deliver)
+    total: float  # POST sent -> first snapshot stored
+    api: float
+    deliver: float | None
+    start: float | None
+    compile: float
+    interval: float
+    publish: float
+    store: float
+    overhead: float  # total - compile - interval
+    to_attached: float  # dispatched -> attached: ours, to compare with bare spawn -> loaded
+
+
+@dataclass
+class BareSample:
+    wall_s: float  # spawn -> loaded
+    import_s: float
+    load_s: float
+
+
+def run_bare(cfg: str) -> BareSample:
+    with tempfile.TemporaryFile(mode="w+") as stderr:
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", BARE_SCRIPT],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(cfg)
+        proc.stdin.close()
+        line = proc.stdout.readline()
+        wall = time.monotonic() - started
+        proc.stdout.read()
+        proc.wait(timeout=120)
+        stderr.seek(0)
+        err = stderr.read()
+    if not line.strip():
+        raise RuntimeError(f"bare bcc load failed: {err.strip()[-500:]}")
+    data = json.loads(line)
+    return BareSample(wall_s=wall, import_s=data["import_s"], load_s=data["load_s"])
+
+
+def bare_config() -> str:
+    prepared = prepare(TraceRequest(run_id="bench-bare", program=PROGRAM, duration_s=1))
+    return json.dumps({"source": prepared.source, "cflags": prepared.cflags})
+
+
+def received_times(log_path: Path) -> dict[str, float]:
+    """Celery's 'Task ... received' per task id (= run id), as epoch seconds."""
+    found: dict[str, float] = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        m = _RECEIVED.match(line)
+        if m:
+            local = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
+            found[m.group(3)] = local + int(m.group(2)) / 1000
+    return found
+
+
+def stream_times(client: redis.Redis, run_id: str) -> dict[str, Any]:
+    """The agent's own clocks for a run, from the events stream: running.at and XADD times."""
+    out: dict[str, Any] = {}
+    for entry_id, fields in client.xrange(EVENTS_STREAM):
+        envelope = StreamEnvelope.model_validate_json(fields[b"data"])
+        event = envelope.event
+        if getattr(event, "run_id", None) != run_id:
+            continue
+        added = int(entry_id.split(b"-")[0]) / 1000  # the entry id is Redis's clock in ms
+        if event.type == "snapshot" and event.seq == 0:
+            out["snapshot_added"] = added
+        elif event.type == "state" and event.state.value == "running":
+            out["running_at"] = event.at
+    return out
+
+
+def one_job(
+    api: httpx.Client,
+    sessions: Any,
+    client: redis.Redis,
+    agent_log: Path,
+    duration: float,
+    interval: float,
+) -> JobSample:
+    body = {
+        "program": PROGRAM,
+        "duration_s": duration,
+        "interval_s": interval,
+        "targets": {"hosts": [HOST]},
+    }
+    t0 = time.time()
+    resp = api.post("/v1/jobs", json=body)
+    t1 = time.time()
+    resp.raise_for_status()
+    job = resp.json()
+    job_id, run_id = job["id"], job["runs"][0]["id"]
+    # Stay off the API (it shares a process with ingest) until the trace is surely over.
+    time.sleep(max(0.0, t0 + duration + 0.3 - time.time()))
+
+    def final() -> bool:
+        state = api.get(f"/v1/jobs/{job_id}").json()["state"]
+        if state not in ("pending", "running", "succeeded"):
+            raise RuntimeError(f"job {job_id} ended {state}")
+        return bool(state == "succeeded")
+
+    wait_for(final, 60, f"job {job_id}", every_s=0.1)
+    with sessions() as session:
+        run = session.get(Run, run_id)
+        snap = session.scalar(
+            select(SnapshotRow).where(SnapshotRow.run_id == run_id, SnapshotRow.seq == 0)
+        )
+        assert run is not None and run.dispatched_at is not None and snap is not None
+        if snap.final:
+            raise RuntimeError("the first snapshot is the final one: use a longer --duration")
+        dispatched = run.dispatched_at.timestamp()
+        stored = snap.received_at.timestamp()
+        compile_s = float(snap.stats["compile_s"]) + float(snap.stats["attach_s"])
+        attached, taken = snap.interval_start, snap.interval_end
+    agent = stream_times(client, run_id)
+    received = received_times(agent_log).get(run_id)
+    load_begin = attached - compile_s
+    total = stored - t0
+    interval_s = taken - attached
+    return JobSample(
+        job_id=job_id,
+        post_rtt=t1 - t0,
+        total=total,
+        api=dispatched - t0,
+        deliver=None if received is None else received - dispatched,
+        start=None if received is None else load_begin - received,
+        compile=compile_s,
+        interval=interval_s,
+        publish=agent["snapshot_added"] - taken,
+        store=stored - agent["snapshot_added"],
+        overhead=total - compile_s - interval_s,
+        to_attached=attached - dispatched,
+    )
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def summarize(
+    samples: list[JobSample], bare: list[BareSample], meta: dict[str, Any]
+) -> dict[str, Any]:
+    medians = {
+        name: _median([getattr(s, name) for s in samples])
+        for name in ("post_rtt", "total", *STAGES, "overhead", "to_attached")
+    }
+    bare_med = {name: _median([getattr(b, name) for b in bare]) for name in ("wall_s", "load_s")}
+    ratios: dict[str, float | None] = {}
+    if medians["to_attached"] and bare_med["wall_s"]:
+        ratios["to_attached_vs_bare_wall"] = medians["to_attached"] / bare_med["wall_s"]
+    if medians["compile"] and bare_med["load_s"]:
+        ratios["compile_vs_bare_load"] = medians["compile"] / bare_med["load_s"]
+    return {
+        "benchmark": "submit_latency",
+        **meta,
+        "target_overhead_s": 0.1,
+        "median": medians,
+        "bare_median": bare_med,
+        "ratios": ratios,
+        "samples": [asdict(s) for s in samples],
+        "bare": [asdict(b) for b in bare],
+    }
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:7.1f}"
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    print(
+        f"\nsubmit latency: {summary['program']} on one real agent, "
+        f"{summary['duration_s']:g}s trace, {summary['interval_s']:g}s interval, "
+        f"{summary['db']} database, median of"
+        f" {len(summary['samples'])} jobs; kernel {summary['kernel']}, {summary['cpus']} CPUs"
+    )
+    cols = ("total", *STAGES, "overhead")
+    head = f"{'':10}" + "".join(f"{c:>9}" for c in cols) + f"{'POST rtt':>9}"
+    print(head + "   (ms)")
+    print("-" * len(head))
+    rows: list[tuple[str, dict[str, Any]]] = [
+        (f"job {i + 1}", s) for i, s in enumerate(summary["samples"])
+    ]
+    rows.append(("median", summary["median"]))
+    for label, values in rows:
+        if label == "median":
+            print("-" * len(head))
+        print(
+            f"{label:10}"
+            + "".join(f"{_ms(values[c]):>9}" for c in cols)
+            + f"{_ms(values['post_rtt']):>9}"
+        )
+    med, bare = summary["median"], summary["bare_median"]
+    print(
+        f"\nbare bcc (fresh python + BPF(text=...), same source): spawn->attached "
+        f"{_ms(bare['wall_s']).strip()} ms, BPF() {_ms(bare['load_s']).strip()} ms"
+    )
+    print(
+        f"ours: dispatched->attached {_ms(med['to_attached']).strip()} ms "
+        f"(x{summary['ratios'].get('to_attached_vs_bare_wall', 0):.2f} of bare spawn->attached), "
+        f"compile+attach x{summary['ratios'].get('compile_vs_bare_load', 0):.2f} of bare BPF()"
+    )
+    verdict = "met" if med["overhead"] is not None and med["overhead"] < 0.1 else "NOT met"
+    print(
+        "orchestration overhead (total - compile - interval) median "
+        f"{_ms(med['overhead']).strip()} ms; target < 100 ms: {verdict}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=10, help="jobs to time (median taken)")
+    parser.add_argument("--interval", type=float, default=1.0, help="snapshot interval, s")
+    parser.add_argument("--duration", type=float, default=2.0, help="trace duration, s")
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (eBPF)", file=sys.stderr)
+        return 2
+    if args.duration <= args.interval:
+        print("--duration must be longer than --interval", file=sys.stderr)
+        return 2
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    workdir = Path(tempfile.mkdtemp(prefix="ft-bench-submit-"))
+    cfg = bare_config()
+    samples: list[JobSample] = []
+    bare: list[BareSample] = []
+    try:
+        with redis_server(workdir) as redis_url, database(args.db, workdir) as database_url:
+            token = create_token(database_url, "operator")
+            engine = make_engine(database_url)
+            sessions = make_sessionmaker(engine)
+            client = redis.Redis.from_url(client_url(redis_url))
+            agent_log = workdir / "agent.log"
+            try:
+                with (
+                    open(workdir / "serve.log", "wb") as serve_log,
+                    open(agent_log, "wb") as agent_out,
+                    serve(workdir, database_url, redis_url, serve_log) as base,
+                    agent_worker(HOST, redis_url, agent_out, workdir),
+                    httpx.Client(
+                        base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30
+                    ) as api,
+                ):
+                    log(f"stack up ({args.db}); waiting for {HOST}'s first heartbeat")
+
+                    def online() -> bool:
+                        resp = api.get(f"/v1/hosts/{HOST}")
+                        return resp.status_code == 200 and resp.json()["state"] == "online"
+
+                    wait_for(online, 120, f"{HOST} online", every_s=0.5)
+                    run_bare(cfg)  # warm the page cache (libbcc, LLVM, headers)
+                    one_job(api, sessions, client, agent_log, args.duration, args.interval)
+                    log("warm-up job done")
+                    for i in range(args.jobs):
+                        sample = one_job(
+                            api, sessions, client, agent_log, args.duration, args.interval
+                        )
+                        samples.append(sample)
+                        bare.append(run_bare(cfg))
+                        log(
+                            f"job {i + 1}/{args.jobs}: total {sample.total * 1000:.0f} ms, "
+                            f"overhead {sample.overhead * 1000:.0f} ms; "
+                            f"bare {bare[-1].wall_s * 1000:.0f} ms"
+                        )
+            finally:
+                client.close()
+                engine.dispose()
+    except BaseException:
+        print_log_tails(workdir)
+        raise
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    meta = {
+        "program": PROGRAM,
+        "duration_s": args.duration,
+        "interval_s": args.interval,
+        "db": args.db,
+        "kernel": os.uname().release,
+        "cpus": os.cpu_count(),
+        "at": datetime.now().isoformat(timespec="seconds"),
+    }
+    summary = summarize(samples, bare, meta)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_table(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
