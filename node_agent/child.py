@@ -6,6 +6,7 @@ stdout: one RunEvent per line. Anything else the child or bcc prints goes to std
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
@@ -34,6 +35,24 @@ def _limit_memory(megabytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
+def _warm_limit(argv: list[str]) -> int | None:
+    """`--warm MB`: start as a spare, warmed up under a memory limit of MB."""
+    if len(argv) == 2 and argv[0] == "--warm" and argv[1].isdigit():
+        return int(argv[1])
+    return None
+
+
+def _warm_up() -> None:
+    """Import what every trace needs before the request comes: a spare child then starts fast."""
+    import node_agent.programs
+    import node_agent.trace
+
+    node_agent.programs.catalog()
+    # A missing bcc is reported by the trace itself, with the request's run id.
+    with contextlib.suppress(ImportError):
+        import bcc  # noqa: F401
+
+
 def _out_of_memory(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, MemoryError) or any(
@@ -58,7 +77,15 @@ def main() -> int:
         events.write(event.model_dump_json() + "\n")
         events.flush()
 
-    start = ChildStart.model_validate_json(sys.stdin.readline())
+    warm_mb = _warm_limit(sys.argv[1:])
+    if warm_mb is not None:
+        # A spare: the memory limit first (it must cover bcc's own load), then the imports.
+        _limit_memory(warm_mb)
+        _warm_up()
+    line = sys.stdin.readline()
+    if not line.strip():
+        return 0  # a spare child that was never used
+    start = ChildStart.model_validate_json(line)
     request = start.request
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -68,7 +95,8 @@ def main() -> int:
         from node_agent.runtime.bcc_runtime import BccRuntime
         from node_agent.trace import execute, prepare
 
-        _limit_memory(request.limits.memory_mb)
+        if warm_mb != request.limits.memory_mb:
+            _limit_memory(request.limits.memory_mb)
         prepared = prepare(
             request, allow_custom=start.allow_custom, max_duration_s=start.max_duration_s
         )

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import IO
 
 from pydantic import TypeAdapter, ValidationError
@@ -25,6 +26,7 @@ from node_agent.child import ChildStart
 from node_agent.errors import FleettraceError
 from node_agent.protocol import (
     ErrorCode,
+    Limits,
     RunEvent,
     RunState,
     Snapshot,
@@ -42,6 +44,72 @@ _EOF = object()
 STDERR_TAIL = 4096
 
 
+DEFAULT_CHILD = (sys.executable, "-m", "node_agent.child")
+
+
+@dataclass
+class Child:
+    """A started child process and the file its stderr goes to."""
+
+    process: subprocess.Popen[str]
+    stderr: IO[bytes]
+
+    @classmethod
+    def spawn(cls, argv: Sequence[str]) -> Child:
+        stderr = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 - closed by the runner
+        process = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+        )
+        return cls(process, stderr)
+
+    def discard(self) -> None:
+        _kill(self.process)
+        self.process.wait()
+        self.stderr.close()
+
+
+class ChildPool:
+    """Keeps one child started and warmed up (interpreter, pydantic, bcc imported) under the
+    default memory limit, so that a trace does not pay for process start-up: about 100 ms of
+    the time to attach. A request with another memory limit gets a cold child."""
+
+    def __init__(self, memory_mb: int = Limits().memory_mb) -> None:
+        self.memory_mb = memory_mb
+        self.argv = [*DEFAULT_CHILD, "--warm", str(memory_mb)]
+        self._lock = threading.Lock()
+        self._spare: Child | None = None
+        self._closed = False
+
+    def take(self, request: TraceRequest) -> Child:
+        if request.limits.memory_mb != self.memory_mb:
+            return Child.spawn(DEFAULT_CHILD)
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is None or spare.process.poll() is not None:
+            if spare is not None:
+                spare.stderr.close()
+            spare = Child.spawn(self.argv)
+        threading.Thread(target=self.refill, name="child-pool", daemon=True).start()
+        return spare
+
+    def refill(self) -> None:
+        with self._lock:
+            if self._spare is None and not self._closed:
+                self._spare = Child.spawn(self.argv)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.discard()
+
+
 class TraceRunner:
     """Runs a TraceRequest to its final state; `cancel()` may be called from any thread."""
 
@@ -54,13 +122,15 @@ class TraceRunner:
         max_duration_s: float = 3600.0,
         compile_timeout_s: float = 120.0,
         child_argv: Sequence[str] | None = None,
+        pool: ChildPool | None = None,
     ) -> None:
         self.request = request
         self.on_event = on_event
         self.allow_custom = allow_custom
         self.max_duration_s = max_duration_s
         self.compile_timeout_s = compile_timeout_s
-        self.child_argv = list(child_argv or [sys.executable, "-m", "node_agent.child"])
+        self.child_argv = list(child_argv or DEFAULT_CHILD)
+        self.pool = pool
         self._cancel = threading.Event()
         self.last_snapshot: Snapshot | None = None
         self.child_pid: int | None = None
@@ -77,26 +147,25 @@ class TraceRunner:
         except FleettraceError as exc:
             state = RunState.unsupported if exc.code is ErrorCode.unsupported else RunState.failed
             return self._final(StateChange(run_id=run_id, state=state, error=exc.to_error()))
-        with tempfile.TemporaryFile(mode="w+b") as stderr:
-            return self._supervise(stderr)
+        if self.pool is not None:
+            child = self.pool.take(self.request)
+        else:
+            child = Child.spawn(self.child_argv)
+        try:
+            return self._supervise(child)
+        finally:
+            child.stderr.close()
 
     def _final(self, change: StateChange) -> StateChange:
         self.on_event(change)
         return change
 
-    def _supervise(self, stderr: IO[bytes]) -> StateChange:
+    def _supervise(self, spawned: Child) -> StateChange:
         request = self.request
         start = ChildStart(
             request=request, allow_custom=self.allow_custom, max_duration_s=self.max_duration_s
         )
-        child = subprocess.Popen(
-            self.child_argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            start_new_session=True,
-        )
+        child, stderr = spawned.process, spawned.stderr
         self.child_pid = child.pid
         assert child.stdin is not None and child.stdout is not None
         lines: queue.Queue[object] = queue.Queue()
@@ -185,7 +254,7 @@ class TraceRunner:
             message = f"the trace process died of signal {signal.Signals(-code).name}"
         else:
             message = f"the trace process exited with code {code} without a final state"
-        if "MemoryError" in tail or "std::bad_alloc" in tail:
+        if "MemoryError" in tail or "bad_alloc" in tail:
             message += f" (memory limit {self.request.limits.memory_mb} MiB)"
         error = TraceError(code=ErrorCode.internal, message=message, detail=tail)
         return StateChange(run_id=run_id, state=RunState.failed, error=error)

@@ -24,7 +24,7 @@ from node_agent.protocol import (
     StreamEnvelope,
     TraceRequest,
 )
-from node_agent.runner import TraceRunner
+from node_agent.runner import ChildPool, TraceRunner
 from node_agent.settings import AgentSettings
 from node_agent.wire import (
     EVENTS_STREAM,
@@ -73,6 +73,7 @@ class Agent:
         self.publisher = EventPublisher(self.redis, settings.host)
         self.running: dict[str, TraceRunner] = {}
         self.capabilities: HostCapabilities | None = None
+        self.pool = ChildPool()
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -100,11 +101,14 @@ class Agent:
             )
             publish(final)
             return final
+        # Tells the controller the host has the run, so it is not expired while it compiles.
+        publish(StateChange(run_id=run_id, state=RunState.pending, reason="accepted"))
         runner = TraceRunner(
             self.confine(request),
             publish,
             allow_custom=self.settings.allow_custom,
             max_duration_s=self.settings.max_duration_s,
+            pool=self.pool,
         )
         with self._lock:
             self.running[run_id] = runner
@@ -173,6 +177,7 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+        self.pool.close()
         with self._lock:
             runners = list(self.running.values())
         for runner in runners:
@@ -204,6 +209,7 @@ def serve(settings: AgentSettings) -> None:
     app = make_app(agent)
     beat = threading.Thread(target=agent.heartbeat_forever, name="heartbeat", daemon=True)
     beat.start()
+    threading.Thread(target=agent.pool.refill, name="child-pool", daemon=True).start()
     log.info("agent %s joining via %s", settings.host, _redact(settings.redis_url))
     try:
         app.worker_main(

@@ -196,6 +196,13 @@ class Ingest:
         )
 
     def _state(self, session: Session, run: Run, change: StateChange) -> None:
+        if change.state is RunState.pending:
+            # The host has the run ("accepted"): it can no longer expire for want of a host.
+            if run.state not in (RunState.pending.value, RunState.expired.value):
+                return
+            run.expires_at = None
+            if run.state == RunState.pending.value:
+                return
         error = change.error.model_dump(mode="json") if change.error else None
         changed = jobs_service.set_run_state(
             session=session, run=run, state=change.state, reason=change.reason, error=error

@@ -248,6 +248,21 @@ def test_expired_runs_are_overridden_by_the_hosts_real_events(
     assert runs_by_host(shown_job)[late]["snapshots"] == 1
 
 
+def test_a_run_the_host_accepted_does_not_expire_while_it_compiles(
+    client: TestClient, tokens: Tokens, sessions: sessionmaker[Session], feeder: Feeder
+) -> None:
+    (host,) = _hosts(client, tokens, 1)
+    job = _job(client, tokens, [host])
+    run_id = job["runs"][0]["id"]
+    feeder(host, state(run_id, "pending", reason="accepted"), job_id=job["id"])
+    with sessions() as session:
+        run = session.get(Run, run_id)
+        assert run is not None and run.expires_at is None and run.state == "pending"
+    assert feeder.ingest.sweep() == 0
+    run_states = [e.payload["state"] for e in _events(sessions, job["id"]) if e.kind == "state"]
+    assert run_states == ["pending"]
+
+
 @pytest.mark.parametrize(
     ("finals", "expected"),
     [
