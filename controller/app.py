@@ -9,6 +9,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from controller.auth.routes import router as tokens_router
+from controller.bootstrap.routes import router as bootstrap_router
+from controller.bootstrap.service import BootstrapQueue
+from controller.bootstrap.tasks import CeleryBootstrapQueue
 from controller.db import make_engine, make_sessionmaker
 from controller.dispatch import CeleryDispatcher, Dispatcher
 from controller.errors import ControllerError
@@ -21,7 +24,11 @@ from node_agent import __version__
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    dispatcher: Dispatcher | None = None,
+    bootstrap_queue: BootstrapQueue | None = None,
+) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(
         title="fleettrace",
@@ -33,6 +40,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.state.engine = engine
     app.state.sessions = make_sessionmaker(engine)
     app.state.dispatcher = dispatcher or CeleryDispatcher(settings.redis_url)
+    app.state.bootstrap_queue = bootstrap_queue or CeleryBootstrapQueue(settings.redis_url)
 
     @app.exception_handler(ControllerError)
     async def _controller_error(request: Request, exc: ControllerError) -> JSONResponse:
@@ -48,6 +56,6 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         """Liveness for load balancers: no token, no data."""
         return {"status": "ok"}
 
-    for router in (hosts_router, jobs_router, programs_router, tokens_router):
+    for router in (hosts_router, bootstrap_router, jobs_router, programs_router, tokens_router):
         app.include_router(router)
     return app

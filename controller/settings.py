@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +25,17 @@ class Settings(BaseSettings):
     ingest_batch: int = Field(default=200, ge=1, le=10_000)
     ingest_claim_idle_ms: int = Field(default=30_000, ge=100)
     auto_register_hosts: bool = True
+    # The broker URL agents are given (their view of Redis); defaults to redis_url.
+    agent_redis_url: str | None = None
+    known_hosts: Path | None = Field(default=None, description="OpenSSH known_hosts to trust")
+    ssh_key: Path | None = Field(default=None, description="private key file for bootstrap")
+    ssh_use_agent: bool = True
+    ssh_connect_timeout_s: float = Field(default=10.0, gt=0)
+    ssh_auth_timeout_s: float = Field(default=15.0, gt=0)
+    ssh_command_timeout_s: float = Field(default=600.0, gt=0)
+    artifacts_dir: Path = Path("var/artifacts")
+    bootstrap_verify_timeout_s: float = Field(default=90.0, gt=0)
+    worker_concurrency: int = Field(default=8, ge=1, le=256)
 
     @field_validator("database_url")
     @classmethod
@@ -34,12 +46,20 @@ class Settings(BaseSettings):
             v = "postgresql+psycopg://" + v.removeprefix("postgresql://")
         return v
 
-    @field_validator("redis_url")
+    @field_validator("redis_url", "agent_redis_url")
     @classmethod
-    def _redis_url(cls, v: str) -> str:
-        if not v.startswith(("redis://", "rediss://", "unix://", "redis+socket://")):
-            raise ValueError("redis_url must be a redis://, rediss:// or unix:// URL")
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(
+            ("redis://", "rediss://", "unix://", "redis+socket://")
+        ):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return v
+
+    @model_validator(mode="after")
+    def _agent_redis_url(self) -> Settings:
+        if self.agent_redis_url is None:
+            self.agent_redis_url = self.redis_url
+        return self
 
 
 @lru_cache

@@ -8,8 +8,11 @@ only then authentication. Every stage has its own timeout.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
+import math
+import secrets
 import shlex
 import socket
 import stat
@@ -19,6 +22,13 @@ from pathlib import Path
 from types import TracebackType
 
 import paramiko
+from paramiko.sftp import (
+    CMD_HANDLE,
+    CMD_OPEN,
+    SFTP_FLAG_CREATE,
+    SFTP_FLAG_EXCL,
+    SFTP_FLAG_WRITE,
+)
 
 from controller.errors import ControllerError
 
@@ -208,18 +218,25 @@ class SshSession:
             except (OSError, paramiko.SSHException) as exc:
                 self.close()
                 raise AuthFailed(f"cannot load key {target.key_file}: {exc}") from None
-        if target.use_agent:
-            keys += list(paramiko.Agent().get_keys())
-        for key in keys:
-            try:
-                transport.auth_publickey(target.user, key)
-            except paramiko.AuthenticationException:
-                continue
-            except paramiko.SSHException as exc:
-                self.close()
-                raise AuthFailed(f"authentication with {target.address} failed: {exc}") from None
-            if transport.is_authenticated():
-                return
+        agent = paramiko.Agent() if target.use_agent else None
+        if agent is not None:
+            keys += list(agent.get_keys())
+        try:
+            for key in keys:
+                try:
+                    transport.auth_publickey(target.user, key)
+                except paramiko.AuthenticationException:
+                    continue
+                except paramiko.SSHException as exc:
+                    self.close()
+                    raise AuthFailed(
+                        f"authentication with {target.address} failed: {exc}"
+                    ) from None
+                if transport.is_authenticated():
+                    return
+        finally:
+            if agent is not None:
+                agent.close()  # its connection is only needed to sign during auth
         self.close()
         raise AuthFailed(
             f"no key was accepted for {target.user}@{target.address} ({len(keys)} offered)"
@@ -236,34 +253,53 @@ class SshSession:
         """Run a shell command; with sudo when the user is not root (passwordless sudo)."""
         if self.transport is None:
             raise SshError("not connected")
-        if sudo and self.target.user != "root":
-            command = f"sudo -n -- sh -c {shlex.quote(command)}"
         timeout = timeout_s or self.target.timeouts.command_s
-        channel = self.transport.open_session(timeout=self.target.timeouts.connect_s)
-        channel.settimeout(1.0)
-        channel.exec_command(command)
-        if stdin:
-            channel.sendall(stdin)
-        channel.shutdown_write()
-        out, err = bytearray(), bytearray()
         deadline = time.monotonic() + timeout
-        while True:
-            while channel.recv_ready():
-                out += channel.recv(32768)
-            while channel.recv_stderr_ready():
-                err += channel.recv_stderr(32768)
-            if (
-                channel.exit_status_ready()
-                and not channel.recv_ready()
-                and not channel.recv_stderr_ready()
-            ):
-                break
-            if time.monotonic() > deadline:
-                channel.close()
-                raise CommandTimeout(f"command timed out after {timeout:g}s: {command[:80]}")
-            time.sleep(0.02)
-        code = channel.recv_exit_status()
-        channel.close()
+        # Closing the channel does not stop the command: `timeout` on the host kills its process
+        # group shortly after our own deadline (under sudo, to reach root's processes). The
+        # shell stays what it was: the login shell, or sh under sudo.
+        limit = f"timeout -k 5 {math.ceil(timeout) + 2}"
+        if sudo and self.target.user != "root":
+            remote = f"sudo -n -- {limit} sh -c {shlex.quote(command)}"
+        else:
+            remote = f'{limit} "$SHELL" -c {shlex.quote(command)}'
+        try:
+            channel = self.transport.open_session(timeout=self.target.timeouts.connect_s)
+            channel.exec_command(remote)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SshError(f"cannot run a command on {self.target.address}: {exc}") from None
+        try:
+            if stdin:
+                channel.settimeout(max(deadline - time.monotonic(), 0.1))
+                try:
+                    channel.sendall(stdin)
+                except TimeoutError:
+                    raise CommandTimeout(
+                        f"command timed out after {timeout:g}s sending its input: {command[:80]}"
+                    ) from None
+                except OSError:
+                    pass  # the command exited without reading all of it: its status says how
+            channel.shutdown_write()
+            out, err = bytearray(), bytearray()
+            while True:
+                while channel.recv_ready():
+                    out += channel.recv(32768)
+                while channel.recv_stderr_ready():
+                    err += channel.recv_stderr(32768)
+                for buffer in (out, err):
+                    del buffer[:-OUTPUT_LIMIT]
+                if (
+                    channel.exit_status_ready()
+                    and not channel.recv_ready()
+                    and not channel.recv_stderr_ready()
+                ):
+                    break
+                if time.monotonic() > deadline:
+                    raise CommandTimeout(f"command timed out after {timeout:g}s: {command[:80]}")
+                time.sleep(0.02)
+            code = channel.recv_exit_status()
+        finally:
+            channel.close()
         return CommandResult(code, _tail(out), _tail(err))
 
     def sftp(self) -> paramiko.SFTPClient:
@@ -281,12 +317,21 @@ class SshSession:
         sftp.chmod(remote, mode)
 
     def put_bytes(self, data: bytes, remote: str, mode: int = 0o600) -> None:
-        """Write a file created with `mode` from the start (secrets never sit world-readable)."""
+        """Write a file created with `mode` from the start (secrets never sit world-readable).
+
+        A new file beside it, renamed over it: whoever had the old file open (it may have been
+        readable) never sees the new bytes, and no reader sees half a file.
+        """
         sftp = self.sftp()
-        with sftp.open(remote, "wb") as handle:
-            handle.chmod(mode)
-            handle.write(data)
-        sftp.chmod(remote, mode)
+        staged = f"{remote}.ft-{secrets.token_hex(4)}"
+        try:
+            with _create(sftp, staged, mode) as handle:
+                handle.write(data)
+            sftp.posix_rename(staged, remote)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                sftp.remove(staged)
+            raise
 
     def remote_mode(self, remote: str) -> int | None:
         try:
@@ -301,6 +346,19 @@ class SshSession:
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+
+
+def _create(sftp: paramiko.SFTPClient, remote: str, mode: int) -> paramiko.SFTPFile:
+    """A new file opened for writing, created with `mode`: paramiko's open() sends no
+    attributes, so the server would create it with its umask's mode (0644) until a chmod."""
+    attrs = paramiko.SFTPAttributes()
+    attrs.st_mode = mode
+    flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL
+    request = sftp._request  # type: ignore[attr-defined]
+    kind, msg = request(CMD_OPEN, remote, flags, attrs)
+    if kind != CMD_HANDLE:
+        raise SshError(f"no handle for {remote} from the SFTP server")
+    return paramiko.SFTPFile(sftp, msg.get_binary(), "wb")
 
 
 def _tail(data: bytearray) -> str:

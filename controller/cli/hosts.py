@@ -1,4 +1,4 @@
-"""`fleettrace hosts list|show|add`."""
+"""`fleettrace hosts list|show|add|bootstrap|uninstall`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from controller.cli.common import api, pair, print_json
+from controller.cli.errors import CliError
 from controller.cli.text import Line, Style, emit, plural, since, table_lines, when
 from controller.hosts.models import HostPublic
 
@@ -29,9 +30,42 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     add = hsub.add_parser("add", parents=[common], help="register a host (admin)")
     add.add_argument("name")
     add.add_argument("--address", help="how to reach it (for SSH bootstrap)")
+    add.add_argument("--ssh-user", default="root", help="SSH user (non-root: passwordless sudo)")
+    add.add_argument("--port", type=int, default=22, help="SSH port")
     add.add_argument("--label", type=pair, action="append", default=[], metavar="K=V")
+    add.add_argument("--fingerprint", help="pin the SSH host key (SHA256:... from ssh-keygen -lf)")
+    add.add_argument(
+        "--trust-on-first-use",
+        action="store_true",
+        help="pin whatever host key the first bootstrap sees",
+    )
+    add.add_argument("--cgroup", help="cgroup v2 path the agent confines every trace to")
     add.add_argument("--json", action="store_true")
     add.set_defaults(func=cmd_add)
+
+    boot = hsub.add_parser(
+        "bootstrap", parents=[common], help="install and start the agent over SSH (admin)"
+    )
+    boot.add_argument("names", nargs="*", metavar="NAME")
+    boot.add_argument(
+        "--selector", type=pair, action="append", default=[], metavar="K=V", help="label filter"
+    )
+    boot.add_argument("--parallel", type=int, default=4, help="hosts at once (default 4)")
+    boot.add_argument("--max-failures", type=int, help="start no more after this many failed")
+    boot.add_argument("--trust-on-first-use", action="store_true", help="pin unknown host keys")
+    boot.add_argument("--cgroup", help="cgroup v2 path for the agents ({host} = host name)")
+    boot.add_argument("--heartbeat", type=float, metavar="S", help="agent heartbeat interval")
+    boot.add_argument("--no-wait", action="store_true", help="start and return")
+    boot.add_argument("--json", action="store_true", help="print the final runs as JSON")
+    boot.set_defaults(func=cmd_bootstrap)
+
+    uninstall = hsub.add_parser(
+        "uninstall", parents=[common], help="stop the agent and remove it from a host (admin)"
+    )
+    uninstall.add_argument("name")
+    uninstall.add_argument("--no-wait", action="store_true", help="start and return")
+    uninstall.add_argument("--json", action="store_true")
+    uninstall.set_defaults(func=cmd_uninstall)
 
 
 def _labels(labels: dict[str, str]) -> str:
@@ -84,6 +118,8 @@ def host_lines(host: HostPublic) -> list[Line]:
         ("name", host.name),
         ("state", f"{host.state} (last heartbeat {since(host.last_heartbeat)})"),
         ("address", host.address or "-"),
+        ("ssh", f"{host.ssh_user}@{host.address or '-'}:{host.ssh_port}"),
+        ("host key", _host_key(host)),
         ("labels", _labels(host.labels)),
         ("agent", host.agent_version or "-"),
         ("registered", when(host.created_at)),
@@ -95,6 +131,18 @@ def host_lines(host: HostPublic) -> list[Line]:
         fields.append(("capabilities", "not reported yet (no heartbeat with a probe)"))
     width = max(len(k) for k, _ in fields) + 2
     return [Line(f"{k + ':':<{width}}{v}", "title" if k == "name" else "") for k, v in fields]
+
+
+def _host_key(host: HostPublic) -> str:
+    if host.host_key_rejected is not None:
+        rejected = host.host_key_rejected
+        return (
+            f"REJECTED {rejected.fingerprint} at {when(rejected.at)}"
+            f" (pinned: {host.host_key_fingerprint or 'none'})"
+        )
+    if host.host_key_fingerprint:
+        return f"pinned {host.host_key_fingerprint}"
+    return "trust on first use" if host.trust_on_first_use else "from known_hosts"
 
 
 def _capabilities(caps: dict[str, Any]) -> list[tuple[str, str]]:
@@ -127,7 +175,16 @@ def _capabilities(caps: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    body = {"name": args.name, "address": args.address, "labels": dict(args.label)}
+    body = {
+        "name": args.name,
+        "address": args.address,
+        "labels": dict(args.label),
+        "ssh_user": args.ssh_user,
+        "ssh_port": args.port,
+        "host_key_fingerprint": args.fingerprint,
+        "trust_on_first_use": args.trust_on_first_use,
+        "cgroup": args.cgroup,
+    }
     with api(args) as client:
         data = client.post("/v1/hosts", body)
     if args.json:
@@ -140,3 +197,61 @@ def cmd_add(args: argparse.Namespace) -> int:
         ]
     )
     return 0
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if args.trust_on_first_use:
+        options["trust_on_first_use"] = True
+    if args.cgroup:
+        options["cgroup"] = args.cgroup
+    if args.heartbeat:
+        options["heartbeat_s"] = args.heartbeat
+    return options
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    if bool(args.names) == bool(args.selector):
+        raise CliError("give host names or --selector (one of them)")
+    with api(args) as client:
+        if len(args.names) == 1 and args.max_failures is None:
+            run = client.post(f"/v1/hosts/{args.names[0]}/bootstrap", _options(args))
+            runs = {run["host"]: run}
+        else:
+            body: dict[str, Any] = {
+                "parallel": args.parallel,
+                "max_failures": args.max_failures,
+                "options": _options(args),
+            }
+            if args.names:
+                body["hosts"] = args.names
+            else:
+                body["selector"] = dict(args.selector)
+            batch = client.post("/v1/hosts/bootstrap", body)
+            runs = {run["host"]: run for run in batch["runs"]}
+        return _follow(client, runs, args)
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    with api(args) as client:
+        run = client.post(f"/v1/hosts/{args.name}/uninstall")
+        return _follow(client, {run["host"]: run}, args)
+
+
+def _follow(client: Any, runs: dict[str, dict[str, Any]], args: argparse.Namespace) -> int:
+    from controller.cli.bootstrap import watch
+
+    if args.no_wait:
+        if args.json:
+            print_json(list(runs.values()))
+        else:
+            emit([Line(f"{host}: {run['kind']} {run['id']} queued") for host, run in runs.items()])
+        return 0
+    done = watch(client, runs, live=False if args.json else None)
+    states = [run["state"] for run in done.runs.values()]
+    if args.json:
+        print_json(list(done.runs.values()))
+    else:
+        counts = {s: states.count(s) for s in sorted(set(states))}
+        emit([Line(", ".join(f"{n} {s}" for s, n in counts.items()), "dim")])
+    return 0 if all(s == "succeeded" for s in states) else 1

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         logging.basicConfig(
             level=logging.INFO
-            if args.verbose or args.command in ("serve", "ingest")
+            if args.verbose or args.command in ("serve", "ingest", "worker")
             else logging.WARNING,
             format="%(asctime)s %(name)s %(levelname)s %(message)s",
         )

@@ -1,4 +1,4 @@
-"""Server-side commands: serve (API + ingest), api, ingest, migrate, tokens, openapi."""
+"""Server-side commands: serve (API + ingest + worker), ingest, worker, migrate, tokens, openapi."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -21,7 +22,10 @@ log = logging.getLogger(__name__)
 
 def add_commands(sub: Any) -> None:
     serve = sub.add_parser("serve", help="migrate the database, then run the API and ingest")
-    serve.add_argument("--no-ingest", action="store_true", help="the API only")
+    serve.add_argument("--no-ingest", action="store_true", help="without the ingest consumer")
+    serve.add_argument(
+        "--no-worker", action="store_true", help="without the controller worker (bootstrap)"
+    )
     serve.add_argument("--host", help="listen address (default from settings)")
     serve.add_argument("--port", type=int, help="listen port (default from settings)")
     serve.set_defaults(func=cmd_serve)
@@ -29,6 +33,10 @@ def add_commands(sub: Any) -> None:
     ingest = sub.add_parser("ingest", help="run only the ingest consumer (scale out)")
     ingest.add_argument("--consumer", help="consumer name, unique per ingest process")
     ingest.set_defaults(func=cmd_ingest)
+
+    worker = sub.add_parser("worker", help="run the controller worker: SSH bootstrap tasks")
+    worker.add_argument("--concurrency", type=int, help="tasks at once (default from settings)")
+    worker.set_defaults(func=cmd_worker)
 
     migrate = sub.add_parser("migrate", help="bring the database schema up to date")
     migrate.set_defaults(func=cmd_migrate)
@@ -107,6 +115,32 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from controller.bootstrap.tasks import serve_worker
+    from controller.migrate import upgrade
+
+    settings = get_settings()
+    upgrade(settings.database_url)
+    serve_worker(settings, concurrency=args.concurrency)
+    return 0
+
+
+def _start_worker() -> subprocess.Popen[bytes]:
+    """The controller worker as a child process: Celery wants its own main thread."""
+    code = "import sys; from controller.cli import main; sys.exit(main(['worker']))"
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def _stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -120,6 +154,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not args.no_ingest:
         worker = threading.Thread(target=_run_ingest, args=(settings, stop), name="ingest")
         worker.start()
+    bootstrap_worker = None if args.no_worker else _start_worker()
     try:
         uvicorn.run(
             create_app(settings),
@@ -131,4 +166,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stop.set()
         if worker is not None:
             worker.join(timeout=5)
+        if bootstrap_worker is not None:
+            _stop_worker(bootstrap_worker)
     return 0

@@ -6,13 +6,16 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import String
+from sqlalchemy import String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from controller.db import Base, utcnow
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 LABEL_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$"
+# OpenSSH's SHA256 fingerprint, as `ssh-keygen -lf` prints it.
+FINGERPRINT_PATTERN = r"^SHA256:[A-Za-z0-9+/]{43}$"
+SSH_USER_PATTERN = r"^[a-z_][a-z0-9_.-]{0,31}$"
 
 HostState = Literal["online", "offline", "never_seen"]
 
@@ -28,6 +31,14 @@ class Host(Base):
     last_heartbeat: Mapped[datetime | None]
     agent_version: Mapped[str | None] = mapped_column(String(64))
     capabilities: Mapped[dict[str, Any] | None]
+    # How the controller reaches the host over SSH; keys never live here, only fingerprints.
+    ssh_user: Mapped[str] = mapped_column(String(32), default="root", server_default="root")
+    ssh_port: Mapped[int] = mapped_column(default=22, server_default="22")
+    host_key_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    trust_on_first_use: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # {"fingerprint": offered key, "at": ISO time}: a bootstrap met an unknown or changed key.
+    host_key_rejected: Mapped[dict[str, Any] | None]
+    cgroup: Mapped[str | None] = mapped_column(String(255))
 
 
 class HostCreate(BaseModel):
@@ -36,6 +47,17 @@ class HostCreate(BaseModel):
     name: str = Field(pattern=NAME_PATTERN)
     address: str | None = Field(default=None, max_length=255)
     labels: dict[str, str] = Field(default_factory=dict)
+    ssh_user: str = Field(default="root", pattern=SSH_USER_PATTERN)
+    ssh_port: int = Field(default=22, ge=1, le=65535)
+    host_key_fingerprint: str | None = Field(
+        default=None, pattern=FINGERPRINT_PATTERN, description="pinned SSH host key"
+    )
+    trust_on_first_use: bool = Field(
+        default=False, description="pin whatever key the first bootstrap sees"
+    )
+    cgroup: str | None = Field(
+        default=None, max_length=255, description="cgroup v2 path the agent confines traces to"
+    )
 
 
 class HostUpdate(BaseModel):
@@ -43,6 +65,20 @@ class HostUpdate(BaseModel):
 
     address: str | None = Field(default=None, max_length=255)
     labels: dict[str, str] | None = None
+    ssh_user: str | None = Field(default=None, pattern=SSH_USER_PATTERN)
+    ssh_port: int | None = Field(default=None, ge=1, le=65535)
+    host_key_fingerprint: str | None = Field(
+        default=None,
+        pattern=FINGERPRINT_PATTERN,
+        description="pin this key (clears a recorded rejection)",
+    )
+    trust_on_first_use: bool | None = None
+    cgroup: str | None = Field(default=None, max_length=255)
+
+
+class HostKeyRejection(BaseModel):
+    fingerprint: str
+    at: datetime
 
 
 class HostPublic(BaseModel):
@@ -54,6 +90,12 @@ class HostPublic(BaseModel):
     agent_version: str | None
     capabilities: dict[str, Any] | None
     created_at: datetime
+    ssh_user: str = "root"
+    ssh_port: int = 22
+    host_key_fingerprint: str | None = None
+    trust_on_first_use: bool = False
+    host_key_rejected: HostKeyRejection | None = None
+    cgroup: str | None = None
 
 
 class HostsPublic(BaseModel):

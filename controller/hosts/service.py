@@ -9,7 +9,14 @@ from sqlalchemy.orm import Session
 
 from controller.db import utcnow
 from controller.errors import Conflict
-from controller.hosts.models import Host, HostCreate, HostPublic, HostState, HostUpdate
+from controller.hosts.models import (
+    Host,
+    HostCreate,
+    HostKeyRejection,
+    HostPublic,
+    HostState,
+    HostUpdate,
+)
 from node_agent.protocol import Heartbeat
 
 
@@ -27,7 +34,16 @@ def list_hosts(*, session: Session, selector: dict[str, str] | None = None) -> l
 def create(*, session: Session, host_in: HostCreate) -> Host:
     if get(session=session, name=host_in.name) is not None:
         raise Conflict(f"host {host_in.name!r} exists", field="name")
-    host = Host(name=host_in.name, address=host_in.address, labels=dict(host_in.labels))
+    host = Host(
+        name=host_in.name,
+        address=host_in.address,
+        labels=dict(host_in.labels),
+        ssh_user=host_in.ssh_user,
+        ssh_port=host_in.ssh_port,
+        host_key_fingerprint=host_in.host_key_fingerprint,
+        trust_on_first_use=host_in.trust_on_first_use,
+        cgroup=host_in.cgroup,
+    )
     session.add(host)
     session.flush()
     return host
@@ -38,6 +54,17 @@ def update(*, session: Session, host: Host, host_in: HostUpdate) -> Host:
         host.address = host_in.address
     if host_in.labels is not None:
         host.labels = dict(host_in.labels)
+    if host_in.ssh_user is not None:
+        host.ssh_user = host_in.ssh_user
+    if host_in.ssh_port is not None:
+        host.ssh_port = host_in.ssh_port
+    if host_in.host_key_fingerprint is not None:
+        host.host_key_fingerprint = host_in.host_key_fingerprint
+        host.host_key_rejected = None
+    if host_in.trust_on_first_use is not None:
+        host.trust_on_first_use = host_in.trust_on_first_use
+    if host_in.cgroup is not None:
+        host.cgroup = host_in.cgroup
     return host
 
 
@@ -58,6 +85,16 @@ def to_public(host: Host, *, timeout_s: float) -> HostPublic:
         agent_version=host.agent_version,
         capabilities=host.capabilities,
         created_at=host.created_at,
+        ssh_user=host.ssh_user,
+        ssh_port=host.ssh_port,
+        host_key_fingerprint=host.host_key_fingerprint,
+        trust_on_first_use=host.trust_on_first_use,
+        host_key_rejected=(
+            None
+            if host.host_key_rejected is None
+            else HostKeyRejection.model_validate(host.host_key_rejected)
+        ),
+        cgroup=host.cgroup,
     )
 
 

@@ -72,6 +72,20 @@ class Ctx:
         return {"program": "syscalls", "duration_s": 2, "targets": {"hosts": [self.host]}}
 
 
+def _ssh_host(c: Ctx) -> str:
+    """A host with an address (a documentation one: the queued bootstrap never runs here)."""
+    name = f"ssh-{uuid.uuid4().hex[:8]}"
+    body = {"name": name, "address": "192.0.2.1"}
+    assert c.client.post("/v1/hosts", json=body, headers=c.admin).status_code == 201
+    return name
+
+
+def _bootstrapped_host(c: Ctx) -> str:
+    name = _ssh_host(c)
+    assert c.client.post(f"/v1/hosts/{name}/bootstrap", headers=c.admin).status_code == 202
+    return name
+
+
 Builder = Callable[[Ctx], Call]
 PUBLIC = None
 
@@ -112,6 +126,22 @@ RULES: dict[tuple[str, str], tuple[str | None, Builder]] = {
     ("GET", "/v1/jobs/{job_id}/events"): (
         "viewer",
         lambda c: Call("GET", f"/v1/jobs/{c.finished_job()}/events"),
+    ),
+    ("POST", "/v1/hosts/{name}/bootstrap"): (
+        "admin",
+        lambda c: Call("POST", f"/v1/hosts/{_ssh_host(c)}/bootstrap", {}),
+    ),
+    ("GET", "/v1/hosts/{name}/bootstrap"): (
+        "viewer",
+        lambda c: Call("GET", f"/v1/hosts/{_bootstrapped_host(c)}/bootstrap"),
+    ),
+    ("POST", "/v1/hosts/bootstrap"): (
+        "admin",
+        lambda c: Call("POST", "/v1/hosts/bootstrap", {"hosts": [_ssh_host(c)]}),
+    ),
+    ("POST", "/v1/hosts/{name}/uninstall"): (
+        "admin",
+        lambda c: Call("POST", f"/v1/hosts/{_ssh_host(c)}/uninstall"),
     ),
     ("GET", "/v1/tokens"): ("admin", lambda c: Call("GET", "/v1/tokens")),
     ("POST", "/v1/tokens"): (

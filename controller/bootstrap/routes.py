@@ -1,0 +1,85 @@
+"""Routes for SSH bootstrap: start one or many, watch the steps, uninstall."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, HTTPException, Request, status
+
+from controller.api.deps import Admin, SessionDep, Viewer
+from controller.bootstrap import service
+from controller.bootstrap.models import (
+    BatchCreate,
+    BatchPublic,
+    BootstrapOptions,
+    BootstrapRunPublic,
+    RunKind,
+)
+from controller.bootstrap.service import BootstrapQueue
+
+router = APIRouter(prefix="/v1/hosts", tags=["bootstrap"])
+
+
+def get_bootstrap_queue(request: Request) -> BootstrapQueue:
+    queue: BootstrapQueue = request.app.state.bootstrap_queue
+    return queue
+
+
+QueueDep = Annotated[BootstrapQueue, Depends(get_bootstrap_queue)]
+OptionsBody = Annotated[BootstrapOptions | None, Body()]
+
+
+@router.post("/bootstrap", operation_id="bootstrap_hosts", status_code=status.HTTP_202_ACCEPTED)
+def bootstrap_hosts(
+    batch_in: BatchCreate, session: SessionDep, queue: QueueDep, token: Admin
+) -> BatchPublic:
+    """Bootstrap many hosts, `parallel` at a time, starting none after `max_failures` failed."""
+    batch = service.start_batch(
+        session=session, queue=queue, batch_in=batch_in, created_by=token.name
+    )
+    return service.batch_to_public(batch)
+
+
+@router.post(
+    "/{name}/bootstrap", operation_id="bootstrap_host", status_code=status.HTTP_202_ACCEPTED
+)
+def bootstrap_host(
+    name: str, session: SessionDep, queue: QueueDep, token: Admin, options: OptionsBody = None
+) -> BootstrapRunPublic:
+    """Install, configure and start the agent on a host over SSH."""
+    run = service.start(
+        session=session,
+        queue=queue,
+        host_name=name,
+        kind=RunKind.bootstrap,
+        options=options or BootstrapOptions(),
+        created_by=token.name,
+    )
+    return service.to_public(run)
+
+
+@router.get("/{name}/bootstrap", operation_id="get_host_bootstrap")
+def get_host_bootstrap(name: str, session: SessionDep, _: Viewer) -> BootstrapRunPublic:
+    """The host's latest bootstrap or uninstall run, step by step."""
+    run = service.latest_run(session=session, host_name=name)
+    if run is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no bootstrap of {name!r} yet")
+    return service.to_public(run)
+
+
+@router.post(
+    "/{name}/uninstall", operation_id="uninstall_host", status_code=status.HTTP_202_ACCEPTED
+)
+def uninstall_host(
+    name: str, session: SessionDep, queue: QueueDep, token: Admin
+) -> BootstrapRunPublic:
+    """Stop the agent and remove everything bootstrap put on the host."""
+    run = service.start(
+        session=session,
+        queue=queue,
+        host_name=name,
+        kind=RunKind.uninstall,
+        options=BootstrapOptions(),
+        created_by=token.name,
+    )
+    return service.to_public(run)
