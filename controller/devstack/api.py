@@ -37,8 +37,10 @@ class Api:
         except httpx.HTTPError:
             return False
 
-    def register(self, host: HostSpec, address: str) -> None:
-        body = {"name": host.name, "address": address, "labels": host.labels}
+    def register(self, host: HostSpec, address: str, *, cgroup: str | None = None) -> None:
+        body: dict[str, Any] = {"name": host.name, "address": address, "labels": host.labels}
+        if cgroup is not None:
+            body["cgroup"] = cgroup
         self._call("POST", "/v1/hosts", json=body)
 
     def hosts(self) -> dict[str, dict[str, Any]]:

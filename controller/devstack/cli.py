@@ -23,6 +23,7 @@ def add_commands(sub: Any) -> None:
 
     up = dsub.add_parser("up", help="start Redis, the controller and N local hosts")
     _stack_args(up)
+    _up_args(up)
     up.set_defaults(func=cmd_up)
 
     down = dsub.add_parser("down", help="stop and remove everything `up` made, even after a crash")
@@ -53,6 +54,20 @@ def _stack_args(parser: argparse.ArgumentParser) -> None:
     _state_dir_arg(parser)
     parser.add_argument("--hosts", type=int, default=3, help="how many local hosts (3)")
     parser.add_argument("--port", type=int, default=8700, help="the API's port on 127.0.0.1")
+
+
+def _up_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ssh",
+        action="store_true",
+        help="run sshd in every host (a stack key pair, known_hosts, a sudo user `ftdeploy`)",
+    )
+    parser.add_argument(
+        "--no-agent",
+        dest="agents",
+        action="store_false",
+        help="start the hosts bare, without agents: for `fleettrace hosts bootstrap` (with --ssh)",
+    )
 
 
 def _config(args: argparse.Namespace) -> StackConfig:
@@ -88,11 +103,13 @@ def _guarded(run: Any) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from controller.devstack.sshd import Sshd
     from controller.devstack.stack import Stack
 
     def run() -> int:
         config = _config(args)
-        Stack(config, progress=_say).up()
+        services = [Sshd()] if args.ssh else []
+        Stack(config, services=services, agents=args.agents, progress=_say).up()
         _say(f"for the client commands: . {config.env_file}")
         return 0
 

@@ -11,21 +11,29 @@ from controller.devstack import system, workload
 from controller.devstack.config import HostSpec, StackConfig
 
 WORKLOAD_DIR = "fleettrace-demo"
-# Runs in a host's fresh mount and UTS namespaces: name it, give it its own /opt and
-# /etc/fleettrace, then hold the namespaces open until the stack stops.
+# Runs in a host's fresh mount and UTS namespaces: name it, give it its own /opt,
+# /etc/fleettrace and /etc/hosts (naming itself, as sudo expects), then hold the namespaces
+# open until the stack stops.
 HOLDER = """set -e
 echo "$1" > /proc/sys/kernel/hostname
 mount --bind "$2/opt" /opt
 mount --bind "$2/etc" /etc/fleettrace
+mount --bind "$2/hosts" /etc/hosts
 touch "$2/ready"
 while [ -e "$3" ]; do sleep 1; done
 """
 
 
 class HostService(Protocol):
-    """Something more to run in every local host's namespaces (issue 4 adds its sshd here)."""
+    """Something more to run in every local host's namespaces (devstack/sshd.py: its sshd)."""
 
     name: str
+
+    def setup(self, config: StackConfig) -> dict[str, str]:
+        """Once per stack, before any host; returns variables to export in the stack's env file."""
+
+    def ready(self, config: StackConfig, host: HostSpec, index: int) -> bool:
+        """The service answers (polled after every host has started)."""
 
     def prepare(self, config: StackConfig, host: HostSpec, index: int) -> None:
         """Write what the service needs under config.host_dir(host.name)."""
@@ -43,12 +51,17 @@ def fleettrace_command(script: str, module: str) -> list[str]:
     return [sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())"]
 
 
-def write_files(config: StackConfig, host: HostSpec) -> None:
-    """The host's own /opt (its workload) and /etc/fleettrace (its agent's config)."""
+def write_files(config: StackConfig, host: HostSpec, *, agent: bool = True) -> None:
+    """The host's own /opt (its workload), /etc/hosts, and /etc/fleettrace: its agent's config,
+    or nothing when the host starts bare (bootstrap installs the agent)."""
     home = config.host_dir(host.name)
     (home / "opt" / WORKLOAD_DIR).mkdir(parents=True, exist_ok=True)
     (home / "etc").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(workload.__file__, home / "opt" / WORKLOAD_DIR / "workload.py")
+    machine = Path("/etc/hosts").read_text() if Path("/etc/hosts").exists() else ""
+    (home / "hosts").write_text(f"{machine.rstrip()}\n127.0.1.1\t{host.name}\n".lstrip())
+    if not agent:
+        return
     (home / "etc" / "agent.env").write_text(
         f"FLEETTRACE_HOST={host.name}\n"
         f"FLEETTRACE_REDIS_URL={config.redis_url}\n"

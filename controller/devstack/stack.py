@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import redis
 
+from controller.bootstrap.artifacts import source_root
 from controller.devstack import host, system
 from controller.devstack.api import Api
 from controller.devstack.config import DevstackError, HostSpec, StackConfig, load
@@ -23,6 +26,13 @@ from controller.devstack.teardown import down
 
 log = logging.getLogger(__name__)
 NEEDED = ("redis-server", "ip", "nsenter", "unshare", "mount", "sh")
+BOOTSTRAPPED_HEARTBEAT_TIMEOUT_S = 30.0
+
+
+def artifacts_dir(config: StackConfig) -> Path:
+    """The checkout's var/artifacts (where `fleettrace serve` run from it caches them too)."""
+    root = source_root()
+    return root / "var" / "artifacts" if root is not None else config.state_dir / "artifacts"
 
 
 class Stack:
@@ -31,10 +41,16 @@ class Stack:
         config: StackConfig,
         *,
         services: Sequence[host.HostService] = (),
+        agents: bool = True,
+        settings: Mapping[str, str] | None = None,
         progress: Callable[[str], None] = log.info,
     ) -> None:
         self.config = config
         self.services = services
+        # Without agents the hosts start bare, as bootstrap expects them: no agent, no config.
+        self.agents = agents
+        # More FLEETTRACE_* settings for the controller (and its bootstrap worker).
+        self.settings = dict(settings or {})
         self.progress = progress
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.token = ""
@@ -49,14 +65,21 @@ class Stack:
         started = time.monotonic()
         try:
             self._prepare_dirs()
+            exports: dict[str, str] = {}
+            for service in self.services:
+                self.progress(f"setting up {service.name}")
+                exports.update(service.setup(self.config))
             self._start_redis()
-            self._start_controller()
+            self._start_controller(exports)
             api = self.api
             try:
                 for index, spec in enumerate(self.config.hosts):
                     self._start_host(index, spec, api)
-                self.progress("waiting for the agents' first heartbeats")
-                api.wait_online([h.name for h in self.config.hosts], online_timeout_s, self.check)
+                self._wait_services()
+                if self.agents:
+                    self.progress("waiting for the agents' first heartbeats")
+                    names = [h.name for h in self.config.hosts]
+                    api.wait_online(names, online_timeout_s, self.check)
             finally:
                 api.close()
         except BaseException:
@@ -196,19 +219,30 @@ class Stack:
         finally:
             client.close()
 
-    def _controller_env(self) -> dict[str, str]:
+    def _controller_env(self, exports: dict[str, str]) -> dict[str, str]:
+        """The services' exports too: FLEETTRACE_SSH_KEY and _KNOWN_HOSTS are settings of its
+        bootstrap; its artifacts are cached in the checkout, not built again every `up`."""
         config = self.config
         return system.clean_env(
             {
                 "FLEETTRACE_DATABASE_URL": config.database_url,
                 "FLEETTRACE_REDIS_URL": config.redis_url,
-                "FLEETTRACE_HEARTBEAT_TIMEOUT_S": str(config.heartbeat_timeout_s),
+                "FLEETTRACE_HEARTBEAT_TIMEOUT_S": str(self._heartbeat_timeout_s()),
+                "FLEETTRACE_ARTIFACTS_DIR": os.environ.get("FLEETTRACE_ARTIFACTS_DIR")
+                or str(artifacts_dir(config)),
+                **exports,
+                **self.settings,
             }
         )
 
-    def _start_controller(self) -> None:
+    def _heartbeat_timeout_s(self) -> float:
+        """Agents that bootstrap installs heartbeat every 10 s unless told otherwise."""
+        timeout = self.config.heartbeat_timeout_s
+        return timeout if self.agents else max(timeout, BOOTSTRAPPED_HEARTBEAT_TIMEOUT_S)
+
+    def _start_controller(self, exports: dict[str, str]) -> None:
         config = self.config
-        env = self._controller_env()
+        env = self._controller_env(exports)
         fleettrace = host.fleettrace_command("fleettrace", "controller.cli")
         self.progress("creating the database and an admin token")
         created = subprocess.run(
@@ -225,8 +259,9 @@ class Stack:
         self.token = created.stdout.strip().splitlines()[-1]
         config.token_file.write_text(self.token + "\n")
         config.token_file.chmod(0o600)
+        exports = {"FLEETTRACE_URL": config.api_url, "FLEETTRACE_TOKEN": self.token, **exports}
         config.env_file.write_text(
-            f"export FLEETTRACE_URL={config.api_url}\nexport FLEETTRACE_TOKEN={self.token}\n"
+            "".join(f"export {k}={shlex.quote(v)}\n" for k, v in exports.items())
         )
         config.env_file.chmod(0o600)
         self.progress(f"starting the controller on {config.api_url}")
@@ -248,26 +283,35 @@ class Stack:
         root_addr, host_addr = config.addresses(index)
         netns = config.netns(spec.name)
         self.progress(f"host {spec.name}: netns {netns} at {host_addr}, workload {spec.workload}")
-        host.write_files(config, spec)
+        host.write_files(config, spec, agent=self.agents)
         system.make_cgroup(config.host_cgroup(spec.name))
         system.make_netns(netns, config.link(index), root_addr, host_addr)
         agents = config.agent_cgroup(spec.name)
         holder = self._spawn(f"{spec.name}-ns", host.holder_command(config, spec), agents)
         ready = host.ready_file(config, spec)
         self._wait(f"host {spec.name}'s namespaces", ready.exists, 10)
-        api.register(spec, host_addr)
+        # A bare host's traces will be confined to its workload's cgroup by the agent that
+        # bootstrap installs: the host record carries it.
+        api.register(spec, host_addr, cgroup=None if self.agents else config.host_cgroup(spec.name))
         self._spawn(
             f"{spec.name}-workload",
             host.workload_command(config, spec, holder),
             config.host_cgroup(spec.name),
         )
-        self._spawn(
-            f"{spec.name}-agent",
-            host.agent_command(config, spec, holder),
-            agents,
-            env=system.clean_env({"FLEETTRACE_HEARTBEAT_S": str(config.heartbeat_s)}),
-        )
+        if self.agents:
+            self._spawn(
+                f"{spec.name}-agent",
+                host.agent_command(config, spec, holder),
+                agents,
+                env=system.clean_env({"FLEETTRACE_HEARTBEAT_S": str(config.heartbeat_s)}),
+            )
         for service in self.services:
             service.prepare(config, spec, index)
             command = service.command(config, spec, index)
             self._spawn(f"{spec.name}-{service.name}", [*system.enter(holder), *command], agents)
+
+    def _wait_services(self) -> None:
+        for index, spec in enumerate(self.config.hosts):
+            for service in self.services:
+                ready = partial(service.ready, self.config, spec, index)
+                self._wait(f"{spec.name}'s {service.name}", ready, 15)

@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from controller.devstack import system
+from controller.devstack import sshd, system
 from controller.devstack.api import Api
 from controller.devstack.config import DevstackError, StackConfig, load
 
@@ -51,6 +51,8 @@ def down(
             attempt(f"stopping {parent / group}", partial(system.stop_cgroup, parent / group))
             reap()
         attempt(f"removing {parent}", partial(system.remove_cgroup, parent))
+    # After the processes: the sudo user cannot be removed while its sessions run.
+    attempt("removing what sshd needed outside the state dir", partial(sshd.undo, config))
     for index, host in enumerate(config.hosts):
         netns, link = config.netns(host.name), config.link(index)
         attempt(f"removing netns {netns}", partial(system.remove_netns, netns, link))
@@ -134,6 +136,7 @@ def status(state_dir: Path) -> dict[str, Any] | None:
                 "workload": host.workload,
                 "workload_processes": len(workload),
                 "agent_running": _running(pids, f"{host.name}-agent", config),
+                "sshd_running": _running(pids, f"{host.name}-sshd", config),
                 "state": known.get(host.name, {}).get("state", "unknown"),
             }
         )
