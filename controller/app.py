@@ -18,6 +18,8 @@ from controller.errors import ControllerError
 from controller.hosts.routes import router as hosts_router
 from controller.jobs.routes import router as jobs_router
 from controller.programs_routes import router as programs_router
+from controller.reports.routes import router as reports_router
+from controller.schedules.routes import router as schedules_router
 from controller.settings import Settings, get_settings
 from node_agent import __version__
 
@@ -58,4 +60,6 @@ def create_app(
 
     for router in (hosts_router, bootstrap_router, jobs_router, programs_router, tokens_router):
         app.include_router(router)
+    app.include_router(schedules_router)
+    app.include_router(reports_router)
     return app

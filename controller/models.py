@@ -5,6 +5,7 @@ from controller.bootstrap.models import BootstrapBatch, BootstrapRun, BootstrapS
 from controller.db import Base
 from controller.hosts.models import Host
 from controller.jobs.models import Job, JobEvent, Run, SnapshotRow
+from controller.schedules.models import Schedule, ScheduleFire
 
 __all__ = [
     "ApiToken",
@@ -16,5 +17,7 @@ __all__ = [
     "Job",
     "JobEvent",
     "Run",
+    "Schedule",
+    "ScheduleFire",
     "SnapshotRow",
 ]

@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import NoReturn
 
-from controller.cli import client, server
+from controller.cli import client, report, server
 from controller.cli.errors import CliError
 from controller.devstack import cli as devstack_cli
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     server.add_commands(sub)
     client.add_commands(sub)
+    report.add_commands(sub)
     devstack_cli.add_commands(sub)
     return parser
 

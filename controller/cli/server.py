@@ -1,4 +1,4 @@
-"""Server-side commands: serve (API + ingest + worker), ingest, worker, migrate, tokens, openapi."""
+"""Server-side commands: serve, ingest, worker, scheduler, migrate, tokens, openapi."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ def add_commands(sub: Any) -> None:
     serve.add_argument(
         "--no-worker", action="store_true", help="without the controller worker (bootstrap)"
     )
+    serve.add_argument(
+        "--no-scheduler", action="store_true", help="without the schedule loop (run it elsewhere)"
+    )
     serve.add_argument("--host", help="listen address (default from settings)")
     serve.add_argument("--port", type=int, help="listen port (default from settings)")
     serve.set_defaults(func=cmd_serve)
@@ -37,6 +40,9 @@ def add_commands(sub: Any) -> None:
     worker = sub.add_parser("worker", help="run the controller worker: SSH bootstrap tasks")
     worker.add_argument("--concurrency", type=int, help="tasks at once (default from settings)")
     worker.set_defaults(func=cmd_worker)
+
+    scheduler = sub.add_parser("scheduler", help="run only the schedule loop (any number at once)")
+    scheduler.set_defaults(func=cmd_scheduler)
 
     migrate = sub.add_parser("migrate", help="bring the database schema up to date")
     migrate.set_defaults(func=cmd_migrate)
@@ -115,6 +121,25 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_scheduler(settings: Settings, stop: threading.Event) -> None:
+    from controller.dispatch import CeleryDispatcher
+    from controller.schedules.scheduler import Scheduler
+
+    Scheduler(settings, _sessions(settings), CeleryDispatcher(settings.redis_url)).run_forever(stop)
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from controller.migrate import upgrade
+
+    settings = get_settings()
+    upgrade(settings.database_url)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    _run_scheduler(settings, stop)
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from controller.bootstrap.tasks import serve_worker
     from controller.migrate import upgrade
@@ -154,6 +179,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not args.no_ingest:
         worker = threading.Thread(target=_run_ingest, args=(settings, stop), name="ingest")
         worker.start()
+    scheduler = None
+    if not args.no_scheduler:
+        scheduler = threading.Thread(target=_run_scheduler, args=(settings, stop), name="scheduler")
+        scheduler.start()
     bootstrap_worker = None if args.no_worker else _start_worker()
     try:
         uvicorn.run(
@@ -166,6 +195,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stop.set()
         if worker is not None:
             worker.join(timeout=5)
+        if scheduler is not None:
+            scheduler.join(timeout=5)
         if bootstrap_worker is not None:
             _stop_worker(bootstrap_worker)
     return 0

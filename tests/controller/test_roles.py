@@ -86,6 +86,17 @@ def _bootstrapped_host(c: Ctx) -> str:
     return name
 
 
+def _schedule_body(c: Ctx) -> dict[str, Any]:
+    template = {"program": "syscalls", "duration_s": 2, "targets": {"hosts": [c.host]}}
+    return {"name": f"sched-{uuid.uuid4().hex[:8]}", "interval_s": 3600, "template": template}
+
+
+def _schedule(c: Ctx) -> str:
+    answer = c.client.post("/v1/schedules", json=_schedule_body(c), headers=c.admin)
+    assert answer.status_code == 201, answer.text
+    return str(answer.json()["id"])
+
+
 Builder = Callable[[Ctx], Call]
 PUBLIC = None
 
@@ -127,6 +138,14 @@ RULES: dict[tuple[str, str], tuple[str | None, Builder]] = {
         "viewer",
         lambda c: Call("GET", f"/v1/jobs/{c.finished_job()}/events"),
     ),
+    ("GET", "/v1/jobs/{job_id}/report"): (
+        "viewer",
+        lambda c: Call("GET", f"/v1/jobs/{c.new_job()}/report?format=md"),
+    ),
+    ("GET", "/v1/reports/compare"): (
+        "viewer",
+        lambda c: Call("GET", f"/v1/reports/compare?base={c.new_job()}&other={c.new_job()}"),
+    ),
     ("POST", "/v1/hosts/{name}/bootstrap"): (
         "admin",
         lambda c: Call("POST", f"/v1/hosts/{_ssh_host(c)}/bootstrap", {}),
@@ -142,6 +161,39 @@ RULES: dict[tuple[str, str], tuple[str | None, Builder]] = {
     ("POST", "/v1/hosts/{name}/uninstall"): (
         "admin",
         lambda c: Call("POST", f"/v1/hosts/{_ssh_host(c)}/uninstall"),
+    ),
+    ("POST", "/v1/schedules"): (
+        "operator",
+        lambda c: Call("POST", "/v1/schedules", _schedule_body(c)),
+    ),
+    ("GET", "/v1/schedules"): ("viewer", lambda c: Call("GET", "/v1/schedules?limit=5")),
+    ("GET", "/v1/schedules/{schedule_id}"): (
+        "viewer",
+        lambda c: Call("GET", f"/v1/schedules/{_schedule(c)}"),
+    ),
+    ("PATCH", "/v1/schedules/{schedule_id}"): (
+        "operator",
+        lambda c: Call("PATCH", f"/v1/schedules/{_schedule(c)}", {"interval_s": 600}),
+    ),
+    ("DELETE", "/v1/schedules/{schedule_id}"): (
+        "operator",
+        lambda c: Call("DELETE", f"/v1/schedules/{_schedule(c)}"),
+    ),
+    ("POST", "/v1/schedules/{schedule_id}/pause"): (
+        "operator",
+        lambda c: Call("POST", f"/v1/schedules/{_schedule(c)}/pause"),
+    ),
+    ("POST", "/v1/schedules/{schedule_id}/resume"): (
+        "operator",
+        lambda c: Call("POST", f"/v1/schedules/{_schedule(c)}/resume"),
+    ),
+    ("POST", "/v1/schedules/{schedule_id}/run"): (
+        "operator",
+        lambda c: Call("POST", f"/v1/schedules/{_schedule(c)}/run"),
+    ),
+    ("GET", "/v1/schedules/{schedule_id}/trend"): (
+        "viewer",
+        lambda c: Call("GET", f"/v1/schedules/{_schedule(c)}/trend?metric=total:syscalls"),
     ),
     ("GET", "/v1/tokens"): ("admin", lambda c: Call("GET", "/v1/tokens")),
     ("POST", "/v1/tokens"): (

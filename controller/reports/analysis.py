@@ -1,0 +1,157 @@
+"""Pure report math: robust outlier scores, histogram distance, keys on one host, units."""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+
+from controller.jobs.stats import summarize
+from controller.reports.models import HistogramStats, OneHostKey, TableStats, TopKey
+from node_agent.protocol import CounterTable, KeyValue, Log2Histogram
+
+Z_THRESHOLD = 3.5
+JS_THRESHOLD = 0.1
+MIN_HOSTS_FOR_MAD = 3
+# Iglewicz & Hoaglin: 0.6745 makes MAD consistent with sigma; 1.2533 does the same for meanAD.
+MAD_K = 0.6745
+MEAN_AD_K = 1.253314
+PID_FIELD = re.compile(r"^(pid|tid|tgid|ppid)$|_pid$")
+NS_PER = {"nsec": 1, "ns": 1, "usec": 1_000, "us": 1_000, "msec": 1_000_000, "ms": 1_000_000}
+
+
+def modified_z(values: Sequence[float]) -> list[float]:
+    """Modified z-scores; zeros when fewer than 3 values or when all values are equal."""
+    if len(values) < MIN_HOSTS_FOR_MAD:
+        return [0.0] * len(values)
+    med = statistics.median(values)
+    mad = statistics.median(abs(v - med) for v in values)
+    if mad > 0:
+        return [MAD_K * (v - med) / mad for v in values]
+    mean_ad = statistics.fmean(abs(v - med) for v in values)
+    if mean_ad == 0:
+        return [0.0] * len(values)
+    return [(v - med) / (MEAN_AD_K * mean_ad) for v in values]
+
+
+def _distribution(buckets: Iterable[tuple[int, int]]) -> dict[int, float]:
+    counts: dict[int, int] = {}
+    for slot, count in buckets:
+        counts[slot] = counts.get(slot, 0) + count
+    total = sum(counts.values())
+    return {s: c / total for s, c in counts.items() if c > 0} if total else {}
+
+
+def js_divergence(
+    p_buckets: Iterable[tuple[int, int]], q_buckets: Iterable[tuple[int, int]]
+) -> float:
+    """Jensen-Shannon divergence in bits (0 = same shape, 1 = disjoint); 0 if either is empty."""
+    p, q = _distribution(p_buckets), _distribution(q_buckets)
+    if not p or not q:
+        return 0.0
+    slots = set(p) | set(q)
+    m = {s: (p.get(s, 0.0) + q.get(s, 0.0)) / 2 for s in slots}
+
+    def kl(a: Mapping[int, float]) -> float:
+        return sum(v * math.log2(v / m[s]) for s, v in a.items() if v > 0)
+
+    return max(0.0, (kl(p) + kl(q)) / 2)
+
+
+def _rate(count: float, span_s: float | None) -> float | None:
+    return count / span_s if span_s else None
+
+
+def histogram_stats(hist: Log2Histogram, span_s: float | None) -> HistogramStats:
+    summary = summarize(hist.buckets, (50.0, 90.0, 99.0))
+    bounds = summary.max_bounds
+    return HistogramStats(
+        name=hist.name,
+        labels=dict(hist.labels),
+        unit=hist.unit,
+        count=summary.count,
+        rate_per_s=_rate(summary.count, span_s),
+        p50=summary.percentiles[50.0],
+        p90=summary.percentiles[90.0],
+        p99=summary.percentiles[99.0],
+        max=bounds[1] if bounds else None,
+    )
+
+
+def table_stats(table: CounterTable, span_s: float | None, top: int) -> TableStats:
+    totals = [0] * len(table.value_fields)
+    for _, values in table.rows:
+        for i, v in enumerate(values[: len(totals)]):
+            totals[i] += v
+    rates = [t / span_s for t in totals] if span_s else None
+    return TableStats(
+        name=table.name,
+        key_fields=[f.name for f in table.key_fields],
+        value_fields=list(table.value_fields),
+        rows=table.total_rows or len(table.rows),
+        totals=totals,
+        rates_per_s=rates,
+        top=[TopKey(key=list(k), values=list(v)) for k, v in table.rows[:top]],
+        truncated=table.truncated,
+    )
+
+
+def comparable_fields(table: CounterTable) -> list[int]:
+    """Indexes of key fields that mean the same on every host (pids do not)."""
+    return [i for i, f in enumerate(table.key_fields) if not PID_FIELD.search(f.name)]
+
+
+def project(table: CounterTable) -> dict[tuple[KeyValue, ...], list[int]]:
+    """Rows summed over their non-pid key fields."""
+    keep = comparable_fields(table)
+    out: dict[tuple[KeyValue, ...], list[int]] = {}
+    for keys, values in table.rows:
+        have = out.setdefault(tuple(keys[i] for i in keep), [0] * len(values))
+        for i, v in enumerate(values):
+            have[i] += v
+    return out
+
+
+def one_host_keys(tables: Mapping[str, CounterTable], limit: int = 50) -> list[OneHostKey]:
+    """Keys (non-pid fields) that only one of the hosts having this table reports, largest first."""
+    if len(tables) < 2:
+        return []
+    projected = {host: project(t) for host, t in tables.items()}
+    seen_on: dict[tuple[KeyValue, ...], list[str]] = {}
+    for host, rows in projected.items():
+        for key in rows:
+            seen_on.setdefault(key, []).append(host)
+    first = next(iter(tables.values()))
+    names = [first.key_fields[i].name for i in comparable_fields(first)]
+    found = [
+        OneHostKey(
+            table=first.name,
+            host=hosts[0],
+            key=dict(zip(names, key, strict=True)),
+            values=projected[hosts[0]][key],
+        )
+        for key, hosts in seen_on.items()
+        if len(hosts) == 1
+    ]
+    found.sort(key=lambda k: (-(k.values[0] if k.values else 0), k.host, str(k.key)))
+    return found[:limit]
+
+
+def human(value: float, unit: str) -> str:
+    """A value in its histogram unit as people say it: 2.1 ms, 250 us, 3.0 s."""
+    if unit in NS_PER:
+        ns = value * NS_PER[unit]
+        for div, name in ((1e9, "s"), (1e6, "ms"), (1e3, "us")):
+            if ns >= div:
+                return f"{_num(ns / div)} {name}"
+        return f"{_num(ns)} ns"
+    return f"{_num(value)} {unit}".rstrip()
+
+
+def _num(x: float) -> str:
+    if x == 0:
+        return "0"
+    if abs(x) >= 100 or float(x).is_integer():
+        return f"{x:,.0f}"
+    return f"{x:.2g}" if abs(x) < 1 else f"{x:.1f}"

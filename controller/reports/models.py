@@ -1,0 +1,142 @@
+"""Report schemas: per-host numbers, the fleet, outliers, one-host keys, missing hosts."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from controller.jobs.models import JobState
+from node_agent.protocol import KeyValue, RunState
+
+PERCENTILE_METHOD = (
+    "percentiles are the upper bound of the log2 bucket where the cumulative count reaches "
+    "rank ceil(p% of n); max is the upper bound of the highest non-empty bucket"
+)
+OUTLIER_METHOD = (
+    "modified z-score 0.6745*(x-median)/MAD over hosts, flagged when |z| > 3.5 (needs 3+ hosts; "
+    "when MAD is 0 the mean absolute deviation times 1.2533 stands in); histogram distance is "
+    "the Jensen-Shannon divergence (base 2, 0..1) between a host's bucket distribution and the "
+    "fleet's, flagged at 0.1 or more when, with 3+ hosts, its own modified z-score over hosts is "
+    "also > 3.5; ranked by score / threshold"
+)
+
+
+class HistogramStats(BaseModel):
+    name: str
+    labels: dict[str, KeyValue]
+    unit: str
+    count: int
+    rate_per_s: float | None
+    p50: int | None
+    p90: int | None
+    p99: int | None
+    max: int | None
+
+
+class TopKey(BaseModel):
+    key: list[KeyValue]
+    values: list[int]
+
+
+class TableStats(BaseModel):
+    name: str
+    key_fields: list[str]
+    value_fields: list[str]
+    rows: int
+    totals: list[int]
+    rates_per_s: list[float] | None
+    top: list[TopKey]
+    truncated: bool
+
+
+class Metric(BaseModel):
+    """One comparable number of a host, named the same on every host and every job."""
+
+    id: str = Field(description="stable: hist:NAME{labels}:p99, table:NAME:count/s, ...")
+    label: str
+    value: float
+    unit: str
+
+
+class HostReport(BaseModel):
+    host: str
+    state: RunState
+    reason: str | None
+    span_s: float | None = Field(description="first snapshot's start to the last one's end")
+    histograms: list[HistogramStats]
+    tables: list[TableStats]
+    metrics: list[Metric]
+    deviation: dict[str, float | None] = Field(
+        description="metric id -> value / fleet median (None when the median is 0)"
+    )
+
+
+class FleetReport(BaseModel):
+    hosts: int
+    histograms: list[HistogramStats]
+    tables: list[TableStats]
+    medians: dict[str, float]
+
+
+class Outlier(BaseModel):
+    host: str
+    metric: str
+    kind: Literal["mad", "distance"]
+    value: float
+    median: float | None
+    score: float = Field(description="|modified z| for mad, JS divergence for distance")
+    rank_score: float = Field(description="score / its threshold: what the ranking uses")
+    sentence: str
+
+
+class OneHostKey(BaseModel):
+    table: str
+    host: str
+    key: dict[str, KeyValue] = Field(description="non-pid key fields only")
+    values: list[int]
+
+
+class MissingHost(BaseModel):
+    host: str
+    state: RunState
+    reason: str | None
+    has_data: bool
+
+
+class JobReport(BaseModel):
+    job_id: str
+    program: str
+    state: JobState
+    percentile_method: str = PERCENTILE_METHOD
+    outlier_method: str = OUTLIER_METHOD
+    outliers: list[Outlier]
+    hosts: list[HostReport]
+    fleet: FleetReport
+    one_host_keys: list[OneHostKey]
+    missing: list[MissingHost] = Field(description="runs that did not succeed, and why")
+
+
+class MetricDelta(BaseModel):
+    id: str
+    label: str
+    unit: str
+    base: float | None
+    other: float | None
+    delta: float | None
+    ratio: float | None
+
+
+class HostDelta(BaseModel):
+    host: str
+    in_base: bool
+    in_other: bool
+    metrics: list[MetricDelta]
+
+
+class CompareReport(BaseModel):
+    base: str
+    other: str
+    program_base: str
+    program_other: str
+    hosts: list[HostDelta]

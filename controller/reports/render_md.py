@@ -1,0 +1,90 @@
+"""A report as Markdown for tickets: outliers first, then missing hosts and per-host tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from controller.reports.analysis import human
+from controller.reports.models import HistogramStats, JobReport, TableStats
+from controller.reports.outliers import series_name
+
+
+def _cell(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(_cell(c) for c in row) + " |" for row in rows),
+    ]
+
+
+def _in(value: int | None, unit: str) -> str:
+    return human(value, unit) if value is not None else "-"
+
+
+def _rate(rate: float | None) -> str:
+    return f"{rate:,.1f}/s" if rate is not None else "-"
+
+
+def _hist_row(who: str, h: HistogramStats) -> list[object]:
+    p = [_in(v, h.unit) for v in (h.p50, h.p90, h.p99, h.max)]
+    return [who, h.count, _rate(h.rate_per_s), *p]
+
+
+def _table_row(who: str, t: TableStats) -> list[object]:
+    rates = ", ".join(f"{r:,.1f}/s" for r in t.rates_per_s) if t.rates_per_s else "-"
+    return [who, t.rows, ", ".join(str(v) for v in t.totals), rates]
+
+
+def render_md(report: JobReport) -> str:
+    lines = [f"# Report: job {report.job_id} ({report.program}, {report.state.value})", ""]
+    lines.append("## Outliers")
+    lines += [f"- {o.sentence}" for o in report.outliers] or ["- none"]
+    if report.missing:
+        lines += ["", "## Hosts without complete results"]
+        lines += [
+            f"- {m.host}: {m.state.value}"
+            + (f" ({m.reason})" if m.reason else "")
+            + ("" if m.has_data else ", no data")
+            for m in report.missing
+        ]
+    for fleet_hist in report.fleet.histograms:
+        series = series_name(fleet_hist.name, fleet_hist.labels)
+        rows = [
+            _hist_row(host.host, h)
+            for host in report.hosts
+            for h in host.histograms
+            if series_name(h.name, h.labels) == series
+        ]
+        lines += ["", f"## {series} ({fleet_hist.unit})", ""]
+        header = ["host", "count", "rate", "p50", "p90", "p99", "max"]
+        lines += _table(header, [*rows, _hist_row("**fleet**", fleet_hist)])
+    for fleet_table in report.fleet.tables:
+        rows = [
+            _table_row(host.host, t)
+            for host in report.hosts
+            for t in host.tables
+            if t.name == fleet_table.name
+        ]
+        fields = ", ".join(fleet_table.value_fields)
+        lines += ["", f"## {fleet_table.name}", ""]
+        lines += _table(["host", "rows", f"total ({fields})", "rate"], rows)
+        lines += ["", "Top keys over the fleet:", ""]
+        lines += _table(
+            [*fleet_table.key_fields, *fleet_table.value_fields],
+            [[*k.key, *k.values] for k in fleet_table.top],
+        )
+    if report.one_host_keys:
+        lines += ["", "## Keys seen on one host only", ""]
+        lines += _table(
+            ["table", "host", "key", "count"],
+            [
+                [k.table, k.host, " ".join(f"{f}={v}" for f, v in k.key.items()), k.values[0]]
+                for k in report.one_host_keys
+            ],
+        )
+    lines += ["", f"_Percentiles: {report.percentile_method}. Outliers: {report.outlier_method}._"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,63 @@
+"""Routes for reports: one job's hosts against the fleet, and two jobs host by host."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.responses import PlainTextResponse, Response
+from sqlalchemy.orm import Session
+
+from controller.api.deps import SessionDep, Viewer
+from controller.jobs import service as jobs
+from controller.jobs.models import Job
+from controller.reports import service
+from controller.reports.models import CompareReport, JobReport
+from controller.reports.render_csv import render_csv
+from controller.reports.render_md import render_md
+
+router = APIRouter(tags=["reports"])
+
+Format = Literal["json", "md", "csv"]
+
+
+def _job(session: Session, job_id: str) -> Job:
+    job = jobs.get(session=session, job_id=job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
+    return job
+
+
+@router.get(
+    "/v1/jobs/{job_id}/report",
+    operation_id="get_job_report",
+    response_model=JobReport,
+    responses={200: {"content": {"text/markdown": {}, "text/csv": {}}}},
+)
+def get_job_report(
+    job_id: str,
+    session: SessionDep,
+    _: Viewer,
+    format: Format = "json",
+    top: int = Query(default=service.TOP, ge=1, le=1000),
+) -> JobReport | Response:
+    """Each host against the fleet: numbers, ranked outliers, one-host keys, missing hosts."""
+    report = service.job_report(session=session, job=_job(session, job_id), top=top)
+    if format == "md":
+        return PlainTextResponse(render_md(report), media_type="text/markdown; charset=utf-8")
+    if format == "csv":
+        return PlainTextResponse(render_csv(report), media_type="text/csv; charset=utf-8")
+    return report
+
+
+@router.get("/v1/reports/compare", operation_id="compare_jobs")
+def compare_jobs(
+    session: SessionDep,
+    _: Viewer,
+    base: str = Query(description="the job before"),
+    other: str = Query(description="the job after"),
+) -> CompareReport:
+    """Two jobs host by host: each metric's base and other value, delta and ratio."""
+    a = service.job_report(session=session, job=_job(session, base))
+    b = service.job_report(session=session, job=_job(session, other))
+    return service.compare(a, b)

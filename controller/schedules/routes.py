@@ -1,0 +1,131 @@
+"""Routes for schedules: create, list, show, update, pause, resume, run now, delete, trend."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+
+from controller.api.deps import DispatcherDep, Operator, SessionDep, SettingsDep, Viewer
+from controller.schedules import service
+from controller.schedules.models import (
+    Schedule,
+    ScheduleCreate,
+    SchedulePublic,
+    SchedulesPublic,
+    ScheduleUpdate,
+)
+from controller.schedules.trend import BadMetric, Metric, ScheduleTrend, trend
+
+router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
+
+
+def _found(session: SessionDep, schedule_id: str) -> Schedule:
+    schedule = service.get(session=session, schedule_id=schedule_id)
+    if schedule is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no schedule {schedule_id}")
+    return schedule
+
+
+@router.post("", operation_id="create_schedule", status_code=status.HTTP_201_CREATED)
+def create_schedule(
+    schedule_in: ScheduleCreate, session: SessionDep, settings: SettingsDep, token: Operator
+) -> SchedulePublic:
+    """Create a schedule that fires its job template by cron or interval."""
+    schedule = service.create(
+        session=session, settings=settings, schedule_in=schedule_in, created_by=token.name
+    )
+    return service.to_public(session, schedule)
+
+
+@router.get("", operation_id="list_schedules")
+def list_schedules(
+    session: SessionDep,
+    _: Viewer,
+    limit: int = Query(default=50, ge=1, le=500),
+    offset: int = Query(default=0, ge=0),
+) -> SchedulesPublic:
+    """List schedules by name, each with its next fire time and recent jobs."""
+    rows, total = service.list_schedules(session=session, limit=limit, offset=offset)
+    return SchedulesPublic(data=[service.to_public(session, s) for s in rows], count=total)
+
+
+@router.get("/{schedule_id}", operation_id="get_schedule")
+def get_schedule(schedule_id: str, session: SessionDep, _: Viewer) -> SchedulePublic:
+    """Show a schedule, its next fire time and its recent slots."""
+    return service.to_public(session, _found(session, schedule_id))
+
+
+@router.patch("/{schedule_id}", operation_id="update_schedule")
+def update_schedule(
+    schedule_id: str,
+    update_in: ScheduleUpdate,
+    session: SessionDep,
+    settings: SettingsDep,
+    _: Operator,
+) -> SchedulePublic:
+    """Change a schedule's timing, template, retention or policies."""
+    schedule = service.update_schedule(
+        session=session,
+        settings=settings,
+        schedule=_found(session, schedule_id),
+        update_in=update_in,
+    )
+    return service.to_public(session, schedule)
+
+
+@router.delete(
+    "/{schedule_id}", operation_id="delete_schedule", status_code=status.HTTP_204_NO_CONTENT
+)
+def delete_schedule(schedule_id: str, session: SessionDep, _: Operator) -> Response:
+    """Delete a schedule; the jobs it made are kept."""
+    service.remove(session=session, schedule=_found(session, schedule_id))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{schedule_id}/pause", operation_id="pause_schedule")
+def pause_schedule(schedule_id: str, session: SessionDep, _: Operator) -> SchedulePublic:
+    """Stop firing until resumed."""
+    schedule = service.set_enabled(
+        session=session, schedule=_found(session, schedule_id), enabled=False
+    )
+    return service.to_public(session, schedule)
+
+
+@router.post("/{schedule_id}/resume", operation_id="resume_schedule")
+def resume_schedule(schedule_id: str, session: SessionDep, _: Operator) -> SchedulePublic:
+    """Fire again from the next slot after now; paused slots are not replayed."""
+    schedule = service.set_enabled(
+        session=session, schedule=_found(session, schedule_id), enabled=True
+    )
+    return service.to_public(session, schedule)
+
+
+@router.post("/{schedule_id}/run", operation_id="run_schedule")
+def run_schedule(
+    schedule_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    dispatcher: DispatcherDep,
+    _: Operator,
+) -> SchedulePublic:
+    """Fire the template once now, outside the timetable."""
+    schedule = _found(session, schedule_id)
+    service.run_now(session=session, settings=settings, dispatcher=dispatcher, schedule=schedule)
+    return service.to_public(session, schedule)
+
+
+@router.get("/{schedule_id}/trend", operation_id="get_schedule_trend")
+def get_schedule_trend(
+    schedule_id: str,
+    session: SessionDep,
+    _: Viewer,
+    metric: str = Query(description="p99:HIST, count:HIST, total:TABLE, rate:TABLE, key:TABLE:KEY"),
+    limit: int = Query(default=200, ge=1, le=2000),
+) -> ScheduleTrend:
+    """One series per host of a metric over the schedule's fired runs, oldest first."""
+    schedule = _found(session, schedule_id)
+    try:
+        parsed = Metric.parse(metric)
+    except BadMetric as exc:
+        detail = [{"loc": ["query", "metric"], "msg": str(exc), "type": "value_error"}]
+        raise HTTPException(422, detail) from None
+    return trend(session=session, schedule=schedule, metric=parsed, raw=metric, limit=limit)

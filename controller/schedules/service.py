@@ -1,0 +1,364 @@
+"""Schedules: validate like jobs, claim slots atomically, fire real jobs, prune old ones."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from controller.db import utcnow
+from controller.dispatch import Dispatcher
+from controller.errors import Conflict, ControllerError, InvalidRequest
+from controller.jobs import service as jobs_service
+from controller.jobs.models import Job, JobCreate, JobState
+from controller.schedules import retention
+from controller.schedules.models import (
+    FireOutcome,
+    FirePublic,
+    Retention,
+    Schedule,
+    ScheduleCreate,
+    ScheduleFire,
+    SchedulePublic,
+    ScheduleUpdate,
+)
+from controller.schedules.timing import Plan, Timing, TimingError, blocked_by_overlap, plan_due
+from controller.settings import Settings
+
+log = logging.getLogger(__name__)
+RECENT = 10
+
+
+def timing_of(schedule: Schedule) -> Timing:
+    return Timing(
+        cron=schedule.cron,
+        time_zone=schedule.timezone,
+        interval_s=schedule.interval_s,
+        anchor=schedule.created_at,
+    )
+
+
+def _check_timing(*, cron: str | None, time_zone: str, interval_s: float | None) -> None:
+    try:
+        Timing(cron=cron, time_zone=time_zone, interval_s=interval_s)
+    except TimingError as exc:
+        raise InvalidRequest(exc.message, field=exc.field) from None
+
+
+def _check_template(template: JobCreate, *, settings: Settings) -> dict[str, Any]:
+    """The job checks, with fields under `template.`; targets are resolved only when firing."""
+    if template.program == "custom":
+        raise InvalidRequest("schedules run catalog programs only", field="template.program")
+    try:
+        params = jobs_service.validate(template, settings=settings, may_run_custom=False)
+    except ControllerError as exc:
+        raise type(exc)(exc.message, field=f"template.{exc.field or 'program'}") from None
+    stored: dict[str, Any] = template.model_dump(mode="json", exclude_none=True)
+    stored["params"] = params
+    return stored
+
+
+def create(
+    *, session: Session, settings: Settings, schedule_in: ScheduleCreate, created_by: str | None
+) -> Schedule:
+    _check_timing(
+        cron=schedule_in.cron, time_zone=schedule_in.time_zone, interval_s=schedule_in.interval_s
+    )
+    template = _check_template(schedule_in.template, settings=settings)
+    if session.scalar(select(Schedule.id).where(Schedule.name == schedule_in.name)):
+        raise Conflict(f"a schedule named {schedule_in.name!r} exists", field="name")
+    now = utcnow()
+    schedule = Schedule(
+        id=str(uuid.uuid4()),
+        name=schedule_in.name,
+        cron=schedule_in.cron,
+        timezone=schedule_in.time_zone,
+        interval_s=schedule_in.interval_s,
+        template=template,
+        enabled=schedule_in.enabled,
+        max_runs=schedule_in.retention.max_runs,
+        max_age_s=schedule_in.retention.max_age_s,
+        allow_overlap=schedule_in.allow_overlap,
+        misfire_grace_s=schedule_in.misfire_grace_s,
+        created_by=created_by,
+        created_at=now,
+        updated_at=now,
+    )
+    schedule.next_fire_at = timing_of(schedule).next_after(now) if schedule.enabled else None
+    session.add(schedule)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise InvalidRequest(
+            f"a schedule named {schedule_in.name!r} exists", field="name"
+        ) from None
+    log.info("schedule %s (%s) created", schedule.name, schedule.id)
+    return schedule
+
+
+def update_schedule(
+    *, session: Session, settings: Settings, schedule: Schedule, update_in: ScheduleUpdate
+) -> Schedule:
+    cron, interval_s = schedule.cron, schedule.interval_s
+    if update_in.cron is not None:
+        cron, interval_s = update_in.cron, None
+    elif update_in.interval_s is not None:
+        cron, interval_s = None, update_in.interval_s
+    time_zone = update_in.time_zone or schedule.timezone
+    _check_timing(cron=cron, time_zone=time_zone, interval_s=interval_s)
+    if update_in.template is not None:
+        schedule.template = _check_template(update_in.template, settings=settings)
+    retiming = (cron, interval_s, time_zone) != (
+        schedule.cron,
+        schedule.interval_s,
+        schedule.timezone,
+    )
+    schedule.cron, schedule.interval_s, schedule.timezone = cron, interval_s, time_zone
+    if update_in.retention is not None:
+        schedule.max_runs = update_in.retention.max_runs
+        schedule.max_age_s = update_in.retention.max_age_s
+    if update_in.allow_overlap is not None:
+        schedule.allow_overlap = update_in.allow_overlap
+    if update_in.misfire_grace_s is not None:
+        schedule.misfire_grace_s = update_in.misfire_grace_s
+    now = utcnow()
+    schedule.updated_at = now
+    if update_in.enabled is not None and update_in.enabled != schedule.enabled:
+        set_enabled(session=session, schedule=schedule, enabled=update_in.enabled, commit=False)
+    elif retiming and schedule.enabled:
+        schedule.next_fire_at = timing_of(schedule).next_after(now)
+    session.commit()
+    return schedule
+
+
+def set_enabled(
+    *, session: Session, schedule: Schedule, enabled: bool, commit: bool = True
+) -> Schedule:
+    """Pause clears the next slot; resume starts from now, never replaying the paused time."""
+    schedule.enabled = enabled
+    schedule.next_fire_at = timing_of(schedule).next_after(utcnow()) if enabled else None
+    schedule.updated_at = utcnow()
+    if commit:
+        session.commit()
+    return schedule
+
+
+def get(*, session: Session, schedule_id: str) -> Schedule | None:
+    return session.get(Schedule, schedule_id)
+
+
+def list_schedules(
+    *, session: Session, limit: int = 50, offset: int = 0
+) -> tuple[list[Schedule], int]:
+    total = session.scalar(select(func.count()).select_from(Schedule)) or 0
+    rows = session.scalars(select(Schedule).order_by(Schedule.name).limit(limit).offset(offset))
+    return list(rows), total
+
+
+def remove(*, session: Session, schedule: Schedule) -> None:
+    """Delete a schedule and its slot records; the jobs it made stay until pruned by hand."""
+    session.execute(delete(ScheduleFire).where(ScheduleFire.schedule_id == schedule.id))
+    session.delete(schedule)
+    session.commit()
+
+
+# -- firing ---------------------------------------------------------------------------------------
+
+
+def claim(*, session: Session, schedule_id: str, due: datetime, next_fire_at: datetime) -> bool:
+    """Advance next_fire_at only if it still holds `due`: of racing schedulers, one wins."""
+    result = session.execute(
+        update(Schedule)
+        .where(
+            Schedule.id == schedule_id,
+            Schedule.enabled.is_(True),
+            Schedule.next_fire_at == due,
+        )
+        .values(next_fire_at=next_fire_at)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return getattr(result, "rowcount", 0) == 1
+
+
+def due_schedules(*, session: Session, now: datetime) -> list[tuple[str, datetime]]:
+    rows = session.execute(
+        select(Schedule.id, Schedule.next_fire_at).where(
+            Schedule.enabled.is_(True), Schedule.next_fire_at <= now
+        )
+    ).all()
+    return [(sid, due) for sid, due in rows if due is not None]
+
+
+def fire_due(
+    *,
+    session: Session,
+    settings: Settings,
+    dispatcher: Dispatcher,
+    schedule_id: str,
+    due: datetime,
+    now: datetime,
+) -> Plan | None:
+    """Claim a due slot and act on it; None when another scheduler claimed it first."""
+    schedule = session.get(Schedule, schedule_id)
+    if schedule is None:
+        return None
+    plan = plan_due(timing=timing_of(schedule), due=due, now=now, grace_s=schedule.misfire_grace_s)
+    assert plan.next_fire_at is not None
+    if not claim(session=session, schedule_id=schedule_id, due=due, next_fire_at=plan.next_fire_at):
+        return None
+    session.refresh(schedule)
+    reason = plan.reason
+    if plan.not_recorded:
+        reason = f"{reason} (and {plan.not_recorded} earlier slots not recorded)"
+    for slot in plan.skipped:
+        _record(session, schedule, slot, FireOutcome.skipped_misfire, reason=reason)
+    session.commit()
+    if plan.fire is not None:
+        fire(
+            session=session,
+            settings=settings,
+            dispatcher=dispatcher,
+            schedule=schedule,
+            slot=plan.fire,
+        )
+    return plan
+
+
+def fire(
+    *,
+    session: Session,
+    settings: Settings,
+    dispatcher: Dispatcher,
+    schedule: Schedule,
+    slot: datetime,
+    manual: bool = False,
+) -> ScheduleFire:
+    """Make a real job for one claimed slot, unless an earlier one is still running."""
+    if not manual and blocked_by_overlap(
+        allow_overlap=schedule.allow_overlap, previous_final=_previous_final(session, schedule)
+    ):
+        row = _record(
+            session,
+            schedule,
+            slot,
+            FireOutcome.skipped_overlap,
+            reason="the previous job is still running",
+        )
+        session.commit()
+        return row
+    job_in = JobCreate.model_validate(schedule.template)
+    try:
+        job = jobs_service.create(
+            session=session,
+            settings=settings,
+            dispatcher=dispatcher,
+            job_in=job_in,
+            created_by=f"schedule:{schedule.name}",
+            may_run_custom=False,
+        )
+    except ControllerError as exc:
+        session.rollback()
+        row = _record(session, schedule, slot, FireOutcome.failed, reason=exc.message)
+        session.commit()
+        log.warning("schedule %s slot %s failed: %s", schedule.name, slot, exc.message)
+        return row
+    row = _record(session, schedule, slot, FireOutcome.fired, job_id=job.id, manual=manual)
+    schedule.last_fired_at = slot
+    session.commit()
+    log.info("schedule %s slot %s: job %s", schedule.name, slot.isoformat(), job.id)
+    retention.prune(session=session, schedule=schedule)
+    return row
+
+
+def run_now(
+    *, session: Session, settings: Settings, dispatcher: Dispatcher, schedule: Schedule
+) -> ScheduleFire:
+    """An extra, manual slot: it ignores the overlap policy and leaves the timetable alone."""
+    return fire(
+        session=session,
+        settings=settings,
+        dispatcher=dispatcher,
+        schedule=schedule,
+        slot=utcnow(),
+        manual=True,
+    )
+
+
+def _previous_final(session: Session, schedule: Schedule) -> list[bool]:
+    states = session.scalars(
+        select(Job.state)
+        .join(ScheduleFire, ScheduleFire.job_id == Job.id)
+        .where(ScheduleFire.schedule_id == schedule.id)
+    ).all()
+    return [JobState(s).final for s in states]
+
+
+def _record(
+    session: Session,
+    schedule: Schedule,
+    slot: datetime,
+    outcome: FireOutcome,
+    *,
+    reason: str | None = None,
+    job_id: str | None = None,
+    manual: bool = False,
+) -> ScheduleFire:
+    row = ScheduleFire(
+        schedule_id=schedule.id,
+        slot=slot,
+        outcome=outcome.value,
+        job_id=job_id,
+        reason=reason,
+        manual=manual,
+        created_at=utcnow(),
+    )
+    session.add(row)
+    return row
+
+
+# -- views ----------------------------------------------------------------------------------------
+
+
+def to_public(session: Session, schedule: Schedule, *, recent: int = RECENT) -> SchedulePublic:
+    rows = session.execute(
+        select(ScheduleFire, Job.state)
+        .outerjoin(Job, Job.id == ScheduleFire.job_id)
+        .where(ScheduleFire.schedule_id == schedule.id)
+        .order_by(ScheduleFire.slot.desc(), ScheduleFire.id.desc())
+        .limit(recent)
+    ).all()
+    fires = [
+        FirePublic(
+            slot=row.slot,
+            outcome=FireOutcome(row.outcome),
+            job_id=row.job_id,
+            job_state=JobState(state) if state else None,
+            reason=row.reason,
+            manual=row.manual,
+        )
+        for row, state in rows
+    ]
+    return SchedulePublic(
+        id=schedule.id,
+        name=schedule.name,
+        cron=schedule.cron,
+        time_zone=schedule.timezone,
+        interval_s=schedule.interval_s,
+        template=schedule.template,
+        enabled=schedule.enabled,
+        retention=Retention(max_runs=schedule.max_runs, max_age_s=schedule.max_age_s),
+        allow_overlap=schedule.allow_overlap,
+        misfire_grace_s=schedule.misfire_grace_s,
+        next_fire_at=schedule.next_fire_at,
+        last_fired_at=schedule.last_fired_at,
+        created_by=schedule.created_by,
+        created_at=schedule.created_at,
+        recent=fires,
+    )

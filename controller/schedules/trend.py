@@ -1,0 +1,130 @@
+"""A metric over a schedule's runs: one series per host, one point per fired slot.
+
+Metrics: `p99:HIST` (any pNN or pNN.N; all label sets of HIST merged), `count:HIST`,
+`total:TABLE` and `rate:TABLE` (first value column summed; rate per second of the snapshot's
+span), `key:TABLE:KEY` (one key's count; a multi-field key is its values joined by ",").
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydantic import BaseModel, TypeAdapter
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.jobs.models import Job, Run
+from controller.jobs.results import latest_snapshots
+from controller.jobs.stats import percentile
+from controller.schedules.models import FireOutcome, Schedule, ScheduleFire
+from node_agent.protocol import CounterTable, Log2Histogram, Result
+
+_RESULTS = TypeAdapter(list[Result])
+_METRIC = re.compile(r"^(?:(p\d{1,2}(?:\.\d+)?|p100|count|total|rate):([^:]+)|key:([^:]+):(.+))$")
+
+
+class BadMetric(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Metric:
+    kind: str  # "pNN", "count", "total", "rate" or "key"
+    name: str
+    key: str | None = None
+
+    @classmethod
+    def parse(cls, raw: str) -> Metric:
+        match = _METRIC.match(raw)
+        if match is None:
+            raise BadMetric(
+                f"bad metric {raw!r}: want pNN:HIST, count:HIST, total:T, rate:T, key:T:K"
+            )
+        if match.group(3):
+            return cls("key", match.group(3), match.group(4))
+        kind = match.group(1)
+        if kind.startswith("p") and not 0 < float(kind[1:]) <= 100:
+            raise BadMetric(f"bad percentile in {raw!r}")
+        return cls(kind, match.group(2))
+
+    def value(self, results: list[Result], span_s: float) -> tuple[float | None, str | None]:
+        """The metric's value in one host's results, and its unit; None when absent."""
+        if self.kind.startswith("p") or self.kind == "count":
+            hists = [r for r in results if isinstance(r, Log2Histogram) and r.name == self.name]
+            if not hists:
+                return None, None
+            merged: dict[int, int] = {}
+            for hist in hists:
+                for slot, count in hist.buckets:
+                    merged[slot] = merged.get(slot, 0) + count
+            if self.kind == "count":
+                return float(sum(merged.values())), "events"
+            found = percentile(merged.items(), float(self.kind[1:]))
+            return (None if found is None else float(found)), hists[0].unit
+        tables = [r for r in results if isinstance(r, CounterTable) and r.name == self.name]
+        if not tables:
+            return None, None
+        table = tables[0]
+        if self.kind == "key":
+            total = sum(
+                values[0]
+                for keys, values in table.rows
+                if ",".join(str(k) for k in keys) == self.key
+            )
+            return float(total), table.value_fields[0]
+        total = sum(values[0] for _, values in table.rows if values)
+        if self.kind == "rate":
+            return (total / span_s if span_s > 0 else None), f"{table.value_fields[0]}/s"
+        return float(total), table.value_fields[0]
+
+
+class TrendPoint(BaseModel):
+    slot: datetime
+    job_id: str
+    value: float | None
+
+
+class TrendSeries(BaseModel):
+    host: str
+    points: list[TrendPoint]
+
+
+class ScheduleTrend(BaseModel):
+    schedule_id: str
+    metric: str
+    unit: str | None
+    series: list[TrendSeries]
+
+
+def trend(
+    *, session: Session, schedule: Schedule, metric: Metric, raw: str, limit: int = 200
+) -> ScheduleTrend:
+    fires = session.execute(
+        select(ScheduleFire.slot, ScheduleFire.job_id)
+        .join(Job, Job.id == ScheduleFire.job_id)
+        .where(
+            ScheduleFire.schedule_id == schedule.id,
+            ScheduleFire.outcome == FireOutcome.fired.value,
+        )
+        .order_by(ScheduleFire.slot.desc())
+        .limit(limit)
+    ).all()
+    series: dict[str, list[TrendPoint]] = {}
+    unit: str | None = None
+    for slot, job_id in reversed(fires):
+        assert job_id is not None
+        runs = {r.id: r.host_name for r in session.scalars(select(Run).where(Run.job_id == job_id))}
+        for run_id, row in latest_snapshots(session=session, job_id=job_id).items():
+            results = _RESULTS.validate_python(row.results)
+            value, found_unit = metric.value(results, row.interval_end - row.interval_start)
+            unit = unit or found_unit
+            host = runs.get(run_id, row.host_name)
+            series.setdefault(host, []).append(TrendPoint(slot=slot, job_id=job_id, value=value))
+    return ScheduleTrend(
+        schedule_id=schedule.id,
+        metric=raw,
+        unit=unit,
+        series=[TrendSeries(host=h, points=p) for h, p in sorted(series.items())],
+    )

@@ -1,0 +1,181 @@
+"""Report math against hand-computed numbers: percentiles, merge, MAD, JS divergence, keys."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from controller.jobs.merge import merge_results
+from controller.jobs.models import HostResult, JobResults, JobState
+from controller.reports.analysis import histogram_stats, human, js_divergence, modified_z
+from controller.reports.analysis import one_host_keys as find_one_host_keys
+from controller.reports.service import build_report, compare
+from node_agent.protocol import CounterTable, KeyField, KeyValue, Log2Histogram, Result, RunState
+
+
+def _hist(buckets: list[tuple[int, int]], name: str = "runqlat") -> Log2Histogram:
+    return Log2Histogram(name=name, unit="usec", buckets=buckets)
+
+
+def _opens(rows: list[tuple[int, str, int]]) -> CounterTable:
+    data: list[tuple[list[KeyValue], list[int]]] = [
+        ([pid, "cat", path], [n]) for pid, path, n in [(r[0], r[1], r[2]) for r in rows]
+    ]
+    return CounterTable(
+        name="opens",
+        key_fields=[KeyField(name="pid", type="int"), KeyField(name="comm"), KeyField(name="path")],
+        rows=data,
+        total_rows=len(data),
+    )
+
+
+def _results(
+    per_host: dict[str, list[Result]], failed: dict[str, RunState] | None = None
+) -> JobResults:
+    hosts = [
+        HostResult(
+            host=h,
+            run_id=f"run-{h}",
+            state=RunState.succeeded,
+            seq=0,
+            final=True,
+            interval_start=0.0,
+            interval_end=2.0,
+            results=r,
+            stats=None,
+        )
+        for h, r in per_host.items()
+    ]
+    hosts += [
+        HostResult(
+            host=h,
+            run_id=f"run-{h}",
+            state=s,
+            seq=None,
+            final=False,
+            interval_start=None,
+            interval_end=None,
+            results=[],
+            stats=None,
+        )
+        for h, s in (failed or {}).items()
+    ]
+    merged = merge_results([(h.host, h.results) for h in hosts if h.results])
+    return JobResults(
+        job_id="j1", program="runqlat", state=JobState.partial, hosts=hosts, merged=merged
+    )
+
+
+def test_percentiles_are_bucket_upper_bounds_at_the_rank() -> None:
+    # n=10: rank 5 falls in slot 3 [4,7], rank 9 in slot 5 [16,31], rank ceil(9.9)=10 in slot 10.
+    stats = histogram_stats(_hist([(3, 5), (5, 4), (10, 1)]), span_s=2.0)
+    assert (stats.count, stats.p50, stats.p90, stats.p99, stats.max) == (10, 7, 31, 1023, 1023)
+    assert stats.rate_per_s == 5.0
+    empty = histogram_stats(_hist([]), span_s=None)
+    assert (empty.p50, empty.max, empty.rate_per_s) == (None, None, None)
+
+
+def test_merge_sums_buckets_and_counters() -> None:
+    merged = merge_results(
+        [
+            ("a", [_hist([(3, 5)]), _opens([(1, "/x", 2)])]),
+            ("b", [_hist([(3, 1), (4, 2)]), _opens([(1, "/x", 3), (2, "/y", 1)])]),
+        ]
+    )
+    hist = next(r for r in merged if isinstance(r, Log2Histogram))
+    table = next(r for r in merged if isinstance(r, CounterTable))
+    assert hist.buckets == [(3, 6), (4, 2)]
+    assert table.rows == [([1, "cat", "/x"], [5]), ([2, "cat", "/y"], [1])]
+
+
+def test_modified_z_scores() -> None:
+    # median 12, |dev| = 2,1,0,1,88 -> MAD 1; z = 0.6745 * dev.
+    z = modified_z([10, 11, 12, 13, 100])
+    assert z[4] == pytest.approx(0.6745 * 88)
+    assert z[0] == pytest.approx(-0.6745 * 2)
+
+
+def test_modified_z_when_mad_is_zero_uses_the_mean_absolute_deviation() -> None:
+    # median 10, MAD 0, mean |dev| = 40/5 = 8: z = 40 / (1.253314 * 8) = 3.989.
+    z = modified_z([10, 10, 10, 10, 50])
+    assert z[4] == pytest.approx(40 / (1.253314 * 8))
+    assert z[:4] == [0.0] * 4
+    assert modified_z([7, 7, 7]) == [0.0] * 3
+    assert modified_z([1, 1000]) == [0.0, 0.0]  # two hosts: no robust centre
+
+
+def test_js_divergence() -> None:
+    assert js_divergence([(3, 4)], [(3, 100)]) == 0.0
+    assert js_divergence([(1, 1)], [(2, 9)]) == pytest.approx(1.0)
+    # p=(1,0), q=(.5,.5), m=(.75,.25): (log2(4/3) + .5*log2(2/3) + .5*1) / 2
+    expected = (math.log2(4 / 3) + 0.5 * math.log2(2 / 3) + 0.5) / 2
+    assert js_divergence([(1, 2)], [(1, 1), (2, 1)]) == pytest.approx(expected)
+    assert expected == pytest.approx(0.311278, abs=1e-6)
+    assert js_divergence([], [(1, 1)]) == 0.0
+
+
+def test_keys_on_one_host_ignore_pids() -> None:
+    found = find_one_host_keys(
+        {
+            "a": _opens([(1, "/etc/a", 3), (2, "/etc/a", 2)]),
+            "b": _opens([(9, "/etc/a", 4), (9, "/only/b", 7), (8, "/only/b", 1)]),
+        }
+    )
+    assert [(k.host, k.key, k.values) for k in found] == [
+        ("b", {"comm": "cat", "path": "/only/b"}, [8])
+    ]
+    assert find_one_host_keys({"a": _opens([(1, "/z", 1)])}) == []
+
+
+def test_human_units() -> None:
+    assert human(4095, "usec") == "4.1 ms"
+    assert human(255, "usec") == "255 us"
+    assert human(3, "nsec") == "3 ns"
+    assert human(2500, "msec") == "2.5 s"
+    assert human(12, "bytes") == "12 bytes"
+
+
+def test_report_ranks_the_slow_host_first_and_lists_missing_hosts() -> None:
+    per_host: dict[str, list[Result]] = {f"h{i}": [_hist([(8, 100)])] for i in range(4)}
+    per_host["h4"] = [_hist([(12, 100)])]
+    results = _results(per_host, failed={"h5": RunState.unsupported})
+    report = build_report(
+        results,
+        spans={f"run-h{i}": 2.0 for i in range(5)},
+        reasons={"run-h5": "missing tracepoint sched:sched_wakeup"},
+    )
+    assert {o.host for o in report.outliers} == {"h4"}
+    first = report.outliers[0]
+    # fleet q=(.8,.2) over slots 8,12; h4 p=(0,1); m=(.4,.6).
+    jsd = (math.log2(1 / 0.6) + 0.8 * 1 + 0.2 * math.log2(0.2 / 0.6)) / 2
+    assert (first.kind, first.score) == ("distance", pytest.approx(jsd))
+    sentences = [o.sentence for o in report.outliers]
+    assert "h4: p50 runqlat 16.1x the fleet median (4.1 ms vs 255 us)" in sentences
+    assert report.fleet.histograms[0].p50 == 255
+    assert report.hosts[4].deviation["hist:runqlat:p99"] == pytest.approx(4095 / 255)
+    assert [(m.host, m.state, m.reason, m.has_data) for m in report.missing] == [
+        ("h5", RunState.unsupported, "missing tracepoint sched:sched_wakeup", False)
+    ]
+    assert report.hosts[0].metrics[-1].id == "hist:runqlat:rate"
+    assert report.hosts[0].metrics[-1].value == 50.0
+
+
+def test_a_busy_key_on_one_host_is_the_top_outlier_and_compare_gives_deltas() -> None:
+    quiet = [(10, "/etc/hosts", 20), (11, "/etc/passwd", 10)]
+    per_host: dict[str, list[Result]] = {f"h{i}": [_opens(quiet)] for i in range(4)}
+    per_host["h4"] = [_opens([*quiet, (12, "/tmp/hot", 5000)])]
+    report = build_report(
+        _results(per_host), spans={f"run-h{i}": 2.0 for i in range(5)}, reasons={}
+    )
+    first = report.outliers[0]
+    assert (first.host, first.metric) == ("h4", "key:opens:comm=cat path=/tmp/hot")
+    assert first.sentence == "h4: opens comm=cat path=/tmp/hot 2,500/s where the fleet median is 0"
+    assert {(o.host, o.metric) for o in report.outliers[1:]} == {("h4", "table:opens:count")}
+    assert [(k.host, k.key["path"]) for k in report.one_host_keys] == [("h4", "/tmp/hot")]
+    other = build_report(_results({"h0": [_opens(quiet[:1])]}), spans={"run-h0": 4.0}, reasons={})
+    diff = compare(report, other)
+    h0 = next(h for h in diff.hosts if h.host == "h0")
+    total = next(m for m in h0.metrics if m.id == "table:opens:count")
+    assert (total.base, total.other, total.delta, total.ratio) == (15.0, 5.0, -10.0, 1 / 3)
+    assert [(h.host, h.in_base, h.in_other) for h in diff.hosts][-1] == ("h4", True, False)

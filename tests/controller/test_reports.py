@@ -1,0 +1,173 @@
+"""Report API over snapshots fed through the real Redis stream and Ingest: JSON, Markdown, CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from controller.cli.errors import CliError
+from controller.cli.main import build_parser
+from controller.ingest.consumer import Ingest
+from controller.settings import Settings
+from node_agent.protocol import Log2Histogram, Result, Snapshot
+from tests.controller.conftest import Tokens
+from tests.controller.support import counters, register_host, state, submit
+from tests.controller.test_storage import Feeder
+
+
+@pytest.fixture
+def feeder(
+    settings: Settings, sessions: sessionmaker[Session], redis_client: redis.Redis
+) -> Iterator[Feeder]:
+    feeder = Feeder(Ingest(settings, sessions, redis_client))
+    feeder.ingest.ensure_group()
+    yield feeder
+
+
+def _snap(run_id: str, seq: int, start: float, end: float, results: list[Result]) -> Snapshot:
+    return Snapshot(
+        run_id=run_id,
+        seq=seq,
+        interval_start=start,
+        interval_end=end,
+        final=True,
+        results=results,
+    )
+
+
+def _fleet_job(
+    client: TestClient, tokens: Tokens, feeder: Feeder, hot: int
+) -> tuple[str, list[str]]:
+    """Five hosts: four alike, web-4 with slow run-queue waits and `hot` opens of /tmp/hot."""
+    names = [f"web{uuid.uuid4().hex[:6]}-{i}" for i in range(6)]
+    for name in names:
+        register_host(client, tokens.headers("admin"), name)
+    job = submit(
+        client,
+        tokens.headers("operator"),
+        targets={"hosts": names},
+        program="runqlat",
+        duration_s=2,
+    )
+    runs = {r["host"]: r["id"] for r in job["runs"]}
+    for i, name in enumerate(names[:5]):
+        slot = 12 if i == 4 else 8
+        opens = {"/etc/hosts": 20} | ({"/tmp/hot": hot} if i == 4 else {})
+        results: list[Result] = [
+            Log2Histogram(name="runqlat", unit="usec", buckets=[(slot, 100)]),
+            counters("opens", opens),
+        ]
+        run = runs[name]
+        # Two cumulative snapshots: the span is 10.0 (first start) to 12.0 (last end).
+        feeder(
+            name,
+            state(run, "running"),
+            _snap(run, 0, 10.0, 11.0, []),
+            _snap(run, 1, 11.0, 12.0, results),
+            state(run, "succeeded"),
+            job_id=job["id"],
+        )
+    feeder(
+        names[5], state(runs[names[5]], "failed", "compile error: no such map"), job_id=job["id"]
+    )
+    return job["id"], names
+
+
+def test_report_json_names_the_odd_host_and_the_missing_one(
+    client: TestClient, tokens: Tokens, feeder: Feeder
+) -> None:
+    job_id, names = _fleet_job(client, tokens, feeder, hot=5000)
+    answer = client.get(f"/v1/jobs/{job_id}/report", headers=tokens.headers("viewer"))
+    assert answer.status_code == 200, answer.text
+    report = answer.json()
+    odd = names[4]
+    assert {o["host"] for o in report["outliers"]} == {odd}
+    sentences = [o["sentence"] for o in report["outliers"]]
+    assert f"{odd}: p50 runqlat 16.1x the fleet median (4.1 ms vs 255 us)" in sentences
+    assert f"{odd}: opens key=/tmp/hot 2,500/s where the fleet median is 0" in sentences
+    host = next(h for h in report["hosts"] if h["host"] == odd)
+    assert host["span_s"] == 2.0
+    assert host["histograms"][0]["rate_per_s"] == 50.0
+    assert host["tables"][0]["totals"] == [5020]
+    assert report["missing"] == [
+        {
+            "host": names[5],
+            "state": "failed",
+            "reason": "compile error: no such map",
+            "has_data": False,
+        }
+    ]
+    assert [(k["host"], k["key"]) for k in report["one_host_keys"]] == [(odd, {"key": "/tmp/hot"})]
+    assert "upper bound" in report["percentile_method"]
+
+
+def test_report_markdown_and_csv(client: TestClient, tokens: Tokens, feeder: Feeder) -> None:
+    job_id, names = _fleet_job(client, tokens, feeder, hot=5000)
+    md = client.get(f"/v1/jobs/{job_id}/report?format=md", headers=tokens.headers("viewer"))
+    assert md.status_code == 200 and md.headers["content-type"].startswith("text/markdown")
+    text = md.text
+    assert text.index("## Outliers") < text.index("## runqlat (usec)")
+    assert f"- {names[5]}: failed (compile error: no such map), no data" in text
+    assert f"| {names[4]} | 100 | 50.0/s | 4.1 ms | 4.1 ms | 4.1 ms | 4.1 ms |" in text
+    got = client.get(f"/v1/jobs/{job_id}/report?format=csv", headers=tokens.headers("viewer"))
+    assert got.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(got.text)))
+    p99 = [r for r in rows if r["section"] == "metric" and r["metric"] == "hist:runqlat:p99"]
+    assert {r["host"]: float(r["value"]) for r in p99}[names[4]] == 4095.0
+    assert {float(r["fleet_median"]) for r in p99} == {255.0}
+    assert [r["host"] for r in rows if r["section"] == "missing"] == [names[5]]
+
+
+def test_compare_two_jobs_host_by_host(client: TestClient, tokens: Tokens, feeder: Feeder) -> None:
+    base, _ = _fleet_job(client, tokens, feeder, hot=5000)
+    other, names = _fleet_job(client, tokens, feeder, hot=1000)
+    viewer = tokens.headers("viewer")
+    answer = client.get(f"/v1/reports/compare?base={base}&other={other}", headers=viewer)
+    assert answer.status_code == 200, answer.text
+    # Different host names per job here: each host appears on one side only.
+    hosts = {h["host"]: (h["in_base"], h["in_other"]) for h in answer.json()["hosts"]}
+    assert hosts[names[4]] == (False, True)
+    same = client.get(f"/v1/reports/compare?base={base}&other={base}", headers=viewer).json()
+    deltas = [m["delta"] for h in same["hosts"] for m in h["metrics"]]
+    assert deltas and set(deltas) == {0.0}
+    missing = client.get(f"/v1/reports/compare?base={base}&other=nope", headers=viewer)
+    assert missing.status_code == 404
+    assert client.get("/v1/jobs/nope/report", headers=viewer).status_code == 404
+
+
+def test_cli_report_writes_each_format(
+    client: TestClient,
+    tokens: Tokens,
+    feeder: Feeder,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    job_id, names = _fleet_job(client, tokens, feeder, hot=5000)
+
+    def report(*argv: str) -> int:
+        args = build_parser().parse_args(
+            ["report", job_id, "--token", tokens.token("viewer"), *argv]
+        )
+        args.http = client  # the real app in-process
+        code: int = args.func(args)
+        return code
+
+    assert report("--format", "md") == 0
+    assert capsys.readouterr().out.startswith(f"# Report: job {job_id} (runqlat, ")
+    assert report("--format", "csv", "-o", str(tmp_path / "r.csv")) == 0
+    assert (tmp_path / "r.csv").read_text().startswith("section,host,metric")
+    assert report("--format", "json", "-o", str(tmp_path / "r.json")) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["outliers"][0]["host"] == names[4]
+    with pytest.raises(CliError, match="no job nope"):
+        args = build_parser().parse_args(["report", "nope", "--token", tokens.token("viewer")])
+        args.http = client
+        args.func(args)
