@@ -22,7 +22,6 @@ from node_agent.protocol import (
     MapDecl,
     RunEvent,
     RunState,
-    Scope,
     Snapshot,
     StateChange,
     TraceRequest,
@@ -215,7 +214,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         elif isinstance(event, Snapshot):
             _out(snapshot_text(event) + "\n")
         elif event.state is RunState.running:
-            scope = Scope.model_validate(request.scope).kinds()
+            scope = request.scope.kinds()
             where = f" scoped by {', '.join(sorted(scope))}" if scope else ""
             sys.stderr.write(
                 f"Tracing {request.program}{where} for {request.duration_s:g}s..."

@@ -15,7 +15,7 @@ fi
 
 kernel=$(uname -r)
 arch=$(dpkg --print-architecture)
-packages=(python3-bpfcc python3-venv bpftool gcc iproute2 redis-server util-linux mount postgresql openssh-server sudo)
+packages=(python3-bpfcc python3-venv bpftool gcc iproute2 redis-server util-linux mount postgresql openssh-server sudo chromium)
 packages+=("$@")
 
 missing=()
