@@ -170,4 +170,19 @@ def distance_outliers(
 
 
 def ranked(outliers: Sequence[Outlier]) -> list[Outlier]:
-    return sorted(outliers, key=lambda o: (-o.rank_score, o.host, o.metric))
+    """Strongest first; a key's outlier goes just before its own table's total on that host,
+    since the key says why the total is off."""
+    order = sorted(outliers, key=lambda o: (-o.rank_score, o.host, o.metric))
+    out: list[Outlier] = []
+    for outlier in order:
+        if outlier in out:
+            continue
+        if outlier.metric.startswith("table:"):
+            table = outlier.metric.split(":")[1]
+            out += [
+                o
+                for o in order
+                if o.host == outlier.host and o.metric.startswith(f"key:{table}:") and o not in out
+            ]
+        out.append(outlier)
+    return out
