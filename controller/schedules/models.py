@@ -35,6 +35,8 @@ class Schedule(Base):
     max_age_s: Mapped[float | None]
     allow_overlap: Mapped[bool] = mapped_column(default=False)
     misfire_grace_s: Mapped[float] = mapped_column(default=60.0)
+    # Keep the program loaded for the template's duration; a snapshot per interval is a slot.
+    continuous: Mapped[bool] = mapped_column(default=False)
     # The slot the next claim must match; the atomic claim advances it (see service.claim).
     next_fire_at: Mapped[datetime | None] = mapped_column(index=True)
     last_fired_at: Mapped[datetime | None]
@@ -87,6 +89,11 @@ class ScheduleCreate(BaseModel):
     retention: Retention = Field(default_factory=Retention)
     allow_overlap: bool = False
     misfire_grace_s: float = Field(default=60.0, ge=0)
+    continuous: bool = Field(
+        default=False,
+        description="keep the program loaded for template.duration_s (the horizon) and take "
+        "a snapshot every interval_s as a slot, instead of a new trace per slot",
+    )
 
     @model_validator(mode="after")
     def _cron_or_interval(self) -> ScheduleCreate:
@@ -136,6 +143,7 @@ class SchedulePublic(BaseModel):
     retention: Retention
     allow_overlap: bool
     misfire_grace_s: float
+    continuous: bool = False
     next_fire_at: datetime | None
     last_fired_at: datetime | None
     created_by: str | None

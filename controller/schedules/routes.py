@@ -1,11 +1,15 @@
-"""Routes for schedules: create, list, show, update, pause, resume, run now, delete, trend."""
+"""Routes for schedules: create, list, show, update, pause, resume, run now, delete, trend,
+compare."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from controller.api.deps import DispatcherDep, Operator, SessionDep, SettingsDep, Viewer
+from controller.errors import InvalidRequest
+from controller.reports.models import CompareReport
 from controller.schedules import service
+from controller.schedules.compare import compare_runs
 from controller.schedules.models import (
     Schedule,
     ScheduleCreate,
@@ -129,3 +133,22 @@ def get_schedule_trend(
         detail = [{"loc": ["query", "metric"], "msg": str(exc), "type": "value_error"}]
         raise HTTPException(422, detail) from None
     return trend(session=session, schedule=schedule, metric=parsed, raw=metric, limit=limit)
+
+
+@router.get("/{schedule_id}/compare", operation_id="compare_schedule_runs")
+def compare_schedule_runs(
+    schedule_id: str,
+    session: SessionDep,
+    _: Viewer,
+    base_job: str | None = Query(default=None, description="default: the run before other_job"),
+    other_job: str | None = Query(default=None, description="default: the last finished run"),
+) -> CompareReport:
+    """Two runs of the schedule host by host (by default its last two finished runs)."""
+    schedule = _found(session, schedule_id)
+    try:
+        return compare_runs(
+            session=session, schedule=schedule, base_job=base_job, other_job=other_job
+        )
+    except InvalidRequest as exc:
+        detail = [{"loc": ["query", exc.field], "msg": exc.message, "type": "value_error"}]
+        raise HTTPException(422, detail) from None

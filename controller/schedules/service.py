@@ -16,7 +16,7 @@ from controller.dispatch import Dispatcher
 from controller.errors import Conflict, ControllerError, InvalidRequest
 from controller.jobs import service as jobs_service
 from controller.jobs.models import Job, JobCreate, JobState
-from controller.schedules import retention
+from controller.schedules import continuous, retention
 from controller.schedules.models import (
     FireOutcome,
     FirePublic,
@@ -35,6 +35,13 @@ RECENT = 10
 
 
 def timing_of(schedule: Schedule) -> Timing:
+    if schedule.continuous and schedule.interval_s is not None:
+        # One fire per horizon; the slots in between are the job's own snapshots.
+        horizon = float(schedule.template["duration_s"])
+        return Timing(
+            interval_s=horizon,
+            anchor=continuous.first_slot(schedule.created_at, schedule.interval_s),
+        )
     return Timing(
         cron=schedule.cron,
         time_zone=schedule.timezone,
@@ -63,13 +70,28 @@ def _check_template(template: JobCreate, *, settings: Settings) -> dict[str, Any
     return stored
 
 
+def _horizon_job(template: JobCreate, interval_s: float | None) -> JobCreate:
+    """A continuous schedule's job: snapshots every interval_s for template.duration_s."""
+    if interval_s is None:
+        raise InvalidRequest("a continuous schedule needs interval_s, not cron", field="cron")
+    if template.duration_s < 2 * interval_s:
+        raise InvalidRequest(
+            "a continuous schedule's duration (its horizon) must hold at least two intervals",
+            field="template.duration_s",
+        )
+    return template.model_copy(update={"interval_s": interval_s})
+
+
 def create(
     *, session: Session, settings: Settings, schedule_in: ScheduleCreate, created_by: str | None
 ) -> Schedule:
     _check_timing(
         cron=schedule_in.cron, time_zone=schedule_in.time_zone, interval_s=schedule_in.interval_s
     )
-    template = _check_template(schedule_in.template, settings=settings)
+    job_in = schedule_in.template
+    if schedule_in.continuous:
+        job_in = _horizon_job(job_in, schedule_in.interval_s)
+    template = _check_template(job_in, settings=settings)
     if session.scalar(select(Schedule.id).where(Schedule.name == schedule_in.name)):
         raise Conflict(f"a schedule named {schedule_in.name!r} exists", field="name")
     now = utcnow()
@@ -85,6 +107,7 @@ def create(
         max_age_s=schedule_in.retention.max_age_s,
         allow_overlap=schedule_in.allow_overlap,
         misfire_grace_s=schedule_in.misfire_grace_s,
+        continuous=schedule_in.continuous,
         created_by=created_by,
         created_at=now,
         updated_at=now,
@@ -112,12 +135,20 @@ def update_schedule(
         cron, interval_s = None, update_in.interval_s
     time_zone = update_in.time_zone or schedule.timezone
     _check_timing(cron=cron, time_zone=time_zone, interval_s=interval_s)
-    if update_in.template is not None:
+    horizon = schedule.template.get("duration_s")
+    if schedule.continuous and (update_in.template is not None or cron is not None):
+        job_in = update_in.template or JobCreate.model_validate(schedule.template)
+        schedule.template = _check_template(_horizon_job(job_in, interval_s), settings=settings)
+    elif schedule.continuous and interval_s != schedule.interval_s:
+        job_in = JobCreate.model_validate(schedule.template)
+        schedule.template = _check_template(_horizon_job(job_in, interval_s), settings=settings)
+    elif update_in.template is not None:
         schedule.template = _check_template(update_in.template, settings=settings)
-    retiming = (cron, interval_s, time_zone) != (
+    retiming = (cron, interval_s, time_zone, horizon) != (
         schedule.cron,
         schedule.interval_s,
         schedule.timezone,
+        schedule.template.get("duration_s"),
     )
     schedule.cron, schedule.interval_s, schedule.timezone = cron, interval_s, time_zone
     if update_in.retention is not None:
@@ -241,8 +272,10 @@ def fire(
     manual: bool = False,
 ) -> ScheduleFire:
     """Make a real job for one claimed slot, unless an earlier one is still running."""
+    # A continuous horizon hands over to the next while the old job sends its last snapshot.
+    allow_overlap = schedule.allow_overlap or schedule.continuous
     if not manual and blocked_by_overlap(
-        allow_overlap=schedule.allow_overlap, previous_final=_previous_final(session, schedule)
+        allow_overlap=allow_overlap, previous_final=_previous_final(session, schedule)
     ):
         row = _record(
             session,
@@ -356,6 +389,7 @@ def to_public(session: Session, schedule: Schedule, *, recent: int = RECENT) -> 
         retention=Retention(max_runs=schedule.max_runs, max_age_s=schedule.max_age_s),
         allow_overlap=schedule.allow_overlap,
         misfire_grace_s=schedule.misfire_grace_s,
+        continuous=schedule.continuous,
         next_fire_at=schedule.next_fire_at,
         last_fired_at=schedule.last_fired_at,
         created_by=schedule.created_by,

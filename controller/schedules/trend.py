@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from controller.jobs.models import Job, Run
 from controller.jobs.results import latest_snapshots
 from controller.jobs.stats import percentile
+from controller.schedules import continuous
 from controller.schedules.models import FireOutcome, Schedule, ScheduleFire
 from node_agent.protocol import CounterTable, Log2Histogram, Result
 
@@ -115,6 +116,14 @@ def trend(
     unit: str | None = None
     for slot, job_id in reversed(fires):
         assert job_id is not None
+        if schedule.continuous:
+            # Each snapshot of the horizon job is a slot of its own: a point per snapshot.
+            for part in continuous.slots(session=session, job_id=job_id):
+                value, found_unit = metric.value(part.results, part.span_s)
+                unit = unit or found_unit
+                point = TrendPoint(slot=part.at, job_id=job_id, value=value)
+                series.setdefault(part.host, []).append(point)
+            continue
         runs = {r.id: r.host_name for r in session.scalars(select(Run).where(Run.job_id == job_id))}
         for run_id, row in latest_snapshots(session=session, job_id=job_id).items():
             results = _RESULTS.validate_python(row.results)
