@@ -1,4 +1,4 @@
-"""`fleettrace report JOB [--format json|md|csv] [-o FILE]`: a job's hosts against the fleet."""
+"""`fleettrace report JOB [--format json|md|csv|html|...] [-o FILE]`: hosts against the fleet."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import httpx
 from controller.cli.common import DEFAULT_URL, api
 from controller.cli.errors import CliError
 
-FORMATS = ("json", "md", "csv")
+FORMATS = ("json", "md", "csv", "html", "openmetrics", "folded", "speedscope")
 
 
 def add_commands(sub: Any) -> None:
@@ -21,6 +21,9 @@ def add_commands(sub: Any) -> None:
     report.add_argument("job", help="job id")
     report.add_argument("--format", choices=FORMATS, default="md", help="default: md")
     report.add_argument("--top", type=int, default=10, help="top keys per counter table")
+    report.add_argument(
+        "--host", help="folded: this host's stacks; html: the differential flame graph's host"
+    )
     report.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
     report.add_argument(
         "--url", help=f"the controller's API (env FLEETTRACE_URL, default {DEFAULT_URL})"
@@ -33,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     with api(args) as client:
         path = f"/v1/jobs/{args.job}/report"
         params = {"format": args.format, "top": args.top}
+        if args.host:
+            params["host"] = args.host
         try:
             response = client.http.get(path, params=params, headers=client.headers)
         except httpx.TransportError as exc:

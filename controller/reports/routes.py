@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from enum import Enum
 
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import PlainTextResponse, Response
@@ -11,14 +12,23 @@ from sqlalchemy.orm import Session
 from controller.api.deps import SessionDep, Viewer
 from controller.jobs import service as jobs
 from controller.jobs.models import Job
-from controller.reports import service
+from controller.reports import exports, service
 from controller.reports.models import CompareReport, JobReport
 from controller.reports.render_csv import render_csv
+from controller.reports.render_html import render_html
 from controller.reports.render_md import render_md
 
 router = APIRouter(tags=["reports"])
 
-Format = Literal["json", "md", "csv"]
+
+class ReportFormat(str, Enum):
+    json = "json"
+    md = "md"
+    csv = "csv"
+    html = "html"
+    openmetrics = "openmetrics"
+    folded = "folded"
+    speedscope = "speedscope"
 
 
 def _job(session: Session, job_id: str) -> Job:
@@ -32,21 +42,55 @@ def _job(session: Session, job_id: str) -> Job:
     "/v1/jobs/{job_id}/report",
     operation_id="get_job_report",
     response_model=JobReport,
-    responses={200: {"content": {"text/markdown": {}, "text/csv": {}}}},
+    responses={
+        200: {
+            "content": {
+                "text/markdown": {},
+                "text/csv": {},
+                "text/html": {},
+                "application/openmetrics-text": {},
+                "text/plain": {},
+            }
+        }
+    },
 )
 def get_job_report(
     job_id: str,
     session: SessionDep,
     _: Viewer,
-    format: Format = "json",
+    format: ReportFormat = ReportFormat.json,
     top: int = Query(default=service.TOP, ge=1, le=1000),
+    host: str | None = Query(
+        default=None,
+        description="folded: this host's stacks instead of the fleet's; "
+        "html: the host of the differential flame graph",
+    ),
 ) -> JobReport | Response:
-    """Each host against the fleet: numbers, ranked outliers, one-host keys, missing hosts."""
-    report = service.job_report(session=session, job=_job(session, job_id), top=top)
-    if format == "md":
+    """Each host against the fleet: numbers, ranked outliers, one-host keys, missing hosts.
+
+    Also as Markdown, CSV, a self-contained HTML page, OpenMetrics (histograms), folded stacks
+    and speedscope JSON (one sampled profile per host).
+    """
+    report, results = service.job_report_with_results(
+        session=session, job=_job(session, job_id), top=top
+    )
+    if format is ReportFormat.md:
         return PlainTextResponse(render_md(report), media_type="text/markdown; charset=utf-8")
-    if format == "csv":
+    if format is ReportFormat.csv:
         return PlainTextResponse(render_csv(report), media_type="text/csv; charset=utf-8")
+    if format is ReportFormat.html:
+        page = render_html(report, results, top=top, diff_host=host)
+        return Response(page, media_type="text/html; charset=utf-8")
+    if format is ReportFormat.openmetrics:
+        return Response(exports.openmetrics(results), media_type=exports.OPENMETRICS_TYPE)
+    if format is ReportFormat.folded:
+        stacks = exports.stacks_of(results, host)
+        if stacks is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no host {host} in job {job_id}")
+        return PlainTextResponse(exports.folded(stacks))
+    if format is ReportFormat.speedscope:
+        body = json.dumps(exports.speedscope(results), separators=(",", ":"))
+        return Response(body, media_type="application/json")
     return report
 
 

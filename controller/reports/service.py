@@ -41,11 +41,19 @@ def run_spans(*, session: Session, job_id: str) -> dict[str, float]:
 
 
 def job_report(*, session: Session, job: Job, top: int = TOP) -> JobReport:
+    return job_report_with_results(session=session, job=job, top=top)[0]
+
+
+def job_report_with_results(
+    *, session: Session, job: Job, top: int = TOP
+) -> tuple[JobReport, JobResults]:
+    """The report and the results it was built from (charts and exports need the buckets)."""
     results = job_results(session=session, job=job)
     reasons = {run.id: run.reason for run in job.runs}
-    return build_report(
+    report = build_report(
         results, spans=run_spans(session=session, job_id=job.id), reasons=reasons, top=top
     )
+    return report, results
 
 
 def _fleet_keys(tables: list[CounterTable], top: int) -> dict[str, list[tuple[KeyValue, ...]]]:

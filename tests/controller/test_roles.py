@@ -97,6 +97,16 @@ def _schedule(c: Ctx) -> str:
     return str(answer.json()["id"])
 
 
+def _fired_schedule(c: Ctx) -> str:
+    """A schedule with two finished runs (fired, then cancelled), so compare has a default."""
+    schedule_id = _schedule(c)
+    for _ in range(2):
+        answer = c.client.post(f"/v1/schedules/{schedule_id}/run", headers=c.admin)
+        job_id = answer.json()["recent"][0]["job_id"]
+        assert c.client.post(f"/v1/jobs/{job_id}/cancel", headers=c.admin).status_code == 200
+    return schedule_id
+
+
 Builder = Callable[[Ctx], Call]
 PUBLIC = None
 
@@ -194,6 +204,10 @@ RULES: dict[tuple[str, str], tuple[str | None, Builder]] = {
     ("GET", "/v1/schedules/{schedule_id}/trend"): (
         "viewer",
         lambda c: Call("GET", f"/v1/schedules/{_schedule(c)}/trend?metric=total:syscalls"),
+    ),
+    ("GET", "/v1/schedules/{schedule_id}/compare"): (
+        "viewer",
+        lambda c: Call("GET", f"/v1/schedules/{_fired_schedule(c)}/compare"),
     ),
     ("GET", "/v1/tokens"): ("admin", lambda c: Call("GET", "/v1/tokens")),
     ("POST", "/v1/tokens"): (

@@ -1,0 +1,256 @@
+"""A report as one self-contained HTML page: inline CSS and SVG only, no script, no URL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from html import escape
+
+from controller.jobs.models import JobResults
+from controller.reports import svg
+from controller.reports.analysis import human, js_divergence
+from controller.reports.flame import differential, layout, path_counts
+from controller.reports.models import HistogramStats, JobReport
+from controller.reports.outliers import key_text, series_name
+from node_agent.protocol import CounterTable, FoldedStacks, Log2Histogram
+from node_agent.render import slot_bounds
+
+MAX_HEATMAP_ROWS = 200
+MAX_OVERLAY_HOSTS = 5
+MAX_HOST_CHARTS = 24
+MAX_SENTENCES = 20
+CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1240px}
+h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}
+h3{font-size:14px;margin:18px 0 4px}
+table{border-collapse:collapse;font-size:12px;margin:8px 0}
+td,th{border:1px solid #ddd;padding:2px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}
+.outliers li{font-size:15px;margin:4px 0}.note{color:#666;font-size:12px}
+.missing li{color:#a33}svg{display:block;margin:6px 0;overflow:visible}
+"""
+
+
+def _e(s: object) -> str:
+    return escape(str(s))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _shares(buckets: Sequence[tuple[int, int]]) -> dict[int, float]:
+    total = sum(c for _, c in buckets)
+    out: dict[int, float] = {}
+    for slot, count in buckets:
+        out[slot] = out.get(slot, 0.0) + (count / total if total else 0.0)
+    return out
+
+
+def _in(v: int | None, unit: str) -> str:
+    return human(v, unit) if v is not None else "-"
+
+
+def _stats_row(who: str, h: HistogramStats) -> list[object]:
+    rate = f"{h.rate_per_s:,.1f}/s" if h.rate_per_s is not None else "-"
+    return [who, h.count, rate, *(_in(v, h.unit) for v in (h.p50, h.p90, h.p99, h.max))]
+
+
+def _ranked_hosts(report: JobReport) -> list[str]:
+    """Outlier hosts in rank order, then the rest by name."""
+    first = list(dict.fromkeys(o.host for o in report.outliers))
+    return first + sorted(h.host for h in report.hosts if h.host not in first)
+
+
+def _histogram_section(report: JobReport, results: JobResults, fleet: Log2Histogram) -> str:
+    series = series_name(fleet.name, fleet.labels)
+    per_host: dict[str, Log2Histogram] = {}
+    for host in results.hosts:
+        for r in host.results:
+            if isinstance(r, Log2Histogram) and series_name(r.name, r.labels) == series:
+                per_host[host.host] = r
+    used = sorted({s for s, c in fleet.buckets if c > 0})
+    if not used:
+        return f"<h2>{_e(series)}</h2><p class='note'>no samples</p>"
+    slots = list(range(used[0], used[-1] + 1))
+
+    def label(slot: int) -> str:
+        return "≤" + human(slot_bounds(slot)[1], fleet.unit)
+
+    order = [h for h in _ranked_hosts(report) if h in per_host]
+    flagged = {o.host for o in report.outliers}
+    note = ""
+    if len(order) > MAX_HEATMAP_ROWS:
+        # Too many rows to read: keep the outliers, then the hosts furthest from the fleet.
+        rest = sorted(
+            (h for h in order if h not in flagged),
+            key=lambda h: -js_divergence(per_host[h].buckets, fleet.buckets),
+        )
+        order = [h for h in order if h in flagged] + rest
+        note = (
+            f"<p class='note'>{len(order) - MAX_HEATMAP_ROWS} more hosts not shown; rows are the "
+            "outliers, then the hosts furthest from the fleet (Jensen-Shannon).</p>"
+        )
+        order = order[:MAX_HEATMAP_ROWS]
+    rows = [(h, _shares(per_host[h].buckets)) for h in order]
+    overlay_hosts = [h for h in order if h in flagged][:MAX_OVERLAY_HOSTS] or order[:3]
+    table_rows = [
+        _stats_row(h.host, s)
+        for h in report.hosts
+        for s in h.histograms
+        if series_name(s.name, s.labels) == series
+    ]
+    fleet_stats = next(
+        (s for s in report.fleet.histograms if series_name(s.name, s.labels) == series), None
+    )
+    if fleet_stats is not None:
+        table_rows.append(_stats_row("fleet", fleet_stats))
+    return "".join(
+        [
+            f"<h2>{_e(series)} ({_e(fleet.unit)})</h2>",
+            "<h3>Hosts by buckets</h3>",
+            svg.heatmap(rows, slots, label, f"heatmap of {series}"),
+            note,
+            "<h3>Hosts over the fleet (normalized)</h3>",
+            svg.overlay(
+                _shares(fleet.buckets),
+                [(h, _shares(per_host[h].buckets)) for h in overlay_hosts],
+                slots,
+                label,
+                f"{series}: hosts over the fleet",
+            ),
+            _table(["host", "count", "rate", "p50", "p90", "p99", "max"], table_rows),
+        ]
+    )
+
+
+def _bars_of(table: CounterTable, top: int) -> list[tuple[str, float]]:
+    fields = [f.name for f in table.key_fields]
+    return [(key_text(fields, k), float(v[0] if v else 0)) for k, v in table.rows[:top]]
+
+
+def _table_section(report: JobReport, results: JobResults, fleet: CounterTable, top: int) -> str:
+    parts = [f"<h2>{_e(fleet.name)}</h2>", "<h3>Fleet: top keys</h3>"]
+    parts.append(svg.bars(_bars_of(fleet, top), f"{fleet.name}: fleet top keys"))
+    per_host = {
+        h.host: r
+        for h in results.hosts
+        for r in h.results
+        if isinstance(r, CounterTable) and r.name == fleet.name
+    }
+    order = [h for h in _ranked_hosts(report) if h in per_host]
+    for host in order[:MAX_HOST_CHARTS]:
+        items = _bars_of(per_host[host], top)
+        if items:
+            parts += [f"<h3>{_e(host)}</h3>", svg.bars(items, f"{fleet.name}: {host} top keys")]
+    if len(order) > MAX_HOST_CHARTS:
+        parts.append(
+            f"<p class='note'>{len(order) - MAX_HOST_CHARTS} more hosts not charted "
+            "(outliers come first).</p>"
+        )
+    return "".join(parts)
+
+
+def _stacks_of(results: JobResults, host: str | None) -> list[FoldedStacks]:
+    if host is None:
+        return [r for r in results.merged if isinstance(r, FoldedStacks)]
+    return [
+        r for h in results.hosts if h.host == host for r in h.results if isinstance(r, FoldedStacks)
+    ]
+
+
+def _flame_section(report: JobReport, results: JobResults, diff_host: str | None) -> str:
+    fleet = _stacks_of(results, None)
+    total, frames = layout(fleet)
+    if total == 0:
+        return ""
+    parts = [
+        "<h2>Flame graphs</h2>",
+        "<p class='note'>Icicle layout: callers on top; frames under 0.1% of the samples are "
+        "left out; hover a frame for its numbers.</p>",
+        f"<h3>Fleet ({total:,} samples)</h3>",
+        svg.flame(total, frames, "fleet flame graph"),
+    ]
+    with_stacks = [
+        h for h in _ranked_hosts(report) if any(s.stacks for s in _stacks_of(results, h))
+    ]
+    chosen = diff_host if diff_host in with_stacks else (with_stacks[0] if with_stacks else None)
+    if chosen is not None:
+        fleet_total, counts = path_counts(fleet)
+        host_total, host_frames = layout(_stacks_of(results, chosen))
+        delta = differential(host_total, host_frames, fleet_total, counts)
+        why = "chosen" if chosen == diff_host else "the top-ranked host"
+        parts += [
+            f"<h3>Differential: {_e(chosen)} vs the fleet ({why})</h3>",
+            "<p class='note'>Widths are the host's samples; red = a larger share of the host's "
+            "time than of the fleet's, blue = smaller, white = the same.</p>",
+            svg.flame(host_total, host_frames, f"differential flame graph {chosen}", delta),
+        ]
+    for host in with_stacks[:MAX_HOST_CHARTS]:
+        host_total, host_frames = layout(_stacks_of(results, host))
+        parts += [
+            f"<h3>{_e(host)} ({host_total:,} samples)</h3>",
+            svg.flame(host_total, host_frames, f"flame graph {host}"),
+        ]
+    if len(with_stacks) > MAX_HOST_CHARTS:
+        parts.append(
+            f"<p class='note'>{len(with_stacks) - MAX_HOST_CHARTS} more hosts not drawn.</p>"
+        )
+    return "".join(parts)
+
+
+def render_html(
+    report: JobReport, results: JobResults, *, top: int = 10, diff_host: str | None = None
+) -> str:
+    title = f"Report: job {report.job_id} ({report.program}, {report.state.value})"
+    items = [f"<li>{_e(o.sentence)}</li>" for o in report.outliers] or ["<li>none</li>"]
+    sentences = "".join(items[:MAX_SENTENCES])
+    if len(items) > MAX_SENTENCES:
+        # <details> folds the long tail without any script.
+        rest = "".join(items[MAX_SENTENCES:])
+        sentences += (
+            f"<li><details><summary>{len(items) - MAX_SENTENCES} more</summary>"
+            f"<ul>{rest}</ul></details></li>"
+        )
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8"/>',
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        f"<p class='note'>{len(report.hosts)} hosts with data, {len(report.missing)} without "
+        "complete results.</p>",
+        f"<h2>Outliers</h2><ul class='outliers'>{sentences}</ul>",
+    ]
+    if report.missing:
+        missing = "".join(
+            f"<li>{_e(m.host)}: {_e(m.state.value)}"
+            + (f" ({_e(m.reason)})" if m.reason else "")
+            + ("" if m.has_data else ", no data")
+            + "</li>"
+            for m in report.missing
+        )
+        parts.append(f"<h2>Hosts without complete results</h2><ul class='missing'>{missing}</ul>")
+    for r in results.merged:
+        if isinstance(r, Log2Histogram):
+            parts.append(_histogram_section(report, results, r))
+    for r in results.merged:
+        if isinstance(r, CounterTable):
+            parts.append(_table_section(report, results, r, top))
+    parts.append(_flame_section(report, results, diff_host))
+    if report.one_host_keys:
+        parts.append("<h2>Keys seen on one host only</h2>")
+        parts.append(
+            _table(
+                ["table", "host", "key", "count"],
+                [
+                    [k.table, k.host, " ".join(f"{f}={v}" for f, v in k.key.items()), k.values[0]]
+                    for k in report.one_host_keys
+                ],
+            )
+        )
+    parts.append(
+        f"<p class='note'>Percentiles: {_e(report.percentile_method)}. "
+        f"Outliers: {_e(report.outlier_method)}.</p></body></html>"
+    )
+    return "".join(parts) + "\n"

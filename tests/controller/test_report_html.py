@@ -1,0 +1,375 @@
+"""HTML report, flame graph math, OpenMetrics / folded / speedscope exports, headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import subprocess
+import zlib
+from html.parser import HTMLParser
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
+from fastapi.testclient import TestClient
+
+from controller.cli.main import build_parser
+from controller.jobs.merge import merge_results
+from controller.jobs.models import HostResult, JobResults, JobState
+from controller.reports import exports
+from controller.reports.flame import Frame, differential, layout, path_counts
+from controller.reports.models import JobReport
+from controller.reports.render_html import render_html
+from controller.reports.service import build_report
+from controller.reports.svg import diff_color
+from node_agent.protocol import (
+    CounterTable,
+    FoldedStacks,
+    KeyField,
+    KeyValue,
+    Log2Histogram,
+    Result,
+    RunState,
+    StackCount,
+)
+from tests.controller.conftest import Tokens
+from tests.controller.test_reports import _fleet_job, feeder  # noqa: F401 (fixture)
+from tests.controller.test_storage import Feeder
+
+ODD = "web-4"
+VOID = {"meta", "br", "hr", "img", "input", "link"}
+
+
+def _stacks(rows: dict[str, int]) -> FoldedStacks:
+    return FoldedStacks(
+        name="cpu",
+        stacks=[StackCount(frames=k.split(";"), count=v) for k, v in rows.items()],
+    )
+
+
+def _fleet() -> tuple[JobReport, JobResults]:
+    """Five hosts alike but web-4 (slow waits, opens /tmp/hot, spins in `spin`); web-5 failed."""
+    hosts: list[HostResult] = []
+    for i in range(5):
+        odd = f"web-{i}" == ODD
+        opens: list[tuple[list[KeyValue], list[int]]] = [([100 + i, "/etc/hosts"], [20 + i])]
+        if odd:
+            opens.insert(0, ([999, "/tmp/hot"], [5000]))
+        cpu = {"main;work;compute": 80 + i, "main;io": 20}
+        if odd:
+            cpu["main;spin"] = 300
+        results: list[Result] = [
+            Log2Histogram(name="runqlat", unit="usec", buckets=[(12 if odd else 8, 100), (9, 10)]),
+            CounterTable(
+                name="opens",
+                key_fields=[KeyField(name="pid", type="int"), KeyField(name="path")],
+                rows=opens,
+                total_rows=len(opens),
+            ),
+            _stacks(cpu),
+        ]
+        hosts.append(
+            HostResult(
+                host=f"web-{i}",
+                run_id=f"run-{i}",
+                state=RunState.succeeded,
+                seq=0,
+                final=True,
+                interval_start=0.0,
+                interval_end=2.0,
+                results=results,
+                stats=None,
+            )
+        )
+    hosts.append(
+        HostResult(
+            host="web-5",
+            run_id="run-5",
+            state=RunState.failed,
+            seq=None,
+            final=False,
+            interval_start=None,
+            interval_end=None,
+            results=[],
+            stats=None,
+        )
+    )
+    merged = merge_results([(h.host, h.results) for h in hosts if h.results])
+    job = JobResults(
+        job_id="j1", program="cpu_profile", state=JobState.partial, hosts=hosts, merged=merged
+    )
+    spans = {f"run-{i}": 2.0 for i in range(5)}
+    report = build_report(job, spans=spans, reasons={"run-5": "compile error: no map"})
+    return report, job
+
+
+class _Balance(HTMLParser):
+    """Fails on a closing tag that does not match the open one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in VOID:
+            self.open.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        pass
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.open and self.open[-1] == tag, (tag, self.open[-5:])
+        self.open.pop()
+
+
+def _svgs(page: str) -> list[ElementTree.Element]:
+    return [ElementTree.fromstring(s) for s in re.findall(r"<svg.*?</svg>", page, re.S)]
+
+
+def test_html_is_well_formed_offline_and_outliers_come_first() -> None:
+    report, results = _fleet()
+    page = render_html(report, results)
+    checker = _Balance()
+    checker.feed(page)
+    checker.close()
+    assert checker.open == []
+    ElementTree.fromstring(page.removeprefix("<!DOCTYPE html>"))  # XML-clean as a whole too
+    assert not re.search(r"https?://|//cdn|@import|<script|<link", page, re.I)
+    sentence = next(o.sentence for o in report.outliers if o.metric.startswith("hist:runqlat:p"))
+    assert sentence.startswith(f"{ODD}: ")
+    assert page.index(sentence) < page.index("<svg")
+    assert "web-5: failed (compile error: no map), no data" in page
+    labels = [s.get("aria-label") for s in _svgs(page)]
+    hosts = [f"web-{i}" for i in range(5)]
+    ranked = [ODD] + [h for h in hosts if h != ODD]  # outlier hosts first
+    assert labels == [
+        "heatmap of runqlat",
+        "runqlat: hosts over the fleet",
+        "opens: fleet top keys",
+        *(f"opens: {h} top keys" for h in ranked),
+        "fleet flame graph",
+        f"differential flame graph {ODD}",
+        *(f"flame graph {h}" for h in ranked),
+    ]
+
+
+def test_long_outlier_lists_fold_after_twenty() -> None:
+    report, results = _fleet()
+    many = report.model_copy(update={"outliers": report.outliers * 5})
+    page = render_html(many, results)
+    shown = page.split("<details>")[0].count("<li>")
+    assert shown == 21  # 20 sentences, then the item holding the folded rest
+    assert f"<summary>{len(many.outliers) - 20} more</summary>" in page
+
+
+def test_heatmap_cells_and_overlay_lines() -> None:
+    report, results = _fleet()
+    heat, over = _svgs(render_html(report, results))[:2]
+    titles = [t.text or "" for t in heat.iter("title")]
+    # 100 of 110 samples of web-4 wait in slot 12 (<= 4,095 usec = 4.1 ms).
+    assert f"{ODD} ≤4.1 ms: 90.9% of its samples" in titles
+    assert "web-0 ≤255 us: 90.9% of its samples" in titles
+    assert [p.findtext("title") for p in over.iter("path") if p.findtext("title")] == [ODD]
+
+
+def test_flame_layout_widths_are_counts_and_children_sit_in_parents() -> None:
+    total, frames = layout([_stacks({"a;b": 3, "a;c": 1, "d": 4})])
+    assert total == 8
+    assert frames == [
+        Frame(("a",), 0, 0, 4),
+        Frame(("a", "b"), 1, 0, 3),
+        Frame(("a", "c"), 1, 3, 1),
+        Frame(("d",), 0, 4, 4),
+    ]
+    by_path = {f.path: f for f in frames}
+    for f in frames:
+        if f.depth:
+            parent = by_path[f.path[:-1]]
+            assert parent.start <= f.start and f.start + f.count <= parent.start + parent.count
+    # a;c is 1/8 = 12.5% of the samples: under a 20% floor it goes.
+    assert [f.path for f in layout([_stacks({"a;b": 3, "a;c": 1, "d": 4})], 0.2)[1]] == [
+        ("a",),
+        ("a", "b"),
+        ("d",),
+    ]
+
+
+def test_differential_sign_and_colour() -> None:
+    host = _stacks({"a;b": 1, "d": 3})
+    fleet_total, counts = path_counts([_stacks({"a;b": 4, "d": 4})])
+    host_total, frames = layout([host])
+    delta = differential(host_total, frames, fleet_total, counts)
+    assert delta == {("a",): -0.25, ("a", "b"): -0.25, ("d",): 0.25}
+    assert diff_color(0.25, 0.25) == "rgb(255,55,55)"  # more time on the host: red
+    assert diff_color(-0.25, 0.25) == "rgb(55,55,255)"  # less: blue
+    assert diff_color(0.0, 0.25) == "rgb(255,255,255)"  # the same share: white
+
+
+def test_openmetrics_parses_back() -> None:
+    _, results = _fleet()
+    text = exports.openmetrics(results)
+    assert text.endswith("# EOF\n") and text.count("# EOF") == 1
+    assert "# TYPE fleettrace_runqlat histogram" in text
+    series: dict[str, list[tuple[float, int]]] = {}
+    counts: dict[str, int] = {}
+    line_re = re.compile(r'^(\w+)\{host="([^"]+)"(?:,le="([^"]+)")?\} (\d+)$')
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = line_re.match(line)
+        assert m, line
+        name, host, le, value = m.groups()
+        if name.endswith("_bucket"):
+            series.setdefault(host, []).append((float(le), int(value)))
+        else:
+            assert name == "fleettrace_runqlat_count"
+            counts[host] = int(value)
+    assert set(series) == {f"web-{i}" for i in range(5)}
+    for host, buckets in series.items():
+        les = [le for le, _ in buckets]
+        values = [v for _, v in buckets]
+        assert les == sorted(les) and les[-1] == float("inf")
+        assert values == sorted(values) and values[-1] == counts[host] == 110
+        # Same buckets on every series: slots 8, 9, 12 upper bounds.
+        assert les[:-1] == [255.0, 511.0, 4095.0]
+    assert dict(series[ODD])[4095.0] == 110 and dict(series[ODD])[511.0] == 10
+
+
+def test_folded_and_speedscope() -> None:
+    _, results = _fleet()
+    merged = exports.stacks_of(results, None)
+    assert merged is not None
+    lines = exports.folded(merged).splitlines()
+    assert "main;spin 300" in lines
+    assert "main;io 100" in lines  # 20 on each of 5 hosts
+    one = exports.stacks_of(results, ODD)
+    assert one is not None and "main;io 20" in exports.folded(one).splitlines()
+    assert exports.stacks_of(results, "nope") is None
+    doc = exports.speedscope(results)
+    assert doc["$schema"] == "https://www.speedscope.app/file-format-schema.json"
+    frames = [f["name"] for f in doc["shared"]["frames"]]
+    assert len(frames) == len(set(frames)) == 5
+    profiles = doc["profiles"]
+    assert [p["name"] for p in profiles] == [f"web-{i}" for i in range(5)]
+    for p in profiles:
+        assert p["type"] == "sampled" and len(p["samples"]) == len(p["weights"])
+        assert p["endValue"] - p["startValue"] == sum(p["weights"])
+        assert all(0 <= i < len(frames) for s in p["samples"] for i in s)
+    odd = profiles[4]
+    spin = [frames[i] for i in odd["samples"][odd["weights"].index(300)]]
+    assert spin == ["main", "spin"]
+
+
+def test_route_serves_html_and_exports(
+    client: TestClient,
+    tokens: Tokens,
+    feeder: Feeder,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    job_id, names = _fleet_job(client, tokens, feeder, hot=5000)
+    viewer = tokens.headers("viewer")
+    page = client.get(f"/v1/jobs/{job_id}/report?format=html", headers=viewer)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert f"{names[4]}: p50 runqlat 16.1x the fleet median (4.1 ms vs 255 us)" in page.text
+    om = client.get(f"/v1/jobs/{job_id}/report?format=openmetrics", headers=viewer)
+    assert om.headers["content-type"].startswith("application/openmetrics-text")
+    assert f'fleettrace_runqlat_count{{host="{names[4]}"}} 100' in om.text
+    folded = client.get(f"/v1/jobs/{job_id}/report?format=folded", headers=viewer)
+    assert folded.status_code == 200 and folded.text == ""  # runqlat has no stacks
+    nope = client.get(f"/v1/jobs/{job_id}/report?format=folded&host=nope", headers=viewer)
+    assert nope.status_code == 404
+    scope = client.get(f"/v1/jobs/{job_id}/report?format=speedscope", headers=viewer).json()
+    assert scope["profiles"] == []
+    bad = client.get(f"/v1/jobs/{job_id}/report?format=pdf", headers=viewer)
+    assert bad.status_code == 422
+    out = str(tmp_path / "r.html")
+    args = build_parser().parse_args(
+        ["report", job_id, "--token", tokens.token("viewer"), "--format", "html", "-o", out]
+    )
+    args.http = client
+    assert args.func(args) == 0
+    assert (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def _png_pixels(data: bytes) -> tuple[int, int, set[bytes]]:
+    """Width, height and the distinct pixels of an 8-bit RGB/RGBA PNG (what Chromium writes)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, head = 8, b"", b""
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR":
+            head = body
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    width, height, depth, color = struct.unpack(">IIBB", head[:10])
+    assert depth == 8 and color in (2, 6)
+    bpp = 3 if color == 2 else 4
+    raw = zlib.decompress(idat)
+    stride = width * bpp
+    prev = bytearray(stride)
+    seen: set[bytes] = set()
+    for y in range(height):
+        kind, line = (
+            raw[y * (stride + 1)],
+            bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)]),
+        )
+        for i in range(stride):
+            left = line[i - bpp] if i >= bpp else 0
+            up, corner = prev[i], prev[i - bpp] if i >= bpp else 0
+            if kind == 1:
+                line[i] = (line[i] + left) & 255
+            elif kind == 2:
+                line[i] = (line[i] + up) & 255
+            elif kind == 3:
+                line[i] = (line[i] + (left + up) // 2) & 255
+            elif kind == 4:
+                p = left + up - corner
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
+                pred = left if pa <= pb and pa <= pc else (up if pb <= pc else corner)
+                line[i] = (line[i] + pred) & 255
+        if y % 8 == 0:  # a sample of rows is enough to tell drawn from blank
+            seen.update(bytes(line[i : i + 3]) for i in range(0, stride, bpp * 4))
+        prev = line
+    return width, height, seen
+
+
+@pytest.mark.root
+def test_chromium_draws_the_page_without_errors(tmp_path: Path) -> None:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (scripts/setup.sh installs it)")
+    report, results = _fleet()
+    page = tmp_path / "report.html"
+    page.write_text(render_html(report, results), encoding="utf-8")
+    shot = tmp_path / "shot.png"
+    done = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,2000",
+            "--enable-logging=stderr",
+            "--v=0",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Uncaught" not in done.stderr and "ERROR:CONSOLE" not in done.stderr, done.stderr
+    width, height, colours = _png_pixels(shot.read_bytes())
+    assert (width, height) == (1200, 2000)
+    # Heatmap blues, flame warm colours, text: a drawn page has many colours, a blank one 1.
+    assert len(colours) > 50
