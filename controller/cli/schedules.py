@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any
+
+import httpx
 
 from controller.cli.common import DEFAULT_URL, api, pair, print_json
 from controller.cli.errors import CliError
@@ -104,6 +108,13 @@ def add_commands(sub: Any) -> None:
     trend.add_argument("schedule", metavar="NAME_OR_ID")
     trend.add_argument("--metric", required=True, help="p99:HIST, total:T, rate:T, key:T:K")
     trend.add_argument("--limit", type=_positive, default=200, help="runs, newest kept")
+    trend.add_argument(
+        "--format",
+        choices=("text", "html"),
+        default="text",
+        help="html: a self-contained page with a line chart per host (default: text)",
+    )
+    trend.add_argument("-o", "--output", type=Path, help="with --format html: write it here")
     trend.set_defaults(func=cmd_trend)
 
     compare = ssub.add_parser("compare", parents=[common], help="two runs host by host")
@@ -370,12 +381,37 @@ def trend_lines(trend: ScheduleTrend, name: str) -> list[Line]:
     return lines
 
 
+def _trend_page(client: ApiClient, path: str, params: dict[str, Any]) -> str:
+    try:
+        response = client.http.get(path, params=params, headers=client.headers)
+    except httpx.TransportError as exc:
+        raise client.unreachable(exc) from None
+    if response.status_code >= 400:
+        raise client.refused(response)
+    return response.text
+
+
 def cmd_trend(args: argparse.Namespace) -> int:
+    if args.output is not None and args.format != "html":
+        raise CliError("-o/--output needs --format html")
     with api(args) as client:
         found = resolve(client, args.schedule)
-        params = {"metric": args.metric, "limit": args.limit}
-        data = client.get(f"/v1/schedules/{found['id']}/trend", params=params)
-    return _done(args, data, trend_lines(ScheduleTrend.model_validate(data), found["name"]))
+        params: dict[str, Any] = {"metric": args.metric, "limit": args.limit}
+        path = f"/v1/schedules/{found['id']}/trend"
+        if args.format == "html":
+            page = _trend_page(client, path, params | {"format": "html"})
+        else:
+            data = client.get(path, params=params)
+    if args.format != "html":
+        return _done(args, data, trend_lines(ScheduleTrend.model_validate(data), found["name"]))
+    if args.output is None:
+        sys.stdout.write(page)
+        return 0
+    try:
+        args.output.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot write {args.output}: {exc.strerror}", code=1) from None
+    return 0
 
 
 def _ratio(value: float | None) -> str:

@@ -1,4 +1,5 @@
-"""Small SVG writer and the report's charts: heatmap, overlaid histograms, bars, flame graphs."""
+"""Small SVG writer and the report's charts: heatmap, overlaid histograms, bars, flame graphs
+(the schedule trend's line chart is in trend_chart.py)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,24 @@ class Svg:
         self.parts.append(
             f'<path d="{d}" fill="none" stroke="{stroke}" stroke-width="{_n(width)}">{inner}</path>'
         )
+
+    def polyline(
+        self, points: Sequence[tuple[float, float]], stroke: str, dash: str = "", title: str = ""
+    ) -> None:
+        coords = " ".join(f"{_n(x)},{_n(y)}" for x, y in points)
+        dashes = f' stroke-dasharray="{dash}"' if dash else ""
+        inner = f"<title>{escape(title)}</title>" if title else ""
+        self.parts.append(
+            f'<polyline points="{coords}" fill="none" stroke="{stroke}" stroke-width="1.5"'
+            f"{dashes}>{inner}</polyline>"
+        )
+
+    def circle(self, x: float, y: float, r: float, fill: str, title: str | None = None) -> None:
+        dot = f'<circle cx="{_n(x)}" cy="{_n(y)}" r="{_n(r)}" fill="{fill}"'
+        if title is None:
+            self.parts.append(dot + "/>")
+        else:
+            self.parts.append(f"{dot}><title>{escape(title)}</title></circle>")
 
     def render(self) -> str:
         head = (

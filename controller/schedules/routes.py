@@ -3,11 +3,14 @@ compare."""
 
 from __future__ import annotations
 
+from enum import Enum
+
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from controller.api.deps import DispatcherDep, Operator, SessionDep, SettingsDep, Viewer
 from controller.errors import InvalidRequest
 from controller.reports.models import CompareReport
+from controller.reports.trend_chart import render_trend_html
 from controller.schedules import service
 from controller.schedules.compare import compare_runs
 from controller.schedules.models import (
@@ -20,6 +23,11 @@ from controller.schedules.models import (
 from controller.schedules.trend import BadMetric, Metric, ScheduleTrend, trend
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
+
+
+class TrendFormat(str, Enum):
+    json = "json"
+    html = "html"
 
 
 def _found(session: SessionDep, schedule_id: str) -> Schedule:
@@ -117,22 +125,35 @@ def run_schedule(
     return service.to_public(session, schedule)
 
 
-@router.get("/{schedule_id}/trend", operation_id="get_schedule_trend")
+@router.get(
+    "/{schedule_id}/trend",
+    operation_id="get_schedule_trend",
+    response_model=ScheduleTrend,
+    responses={200: {"content": {"text/html": {}}}},
+)
 def get_schedule_trend(
     schedule_id: str,
     session: SessionDep,
     _: Viewer,
     metric: str = Query(description="p99:HIST, count:HIST, total:TABLE, rate:TABLE, key:TABLE:KEY"),
     limit: int = Query(default=200, ge=1, le=2000),
-) -> ScheduleTrend:
-    """One series per host of a metric over the schedule's fired runs, oldest first."""
+    format: TrendFormat = TrendFormat.json,
+) -> ScheduleTrend | Response:
+    """One series per host of a metric over the schedule's fired runs, oldest first.
+
+    Also as a self-contained HTML page: a line chart per host and the table of values.
+    """
     schedule = _found(session, schedule_id)
     try:
         parsed = Metric.parse(metric)
     except BadMetric as exc:
         detail = [{"loc": ["query", "metric"], "msg": str(exc), "type": "value_error"}]
         raise HTTPException(422, detail) from None
-    return trend(session=session, schedule=schedule, metric=parsed, raw=metric, limit=limit)
+    found = trend(session=session, schedule=schedule, metric=parsed, raw=metric, limit=limit)
+    if format is TrendFormat.html:
+        page = render_trend_html(found, schedule.name)
+        return Response(page, media_type="text/html; charset=utf-8")
+    return found
 
 
 @router.get("/{schedule_id}/compare", operation_id="compare_schedule_runs")
