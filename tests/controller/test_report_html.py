@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
-import struct
-import subprocess
-import zlib
 from html.parser import HTMLParser
 from pathlib import Path
 from xml.etree import ElementTree
@@ -33,6 +29,7 @@ from node_agent.protocol import (
     RunState,
     StackCount,
 )
+from tests.controller.browser import screenshot
 from tests.controller.conftest import Tokens
 from tests.controller.test_reports import _fleet_job, feeder  # noqa: F401 (fixture)
 from tests.controller.test_storage import Feeder
@@ -292,84 +289,12 @@ def test_route_serves_html_and_exports(
     assert (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
 
 
-def _png_pixels(data: bytes) -> tuple[int, int, set[bytes]]:
-    """Width, height and the distinct pixels of an 8-bit RGB/RGBA PNG (what Chromium writes)."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, head = 8, b"", b""
-    while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        body = data[pos + 8 : pos + 8 + length]
-        if kind == b"IHDR":
-            head = body
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    width, height, depth, color = struct.unpack(">IIBB", head[:10])
-    assert depth == 8 and color in (2, 6)
-    bpp = 3 if color == 2 else 4
-    raw = zlib.decompress(idat)
-    stride = width * bpp
-    prev = bytearray(stride)
-    seen: set[bytes] = set()
-    for y in range(height):
-        kind, line = (
-            raw[y * (stride + 1)],
-            bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)]),
-        )
-        for i in range(stride):
-            left = line[i - bpp] if i >= bpp else 0
-            up, corner = prev[i], prev[i - bpp] if i >= bpp else 0
-            if kind == 1:
-                line[i] = (line[i] + left) & 255
-            elif kind == 2:
-                line[i] = (line[i] + up) & 255
-            elif kind == 3:
-                line[i] = (line[i] + (left + up) // 2) & 255
-            elif kind == 4:
-                p = left + up - corner
-                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
-                pred = left if pa <= pb and pa <= pc else (up if pb <= pc else corner)
-                line[i] = (line[i] + pred) & 255
-        if y % 8 == 0:  # a sample of rows is enough to tell drawn from blank
-            seen.update(bytes(line[i : i + 3]) for i in range(0, stride, bpp * 4))
-        prev = line
-    return width, height, seen
-
-
 @pytest.mark.root
 def test_chromium_draws_the_page_without_errors(tmp_path: Path) -> None:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (scripts/setup.sh installs it)")
     report, results = _fleet()
     page = tmp_path / "report.html"
     page.write_text(render_html(report, results), encoding="utf-8")
-    shot = tmp_path / "shot.png"
-    done = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={shot}",
-            "--window-size=1200,2000",
-            "--enable-logging=stderr",
-            "--v=0",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "Uncaught" not in done.stderr and "ERROR:CONSOLE" not in done.stderr, done.stderr
-    width, height, colours = _png_pixels(shot.read_bytes())
+    width, height, colours = screenshot(page, tmp_path, (1200, 2000))
     assert (width, height) == (1200, 2000)
     # Heatmap blues, flame warm colours, text: a drawn page has many colours, a blank one 1.
     assert len(colours) > 50

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
@@ -20,9 +18,10 @@ from controller.cli.main import build_parser
 from controller.reports.trend_chart import line_chart, nice_step, render_trend_html, y_range
 from controller.schedules.trend import ScheduleTrend, TrendPoint, TrendSeries
 from node_agent.protocol import Log2Histogram
+from tests.controller.browser import screenshot
 from tests.controller.conftest import Tokens
 from tests.controller.support import register_host
-from tests.controller.test_report_html import _Balance, _png_pixels
+from tests.controller.test_report_html import _Balance
 from tests.controller.test_schedules import _put_results, make
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -156,37 +155,9 @@ def test_route_and_cli_serve_the_page(
 
 @pytest.mark.root
 def test_chromium_draws_the_trend_page(tmp_path: Path) -> None:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (scripts/setup.sh installs it)")
     values = {f"web-{h}": [float(10 * h + (i % 5)) for i in range(30)] for h in range(9)}
     page = tmp_path / "trend.html"
     page.write_text(render_trend_html(_trend(values), "nightly"), encoding="utf-8")
-    shot = tmp_path / "shot.png"
-    done = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={shot}",
-            "--window-size=1200,900",
-            "--enable-logging=stderr",
-            "--v=0",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "Uncaught" not in done.stderr and "ERROR:CONSOLE" not in done.stderr, done.stderr
-    width, height, colours = _png_pixels(shot.read_bytes())
+    width, height, colours = screenshot(page, tmp_path, (1200, 900))
     assert (width, height) == (1200, 900)
     assert len(colours) > 20  # nine coloured lines, dots and text: not a blank page
