@@ -5,6 +5,7 @@ from controller.bootstrap.models import BootstrapBatch, BootstrapRun, BootstrapS
 from controller.db import Base
 from controller.hosts.models import Host
 from controller.jobs.models import Job, JobEvent, Run, SnapshotRow
+from controller.reports.store import RunDigestRow
 from controller.schedules.models import Schedule, ScheduleFire
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "Job",
     "JobEvent",
     "Run",
+    "RunDigestRow",
     "Schedule",
     "ScheduleFire",
     "SnapshotRow",

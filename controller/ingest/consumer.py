@@ -21,6 +21,7 @@ from controller.db import utcnow
 from controller.hosts import service as hosts_service
 from controller.jobs import service as jobs_service
 from controller.jobs.models import Job, Run, SnapshotRow
+from controller.reports import store as digests
 from controller.settings import Settings
 from node_agent.protocol import Heartbeat, RunState, Snapshot, StateChange, StreamEnvelope
 from node_agent.wire import EVENTS_STREAM
@@ -186,6 +187,10 @@ class Ingest:
         )
         session.add(row)
         run.last_seq = max(run.last_seq, snap.seq)
+        if snap.final:  # reports read the digest, not the (possibly huge) snapshot
+            digests.put(
+                session, run_id=run.id, job_id=run.job_id, seq=snap.seq, results=snap.results
+            )
         return row
 
     def _snapshot_event(self, session: Session, run: Run, row: SnapshotRow) -> None:

@@ -1,4 +1,4 @@
-"""Pure report math: robust outlier scores, histogram distance, keys on one host, units."""
+"""Pure report math: robust outlier scores, histogram distance, projected keys, units."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 
-from controller.jobs.stats import summarize
-from controller.reports.models import HistogramStats, OneHostKey, TableStats, TopKey
-from node_agent.protocol import CounterTable, KeyValue, Log2Histogram
+from node_agent.protocol import CounterTable, KeyValue
 
 Z_THRESHOLD = 3.5
 JS_THRESHOLD = 0.1
@@ -59,44 +57,6 @@ def js_divergence(
     return max(0.0, (kl(p) + kl(q)) / 2)
 
 
-def _rate(count: float, span_s: float | None) -> float | None:
-    return count / span_s if span_s else None
-
-
-def histogram_stats(hist: Log2Histogram, span_s: float | None) -> HistogramStats:
-    summary = summarize(hist.buckets, (50.0, 90.0, 99.0))
-    bounds = summary.max_bounds
-    return HistogramStats(
-        name=hist.name,
-        labels=dict(hist.labels),
-        unit=hist.unit,
-        count=summary.count,
-        rate_per_s=_rate(summary.count, span_s),
-        p50=summary.percentiles[50.0],
-        p90=summary.percentiles[90.0],
-        p99=summary.percentiles[99.0],
-        max=bounds[1] if bounds else None,
-    )
-
-
-def table_stats(table: CounterTable, span_s: float | None, top: int) -> TableStats:
-    totals = [0] * len(table.value_fields)
-    for _, values in table.rows:
-        for i, v in enumerate(values[: len(totals)]):
-            totals[i] += v
-    rates = [t / span_s for t in totals] if span_s else None
-    return TableStats(
-        name=table.name,
-        key_fields=[f.name for f in table.key_fields],
-        value_fields=list(table.value_fields),
-        rows=table.total_rows or len(table.rows),
-        totals=totals,
-        rates_per_s=rates,
-        top=[TopKey(key=list(k), values=list(v)) for k, v in table.rows[:top]],
-        truncated=table.truncated,
-    )
-
-
 def comparable_fields(table: CounterTable) -> list[int]:
     """Indexes of key fields that mean the same on every host (pids do not)."""
     return [i for i, f in enumerate(table.key_fields) if not PID_FIELD.search(f.name)]
@@ -111,31 +71,6 @@ def project(table: CounterTable) -> dict[tuple[KeyValue, ...], list[int]]:
         for i, v in enumerate(values):
             have[i] += v
     return out
-
-
-def one_host_keys(tables: Mapping[str, CounterTable], limit: int = 50) -> list[OneHostKey]:
-    """Keys (non-pid fields) that only one of the hosts having this table reports, largest first."""
-    if len(tables) < 2:
-        return []
-    projected = {host: project(t) for host, t in tables.items()}
-    seen_on: dict[tuple[KeyValue, ...], list[str]] = {}
-    for host, rows in projected.items():
-        for key in rows:
-            seen_on.setdefault(key, []).append(host)
-    first = next(iter(tables.values()))
-    names = [first.key_fields[i].name for i in comparable_fields(first)]
-    found = [
-        OneHostKey(
-            table=first.name,
-            host=hosts[0],
-            key=dict(zip(names, key, strict=True)),
-            values=projected[hosts[0]][key],
-        )
-        for key, hosts in seen_on.items()
-        if len(hosts) == 1
-    ]
-    found.sort(key=lambda k: (-(k.values[0] if k.values else 0), k.host, str(k.key)))
-    return found[:limit]
 
 
 def human(value: float, unit: str) -> str:

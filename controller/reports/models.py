@@ -75,7 +75,10 @@ class HostReport(BaseModel):
 class FleetReport(BaseModel):
     hosts: int
     histograms: list[HistogramStats]
-    tables: list[TableStats]
+    tables: list[TableStats] = Field(
+        description="each counter table summed over hosts by its non-pid key fields (a pid "
+        "names different processes on different hosts); rows counts the distinct keys"
+    )
     medians: dict[str, float]
 
 

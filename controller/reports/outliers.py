@@ -9,14 +9,11 @@ from controller.reports.analysis import (
     JS_THRESHOLD,
     MIN_HOSTS_FOR_MAD,
     Z_THRESHOLD,
-    comparable_fields,
     human,
-    js_divergence,
     modified_z,
-    project,
 )
 from controller.reports.models import HistogramStats, Metric, Outlier, TableStats
-from node_agent.protocol import CounterTable, KeyValue, Log2Histogram
+from node_agent.protocol import KeyValue
 
 PERCENTILES = ("p50", "p90", "p99", "max")
 
@@ -33,7 +30,7 @@ def key_text(fields: Sequence[str], key: Sequence[KeyValue]) -> str:
 def histogram_metrics(stats: HistogramStats) -> list[Metric]:
     series = series_name(stats.name, stats.labels)
     out = [
-        Metric(id=f"hist:{series}:{p}", label=f"{p} {series}", value=value, unit=stats.unit)
+        Metric(id=f"hist:{series}:{p}", label=f"{p} {series}", value=float(value), unit=stats.unit)
         for p in PERCENTILES
         if (value := getattr(stats, p)) is not None
     ]
@@ -50,35 +47,26 @@ def histogram_metrics(stats: HistogramStats) -> list[Metric]:
 
 
 def table_metrics(
-    table: CounterTable,
-    stats: TableStats,
-    keys: Sequence[tuple[KeyValue, ...]],
-    span_s: float | None,
+    stats: TableStats, keys: Sequence[tuple[str, float]], span_s: float | None
 ) -> list[Metric]:
-    """Totals per value field and the given (non-pid) keys' first value, per second if known."""
+    """Totals per value field and the fleet's busiest keys (text, this host's first value),
+    per second if the span is known."""
     per, unit = (span_s, "/s") if span_s else (1.0, "")
     out = [
         Metric(
             id=f"table:{stats.name}:{field}",
             label=f"{stats.name} {field}",
-            value=total / per,
+            value=float(total / per),
             unit=unit,
         )
         for field, total in zip(stats.value_fields, stats.totals, strict=True)
     ]
-    rows = project(table)
-    fields = [table.key_fields[i].name for i in comparable_fields(table)]
-    for key in keys:
-        text = key_text(fields, key)
-        value = rows.get(key, [0])[0]
-        out.append(
-            Metric(
-                id=f"key:{stats.name}:{text}",
-                label=f"{stats.name} {text}",
-                value=value / per,
-                unit=unit,
-            )
+    out += [
+        Metric(
+            id=f"key:{stats.name}:{text}", label=f"{stats.name} {text}", value=v / per, unit=unit
         )
+        for text, v in keys
+    ]
     return out
 
 
@@ -132,22 +120,13 @@ def mad_outliers(
     return out
 
 
-def distance_outliers(
-    per_host: Mapping[str, Sequence[Log2Histogram]], fleet: Sequence[Log2Histogram]
-) -> list[Outlier]:
-    """Hosts whose bucket distribution differs from the fleet's merged one."""
-    if len(per_host) < 2:
-        return []
-    merged = {series_name(h.name, h.labels): h for h in fleet}
-    scored: dict[str, list[tuple[str, float]]] = {}
-    for host, hists in per_host.items():
-        for hist in hists:
-            series = series_name(hist.name, hist.labels)
-            if series in merged:
-                jsd = js_divergence(hist.buckets, merged[series].buckets)
-                scored.setdefault(series, []).append((host, jsd))
+def distance_outliers(scored: Mapping[str, Sequence[tuple[str, float]]]) -> list[Outlier]:
+    """Hosts whose bucket distribution differs from the fleet's merged one, given each
+    series' (host, Jensen-Shannon divergence) pairs."""
     out: list[Outlier] = []
     for series, items in scored.items():
+        if len(items) < 2:
+            continue
         # The fleet includes the odd host, so normal hosts drift too: keep only standouts.
         zs = modified_z([jsd for _, jsd in items])
         for (host, jsd), z in zip(items, zs, strict=True):

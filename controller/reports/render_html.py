@@ -5,13 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from controller.jobs.models import JobResults
+import numpy as np
+
+from controller.jobs.merge import merge_stacks
 from controller.reports import svg
-from controller.reports.analysis import human, js_divergence
+from controller.reports.analysis import human
+from controller.reports.digest import Ints
 from controller.reports.flame import differential, layout, path_counts
-from controller.reports.models import HistogramStats, JobReport
+from controller.reports.fleet import Series
+from controller.reports.models import HistogramStats, JobReport, TableStats
 from controller.reports.outliers import key_text, series_name
-from node_agent.protocol import CounterTable, FoldedStacks, Log2Histogram
+from controller.reports.service import Analysis
+from node_agent.protocol import FoldedStacks
 from node_agent.render import slot_bounds
 
 MAX_HEATMAP_ROWS = 200
@@ -40,14 +45,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _shares(buckets: Sequence[tuple[int, int]]) -> dict[int, float]:
-    total = sum(c for _, c in buckets)
-    out: dict[int, float] = {}
-    for slot, count in buckets:
-        out[slot] = out.get(slot, 0.0) + (count / total if total else 0.0)
-    return out
-
-
 def _in(v: int | None, unit: str) -> str:
     return human(v, unit) if v is not None else "-"
 
@@ -63,59 +60,58 @@ def _ranked_hosts(report: JobReport) -> list[str]:
     return first + sorted(h.host for h in report.hosts if h.host not in first)
 
 
-def _histogram_section(report: JobReport, results: JobResults, fleet: Log2Histogram) -> str:
-    series = series_name(fleet.name, fleet.labels)
-    per_host: dict[str, Log2Histogram] = {}
-    for host in results.hosts:
-        for r in host.results:
-            if isinstance(r, Log2Histogram) and series_name(r.name, r.labels) == series:
-                per_host[host.host] = r
-    used = sorted({s for s, c in fleet.buckets if c > 0})
-    if not used:
+def _shares_of(counts: Ints) -> dict[int, float]:
+    total = float(counts.sum())
+    return {int(s): float(counts[s]) / total for s in np.flatnonzero(counts)} if total else {}
+
+
+def _histogram_section(report: JobReport, s: Series) -> str:
+    series = series_name(s.name, s.labels)
+    used = np.flatnonzero(s.fleet)
+    if len(used) == 0:
         return f"<h2>{_e(series)}</h2><p class='note'>no samples</p>"
-    slots = list(range(used[0], used[-1] + 1))
+    slots = list(range(int(used[0]), int(used[-1]) + 1))
+    unit = s.unit
 
     def label(slot: int) -> str:
-        return "≤" + human(slot_bounds(slot)[1], fleet.unit)
+        return "≤" + human(slot_bounds(slot)[1], unit)
 
-    order = [h for h in _ranked_hosts(report) if h in per_host]
+    row_of = {h: i for i, h in enumerate(s.hosts)}
+    order = [h for h in _ranked_hosts(report) if h in row_of]
     flagged = {o.host for o in report.outliers}
     note = ""
     if len(order) > MAX_HEATMAP_ROWS:
         # Too many rows to read: keep the outliers, then the hosts furthest from the fleet.
-        rest = sorted(
-            (h for h in order if h not in flagged),
-            key=lambda h: -js_divergence(per_host[h].buckets, fleet.buckets),
-        )
+        rest = sorted((h for h in order if h not in flagged), key=lambda h: -s.js[row_of[h]])
         order = [h for h in order if h in flagged] + rest
         note = (
             f"<p class='note'>{len(order) - MAX_HEATMAP_ROWS} more hosts not shown; rows are the "
             "outliers, then the hosts furthest from the fleet (Jensen-Shannon).</p>"
         )
         order = order[:MAX_HEATMAP_ROWS]
-    rows = [(h, _shares(per_host[h].buckets)) for h in order]
+    rows = [(h, _shares_of(s.matrix[row_of[h]])) for h in order]
     overlay_hosts = [h for h in order if h in flagged][:MAX_OVERLAY_HOSTS] or order[:3]
     table_rows = [
-        _stats_row(h.host, s)
+        _stats_row(h.host, st)
         for h in report.hosts
-        for s in h.histograms
-        if series_name(s.name, s.labels) == series
+        for st in h.histograms
+        if series_name(st.name, st.labels) == series
     ]
     fleet_stats = next(
-        (s for s in report.fleet.histograms if series_name(s.name, s.labels) == series), None
+        (st for st in report.fleet.histograms if series_name(st.name, st.labels) == series), None
     )
     if fleet_stats is not None:
         table_rows.append(_stats_row("fleet", fleet_stats))
     return "".join(
         [
-            f"<h2>{_e(series)} ({_e(fleet.unit)})</h2>",
+            f"<h2>{_e(series)} ({_e(unit)})</h2>",
             "<h3>Hosts by buckets</h3>",
             svg.heatmap(rows, slots, label, f"heatmap of {series}"),
             note,
             "<h3>Hosts over the fleet (normalized)</h3>",
             svg.overlay(
-                _shares(fleet.buckets),
-                [(h, _shares(per_host[h].buckets)) for h in overlay_hosts],
+                _shares_of(s.fleet),
+                [(h, _shares_of(s.matrix[row_of[h]])) for h in overlay_hosts],
                 slots,
                 label,
                 f"{series}: hosts over the fleet",
@@ -125,20 +121,17 @@ def _histogram_section(report: JobReport, results: JobResults, fleet: Log2Histog
     )
 
 
-def _bars_of(table: CounterTable, top: int) -> list[tuple[str, float]]:
-    fields = [f.name for f in table.key_fields]
-    return [(key_text(fields, k), float(v[0] if v else 0)) for k, v in table.rows[:top]]
+def _bars_of(stats: TableStats, top: int) -> list[tuple[str, float]]:
+    return [
+        (key_text(stats.key_fields, k.key), float(k.values[0] if k.values else 0))
+        for k in stats.top[:top]
+    ]
 
 
-def _table_section(report: JobReport, results: JobResults, fleet: CounterTable, top: int) -> str:
+def _table_section(report: JobReport, fleet: TableStats, top: int) -> str:
     parts = [f"<h2>{_e(fleet.name)}</h2>", "<h3>Fleet: top keys</h3>"]
     parts.append(svg.bars(_bars_of(fleet, top), f"{fleet.name}: fleet top keys"))
-    per_host = {
-        h.host: r
-        for h in results.hosts
-        for r in h.results
-        if isinstance(r, CounterTable) and r.name == fleet.name
-    }
+    per_host = {h.host: t for h in report.hosts for t in h.tables if t.name == fleet.name}
     order = [h for h in _ranked_hosts(report) if h in per_host]
     for host in order[:MAX_HOST_CHARTS]:
         items = _bars_of(per_host[host], top)
@@ -152,16 +145,18 @@ def _table_section(report: JobReport, results: JobResults, fleet: CounterTable, 
     return "".join(parts)
 
 
-def _stacks_of(results: JobResults, host: str | None) -> list[FoldedStacks]:
+def _stacks_of(analysis: Analysis, host: str | None) -> list[FoldedStacks]:
     if host is None:
-        return [r for r in results.merged if isinstance(r, FoldedStacks)]
-    return [
-        r for h in results.hosts if h.host == host for r in h.results if isinstance(r, FoldedStacks)
-    ]
+        by_name: dict[str, list[FoldedStacks]] = {}
+        for stacks in analysis.stacks.values():
+            for s in stacks:
+                by_name.setdefault(s.name, []).append(s)
+        return [merge_stacks(group) for group in by_name.values()]
+    return analysis.stacks.get(host, [])
 
 
-def _flame_section(report: JobReport, results: JobResults, diff_host: str | None) -> str:
-    fleet = _stacks_of(results, None)
+def _flame_section(report: JobReport, analysis: Analysis, diff_host: str | None) -> str:
+    fleet = _stacks_of(analysis, None)
     total, frames = layout(fleet)
     if total == 0:
         return ""
@@ -173,12 +168,12 @@ def _flame_section(report: JobReport, results: JobResults, diff_host: str | None
         svg.flame(total, frames, "fleet flame graph"),
     ]
     with_stacks = [
-        h for h in _ranked_hosts(report) if any(s.stacks for s in _stacks_of(results, h))
+        h for h in _ranked_hosts(report) if any(s.stacks for s in _stacks_of(analysis, h))
     ]
     chosen = diff_host if diff_host in with_stacks else (with_stacks[0] if with_stacks else None)
     if chosen is not None:
         fleet_total, counts = path_counts(fleet)
-        host_total, host_frames = layout(_stacks_of(results, chosen))
+        host_total, host_frames = layout(_stacks_of(analysis, chosen))
         delta = differential(host_total, host_frames, fleet_total, counts)
         why = "chosen" if chosen == diff_host else "the top-ranked host"
         parts += [
@@ -188,7 +183,7 @@ def _flame_section(report: JobReport, results: JobResults, diff_host: str | None
             svg.flame(host_total, host_frames, f"differential flame graph {chosen}", delta),
         ]
     for host in with_stacks[:MAX_HOST_CHARTS]:
-        host_total, host_frames = layout(_stacks_of(results, host))
+        host_total, host_frames = layout(_stacks_of(analysis, host))
         parts += [
             f"<h3>{_e(host)} ({host_total:,} samples)</h3>",
             svg.flame(host_total, host_frames, f"flame graph {host}"),
@@ -201,7 +196,7 @@ def _flame_section(report: JobReport, results: JobResults, diff_host: str | None
 
 
 def render_html(
-    report: JobReport, results: JobResults, *, top: int = 10, diff_host: str | None = None
+    report: JobReport, analysis: Analysis, *, top: int = 10, diff_host: str | None = None
 ) -> str:
     title = f"Report: job {report.job_id} ({report.program}, {report.state.value})"
     items = [f"<li>{_e(o.sentence)}</li>" for o in report.outliers] or ["<li>none</li>"]
@@ -231,13 +226,11 @@ def render_html(
             for m in report.missing
         )
         parts.append(f"<h2>Hosts without complete results</h2><ul class='missing'>{missing}</ul>")
-    for r in results.merged:
-        if isinstance(r, Log2Histogram):
-            parts.append(_histogram_section(report, results, r))
-    for r in results.merged:
-        if isinstance(r, CounterTable):
-            parts.append(_table_section(report, results, r, top))
-    parts.append(_flame_section(report, results, diff_host))
+    for s in analysis.series:
+        parts.append(_histogram_section(report, s))
+    for t in report.fleet.tables:
+        parts.append(_table_section(report, t, top))
+    parts.append(_flame_section(report, analysis, diff_host))
     if report.one_host_keys:
         parts.append("<h2>Keys seen on one host only</h2>")
         parts.append(

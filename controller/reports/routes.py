@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 
 from controller.api.deps import SessionDep, Viewer
 from controller.jobs import service as jobs
-from controller.jobs.models import Job
+from controller.jobs.models import Job, JobResults
+from controller.jobs.results import job_results
 from controller.reports import exports, service
 from controller.reports.models import CompareReport, JobReport
 from controller.reports.render_csv import render_csv
@@ -71,27 +72,32 @@ def get_job_report(
     Also as Markdown, CSV, a self-contained HTML page, OpenMetrics (histograms), folded stacks
     and speedscope JSON (one sampled profile per host).
     """
-    report, results = service.job_report_with_results(
-        session=session, job=_job(session, job_id), top=top
-    )
+    job = _job(session, job_id)
+    if format in (ReportFormat.openmetrics, ReportFormat.folded, ReportFormat.speedscope):
+        return _export(job, job_results(session=session, job=job), format, host)
+    report, analysis = service.job_report_with_analysis(session=session, job=job, top=top)
     if format is ReportFormat.md:
         return PlainTextResponse(render_md(report), media_type="text/markdown; charset=utf-8")
     if format is ReportFormat.csv:
         return PlainTextResponse(render_csv(report), media_type="text/csv; charset=utf-8")
     if format is ReportFormat.html:
-        page = render_html(report, results, top=top, diff_host=host)
+        with service.gc_paused():
+            page = render_html(report, analysis, top=top, diff_host=host)
         return Response(page, media_type="text/html; charset=utf-8")
+    return report
+
+
+def _export(job: Job, results: JobResults, format: ReportFormat, host: str | None) -> Response:
+    """The formats other tools read, made from the raw results."""
     if format is ReportFormat.openmetrics:
         return Response(exports.openmetrics(results), media_type=exports.OPENMETRICS_TYPE)
     if format is ReportFormat.folded:
         stacks = exports.stacks_of(results, host)
         if stacks is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no host {host} in job {job_id}")
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no host {host} in job {job.id}")
         return PlainTextResponse(exports.folded(stacks))
-    if format is ReportFormat.speedscope:
-        body = json.dumps(exports.speedscope(results), separators=(",", ":"))
-        return Response(body, media_type="application/json")
-    return report
+    body = json.dumps(exports.speedscope(results), separators=(",", ":"))
+    return Response(body, media_type="application/json")
 
 
 @router.get("/v1/reports/compare", operation_id="compare_jobs")

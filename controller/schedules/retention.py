@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from controller.db import utcnow
 from controller.jobs.models import Job, JobEvent, JobState, SnapshotRow
+from controller.reports.store import RunDigestRow
 from controller.schedules.models import Schedule, ScheduleFire
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def prune(*, session: Session, schedule: Schedule, now: datetime | None = None) 
     if not doomed:
         return []
     session.execute(delete(SnapshotRow).where(SnapshotRow.job_id.in_(doomed)))
+    session.execute(delete(RunDigestRow).where(RunDigestRow.job_id.in_(doomed)))
     session.execute(delete(JobEvent).where(JobEvent.job_id.in_(doomed)))
     session.execute(update(ScheduleFire).where(ScheduleFire.job_id.in_(doomed)).values(job_id=None))
     for job in session.scalars(select(Job).where(Job.id.in_(doomed))):

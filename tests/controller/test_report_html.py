@@ -17,7 +17,7 @@ from controller.reports import exports
 from controller.reports.flame import Frame, differential, layout, path_counts
 from controller.reports.models import JobReport
 from controller.reports.render_html import render_html
-from controller.reports.service import build_report
+from controller.reports.service import Analysis, build, input_of
 from controller.reports.svg import diff_color
 from node_agent.protocol import (
     CounterTable,
@@ -46,6 +46,11 @@ def _stacks(rows: dict[str, int]) -> FoldedStacks:
 
 
 def _fleet() -> tuple[JobReport, JobResults]:
+    report, _, results = _fleet_analysed()
+    return report, results
+
+
+def _fleet_analysed() -> tuple[JobReport, Analysis, JobResults]:
     """Five hosts alike but web-4 (slow waits, opens /tmp/hot, spins in `spin`); web-5 failed."""
     hosts: list[HostResult] = []
     for i in range(5):
@@ -97,8 +102,9 @@ def _fleet() -> tuple[JobReport, JobResults]:
         job_id="j1", program="cpu_profile", state=JobState.partial, hosts=hosts, merged=merged
     )
     spans = {f"run-{i}": 2.0 for i in range(5)}
-    report = build_report(job, spans=spans, reasons={"run-5": "compile error: no map"})
-    return report, job
+    data = input_of(job, spans=spans, reasons={"run-5": "compile error: no map"})
+    report, analysis = build(data)
+    return report, analysis, job
 
 
 class _Balance(HTMLParser):
@@ -125,8 +131,8 @@ def _svgs(page: str) -> list[ElementTree.Element]:
 
 
 def test_html_is_well_formed_offline_and_outliers_come_first() -> None:
-    report, results = _fleet()
-    page = render_html(report, results)
+    report, analysis, _ = _fleet_analysed()
+    page = render_html(report, analysis)
     checker = _Balance()
     checker.feed(page)
     checker.close()
@@ -152,17 +158,17 @@ def test_html_is_well_formed_offline_and_outliers_come_first() -> None:
 
 
 def test_long_outlier_lists_fold_after_twenty() -> None:
-    report, results = _fleet()
+    report, analysis, _ = _fleet_analysed()
     many = report.model_copy(update={"outliers": report.outliers * 5})
-    page = render_html(many, results)
+    page = render_html(many, analysis)
     shown = page.split("<details>")[0].count("<li>")
     assert shown == 21  # 20 sentences, then the item holding the folded rest
     assert f"<summary>{len(many.outliers) - 20} more</summary>" in page
 
 
 def test_heatmap_cells_and_overlay_lines() -> None:
-    report, results = _fleet()
-    heat, over = _svgs(render_html(report, results))[:2]
+    report, analysis, _ = _fleet_analysed()
+    heat, over = _svgs(render_html(report, analysis))[:2]
     titles = [t.text or "" for t in heat.iter("title")]
     # 100 of 110 samples of web-4 wait in slot 12 (<= 4,095 usec = 4.1 ms).
     assert f"{ODD} ≤4.1 ms: 90.9% of its samples" in titles
@@ -291,9 +297,9 @@ def test_route_serves_html_and_exports(
 
 @pytest.mark.root
 def test_chromium_draws_the_page_without_errors(tmp_path: Path) -> None:
-    report, results = _fleet()
+    report, analysis, _ = _fleet_analysed()
     page = tmp_path / "report.html"
-    page.write_text(render_html(report, results), encoding="utf-8")
+    page.write_text(render_html(report, analysis), encoding="utf-8")
     width, height, colours = screenshot(page, tmp_path, (1200, 2000))
     assert (width, height) == (1200, 2000)
     # Heatmap blues, flame warm colours, text: a drawn page has many colours, a blank one 1.

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from controller.jobs.merge import merge_results
 from controller.jobs.models import HostResult, JobResults, JobState
-from controller.reports.analysis import histogram_stats, human, js_divergence, modified_z
-from controller.reports.analysis import one_host_keys as find_one_host_keys
-from controller.reports.service import build_report, compare
+from controller.reports.analysis import human, js_divergence, modified_z
+from controller.reports.digest import (
+    decode,
+    decode_detail,
+    digest,
+    encode,
+    encode_detail,
+    histogram,
+)
+from controller.reports.fleet import js_rows
+from controller.reports.models import OneHostKey
+from controller.reports.service import build_report, compare, histogram_stats
 from node_agent.protocol import CounterTable, KeyField, KeyValue, Log2Histogram, Result, RunState
 
 
@@ -69,10 +79,10 @@ def _results(
 
 def test_percentiles_are_bucket_upper_bounds_at_the_rank() -> None:
     # n=10: rank 5 falls in slot 3 [4,7], rank 9 in slot 5 [16,31], rank ceil(9.9)=10 in slot 10.
-    stats = histogram_stats(_hist([(3, 5), (5, 4), (10, 1)]), span_s=2.0)
+    stats = histogram_stats(histogram(_hist([(3, 5), (5, 4), (10, 1)])), span=2.0)
     assert (stats.count, stats.p50, stats.p90, stats.p99, stats.max) == (10, 7, 31, 1023, 1023)
     assert stats.rate_per_s == 5.0
-    empty = histogram_stats(_hist([]), span_s=None)
+    empty = histogram_stats(histogram(_hist([])), span=None)
     assert (empty.p50, empty.max, empty.rate_per_s) == (None, None, None)
 
 
@@ -115,8 +125,45 @@ def test_js_divergence() -> None:
     assert js_divergence([], [(1, 1)]) == 0.0
 
 
+def test_js_divergence_of_many_rows_matches_the_reference() -> None:
+    rows = [[(1, 2)], [(1, 1), (2, 1)], [(3, 4)], [], [(0, 5), (63, 1)]]
+    fleet = [(1, 1), (2, 1), (3, 4), (0, 1)]
+    matrix = np.zeros((len(rows), 64), dtype=np.int64)
+    for i, row in enumerate(rows):
+        for slot, count in row:
+            matrix[i, slot] = count
+    dense = np.zeros(64, dtype=np.int64)
+    for slot, count in fleet:
+        dense[slot] = count
+    got = js_rows(matrix, dense)
+    assert list(got) == pytest.approx([js_divergence(r, fleet) for r in rows])
+    assert got[3] == 0.0  # an empty host
+
+
+def test_a_digest_survives_storage() -> None:
+    table = _opens([(1, "/etc/a", 3), (2, "/etc/a", 2), (3, "/etc/b", 7)])
+    run, details = digest(4, [_hist([(3, 5), (9, 1)]), table])
+    body, blob = encode(run)
+    back = decode(body, blob)
+    assert (back.seq, back.results) == (4, 2)
+    assert back.histograms[0].buckets() == [(3, 5), (9, 1)]
+    assert back.histograms[0].p99 == 511
+    t = back.tables[0]
+    assert (t.totals, t.rows, t.comparable) == ([12], 3, ["comm", "path"])
+    # Projected over comm and path: /etc/a 3+2, /etc/b 7; sorted by hash, named by the detail.
+    keys = decode_detail(encode_detail(details))[0]
+    named = {tuple(keys.key(i)): int(t.values[i, 0]) for i in range(len(t.hashes))}
+    assert named == {("cat", "/etc/a"): 5, ("cat", "/etc/b"): 7}
+    assert list(t.hashes) == sorted(t.hashes)
+
+
+def _one_host_keys(tables: dict[str, CounterTable]) -> list[OneHostKey]:
+    report = build_report(_results({h: [t] for h, t in tables.items()}), spans={}, reasons={})
+    return report.one_host_keys
+
+
 def test_keys_on_one_host_ignore_pids() -> None:
-    found = find_one_host_keys(
+    found = _one_host_keys(
         {
             "a": _opens([(1, "/etc/a", 3), (2, "/etc/a", 2)]),
             "b": _opens([(9, "/etc/a", 4), (9, "/only/b", 7), (8, "/only/b", 1)]),
@@ -125,7 +172,7 @@ def test_keys_on_one_host_ignore_pids() -> None:
     assert [(k.host, k.key, k.values) for k in found] == [
         ("b", {"comm": "cat", "path": "/only/b"}, [8])
     ]
-    assert find_one_host_keys({"a": _opens([(1, "/z", 1)])}) == []
+    assert _one_host_keys({"a": _opens([(1, "/z", 1)])}) == []
 
 
 def test_human_units() -> None:

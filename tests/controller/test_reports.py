@@ -8,19 +8,23 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.cli.errors import CliError
 from controller.cli.main import build_parser
 from controller.ingest.consumer import Ingest
+from controller.jobs.models import SnapshotRow
+from controller.reports.store import RunDigestRow
 from controller.settings import Settings
 from node_agent.protocol import Log2Histogram, Result, Snapshot
 from tests.controller.conftest import Tokens
-from tests.controller.support import counters, register_host, state, submit
+from tests.controller.support import counters, register_host, snapshot, state, submit
 from tests.controller.test_storage import Feeder
 
 
@@ -108,6 +112,66 @@ def test_report_json_names_the_odd_host_and_the_missing_one(
     ]
     assert [(k["host"], k["key"]) for k in report["one_host_keys"]] == [(odd, {"key": "/tmp/hot"})]
     assert "upper bound" in report["percentile_method"]
+
+
+def test_report_reads_digests_and_digests_newer_snapshots(
+    client: TestClient, tokens: Tokens, feeder: Feeder, sessions: sessionmaker[Session]
+) -> None:
+    names = [f"dig{uuid.uuid4().hex[:6]}-{i}" for i in range(3)]
+    for name in names:
+        register_host(client, tokens.headers("admin"), name)
+    job = submit(client, tokens.headers("operator"), targets={"hosts": names}, program="runqlat")
+    runs = {r["host"]: r["id"] for r in job["runs"]}
+
+    def report() -> dict[str, Any]:
+        answer = client.get(f"/v1/jobs/{job['id']}/report", headers=tokens.headers("viewer"))
+        assert answer.status_code == 200, answer.text
+        body: dict[str, Any] = answer.json()
+        return body
+
+    def digest_seqs() -> dict[str, int]:
+        with sessions() as session:
+            rows = session.execute(
+                select(RunDigestRow.run_id, RunDigestRow.seq).where(
+                    RunDigestRow.job_id == job["id"]
+                )
+            )
+            return {run_id: seq for run_id, seq in rows}
+
+    # A live job: no final snapshot yet, so no digest until a report asks for one.
+    for name in names:
+        feeder(name, state(runs[name], "running"), job_id=job["id"])
+        feeder(name, snapshot(runs[name], 0, [counters("opens", {"/etc/hosts": 5})]))
+    assert digest_seqs() == {}
+    assert report()["fleet"]["tables"][0]["totals"] == [15]
+    assert digest_seqs() == {runs[n]: 0 for n in names}
+    # The final snapshots: the ingest digests them as it stores them.
+    for i, name in enumerate(names):
+        rows = {"/etc/hosts": 7} | ({"/only/here": 3} if i == 2 else {})
+        feeder(
+            name,
+            snapshot(runs[name], 1, [counters("opens", rows)], final=True),
+            state(runs[name], "succeeded"),
+            job_id=job["id"],
+        )
+    assert digest_seqs() == {runs[n]: 1 for n in names}
+    # With the raw rows gone, the report still has every number: it reads the digests.
+    with sessions() as session:
+        session.execute(
+            update(SnapshotRow).where(SnapshotRow.job_id == job["id"]).values(results=[])
+        )
+        session.commit()
+    body = report()
+    fleet = body["fleet"]["tables"][0]
+    assert (fleet["totals"], fleet["rows"]) == ([24], 2)
+    assert fleet["top"] == [
+        {"key": ["/etc/hosts"], "values": [21]},
+        {"key": ["/only/here"], "values": [3]},
+    ]
+    assert [(k["host"], k["key"]) for k in body["one_host_keys"]] == [
+        (names[2], {"key": "/only/here"})
+    ]
+    assert digest_seqs() == {runs[n]: 1 for n in names}
 
 
 def test_report_markdown_and_csv(client: TestClient, tokens: Tokens, feeder: Feeder) -> None:

@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db import make_engine, make_sessionmaker
 from controller.jobs.models import Job, JobEvent, Run, SnapshotRow
+from controller.reports import store as digests
+from controller.reports.store import RunDigestRow
 from controller.schedules import retention
 from controller.schedules.models import Schedule, ScheduleFire
 from controller.schedules.scheduler import Scheduler
@@ -334,6 +336,7 @@ def test_two_schedulers_racing_fire_each_slot_once(
 def _add_snapshots(sessions: sessionmaker[Session], job_id: str) -> None:
     with sessions() as session:
         for run in session.scalars(select(Run).where(Run.job_id == job_id)):
+            digests.put(session, run_id=run.id, job_id=job_id, seq=1, results=[])
             for seq in range(2):
                 session.add(
                     SnapshotRow(
@@ -357,7 +360,7 @@ def _left(sessions: sessionmaker[Session], job_ids: list[str]) -> dict[str, tupl
         for job_id in job_ids:
             rows = [
                 len(session.scalars(select(model.job_id).where(model.job_id == job_id)).all())
-                for model in (Run, SnapshotRow, JobEvent)
+                for model in (Run, SnapshotRow, JobEvent, RunDigestRow)
             ]
             counts[job_id] = (*rows, int(session.get(Job, job_id) is not None))
     return counts
@@ -377,8 +380,8 @@ def test_retention_by_count_prunes_old_jobs_and_their_snapshots(
         assert client.post(f"/v1/jobs/{job_id}/cancel", headers=headers).status_code == 200
         had.update(_left(sessions, [job_id]))
         jobs.append(job_id)
-    assert all(c[1] == 2 * c[0] > 0 and c[3] == 1 for c in had.values()), had
-    gone = (0, 0, 0, 0)
+    assert all(c[1] == 2 * c[0] > 0 and c[3] == c[0] and c[4] == 1 for c in had.values()), had
+    gone = (0, 0, 0, 0, 0)
     # Each fire prunes the finished jobs beyond the newest two: jobs 1 and 2 went already.
     after = _left(sessions, jobs)
     assert [after[j] == gone for j in jobs] == [True, True, False, False], after
@@ -417,7 +420,7 @@ def test_retention_by_age_keeps_unfinished_jobs(
         pruned = retention.prune(session=session, schedule=schedule)
     assert pruned == [old_done]
     left = _left(sessions, [old_done, old_running])
-    assert left[old_done] == (0, 0, 0, 0) and left[old_running][3] == 1
+    assert left[old_done] == (0, 0, 0, 0, 0) and left[old_running][4] == 1
 
 
 # -- trend ----------------------------------------------------------------------------------------

@@ -1,0 +1,256 @@
+"""The fleet side of a report, from run digests: hosts x buckets, keys grouped over hosts.
+
+Histograms of one series become a matrix (a row per host) so the fleet merge and each host's
+Jensen-Shannon divergence from it are a few array operations. Counter tables are grouped by
+their projected keys' hashes: the union of the hosts' sorted hash arrays, then per key the
+sum over hosts, how many hosts have it and (for keys on one host) which one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from controller.jobs.models import JobState
+from controller.reports.digest import Ints, RunDigest, TableDetail, TableDigest
+from node_agent.protocol import FoldedStacks, KeyValue, RunState
+
+Floats = npt.NDArray[np.float64]
+
+
+def constant(details: list[TableDetail]) -> Callable[[], list[TableDetail]]:
+    return lambda: details
+
+
+@dataclass
+class HostInput:
+    host: str
+    run_id: str
+    state: RunState
+    reason: str | None
+    span: float | None
+    digest: RunDigest | None
+    load_detail: Callable[[], list[TableDetail]] = field(repr=False, default=list)
+    _detail: list[TableDetail] | None = field(default=None, repr=False)
+
+    @property
+    def has_data(self) -> bool:
+        return self.digest is not None and self.digest.results > 0
+
+    def detail(self, table: str) -> TableDetail | None:
+        if self._detail is None:
+            self._detail = self.load_detail()
+        assert self.digest is not None
+        for t, d in zip(self.digest.tables, self._detail, strict=False):
+            if t.name == table:
+                return d
+        return None
+
+
+@dataclass
+class ReportInput:
+    job_id: str
+    program: str
+    state: JobState
+    hosts: list[HostInput]
+
+
+@dataclass
+class Series:
+    """One histogram series over the hosts that have it."""
+
+    name: str
+    unit: str
+    labels: dict[str, KeyValue]
+    hosts: list[str]
+    matrix: Ints  # (hosts, slots)
+    fleet: Ints  # (slots,)
+    js: Floats  # each host's divergence from the fleet
+
+    def buckets(self, counts: Ints) -> list[tuple[int, int]]:
+        return [(int(s), int(counts[s])) for s in np.flatnonzero(counts)]
+
+
+def js_rows(matrix: Ints, fleet: Ints) -> Floats:
+    """Jensen-Shannon divergence (bits) of each row's distribution from the fleet's; 0 where
+    either is empty. The same numbers as analysis.js_divergence, for many hosts at once."""
+    totals = matrix.sum(axis=1).astype(np.float64)
+    total = float(fleet.sum())
+    if total == 0:
+        return np.zeros(len(matrix))
+    q = fleet / total
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(totals[:, None] > 0, matrix / totals[:, None], 0.0)
+        m = (p + q) / 2
+        kp = np.where(p > 0, p * np.log2(p / m), 0.0).sum(axis=1)
+        kq = np.where(q > 0, q * np.log2(q / m), 0.0).sum(axis=1)
+    out: Floats = np.maximum(0.0, (kp + kq) / 2)
+    out[totals == 0] = 0.0
+    return out
+
+
+def series_of(hosts: Sequence[HostInput]) -> list[Series]:
+    """Every histogram series in order of first appearance, stacked over the hosts."""
+    found: dict[tuple[str, tuple[tuple[str, KeyValue], ...]], list[tuple[str, Ints]]] = {}
+    meta: dict[
+        tuple[str, tuple[tuple[str, KeyValue], ...]], tuple[str, str, dict[str, KeyValue]]
+    ] = {}
+    for host in hosts:
+        assert host.digest is not None
+        for h in host.digest.histograms:
+            key = (h.name, tuple(sorted(h.labels.items())))
+            found.setdefault(key, []).append((host.host, h.counts))
+            meta.setdefault(key, (h.name, h.unit, dict(h.labels)))
+    out: list[Series] = []
+    for key, rows in found.items():
+        width = max((len(c) for _, c in rows), default=0)
+        matrix = np.zeros((len(rows), width), dtype=np.int64)
+        for i, (_, counts) in enumerate(rows):
+            matrix[i, : len(counts)] = counts
+        fleet = matrix.sum(axis=0)
+        name, unit, labels = meta[key]
+        out.append(
+            Series(
+                name=name,
+                unit=unit,
+                labels=labels,
+                hosts=[h for h, _ in rows],
+                matrix=matrix,
+                fleet=fleet,
+                js=js_rows(matrix, fleet),
+            )
+        )
+    return out
+
+
+@dataclass
+class FleetTable:
+    """One counter table summed over hosts by its projected (non-pid) key."""
+
+    name: str
+    comparable: list[str]
+    value_fields: list[str]
+    truncated: bool
+    members: list[HostInput]  # the hosts that report this table
+    tables: list[TableDigest]  # theirs, aligned with members
+    hashes: Ints  # the union, sorted
+    sums: Ints  # (keys, value fields)
+    hosts: Ints  # how many members have each key
+    owner: Ints  # index into members of the (last) member having each key
+
+    def order(self) -> Ints:
+        """Key indexes, largest first value first (ties by hash, so stable across calls)."""
+        first = self.sums[:, 0] if self.sums.shape[1] else np.zeros(len(self.hashes), np.int64)
+        ordered: Ints = np.lexsort((self.hashes, -first))
+        return ordered
+
+    def key(self, index: int) -> list[KeyValue]:
+        """The projected key of one union entry, read from a member's detail."""
+        h = self.hashes[index]
+        candidates = [int(self.owner[index]), *range(len(self.members))]
+        for m in candidates:
+            table = self.tables[m]
+            pos = int(np.searchsorted(table.hashes, h))
+            if pos < len(table.hashes) and bool(table.hashes[pos] == h):
+                detail: TableDetail | None = self.members[m].detail(self.name)
+                if detail is not None and pos < len(detail.keys):
+                    return detail.key(pos)
+        raise LookupError(f"table {self.name}: no host names key #{index}")
+
+
+def group(arrays: Sequence[Ints]) -> tuple[Ints, list[Ints]]:
+    """The sorted union of many sorted, unique arrays, and each array's positions in it.
+
+    Hosts mostly share their keys, so the union stops growing early: positions found while
+    building it stay valid for every array checked after its last growth, and only the
+    arrays before it are searched again."""
+    union: Ints = np.unique(arrays[0]) if arrays else np.zeros(0, dtype=np.int64)
+    version = 0
+    found: list[tuple[int, Ints] | None] = []
+    pending: list[Ints] = []
+    pending_size = 0
+    for a in arrays:
+        if len(union) == 0:
+            union, version = np.unique(a), version + 1
+            found.append(None)
+            continue
+        pos = np.searchsorted(union, a)
+        pos[pos >= len(union)] = 0
+        hit = union[pos] == a
+        if bool(hit.all()):
+            found.append((version, pos))
+            continue
+        found.append(None)
+        pending.append(a[~hit])
+        pending_size += len(pending[-1])
+        if pending_size > len(union):  # merge in batches: no quadratic growth
+            union, version = np.union1d(union, np.concatenate(pending)), version + 1
+            pending, pending_size = [], 0
+    if pending:
+        union, version = np.union1d(union, np.concatenate(pending)), version + 1
+    positions = [
+        f[1] if f is not None and f[0] == version else np.searchsorted(union, a)
+        for a, f in zip(arrays, found, strict=True)
+    ]
+    return union, positions
+
+
+def fleet_table(members: Sequence[HostInput], name: str) -> FleetTable | None:
+    have = [
+        (m, t) for m in members if m.digest is not None for t in m.digest.tables if t.name == name
+    ]
+    if not have:
+        return None
+    first = have[0][1]
+    width = len(first.value_fields)
+    union, positions = group([t.hashes for _, t in have])
+    sums = np.zeros((len(union), width), dtype=np.int64)
+    hosts = np.zeros(len(union), dtype=np.int64)
+    owner = np.zeros(len(union), dtype=np.int64)
+    for i, ((_, t), ids) in enumerate(zip(have, positions, strict=True)):
+        # A host's hashes are unique, so `ids` has no repeats and += adds each once.
+        cols = min(width, t.values.shape[1] if t.values.ndim == 2 else 0)
+        sums[ids, :cols] += t.values[:, :cols]
+        hosts[ids] += 1
+        owner[ids] = i
+    return FleetTable(
+        name=name,
+        comparable=list(first.comparable),
+        value_fields=list(first.value_fields),
+        truncated=any(t.truncated for _, t in have),
+        members=[m for m, _ in have],
+        tables=[t for _, t in have],
+        hashes=union,
+        sums=sums,
+        hosts=hosts,
+        owner=owner,
+    )
+
+
+def values_on(table: TableDigest, hashes: Ints) -> Ints:
+    """A host's projected values for the given key hashes (zeros where it has none)."""
+    width = table.values.shape[1] if table.values.ndim == 2 else 0
+    out = np.zeros((len(hashes), width), dtype=np.int64)
+    if len(table.hashes) == 0 or len(hashes) == 0:
+        return out
+    pos = np.searchsorted(table.hashes, hashes)
+    pos[pos >= len(table.hashes)] = 0
+    hit = table.hashes[pos] == hashes
+    out[hit] = table.values[pos[hit]]
+    return out
+
+
+def table_names(hosts: Sequence[HostInput]) -> list[str]:
+    names: dict[str, None] = {}
+    for h in hosts:
+        if h.digest is not None:
+            for t in h.digest.tables:
+                names.setdefault(t.name, None)
+    return list(names)
+
+
+def stacks_of(hosts: Sequence[HostInput]) -> dict[str, list[FoldedStacks]]:
+    return {h.host: h.digest.stacks for h in hosts if h.digest is not None and h.digest.stacks}

@@ -1,0 +1,142 @@
+"""Run digests in the database: written with a run's final snapshot, read by reports."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import TypeAdapter
+from sqlalchemy import ForeignKey, LargeBinary, String, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, deferred, mapped_column
+
+from controller.db import Base
+from controller.jobs.models import Job, JobState, SnapshotRow
+from controller.reports import digest as dg
+from controller.reports.fleet import HostInput, ReportInput, constant
+from node_agent.protocol import Result, RunState
+
+log = logging.getLogger(__name__)
+_RESULTS = TypeAdapter(list[Result])
+
+
+class RunDigestRow(Base):
+    """One run's results reduced for reports (see controller.reports.digest)."""
+
+    __tablename__ = "run_digests"
+
+    run_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    job_id: Mapped[str] = mapped_column(String(36), index=True)
+    seq: Mapped[int]
+    body: Mapped[dict[str, Any]]
+    arrays: Mapped[bytes] = mapped_column(LargeBinary)
+    detail: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+
+
+def _row(
+    run_id: str, job_id: str, run: dg.RunDigest, details: Sequence[dg.TableDetail]
+) -> RunDigestRow:
+    body, arrays = dg.encode(run)
+    return RunDigestRow(
+        run_id=run_id,
+        job_id=job_id,
+        seq=run.seq,
+        body=body,
+        arrays=arrays,
+        detail=dg.encode_detail(details),
+    )
+
+
+def put(session: Session, *, run_id: str, job_id: str, seq: int, results: Sequence[Result]) -> None:
+    """Digest a run's snapshot and store it in the caller's transaction (replacing an older
+    one)."""
+    run, details = dg.digest(seq, results)
+    session.merge(_row(run_id, job_id, run, details))
+
+
+def _detail_loader(session: Session, run_id: str) -> Callable[[], list[dg.TableDetail]]:
+    def load() -> list[dg.TableDetail]:
+        blob = session.scalar(select(RunDigestRow.detail).where(RunDigestRow.run_id == run_id))
+        return dg.decode_detail(blob) if blob else []
+
+    return load
+
+
+def report_input(*, session: Session, job: Job) -> ReportInput:
+    """Every run of the job with its digest (made now where missing or stale) and its span."""
+    latest = {
+        run_id: (seq, end - start if end > start else None)
+        for run_id, seq, start, end in session.execute(
+            select(
+                SnapshotRow.run_id,
+                func.max(SnapshotRow.seq),
+                func.min(SnapshotRow.interval_start),
+                func.max(SnapshotRow.interval_end),
+            )
+            .where(SnapshotRow.job_id == job.id)
+            .group_by(SnapshotRow.run_id)
+        )
+    }
+    stored = {
+        run_id: (seq, body, arrays)
+        for run_id, seq, body, arrays in session.execute(
+            select(
+                RunDigestRow.run_id, RunDigestRow.seq, RunDigestRow.body, RunDigestRow.arrays
+            ).where(RunDigestRow.job_id == job.id)
+        )
+    }
+    fresh: dict[str, tuple[dg.RunDigest, list[dg.TableDetail]]] = {}
+    for run_id, (seq, _) in latest.items():
+        have = stored.get(run_id)
+        if have is None or have[0] != seq or have[1].get("format") != dg.FORMAT:
+            fresh[run_id] = _digest_snapshot(session, run_id, seq)
+    if fresh:
+        _save(session, job.id, fresh)
+    hosts = []
+    for run in job.runs:
+        run_digest: dg.RunDigest | None = None
+        loader = _detail_loader(session, run.id)
+        if run.id in fresh:
+            run_digest, details = fresh[run.id]
+            loader = constant(details)
+        elif run.id in stored and run.id in latest:
+            _, body, arrays = stored[run.id]
+            run_digest = dg.decode(body, arrays)
+        hosts.append(
+            HostInput(
+                host=run.host_name,
+                run_id=run.id,
+                state=RunState(run.state),
+                reason=run.reason,
+                span=latest[run.id][1] if run.id in latest else None,
+                digest=run_digest,
+                load_detail=loader,
+            )
+        )
+    return ReportInput(job_id=job.id, program=job.program, state=JobState(job.state), hosts=hosts)
+
+
+def _digest_snapshot(
+    session: Session, run_id: str, seq: int
+) -> tuple[dg.RunDigest, list[dg.TableDetail]]:
+    raw = session.scalar(
+        select(SnapshotRow.results).where(SnapshotRow.run_id == run_id, SnapshotRow.seq == seq)
+    )
+    return dg.digest(seq, _RESULTS.validate_python(raw or []))
+
+
+def _save(
+    session: Session, job_id: str, fresh: dict[str, tuple[dg.RunDigest, list[dg.TableDetail]]]
+) -> None:
+    """Keep digests made while reading (a cache: losing a race to another writer is fine)."""
+    try:
+        with session.begin_nested():
+            for run_id, (run, details) in fresh.items():
+                session.merge(_row(run_id, job_id, run, details))
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        log.info("job %s: digests written by someone else meanwhile (%s)", job_id, exc.orig)
