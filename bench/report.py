@@ -23,7 +23,8 @@ snapshot itself.
 Targets (issue 5): JSON under 1 s, HTML under 3 s.
 
     .venv/bin/python bench/report.py [--hosts 1000] [--rows 10000] [--pool 10200] [--pid]
-                                     [--rounds 3] [--db URL] [--no-baseline] [--json]
+                                     [--rounds 3] [--db sqlite|postgres] [--no-baseline]
+                                     [--json]
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _stack import create_token, database
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from bench._stack import create_token, migrated_sqlite
 from controller.app import create_app
 from controller.db import make_engine, make_sessionmaker
 from controller.jobs.models import Job, JobState, Run, SnapshotRow
@@ -211,12 +212,19 @@ def main() -> int:
     parser.add_argument("--pool", type=int, default=10_200)
     parser.add_argument("--pid", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--db", help="database URL (default: a new SQLite file)")
+    parser.add_argument(
+        "--db",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="a new SQLite file, or a throwaway PostgreSQL cluster (as the tests use)",
+    )
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="ft-bench-report-") as tmp:
-        url = args.db or migrated_sqlite(Path(tmp))
+    with (
+        tempfile.TemporaryDirectory(prefix="ft-bench-report-") as tmp,
+        database(args.db, Path(tmp)) as url,
+    ):
         engine = make_engine(url)
         factory = make_sessionmaker(engine)
         with factory() as session:
@@ -236,7 +244,7 @@ def main() -> int:
         return 0
     sys.stdout.write(
         f"{args.hosts} hosts x {HISTOGRAMS} hist x {BUCKETS} buckets + {args.rows} rows/host "
-        f"(pool {args.pool}{', pid keys' if args.pid else ''}); {url.split(':')[0]}; "
+        f"(pool {args.pool}{', pid keys' if args.pid else ''}); {args.db}; "
         f"median of {args.rounds}\n"
     )
     for k in ("read", "build", "json", "html", "json_total", "html_total", "get_json", "get_html"):

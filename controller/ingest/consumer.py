@@ -188,9 +188,12 @@ class Ingest:
         session.add(row)
         run.last_seq = max(run.last_seq, snap.seq)
         if snap.final:  # reports read the digest, not the (possibly huge) snapshot
-            digests.put(
-                session, run_id=run.id, job_id=run.job_id, seq=snap.seq, results=snap.results
-            )
+            try:
+                digests.put(
+                    session, run_id=run.id, job_id=run.job_id, seq=snap.seq, results=snap.results
+                )
+            except Exception:  # a report makes it later; the snapshot must not wait for it
+                log.exception("ingest: no digest for run %s seq %d", run.id, snap.seq)
         return row
 
     def _snapshot_event(self, session: Session, run: Run, row: SnapshotRow) -> None:

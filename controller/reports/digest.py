@@ -92,6 +92,14 @@ class RunDigest:
     stacks: list[FoldedStacks] = field(default_factory=list)
 
 
+I64_MAX = 2**63 - 1
+I64_MIN = -(2**63)
+
+
+def _clamp(v: int) -> int:
+    return v if I64_MIN <= v <= I64_MAX else (I64_MAX if v > 0 else I64_MIN)
+
+
 def key_hash(key: tuple[KeyValue, ...]) -> int:
     """A signed 64-bit hash of a projected key (what the fleet groups by); str and int
     values stay apart since repr quotes strings."""
@@ -101,9 +109,10 @@ def key_hash(key: tuple[KeyValue, ...]) -> int:
 
 def histogram(h: Log2Histogram) -> HistDigest:
     width = max((s for s, _ in h.buckets), default=-1) + 1
-    counts = np.zeros(width, dtype=np.int64)
+    dense = [0] * width
     for slot, count in h.buckets:
-        counts[slot] += count
+        dense[slot] += count
+    counts = np.array([_clamp(c) for c in dense], dtype=np.int64)
     summary = summarize(h.buckets, (50.0, 90.0, 99.0))
     return HistDigest(
         name=h.name,
@@ -131,7 +140,12 @@ def _table(t: CounterTable) -> tuple[TableDigest, TableDetail]:
     table = np.zeros((len(keys), width), dtype=np.int64)
     if width and keys:
         rows = [v[:width] + [0] * (width - len(v[:width])) for v in projected.values()]
-        table = np.array(rows, dtype=np.int64).reshape(len(keys), width)
+        try:
+            table = np.array(rows, dtype=np.int64).reshape(len(keys), width)
+        except OverflowError:  # a u64 counter past 2**63: kept at the int64 limit
+            log.warning("table %s: values beyond 64-bit signed saturate at %d", t.name, I64_MAX)
+            clamped = [[_clamp(v) for v in row] for row in rows]
+            table = np.array(clamped, dtype=np.int64).reshape(len(keys), width)
     order = np.argsort(hashes, kind="stable")
     hashes, table = hashes[order], table[order]
     keys = [keys[i] for i in order]
@@ -143,6 +157,10 @@ def _table(t: CounterTable) -> tuple[TableDigest, TableDetail]:
         np.add.at(summed, inverse, table)
         table, keys = summed, [keys[i] for i in first]
     top = [(list(k), list(v)) for k, v in t.rows[:MAX_TOP]]
+    totals = [0] * width  # Python ints: exact whatever the counters' size
+    for _, values in t.rows:
+        for i, v in enumerate(values[:width]):
+            totals[i] += v
     digest = TableDigest(
         name=t.name,
         key_fields=list(t.key_fields),
@@ -150,7 +168,7 @@ def _table(t: CounterTable) -> tuple[TableDigest, TableDetail]:
         comparable=[t.key_fields[i].name for i in keep],
         rows=t.total_rows or len(t.rows),
         truncated=t.truncated,
-        totals=[int(x) for x in table.sum(axis=0)] if width else [],
+        totals=totals,
         top=top[:KEEP_TOP],
         hashes=hashes,
         values=table,

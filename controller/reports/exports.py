@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from controller.jobs.models import JobResults
-from node_agent.protocol import FoldedStacks, KeyValue, Log2Histogram
+from controller.jobs.merge import merge_stacks
+from controller.reports.digest import HistDigest
+from controller.reports.fleet import ReportInput
+from node_agent.protocol import FoldedStacks, KeyValue
 from node_agent.render import slot_bounds
 
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -27,31 +29,28 @@ def _labels(pairs: list[tuple[str, KeyValue]]) -> str:
     return ",".join(f'{_name(k)}="{_value(v)}"' for k, v in pairs)
 
 
-def openmetrics(results: JobResults) -> str:
+def openmetrics(data: ReportInput) -> str:
     """One histogram family per name, one series per host and label set.
 
     `le` is each log2 slot's upper bound (values are integers, so `<= le` is exact); buckets are
     the union of the family's slots so series line up; `_sum` is omitted: log2 buckets lose it.
     """
-    families: dict[str, list[tuple[str, Log2Histogram]]] = {}
-    for run in results.hosts:
-        for r in run.results:
-            if isinstance(r, Log2Histogram):
-                families.setdefault(r.name, []).append((run.host, r))
+    families: dict[str, list[tuple[str, HistDigest]]] = {}
+    for run in data.hosts:
+        for h in run.digest.histograms if run.digest else []:
+            families.setdefault(h.name, []).append((run.host, h))
     lines: list[str] = []
     for name, series in families.items():
         metric = f"fleettrace_{_name(name)}"
         unit = series[0][1].unit
-        slots = sorted({s for _, h in series for s, _ in h.buckets})
+        slots = sorted({s for _, h in series for s, _ in h.buckets()})
         lines += [
             f"# TYPE {metric} histogram",
             f"# HELP {metric} {name} in {unit}; log2 buckets, le = bucket upper bound; "
             "_sum omitted (not recorded)",
         ]
         for host, hist in series:
-            counts: dict[int, int] = {}
-            for s, c in hist.buckets:
-                counts[s] = counts.get(s, 0) + c
+            counts = dict(hist.buckets())
             base: list[tuple[str, KeyValue]] = [
                 ("host", host),
                 *((k, v) for k, v in hist.labels.items() if k != "host"),
@@ -67,13 +66,18 @@ def openmetrics(results: JobResults) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stacks_of(results: JobResults, host: str | None) -> list[FoldedStacks] | None:
-    """The fleet's merged stacks, or one host's; None when there is no such host."""
+def stacks_of(data: ReportInput, host: str | None) -> list[FoldedStacks] | None:
+    """The fleet's merged stacks (one per name), or one host's; None when there is no such
+    host."""
     if host is None:
-        return [r for r in results.merged if isinstance(r, FoldedStacks)]
-    for h in results.hosts:
+        by_name: dict[str, list[FoldedStacks]] = {}
+        for h in data.hosts:
+            for s in h.digest.stacks if h.digest else []:
+                by_name.setdefault(s.name, []).append(s)
+        return [merge_stacks(group) for group in by_name.values()]
+    for h in data.hosts:
         if h.host == host:
-            return [r for r in h.results if isinstance(r, FoldedStacks)]
+            return list(h.digest.stacks) if h.digest else []
     return None
 
 
@@ -82,14 +86,14 @@ def folded(stacks: list[FoldedStacks]) -> str:
     return "".join(line + "\n" for fs in stacks for line in fs.folded())
 
 
-def speedscope(results: JobResults) -> dict[str, Any]:
+def speedscope(data: ReportInput) -> dict[str, Any]:
     """speedscope's file format: shared frames, one "sampled" profile per host with stacks."""
     index: dict[str, int] = {}
     profiles: list[dict[str, Any]] = []
-    for host in results.hosts:
+    for host in data.hosts:
         samples: list[list[int]] = []
         weights: list[int] = []
-        for fs in (r for r in host.results if isinstance(r, FoldedStacks)):
+        for fs in host.digest.stacks if host.digest else []:
             for stack in fs.stacks:
                 if stack.count > 0:
                     samples.append([index.setdefault(f, len(index)) for f in stack.frames])
@@ -108,7 +112,7 @@ def speedscope(results: JobResults) -> dict[str, Any]:
             )
     return {
         "$schema": SPEEDSCOPE_SCHEMA,
-        "name": f"fleettrace job {results.job_id} ({results.program})",
+        "name": f"fleettrace job {data.job_id} ({data.program})",
         "exporter": "fleettrace",
         "activeProfileIndex": 0,
         "shared": {"frames": [{"name": name} for name in index]},

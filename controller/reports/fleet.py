@@ -8,6 +8,7 @@ sum over hosts, how many hosts have it and (for keys on one host) which one.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -15,9 +16,10 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.jobs.models import JobState
-from controller.reports.digest import Ints, RunDigest, TableDetail, TableDigest
-from node_agent.protocol import FoldedStacks, KeyValue, RunState
+from controller.reports.digest import I64_MAX, Ints, RunDigest, TableDetail, TableDigest, key_hash
+from node_agent.protocol import KeyValue, RunState
 
+log = logging.getLogger(__name__)
 Floats = npt.NDArray[np.float64]
 
 
@@ -40,14 +42,11 @@ class HostInput:
     def has_data(self) -> bool:
         return self.digest is not None and self.digest.results > 0
 
-    def detail(self, table: str) -> TableDetail | None:
+    def detail(self, index: int) -> TableDetail | None:
+        """The detail of this host's `index`-th table (loaded on first use)."""
         if self._detail is None:
             self._detail = self.load_detail()
-        assert self.digest is not None
-        for t, d in zip(self.digest.tables, self._detail, strict=False):
-            if t.name == table:
-                return d
-        return None
+        return self._detail[index] if index < len(self._detail) else None
 
 
 @dataclass
@@ -136,6 +135,7 @@ class FleetTable:
     truncated: bool
     members: list[HostInput]  # the hosts that report this table
     tables: list[TableDigest]  # theirs, aligned with members
+    indexes: list[int]  # where each is in its host's digest
     hashes: Ints  # the union, sorted
     sums: Ints  # (keys, value fields)
     hosts: Ints  # how many members have each key
@@ -144,21 +144,27 @@ class FleetTable:
     def order(self) -> Ints:
         """Key indexes, largest first value first (ties by hash, so stable across calls)."""
         first = self.sums[:, 0] if self.sums.shape[1] else np.zeros(len(self.hashes), np.int64)
+        if first.dtype == object:  # sums past int64 (see fleet_table): ranked as floats
+            first = first.astype(np.float64)
         ordered: Ints = np.lexsort((self.hashes, -first))
         return ordered
 
     def key(self, index: int) -> list[KeyValue]:
-        """The projected key of one union entry, read from a member's detail."""
-        h = self.hashes[index]
+        """The projected key of one union entry, read from a member's detail (and checked
+        against its hash: a detail rewritten since the digest was read names nothing)."""
+        h = int(self.hashes[index])
         candidates = [int(self.owner[index]), *range(len(self.members))]
         for m in candidates:
             table = self.tables[m]
             pos = int(np.searchsorted(table.hashes, h))
-            if pos < len(table.hashes) and bool(table.hashes[pos] == h):
-                detail: TableDetail | None = self.members[m].detail(self.name)
+            if pos < len(table.hashes) and int(table.hashes[pos]) == h:
+                detail: TableDetail | None = self.members[m].detail(self.indexes[m])
                 if detail is not None and pos < len(detail.keys):
-                    return detail.key(pos)
-        raise LookupError(f"table {self.name}: no host names key #{index}")
+                    key = detail.key(pos)
+                    if key_hash(tuple(key)) == h:
+                        return key
+        log.warning("table %s: no host names the key with hash %016x", self.name, h % 2**64)
+        return [f"#{h % 2**64:016x}", *([""] * (len(self.comparable) - 1))]
 
 
 def group(arrays: Sequence[Ints]) -> tuple[Ints, list[Ints]]:
@@ -199,30 +205,44 @@ def group(arrays: Sequence[Ints]) -> tuple[Ints, list[Ints]]:
 
 
 def fleet_table(members: Sequence[HostInput], name: str) -> FleetTable | None:
-    have = [
-        (m, t) for m in members if m.digest is not None for t in m.digest.tables if t.name == name
+    found = [
+        (m, t, i)
+        for m in members
+        if m.digest is not None
+        for i, t in enumerate(m.digest.tables)
+        if t.name == name
     ]
-    if not have:
+    if not found:
         return None
-    first = have[0][1]
+    # The fields come from a host that has rows (an empty custom map may have no key fields);
+    # a host whose table has other key fields is left out of the fleet's rather than mixed in.
+    first = next((t for _, t, _ in found if len(t.hashes)), found[0][1])
+    have = [x for x in found if x[1].comparable == first.comparable or not len(x[1].hashes)]
+    if len(have) < len(found):
+        odd = sorted({m.host for m, t, _ in found if t.comparable != first.comparable})
+        log.warning("table %s: hosts %s have other key fields; left out of the fleet", name, odd)
     width = len(first.value_fields)
-    union, positions = group([t.hashes for _, t in have])
-    sums = np.zeros((len(union), width), dtype=np.int64)
+    union, positions = group([t.hashes for _, t, _ in have])
+    # int64 unless the sums could overflow it; then Python ints (exact, slower).
+    exact = sum(int(np.abs(t.values).max(initial=0)) for _, t, _ in have) <= I64_MAX
+    sums = np.zeros((len(union), width), dtype=np.int64 if exact else object)
     hosts = np.zeros(len(union), dtype=np.int64)
     owner = np.zeros(len(union), dtype=np.int64)
-    for i, ((_, t), ids) in enumerate(zip(have, positions, strict=True)):
+    for n, ((_, t, _), ids) in enumerate(zip(have, positions, strict=True)):
         # A host's hashes are unique, so `ids` has no repeats and += adds each once.
         cols = min(width, t.values.shape[1] if t.values.ndim == 2 else 0)
-        sums[ids, :cols] += t.values[:, :cols]
+        part = t.values[:, :cols]
+        sums[ids, :cols] += part if exact else part.astype(object)
         hosts[ids] += 1
-        owner[ids] = i
+        owner[ids] = n
     return FleetTable(
         name=name,
         comparable=list(first.comparable),
         value_fields=list(first.value_fields),
-        truncated=any(t.truncated for _, t in have),
-        members=[m for m, _ in have],
-        tables=[t for _, t in have],
+        truncated=any(t.truncated for _, t, _ in have),
+        members=[m for m, _, _ in have],
+        tables=[t for _, t, _ in have],
+        indexes=[i for _, _, i in have],
         hashes=union,
         sums=sums,
         hosts=hosts,
@@ -250,7 +270,3 @@ def table_names(hosts: Sequence[HostInput]) -> list[str]:
             for t in h.digest.tables:
                 names.setdefault(t.name, None)
     return list(names)
-
-
-def stacks_of(hosts: Sequence[HostInput]) -> dict[str, list[FoldedStacks]]:
-    return {h.host: h.digest.stacks for h in hosts if h.digest is not None and h.digest.stacks}

@@ -7,7 +7,6 @@ from html import escape
 
 import numpy as np
 
-from controller.jobs.merge import merge_stacks
 from controller.reports import svg
 from controller.reports.analysis import human
 from controller.reports.digest import Ints
@@ -146,13 +145,7 @@ def _table_section(report: JobReport, fleet: TableStats, top: int) -> str:
 
 
 def _stacks_of(analysis: Analysis, host: str | None) -> list[FoldedStacks]:
-    if host is None:
-        by_name: dict[str, list[FoldedStacks]] = {}
-        for stacks in analysis.stacks.values():
-            for s in stacks:
-                by_name.setdefault(s.name, []).append(s)
-        return [merge_stacks(group) for group in by_name.values()]
-    return analysis.stacks.get(host, [])
+    return analysis.stacks_of(host) or []
 
 
 def _flame_section(report: JobReport, analysis: Analysis, diff_host: str | None) -> str:

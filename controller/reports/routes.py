@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session
 
 from controller.api.deps import SessionDep, Viewer
 from controller.jobs import service as jobs
-from controller.jobs.models import Job, JobResults
-from controller.jobs.results import job_results
+from controller.jobs.models import Job
 from controller.reports import exports, service
+from controller.reports.fleet import ReportInput
 from controller.reports.models import CompareReport, JobReport
 from controller.reports.render_csv import render_csv
 from controller.reports.render_html import render_html
@@ -74,7 +74,8 @@ def get_job_report(
     """
     job = _job(session, job_id)
     if format in (ReportFormat.openmetrics, ReportFormat.folded, ReportFormat.speedscope):
-        return _export(job, job_results(session=session, job=job), format, host)
+        with service.gc_paused():
+            return _export(job, service.report_input(session=session, job=job), format, host)
     report, analysis = service.job_report_with_analysis(session=session, job=job, top=top)
     if format is ReportFormat.md:
         return PlainTextResponse(render_md(report), media_type="text/markdown; charset=utf-8")
@@ -84,19 +85,20 @@ def get_job_report(
         with service.gc_paused():
             page = render_html(report, analysis, top=top, diff_host=host)
         return Response(page, media_type="text/html; charset=utf-8")
-    return report
+    # Serialized here, once: returned as a model, FastAPI would validate it all over again.
+    return Response(report.model_dump_json(), media_type="application/json")
 
 
-def _export(job: Job, results: JobResults, format: ReportFormat, host: str | None) -> Response:
-    """The formats other tools read, made from the raw results."""
+def _export(job: Job, data: ReportInput, format: ReportFormat, host: str | None) -> Response:
+    """The formats other tools read."""
     if format is ReportFormat.openmetrics:
-        return Response(exports.openmetrics(results), media_type=exports.OPENMETRICS_TYPE)
+        return Response(exports.openmetrics(data), media_type=exports.OPENMETRICS_TYPE)
     if format is ReportFormat.folded:
-        stacks = exports.stacks_of(results, host)
+        stacks = exports.stacks_of(data, host)
         if stacks is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no host {host} in job {job.id}")
         return PlainTextResponse(exports.folded(stacks))
-    body = json.dumps(exports.speedscope(results), separators=(",", ":"))
+    body = json.dumps(exports.speedscope(data), separators=(",", ":"))
     return Response(body, media_type="application/json")
 
 

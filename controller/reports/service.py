@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from controller.jobs.models import Job, JobResults
 from controller.jobs.stats import summarize
+from controller.reports import exports, store
 from controller.reports import outliers as ol
-from controller.reports import store
 from controller.reports.digest import HistDigest, Ints, TableDigest, digest
 from controller.reports.fleet import (
     FleetTable,
@@ -23,7 +24,6 @@ from controller.reports.fleet import (
     constant,
     fleet_table,
     series_of,
-    stacks_of,
     table_names,
     values_on,
 )
@@ -88,7 +88,10 @@ class Analysis:
     """What the charts need beyond the report: bucket matrices, divergences, stacks."""
 
     series: list[Series]
-    stacks: dict[str, list[FoldedStacks]]
+    data: ReportInput
+
+    def stacks_of(self, host: str | None) -> list[FoldedStacks] | None:
+        return exports.stacks_of(self.data, host)
 
 
 def histogram_stats(h: HistDigest, span: float | None) -> HistogramStats:
@@ -105,10 +108,12 @@ def histogram_stats(h: HistDigest, span: float | None) -> HistogramStats:
     )
 
 
-def _table_stats(t: TableDigest, host: HostInput, span: float | None, top: int) -> TableStats:
+def _table_stats(
+    t: TableDigest, index: int, host: HostInput, span: float | None, top: int
+) -> TableStats:
     rows = t.top
     if top > len(rows) and t.rows > len(rows):
-        detail = host.detail(t.name)
+        detail = host.detail(index)
         rows = detail.top if detail is not None else rows
     return TableStats(
         name=t.name,
@@ -130,7 +135,7 @@ def _fleet_table_stats(
         key_fields=ft.comparable,
         value_fields=ft.value_fields,
         rows=len(ft.hashes),
-        totals=[int(v) for v in ft.sums.sum(axis=0)],
+        totals=[sum(col) for col in zip(*(t.totals for t in ft.tables), strict=False)],
         rates_per_s=None,
         top=[
             TopKey(key=key, values=[int(v) for v in ft.sums[i]])
@@ -181,7 +186,7 @@ def build(data: ReportInput, *, top: int = TOP) -> tuple[JobReport, Analysis]:
         assert host.digest is not None
         span = host.span
         hstats = [histogram_stats(h, span) for h in host.digest.histograms]
-        tstats = [_table_stats(t, host, span, top) for t in host.digest.tables]
+        tstats = [_table_stats(t, i, host, span, top) for i, t in enumerate(host.digest.tables)]
         host_metrics = [m for s in hstats for m in ol.histogram_metrics(s)]
         for t, s in zip(host.digest.tables, tstats, strict=True):
             hashes, texts, _ = busiest[t.name]
@@ -233,7 +238,7 @@ def build(data: ReportInput, *, top: int = TOP) -> tuple[JobReport, Analysis]:
             if h.state is not RunState.succeeded
         ],
     )
-    return report, Analysis(series=series, stacks=stacks_of(with_data))
+    return report, Analysis(series=series, data=data)
 
 
 def _fleet_hist_stats(s: Series) -> HistogramStats:
@@ -261,7 +266,16 @@ def job_report_with_analysis(
 ) -> tuple[JobReport, Analysis]:
     """The report from the runs' stored digests (made now for runs that have none yet)."""
     with gc_paused():
-        return build(store.report_input(session=session, job=job), top=top)
+        return build(report_input(session=session, job=job), top=top)
+
+
+def report_input(*, session: Session, job: Job) -> ReportInput:
+    return store.report_input(session=session, job=job)
+
+
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+_gc_was_enabled = False
 
 
 @contextmanager
@@ -269,14 +283,21 @@ def gc_paused() -> Iterator[None]:
     """No cyclic garbage collection while a report allocates its ~10^5 short-lived, acyclic
     objects: with a 1,000-host job, full collections walking the heap again and again cost
     more than the report itself (0.7 of 1.3 s). Reference counting still frees everything;
-    any cycles wait for the next collection after."""
-    enabled = gc.isenabled()
-    gc.disable()
+    any cycles wait for the next collection. Reports overlapping in threads share one pause,
+    which ends with the last of them."""
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
     try:
         yield
     finally:
-        if enabled:
-            gc.enable()
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def compare(base: JobReport, other: JobReport) -> CompareReport:

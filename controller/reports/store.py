@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import ForeignKey, LargeBinary, String, func, select
+from sqlalchemy import ForeignKey, LargeBinary, String, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, deferred, mapped_column
 
@@ -57,9 +57,14 @@ def put(session: Session, *, run_id: str, job_id: str, seq: int, results: Sequen
     session.merge(_row(run_id, job_id, run, details))
 
 
-def _detail_loader(session: Session, run_id: str) -> Callable[[], list[dg.TableDetail]]:
+def _detail_loader(session: Session, run_id: str, seq: int) -> Callable[[], list[dg.TableDetail]]:
     def load() -> list[dg.TableDetail]:
-        blob = session.scalar(select(RunDigestRow.detail).where(RunDigestRow.run_id == run_id))
+        # Only the detail of the digest that was read: the row may have been replaced since.
+        blob = session.scalar(
+            select(RunDigestRow.detail).where(
+                RunDigestRow.run_id == run_id, RunDigestRow.seq == seq
+            )
+        )
         return dg.decode_detail(blob) if blob else []
 
     return load
@@ -94,17 +99,18 @@ def report_input(*, session: Session, job: Job) -> ReportInput:
         if have is None or have[0] != seq or have[1].get("format") != dg.FORMAT:
             fresh[run_id] = _digest_snapshot(session, run_id, seq)
     if fresh:
-        _save(session, job.id, fresh)
+        keep(session, job.id, fresh)
     hosts = []
     for run in job.runs:
         run_digest: dg.RunDigest | None = None
-        loader = _detail_loader(session, run.id)
+        loader = constant([])
         if run.id in fresh:
             run_digest, details = fresh[run.id]
             loader = constant(details)
         elif run.id in stored and run.id in latest:
-            _, body, arrays = stored[run.id]
+            seq, body, arrays = stored[run.id]
             run_digest = dg.decode(body, arrays)
+            loader = _detail_loader(session, run.id, seq)
         hosts.append(
             HostInput(
                 host=run.host_name,
@@ -128,14 +134,26 @@ def _digest_snapshot(
     return dg.digest(seq, _RESULTS.validate_python(raw or []))
 
 
-def _save(
+def keep(
     session: Session, job_id: str, fresh: dict[str, tuple[dg.RunDigest, list[dg.TableDetail]]]
 ) -> None:
-    """Keep digests made while reading (a cache: losing a race to another writer is fine)."""
+    """Keep digests made while reading (a cache). Never over a newer one: the ingest may have
+    stored the final snapshot's digest meanwhile; losing a race to another writer is fine."""
     try:
         with session.begin_nested():
             for run_id, (run, details) in fresh.items():
-                session.merge(_row(run_id, job_id, run, details))
+                row = _row(run_id, job_id, run, details)
+                replaced = session.execute(
+                    update(RunDigestRow)
+                    .where(RunDigestRow.run_id == run_id, RunDigestRow.seq <= run.seq)
+                    .values(seq=row.seq, body=row.body, arrays=row.arrays, detail=row.detail)
+                    .execution_options(synchronize_session=False)
+                )
+                exists = session.scalar(
+                    select(RunDigestRow.seq).where(RunDigestRow.run_id == run_id)
+                )
+                if getattr(replaced, "rowcount", 0) == 0 and exists is None:
+                    session.add(row)
         session.commit()
     except IntegrityError as exc:
         session.rollback()

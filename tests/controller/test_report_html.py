@@ -45,11 +45,6 @@ def _stacks(rows: dict[str, int]) -> FoldedStacks:
     )
 
 
-def _fleet() -> tuple[JobReport, JobResults]:
-    report, _, results = _fleet_analysed()
-    return report, results
-
-
 def _fleet_analysed() -> tuple[JobReport, Analysis, JobResults]:
     """Five hosts alike but web-4 (slow waits, opens /tmp/hot, spins in `spin`); web-5 failed."""
     hosts: list[HostResult] = []
@@ -210,8 +205,8 @@ def test_differential_sign_and_colour() -> None:
 
 
 def test_openmetrics_parses_back() -> None:
-    _, results = _fleet()
-    text = exports.openmetrics(results)
+    _, analysis, _ = _fleet_analysed()
+    text = exports.openmetrics(analysis.data)
     assert text.endswith("# EOF\n") and text.count("# EOF") == 1
     assert "# TYPE fleettrace_runqlat histogram" in text
     series: dict[str, list[tuple[float, int]]] = {}
@@ -240,16 +235,17 @@ def test_openmetrics_parses_back() -> None:
 
 
 def test_folded_and_speedscope() -> None:
-    _, results = _fleet()
-    merged = exports.stacks_of(results, None)
+    _, analysis, _ = _fleet_analysed()
+    data = analysis.data
+    merged = exports.stacks_of(data, None)
     assert merged is not None
     lines = exports.folded(merged).splitlines()
     assert "main;spin 300" in lines
     assert "main;io 100" in lines  # 20 on each of 5 hosts
-    one = exports.stacks_of(results, ODD)
+    one = exports.stacks_of(data, ODD)
     assert one is not None and "main;io 20" in exports.folded(one).splitlines()
-    assert exports.stacks_of(results, "nope") is None
-    doc = exports.speedscope(results)
+    assert exports.stacks_of(data, "nope") is None
+    doc = exports.speedscope(data)
     assert doc["$schema"] == "https://www.speedscope.app/file-format-schema.json"
     frames = [f["name"] for f in doc["shared"]["frames"]]
     assert len(frames) == len(set(frames)) == 5

@@ -20,6 +20,8 @@ from controller.cli.errors import CliError
 from controller.cli.main import build_parser
 from controller.ingest.consumer import Ingest
 from controller.jobs.models import SnapshotRow
+from controller.reports import store
+from controller.reports.digest import digest
 from controller.reports.store import RunDigestRow
 from controller.settings import Settings
 from node_agent.protocol import Log2Histogram, Result, Snapshot
@@ -172,6 +174,30 @@ def test_report_reads_digests_and_digests_newer_snapshots(
         (names[2], {"key": "/only/here"})
     ]
     assert digest_seqs() == {runs[n]: 1 for n in names}
+
+
+def test_a_report_never_puts_back_an_older_digest(
+    client: TestClient, tokens: Tokens, sessions: sessionmaker[Session]
+) -> None:
+    name = f"old{uuid.uuid4().hex[:6]}"
+    register_host(client, tokens.headers("admin"), name)
+    job = submit(client, tokens.headers("operator"), targets={"hosts": [name]}, program="runqlat")
+    run_id = job["runs"][0]["id"]
+    with sessions() as session:
+        # The ingest stored the final digest (seq 5) while a report was digesting seq 3.
+        store.put(
+            session, run_id=run_id, job_id=job["id"], seq=5, results=[counters("t", {"a": 9})]
+        )
+        session.commit()
+        store.keep(session, job["id"], {run_id: digest(3, [counters("t", {"a": 1})])})
+        session.commit()
+    with sessions() as session:
+        row = session.get(RunDigestRow, run_id)
+        assert row is not None and (row.seq, row.body["tables"][0]["totals"]) == (5, [9])
+        store.keep(session, job["id"], {run_id: digest(6, [counters("t", {"a": 11})])})
+    with sessions() as session:
+        row = session.get(RunDigestRow, run_id)
+        assert row is not None and (row.seq, row.body["tables"][0]["totals"]) == (6, [11])
 
 
 def test_report_markdown_and_csv(client: TestClient, tokens: Tokens, feeder: Feeder) -> None:
