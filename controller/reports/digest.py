@@ -36,7 +36,7 @@ from node_agent.protocol import (
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: arrays stored in their narrowest integer type
 KEEP_TOP = 25  # rows kept in the body; `detail` holds up to MAX_TOP
 MAX_TOP = 1000
 I64 = np.dtype("<i8")
@@ -195,15 +195,33 @@ def digest(seq: int, results: Iterable[Result]) -> tuple[RunDigest, list[TableDe
 # -- storage: a small JSON body, one blob of int64 arrays, a compressed detail ---------------
 
 
+_NARROW: list[tuple[int, np.dtype[Any]]] = [
+    (2**8 - 1, np.dtype("<u1")),
+    (2**16 - 1, np.dtype("<u2")),
+    (2**32 - 1, np.dtype("<u4")),
+]
+
+
+def _narrowest(a: Ints) -> np.dtype[Any]:
+    if a.size and int(a.min()) >= 0:
+        top = int(a.max())
+        for limit, dtype in _NARROW:
+            if top <= limit:
+                return dtype
+    return I64
+
+
 def encode(run: RunDigest) -> tuple[dict[str, Any], bytes]:
     chunks: list[bytes] = []
     offset = 0
 
-    def put(a: Ints) -> list[int]:
+    def put(a: Ints) -> list[int | str]:
+        """Counts are mostly small: stored as u1/u2/u4 when they fit (hashes never do)."""
         nonlocal offset
-        data = np.ascontiguousarray(a, dtype=I64).tobytes()
+        dtype = _narrowest(a)
+        data = np.ascontiguousarray(a, dtype=dtype).tobytes()
         chunks.append(data)
-        where = [offset, int(a.size)]
+        where: list[int | str] = [offset, int(a.size), dtype.str]
         offset += len(data)
         return where
 
@@ -244,9 +262,9 @@ def encode(run: RunDigest) -> tuple[dict[str, Any], bytes]:
 
 
 def decode(body: dict[str, Any], blob: bytes) -> RunDigest:
-    def get(where: list[int]) -> Ints:
-        offset, size = where
-        return np.frombuffer(blob, dtype=I64, count=size, offset=offset).astype(
+    def get(where: list[Any]) -> Ints:
+        offset, size, dtype = where
+        return np.frombuffer(blob, dtype=np.dtype(dtype), count=size, offset=offset).astype(
             np.int64, copy=False
         )
 
