@@ -82,3 +82,16 @@ class Api:
     def results(self, job_id: str) -> dict[str, Any]:
         results: dict[str, Any] = self._call("GET", f"/v1/jobs/{job_id}/results")
         return results
+
+    def report(self, job_id: str) -> dict[str, Any]:
+        report: dict[str, Any] = self._call("GET", f"/v1/jobs/{job_id}/report")
+        return report
+
+    def report_html(self, job_id: str) -> str:
+        try:
+            response = self.client.get(f"/v1/jobs/{job_id}/report", params={"format": "html"})
+        except httpx.HTTPError as exc:
+            raise DevstackError(f"GET report of {job_id}: {exc}") from None
+        if response.status_code >= 400:
+            raise DevstackError(f"GET report of {job_id}: {response.status_code}")
+        return response.text

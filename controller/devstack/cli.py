@@ -40,6 +40,12 @@ def add_commands(sub: Any) -> None:
     _stack_args(demo)
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     demo.add_argument("--duration", type=parse_duration, default=5.0, help="per trace (5s)")
+    demo.add_argument(
+        "--report-dir",
+        type=Path,
+        default=Path("demo-reports"),
+        help="where each job's HTML report is saved (./demo-reports)",
+    )
     demo.set_defaults(func=cmd_demo)
 
 
@@ -132,7 +138,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return _guarded(
         lambda: run_demo(
-            _config(args), keep=args.keep, duration_s=args.duration, out=_out, progress=_say
+            _config(args),
+            keep=args.keep,
+            duration_s=args.duration,
+            report_dir=args.report_dir,
+            out=_out,
+            progress=_say,
         )
     )
 

@@ -1,10 +1,12 @@
-"""The README's first command: a local fleet, a real trace on every host, results side by side."""
+"""The README's first command: a local fleet, a real trace on every host, results side by side
+and a report (outliers first; an HTML page per job)."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from controller.devstack.config import StackConfig
@@ -27,11 +29,15 @@ def run_demo(
     *,
     keep: bool = False,
     duration_s: float = 5.0,
+    report_dir: Path | None = None,
     out: Callable[[str], None],
     progress: Callable[[str], None] = log.info,
 ) -> int:
-    """Up, trace every host, print the results, down (unless `keep`); 0 when every run succeeded."""
+    """Up, trace every host, print the results and the report's outliers (each job's HTML
+    report saved in `report_dir`), down (unless `keep`); 0 when every run succeeded."""
     started = time.monotonic()
+    if report_dir is not None:
+        report_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack(config, progress=progress)
     stack.up()
     out(fleet_text(config))
@@ -48,6 +54,11 @@ def run_demo(
                 final = api.wait_job(job["id"], timeout_s=duration_s + 120)
                 stack.check()
                 show(final, api.results(job["id"]), out)
+                out(report_text(api.report(job["id"])))
+                if report_dir is not None:
+                    page = report_dir / f"report-{final['program']}.html"
+                    page.write_text(api.report_html(job["id"]), encoding="utf-8")
+                    out(f"  full report: {page}")
                 out("")
                 if final["state"] != "succeeded":
                     code = 1
@@ -63,6 +74,17 @@ def run_demo(
             stack.down()
     progress(f"demo done in {time.monotonic() - started:.1f}s")
     return code
+
+
+def report_text(report: dict[str, Any], limit: int = 5) -> str:
+    """The report's ranked outlier sentences (and hosts without results), indented."""
+    outliers = report.get("outliers", [])
+    lines = ["report: outliers, strongest first" if outliers else "report: no outliers"]
+    lines += [f"  {o['sentence']}" for o in outliers[:limit]]
+    if len(outliers) > limit:
+        lines.append(f"  ... {len(outliers) - limit} more")
+    lines += [f"  missing {m['host']}: {m['state']} {m['reason'] or ''}" for m in report["missing"]]
+    return "\n".join(lines)
 
 
 def fleet_text(config: StackConfig) -> str:

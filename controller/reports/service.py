@@ -12,10 +12,9 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from controller.jobs.models import Job, JobResults
-from controller.jobs.stats import summarize
 from controller.reports import exports, store
 from controller.reports import outliers as ol
-from controller.reports.digest import HistDigest, Ints, TableDigest, digest
+from controller.reports.digest import HistDigest, Ints, TableDigest, digest, histogram
 from controller.reports.fleet import (
     FleetTable,
     HostInput,
@@ -42,7 +41,7 @@ from controller.reports.models import (
     TopKey,
 )
 from controller.reports.outliers import key_text, series_name
-from node_agent.protocol import FoldedStacks, KeyValue, RunState
+from node_agent.protocol import FoldedStacks, KeyValue, Log2Histogram, RunState
 from node_agent.render import slot_bounds
 
 TOP = 10
@@ -242,19 +241,8 @@ def build(data: ReportInput, *, top: int = TOP) -> tuple[JobReport, Analysis]:
 
 
 def _fleet_hist_stats(s: Series) -> HistogramStats:
-    summary = summarize(s.buckets(s.fleet), (50.0, 90.0, 99.0))
-    bounds = summary.max_bounds
-    return HistogramStats(
-        name=s.name,
-        labels=s.labels,
-        unit=s.unit,
-        count=summary.count,
-        rate_per_s=None,
-        p50=summary.percentiles[50.0],
-        p90=summary.percentiles[90.0],
-        p99=summary.percentiles[99.0],
-        max=bounds[1] if bounds else None,
-    )
+    merged = Log2Histogram(name=s.name, unit=s.unit, labels=s.labels, buckets=s.buckets(s.fleet))
+    return histogram_stats(histogram(merged), None)
 
 
 def job_report(*, session: Session, job: Job, top: int = TOP) -> JobReport:
