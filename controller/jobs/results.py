@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import TypeAdapter
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -11,6 +13,11 @@ from controller.jobs.models import HostResult, Job, JobResults, JobState, Snapsh
 from node_agent.protocol import Result, RunState, SnapshotStats
 
 _RESULTS = TypeAdapter(list[Result])
+
+
+def parse_results(raw: list[Any]) -> list[Result]:
+    """A snapshot row's stored results, as models."""
+    return _RESULTS.validate_python(raw)
 
 
 def latest_snapshots(*, session: Session, job_id: str) -> dict[str, SnapshotRow]:
@@ -33,7 +40,7 @@ def job_results(*, session: Session, job: Job) -> JobResults:
     hosts: list[HostResult] = []
     for run in job.runs:
         row = latest.get(run.id)
-        results = _RESULTS.validate_python(row.results) if row else []
+        results = parse_results(row.results) if row else []
         hosts.append(
             HostResult(
                 host=run.host_name,

@@ -57,7 +57,7 @@ class HistDigest:
     counts: Ints  # counts[slot], dense from slot 0
 
     def buckets(self) -> list[tuple[int, int]]:
-        return [(int(s), int(self.counts[s])) for s in np.flatnonzero(self.counts)]
+        return sparse(self.counts)
 
 
 @dataclass
@@ -98,6 +98,11 @@ I64_MIN = -(2**63)
 
 def _clamp(v: int) -> int:
     return v if I64_MIN <= v <= I64_MAX else (I64_MAX if v > 0 else I64_MIN)
+
+
+def sparse(counts: Ints) -> list[tuple[int, int]]:
+    """Dense bucket counts back to the protocol's sparse (slot, count) pairs."""
+    return [(int(s), int(counts[s])) for s in np.flatnonzero(counts)]
 
 
 def key_hash(key: tuple[KeyValue, ...]) -> int:

@@ -69,9 +69,6 @@ class Series:
     fleet: Ints  # (slots,)
     js: Floats  # each host's divergence from the fleet
 
-    def buckets(self, counts: Ints) -> list[tuple[int, int]]:
-        return [(int(s), int(counts[s])) for s in np.flatnonzero(counts)]
-
 
 def js_rows(matrix: Ints, fleet: Ints) -> Floats:
     """Jensen-Shannon divergence (bits) of each row's distribution from the fleet's; 0 where

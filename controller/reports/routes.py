@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from controller.api.deps import SessionDep, Viewer
 from controller.jobs import service as jobs
 from controller.jobs.models import Job
-from controller.reports import exports, service
+from controller.reports import exports, service, store
 from controller.reports.fleet import ReportInput
 from controller.reports.models import CompareReport, JobReport
 from controller.reports.render_csv import render_csv
@@ -75,7 +75,7 @@ def get_job_report(
     job = _job(session, job_id)
     if format in (ReportFormat.openmetrics, ReportFormat.folded, ReportFormat.speedscope):
         with service.gc_paused():
-            return _export(job, service.report_input(session=session, job=job), format, host)
+            return _export(job, store.report_input(session=session, job=job), format, host)
     report, analysis = service.job_report_with_analysis(session=session, job=job, top=top)
     if format is ReportFormat.md:
         return PlainTextResponse(render_md(report), media_type="text/markdown; charset=utf-8")

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from controller.jobs.models import Job, JobResults
 from controller.reports import exports, store
 from controller.reports import outliers as ol
-from controller.reports.digest import HistDigest, Ints, TableDigest, digest, histogram
+from controller.reports.digest import HistDigest, Ints, TableDigest, digest, histogram, sparse
 from controller.reports.fleet import (
     FleetTable,
     HostInput,
@@ -174,11 +174,12 @@ def build(data: ReportInput, *, top: int = TOP) -> tuple[JobReport, Analysis]:
     series = series_of(with_data)
     tables = [ft for n in table_names(with_data) if (ft := fleet_table(with_data, n)) is not None]
     # The fleet's busiest keys, named once, then looked up on every host.
-    busiest: dict[str, tuple[Ints, list[str], list[list[KeyValue]]]] = {}
+    busiest: dict[str, tuple[list[int], Ints, list[str], list[list[KeyValue]]]] = {}
     for ft in tables:
         idx = [int(i) for i in ft.order()[:top]]
         names = [ft.key(i) for i in idx]
-        busiest[ft.name] = (ft.hashes[idx], [key_text(ft.comparable, k) for k in names], names)
+        texts = [key_text(ft.comparable, k) for k in names]
+        busiest[ft.name] = (idx, ft.hashes[idx], texts, names)
     metrics: dict[str, list[Metric]] = {}
     partial: dict[str, HostReport] = {}
     for host in with_data:
@@ -188,7 +189,7 @@ def build(data: ReportInput, *, top: int = TOP) -> tuple[JobReport, Analysis]:
         tstats = [_table_stats(t, i, host, span, top) for i, t in enumerate(host.digest.tables)]
         host_metrics = [m for s in hstats for m in ol.histogram_metrics(s)]
         for t, s in zip(host.digest.tables, tstats, strict=True):
-            hashes, texts, _ = busiest[t.name]
+            _, hashes, texts, _ = busiest[t.name]
             firsts = values_on(t, hashes)
             keys = [
                 (text, float(firsts[i, 0]) if firsts.shape[1] else 0.0)
@@ -217,10 +218,7 @@ def build(data: ReportInput, *, top: int = TOP) -> tuple[JobReport, Analysis]:
     fleet = FleetReport(
         hosts=len(with_data),
         histograms=[_fleet_hist_stats(s) for s in series],
-        tables=[
-            _fleet_table_stats(ft, [int(i) for i in ft.order()[:top]], busiest[ft.name][2])
-            for ft in tables
-        ],
+        tables=[_fleet_table_stats(ft, busiest[ft.name][0], busiest[ft.name][3]) for ft in tables],
         medians=medians,
     )
     report = JobReport(
@@ -241,7 +239,7 @@ def build(data: ReportInput, *, top: int = TOP) -> tuple[JobReport, Analysis]:
 
 
 def _fleet_hist_stats(s: Series) -> HistogramStats:
-    merged = Log2Histogram(name=s.name, unit=s.unit, labels=s.labels, buckets=s.buckets(s.fleet))
+    merged = Log2Histogram(name=s.name, unit=s.unit, labels=s.labels, buckets=sparse(s.fleet))
     return histogram_stats(histogram(merged), None)
 
 
@@ -254,11 +252,7 @@ def job_report_with_analysis(
 ) -> tuple[JobReport, Analysis]:
     """The report from the runs' stored digests (made now for runs that have none yet)."""
     with gc_paused():
-        return build(report_input(session=session, job=job), top=top)
-
-
-def report_input(*, session: Session, job: Job) -> ReportInput:
-    return store.report_input(session=session, job=job)
+        return build(store.report_input(session=session, job=job), top=top)
 
 
 _gc_lock = threading.Lock()

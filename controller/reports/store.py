@@ -6,19 +6,18 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pydantic import TypeAdapter
 from sqlalchemy import ForeignKey, LargeBinary, String, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, deferred, mapped_column
 
 from controller.db import Base
 from controller.jobs.models import Job, JobState, SnapshotRow
+from controller.jobs.results import parse_results
 from controller.reports import digest as dg
 from controller.reports.fleet import HostInput, ReportInput, constant
 from node_agent.protocol import Result, RunState
 
 log = logging.getLogger(__name__)
-_RESULTS = TypeAdapter(list[Result])
 
 
 class RunDigestRow(Base):
@@ -131,7 +130,7 @@ def _digest_snapshot(
     raw = session.scalar(
         select(SnapshotRow.results).where(SnapshotRow.run_id == run_id, SnapshotRow.seq == seq)
     )
-    return dg.digest(seq, _RESULTS.validate_python(raw or []))
+    return dg.digest(seq, parse_results(raw or []))
 
 
 def keep(

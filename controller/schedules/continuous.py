@@ -11,14 +11,12 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from pydantic import TypeAdapter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.jobs.models import SnapshotRow
+from controller.jobs.results import parse_results
 from node_agent.protocol import CounterTable, Log2Histogram, Result
-
-_RESULTS = TypeAdapter(list[Result])
 
 
 def first_slot(created_at: datetime, interval_s: float) -> datetime:
@@ -86,7 +84,7 @@ def slots(*, session: Session, job_id: str) -> list[Slot]:
     out: list[Slot] = []
     previous: dict[str, list[Result]] = {}
     for row in rows:
-        results = _RESULTS.validate_python(row.results)
+        results = parse_results(row.results)
         out.append(
             Slot(
                 run_id=row.run_id,

@@ -11,18 +11,17 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.jobs.models import Job, Run
-from controller.jobs.results import latest_snapshots
+from controller.jobs.results import latest_snapshots, parse_results
 from controller.jobs.stats import percentile
 from controller.schedules import continuous
 from controller.schedules.models import FireOutcome, Schedule, ScheduleFire
 from node_agent.protocol import CounterTable, Log2Histogram, Result
 
-_RESULTS = TypeAdapter(list[Result])
 _METRIC = re.compile(r"^(?:(p\d{1,2}(?:\.\d+)?|p100|count|total|rate):([^:]+)|key:([^:]+):(.+))$")
 
 
@@ -126,7 +125,7 @@ def trend(
             continue
         runs = {r.id: r.host_name for r in session.scalars(select(Run).where(Run.job_id == job_id))}
         for run_id, row in latest_snapshots(session=session, job_id=job_id).items():
-            results = _RESULTS.validate_python(row.results)
+            results = parse_results(row.results)
             value, found_unit = metric.value(results, row.interval_end - row.interval_start)
             unit = unit or found_unit
             host = runs.get(run_id, row.host_name)

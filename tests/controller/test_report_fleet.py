@@ -594,7 +594,7 @@ def test_series_js_is_each_hosts_divergence_from_the_fleet() -> None:
     for b in per.values():
         for s, c in b:
             fleet[s] = fleet.get(s, 0) + c
-    assert series.buckets(series.fleet) == sorted(fleet.items())
+    assert dg.sparse(series.fleet) == sorted(fleet.items())
     want = [js_divergence(b, list(fleet.items())) for b in per.values()]
     assert series.js.tolist() == pytest.approx(want, abs=1e-12)
 
