@@ -85,12 +85,8 @@ def report_input(*, session: Session, job: Job) -> ReportInput:
         )
     }
     stored = {
-        run_id: (seq, body, arrays)
-        for run_id, seq, body, arrays in session.execute(
-            select(
-                RunDigestRow.run_id, RunDigestRow.seq, RunDigestRow.body, RunDigestRow.arrays
-            ).where(RunDigestRow.job_id == job.id)
-        )
+        run_id: (seq, body, bytes(arrays))
+        for run_id, seq, body, arrays in _stored_digests(session, job.id)
     }
     fresh: dict[str, tuple[dg.RunDigest, list[dg.TableDetail]]] = {}
     for run_id, (seq, _) in latest.items():
@@ -122,6 +118,25 @@ def report_input(*, session: Session, job: Job) -> ReportInput:
             )
         )
     return ReportInput(job_id=job.id, program=job.program, state=JobState(job.state), hosts=hosts)
+
+
+def _stored_digests(session: Session, job_id: str) -> Sequence[Any]:
+    """(run_id, seq, body, arrays) of the job's digests. On PostgreSQL in binary format: the
+    arrays of 1,000 hosts are ~100 MB, which psycopg's default text format sends as hex
+    (0.24 s against 0.07 s to read them)."""
+    if session.get_bind().dialect.name == "postgresql":
+        driver = session.connection().connection.driver_connection
+        assert driver is not None
+        with driver.cursor(binary=True) as cursor:
+            cursor.execute(
+                "SELECT run_id, seq, body, arrays FROM run_digests WHERE job_id = %s", (job_id,)
+            )
+            rows: list[Any] = cursor.fetchall()
+            return rows
+    query = select(
+        RunDigestRow.run_id, RunDigestRow.seq, RunDigestRow.body, RunDigestRow.arrays
+    ).where(RunDigestRow.job_id == job_id)
+    return session.execute(query).all()
 
 
 def _digest_snapshot(

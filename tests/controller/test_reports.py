@@ -30,6 +30,12 @@ from tests.controller.support import counters, register_host, snapshot, state, s
 from tests.controller.test_storage import Feeder
 
 
+@pytest.fixture(scope="module")
+def database_url(db_url: str) -> str:
+    """Both backends: digests are binary columns, written with a conditional UPDATE."""
+    return db_url
+
+
 @pytest.fixture
 def feeder(
     settings: Settings, sessions: sessionmaker[Session], redis_client: redis.Redis
