@@ -1,96 +1,267 @@
 #!/usr/bin/env bash
-# Prepare this machine for fleettrace: distro bcc, kernel headers, tracefs, and .venv.
-# Idempotent: a second run installs nothing and prints nothing but warnings.
-set -euo pipefail
+# Prepare this machine for fleettrace: distro packages, kernel headers, tracefs and .venv.
+# Idempotent: a second run installs nothing and prints nothing. Any failure prints one line
+# naming the step and what to do; it never exits silently.
+#
+#   bash scripts/setup.sh                  what the demo needs
+#   bash scripts/setup.sh --for tests      that, plus what the tests need (PostgreSQL, sshd, sudo, Chromium)
+#   bash scripts/setup.sh --only headers   only the kernel-headers step
+#
+# Environment:
+#   FLEETTRACE_KERNEL_HEADERS=DIR  use DIR (a kernel build tree) as the running kernel's headers
+#   FLEETTRACE_SETUP_QUIET=0       say what is being done (default 1: only warnings and errors)
+#   FLEETTRACE_SETUP_OFFLINE=1     never call apt: a missing package is an error (used by tests)
+#   FLEETTRACE_SETUP_KERNEL=REL    act for kernel release REL instead of `uname -r` (used by tests)
+set -Eeuo pipefail
+shopt -s nullglob
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 quiet=${FLEETTRACE_SETUP_QUIET:-1}
+offline=${FLEETTRACE_SETUP_OFFLINE:-0}
+step="arguments"
+
 say() { [ "$quiet" = 1 ] || echo "setup: $*"; }
 warn() { echo "setup: warning: $*" >&2; }
-
-if [ "$(id -u)" != 0 ]; then
-    echo "setup: must run as root (bcc needs it to load programs)" >&2
+die() {
+    echo "setup: $step: $*" >&2
     exit 1
-fi
+}
+# Anything not handled below still names its step (once: not again from each subshell).
+trap 'rc=$?; [ "$BASH_SUBSHELL" = 0 ] && echo "setup: $step: \`$BASH_COMMAND\` failed with status $rc (scripts/setup.sh line $LINENO); rerun with FLEETTRACE_SETUP_QUIET=0 for details" >&2' ERR
 
-kernel=$(uname -r)
-arch=$(dpkg --print-architecture)
-packages=(python3-bpfcc python3-venv bpftool gcc iproute2 redis-server util-linux mount postgresql openssh-server sudo chromium)
-packages+=("$@")
-
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+purpose=demo
+only=
+extra=()
+while [ $# -gt 0 ]; do
+    case $1 in
+        --for) purpose=${2:?--for needs demo or tests}; shift 2 ;;
+        --only) only=${2:?--only needs headers}; shift 2 ;;
+        -*) die "unknown option $1 (see the top of scripts/setup.sh)" ;;
+        *) extra+=("$1"); shift ;;
+    esac
 done
+case $purpose in demo | tests) ;; *) die "--for takes demo or tests, not $purpose" ;; esac
+case $only in "" | headers) ;; *) die "--only takes headers, not $only" ;; esac
+
+step="checking the user"
+if [ "$(id -u)" != 0 ]; then
+    die "must run as root (bcc, namespaces and cgroups need it): as root \`bash $0\`, or \`sudo bash $0\`"
+fi
+# `su` without `-` keeps a user's PATH, which often lacks the sbin directories.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+kernel=${FLEETTRACE_SETUP_KERNEL:-$(uname -r)}
+command -v dpkg >/dev/null || die "this script knows Debian and Ubuntu (dpkg and apt); install by hand what README.md lists"
+arch=$(dpkg --print-architecture)
+
+# -- packages -------------------------------------------------------------------------------
+
+# "a|b" means the first of them that the distro has (Debian and Ubuntu name some differently).
+packages=(python3-bpfcc python3-venv "bpftool|linux-tools-common" gcc iproute2 redis-server util-linux mount)
+[ "$purpose" = tests ] && packages+=(postgresql openssh-server sudo "chromium|chromium-browser")
+packages+=("${extra[@]}")
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
+known() { apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [^(]'; }
 
 apt_updated=0
-apt_install() {
-    if [ "$apt_updated" = 0 ]; then
-        apt-get update -qq >/dev/null
-        apt_updated=1
+apt_refresh() {
+    [ "$apt_updated" = 1 ] && return 0
+    [ "$offline" = 1 ] && return 0
+    say "apt-get update"
+    local log
+    log=$(mktemp)
+    if ! apt-get update -qq >"$log" 2>&1; then
+        tail -n 5 "$log" >&2
+        die "apt-get update failed: check the network and /etc/apt/sources.list, then rerun"
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    rm -f "$log"
+    apt_updated=1
 }
 
-if [ ${#missing[@]} -gt 0 ]; then
-    say "installing ${missing[*]}"
-    apt_install "${missing[@]}"
-fi
+# A package apt can install: known to the current lists, or after refreshing them once.
+available() {
+    known "$1" && return 0
+    [ "$offline" = 1 ] && return 1
+    apt_refresh
+    known "$1"
+}
 
-# Kernel headers: the exact ones when the distro has them, else the generic ones linked in.
-build=/lib/modules/$kernel/build
-if [ ! -e "$build/include/linux/kconfig.h" ] && [ ! -e "$build/Makefile" ] && [ ! -e /sys/kernel/kheaders.tar.xz ]; then
-    if apt-cache show "linux-headers-$kernel" >/dev/null 2>&1 \
-        || { apt_updated=0; apt-get update -qq >/dev/null; apt_updated=1; apt-cache show "linux-headers-$kernel" >/dev/null 2>&1; }; then
-        say "installing linux-headers-$kernel"
+apt_install() {
+    [ "$offline" = 1 ] && die "would install $* but FLEETTRACE_SETUP_OFFLINE=1: install it first"
+    say "installing $*"
+    local log
+    log=$(mktemp)
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >"$log" 2>&1; then
+        tail -n 10 "$log" >&2
+        die "apt-get install $* failed (last lines above; full log $log): fix apt, then rerun"
+    fi
+    rm -f "$log"
+}
+
+install_packages() {
+    step="installing packages"
+    local entry choice missing=() want=()
+    for entry in "${packages[@]}"; do
+        local -a alternatives
+        IFS='|' read -r -a alternatives <<<"$entry"
+        local have=0
+        for choice in "${alternatives[@]}"; do installed "$choice" && have=1 && break; done
+        [ "$have" = 1 ] || missing+=("$entry")
+    done
+    [ ${#missing[@]} -gt 0 ] || return 0
+    [ "$offline" = 1 ] && die "missing ${missing[*]} and FLEETTRACE_SETUP_OFFLINE=1: install them first"
+    apt_refresh
+    for entry in "${missing[@]}"; do
+        local -a alternatives
+        IFS='|' read -r -a alternatives <<<"$entry"
+        local found=
+        for choice in "${alternatives[@]}"; do
+            if known "$choice"; then found=$choice && break; fi
+        done
+        [ -n "$found" ] || die "the distro's package lists have no ${entry//|/ or }: enable its main repository, or install it by hand"
+        want+=("$found")
+    done
+    apt_install "${want[@]}"
+}
+
+# -- kernel headers ---------------------------------------------------------------------------
+
+modules=/lib/modules/$kernel
+
+# A build tree bcc can compile against.
+headers_ok() { [ -e "$1/Makefile" ] || [ -e "$1/include/linux/kconfig.h" ]; }
+
+# The architecture-independent half of a split headers package (Debian's -common, Ubuntu's
+# unflavoured directory), else the tree itself.
+source_of() {
+    local tree=$1 prefix=$1
+    while [[ $prefix == */linux-headers-*-* ]]; do
+        prefix=${prefix%-*}
+        if [ -d "$prefix-common" ]; then echo "$prefix-common" && return; fi
+        if [ -d "$prefix" ]; then echo "$prefix" && return; fi
+    done
+    echo "$tree"
+}
+
+link_headers() {
+    local tree=$1 source
+    source=$(source_of "$tree")
+    if [ -d "$modules/build" ] && [ ! -L "$modules/build" ]; then
+        die "$modules/build is a directory without kernel headers: remove it, or set FLEETTRACE_KERNEL_HEADERS=DIR"
+    fi
+    mkdir -p "$modules" || die "cannot create $modules (read-only /lib?): set FLEETTRACE_KERNEL_HEADERS=DIR on a writable system"
+    [ "$(readlink "$modules/build" || true)" = "$tree" ] || ln -sfn "$tree" "$modules/build"
+    if [ ! -e "$modules/source" ] || [ -L "$modules/source" ]; then
+        [ "$(readlink "$modules/source" || true)" = "$source" ] || ln -sfn "$source" "$modules/source"
+    fi
+}
+
+# The newest distro "generic" headers: Debian's linux-headers-X-N-<arch>, Ubuntu's -generic.
+newest_generic() {
+    local dir name found=()
+    for dir in /usr/src/linux-headers-*; do
+        name=${dir##*/}
+        [[ $name =~ ^linux-headers-[0-9][0-9.]*-[0-9]+-($arch|generic)$ ]] || continue
+        headers_ok "$dir" && found+=("$dir")
+    done
+    [ ${#found[@]} -gt 0 ] || return 0
+    printf '%s\n' "${found[@]}" | sort -V | tail -n 1
+}
+
+setup_headers() {
+    step="kernel headers for $kernel"
+    if [ -n "${FLEETTRACE_KERNEL_HEADERS:-}" ]; then
+        local tree
+        tree=$(cd "$FLEETTRACE_KERNEL_HEADERS" 2>/dev/null && pwd -P) \
+            || die "FLEETTRACE_KERNEL_HEADERS=$FLEETTRACE_KERNEL_HEADERS is not a directory"
+        headers_ok "$tree" \
+            || die "FLEETTRACE_KERNEL_HEADERS=$tree holds no kernel headers (no Makefile or include/linux/kconfig.h)"
+        link_headers "$tree"
+        return 0
+    fi
+    headers_ok "$modules/build" && return 0
+    # bcc unpacks the kernel's own headers from the kheaders module when there is no build tree.
+    [ -e /sys/kernel/kheaders.tar.xz ] && return 0
+    if [ -L "$modules/build" ]; then
+        warn "$modules/build points to $(readlink "$modules/build"), which holds no headers: relinking"
+    fi
+
+    local exact=/usr/src/linux-headers-$kernel
+    if ! headers_ok "$exact" && available "linux-headers-$kernel"; then
         apt_install "linux-headers-$kernel"
-    else
-        generic=linux-headers-$arch
-        apt-cache show "$generic" >/dev/null 2>&1 || generic=linux-headers-generic
-        dpkg-query -W -f='${Status}' "$generic" 2>/dev/null | grep -q "ok installed" || apt_install "$generic"
-        flavoured=$(ls -d /usr/src/linux-headers-*-"$arch" /usr/src/linux-headers-*-generic 2>/dev/null | sort -V | tail -n 1)
-        if [ -z "$flavoured" ]; then
-            echo "setup: no kernel headers found after installing $generic" >&2
-            exit 1
+    fi
+    headers_ok "$modules/build" && return 0
+    if headers_ok "$exact"; then
+        say "linking $exact as the headers of $kernel"
+        link_headers "$exact"
+        return 0
+    fi
+
+    # No exact headers for this kernel: the distro's generic ones, with a warning.
+    local generic
+    for generic in "linux-headers-$arch" linux-headers-generic; do
+        installed "$generic" && break
+        if available "$generic"; then
+            apt_install "$generic"
+            break
         fi
-        common=${flavoured%-"$arch"}
-        common=${common%-generic}
-        [ -d "$common-common" ] && common=$common-common
-        [ -d "$common" ] || common=$flavoured
-        mkdir -p "/lib/modules/$kernel"
-        ln -sfn "$flavoured" "$build"
-        ln -sfn "$common" "/lib/modules/$kernel/source"
-        warn "no headers for kernel $kernel in the distro; linked $(basename "$flavoured") instead."
-        warn "tracepoint and perf-event programs work; anything reading kernel structs may not (capabilities report headers=approximate)."
+    done
+    local tree
+    tree=$(newest_generic)
+    if [ -z "$tree" ]; then
+        die "cannot find kernel headers for $kernel: the distro has no linux-headers-$kernel and no generic headers are under /usr/src; install your kernel's headers, or set FLEETTRACE_KERNEL_HEADERS=DIR (a kernel build tree)"
     fi
-fi
+    link_headers "$tree"
+    warn "no headers for kernel $kernel in the distro; linked ${tree##*/} instead (set FLEETTRACE_KERNEL_HEADERS=DIR to choose)."
+    warn "tracepoint and perf-event programs work; anything reading kernel structs may not (capabilities report headers=approximate)."
+}
 
-# bcc attaches through tracefs; some minimal systems do not mount it.
-if [ ! -e /sys/kernel/tracing/events ]; then
-    mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
-fi
-if [ ! -e /sys/kernel/debug/tracing ] && ! mountpoint -q /sys/kernel/debug; then
-    mount -t debugfs nodev /sys/kernel/debug 2>/dev/null || true
-fi
-[ -e /sys/kernel/tracing/events ] || warn "tracefs is not mounted at /sys/kernel/tracing; tracepoints will be unavailable"
+# -- tracefs and the venv ---------------------------------------------------------------------
 
-# The venv comes from the system Python so that the distro's bcc module is importable.
-venv=$here/.venv
-if [ ! -x "$venv/bin/python" ]; then
-    say "creating $venv from /usr/bin/python3"
-    /usr/bin/python3 -m venv --system-site-packages "$venv"
-fi
-stamp=$venv/.fleettrace-installed
-want=$(sha256sum "$here/pyproject.toml" | cut -d' ' -f1)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    say "installing fleettrace into $venv"
-    piplog=$(mktemp)
-    if ! { "$venv/bin/pip" install -q --disable-pip-version-check --upgrade pip \
-        && "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[dev,controller]"; } >"$piplog" 2>&1; then
-        tail -n 40 "$piplog" >&2
-        echo "setup: pip install failed (full log: $piplog)" >&2
-        exit 1
+mount_tracefs() {
+    step="mounting tracefs"
+    # bcc attaches through tracefs; some minimal systems do not mount it.
+    if [ ! -e /sys/kernel/tracing/events ]; then
+        mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
     fi
-    rm -f "$piplog"
-    echo "$want" > "$stamp"
+    if [ ! -e /sys/kernel/debug/tracing ] && ! mountpoint -q /sys/kernel/debug; then
+        mount -t debugfs nodev /sys/kernel/debug 2>/dev/null || true
+    fi
+    [ -e /sys/kernel/tracing/events ] || warn "tracefs is not mounted at /sys/kernel/tracing; tracepoints will be unavailable"
+}
+
+make_venv() {
+    step="python environment"
+    local venv=$here/.venv
+    if [ ! -x "$venv/bin/python" ]; then
+        say "creating $venv from /usr/bin/python3"
+        /usr/bin/python3 -m venv --system-site-packages "$venv" \
+            || die "python3 -m venv failed: is python3-venv installed? (apt-get install python3-venv)"
+    fi
+    "$venv/bin/python" -c "import bcc" 2>/dev/null \
+        || die "bcc does not import in $venv: python3-bpfcc must be installed for /usr/bin/python3 (delete $venv and rerun)"
+    local stamp=$venv/.fleettrace-installed want
+    want=$(sha256sum "$here/pyproject.toml" | cut -d' ' -f1)
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        say "installing fleettrace into $venv"
+        local log
+        log=$(mktemp)
+        if ! { "$venv/bin/pip" install -q --disable-pip-version-check --upgrade pip \
+            && "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[dev,controller]"; } >"$log" 2>&1; then
+            tail -n 20 "$log" >&2
+            die "pip install failed (last lines above; full log $log): check access to PyPI, then rerun"
+        fi
+        rm -f "$log"
+        echo "$want" >"$stamp"
+    fi
+}
+
+if [ "$only" = headers ]; then
+    setup_headers
+    exit 0
 fi
+install_packages
+setup_headers
+mount_tracefs
+make_venv

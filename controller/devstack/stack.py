@@ -133,6 +133,8 @@ class Stack:
             down(self.config.state_dir, progress=self.progress)
         self._check_names_free()
         with socket.socket() as probe:
+            # As uvicorn binds: an earlier run's TIME_WAIT sockets must not count as "in use".
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", self.config.port))
             except OSError:
