@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 class Dispatcher(Protocol):
     def send(self, *, host: str, request: TraceRequest, expires_s: float) -> None: ...
 
-    def request_cancel(self, *, run_id: str) -> None: ...
+    def request_cancel(self, *, host: str, run_id: str) -> None: ...
 
 
 class CeleryDispatcher:
@@ -55,5 +55,5 @@ class CeleryDispatcher:
         )
         log.info("run %s (job %s): queued for %s", request.run_id, request.job_id, host)
 
-    def request_cancel(self, *, run_id: str) -> None:
-        self.redis.set(cancel_key(run_id), "1", ex=CANCEL_TTL_S)
+    def request_cancel(self, *, host: str, run_id: str) -> None:
+        self.redis.set(cancel_key(host, run_id), "1", ex=CANCEL_TTL_S)

@@ -111,6 +111,7 @@ class ErrorCode(str, Enum):
     verifier_rejected = "verifier_rejected"
     attach_failed = "attach_failed"
     limit_exceeded = "limit_exceeded"
+    policy = "policy"
     killed = "killed"
     internal = "internal"
 
@@ -243,6 +244,28 @@ class StateChange(_Model):
 RunEvent = Annotated[Snapshot | StateChange, Field(discriminator="type")]
 
 
+class RefusalReason(str, Enum):
+    """Why an agent refused work it was sent (each one becomes an audit record)."""
+
+    bad_signature = "bad_signature"
+    unknown_key = "unknown_key"
+    wrong_host = "wrong_host"
+    expired = "expired"
+    replay = "replay"
+    policy = "policy"
+    unreadable = "unreadable"
+
+
+class Refusal(_Model):
+    """An agent refused a task or a cancel before acting on it."""
+
+    type: Literal["refusal"] = "refusal"
+    reason: RefusalReason
+    detail: str = Field(default="", max_length=1024)
+    run_id: str | None = Field(default=None, max_length=128)
+    at: float = Field(default_factory=time.time)
+
+
 # -- capabilities -----------------------------------------------------------------------------
 
 
@@ -299,4 +322,4 @@ class StreamEnvelope(_Model):
 
     host: str
     job_id: str | None = None
-    event: Annotated[Snapshot | StateChange | Heartbeat, Field(discriminator="type")]
+    event: Annotated[Snapshot | StateChange | Heartbeat | Refusal, Field(discriminator="type")]

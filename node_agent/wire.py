@@ -14,8 +14,9 @@ def host_queue(host: str) -> str:
     return f"host.{host}"
 
 
-def cancel_key(run_id: str) -> str:
-    return f"fleettrace:cancel:{run_id}"
+def cancel_key(host: str, run_id: str) -> str:
+    """Per host, so that a host's Redis identity can read its own cancels and no other's."""
+    return f"fleettrace:cancel:{host}:{run_id}"
 
 
 def broker_url(redis_url: str) -> str:

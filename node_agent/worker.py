@@ -95,7 +95,7 @@ class Agent:
         def publish(event: RunEvent) -> None:
             self.publisher.publish(event, job_id=job_id)
 
-        if self.redis.exists(cancel_key(run_id)):
+        if self.redis.exists(cancel_key(self.settings.host, run_id)):
             final = StateChange(
                 run_id=run_id, state=RunState.cancelled, reason="cancelled before start"
             )
@@ -130,7 +130,7 @@ class Agent:
     def _watch_cancel(self, run_id: str, runner: TraceRunner, done: threading.Event) -> None:
         while not done.wait(CANCEL_POLL_S):
             try:
-                if self.redis.exists(cancel_key(run_id)):
+                if self.redis.exists(cancel_key(self.settings.host, run_id)):
                     log.info("run %s: cancel requested", run_id)
                     runner.cancel()
                     return

@@ -23,7 +23,14 @@ from controller.jobs import service as jobs_service
 from controller.jobs.models import Job, Run, SnapshotRow
 from controller.reports import store as digests
 from controller.settings import Settings
-from node_agent.protocol import Heartbeat, RunState, Snapshot, StateChange, StreamEnvelope
+from node_agent.protocol import (
+    Heartbeat,
+    Refusal,
+    RunState,
+    Snapshot,
+    StateChange,
+    StreamEnvelope,
+)
 from node_agent.wire import EVENTS_STREAM
 
 log = logging.getLogger(__name__)
@@ -136,6 +143,15 @@ class Ingest:
         if isinstance(event, Heartbeat):
             hosts_service.record_heartbeat(
                 session=session, beat=event, auto_register=self.settings.auto_register_hosts
+            )
+            return
+        if isinstance(event, Refusal):
+            log.warning(
+                "ingest: host %s refused run %s: %s %s",
+                envelope.host,
+                event.run_id,
+                event.reason.value,
+                event.detail,
             )
             return
         run = self._checked_run(session, envelope, event.run_id)
@@ -262,7 +278,7 @@ class Ingest:
 def _preload(session: Session, envelopes: Sequence[StreamEnvelope]) -> list[object]:
     """Load a batch's runs, and the jobs (with all their runs) whose state may change, in two
     queries; the caller holds the result so the (weak) identity map keeps them for the batch."""
-    run_ids = {e.event.run_id for e in envelopes if not isinstance(e.event, Heartbeat)}
+    run_ids = {e.event.run_id for e in envelopes if isinstance(e.event, Snapshot | StateChange)}
     if not run_ids:
         return []
     runs = list(session.scalars(select(Run).where(Run.id.in_(run_ids))))

@@ -284,7 +284,7 @@ def cancel(*, session: Session, dispatcher: Dispatcher, job: Job) -> Job:
         state = RunState(run.state)
         if state.final:
             continue
-        dispatcher.request_cancel(run_id=run.id)
+        dispatcher.request_cancel(host=run.host_name, run_id=run.id)
         if state is RunState.pending:
             set_run_state(
                 session=session, run=run, state=RunState.cancelled, reason="cancelled before start"

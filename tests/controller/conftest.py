@@ -237,8 +237,8 @@ class RecordingDispatcher(CeleryDispatcher):
         super().send(host=host, request=request, expires_s=expires_s)
         self.sent.append((host, request))
 
-    def request_cancel(self, *, run_id: str) -> None:
-        super().request_cancel(run_id=run_id)
+    def request_cancel(self, *, host: str, run_id: str) -> None:
+        super().request_cancel(host=host, run_id=run_id)
         self.cancels.append(run_id)
 
 

@@ -72,7 +72,7 @@ class AgentStub:
         ]
         self.apply(*(StreamEnvelope(host=host, job_id=request.job_id, event=e) for e in events))
 
-    def request_cancel(self, *, run_id: str) -> None:
+    def request_cancel(self, *, host: str, run_id: str) -> None:
         self.cancels.append(run_id)
 
     def apply(self, *envelopes: StreamEnvelope) -> None:

@@ -50,7 +50,7 @@ class CountingDispatcher:
         with self.lock:
             self.sent.append((host, request))
 
-    def request_cancel(self, *, run_id: str) -> None:
+    def request_cancel(self, *, host: str, run_id: str) -> None:
         pass
 
 
