@@ -4,8 +4,10 @@
 # Everything started is stopped at the end; pass --keep to leave the stack running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# `su` without `-` keeps a user's PATH, which often lacks the sbin directories.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 if [ "$(id -u)" != 0 ]; then
-    echo "demo: must run as root (namespaces, cgroups and bcc need it): sudo bash $0 $*" >&2
+    echo "demo: must run as root (namespaces, cgroups and bcc need it): as root \`bash $0\`, or \`sudo bash $0\`" >&2
     exit 1
 fi
 FLEETTRACE_SETUP_QUIET=${FLEETTRACE_SETUP_QUIET:-0} bash scripts/setup.sh
