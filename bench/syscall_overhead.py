@@ -34,6 +34,7 @@ from typing import IO, Any
 
 from node_agent.protocol import (
     CounterTable,
+    Limits,
     RunEvent,
     RunState,
     Snapshot,
@@ -150,8 +151,9 @@ def bpftrace_attached(bpftrace: str) -> Iterator[Callable[[], int]]:
 
 
 @contextlib.contextmanager
-def ours_attached(per_process: bool, round_no: int) -> Iterator[Callable[[], int]]:
-    """Runs our syscalls program through the real TraceRunner until the block ends."""
+def ours_attached(per_process: bool, round_no: int, guard: bool) -> Iterator[Callable[[], int]]:
+    """Runs our syscalls program through the real TraceRunner until the block ends; with
+    `guard`, the overhead guard reads the kernel's BPF stats (budget high enough never to stop)."""
     running = threading.Event()
 
     def on_event(event: RunEvent) -> None:
@@ -166,6 +168,7 @@ def ours_attached(per_process: bool, round_no: int) -> Iterator[Callable[[], int
         program="syscalls",
         params={"per_process": per_process},
         duration_s=600,
+        limits=Limits(overhead_pct=400 if guard else None),
     )
     runner = TraceRunner(request, on_event)
     finals: list[StateChange] = []
@@ -219,7 +222,9 @@ def measure(
             if config.name == "bpftrace":
                 tracer = bpftrace_attached(args.bpftrace)
             else:
-                tracer = ours_attached(config.name == "ours_per_process", round_no)
+                tracer = ours_attached(
+                    config.name == "ours_per_process", round_no, config.name.endswith("_guard")
+                )
             started = time.monotonic()
             with tracer as count:
                 config.attach_wait_s.append(time.monotonic() - started)
@@ -339,6 +344,7 @@ def main() -> int:
         Config("bpftrace", "bpftrace @[comm] = count()"),
         Config("ours_per_process", "ours syscalls per_process=true (TraceRunner)"),
         Config("ours_global", "ours syscalls per_process=false (TraceRunner)"),
+        Config("ours_global_guard", "ours per_process=false, overhead guard on (kernel stats)"),
     ]
     with tempfile.TemporaryDirectory(prefix="ft-bench-") as tmp:
         loop = build_loop(Path(tmp))

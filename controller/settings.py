@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     task_expiry_s: float = Field(default=60.0, gt=0)
     heartbeat_timeout_s: float = Field(default=30.0, gt=0)
     max_duration_s: float = Field(default=3600.0, gt=0)
+    # The most rows one job may store: hosts x snapshots x limits.max_rows.
+    job_budget_rows: int = Field(default=50_000_000, ge=1)
     ingest_group: str = "controller"
     ingest_consumer: str = "ingest-1"
     ingest_batch: int = Field(default=200, ge=1, le=10_000)

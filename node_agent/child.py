@@ -28,6 +28,7 @@ class ChildStart(BaseModel):
     request: TraceRequest
     allow_custom: bool = False
     max_duration_s: float = 3600.0
+    max_overhead_pct: float = 400.0
 
 
 def _limit_memory(megabytes: int) -> None:
@@ -98,7 +99,10 @@ def main() -> int:
         if warm_mb != request.limits.memory_mb:
             _limit_memory(request.limits.memory_mb)
         prepared = prepare(
-            request, allow_custom=start.allow_custom, max_duration_s=start.max_duration_s
+            request,
+            allow_custom=start.allow_custom,
+            max_duration_s=start.max_duration_s,
+            max_overhead_pct=start.max_overhead_pct,
         )
         state = execute(prepared, BccRuntime(), emit, stop)
     except FleettraceError as exc:

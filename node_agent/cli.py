@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-rows", type=int, default=Limits().max_rows)
     run.add_argument("--map-entries", type=int, default=Limits().map_entries)
     run.add_argument("--max-samples", type=int, default=Limits().max_samples)
+    run.add_argument(
+        "--overhead-budget",
+        type=float,
+        default=Limits().overhead_pct,
+        metavar="PCT",
+        help="stop when BPF + agent CPU exceed PCT %% of one CPU (%(default)s)",
+    )
     run.add_argument("--grace", type=parse_duration, default=5.0, help="kill after this long")
     run.add_argument("--source", type=Path, help="custom: bcc C file")
     run.add_argument("--map", type=_map_decl, action="append", default=[], metavar="NAME:KIND")
@@ -173,6 +180,7 @@ def _request(args: argparse.Namespace) -> TraceRequest:
             "max_rows": args.max_rows,
             "map_entries": args.map_entries,
             "max_samples": args.max_samples,
+            "overhead_pct": args.overhead_budget,
         },
         "maps": [m.model_dump() for m in args.map],
     }

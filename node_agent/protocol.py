@@ -45,6 +45,14 @@ class Limits(_Model):
     max_rows: int = Field(default=1000, ge=1, le=100_000)
     max_samples: int = Field(default=100, ge=0, le=10_000)
     memory_mb: int = Field(default=2048, ge=256, le=65_536)
+    overhead_pct: float | None = Field(
+        default=10.0,
+        gt=0,
+        le=400,
+        description="stop the trace when its BPF programs plus the agent's own CPU cost more"
+        " than this percent of one CPU over a few seconds; null: no guard (and no kernel BPF"
+        " stats, which cost ~10-30 ns per program run while on)",
+    )
 
 
 class MapKind(str, Enum):
@@ -217,6 +225,13 @@ class SnapshotStats(_Model):
     attach_s: float = 0.0
     agent_cpu_s: float = 0.0
     peak_rss_mb: float = 0.0
+    # What the trace costs its host since attach (kernel BPF stats + the trace's own CPU).
+    bpf_run_time_s: float = Field(default=0.0, ge=0)
+    bpf_runs: int = Field(default=0, ge=0)
+    events_per_s: float = Field(default=0.0, ge=0)
+    overhead_pct: float | None = Field(
+        default=None, ge=0, description="percent of one CPU; None when it was not measured"
+    )
 
 
 class Snapshot(_Model):

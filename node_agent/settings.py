@@ -20,6 +20,8 @@ class AgentSettings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     allow_custom: bool = False
     max_duration_s: float = Field(default=3600.0, gt=0)
+    # The most a job may set its overhead budget to (limits.overhead_pct), % of one CPU.
+    max_overhead_pct: float = Field(default=50.0, gt=0, le=400)
     concurrency: int = Field(default=4, ge=1, le=64)
     heartbeat_s: float = Field(default=10.0, gt=0)
     probe_every_s: float = Field(default=3600.0, gt=0)

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from node_agent.errors import BadParameter, FleettraceError, LimitExceeded, UnsupportedProgram
+from node_agent.overhead import OverheadMeter
 from node_agent.programs import get_program
 from node_agent.programs.spec import DecodeContext, ProgramSpec, SampleSpec
 from node_agent.protocol import (
+    ErrorCode,
     EventSamples,
     Feature,
     KeyValue,
@@ -28,6 +30,7 @@ from node_agent.protocol import (
     Snapshot,
     SnapshotStats,
     StateChange,
+    TraceError,
     TraceRequest,
 )
 from node_agent.runtime.base import LoadedProgram, Runtime
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 PRELUDE = Path(__file__).with_name("programs") / "prelude.h"
 TRACEFS = Path("/sys/kernel/tracing")
 POLL_MS = 100  # how often the loop looks at the stop flag: the bound on cancel latency
+COST_EVERY_S = 1.0  # how often the overhead guard reads the trace's cost
 
 Emit = Callable[[RunEvent], None]
 
@@ -52,7 +56,11 @@ class PreparedTrace:
 
 
 def prepare(
-    request: TraceRequest, *, allow_custom: bool = False, max_duration_s: float = 3600.0
+    request: TraceRequest,
+    *,
+    allow_custom: bool = False,
+    max_duration_s: float = 3600.0,
+    max_overhead_pct: float = 400.0,
 ) -> PreparedTrace:
     """Check a request against the catalog and this agent's limits; build source and flags."""
     spec = get_program(request.program)
@@ -62,6 +70,17 @@ def prepare(
         raise LimitExceeded(
             f"duration_s: {request.duration_s:g}s is above this agent's limit"
             f" of {max_duration_s:g}s"
+        )
+    budget = request.limits.overhead_pct
+    if budget is None and max_overhead_pct < 400:
+        raise LimitExceeded(
+            f"limits.overhead_pct: this agent requires an overhead budget"
+            f" (at most {max_overhead_pct:g} % of a CPU)"
+        )
+    if budget is not None and budget > max_overhead_pct:
+        raise LimitExceeded(
+            f"limits.overhead_pct: {request.limits.overhead_pct:g} % is above this agent's"
+            f" limit of {max_overhead_pct:g} % of a CPU"
         )
     params = spec.validate_params(request.params)
     for kind in sorted(request.scope.kinds() - spec.scopes):
@@ -130,8 +149,10 @@ class _Snapshotter:
         samples: _Samples | None,
         compile_s: float,
         attach_s: float,
+        meter: OverheadMeter | None = None,
     ) -> None:
         self.prepared = prepared
+        self.meter = meter
         self.program = program
         self.samples = samples
         self.compile_s = compile_s
@@ -149,6 +170,7 @@ class _Snapshotter:
             results.append(self.samples.result())
             lost += self.samples.lost
         usage = resource.getrusage(resource.RUSAGE_SELF)
+        cost = self.meter.total() if self.meter is not None else None
         now = time.time()
         snapshot = Snapshot(
             run_id=request.run_id,
@@ -165,6 +187,10 @@ class _Snapshotter:
                 attach_s=round(self.attach_s, 4),
                 agent_cpu_s=round(usage.ru_utime + usage.ru_stime, 4),
                 peak_rss_mb=round(usage.ru_maxrss / 1024, 1),
+                bpf_run_time_s=round(cost.bpf_s, 6) if cost else 0.0,
+                bpf_runs=cost.bpf_runs if cost else 0,
+                events_per_s=round(cost.events_per_s, 1) if cost else 0.0,
+                overhead_pct=round(cost.percent, 3) if cost else None,
             ),
         )
         self.seq += 1
@@ -185,6 +211,7 @@ def execute(
         state = RunState.unsupported if isinstance(exc, UnsupportedProgram) else RunState.failed
         emit(StateChange(run_id=request.run_id, state=state, error=exc.to_error()))
         return state
+    meter: OverheadMeter | None = None
     try:
         extra_attach = time.monotonic()
         for sample in spec.perf_samples:
@@ -194,7 +221,9 @@ def execute(
             samples = _Samples(spec.samples, request.limits.max_samples)
             program.open_events(spec.samples.table, samples.on_event, samples.on_lost)
         attach_s += time.monotonic() - extra_attach
-        snapshots = _Snapshotter(prepared, program, samples, compile_s, attach_s)
+        if request.limits.overhead_pct is not None:
+            meter = runtime.cost_meter()
+        snapshots = _Snapshotter(prepared, program, samples, compile_s, attach_s, meter)
         # Read the (still empty) maps once now: a missing map fails the run at once, not at the end.
         spec.decode(DecodeContext(program, prepared.params, request.limits, request.maps))
         emit(StateChange(run_id=request.run_id, state=RunState.running))
@@ -202,17 +231,30 @@ def execute(
         deadline = snapshots.started + request.duration_s
         interval = request.interval_s
         next_snapshot = snapshots.started + interval if interval else deadline
+        next_cost = snapshots.started + COST_EVERY_S
+        over: str | None = None
         while not stop.is_set():
             now = time.time()
             if now >= deadline:
                 break
+            if meter is not None and request.limits.overhead_pct and now >= next_cost:
+                next_cost = now + COST_EVERY_S
+                meter.sample()
+                over = meter.over_budget(request.limits.overhead_pct)
+                if over:
+                    break
             if now >= next_snapshot and interval:
                 emit(snapshots.take(final=False))
                 next_snapshot += interval * max(1, int((now - next_snapshot) // interval) + 1)
             wait_ms = min(POLL_MS, max(1, int((min(deadline, next_snapshot) - now) * 1000)))
             program.poll_events(wait_ms)
-        state = RunState.cancelled if stop.is_set() else RunState.succeeded
         emit(snapshots.take(final=True))
+        if over:
+            log.warning("run %s: stopped by the overhead guard: %s", request.run_id, over)
+            error = TraceError(code=ErrorCode.limit_exceeded, message=over)
+            emit(StateChange(run_id=request.run_id, state=RunState.failed, error=error))
+            return RunState.failed
+        state = RunState.cancelled if stop.is_set() else RunState.succeeded
         emit(StateChange(run_id=request.run_id, state=state))
         return state
     except FleettraceError as exc:
@@ -220,3 +262,5 @@ def execute(
         return RunState.failed
     finally:
         program.close()
+        if meter is not None:
+            meter.close()

@@ -108,6 +108,7 @@ class Agent:
             publish,
             allow_custom=self.settings.allow_custom,
             max_duration_s=self.settings.max_duration_s,
+            max_overhead_pct=self.settings.max_overhead_pct,
             pool=self.pool,
         )
         with self._lock:

@@ -61,9 +61,11 @@ def run_trace(
     workload: Callable[[], None] | None = None,
     *,
     start_after: Callable[[], bool] | None = None,
+    on_final: Callable[[], None] | None = None,
     **runner_kwargs: object,
 ) -> TraceOutcome:
-    """Run a trace; start `workload` in a thread once the program is attached."""
+    """Run a trace; start `workload` in a thread once the program is attached (and call
+    `on_final`, e.g. to stop an endless workload, when the run ends)."""
     outcome_events: list[RunEvent] = []
     attached = threading.Event()
 
@@ -71,6 +73,8 @@ def run_trace(
         outcome_events.append(event)
         if isinstance(event, StateChange) and event.state.value == "running":
             attached.set()
+        if isinstance(event, StateChange) and event.state.final and on_final is not None:
+            on_final()
 
     runner = TraceRunner(request, on_event, **runner_kwargs)  # type: ignore[arg-type]
     worker: threading.Thread | None = None

@@ -323,4 +323,11 @@ def _notes(job: JobResults) -> list[Line]:
             said.append("output truncated at max_rows")
         if said:
             notes.append(Line(f"note: {host.host}: {'; '.join(said)}", "note"))
+    costs = [
+        f"{host.host} {host.stats.overhead_pct:.1f} % ({host.stats.events_per_s:,.0f} events/s)"
+        for host in job.hosts
+        if host.stats is not None and host.stats.overhead_pct is not None
+    ]
+    if costs:
+        notes.append(Line(f"cost to each host, % of one CPU: {', '.join(costs)}", "dim"))
     return [Line(""), *notes] if notes else []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections import Counter
 from datetime import timedelta
@@ -55,6 +56,21 @@ def validate(job_in: JobCreate, *, settings: Settings, may_run_custom: bool) -> 
     return params
 
 
+def check_budget(job_in: JobCreate, *, hosts: int, settings: Settings) -> None:
+    """Refuse a job that could store more than the budget: hosts x snapshots x rows."""
+    snapshots = 1 + (math.ceil(job_in.duration_s / job_in.interval_s) if job_in.interval_s else 0)
+    rows = job_in.limits.max_rows
+    cost = hosts * snapshots * rows
+    if cost <= settings.job_budget_rows:
+        return
+    raise InvalidRequest(
+        f"the job could store {cost:,} rows ({hosts} hosts x {snapshots} snapshots x {rows}"
+        f" rows), above the budget of {settings.job_budget_rows:,} (FLEETTRACE_JOB_BUDGET_ROWS):"
+        " use a longer interval, fewer hosts or a smaller limits.max_rows",
+        field="interval_s" if job_in.interval_s else "limits.max_rows",
+    )
+
+
 def resolve_targets(*, session: Session, job_in: JobCreate) -> list[Host]:
     targets = job_in.targets
     if targets.hosts is not None:
@@ -99,6 +115,7 @@ def create(
 ) -> Job:
     params = validate(job_in, settings=settings, may_run_custom=may_run_custom)
     hosts = resolve_targets(session=session, job_in=job_in)
+    check_budget(job_in, hosts=len(hosts), settings=settings)
     now = utcnow()
     job = Job(
         id=str(uuid.uuid4()),

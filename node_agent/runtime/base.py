@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from node_agent.overhead import OverheadMeter
 
 EventCallback = Callable[[Any], None]
 
@@ -38,3 +41,6 @@ class LoadedProgram(Protocol):
 class Runtime(Protocol):
     def load(self, source: str, cflags: list[str]) -> tuple[LoadedProgram, float, float]:
         """Compile, load and auto-attach; returns the program, compile and attach seconds."""
+
+    def cost_meter(self) -> OverheadMeter:
+        """Starts measuring what the loaded programs cost the host (after attach)."""

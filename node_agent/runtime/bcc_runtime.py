@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from node_agent.errors import AttachError, ProgramCompileError, VerifierRejected
+from node_agent.overhead import OverheadMeter
 from node_agent.runtime.base import EventCallback
 
 log = logging.getLogger(__name__)
@@ -157,3 +158,6 @@ class BccRuntime:
         total = time.monotonic() - start
         log.debug("loaded program in %.3fs (attach %.3fs)", total, attach_s)
         return BccProgram(bpf), total - attach_s, attach_s
+
+    def cost_meter(self) -> OverheadMeter:
+        return OverheadMeter.start()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
+from node_agent.overhead import OverheadMeter, Reading
 from node_agent.runtime.base import EventCallback
 
 
@@ -52,10 +54,26 @@ class FakeProgram:
 class FakeRuntime:
     """Hands out one FakeProgram, or raises the error it was given."""
 
-    def __init__(self, program: FakeProgram | None = None, error: Exception | None = None) -> None:
+    def __init__(
+        self,
+        program: FakeProgram | None = None,
+        error: Exception | None = None,
+        cost_pct: float = 0.0,
+    ) -> None:
         self.program = program or FakeProgram({})
         self.error = error
         self.loaded: list[tuple[str, list[str]]] = []
+        self.cost_pct = cost_pct  # the share of one CPU the fake programs "spend" in the kernel
+
+    def cost_meter(self) -> OverheadMeter:
+        start = time.monotonic()
+
+        def read() -> Reading:
+            now = time.monotonic()
+            busy_ns = int((now - start) * self.cost_pct / 100 * 1e9)
+            return Reading(at=now, bpf_ns=busy_ns, runs=busy_ns // 100, cpu_s=0.0)
+
+        return OverheadMeter(read)
 
     def load(self, source: str, cflags: list[str]) -> tuple[FakeProgram, float, float]:
         self.loaded.append((source, cflags))

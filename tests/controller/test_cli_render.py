@@ -333,6 +333,19 @@ def test_nothing_yet_and_loss_notes() -> None:
     )
 
 
+def test_what_each_trace_cost_its_host_is_one_line() -> None:
+    results, runs = job(
+        {"a": [table([("read", 1)])], "b": [table([("read", 2)])]},
+        stats={
+            "a": SnapshotStats(overhead_pct=2.345, events_per_s=180_000.4),
+            "b": SnapshotStats(overhead_pct=0.04, events_per_s=12),
+        },
+    )
+    assert text(results, runs)[-1] == (
+        "cost to each host, % of one CPU: a 2.3 % (180,000 events/s), b 0.0 % (12 events/s)"
+    )
+
+
 def test_emit_is_plain_text_off_a_terminal() -> None:
     out = io.StringIO()
     emit([Line("title", "title"), Line("row", "bad")], out)

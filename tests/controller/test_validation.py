@@ -61,6 +61,12 @@ BAD_JOBS: list[tuple[str, dict[str, Any], str]] = [
     ("source for a catalog program", job(source="int x;"), "source"),
     ("custom program without source", job(program="custom"), "source"),
     ("limit out of bounds", job(limits={"max_rows": 0}), "limits.max_rows"),
+    ("overhead budget of zero", job(limits={"overhead_pct": 0}), "limits.overhead_pct"),
+    (
+        "over the row budget (0.1 s x 600 s x 100,000 rows)",
+        job(duration_s=MAX_DURATION, interval_s=0.1, limits={"max_rows": 100_000}),
+        "interval_s",
+    ),
 ]
 
 
