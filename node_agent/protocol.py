@@ -9,15 +9,52 @@ import time
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 PROTOCOL_VERSION = 1
 MAX_ERROR_DETAIL = 8192
 COMM_LEN = 16  # the kernel's TASK_COMM_LEN, NUL included
 
+# Bounds on everything an agent sends: a traced host controls these, and the controller
+# stores them (SQLite and PostgreSQL integers are signed 64-bit; seq is a 32-bit column).
+MAX_SEQ = 2**31 - 1
+MAX_COUNT = 2**64 - 1  # u64 kernel counters
+MAX_ID = 128  # run and job ids
+MAX_NAME = 128  # result, field, label and program names
+MAX_TEXT = 4096  # one key value (a path: PATH_MAX), one frame, one reason
+MAX_ROWS = 100_000  # Limits.max_rows's bound
+MAX_SAMPLES = 10_000  # Limits.max_samples's bound
+MAX_STACK_DEPTH = 1024  # bcc gives at most 127 kernel + 127 user frames
+MAX_BUCKETS = 128
+MAX_FIELDS = 32
+MAX_RUNNING = 1024
+HOST_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+def _clip(value: Any) -> Any:
+    """Free text an agent writes (reasons, messages, probe errors) is cut, not refused."""
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        mark = " [... cut]"
+        return value[: MAX_TEXT - len(mark)] + mark
+    return value
+
+
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Clipped = Annotated[str, BeforeValidator(_clip), Field(max_length=MAX_TEXT)]
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID)]
+Name = Annotated[str, Field(max_length=MAX_NAME)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+HostName = Annotated[str, Field(pattern=HOST_PATTERN)]
+
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
 class Scope(_Model):
@@ -126,7 +163,7 @@ class ErrorCode(str, Enum):
 
 class TraceError(_Model):
     code: ErrorCode
-    message: str
+    message: Clipped
     detail: str | None = Field(default=None, description="compiler or verifier log, truncated")
 
     @field_validator("detail")
@@ -146,11 +183,13 @@ def truncate_log(text: str, limit: int = MAX_ERROR_DETAIL) -> str:
 
 # -- results ----------------------------------------------------------------------------------
 
-KeyValue = str | int
+KeyValue = Annotated[str, Field(max_length=MAX_TEXT)] | Annotated[
+    int, Field(ge=-(2**63), le=MAX_COUNT)
+]
 
 
 class KeyField(_Model):
-    name: str
+    name: Name
     type: Literal["str", "int", "addr", "port", "path"] = "str"
 
 
@@ -158,11 +197,16 @@ class CounterTable(_Model):
     """Rows of counts keyed by typed fields, largest first."""
 
     kind: Literal["counter_table"] = "counter_table"
-    name: str
-    key_fields: list[KeyField]
-    value_fields: list[str] = Field(default_factory=lambda: ["count"])
-    rows: list[tuple[list[KeyValue], list[int]]] = Field(default_factory=list)
-    total_rows: int = 0
+    name: Name
+    key_fields: list[KeyField] = Field(max_length=MAX_FIELDS)
+    value_fields: list[Name] = Field(default_factory=lambda: ["count"], max_length=MAX_FIELDS)
+    rows: list[
+        tuple[
+            Annotated[list[KeyValue], Field(max_length=MAX_FIELDS)],
+            Annotated[list[Count], Field(max_length=MAX_FIELDS)],
+        ]
+    ] = Field(default_factory=list, max_length=MAX_ROWS)
+    total_rows: Count = 0
     truncated: bool = False
 
 
@@ -170,11 +214,11 @@ class Log2Histogram(_Model):
     """A log2 histogram: slot s holds values in [2**(s-1), 2**s - 1]; slot 1 holds 0 and 1."""
 
     kind: Literal["log2_histogram"] = "log2_histogram"
-    name: str
-    unit: str
-    labels: dict[str, KeyValue] = Field(default_factory=dict)
-    buckets: list[tuple[int, int]] = Field(
-        default_factory=list, description="(slot, count), sparse"
+    name: Name
+    unit: Name
+    labels: dict[Name, KeyValue] = Field(default_factory=dict, max_length=MAX_FIELDS)
+    buckets: list[tuple[Annotated[int, Field(ge=0, lt=MAX_BUCKETS)], Count]] = Field(
+        default_factory=list, description="(slot, count), sparse", max_length=MAX_BUCKETS
     )
 
     @property
@@ -183,18 +227,18 @@ class Log2Histogram(_Model):
 
 
 class StackCount(_Model):
-    frames: list[str] = Field(description="root first")
-    count: int
+    frames: list[Text] = Field(description="root first", max_length=MAX_STACK_DEPTH)
+    count: Count
 
 
 class FoldedStacks(_Model):
     """Sampled stacks, root first, in the folded format flame graphs read."""
 
     kind: Literal["folded_stacks"] = "folded_stacks"
-    name: str
-    unit: str = "samples"
-    stacks: list[StackCount] = Field(default_factory=list)
-    total_rows: int = 0
+    name: Name
+    unit: Name = "samples"
+    stacks: list[StackCount] = Field(default_factory=list, max_length=MAX_ROWS)
+    total_rows: Count = 0
     truncated: bool = False
 
     def folded(self) -> list[str]:
@@ -205,11 +249,13 @@ class EventSamples(_Model):
     """A bounded sample of individual events: the most recent ones, not all of them."""
 
     kind: Literal["event_samples"] = "event_samples"
-    name: str
-    fields: list[str]
-    events: list[list[KeyValue | float]] = Field(default_factory=list)
-    seen: int = 0
-    dropped: int = 0
+    name: Name
+    fields: list[Name] = Field(max_length=MAX_FIELDS)
+    events: list[Annotated[list[KeyValue | float], Field(max_length=MAX_FIELDS)]] = Field(
+        default_factory=list, max_length=MAX_SAMPLES
+    )
+    seen: Count = 0
+    dropped: Count = 0
 
 
 Result = Annotated[
@@ -218,8 +264,8 @@ Result = Annotated[
 
 
 class SnapshotStats(_Model):
-    events_lost: int = 0
-    map_full_drops: int = 0
+    events_lost: Count = 0
+    map_full_drops: Count = 0
     rows_truncated: bool = False
     compile_s: float = 0.0
     attach_s: float = 0.0
@@ -227,7 +273,7 @@ class SnapshotStats(_Model):
     peak_rss_mb: float = 0.0
     # What the trace costs its host since attach (kernel BPF stats + the trace's own CPU).
     bpf_run_time_s: float = Field(default=0.0, ge=0)
-    bpf_runs: int = Field(default=0, ge=0)
+    bpf_runs: Count = 0
     events_per_s: float = Field(default=0.0, ge=0)
     overhead_pct: float | None = Field(
         default=None, ge=0, description="percent of one CPU; None when it was not measured"
@@ -238,22 +284,22 @@ class Snapshot(_Model):
     """Cumulative results from the start of the run up to interval_end."""
 
     type: Literal["snapshot"] = "snapshot"
-    run_id: str
-    seq: int = Field(ge=0)
+    run_id: Id
+    seq: int = Field(ge=0, le=MAX_SEQ)
     interval_start: float
     interval_end: float
     final: bool = False
-    results: list[Result] = Field(default_factory=list)
+    results: list[Result] = Field(default_factory=list, max_length=MAX_FIELDS * 4)
     stats: SnapshotStats = Field(default_factory=SnapshotStats)
 
 
 class StateChange(_Model):
     type: Literal["state"] = "state"
-    run_id: str
+    run_id: Id
     state: RunState
     at: float = Field(default_factory=time.time)
     error: TraceError | None = None
-    reason: str | None = None
+    reason: Clipped | None = None
 
 
 RunEvent = Annotated[Snapshot | StateChange, Field(discriminator="type")]
@@ -300,21 +346,21 @@ class HeadersState(str, Enum):
 
 
 class ProgramSupport(_Model):
-    program: str
+    program: Name
     supported: bool
-    reason: str | None = None
+    reason: Clipped | None = None
 
 
 class HostCapabilities(_Model):
-    kernel_release: str
-    arch: str
-    bcc_version: str | None
+    kernel_release: Name
+    arch: Name
+    bcc_version: Name | None
     headers: HeadersState
-    headers_detail: str | None = None
-    lockdown: str | None = None
+    headers_detail: Clipped | None = None
+    lockdown: Clipped | None = None
     features: dict[Feature, bool]
-    feature_errors: dict[Feature, str] = Field(default_factory=dict)
-    programs: list[ProgramSupport] = Field(default_factory=list)
+    feature_errors: dict[Feature, Clipped] = Field(default_factory=dict)
+    programs: list[ProgramSupport] = Field(default_factory=list, max_length=1024)
     probed_at: float = Field(default_factory=time.time)
 
     def missing(self, needed: set[Feature]) -> list[Feature]:
@@ -325,16 +371,18 @@ class Heartbeat(_Model):
     """An agent's periodic sign of life, with what it can run."""
 
     type: Literal["heartbeat"] = "heartbeat"
-    host: str
-    agent_version: str
+    host: HostName
+    agent_version: Annotated[str, Field(max_length=64)]
     at: float = Field(default_factory=time.time)
     capabilities: HostCapabilities | None = None
-    running: list[str] = Field(default_factory=list, description="run ids in progress")
+    running: list[Id] = Field(
+        default_factory=list, description="run ids in progress", max_length=MAX_RUNNING
+    )
 
 
 class StreamEnvelope(_Model):
     """One entry of the events stream: which host sent what about which run."""
 
-    host: str
-    job_id: str | None = None
+    host: HostName
+    job_id: Id | None = None
     event: Annotated[Snapshot | StateChange | Heartbeat | Refusal, Field(discriminator="type")]
