@@ -61,8 +61,10 @@ packages=(python3-bpfcc python3-venv "bpftool|linux-tools-common" gcc iproute2 r
 [ "$purpose" = tests ] && packages+=(postgresql openssh-server sudo "chromium|chromium-browser")
 packages+=("${extra[@]}")
 
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
-known() { apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [^(]'; }
+# Not `cmd | grep -q`: under pipefail, grep -q exiting at the first match can kill the writer
+# with SIGPIPE (status 141) and make the whole test fail at random.
+installed() { [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == *"ok installed"* ]]; }
+known() { [[ $(apt-cache policy "$1" 2>/dev/null) =~ Candidate:\ [^\(] ]]; }
 
 apt_updated=0
 apt_refresh() {
