@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 
 from fastapi import APIRouter, HTTPException, Query, status
@@ -14,7 +13,7 @@ from controller.jobs import service as jobs
 from controller.jobs.models import Job
 from controller.reports import exports, service, store
 from controller.reports.fleet import ReportInput
-from controller.reports.models import CompareReport, JobReport
+from controller.reports.models import CompareReport, JobReport, SpeedscopeFile
 from controller.reports.render_csv import render_csv
 from controller.reports.render_html import render_html
 from controller.reports.render_md import render_md
@@ -42,7 +41,7 @@ def _job(session: Session, job_id: str) -> Job:
 @router.get(
     "/v1/jobs/{job_id}/report",
     operation_id="get_job_report",
-    response_model=JobReport,
+    response_model=JobReport | SpeedscopeFile,
     responses={
         200: {
             "content": {
@@ -98,7 +97,7 @@ def _export(job: Job, data: ReportInput, format: ReportFormat, host: str | None)
         if stacks is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no host {host} in job {job.id}")
         return PlainTextResponse(exports.folded(stacks))
-    body = json.dumps(exports.speedscope(data), separators=(",", ":"))
+    body = exports.speedscope(data).model_dump_json(by_alias=True)
     return Response(body, media_type="application/json")
 
 

@@ -245,7 +245,7 @@ def test_folded_and_speedscope() -> None:
     one = exports.stacks_of(data, ODD)
     assert one is not None and "main;io 20" in exports.folded(one).splitlines()
     assert exports.stacks_of(data, "nope") is None
-    doc = exports.speedscope(data)
+    doc = exports.speedscope(data).model_dump(by_alias=True)
     assert doc["$schema"] == "https://www.speedscope.app/file-format-schema.json"
     frames = [f["name"] for f in doc["shared"]["frames"]]
     assert len(frames) == len(set(frames)) == 5
