@@ -12,7 +12,7 @@ from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from controller.db import Base, utcnow
-from controller.hosts.models import NAME_PATTERN
+from controller.hosts.models import NAME_PATTERN, LabelKey, LabelValue
 
 _NAME = re.compile(NAME_PATTERN)
 OUTPUT_TAIL = 4000
@@ -131,10 +131,10 @@ class BatchCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     hosts: list[str] | None = Field(default=None, min_length=1, max_length=10_000)
-    selector: dict[str, str] | None = Field(default=None, min_length=1)
+    selector: dict[LabelKey, LabelValue] | None = Field(default=None, min_length=1, max_length=64)
     parallel: int = Field(default=4, ge=1, le=64, description="bootstraps at once")
     max_failures: int | None = Field(
-        default=None, ge=1, description="start no new bootstrap after this many failed"
+        default=None, ge=1, le=10_000, description="start no new bootstrap after this many failed"
     )
     options: BootstrapOptions = Field(default_factory=BootstrapOptions)
 

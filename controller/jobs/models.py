@@ -12,7 +12,7 @@ from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from controller.db import Base, utcnow
-from controller.hosts.models import NAME_PATTERN
+from controller.hosts.models import NAME_PATTERN, LabelKey, LabelValue
 from node_agent.protocol import Limits, MapDecl, Result, RunState, Scope, SnapshotStats
 
 _NAME = re.compile(NAME_PATTERN)
@@ -116,7 +116,7 @@ class Targets(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     hosts: list[str] | None = Field(default=None, min_length=1, max_length=10_000)
-    selector: dict[str, str] | None = Field(default=None, min_length=1)
+    selector: dict[LabelKey, LabelValue] | None = Field(default=None, min_length=1, max_length=64)
     all: bool = False
 
     @model_validator(mode="after")
@@ -131,7 +131,7 @@ class Targets(BaseModel):
 
 
 class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     program: str = Field(min_length=1, max_length=64)
     params: dict[str, Any] = Field(default_factory=dict)

@@ -145,7 +145,8 @@ class CompareReport(BaseModel):
     hosts: list[HostDelta]
 
 
-SPEEDSCOPE_SCHEMA = "https://www.speedscope.app/file-format-schema.json"
+SpeedscopeSchema = Literal["https://www.speedscope.app/file-format-schema.json"]
+SPEEDSCOPE_SCHEMA: SpeedscopeSchema = "https://www.speedscope.app/file-format-schema.json"
 
 
 class SpeedscopeFrame(BaseModel):
@@ -171,9 +172,7 @@ class SpeedscopeProfile(BaseModel):
 class SpeedscopeFile(BaseModel):
     """speedscope's file format (https://www.speedscope.app/file-format-schema.json)."""
 
-    schema_: Literal["https://www.speedscope.app/file-format-schema.json"] = Field(
-        default=SPEEDSCOPE_SCHEMA, alias="$schema"
-    )
+    schema_: SpeedscopeSchema = Field(default=SPEEDSCOPE_SCHEMA, alias="$schema")
     name: str
     exporter: str
     activeProfileIndex: int

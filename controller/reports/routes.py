@@ -9,6 +9,8 @@ from fastapi.responses import PlainTextResponse, Response
 from sqlalchemy.orm import Session
 
 from controller.api.deps import SessionDep, Viewer
+from controller.api.responses import AUTHENTICATED, errors
+from controller.hosts.models import NAME_PATTERN
 from controller.jobs import service as jobs
 from controller.jobs.models import Job
 from controller.reports import exports, service, store
@@ -18,7 +20,7 @@ from controller.reports.render_csv import render_csv
 from controller.reports.render_html import render_html
 from controller.reports.render_md import render_md
 
-router = APIRouter(tags=["reports"])
+router = APIRouter(tags=["reports"], responses=AUTHENTICATED)
 
 
 class ReportFormat(str, Enum):
@@ -43,6 +45,7 @@ def _job(session: Session, job_id: str) -> Job:
     operation_id="get_job_report",
     response_model=JobReport | SpeedscopeFile,
     responses={
+        **errors(404),
         200: {
             "content": {
                 "text/markdown": {},
@@ -51,7 +54,7 @@ def _job(session: Session, job_id: str) -> Job:
                 "application/openmetrics-text": {},
                 "text/plain": {},
             }
-        }
+        },
     },
 )
 def get_job_report(
@@ -62,6 +65,7 @@ def get_job_report(
     top: int = Query(default=service.TOP, ge=1, le=1000),
     host: str | None = Query(
         default=None,
+        pattern=NAME_PATTERN,
         description="folded: this host's stacks instead of the fleet's; "
         "html: the host of the differential flame graph",
     ),
@@ -101,7 +105,7 @@ def _export(job: Job, data: ReportInput, format: ReportFormat, host: str | None)
     return Response(body, media_type="application/json")
 
 
-@router.get("/v1/reports/compare", operation_id="compare_jobs")
+@router.get("/v1/reports/compare", operation_id="compare_jobs", responses=errors(404))
 def compare_jobs(
     session: SessionDep,
     _: Viewer,

@@ -1,0 +1,16 @@
+"""Query and path parameters shared by routes, each bounded so no value reaches the database
+or a datetime unchecked."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Path, Query
+
+from controller.hosts.models import NAME_PATTERN
+
+# Past any table's size, and inside every database's integer (SQLite's is 64-bit, signed).
+MAX_OFFSET = 2**31 - 1
+
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="rows to skip")]
+HostPath = Annotated[str, Path(pattern=NAME_PATTERN, description="host name")]
