@@ -9,8 +9,9 @@ from fastapi import Path, Query
 
 from controller.hosts.models import NAME_PATTERN
 
-# Past any table's size, and inside every database's integer (SQLite's is 64-bit, signed).
+# Past any table's size (and id), and inside every database's integer (SQLite's is 64-bit, signed).
 MAX_OFFSET = 2**31 - 1
 
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="rows to skip")]
+RowId = Annotated[int, Path(ge=1, le=MAX_OFFSET, description="row id")]
 HostPath = Annotated[str, Path(pattern=NAME_PATTERN, description="host name")]

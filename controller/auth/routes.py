@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 
 from controller.api.deps import Admin, SessionDep
+from controller.api.params import RowId
 from controller.api.responses import AUTHENTICATED, errors
 from controller.auth import service
 from controller.auth.models import (
@@ -51,7 +52,7 @@ def create_token(token_in: TokenCreate, session: SessionDep, _: Admin) -> TokenC
     responses=errors(404),
     status_code=status.HTTP_204_NO_CONTENT,
 )
-def revoke_token(token_id: int, session: SessionDep, _: Admin) -> None:
+def revoke_token(token_id: RowId, session: SessionDep, _: Admin) -> None:
     """Revoke a token."""
     if service.revoke(session=session, token_id=token_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no token {token_id}")
