@@ -6,8 +6,11 @@ whose `loc` names the field.
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 
@@ -40,3 +43,21 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 # What any route behind a token can answer: no token, the wrong role, a malformed request.
 AUTHENTICATED = errors(401, 403, 422)
+
+
+# Legal raw in a JSON string, but a terminal or log viewer acts on them: sent as \\u escapes.
+_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def json_safe(text: str) -> str:
+    """Serialized JSON with DEL, C1, bidi controls and lone surrogates written as \\u escapes
+    (C0 is escaped by every JSON encoder already); the document's meaning is unchanged."""
+    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+class SafeJSONResponse(JSONResponse):
+    """The API's JSON: names a traced host sent never reach a client's terminal raw."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return json_safe(text).encode("utf-8")

@@ -9,7 +9,7 @@ from fastapi.responses import PlainTextResponse, Response
 from sqlalchemy.orm import Session
 
 from controller.api.deps import SessionDep, Viewer
-from controller.api.responses import AUTHENTICATED, errors
+from controller.api.responses import AUTHENTICATED, errors, json_safe
 from controller.hosts.models import NAME_PATTERN
 from controller.jobs import service as jobs
 from controller.jobs.models import Job
@@ -89,7 +89,7 @@ def get_job_report(
             page = render_html(report, analysis, top=top, diff_host=host)
         return Response(page, media_type="text/html; charset=utf-8")
     # Serialized here, once: returned as a model, FastAPI would validate it all over again.
-    return Response(report.model_dump_json(), media_type="application/json")
+    return Response(json_safe(report.model_dump_json()), media_type="application/json")
 
 
 def _export(job: Job, data: ReportInput, format: ReportFormat, host: str | None) -> Response:
@@ -101,7 +101,7 @@ def _export(job: Job, data: ReportInput, format: ReportFormat, host: str | None)
         if stacks is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no host {host} in job {job.id}")
         return PlainTextResponse(exports.folded(stacks))
-    body = exports.speedscope(data).model_dump_json(by_alias=True)
+    body = json_safe(exports.speedscope(data).model_dump_json(by_alias=True))
     return Response(body, media_type="application/json")
 
 
