@@ -27,6 +27,7 @@ class ErrorPublic(BaseModel):
 
 
 _WHY = {
+    400: "a body that cannot be read (not UTF-8 JSON)",
     401: "no API token, or an unknown or revoked one",
     403: "the token's role does not allow this",
     404: "no such resource",
@@ -42,7 +43,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 # What any route behind a token can answer: no token, the wrong role, a malformed request.
-AUTHENTICATED = errors(401, 403, 422)
+AUTHENTICATED = errors(400, 401, 403, 422)
 
 
 # Legal raw in a JSON string, but a terminal or log viewer acts on them: sent as \\u escapes.
