@@ -18,6 +18,7 @@ import schemathesis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -25,10 +26,16 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from sqlalchemy.orm import Session, sessionmaker
 
+from controller.ingest.consumer import Ingest
+from controller.settings import Settings
+from node_agent.protocol import RunState, StateChange, StreamEnvelope
 from tests.controller.conftest import Tokens
-from tests.controller.support import register_host
+from tests.controller.support import register_host, snapshot, submit
+from tests.controller.test_hostile_output import results_for
 
+HOST = "fuzz-host"
 SSH_OPERATIONS = ["bootstrap_hosts", "bootstrap_host", "uninstall_host"]
 EXAMPLES = 30  # per operation and mode: ~1,500 cases, a few minutes on a 2-CPU VM
 CHECKS = [
@@ -43,9 +50,39 @@ statuses: Counter[int] = Counter()
 
 @pytest.fixture(scope="module")
 def admin(client: TestClient, tokens: Tokens) -> dict[str, str]:
-    headers = tokens.headers("admin")
-    register_host(client, headers, "fuzz-host", role="web")  # so selectors and names can match
-    return headers
+    return tokens.headers("admin")
+
+
+@pytest.fixture(scope="module")
+def known(
+    client: TestClient,
+    admin: dict[str, str],
+    settings: Settings,
+    sessions: sessionmaker[Session],
+) -> dict[str, Any]:
+    """Ids that exist, with data behind them (a finished job with results of every kind whose
+    names are hostile, a schedule), so that cases reach past the 404."""
+    register_host(client, admin, HOST, role="web")
+    job = submit(client, admin, program="opens", duration_s=1, targets={"hosts": [HOST]})
+    run_id = job["runs"][0]["id"]
+    events = [
+        StateChange(run_id=run_id, state=RunState.running),
+        snapshot(run_id, 0, results_for("\x1b]0;x\x07<b>|=1;a b\n"), final=True),
+        StateChange(run_id=run_id, state=RunState.succeeded),
+    ]
+    ingest = Ingest(settings, sessions, None)  # type: ignore[arg-type]
+    with sessions() as session:
+        for event in events:
+            ingest.apply(session, StreamEnvelope(host=HOST, job_id=job["id"], event=event))
+        session.commit()
+    template = {"program": "syscalls", "duration_s": 1, "targets": {"hosts": [HOST]}}
+    answer = client.post(
+        "/v1/schedules",
+        json={"name": "fuzz", "interval_s": 3600, "template": template},
+        headers=admin,
+    )
+    assert answer.status_code == 201, answer.text
+    return {"job_id": job["id"], "schedule_id": answer.json()["id"], "name": HOST}
 
 
 def _cases() -> list[tuple[str, GenerationMode]]:
@@ -72,11 +109,15 @@ def api_schema(app: FastAPI) -> Any:
     ("operation_id", "mode"), _cases(), ids=[f"{o}-{m.value}" for o, m in _cases()]
 )
 def test_no_operation_answers_5xx_or_off_its_schema(
-    api_schema: Any, admin: dict[str, str], operation_id: str, mode: GenerationMode
+    api_schema: Any,
+    admin: dict[str, str],
+    known: dict[str, Any],
+    operation_id: str,
+    mode: GenerationMode,
 ) -> None:
     operation = api_schema.find_operation_by_id(operation_id)
 
-    @given(case=operation.as_strategy(generation_mode=mode))
+    @given(case=operation.as_strategy(generation_mode=mode), reach=st.booleans())
     @settings(
         max_examples=EXAMPLES,
         derandomize=True,
@@ -84,7 +125,10 @@ def test_no_operation_answers_5xx_or_off_its_schema(
         database=None,
         suppress_health_check=list(HealthCheck),
     )
-    def fuzz(case: schemathesis.Case) -> None:
+    def fuzz(case: schemathesis.Case, reach: bool) -> None:
+        # Half the cases aim at ids that exist (never to delete them: the seed stays for all).
+        if reach and case.path_parameters and case.method != "DELETE":
+            case.path_parameters = {k: known.get(k, v) for k, v in case.path_parameters.items()}
         if operation_id == "revoke_token":
             case.path_parameters = {"token_id": 1_000_000}  # not the token the fuzzer holds
         # The token is not what is fuzzed (test_roles covers it): every case goes in as admin.

@@ -116,3 +116,38 @@ def test_deep_stacks_are_cut_at_the_cap_and_say_so() -> None:
     assert found.cut == 4
     assert max(f.depth for f in found.frames) == MAX_DEPTH - 1
     assert _peak(8000, MAX_DEPTH) < 5e6
+
+
+HOSTILE_NOTE = "[link=javascript:alert(1)]click[/link] \x1b]0;PWNED\x07"
+
+
+def _on_a_terminal(renderable: object) -> str:
+    from rich.console import Console
+
+    out = io.StringIO()
+    Console(file=out, force_terminal=True, width=200).print(renderable)
+    return out.getvalue()
+
+
+def test_the_live_job_table_shows_notes_as_text_not_markup() -> None:
+    from controller.cli.follow import Progress
+
+    job = {
+        "id": "j1",
+        "program": "opens",
+        "duration_s": 1,
+        "state": "running",
+        "runs": [{"host": "web-1", "state": "failed", "snapshots": 0, "reason": HOSTILE_NOTE}],
+    }
+    shown = _on_a_terminal(Progress(job, clock=lambda: 0.0))
+    assert "\x1b]" not in shown  # no OSC: neither a title nor a hyperlink (rich's [link])
+    assert "[link=javascript:alert(1)]" in shown and "\\x1b]0;PWNED\\x07" in shown
+
+
+def test_the_live_bootstrap_table_shows_errors_as_text_not_markup() -> None:
+    from controller.cli.bootstrap import Watch
+
+    run = {"id": "r1", "kind": "bootstrap", "state": "failed", "error": HOSTILE_NOTE, "steps": []}
+    shown = _on_a_terminal(Watch({"web-1": run}, clock=lambda: 0.0))
+    assert "\x1b]" not in shown
+    assert "[link=javascript:alert(1)]" in shown
