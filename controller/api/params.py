@@ -13,5 +13,8 @@ from controller.hosts.models import NAME_PATTERN
 MAX_OFFSET = 2**31 - 1
 
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="rows to skip")]
+# A job's uuid, or a schedule's id or name.
+IdPath = Annotated[str, Path(min_length=1, max_length=64)]
+IdQuery = Annotated[str, Query(min_length=1, max_length=64)]
 RowId = Annotated[int, Path(ge=1, le=MAX_OFFSET, description="row id")]
 HostPath = Annotated[str, Path(pattern=NAME_PATTERN, description="host name")]

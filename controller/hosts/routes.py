@@ -6,6 +6,7 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
+from pydantic import StringConstraints
 
 from controller.api.deps import Admin, DispatcherDep, SessionDep, SettingsDep, Viewer
 from controller.api.params import HostPath
@@ -52,7 +53,7 @@ def list_hosts(
     settings: SettingsDep,
     _: Viewer,
     selector: Annotated[
-        list[str] | None,
+        list[Annotated[str, StringConstraints(max_length=192)]] | None,
         Query(description="label selector k=v, repeatable", max_length=MAX_LABELS),
     ] = None,
 ) -> HostsPublic:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 
 from controller.api.deps import DispatcherDep, Operator, SessionDep, SettingsDep, Viewer
-from controller.api.params import Offset
+from controller.api.params import IdPath, Offset
 from controller.api.responses import AUTHENTICATED, errors
 from controller.auth.models import Role
 from controller.hosts.models import NAME_PATTERN
@@ -56,7 +56,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", operation_id="get_job", responses=errors(404))
-def get_job(job_id: str, session: SessionDep, _: Viewer) -> JobPublic:
+def get_job(job_id: IdPath, session: SessionDep, _: Viewer) -> JobPublic:
     """Show a job with its per-host runs."""
     job = service.get(session=session, job_id=job_id)
     if job is None:
@@ -66,7 +66,7 @@ def get_job(job_id: str, session: SessionDep, _: Viewer) -> JobPublic:
 
 @router.post("/{job_id}/cancel", operation_id="cancel_job", responses=errors(404))
 def cancel_job(
-    job_id: str, session: SessionDep, dispatcher: DispatcherDep, _: Operator
+    job_id: IdPath, session: SessionDep, dispatcher: DispatcherDep, _: Operator
 ) -> JobPublic:
     """Stop a job's runs; what they gathered so far is kept."""
     job = service.get(session=session, job_id=job_id)
@@ -77,7 +77,7 @@ def cancel_job(
 
 
 @router.get("/{job_id}/results", operation_id="get_job_results", responses=errors(404))
-def get_job_results(job_id: str, session: SessionDep, _: Viewer) -> JobResults:
+def get_job_results(job_id: IdPath, session: SessionDep, _: Viewer) -> JobResults:
     """Each host's latest cumulative results, and the fleet merge."""
     job = service.get(session=session, job_id=job_id)
     if job is None:
@@ -94,7 +94,9 @@ def get_job_results(job_id: str, session: SessionDep, _: Viewer) -> JobResults:
         200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
     },
 )
-def job_events(job_id: str, request: Request, session: SessionDep, _: Viewer) -> StreamingResponse:
+def job_events(
+    job_id: IdPath, request: Request, session: SessionDep, _: Viewer
+) -> StreamingResponse:
     """Server-Sent Events: state changes and snapshots from the job's start, then live."""
     if service.get(session=session, job_id=job_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")

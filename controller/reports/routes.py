@@ -9,6 +9,7 @@ from fastapi.responses import PlainTextResponse, Response
 from sqlalchemy.orm import Session
 
 from controller.api.deps import SessionDep, Viewer
+from controller.api.params import IdPath
 from controller.api.responses import AUTHENTICATED, errors, json_safe
 from controller.hosts.models import NAME_PATTERN
 from controller.jobs import service as jobs
@@ -58,7 +59,7 @@ def _job(session: Session, job_id: str) -> Job:
     },
 )
 def get_job_report(
-    job_id: str,
+    job_id: IdPath,
     session: SessionDep,
     _: Viewer,
     format: ReportFormat = ReportFormat.json,
@@ -109,8 +110,8 @@ def _export(job: Job, data: ReportInput, format: ReportFormat, host: str | None)
 def compare_jobs(
     session: SessionDep,
     _: Viewer,
-    base: str = Query(description="the job before"),
-    other: str = Query(description="the job after"),
+    base: str = Query(description="the job before", min_length=1, max_length=64),
+    other: str = Query(description="the job after", min_length=1, max_length=64),
 ) -> CompareReport:
     """Two jobs host by host: each metric's base and other value, delta and ratio."""
     a = service.job_report(session=session, job=_job(session, base))

@@ -8,7 +8,7 @@ from enum import Enum
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from controller.api.deps import DispatcherDep, Operator, SessionDep, SettingsDep, Viewer
-from controller.api.params import Offset
+from controller.api.params import IdPath, Offset
 from controller.api.responses import AUTHENTICATED, errors
 from controller.errors import InvalidRequest
 from controller.reports.models import CompareReport
@@ -65,14 +65,14 @@ def list_schedules(
 
 
 @router.get("/{schedule_id}", operation_id="get_schedule", responses=errors(404))
-def get_schedule(schedule_id: str, session: SessionDep, _: Viewer) -> SchedulePublic:
+def get_schedule(schedule_id: IdPath, session: SessionDep, _: Viewer) -> SchedulePublic:
     """Show a schedule, its next fire time and its recent slots."""
     return service.to_public(session, _found(session, schedule_id))
 
 
 @router.patch("/{schedule_id}", operation_id="update_schedule", responses=errors(404))
 def update_schedule(
-    schedule_id: str,
+    schedule_id: IdPath,
     update_in: ScheduleUpdate,
     session: SessionDep,
     settings: SettingsDep,
@@ -94,14 +94,14 @@ def update_schedule(
     responses=errors(404),
     status_code=status.HTTP_204_NO_CONTENT,
 )
-def delete_schedule(schedule_id: str, session: SessionDep, _: Operator) -> Response:
+def delete_schedule(schedule_id: IdPath, session: SessionDep, _: Operator) -> Response:
     """Delete a schedule; the jobs it made are kept."""
     service.remove(session=session, schedule=_found(session, schedule_id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{schedule_id}/pause", operation_id="pause_schedule", responses=errors(404))
-def pause_schedule(schedule_id: str, session: SessionDep, _: Operator) -> SchedulePublic:
+def pause_schedule(schedule_id: IdPath, session: SessionDep, _: Operator) -> SchedulePublic:
     """Stop firing until resumed."""
     schedule = service.set_enabled(
         session=session, schedule=_found(session, schedule_id), enabled=False
@@ -110,7 +110,7 @@ def pause_schedule(schedule_id: str, session: SessionDep, _: Operator) -> Schedu
 
 
 @router.post("/{schedule_id}/resume", operation_id="resume_schedule", responses=errors(404))
-def resume_schedule(schedule_id: str, session: SessionDep, _: Operator) -> SchedulePublic:
+def resume_schedule(schedule_id: IdPath, session: SessionDep, _: Operator) -> SchedulePublic:
     """Fire again from the next slot after now; paused slots are not replayed."""
     schedule = service.set_enabled(
         session=session, schedule=_found(session, schedule_id), enabled=True
@@ -120,7 +120,7 @@ def resume_schedule(schedule_id: str, session: SessionDep, _: Operator) -> Sched
 
 @router.post("/{schedule_id}/run", operation_id="run_schedule", responses=errors(404))
 def run_schedule(
-    schedule_id: str,
+    schedule_id: IdPath,
     session: SessionDep,
     settings: SettingsDep,
     dispatcher: DispatcherDep,
@@ -139,10 +139,12 @@ def run_schedule(
     responses={**errors(404), 200: {"content": {"text/html": {}}}},
 )
 def get_schedule_trend(
-    schedule_id: str,
+    schedule_id: IdPath,
     session: SessionDep,
     _: Viewer,
-    metric: str = Query(description="p99:HIST, count:HIST, total:TABLE, rate:TABLE, key:TABLE:KEY"),
+    metric: str = Query(
+        description="p99:HIST, count:HIST, total:TABLE, rate:TABLE, key:TABLE:KEY", max_length=256
+    ),
     limit: int = Query(default=200, ge=1, le=2000),
     format: TrendFormat = TrendFormat.json,
 ) -> ScheduleTrend | Response:
@@ -167,11 +169,15 @@ def get_schedule_trend(
     "/{schedule_id}/compare", operation_id="compare_schedule_runs", responses=errors(404, 409)
 )
 def compare_schedule_runs(
-    schedule_id: str,
+    schedule_id: IdPath,
     session: SessionDep,
     _: Viewer,
-    base_job: str | None = Query(default=None, description="default: the run before other_job"),
-    other_job: str | None = Query(default=None, description="default: the last finished run"),
+    base_job: str | None = Query(
+        default=None, description="default: the run before other_job", max_length=64
+    ),
+    other_job: str | None = Query(
+        default=None, description="default: the last finished run", max_length=64
+    ),
 ) -> CompareReport:
     """Two runs of the schedule host by host (by default its last two finished runs)."""
     schedule = _found(session, schedule_id)

@@ -189,3 +189,56 @@ def test_deleting_a_host_drops_its_queued_tasks(
     answer = client.post("/v1/jobs", json=job, headers=tokens.headers("operator"))
     assert answer.status_code == 422 and "targets.hosts" in field_paths(answer)
     assert redis_client.llen(queue) == 0
+
+
+def _unbounded(where: str, schema: dict[str, Any], found: list[str]) -> None:
+    for alternative in schema.get("anyOf", []):
+        _unbounded(where, alternative, found)
+    kind = schema.get("type")
+    limits = set(schema)
+    if kind in ("integer", "number") and not limits & {"maximum", "exclusiveMaximum", "enum"}:
+        found.append(f"{where}: {kind} without a maximum")
+    if kind == "string" and not limits & {"maxLength", "pattern", "enum", "const", "format"}:
+        found.append(f"{where}: string without a length or pattern")
+    if kind == "array":
+        if "maxItems" not in schema:
+            found.append(f"{where}: array without maxItems")
+        _unbounded(f"{where}[]", schema.get("items", {}), found)
+    if kind == "object" and "properties" not in schema and "maxProperties" not in schema:
+        found.append(f"{where}: object without maxProperties")
+    if isinstance(schema.get("additionalProperties"), dict):
+        _unbounded(f"{where}{{}}", schema["additionalProperties"], found)
+
+
+def test_every_input_in_the_openapi_document_is_bounded() -> None:
+    """Numbers have a maximum, strings a length or pattern, lists and maps a size: nothing a
+    client sends can overflow a column, a datetime or an integer (the fuzz checks the rest)."""
+    from controller.cli.server import openapi_document
+
+    document: Any = openapi_document()
+    schemas = document["components"]["schemas"]
+    request_schemas: set[str] = set()
+
+    def referenced(node: Any) -> None:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if ref and ref.split("/")[-1] not in request_schemas:
+                request_schemas.add(ref.split("/")[-1])
+                referenced(schemas[ref.split("/")[-1]])
+            for value in node.values():
+                referenced(value)
+        elif isinstance(node, list):
+            for value in node:
+                referenced(value)
+
+    found: list[str] = []
+    for methods in document["paths"].values():
+        for operation in methods.values():
+            for parameter in operation.get("parameters", []):
+                where = f"{operation['operationId']} {parameter['in']}.{parameter['name']}"
+                _unbounded(where, parameter["schema"], found)
+            referenced(operation.get("requestBody", {}))
+    for name in sorted(request_schemas):
+        for prop, schema in schemas[name].get("properties", {}).items():
+            _unbounded(f"{name}.{prop}", schema, found)
+    assert not found, "\n".join(found)
