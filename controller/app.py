@@ -6,8 +6,11 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from controller.api.responses import SafeJSONResponse
 from controller.auth.routes import router as tokens_router
 from controller.bootstrap.routes import router as bootstrap_router
 from controller.bootstrap.service import BootstrapQueue
@@ -36,6 +39,7 @@ def create_app(
         title="fleettrace",
         version=__version__,
         description="Run eBPF traces across a fleet of Linux hosts and compare them.",
+        default_response_class=SafeJSONResponse,
     )
     engine = make_engine(settings.database_url)
     app.state.settings = settings
@@ -51,7 +55,12 @@ def create_app(
             detail = [
                 {"loc": ["body", *exc.field.split(".")], "msg": exc.message, "type": "value_error"}
             ]
-        return JSONResponse(status_code=exc.status, content={"detail": detail})
+        return SafeJSONResponse(status_code=exc.status, content={"detail": detail})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer, but it echoes the input: a lone surrogate there was a 500.
+        return SafeJSONResponse(status_code=422, content={"detail": jsonable_encoder(exc.errors())})
 
     @app.get("/healthz", operation_id="health", tags=["meta"])
     def health() -> dict[str, str]:

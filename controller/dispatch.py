@@ -20,12 +20,15 @@ from node_agent.wire import (
 )
 
 log = logging.getLogger(__name__)
+PRIORITY_SEP = "\x06\x16"
 
 
 class Dispatcher(Protocol):
     def send(self, *, host: str, request: TraceRequest, expires_s: float) -> None: ...
 
     def request_cancel(self, *, host: str, run_id: str) -> None: ...
+
+    def forget_host(self, *, host: str) -> None: ...
 
 
 class CeleryDispatcher:
@@ -57,3 +60,11 @@ class CeleryDispatcher:
 
     def request_cancel(self, *, host: str, run_id: str) -> None:
         self.redis.set(cancel_key(host, run_id), "1", ex=CANCEL_TTL_S)
+
+    def forget_host(self, *, host: str) -> None:
+        """Drop a deleted host's queue: no agent will consume what waits there."""
+        queue = host_queue(host)
+        # kombu's Redis transport: the list itself, one list per priority, the binding set.
+        keys = [queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in range(1, 10))]
+        removed = self.redis.delete(*keys, f"_kombu.binding.{queue}")
+        log.info("host %s: deleted, its queue dropped (%d keys)", host, removed)

@@ -7,9 +7,10 @@ from typing import Any
 from fastapi import APIRouter
 
 from controller.api.deps import Viewer
+from controller.api.responses import AUTHENTICATED
 from node_agent.programs import catalog
 
-router = APIRouter(prefix="/v1/programs", tags=["programs"])
+router = APIRouter(prefix="/v1/programs", tags=["programs"], responses=AUTHENTICATED)
 
 
 @router.get("", operation_id="list_programs")

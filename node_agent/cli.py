@@ -27,6 +27,7 @@ from node_agent.protocol import (
     TraceRequest,
 )
 from node_agent.render import snapshot_text
+from node_agent.safe_text import printable_lines
 
 log = logging.getLogger("node_agent.cli")
 
@@ -220,7 +221,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.json:
             _out(event.model_dump_json())
         elif isinstance(event, Snapshot):
-            _out(snapshot_text(event) + "\n")
+            _out(printable_lines(snapshot_text(event)) + "\n")
         elif event.state is RunState.running:
             scope = request.scope.kinds()
             where = f" scoped by {', '.join(sorted(scope))}" if scope else ""

@@ -61,9 +61,13 @@ class Scope(_Model):
     """Which tasks a trace looks at, filtered in the kernel. Empty means the whole host."""
 
     cgroup: str | None = Field(
-        default=None, description="cgroup v2 path, absolute or relative to the cgroup2 mount"
+        default=None,
+        max_length=4096,  # PATH_MAX
+        description="cgroup v2 path, absolute or relative to the cgroup2 mount",
     )
-    pid: int | None = Field(default=None, ge=1, description="process id (tgid)")
+    pid: int | None = Field(
+        default=None, ge=1, le=4_194_304, description="process id (tgid); PID_MAX_LIMIT at most"
+    )
     comm: str | None = Field(
         default=None, min_length=1, max_length=COMM_LEN - 1, description="process name"
     )
@@ -102,7 +106,7 @@ class MapDecl(_Model):
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
     kind: MapKind
-    unit: str = "value"
+    unit: str = Field(default="value", max_length=32)
 
 
 class TraceRequest(_Model):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 
 from controller.api.deps import Admin, SessionDep
+from controller.api.params import RowId
+from controller.api.responses import AUTHENTICATED, errors
 from controller.auth import service
 from controller.auth.models import (
     ApiToken,
@@ -15,7 +17,7 @@ from controller.auth.models import (
     TokensPublic,
 )
 
-router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
+router = APIRouter(prefix="/v1/tokens", tags=["tokens"], responses=AUTHENTICATED)
 
 
 def _public(token: ApiToken) -> TokenPublic:
@@ -44,8 +46,13 @@ def create_token(token_in: TokenCreate, session: SessionDep, _: Admin) -> TokenC
     return TokenCreated(**_public(token).model_dump(), token=raw)
 
 
-@router.delete("/{token_id}", operation_id="revoke_token", status_code=status.HTTP_204_NO_CONTENT)
-def revoke_token(token_id: int, session: SessionDep, _: Admin) -> None:
+@router.delete(
+    "/{token_id}",
+    operation_id="revoke_token",
+    responses=errors(404),
+    status_code=status.HTTP_204_NO_CONTENT,
+)
+def revoke_token(token_id: RowId, session: SessionDep, _: Admin) -> None:
     """Revoke a token."""
     if service.revoke(session=session, token_id=token_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no token {token_id}")

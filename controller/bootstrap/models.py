@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -12,9 +11,9 @@ from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from controller.db import Base, utcnow
-from controller.hosts.models import NAME_PATTERN
+from controller.hosts.models import HostName, LabelKey, LabelValue
+from controller.jobs.models import MAX_JOB_DURATION_S
 
-_NAME = re.compile(NAME_PATTERN)
 OUTPUT_TAIL = 4000
 
 
@@ -120,7 +119,7 @@ class BootstrapOptions(BaseModel):
         description="cgroup v2 path for the agent's traces; {host} becomes the host's name",
     )
     heartbeat_s: float | None = Field(default=None, gt=0, le=3600)
-    max_duration_s: float | None = Field(default=None, gt=0)
+    max_duration_s: float | None = Field(default=None, gt=0, le=MAX_JOB_DURATION_S)
     concurrency: int | None = Field(default=None, ge=1, le=64)
     verify_timeout_s: float | None = Field(default=None, gt=0, le=3600)
 
@@ -130,11 +129,11 @@ class BatchCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    hosts: list[str] | None = Field(default=None, min_length=1, max_length=10_000)
-    selector: dict[str, str] | None = Field(default=None, min_length=1)
+    hosts: list[HostName] | None = Field(default=None, min_length=1, max_length=10_000)
+    selector: dict[LabelKey, LabelValue] | None = Field(default=None, min_length=1, max_length=64)
     parallel: int = Field(default=4, ge=1, le=64, description="bootstraps at once")
     max_failures: int | None = Field(
-        default=None, ge=1, description="start no new bootstrap after this many failed"
+        default=None, ge=1, le=10_000, description="start no new bootstrap after this many failed"
     )
     options: BootstrapOptions = Field(default_factory=BootstrapOptions)
 
@@ -142,9 +141,6 @@ class BatchCreate(BaseModel):
     def _exactly_one(self) -> BatchCreate:
         if (self.hosts is None) == (self.selector is None):
             raise ValueError("give exactly one of hosts or selector")
-        for name in self.hosts or []:
-            if not _NAME.match(name):
-                raise ValueError(f"bad host name {name!r}")
         return self
 
 

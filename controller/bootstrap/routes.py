@@ -7,6 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, HTTPException, Request, status
 
 from controller.api.deps import Admin, SessionDep, Viewer
+from controller.api.params import HostPath
+from controller.api.responses import AUTHENTICATED, errors
 from controller.bootstrap import service
 from controller.bootstrap.models import (
     BatchCreate,
@@ -17,7 +19,7 @@ from controller.bootstrap.models import (
 )
 from controller.bootstrap.service import BootstrapQueue
 
-router = APIRouter(prefix="/v1/hosts", tags=["bootstrap"])
+router = APIRouter(prefix="/v1/hosts", tags=["bootstrap"], responses=AUTHENTICATED)
 
 
 def get_bootstrap_queue(request: Request) -> BootstrapQueue:
@@ -29,7 +31,12 @@ QueueDep = Annotated[BootstrapQueue, Depends(get_bootstrap_queue)]
 OptionsBody = Annotated[BootstrapOptions | None, Body()]
 
 
-@router.post("/bootstrap", operation_id="bootstrap_hosts", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/bootstrap",
+    operation_id="bootstrap_hosts",
+    responses=errors(409, 503),
+    status_code=status.HTTP_202_ACCEPTED,
+)
 def bootstrap_hosts(
     batch_in: BatchCreate, session: SessionDep, queue: QueueDep, token: Admin
 ) -> BatchPublic:
@@ -41,10 +48,13 @@ def bootstrap_hosts(
 
 
 @router.post(
-    "/{name}/bootstrap", operation_id="bootstrap_host", status_code=status.HTTP_202_ACCEPTED
+    "/{name}/bootstrap",
+    operation_id="bootstrap_host",
+    responses=errors(404, 409, 503),
+    status_code=status.HTTP_202_ACCEPTED,
 )
 def bootstrap_host(
-    name: str, session: SessionDep, queue: QueueDep, token: Admin, options: OptionsBody = None
+    name: HostPath, session: SessionDep, queue: QueueDep, token: Admin, options: OptionsBody = None
 ) -> BootstrapRunPublic:
     """Install, configure and start the agent on a host over SSH."""
     run = service.start(
@@ -58,8 +68,8 @@ def bootstrap_host(
     return service.to_public(run)
 
 
-@router.get("/{name}/bootstrap", operation_id="get_host_bootstrap")
-def get_host_bootstrap(name: str, session: SessionDep, _: Viewer) -> BootstrapRunPublic:
+@router.get("/{name}/bootstrap", operation_id="get_host_bootstrap", responses=errors(404))
+def get_host_bootstrap(name: HostPath, session: SessionDep, _: Viewer) -> BootstrapRunPublic:
     """The host's latest bootstrap or uninstall run, step by step."""
     run = service.latest_run(session=session, host_name=name)
     if run is None:
@@ -68,10 +78,13 @@ def get_host_bootstrap(name: str, session: SessionDep, _: Viewer) -> BootstrapRu
 
 
 @router.post(
-    "/{name}/uninstall", operation_id="uninstall_host", status_code=status.HTTP_202_ACCEPTED
+    "/{name}/uninstall",
+    operation_id="uninstall_host",
+    responses=errors(404, 409, 503),
+    status_code=status.HTTP_202_ACCEPTED,
 )
 def uninstall_host(
-    name: str, session: SessionDep, queue: QueueDep, token: Admin
+    name: HostPath, session: SessionDep, queue: QueueDep, token: Admin
 ) -> BootstrapRunPublic:
     """Stop the agent and remove everything bootstrap put on the host."""
     run = service.start(

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from controller.cli.http import ApiClient
+from node_agent.safe_text import printable
 
 POLL_S = 0.5
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -101,13 +102,15 @@ class Watch:
                 next((s for s in steps if s["status"] == "pending"), None),
             )
             finished = sum(s["status"] in ("ok", "changed") for s in steps)
-            step = Text(current["name"], style=STYLES.get(current["status"], "")) if current else ""
+            name = printable(str(current["name"])) if current else ""
+            step = Text(name, style=STYLES.get(current["status"], "")) if current else ""
+            # Text, not str: a str cell is read as rich markup, and errors quote remote output.
             table.add_row(
-                host,
-                Text(run["state"], style=STYLES.get(run["state"], "")),
+                Text(printable(host)),
+                Text(printable(str(run["state"])), style=STYLES.get(run["state"], "")),
                 step,
                 f"{finished}/{len(steps)}",
-                str(run.get("error") or ""),
+                Text(printable(str(run.get("error") or ""))),
             )
         return Group(title, table)
 
@@ -135,11 +138,11 @@ def watch(
             for host in state.pending_hosts():
                 for line in state.apply(host, api.get(f"/v1/hosts/{host}/bootstrap")):
                     if not live:
-                        stream.write(line + "\n")
+                        stream.write(printable(line) + "\n")
                         stream.flush()
             if state.done:
                 break
             sleep(POLL_S)
     for line in state.failures():
-        stream.write(line + "\n")
+        stream.write(printable(line) + "\n")
     return state

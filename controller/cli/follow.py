@@ -18,6 +18,7 @@ from rich.text import Text
 from controller.cli.errors import CliError
 from controller.cli.http import ApiClient, SseEvent
 from controller.cli.text import age
+from node_agent.safe_text import printable
 
 POLL_S = 1.0
 FINAL_JOB_STATES = frozenset({"succeeded", "partial", "failed", "cancelled"})
@@ -134,7 +135,14 @@ class Progress:
             style = "red" if host.state in BAD_STATES else STATE_STYLES.get(host.state, "")
             updated = "-" if host.updated is None else f"{age(now - host.updated)} ago"
             state = Text(host.state, style=style)
-            table.add_row(name, state, str(host.snapshots), updated, host.note)
+            # Text, not str: a str cell is read as rich markup, and names come from hosts.
+            table.add_row(
+                Text(printable(name)),
+                state,
+                str(host.snapshots),
+                updated,
+                Text(printable(host.note)),
+            )
         return Group(title, table)
 
 
@@ -158,8 +166,9 @@ def follow(
     with display as shown:
 
         def report(line: str) -> None:
+            line = printable(line)
             if isinstance(shown, Live):
-                shown.console.print(line, highlight=False)
+                shown.console.print(Text(line), highlight=False)
             else:
                 stream.write(line + "\n")
                 stream.flush()

@@ -10,6 +10,7 @@ from typing import NoReturn
 from controller.cli import client, report, schedules, server
 from controller.cli.errors import CliError
 from controller.devstack import cli as devstack_cli
+from node_agent.safe_text import printable
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(args)
         return code
     except CliError as exc:
-        sys.stderr.write(f"fleettrace: error: {exc}\n")
+        sys.stderr.write(f"fleettrace: error: {printable(str(exc))}\n")
         return exc.code
     except KeyboardInterrupt:
         return 130

@@ -12,6 +12,7 @@ import httpx
 
 from controller.cli.common import DEFAULT_URL, api
 from controller.cli.errors import CliError
+from node_agent.safe_text import printable_lines
 
 FORMATS = ("json", "md", "csv", "html", "openmetrics", "folded", "speedscope")
 
@@ -48,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         text = json.dumps(response.json(), indent=2) + "\n"
     if args.output is None:
-        sys.stdout.write(text)
+        # The exports escape in their own formats; this is the terminal's own guard.
+        sys.stdout.write(printable_lines(text))
         return 0
     try:
         args.output.write_text(text, encoding="utf-8")

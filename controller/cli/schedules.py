@@ -22,6 +22,7 @@ from controller.reports.models import CompareReport
 from controller.schedules.models import SchedulePublic
 from controller.schedules.trend import ScheduleTrend, TrendSeries
 from node_agent.cli import parse_duration
+from node_agent.safe_text import printable_lines
 
 PAGE = 500
 # Trend columns shown as numbers; the sparkline covers every run.
@@ -405,7 +406,7 @@ def cmd_trend(args: argparse.Namespace) -> int:
     if args.format != "html":
         return _done(args, data, trend_lines(ScheduleTrend.model_validate(data), found["name"]))
     if args.output is None:
-        sys.stdout.write(page)
+        sys.stdout.write(printable_lines(page))
         return 0
     try:
         args.output.write_text(page, encoding="utf-8")

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal, TextIO
 
+from node_agent.safe_text import printable
+
 Style = Literal["", "title", "header", "note", "bad", "dim"]
 STYLES = {"title": "bold", "header": "bold", "note": "yellow", "bad": "red", "dim": "dim"}
 PLAIN_WIDTH = 120
@@ -27,7 +29,12 @@ class Line:
 def table(
     header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] = ()
 ) -> list[str]:
-    """Columns two spaces apart; `right[i]` right-aligns column i (numbers)."""
+    """Columns two spaces apart; `right[i]` right-aligns column i (numbers).
+
+    Cells are made printable first: widths count what the terminal shows, one row per line.
+    """
+    header = [printable(h) for h in header]
+    rows = [[printable(c) for c in row] for row in rows]
     widths = [len(h) for h in header]
     for row in rows:
         for i, cell in enumerate(row):
@@ -96,6 +103,7 @@ def side_by_side(blocks: Sequence[Sequence[str]], width: int, gap: int = 4) -> l
     """Blocks next to each other while they fit in `width`, then on the following rows."""
     if not blocks:
         return []
+    blocks = [[printable(line) for line in block] for block in blocks]
     block_width = max(len(line) for block in blocks for line in block)
     per_row = max(1, (width + gap) // (block_width + gap))
     lines: list[str] = []
@@ -118,8 +126,10 @@ def terminal_width(stream: TextIO | None = None) -> int:
 
 
 def emit(lines: Sequence[Line], stream: TextIO | None = None) -> None:
-    """Styled on a terminal, plain text otherwise (pipes, logs, tests)."""
+    """Styled on a terminal, plain text otherwise (pipes, logs, tests); never a raw control
+    character either way."""
     stream = stream or sys.stdout
+    lines = [Line(printable(line.text), line.style) for line in lines]
     if not stream.isatty():
         stream.write("".join(line.text + "\n" for line in lines))
         stream.flush()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -13,11 +13,20 @@ from controller.db import Base, utcnow
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 LABEL_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$"
+# Identifiers, not prose: no space, no markup, no control character to print back later.
+LABEL_VALUE_PATTERN = r"^[A-Za-z0-9_.:/@+-]{0,128}$"
+MAX_LABELS = 64
+# Free text an operator types (an address, a cgroup path): anything but control characters.
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
 # OpenSSH's SHA256 fingerprint, as `ssh-keygen -lf` prints it.
 FINGERPRINT_PATTERN = r"^SHA256:[A-Za-z0-9+/]{43}$"
 SSH_USER_PATTERN = r"^[a-z_][a-z0-9_.-]{0,31}$"
 
 HostState = Literal["online", "offline", "never_seen"]
+HostName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY_PATTERN)]
+LabelValue = Annotated[str, StringConstraints(pattern=LABEL_VALUE_PATTERN)]
+Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)]
 
 
 class Host(Base):
@@ -44,9 +53,9 @@ class Host(Base):
 class HostCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=NAME_PATTERN)
-    address: str | None = Field(default=None, max_length=255)
-    labels: dict[str, str] = Field(default_factory=dict)
+    name: HostName
+    address: str | None = Field(default=None, max_length=255, pattern=TEXT_PATTERN)
+    labels: Labels = Field(default_factory=dict)
     ssh_user: str = Field(default="root", pattern=SSH_USER_PATTERN)
     ssh_port: int = Field(default=22, ge=1, le=65535)
     host_key_fingerprint: str | None = Field(
@@ -56,15 +65,18 @@ class HostCreate(BaseModel):
         default=False, description="pin whatever key the first bootstrap sees"
     )
     cgroup: str | None = Field(
-        default=None, max_length=255, description="cgroup v2 path the agent confines traces to"
+        default=None,
+        max_length=255,
+        pattern=TEXT_PATTERN,
+        description="cgroup v2 path the agent confines traces to",
     )
 
 
 class HostUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    address: str | None = Field(default=None, max_length=255)
-    labels: dict[str, str] | None = None
+    address: str | None = Field(default=None, max_length=255, pattern=TEXT_PATTERN)
+    labels: Labels | None = None
     ssh_user: str | None = Field(default=None, pattern=SSH_USER_PATTERN)
     ssh_port: int | None = Field(default=None, ge=1, le=65535)
     host_key_fingerprint: str | None = Field(
@@ -73,7 +85,7 @@ class HostUpdate(BaseModel):
         description="pin this key (clears a recorded rejection)",
     )
     trust_on_first_use: bool | None = None
-    cgroup: str | None = Field(default=None, max_length=255)
+    cgroup: str | None = Field(default=None, max_length=255, pattern=TEXT_PATTERN)
 
 
 class HostKeyRejection(BaseModel):

@@ -2,27 +2,43 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
+from pydantic import StringConstraints
 
-from controller.api.deps import Admin, SessionDep, SettingsDep, Viewer
+from controller.api.deps import Admin, DispatcherDep, SessionDep, SettingsDep, Viewer
+from controller.api.params import HostPath
+from controller.api.responses import AUTHENTICATED, errors
 from controller.hosts import service
-from controller.hosts.models import HostCreate, HostPublic, HostsPublic, HostUpdate
+from controller.hosts.models import (
+    LABEL_KEY_PATTERN,
+    LABEL_VALUE_PATTERN,
+    MAX_LABELS,
+    HostCreate,
+    HostPublic,
+    HostsPublic,
+    HostUpdate,
+)
 
-router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
+router = APIRouter(prefix="/v1/hosts", tags=["hosts"], responses=AUTHENTICATED)
+
+
+_KEY = re.compile(LABEL_KEY_PATTERN)
+_VALUE = re.compile(LABEL_VALUE_PATTERN)
 
 
 def _selector(raw: list[str]) -> dict[str, str]:
     selector: dict[str, str] = {}
     for item in raw:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not _KEY.match(key) or not _VALUE.match(value):
             # The same shape as FastAPI's own validation errors, so clients find the field.
             detail = [
                 {
                     "loc": ["query", "selector"],
-                    "msg": f"bad {item!r}, want k=v",
+                    "msg": f"bad {item!r}, want k=v with a label key and value",
                     "type": "value_error",
                 }
             ]
@@ -37,7 +53,8 @@ def list_hosts(
     settings: SettingsDep,
     _: Viewer,
     selector: Annotated[
-        list[str] | None, Query(description="label selector k=v, repeatable")
+        list[Annotated[str, StringConstraints(max_length=192)]] | None,
+        Query(description="label selector k=v, repeatable", max_length=MAX_LABELS),
     ] = None,
 ) -> HostsPublic:
     """List hosts with their state, labels and capabilities."""
@@ -46,7 +63,9 @@ def list_hosts(
     return HostsPublic(data=data, count=len(data))
 
 
-@router.post("", operation_id="create_host", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "", operation_id="create_host", responses=errors(409), status_code=status.HTTP_201_CREATED
+)
 def create_host(
     host_in: HostCreate, session: SessionDep, settings: SettingsDep, _: Admin
 ) -> HostPublic:
@@ -56,8 +75,8 @@ def create_host(
     return service.to_public(host, timeout_s=settings.heartbeat_timeout_s)
 
 
-@router.get("/{name}", operation_id="get_host")
-def get_host(name: str, session: SessionDep, settings: SettingsDep, _: Viewer) -> HostPublic:
+@router.get("/{name}", operation_id="get_host", responses=errors(404))
+def get_host(name: HostPath, session: SessionDep, settings: SettingsDep, _: Viewer) -> HostPublic:
     """Show one host."""
     host = service.get(session=session, name=name)
     if host is None:
@@ -65,9 +84,9 @@ def get_host(name: str, session: SessionDep, settings: SettingsDep, _: Viewer) -
     return service.to_public(host, timeout_s=settings.heartbeat_timeout_s)
 
 
-@router.patch("/{name}", operation_id="update_host")
+@router.patch("/{name}", operation_id="update_host", responses=errors(404))
 def update_host(
-    name: str, host_in: HostUpdate, session: SessionDep, settings: SettingsDep, _: Admin
+    name: HostPath, host_in: HostUpdate, session: SessionDep, settings: SettingsDep, _: Admin
 ) -> HostPublic:
     """Change a host's address or labels."""
     host = service.get(session=session, name=name)
@@ -78,11 +97,17 @@ def update_host(
     return service.to_public(host, timeout_s=settings.heartbeat_timeout_s)
 
 
-@router.delete("/{name}", operation_id="delete_host", status_code=status.HTTP_204_NO_CONTENT)
-def delete_host(name: str, session: SessionDep, _: Admin) -> None:
-    """Forget a host (its past runs stay)."""
+@router.delete(
+    "/{name}",
+    operation_id="delete_host",
+    responses=errors(404),
+    status_code=status.HTTP_204_NO_CONTENT,
+)
+def delete_host(name: HostPath, session: SessionDep, dispatcher: DispatcherDep, _: Admin) -> None:
+    """Forget a host and drop its task queue (its past runs stay)."""
     host = service.get(session=session, name=name)
     if host is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no host {name!r}")
     session.delete(host)
     session.commit()
+    dispatcher.forget_host(host=name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -12,10 +11,11 @@ from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from controller.db import Base, utcnow
-from controller.hosts.models import NAME_PATTERN
+from controller.hosts.models import HostName, LabelKey, LabelValue
 from node_agent.protocol import Limits, MapDecl, Result, RunState, Scope, SnapshotStats
 
-_NAME = re.compile(NAME_PATTERN)
+# A hard ceiling under the configurable max_duration_s (checked at submit): 30 days.
+MAX_JOB_DURATION_S = 30 * 86400.0
 
 
 class JobState(str, Enum):
@@ -115,8 +115,8 @@ class Targets(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    hosts: list[str] | None = Field(default=None, min_length=1, max_length=10_000)
-    selector: dict[str, str] | None = Field(default=None, min_length=1)
+    hosts: list[HostName] | None = Field(default=None, min_length=1, max_length=10_000)
+    selector: dict[LabelKey, LabelValue] | None = Field(default=None, min_length=1, max_length=64)
     all: bool = False
 
     @model_validator(mode="after")
@@ -124,24 +124,21 @@ class Targets(BaseModel):
         given = [self.hosts is not None, self.selector is not None, self.all]
         if sum(given) != 1:
             raise ValueError("give exactly one of hosts, selector or all")
-        for name in self.hosts or []:
-            if not _NAME.match(name):
-                raise ValueError(f"bad host name {name!r}")
         return self
 
 
 class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     program: str = Field(min_length=1, max_length=64)
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict, max_length=64)
     scope: Scope = Field(default_factory=Scope)
-    duration_s: float = Field(gt=0)
-    interval_s: float | None = Field(default=None, ge=0.1)
+    duration_s: float = Field(gt=0, le=MAX_JOB_DURATION_S)
+    interval_s: float | None = Field(default=None, ge=0.1, le=MAX_JOB_DURATION_S)
     targets: Targets
     limits: Limits = Field(default_factory=Limits)
     source: str | None = Field(default=None, max_length=256_000)
-    maps: list[MapDecl] = Field(default_factory=list)
+    maps: list[MapDecl] = Field(default_factory=list, max_length=64)
 
 
 class RunPublic(BaseModel):

@@ -6,13 +6,16 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 
 from controller.api.deps import DispatcherDep, Operator, SessionDep, SettingsDep, Viewer
+from controller.api.params import IdPath, Offset
+from controller.api.responses import AUTHENTICATED, errors
 from controller.auth.models import Role
+from controller.hosts.models import NAME_PATTERN
 from controller.jobs import service
 from controller.jobs.events import stream_job_events
 from controller.jobs.models import JobCreate, JobPublic, JobResults, JobsPublic, JobState
 from controller.jobs.results import job_results
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTHENTICATED)
 
 
 @router.post("", operation_id="create_job", status_code=status.HTTP_201_CREATED)
@@ -40,10 +43,10 @@ def list_jobs(
     session: SessionDep,
     _: Viewer,
     state: JobState | None = None,
-    program: str | None = None,
-    host: str | None = None,
+    program: str | None = Query(default=None, max_length=64),
+    host: str | None = Query(default=None, pattern=NAME_PATTERN),
     limit: int = Query(default=50, ge=1, le=500),
-    offset: int = Query(default=0, ge=0),
+    offset: Offset = 0,
 ) -> JobsPublic:
     """List jobs, newest first, filtered by state, program or host."""
     jobs, total = service.list_jobs(
@@ -52,8 +55,8 @@ def list_jobs(
     return JobsPublic(data=[service.to_public(j) for j in jobs], count=total)
 
 
-@router.get("/{job_id}", operation_id="get_job")
-def get_job(job_id: str, session: SessionDep, _: Viewer) -> JobPublic:
+@router.get("/{job_id}", operation_id="get_job", responses=errors(404))
+def get_job(job_id: IdPath, session: SessionDep, _: Viewer) -> JobPublic:
     """Show a job with its per-host runs."""
     job = service.get(session=session, job_id=job_id)
     if job is None:
@@ -61,9 +64,9 @@ def get_job(job_id: str, session: SessionDep, _: Viewer) -> JobPublic:
     return service.to_public(job, snapshots=service.snapshot_counts(session=session, job=job))
 
 
-@router.post("/{job_id}/cancel", operation_id="cancel_job")
+@router.post("/{job_id}/cancel", operation_id="cancel_job", responses=errors(404))
 def cancel_job(
-    job_id: str, session: SessionDep, dispatcher: DispatcherDep, _: Operator
+    job_id: IdPath, session: SessionDep, dispatcher: DispatcherDep, _: Operator
 ) -> JobPublic:
     """Stop a job's runs; what they gathered so far is kept."""
     job = service.get(session=session, job_id=job_id)
@@ -73,8 +76,8 @@ def cancel_job(
     return service.to_public(job)
 
 
-@router.get("/{job_id}/results", operation_id="get_job_results")
-def get_job_results(job_id: str, session: SessionDep, _: Viewer) -> JobResults:
+@router.get("/{job_id}/results", operation_id="get_job_results", responses=errors(404))
+def get_job_results(job_id: IdPath, session: SessionDep, _: Viewer) -> JobResults:
     """Each host's latest cumulative results, and the fleet merge."""
     job = service.get(session=session, job_id=job_id)
     if job is None:
@@ -86,9 +89,14 @@ def get_job_results(job_id: str, session: SessionDep, _: Viewer) -> JobResults:
     "/{job_id}/events",
     operation_id="stream_job_events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
+    responses={
+        **errors(404),
+        200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
+    },
 )
-def job_events(job_id: str, request: Request, session: SessionDep, _: Viewer) -> StreamingResponse:
+def job_events(
+    job_id: IdPath, request: Request, session: SessionDep, _: Viewer
+) -> StreamingResponse:
     """Server-Sent Events: state changes and snapshots from the job's start, then live."""
     if service.get(session=session, job_id=job_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")

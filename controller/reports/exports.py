@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from controller.jobs.merge import merge_stacks
 from controller.reports.digest import HistDigest
 from controller.reports.fleet import ReportInput
+from controller.reports.models import (
+    SpeedscopeFile,
+    SpeedscopeFrame,
+    SpeedscopeProfile,
+    SpeedscopeShared,
+)
 from node_agent.protocol import FoldedStacks, KeyValue
 from node_agent.render import slot_bounds
+from node_agent.safe_text import printable
 
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-SPEEDSCOPE_SCHEMA = "https://www.speedscope.app/file-format-schema.json"
 _BAD = re.compile(r"[^a-zA-Z0-9_]")
 
 
@@ -21,12 +26,35 @@ def _name(s: str) -> str:
     return out if out and not out[0].isdigit() else f"_{out}"
 
 
+def _unique(name: str, taken: set[str]) -> str:
+    """`name`, or `name_2`, `name_3`...: names that sanitise alike must not collide."""
+    out, n = name, 1
+    while out in taken:
+        n += 1
+        out = f"{name}_{n}"
+    taken.add(out)
+    return out
+
+
+def _label_name(key: str) -> str:
+    name = _name(key)
+    return f"l{name}" if name.startswith("__") else name  # `__` names are reserved
+
+
 def _value(v: KeyValue) -> str:
-    return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    """A label value or HELP text: control characters shown as escapes first, then the
+    OpenMetrics escapes (backslash, quote, newline), so every backslash left is an escape."""
+    return printable(str(v)).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _labels(pairs: list[tuple[str, KeyValue]]) -> str:
-    return ",".join(f'{_name(k)}="{_value(v)}"' for k, v in pairs)
+    return ",".join(f'{k}="{_value(v)}"' for k, v in pairs)
+
+
+def _base_labels(host: str, labels: dict[str, KeyValue]) -> list[tuple[str, KeyValue]]:
+    """`host`, then the series' labels under unique valid names (`le` stays the bucket's)."""
+    taken = {"host", "le"}
+    return [("host", host), *((_unique(_label_name(k), taken), v) for k, v in labels.items())]
 
 
 def openmetrics(data: ReportInput) -> str:
@@ -40,21 +68,19 @@ def openmetrics(data: ReportInput) -> str:
         for h in run.digest.histograms if run.digest else []:
             families.setdefault(h.name, []).append((run.host, h))
     lines: list[str] = []
+    metrics: set[str] = set()
     for name, series in families.items():
-        metric = f"fleettrace_{_name(name)}"
+        metric = _unique(f"fleettrace_{_name(name)}", metrics)
         unit = series[0][1].unit
         slots = sorted({s for _, h in series for s, _ in h.buckets()})
         lines += [
             f"# TYPE {metric} histogram",
-            f"# HELP {metric} {name} in {unit}; log2 buckets, le = bucket upper bound; "
-            "_sum omitted (not recorded)",
+            f"# HELP {metric} {_value(name)} in {_value(unit)}; log2 buckets, "
+            "le = bucket upper bound; _sum omitted (not recorded)",
         ]
         for host, hist in series:
             counts = dict(hist.buckets())
-            base: list[tuple[str, KeyValue]] = [
-                ("host", host),
-                *((k, v) for k, v in hist.labels.items() if k != "host"),
-            ]
+            base = _base_labels(host, {k: v for k, v in hist.labels.items() if k != "host"})
             seen = 0
             for slot in slots:
                 seen += counts.get(slot, 0)
@@ -81,18 +107,28 @@ def stacks_of(data: ReportInput, host: str | None) -> list[FoldedStacks] | None:
     return None
 
 
+def folded_frame(frame: str) -> str:
+    """A frame that cannot end its line or split into two frames: backslash doubled, control
+    characters (a newline) as escapes, `;` as `\\x3b`; so the format's separators stay ours."""
+    return printable(frame.replace("\\", "\\\\")).replace(";", "\\x3b")
+
+
 def folded(stacks: list[FoldedStacks]) -> str:
     """Brendan Gregg's folded format: `root;child;leaf count` per line."""
-    return "".join(line + "\n" for fs in stacks for line in fs.folded())
+    return "".join(
+        ";".join(folded_frame(f) for f in s.frames) + f" {s.count}\n"
+        for fs in stacks
+        for s in fs.stacks
+    )
 
 
-def speedscope(data: ReportInput) -> dict[str, Any]:
+def speedscope(data: ReportInput) -> SpeedscopeFile:
     """speedscope's file format: shared frames, one "sampled" profile per host with stacks."""
     index: dict[str, int] = {}
-    profiles: list[dict[str, Any]] = []
+    profiles: list[SpeedscopeProfile] = []
     for host in data.hosts:
         samples: list[list[int]] = []
-        weights: list[int] = []
+        weights: list[float] = []
         for fs in host.digest.stacks if host.digest else []:
             for stack in fs.stacks:
                 if stack.count > 0:
@@ -100,21 +136,19 @@ def speedscope(data: ReportInput) -> dict[str, Any]:
                     weights.append(stack.count)
         if samples:
             profiles.append(
-                {
-                    "type": "sampled",
-                    "name": host.host,
-                    "unit": "none",
-                    "startValue": 0,
-                    "endValue": sum(weights),
-                    "samples": samples,
-                    "weights": weights,
-                }
+                SpeedscopeProfile(
+                    name=printable(host.host),
+                    unit="none",
+                    startValue=0,
+                    endValue=sum(weights),
+                    samples=samples,
+                    weights=weights,
+                )
             )
-    return {
-        "$schema": SPEEDSCOPE_SCHEMA,
-        "name": f"fleettrace job {data.job_id} ({data.program})",
-        "exporter": "fleettrace",
-        "activeProfileIndex": 0,
-        "shared": {"frames": [{"name": name} for name in index]},
-        "profiles": profiles,
-    }
+    return SpeedscopeFile(
+        name=f"fleettrace job {data.job_id} ({data.program})",
+        exporter="fleettrace",
+        activeProfileIndex=0,
+        shared=SpeedscopeShared(frames=[SpeedscopeFrame(name=printable(n)) for n in index]),
+        profiles=profiles,
+    )

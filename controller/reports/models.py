@@ -143,3 +143,38 @@ class CompareReport(BaseModel):
     program_base: str
     program_other: str
     hosts: list[HostDelta]
+
+
+SpeedscopeSchema = Literal["https://www.speedscope.app/file-format-schema.json"]
+SPEEDSCOPE_SCHEMA: SpeedscopeSchema = "https://www.speedscope.app/file-format-schema.json"
+
+
+class SpeedscopeFrame(BaseModel):
+    name: str
+
+
+class SpeedscopeShared(BaseModel):
+    frames: list[SpeedscopeFrame]
+
+
+class SpeedscopeProfile(BaseModel):
+    """A "sampled" profile: each sample a stack of indexes into the shared frames."""
+
+    type: Literal["sampled"] = "sampled"
+    name: str
+    unit: Literal["none", "nanoseconds", "microseconds", "milliseconds", "seconds", "bytes"]
+    startValue: float  # speedscope's spelling
+    endValue: float
+    samples: list[list[int]]
+    weights: list[float]
+
+
+class SpeedscopeFile(BaseModel):
+    """speedscope's file format (https://www.speedscope.app/file-format-schema.json)."""
+
+    schema_: SpeedscopeSchema = Field(default=SPEEDSCOPE_SCHEMA, alias="$schema")
+    name: str
+    exporter: str
+    activeProfileIndex: int
+    shared: SpeedscopeShared
+    profiles: list[SpeedscopeProfile]

@@ -4,15 +4,42 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable
+from typing import Any
 
 from controller.reports.models import JobReport
+from node_agent.safe_text import printable
 
 COLUMNS = ("section", "host", "metric", "label", "value", "unit", "fleet_median", "ratio", "note")
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A text cell made inert: control characters escaped, a formula start quoted with `'`.
+
+    Numbers stay numbers (a negative ratio is not a formula); only text is untrusted.
+    """
+    if value is None or isinstance(value, int | float):
+        return value
+    text = str(value)
+    quoted = "'" + text if text.startswith(FORMULA_START) else text
+    return printable(quoted)
+
+
+class _SafeWriter:
+    """csv.writer whose text cells go through csv_cell."""
+
+    def __init__(self, out: io.StringIO) -> None:
+        self._writer = csv.writer(out, lineterminator="\n")
+
+    def writerow(self, row: Iterable[Any]) -> None:
+        self._writer.writerow([csv_cell(c) for c in row])
 
 
 def render_csv(report: JobReport) -> str:
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = _SafeWriter(out)
     writer.writerow(COLUMNS)
     for o in report.outliers:
         writer.writerow(

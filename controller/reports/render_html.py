@@ -10,13 +10,14 @@ import numpy as np
 from controller.reports import svg
 from controller.reports.analysis import human
 from controller.reports.digest import Ints
-from controller.reports.flame import differential, layout, path_counts
+from controller.reports.flame import MAX_DEPTH, Layout, layout
 from controller.reports.fleet import Series
 from controller.reports.models import HistogramStats, JobReport, TableStats
 from controller.reports.outliers import key_text, series_name
 from controller.reports.service import Analysis
 from node_agent.protocol import FoldedStacks
 from node_agent.render import slot_bounds
+from node_agent.safe_text import printable
 
 MAX_HEATMAP_ROWS = 200
 MAX_OVERLAY_HOSTS = 5
@@ -35,7 +36,8 @@ td:first-child,th:first-child{text-align:left}
 
 
 def _e(s: object) -> str:
-    return escape(str(s))
+    """Untrusted text as HTML text: control characters shown as escapes, markup escaped."""
+    return escape(printable(str(s)))
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -148,38 +150,46 @@ def _stacks_of(analysis: Analysis, host: str | None) -> list[FoldedStacks]:
     return analysis.stacks_of(host) or []
 
 
+def _cut_note(found: Layout) -> str:
+    if not found.cut:
+        return ""
+    return (
+        f"<p class='note'>{found.cut:,} stacks deeper than {MAX_DEPTH} frames are drawn cut "
+        f"at frame {MAX_DEPTH}.</p>"
+    )
+
+
 def _flame_section(report: JobReport, analysis: Analysis, diff_host: str | None) -> str:
     fleet = _stacks_of(analysis, None)
-    total, frames = layout(fleet)
-    if total == 0:
+    found = layout(fleet)
+    if found.total == 0:
         return ""
     parts = [
         "<h2>Flame graphs</h2>",
         "<p class='note'>Icicle layout: callers on top; frames under 0.1% of the samples are "
         "left out; hover a frame for its numbers.</p>",
-        f"<h3>Fleet ({total:,} samples)</h3>",
-        svg.flame(total, frames, "fleet flame graph"),
+        f"<h3>Fleet ({found.total:,} samples)</h3>",
+        _cut_note(found),
+        svg.flame(found, "fleet flame graph"),
     ]
     with_stacks = [
         h for h in _ranked_hosts(report) if any(s.stacks for s in _stacks_of(analysis, h))
     ]
     chosen = diff_host if diff_host in with_stacks else (with_stacks[0] if with_stacks else None)
     if chosen is not None:
-        fleet_total, counts = path_counts(fleet)
-        host_total, host_frames = layout(_stacks_of(analysis, chosen))
-        delta = differential(host_total, host_frames, fleet_total, counts)
+        diff = layout(_stacks_of(analysis, chosen), baseline=fleet)
         why = "chosen" if chosen == diff_host else "the top-ranked host"
         parts += [
             f"<h3>Differential: {_e(chosen)} vs the fleet ({why})</h3>",
             "<p class='note'>Widths are the host's samples; red = a larger share of the host's "
             "time than of the fleet's, blue = smaller, white = the same.</p>",
-            svg.flame(host_total, host_frames, f"differential flame graph {chosen}", delta),
+            svg.flame(diff, f"differential flame graph {chosen}"),
         ]
     for host in with_stacks[:MAX_HOST_CHARTS]:
-        host_total, host_frames = layout(_stacks_of(analysis, host))
+        found = layout(_stacks_of(analysis, host))
         parts += [
-            f"<h3>{_e(host)} ({host_total:,} samples)</h3>",
-            svg.flame(host_total, host_frames, f"flame graph {host}"),
+            f"<h3>{_e(host)} ({found.total:,} samples)</h3>",
+            svg.flame(found, f"flame graph {host}"),
         ]
     if len(with_stacks) > MAX_HOST_CHARTS:
         parts.append(

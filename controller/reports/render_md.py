@@ -1,21 +1,44 @@
-"""A report as Markdown for tickets: outliers first, then missing hosts and per-host tables."""
+"""A report as Markdown for tickets: outliers first, then missing hosts and per-host tables.
+
+Every name in a report comes from a traced host, so each is escaped as Markdown text: no raw
+HTML, no link, no emphasis, no heading or list it did not write itself.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from controller.reports.analysis import human
 from controller.reports.models import HistogramStats, JobReport, TableStats
 from controller.reports.outliers import series_name
+from node_agent.safe_text import printable
+
+# Inline syntax: code, emphasis, links and images, raw HTML and entities, table cells, headings.
+_INLINE = re.compile(r"([\\`*_\[\]<>#|~&])")
+# What opens a block where a text starts a line or a list item: lists, quotes, rules, headings.
+_BLOCK_START = re.compile(r"^(\d+)([.)])|^([-+=])")
+
+
+class Md(str):
+    """Markdown written here (emphasis of our own): passed through as is."""
+
+
+def md_text(value: object, *, block_start: bool = False) -> str:
+    """Untrusted text as literal Markdown: control characters and markup escaped."""
+    text = _INLINE.sub(r"\\\1", printable(str(value)))
+    if block_start:
+        text = _BLOCK_START.sub(lambda m: f"{m[1]}\\{m[2]}" if m[1] else f"\\{m[3]}", text.lstrip())
+    return text
 
 
 def _cell(value: object) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return value if isinstance(value, Md) else md_text(value)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
     return [
-        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(_cell(h) for h in header) + " |",
         "|" + "---|" * len(header),
         *("| " + " | ".join(_cell(c) for c in row) + " |" for row in rows),
     ]
@@ -40,14 +63,15 @@ def _table_row(who: str, t: TableStats) -> list[object]:
 
 
 def render_md(report: JobReport) -> str:
-    lines = [f"# Report: job {report.job_id} ({report.program}, {report.state.value})", ""]
+    title = md_text(f"{report.job_id} ({report.program}, {report.state.value})")
+    lines = [f"# Report: job {title}", ""]
     lines.append("## Outliers")
-    lines += [f"- {o.sentence}" for o in report.outliers] or ["- none"]
+    lines += [f"- {md_text(o.sentence, block_start=True)}" for o in report.outliers] or ["- none"]
     if report.missing:
         lines += ["", "## Hosts without complete results"]
         lines += [
-            f"- {m.host}: {m.state.value}"
-            + (f" ({m.reason})" if m.reason else "")
+            f"- {md_text(m.host, block_start=True)}: {m.state.value}"
+            + (f" ({md_text(m.reason)})" if m.reason else "")
             + ("" if m.has_data else ", no data")
             for m in report.missing
         ]
@@ -59,9 +83,9 @@ def render_md(report: JobReport) -> str:
             for h in host.histograms
             if series_name(h.name, h.labels) == series
         ]
-        lines += ["", f"## {series} ({fleet_hist.unit})", ""]
+        lines += ["", f"## {md_text(series)} ({md_text(fleet_hist.unit)})", ""]
         header = ["host", "count", "rate", "p50", "p90", "p99", "max"]
-        lines += _table(header, [*rows, _hist_row("**fleet**", fleet_hist)])
+        lines += _table(header, [*rows, _hist_row(Md("**fleet**"), fleet_hist)])
     for fleet_table in report.fleet.tables:
         rows = [
             _table_row(host.host, t)
@@ -70,7 +94,7 @@ def render_md(report: JobReport) -> str:
             if t.name == fleet_table.name
         ]
         fields = ", ".join(fleet_table.value_fields)
-        lines += ["", f"## {fleet_table.name}", ""]
+        lines += ["", f"## {md_text(fleet_table.name)}", ""]
         lines += _table(["host", "rows", f"total ({fields})", "rate"], rows)
         lines += ["", "Top keys over the fleet:", ""]
         lines += _table(
@@ -86,5 +110,6 @@ def render_md(report: JobReport) -> str:
                 for k in report.one_host_keys
             ],
         )
-    lines += ["", f"_Percentiles: {report.percentile_method}. Outliers: {report.outlier_method}._"]
+    methods = f"Percentiles: {report.percentile_method}. Outliers: {report.outlier_method}."
+    lines += ["", f"_{md_text(methods)}_"]
     return "\n".join(lines) + "\n"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 
 from fastapi import APIRouter, HTTPException, Query, status
@@ -10,16 +9,19 @@ from fastapi.responses import PlainTextResponse, Response
 from sqlalchemy.orm import Session
 
 from controller.api.deps import SessionDep, Viewer
+from controller.api.params import IdPath
+from controller.api.responses import AUTHENTICATED, errors, json_safe
+from controller.hosts.models import NAME_PATTERN
 from controller.jobs import service as jobs
 from controller.jobs.models import Job
 from controller.reports import exports, service, store
 from controller.reports.fleet import ReportInput
-from controller.reports.models import CompareReport, JobReport
+from controller.reports.models import CompareReport, JobReport, SpeedscopeFile
 from controller.reports.render_csv import render_csv
 from controller.reports.render_html import render_html
 from controller.reports.render_md import render_md
 
-router = APIRouter(tags=["reports"])
+router = APIRouter(tags=["reports"], responses=AUTHENTICATED)
 
 
 class ReportFormat(str, Enum):
@@ -42,8 +44,9 @@ def _job(session: Session, job_id: str) -> Job:
 @router.get(
     "/v1/jobs/{job_id}/report",
     operation_id="get_job_report",
-    response_model=JobReport,
+    response_model=JobReport | SpeedscopeFile,
     responses={
+        **errors(404),
         200: {
             "content": {
                 "text/markdown": {},
@@ -52,17 +55,18 @@ def _job(session: Session, job_id: str) -> Job:
                 "application/openmetrics-text": {},
                 "text/plain": {},
             }
-        }
+        },
     },
 )
 def get_job_report(
-    job_id: str,
+    job_id: IdPath,
     session: SessionDep,
     _: Viewer,
     format: ReportFormat = ReportFormat.json,
     top: int = Query(default=service.TOP, ge=1, le=1000),
     host: str | None = Query(
         default=None,
+        pattern=NAME_PATTERN,
         description="folded: this host's stacks instead of the fleet's; "
         "html: the host of the differential flame graph",
     ),
@@ -86,7 +90,7 @@ def get_job_report(
             page = render_html(report, analysis, top=top, diff_host=host)
         return Response(page, media_type="text/html; charset=utf-8")
     # Serialized here, once: returned as a model, FastAPI would validate it all over again.
-    return Response(report.model_dump_json(), media_type="application/json")
+    return Response(json_safe(report.model_dump_json()), media_type="application/json")
 
 
 def _export(job: Job, data: ReportInput, format: ReportFormat, host: str | None) -> Response:
@@ -98,16 +102,16 @@ def _export(job: Job, data: ReportInput, format: ReportFormat, host: str | None)
         if stacks is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no host {host} in job {job.id}")
         return PlainTextResponse(exports.folded(stacks))
-    body = json.dumps(exports.speedscope(data), separators=(",", ":"))
+    body = json_safe(exports.speedscope(data).model_dump_json(by_alias=True))
     return Response(body, media_type="application/json")
 
 
-@router.get("/v1/reports/compare", operation_id="compare_jobs")
+@router.get("/v1/reports/compare", operation_id="compare_jobs", responses=errors(404))
 def compare_jobs(
     session: SessionDep,
     _: Viewer,
-    base: str = Query(description="the job before"),
-    other: str = Query(description="the job after"),
+    base: str = Query(description="the job before", min_length=1, max_length=64),
+    other: str = Query(description="the job after", min_length=1, max_length=64),
 ) -> CompareReport:
     """Two jobs host by host: each metric's base and other value, delta and ratio."""
     a = service.job_report(session=session, job=_job(session, base))

@@ -7,10 +7,16 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from html import escape
 
-from controller.reports.flame import Frame, Path
+from controller.reports.flame import Layout
+from node_agent.safe_text import printable
 
 FONT = "font-family:system-ui,sans-serif;font-size:11px"
 HOST_COLORS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
+
+
+def _text(s: str) -> str:
+    """Untrusted text as SVG text: control characters shown as escapes, markup escaped."""
+    return escape(printable(s))
 
 
 def _n(x: float) -> str:
@@ -29,15 +35,15 @@ class Svg:
         if title is None:
             self.parts.append(box + "/>")
         else:
-            self.parts.append(f"{box}><title>{escape(title)}</title></rect>")
+            self.parts.append(f"{box}><title>{_text(title)}</title></rect>")
 
     def text(self, x: float, y: float, s: str, anchor: str = "start", extra: str = "") -> None:
         self.parts.append(
-            f'<text x="{_n(x)}" y="{_n(y)}" text-anchor="{anchor}"{extra}>{escape(s)}</text>'
+            f'<text x="{_n(x)}" y="{_n(y)}" text-anchor="{anchor}"{extra}>{_text(s)}</text>'
         )
 
     def path(self, d: str, stroke: str, width: float = 1.5, title: str | None = None) -> None:
-        inner = f"<title>{escape(title)}</title>" if title else ""
+        inner = f"<title>{_text(title)}</title>" if title else ""
         self.parts.append(
             f'<path d="{d}" fill="none" stroke="{stroke}" stroke-width="{_n(width)}">{inner}</path>'
         )
@@ -47,7 +53,7 @@ class Svg:
     ) -> None:
         coords = " ".join(f"{_n(x)},{_n(y)}" for x, y in points)
         dashes = f' stroke-dasharray="{dash}"' if dash else ""
-        inner = f"<title>{escape(title)}</title>" if title else ""
+        inner = f"<title>{_text(title)}</title>" if title else ""
         self.parts.append(
             f'<polyline points="{coords}" fill="none" stroke="{stroke}" stroke-width="1.5"'
             f"{dashes}>{inner}</polyline>"
@@ -58,14 +64,14 @@ class Svg:
         if title is None:
             self.parts.append(dot + "/>")
         else:
-            self.parts.append(f"{dot}><title>{escape(title)}</title></circle>")
+            self.parts.append(f"{dot}><title>{_text(title)}</title></circle>")
 
     def render(self) -> str:
         head = (
             # No xmlns: the HTML parser puts inline <svg> in the SVG namespace; no URL in the page.
             f'<svg width="{_n(self.width)}" '
             f'height="{_n(self.height)}" viewBox="0 0 {_n(self.width)} {_n(self.height)}" '
-            f'role="img" aria-label="{escape(self.label)}" style="{FONT}">'
+            f'role="img" aria-label="{_text(self.label)}" style="{FONT}">'
         )
         return head + "".join(self.parts) + "</svg>"
 
@@ -185,30 +191,25 @@ def diff_color(delta: float, scale: float) -> str:
     return f"rgb(255,{fade},{fade})" if delta > 0 else f"rgb({fade},{fade},255)"
 
 
-def flame(
-    total: int,
-    frames: Sequence[Frame],
-    label: str,
-    delta: Mapping[Path, float] | None = None,
-    width: float = 1140,
-) -> str:
-    """Icicle layout: root row on top, each frame's width proportional to its samples."""
-    row = 16
+def flame(found: Layout, label: str, width: float = 1140) -> str:
+    """Icicle layout: root row on top, each frame's width proportional to its samples; boxes
+    with a `delta` (a differential) are coloured by it."""
+    row, total, frames = 16, found.total, found.frames
     depth = max((f.depth for f in frames), default=0) + 1
     svg = Svg(width, depth * row + 4, label)
-    scale = max((abs(v) for v in (delta or {}).values()), default=0.0)
+    scale = max((abs(f.delta) for f in frames if f.delta is not None), default=0.0)
     for f in frames:
         x, w = width * f.start / total, width * f.count / total
         title = f"{f.name}: {f.count:,} samples, {f.count / total:.2%}"
-        if delta is not None:
-            d = delta.get(f.path, 0.0)
-            fill = diff_color(d, scale)
-            title += f", {d * 100:+.2f} points vs the fleet"
+        if f.delta is not None:
+            fill = diff_color(f.delta, scale)
+            title += f", {f.delta * 100:+.2f} points vs the fleet"
         else:
             fill = _warm(f.name)
         svg.rect(x, f.depth * row, max(w - 0.5, 0.5), row - 1, fill, title)
         chars = int(w / 6.5)
         if chars >= 3:
-            text = f.name if len(f.name) <= chars else f.name[: chars - 1] + "…"
+            shown = printable(f.name)
+            text = shown if len(shown) <= chars else shown[: chars - 1] + "…"
             svg.text(x + 2, f.depth * row + 12, text, extra=' pointer-events="none"')
     return svg.render()

@@ -6,17 +6,23 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from html import escape
+from html import escape as _html_escape
 
 from controller.reports.analysis import NS_PER, human
 from controller.reports.render_html import CSS
 from controller.reports.svg import HOST_COLORS, Svg
 from controller.schedules.trend import ScheduleTrend, TrendSeries
+from node_agent.safe_text import printable
 
 LEFT, TOP, WIDTH, HEIGHT = 80, 24, 720, 240
 MAX_CHART_HOSTS = 21  # 7 colours x 3 dash patterns: every line stays distinct
 DASHES = ("", "6 3", "2 2")
 MISSING = "#999"
+
+
+def escape(text: str) -> str:
+    """Untrusted text as HTML text: control characters shown as escapes, markup escaped."""
+    return _html_escape(printable(text))
 
 
 def utc(at: datetime) -> datetime:

@@ -12,6 +12,11 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from controller.db import Base, utcnow
 from controller.jobs.models import JobCreate, JobState
+from controller.schedules.timing import MAX_INTERVAL_S, MIN_INTERVAL_S
+
+# Ten years: kept runs and the misfire grace past that are mistakes, and overflow a datetime.
+MAX_AGE_S = 10 * 366 * 86400.0
+MAX_RUNS = 1_000_000
 
 
 class FireOutcome(str, Enum):
@@ -69,26 +74,26 @@ class ScheduleFire(Base):
 
 
 class Retention(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    max_runs: int | None = Field(default=None, ge=1)
-    max_age_s: float | None = Field(default=None, gt=0)
+    max_runs: int | None = Field(default=None, ge=1, le=MAX_RUNS)
+    max_age_s: float | None = Field(default=None, gt=0, le=MAX_AGE_S)
 
 
 class ScheduleCreate(BaseModel):
     """Exactly one of cron (read in time_zone) or interval_s."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     cron: str | None = Field(default=None, max_length=128)
     time_zone: str = Field(default="UTC", max_length=64)
-    interval_s: float | None = None
+    interval_s: float | None = Field(default=None, ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S)
     template: JobCreate
     enabled: bool = True
     retention: Retention = Field(default_factory=Retention)
     allow_overlap: bool = False
-    misfire_grace_s: float = Field(default=60.0, ge=0)
+    misfire_grace_s: float = Field(default=60.0, ge=0, le=MAX_AGE_S)
     continuous: bool = Field(
         default=False,
         description="keep the program loaded for template.duration_s (the horizon) and take "
@@ -105,16 +110,16 @@ class ScheduleCreate(BaseModel):
 class ScheduleUpdate(BaseModel):
     """Fields to change; the timing is replaced as a whole when cron or interval_s is given."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     cron: str | None = Field(default=None, max_length=128)
     time_zone: str | None = Field(default=None, max_length=64)
-    interval_s: float | None = None
+    interval_s: float | None = Field(default=None, ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S)
     template: JobCreate | None = None
     enabled: bool | None = None
     retention: Retention | None = None
     allow_overlap: bool | None = None
-    misfire_grace_s: float | None = Field(default=None, ge=0)
+    misfire_grace_s: float | None = Field(default=None, ge=0, le=MAX_AGE_S)
 
     @model_validator(mode="after")
     def _not_both(self) -> ScheduleUpdate:

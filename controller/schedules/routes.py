@@ -8,6 +8,8 @@ from enum import Enum
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from controller.api.deps import DispatcherDep, Operator, SessionDep, SettingsDep, Viewer
+from controller.api.params import IdPath, Offset
+from controller.api.responses import AUTHENTICATED, errors
 from controller.errors import InvalidRequest
 from controller.reports.models import CompareReport
 from controller.reports.trend_chart import render_trend_html
@@ -22,7 +24,7 @@ from controller.schedules.models import (
 )
 from controller.schedules.trend import BadMetric, Metric, ScheduleTrend, trend
 
-router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
+router = APIRouter(prefix="/v1/schedules", tags=["schedules"], responses=AUTHENTICATED)
 
 
 class TrendFormat(str, Enum):
@@ -37,7 +39,9 @@ def _found(session: SessionDep, schedule_id: str) -> Schedule:
     return schedule
 
 
-@router.post("", operation_id="create_schedule", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "", operation_id="create_schedule", responses=errors(409), status_code=status.HTTP_201_CREATED
+)
 def create_schedule(
     schedule_in: ScheduleCreate, session: SessionDep, settings: SettingsDep, token: Operator
 ) -> SchedulePublic:
@@ -53,22 +57,22 @@ def list_schedules(
     session: SessionDep,
     _: Viewer,
     limit: int = Query(default=50, ge=1, le=500),
-    offset: int = Query(default=0, ge=0),
+    offset: Offset = 0,
 ) -> SchedulesPublic:
     """List schedules by name, each with its next fire time and recent jobs."""
     rows, total = service.list_schedules(session=session, limit=limit, offset=offset)
     return SchedulesPublic(data=[service.to_public(session, s) for s in rows], count=total)
 
 
-@router.get("/{schedule_id}", operation_id="get_schedule")
-def get_schedule(schedule_id: str, session: SessionDep, _: Viewer) -> SchedulePublic:
+@router.get("/{schedule_id}", operation_id="get_schedule", responses=errors(404))
+def get_schedule(schedule_id: IdPath, session: SessionDep, _: Viewer) -> SchedulePublic:
     """Show a schedule, its next fire time and its recent slots."""
     return service.to_public(session, _found(session, schedule_id))
 
 
-@router.patch("/{schedule_id}", operation_id="update_schedule")
+@router.patch("/{schedule_id}", operation_id="update_schedule", responses=errors(404))
 def update_schedule(
-    schedule_id: str,
+    schedule_id: IdPath,
     update_in: ScheduleUpdate,
     session: SessionDep,
     settings: SettingsDep,
@@ -85,16 +89,19 @@ def update_schedule(
 
 
 @router.delete(
-    "/{schedule_id}", operation_id="delete_schedule", status_code=status.HTTP_204_NO_CONTENT
+    "/{schedule_id}",
+    operation_id="delete_schedule",
+    responses=errors(404),
+    status_code=status.HTTP_204_NO_CONTENT,
 )
-def delete_schedule(schedule_id: str, session: SessionDep, _: Operator) -> Response:
+def delete_schedule(schedule_id: IdPath, session: SessionDep, _: Operator) -> Response:
     """Delete a schedule; the jobs it made are kept."""
     service.remove(session=session, schedule=_found(session, schedule_id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{schedule_id}/pause", operation_id="pause_schedule")
-def pause_schedule(schedule_id: str, session: SessionDep, _: Operator) -> SchedulePublic:
+@router.post("/{schedule_id}/pause", operation_id="pause_schedule", responses=errors(404))
+def pause_schedule(schedule_id: IdPath, session: SessionDep, _: Operator) -> SchedulePublic:
     """Stop firing until resumed."""
     schedule = service.set_enabled(
         session=session, schedule=_found(session, schedule_id), enabled=False
@@ -102,8 +109,8 @@ def pause_schedule(schedule_id: str, session: SessionDep, _: Operator) -> Schedu
     return service.to_public(session, schedule)
 
 
-@router.post("/{schedule_id}/resume", operation_id="resume_schedule")
-def resume_schedule(schedule_id: str, session: SessionDep, _: Operator) -> SchedulePublic:
+@router.post("/{schedule_id}/resume", operation_id="resume_schedule", responses=errors(404))
+def resume_schedule(schedule_id: IdPath, session: SessionDep, _: Operator) -> SchedulePublic:
     """Fire again from the next slot after now; paused slots are not replayed."""
     schedule = service.set_enabled(
         session=session, schedule=_found(session, schedule_id), enabled=True
@@ -111,9 +118,9 @@ def resume_schedule(schedule_id: str, session: SessionDep, _: Operator) -> Sched
     return service.to_public(session, schedule)
 
 
-@router.post("/{schedule_id}/run", operation_id="run_schedule")
+@router.post("/{schedule_id}/run", operation_id="run_schedule", responses=errors(404))
 def run_schedule(
-    schedule_id: str,
+    schedule_id: IdPath,
     session: SessionDep,
     settings: SettingsDep,
     dispatcher: DispatcherDep,
@@ -129,13 +136,15 @@ def run_schedule(
     "/{schedule_id}/trend",
     operation_id="get_schedule_trend",
     response_model=ScheduleTrend,
-    responses={200: {"content": {"text/html": {}}}},
+    responses={**errors(404), 200: {"content": {"text/html": {}}}},
 )
 def get_schedule_trend(
-    schedule_id: str,
+    schedule_id: IdPath,
     session: SessionDep,
     _: Viewer,
-    metric: str = Query(description="p99:HIST, count:HIST, total:TABLE, rate:TABLE, key:TABLE:KEY"),
+    metric: str = Query(
+        description="p99:HIST, count:HIST, total:TABLE, rate:TABLE, key:TABLE:KEY", max_length=256
+    ),
     limit: int = Query(default=200, ge=1, le=2000),
     format: TrendFormat = TrendFormat.json,
 ) -> ScheduleTrend | Response:
@@ -156,13 +165,19 @@ def get_schedule_trend(
     return found
 
 
-@router.get("/{schedule_id}/compare", operation_id="compare_schedule_runs")
+@router.get(
+    "/{schedule_id}/compare", operation_id="compare_schedule_runs", responses=errors(404, 409)
+)
 def compare_schedule_runs(
-    schedule_id: str,
+    schedule_id: IdPath,
     session: SessionDep,
     _: Viewer,
-    base_job: str | None = Query(default=None, description="default: the run before other_job"),
-    other_job: str | None = Query(default=None, description="default: the last finished run"),
+    base_job: str | None = Query(
+        default=None, description="default: the run before other_job", max_length=64
+    ),
+    other_job: str | None = Query(
+        default=None, description="default: the last finished run", max_length=64
+    ),
 ) -> CompareReport:
     """Two runs of the schedule host by host (by default its last two finished runs)."""
     schedule = _found(session, schedule_id)

@@ -15,6 +15,10 @@ from croniter import croniter
 
 # Past this many missed slots only a count is kept: a long outage must not write a row per slot.
 MAX_RECORDED_SKIPS = 100
+# A schedule fires at most once a second and at least once a leap year: beyond either end the
+# slot arithmetic divides by ~0 or overflows a datetime.
+MIN_INTERVAL_S = 1.0
+MAX_INTERVAL_S = 366 * 86400.0
 
 
 class TimingError(ValueError):
@@ -40,8 +44,11 @@ def check_cron(expr: str) -> None:
 
 
 def check_interval(interval_s: float) -> None:
-    if not math.isfinite(interval_s) or interval_s <= 0:
-        raise TimingError("interval_s", "the interval must be a positive number of seconds")
+    if not math.isfinite(interval_s) or not MIN_INTERVAL_S <= interval_s <= MAX_INTERVAL_S:
+        raise TimingError(
+            "interval_s",
+            f"the interval must be {MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g} seconds",
+        )
 
 
 def _utc(moment: datetime) -> datetime:

@@ -75,6 +75,9 @@ class AgentStub:
     def request_cancel(self, *, host: str, run_id: str) -> None:
         self.cancels.append(run_id)
 
+    def forget_host(self, *, host: str) -> None:
+        pass
+
     def apply(self, *envelopes: StreamEnvelope) -> None:
         assert self.sessions is not None and self.settings is not None
         ingest = Ingest(self.settings, self.sessions, None)  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from controller.cli.main import build_parser
 from controller.jobs.merge import merge_results
 from controller.jobs.models import HostResult, JobResults, JobState
 from controller.reports import exports
-from controller.reports.flame import Frame, differential, layout, path_counts
+from controller.reports.flame import Frame, layout
 from controller.reports.models import JobReport
 from controller.reports.render_html import render_html
 from controller.reports.service import Analysis, build, input_of
@@ -172,32 +172,28 @@ def test_heatmap_cells_and_overlay_lines() -> None:
 
 
 def test_flame_layout_widths_are_counts_and_children_sit_in_parents() -> None:
-    total, frames = layout([_stacks({"a;b": 3, "a;c": 1, "d": 4})])
-    assert total == 8
-    assert frames == [
-        Frame(("a",), 0, 0, 4),
-        Frame(("a", "b"), 1, 0, 3),
-        Frame(("a", "c"), 1, 3, 1),
-        Frame(("d",), 0, 4, 4),
+    found = layout([_stacks({"a;b": 3, "a;c": 1, "d": 4})])
+    assert found.total == 8
+    assert found.frames == [
+        Frame("a", 0, 0, 4, -1),
+        Frame("b", 1, 0, 3, 0),
+        Frame("c", 1, 3, 1, 0),
+        Frame("d", 0, 4, 4, -1),
     ]
-    by_path = {f.path: f for f in frames}
-    for f in frames:
+    assert [found.path(i) for i in range(4)] == [("a",), ("a", "b"), ("a", "c"), ("d",)]
+    for f in found.frames:
         if f.depth:
-            parent = by_path[f.path[:-1]]
+            parent = found.frames[f.parent]
             assert parent.start <= f.start and f.start + f.count <= parent.start + parent.count
     # a;c is 1/8 = 12.5% of the samples: under a 20% floor it goes.
-    assert [f.path for f in layout([_stacks({"a;b": 3, "a;c": 1, "d": 4})], 0.2)[1]] == [
-        ("a",),
-        ("a", "b"),
-        ("d",),
-    ]
+    floor = layout([_stacks({"a;b": 3, "a;c": 1, "d": 4})], 0.2)
+    assert [floor.path(i) for i in range(len(floor.frames))] == [("a",), ("a", "b"), ("d",)]
 
 
 def test_differential_sign_and_colour() -> None:
     host = _stacks({"a;b": 1, "d": 3})
-    fleet_total, counts = path_counts([_stacks({"a;b": 4, "d": 4})])
-    host_total, frames = layout([host])
-    delta = differential(host_total, frames, fleet_total, counts)
+    found = layout([host], baseline=[_stacks({"a;b": 4, "d": 4})])
+    delta = {found.path(i): f.delta for i, f in enumerate(found.frames)}
     assert delta == {("a",): -0.25, ("a", "b"): -0.25, ("d",): 0.25}
     assert diff_color(0.25, 0.25) == "rgb(255,55,55)"  # more time on the host: red
     assert diff_color(-0.25, 0.25) == "rgb(55,55,255)"  # less: blue
@@ -245,7 +241,7 @@ def test_folded_and_speedscope() -> None:
     one = exports.stacks_of(data, ODD)
     assert one is not None and "main;io 20" in exports.folded(one).splitlines()
     assert exports.stacks_of(data, "nope") is None
-    doc = exports.speedscope(data)
+    doc = exports.speedscope(data).model_dump(by_alias=True)
     assert doc["$schema"] == "https://www.speedscope.app/file-format-schema.json"
     frames = [f["name"] for f in doc["shared"]["frames"]]
     assert len(frames) == len(set(frames)) == 5

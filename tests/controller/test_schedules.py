@@ -53,6 +53,9 @@ class CountingDispatcher:
     def request_cancel(self, *, host: str, run_id: str) -> None:
         pass
 
+    def forget_host(self, *, host: str) -> None:
+        pass
+
 
 @pytest.fixture(scope="module")
 def role(client: TestClient, tokens: Tokens) -> str:
