@@ -28,6 +28,7 @@ class ChildStart(BaseModel):
     request: TraceRequest
     allow_custom: bool = False
     max_duration_s: float = 3600.0
+    cgroup_base: str | None = None
 
 
 def _limit_memory(megabytes: int) -> None:
@@ -98,7 +99,10 @@ def main() -> int:
         if warm_mb != request.limits.memory_mb:
             _limit_memory(request.limits.memory_mb)
         prepared = prepare(
-            request, allow_custom=start.allow_custom, max_duration_s=start.max_duration_s
+            request,
+            allow_custom=start.allow_custom,
+            max_duration_s=start.max_duration_s,
+            cgroup_base=start.cgroup_base,
         )
         state = execute(prepared, BccRuntime(), emit, stop)
     except FleettraceError as exc:

@@ -121,6 +121,7 @@ class TraceRunner:
         allow_custom: bool = False,
         max_duration_s: float = 3600.0,
         compile_timeout_s: float = 120.0,
+        cgroup_base: str | None = None,
         child_argv: Sequence[str] | None = None,
         pool: ChildPool | None = None,
     ) -> None:
@@ -129,6 +130,7 @@ class TraceRunner:
         self.allow_custom = allow_custom
         self.max_duration_s = max_duration_s
         self.compile_timeout_s = compile_timeout_s
+        self.cgroup_base = cgroup_base
         self.child_argv = list(child_argv or DEFAULT_CHILD)
         self.pool = pool
         self._cancel = threading.Event()
@@ -142,7 +144,10 @@ class TraceRunner:
         run_id = self.request.run_id
         try:
             prepare(
-                self.request, allow_custom=self.allow_custom, max_duration_s=self.max_duration_s
+                self.request,
+                allow_custom=self.allow_custom,
+                max_duration_s=self.max_duration_s,
+                cgroup_base=self.cgroup_base,
             )
         except FleettraceError as exc:
             state = RunState.unsupported if exc.code is ErrorCode.unsupported else RunState.failed
@@ -163,7 +168,10 @@ class TraceRunner:
     def _supervise(self, spawned: Child) -> StateChange:
         request = self.request
         start = ChildStart(
-            request=request, allow_custom=self.allow_custom, max_duration_s=self.max_duration_s
+            request=request,
+            allow_custom=self.allow_custom,
+            max_duration_s=self.max_duration_s,
+            cgroup_base=self.cgroup_base,
         )
         child, stderr = spawned.process, spawned.stderr
         self.child_pid = child.pid

@@ -77,17 +77,6 @@ class Agent:
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
-    def confine(self, request: TraceRequest) -> TraceRequest:
-        """Scope a request to this host's cgroup, when the agent has one."""
-        base = self.settings.cgroup
-        if base is None:
-            return request
-        inner = (request.scope.cgroup or "").strip("/")
-        cgroup = f"{base.rstrip('/')}/{inner}" if inner else base
-        return request.model_copy(
-            update={"scope": request.scope.model_copy(update={"cgroup": cgroup})}
-        )
-
     def run(self, request: TraceRequest) -> StateChange:
         job_id = request.job_id
         run_id = request.run_id
@@ -104,10 +93,11 @@ class Agent:
         # Tells the controller the host has the run, so it is not expired while it compiles.
         publish(StateChange(run_id=run_id, state=RunState.pending, reason="accepted"))
         runner = TraceRunner(
-            self.confine(request),
+            request,
             publish,
             allow_custom=self.settings.allow_custom,
             max_duration_s=self.settings.max_duration_s,
+            cgroup_base=self.settings.cgroup,  # resolved and enforced in trace.prepare
             pool=self.pool,
         )
         with self._lock:

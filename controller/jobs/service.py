@@ -21,6 +21,7 @@ from controller.settings import Settings
 from node_agent.errors import BadParameter, UnknownProgram
 from node_agent.programs import get_program
 from node_agent.protocol import RunState, TraceRequest
+from node_agent.scope import cgroup_path_problem
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,10 @@ def validate(job_in: JobCreate, *, settings: Settings, may_run_custom: bool) -> 
     for kind in sorted(job_in.scope.kinds() - spec.scopes):
         note = f" ({spec.scope_note})" if spec.scope_note else ""
         raise InvalidRequest(f"{spec.name} cannot be scoped by {kind}{note}", field=f"scope.{kind}")
+    cgroup = job_in.scope.cgroup
+    problem = cgroup_path_problem(cgroup) if cgroup is not None else None
+    if problem:  # each agent checks again, inside its own base cgroup
+        raise InvalidRequest(problem, field="scope.cgroup")
     return params
 
 

@@ -11,8 +11,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from node_agent.errors import AttachError, ProgramCompileError, VerifierRejected
+from node_agent.errors import AttachError, FleettraceError, ProgramCompileError, VerifierRejected
 from node_agent.runtime.base import EventCallback
+from node_agent.runtime.compiler_output import filter_diagnostics
+from node_agent.runtime.helpers import check_functions
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,9 @@ def _read_all(sink: Any) -> str:
     return data.decode("utf-8", "replace")
 
 
-def _classify(exc: Exception, log_text: str) -> Exception:
+def _classify(exc: Exception, output: str) -> Exception:
     message = str(exc)
+    log_text = filter_diagnostics(output)
     if "Failed to compile" in message:
         return ProgramCompileError("the C source did not compile", detail=log_text or message)
     if "Failed to load BPF program" in message:
@@ -131,6 +134,15 @@ def _sum_percpu(values: Any) -> Any:
     return sum(int(v) for v in values)
 
 
+def _functions(bpf: Any) -> Iterator[tuple[str, bytes]]:
+    """Every function of a compiled module with its bytecode, as it would be loaded."""
+    from bcc import lib
+
+    for i in range(lib.bpf_num_functions(bpf.module)):
+        name: bytes = lib.bpf_function_name(bpf.module, i)
+        yield name.decode("utf-8", "replace"), bpf.dump_func(name)
+
+
 class BccRuntime:
     """Compiles with bcc's clang, loads through the verifier, attaches auto probes."""
 
@@ -142,6 +154,13 @@ class BccRuntime:
         class _TimedBPF(BPF):  # type: ignore[misc]
             def _trace_autoload(self) -> None:
                 nonlocal attach_s
+                # Compiled, nothing loaded yet: the seam where every function's bytecode is
+                # checked against the helper allowlist before any of it reaches the kernel.
+                try:
+                    check_functions(_functions(self))
+                except FleettraceError:
+                    self.cleanup()
+                    raise
                 start = time.monotonic()
                 try:
                     super()._trace_autoload()
@@ -152,6 +171,8 @@ class BccRuntime:
         with captured_stderr() as output:
             try:
                 bpf = _TimedBPF(text=source, cflags=cflags)
+            except FleettraceError:
+                raise
             except Exception as exc:
                 raise _classify(exc, output()) from exc
         total = time.monotonic() - start
