@@ -49,7 +49,7 @@ def _inside(path: str, root: Path) -> PurePosixPath:
     candidate = PurePosixPath(path)
     if candidate.is_absolute() and candidate.is_relative_to(root):
         candidate = candidate.relative_to(root)
-    parts = [p for p in candidate.parts if p not in ("/", ".")]
+    parts = [p for p in candidate.parts if p.strip("/") not in ("", ".")]  # "//" is a root too
     return PurePosixPath(*parts) if parts else PurePosixPath(".")
 
 
