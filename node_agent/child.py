@@ -18,7 +18,7 @@ from typing import IO
 
 from pydantic import BaseModel
 
-from node_agent.errors import FleettraceError
+from node_agent.errors import FleettraceError, PolicyViolation
 from node_agent.protocol import ErrorCode, RunEvent, RunState, StateChange, TraceError, TraceRequest
 
 log = logging.getLogger("node_agent.child")
@@ -52,6 +52,20 @@ def _warm_up() -> None:
     # A missing bcc is reported by the trace itself, with the request's run id.
     with contextlib.suppress(ImportError):
         import bcc  # noqa: F401
+
+
+def _sandbox(request: TraceRequest) -> None:
+    """No pinned BPF objects from here on; custom C does not run without that guard."""
+    from node_agent.runtime.sandbox import forbid_pinned_objects
+
+    try:
+        forbid_pinned_objects()
+    except OSError as exc:
+        if request.program == "custom":
+            raise PolicyViolation(
+                f"custom programs need a seccomp filter this host cannot install: {exc}"
+            ) from exc
+        log.warning("run %s: no seccomp filter on pinned objects: %s", request.run_id, exc)
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -96,6 +110,7 @@ def main() -> int:
         from node_agent.runtime.bcc_runtime import BccRuntime
         from node_agent.trace import execute, prepare
 
+        _sandbox(request)
         if warm_mb != request.limits.memory_mb:
             _limit_memory(request.limits.memory_mb)
         prepared = prepare(

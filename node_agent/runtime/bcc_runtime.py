@@ -6,17 +6,25 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from node_agent.errors import AttachError, FleettraceError, ProgramCompileError, VerifierRejected
+from node_agent.errors import (
+    AttachError,
+    FleettraceError,
+    PolicyViolation,
+    ProgramCompileError,
+    VerifierRejected,
+)
 from node_agent.runtime.base import EventCallback
 from node_agent.runtime.compiler_output import filter_diagnostics
 from node_agent.runtime.helpers import check_functions
 
 log = logging.getLogger(__name__)
+PINNED = re.compile(r"failed to pin map: (\S+?),? error: Operation not permitted")
 
 
 @contextlib.contextmanager
@@ -42,6 +50,12 @@ def _read_all(sink: Any) -> str:
 def _classify(exc: Exception, output: str) -> Exception:
     message = str(exc)
     log_text = filter_diagnostics(output)
+    pinned = PINNED.search(log_text)
+    if pinned:  # the sandbox refused bpf(BPF_OBJ_GET/BPF_OBJ_PIN): see runtime.sandbox
+        return PolicyViolation(
+            f"pinned maps are not allowed (the program names {pinned.group(1)})",
+            detail=log_text,
+        )
     if "Failed to compile" in message:
         return ProgramCompileError("the C source did not compile", detail=log_text or message)
     if "Failed to load BPF program" in message:

@@ -195,3 +195,48 @@ def test_catalog_programs_pass_the_helper_check(
         program, _, _ = BccRuntime().load(prepared.source, prepared.cflags)
         program.close()
     assert kernel_loads
+
+
+@pytest.fixture
+def victim() -> Iterator[Path]:
+    """Another tool's map pinned in bpffs, holding key 1 = 42."""
+    path = Path(f"/sys/fs/bpf/fleettrace-test-{os.getpid()}-victim")
+    subprocess.run(
+        ["bpftool", "map", "create", str(path), "type", "hash", "key", "4", "value", "8"]
+        + ["entries", "4", "name", "victim"],
+        check=True,
+    )
+    subprocess.run(
+        ["bpftool", "map", "update", "pinned", str(path), "key", "1", "0", "0", "0"]
+        + ["value", "42", "0", "0", "0", "0", "0", "0", "0"],
+        check=True,
+    )
+    yield path
+    path.unlink()
+
+
+def _pinned_probe(path: Path) -> str:
+    return (
+        f'BPF_TABLE("hash:{path}", u32, u64, seen, 4);\n'
+        "TRACEPOINT_PROBE(syscalls, sys_enter_getppid)\n{\n"
+        "    u32 key = 1;\n    u64 value = 7;\n"
+        "    seen.update(&key, &value);\n    return 0;\n}\n"
+    )
+
+
+def test_a_pinned_map_can_be_neither_opened_nor_created(victim: Path) -> None:
+    fresh = victim.with_name(victim.name + "-new")
+    for path in (victim, fresh):
+        outcome = run_trace(_custom("pinned", _pinned_probe(path), MAPS), allow_custom=True)
+        error = _refused(outcome)
+        assert error.message.startswith("pinned maps are not allowed"), error.message
+        os.getppid()
+    dump = subprocess.run(
+        ["bpftool", "-j", "map", "dump", "pinned", str(victim)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert '"value":["0x2a"' in dump.replace(" ", ""), dump  # still 42, never 7
+    assert not fresh.exists()
+    _check_counter_trace("pinned-after")
