@@ -18,8 +18,9 @@ from controller.hosts import service as hosts_service
 from controller.hosts.models import Host
 from controller.jobs.models import Job, JobCreate, JobEvent, JobPublic, JobState, Run, RunPublic
 from controller.settings import Settings
-from node_agent.errors import BadParameter, UnknownProgram
+from node_agent.errors import BadParameter, PolicyViolation, UnknownProgram
 from node_agent.programs import get_program
+from node_agent.programs.custom.source_policy import check_source
 from node_agent.protocol import RunState, TraceRequest
 from node_agent.scope import cgroup_path_problem
 
@@ -37,6 +38,10 @@ def validate(job_in: JobCreate, *, settings: Settings, may_run_custom: bool) -> 
             raise Forbidden("custom programs need the admin role", field="program")
         if not job_in.source or not job_in.maps:
             raise InvalidRequest("custom programs need 'source' and 'maps'", field="source")
+        try:  # the agents check again, whatever they are sent
+            check_source(job_in.source)
+        except PolicyViolation as exc:
+            raise InvalidRequest(exc.message, field="source") from None
     elif job_in.source is not None or job_in.maps:
         raise InvalidRequest("'source' and 'maps' are only for the custom program", field="source")
     if job_in.duration_s > settings.max_duration_s:

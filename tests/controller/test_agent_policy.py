@@ -85,6 +85,27 @@ def test_a_schedule_template_with_such_a_cgroup_is_refused(
     assert "template.scope.cgroup" in field_paths(answer), answer.text
 
 
+@pytest.mark.parametrize(
+    "include",
+    ['#include "/etc/shadow"', "#include </etc/shadow>", '#include "../../../etc/passwd"'],
+)
+def test_the_api_refuses_a_custom_source_including_other_files(
+    client: TestClient, tokens: Tokens, host: str, dispatcher: RecordingDispatcher, include: str
+) -> None:
+    sent = len(dispatcher.sent)
+    body = {
+        "program": "custom",
+        "duration_s": 2,
+        "targets": {"hosts": [host]},
+        "source": f"{include}\nint x;\n",
+        "maps": [{"name": "x", "kind": "counter"}],
+    }
+    answer = client.post("/v1/jobs", json=body, headers=tokens.headers("admin"))
+    assert answer.status_code == 422, answer.text
+    assert "source" in field_paths(answer), answer.text
+    assert len(dispatcher.sent) == sent
+
+
 class Recorded:
     """A real agent confined to a base cgroup; what it publishes is also kept here."""
 

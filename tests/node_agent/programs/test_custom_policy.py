@@ -201,16 +201,10 @@ def test_catalog_programs_pass_the_helper_check(
 def victim() -> Iterator[Path]:
     """Another tool's map pinned in bpffs, holding key 1 = 42."""
     path = Path(f"/sys/fs/bpf/fleettrace-test-{os.getpid()}-victim")
-    subprocess.run(
-        ["bpftool", "map", "create", str(path), "type", "hash", "key", "4", "value", "8"]
-        + ["entries", "4", "name", "victim"],
-        check=True,
-    )
-    subprocess.run(
-        ["bpftool", "map", "update", "pinned", str(path), "key", "1", "0", "0", "0"]
-        + ["value", "42", "0", "0", "0", "0", "0", "0", "0"],
-        check=True,
-    )
+    create = "map create {} type hash key 4 value 8 entries 4 name victim"
+    update = "map update pinned {} key 1 0 0 0 value 42 0 0 0 0 0 0 0"
+    for command in (create, update):
+        subprocess.run(["bpftool", *command.format(path).split()], check=True)
     yield path
     path.unlink()
 
