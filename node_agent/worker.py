@@ -16,8 +16,11 @@ from celery import Celery
 
 from node_agent import __version__
 from node_agent.protocol import (
+    ErrorCode,
     Heartbeat,
     HostCapabilities,
+    Refusal,
+    RefusalReason,
     RunEvent,
     RunState,
     StateChange,
@@ -47,7 +50,7 @@ class EventPublisher:
         self.client = client
         self.host = host
 
-    def publish(self, event: RunEvent | Heartbeat, job_id: str | None = None) -> None:
+    def publish(self, event: RunEvent | Heartbeat | Refusal, job_id: str | None = None) -> None:
         envelope = StreamEnvelope(host=self.host, job_id=job_id, event=event)
         for attempt in range(5):
             try:
@@ -111,6 +114,10 @@ class Agent:
             log.info("run %s (job %s): starting %s", run_id, job_id, request.program)
             final = runner.run()
             log.info("run %s (job %s): %s", run_id, job_id, final.state.value)
+            if final.error is not None and final.error.code is ErrorCode.policy:
+                detail = final.error.message[:1024]  # also a refusal, for the audit log
+                publish_refusal = Refusal(reason=RefusalReason.policy, detail=detail, run_id=run_id)
+                self.publisher.publish(publish_refusal, job_id=job_id)
             return final
         finally:
             done.set()

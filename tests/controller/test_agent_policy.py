@@ -17,6 +17,8 @@ from fastapi.testclient import TestClient
 from node_agent.protocol import (
     CounterTable,
     ErrorCode,
+    Refusal,
+    RefusalReason,
     RunEvent,
     RunState,
     Scope,
@@ -168,7 +170,11 @@ def test_a_confined_agent_refuses_a_cgroup_outside_its_base_sent_past_the_api(
     assert final.error is not None and final.error.code is ErrorCode.policy, final.error
     assert final.error.message.startswith("scope.cgroup: "), final.error.message
     assert not [e for e in events if isinstance(e, Snapshot)]
-    assert events[-1] == final  # the refusal is reported, not only returned
+    # Reported, not only returned: the run's final state, then a refusal for the audit log.
+    assert events[-2] == final
+    refusal = events[-1]
+    assert isinstance(refusal, Refusal) and refusal.reason is RefusalReason.policy, refusal
+    assert refusal.detail == final.error.message
 
 
 def _getppid_in(group: Path, calls: int) -> subprocess.Popen[str]:
