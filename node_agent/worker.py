@@ -116,8 +116,8 @@ class Agent:
             log.info("run %s (job %s): %s", run_id, job_id, final.state.value)
             if final.error is not None and final.error.code is ErrorCode.policy:
                 detail = final.error.message[:1024]  # also a refusal, for the audit log
-                publish_refusal = Refusal(reason=RefusalReason.policy, detail=detail, run_id=run_id)
-                self.publisher.publish(publish_refusal, job_id=job_id)
+                refusal = Refusal(reason=RefusalReason.policy, detail=detail, run_id=run_id)
+                self.publisher.publish(refusal, job_id=job_id)
             return final
         finally:
             done.set()

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 
 # bcc's in-memory files (the program is /virtual/main.c), clang's pseudo-files, and where
-# kernel headers live: a build tree under /lib/modules or /usr/src, or bcc's kheaders copy.
-ALLOWED_PREFIXES = ("/virtual/", "/lib/modules/", "/usr/src/", "/tmp/kheaders-")
+# kernel headers live: a build tree under /lib/modules or /usr/src, bcc's kheaders copy, the
+# distro's uapi headers.
+ALLOWED_PREFIXES = ("/virtual/", "/lib/modules/", "/usr/src/", "/tmp/kheaders-", "/usr/include/")
 PSEUDO_FILES = ("<scratch space>", "<built-in>", "<command line>")
 LOCATION = re.compile(
     r"^(?P<path>[^\s:][^:]*):\d+(?::\d+)?: (?:fatal error|error|warning|note|remark): "
