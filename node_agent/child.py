@@ -55,8 +55,13 @@ def _warm_up() -> None:
 
 
 def _sandbox(request: TraceRequest) -> None:
-    """No pinned BPF objects from here on; custom C does not run without that guard."""
-    from node_agent.runtime.sandbox import forbid_pinned_objects
+    """No pinned BPF objects from here on, and for custom C no files outside system trees
+    (runtime.sandbox); custom C does not run without those guards."""
+    from node_agent.runtime.sandbox import (
+        forbid_pinned_objects,
+        read_only_beneath,
+        readable_roots,
+    )
 
     try:
         forbid_pinned_objects()
@@ -66,6 +71,13 @@ def _sandbox(request: TraceRequest) -> None:
                 f"custom programs need a seccomp filter this host cannot install: {exc}"
             ) from exc
         log.warning("run %s: no seccomp filter on pinned objects: %s", request.run_id, exc)
+    if request.program == "custom":
+        try:
+            read_only_beneath(readable_roots())
+        except OSError as exc:
+            raise PolicyViolation(
+                f"custom programs need Landlock (kernel 5.13+), which this host refused: {exc}"
+            ) from exc
 
 
 def _out_of_memory(exc: BaseException) -> bool:

@@ -7,7 +7,6 @@ import ctypes
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,8 +28,10 @@ PINNED = re.compile(r"failed to pin map: (\S+?),? error: Operation not permitted
 
 @contextlib.contextmanager
 def captured_stderr() -> Iterator[Callable[[], str]]:
-    """Redirect fd 2 (where libbcc and LLVM write) to a file while the block runs."""
-    with tempfile.TemporaryFile(mode="w+b") as sink:
+    """Redirect fd 2 (where libbcc and LLVM write) to a file while the block runs.
+
+    An anonymous memory file: it needs no readable directory (see runtime.sandbox)."""
+    with os.fdopen(os.memfd_create("compiler-output", os.MFD_CLOEXEC), "w+b") as sink:
         saved = os.dup(2)
         try:
             os.dup2(sink.fileno(), 2)

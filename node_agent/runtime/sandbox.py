@@ -1,4 +1,7 @@
-"""No pinned BPF objects in a trace's process: a seccomp filter on bpf(BPF_OBJ_GET/BPF_OBJ_PIN).
+"""Limits on a trace's own process, for what no check of its source can rule out.
+
+No pinned BPF objects: a seccomp filter on bpf(BPF_OBJ_GET/BPF_OBJ_PIN). For custom programs,
+no reading of files outside system, kernel-header and Python trees (Landlock).
 
 bcc opens a table whose type names a path (`BPF_TABLE("hash:/sys/fs/bpf/x", ...)`) while it
 compiles, and creates and pins it when the path is free: any program could then update
@@ -10,7 +13,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import os
 import platform
+import sys
+from pathlib import Path
 
 # (audit arch, __NR_bpf, __NR_seccomp) per machine
 ARCHES = {
@@ -74,3 +80,66 @@ def forbid_pinned_objects() -> None:
     )
     if done != 0:
         raise OSError(ctypes.get_errno(), "seccomp(SET_MODE_FILTER) failed")
+
+
+# Landlock (kernel 5.13+): which files a custom program's compile may read.
+LANDLOCK_CREATE_RULESET, LANDLOCK_ADD_RULE, LANDLOCK_RESTRICT_SELF = 444, 445, 446
+LANDLOCK_RULE_PATH_BENEATH = 1
+ACCESS_READ_FILE = 1 << 2
+
+
+class RulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64)]
+
+
+class PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def readable_roots() -> list[str]:
+    """What a trace's process needs to read: system libraries and headers, /proc, /sys, /dev,
+    the kernel headers (wherever their links point) and Python's own trees; not /etc, /home,
+    /root, /var or /tmp, where an `asm(".incbin ...")` could otherwise read a secret."""
+    release = os.uname().release
+    roots = ["/usr", "/lib", "/lib64", "/lib32", "/proc", "/sys", "/dev"]
+    roots += [f"/tmp/kheaders-{release}", "/etc/ld.so.cache", "/etc/localtime"]
+    roots += [os.path.realpath(f"/lib/modules/{release}/{link}") for link in ("build", "source")]
+    roots += [sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parents[2])]
+    real = {os.path.realpath(r) for r in roots if os.path.exists(r)}
+    return sorted(real - {"/"})  # a prefix of "/" would allow everything
+
+
+def read_only_beneath(roots: list[str]) -> None:
+    """From now on this thread and its children open files for reading only beneath roots.
+
+    OSError when Landlock is missing or refuses. Writing is not restricted here."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = RulesetAttr(ACCESS_READ_FILE)
+    ruleset = libc.syscall(LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.sizeof(attr), 0)
+    if ruleset < 0:
+        raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
+    try:
+        for root in roots:
+            fd = os.open(root, os.O_PATH | os.O_CLOEXEC)
+            try:
+                rule = PathBeneathAttr(ACCESS_READ_FILE, fd)
+                if (
+                    libc.syscall(
+                        LANDLOCK_ADD_RULE,
+                        ruleset,
+                        LANDLOCK_RULE_PATH_BENEATH,
+                        ctypes.byref(rule),
+                        0,
+                    )
+                    != 0
+                ):
+                    raise OSError(ctypes.get_errno(), f"landlock_add_rule({root}) failed")
+            finally:
+                os.close(fd)
+        if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+        if libc.syscall(LANDLOCK_RESTRICT_SELF, ruleset, 0) != 0:
+            raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+    finally:
+        os.close(ruleset)

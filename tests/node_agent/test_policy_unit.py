@@ -17,6 +17,7 @@ from scripts.gen_helper_ids import helper_ids
 GOOD_SOURCES: list[tuple[str, str]] = [
     ("kernel headers", "#include <linux/sched.h>\n#include <uapi/linux/ptrace.h>\nint x;"),
     ("net and bcc headers", "#include <net/sock.h>\n#include <bcc/proto.h>\n"),
+    ("asm headers", "#include <asm/types.h>\n#include <asm-generic/int-ll64.h>\n"),
     ("spaces around the hash", "  #  include   <linux/fs.h>  \n"),
     ("conditionals and macros", "#define A 1\n#if A\n#undef A\n#elif 0\n#else\n#endif\n"),
     ("loop pragmas", "#pragma unroll\n#pragma clang loop unroll(full)\n#pragma GCC unroll 4\n"),
@@ -50,6 +51,9 @@ BAD_SOURCES: list[tuple[str, str, str]] = [
     ("debug pragma", "#pragma clang __debug dump x\n", "#pragma"),
     ("has_include", '#if __has_include("/etc/shadow")\n#endif\n', "__has_include"),
     ("trigraph hash", '??=include "/etc/shadow"\n', "trigraphs"),
+    ("inline asm", 'asm(".byte 0");\n', "asm"),
+    ("__asm__", '__asm__ volatile("");\n', "__asm__"),
+    ("incbin", '#define S ".incbin \\"/etc/shadow\\""\n', ".incbin"),
     ("NUL byte", "int x;\x00\n", "control characters"),
     ("escape character", "int x;\x1b[2J\n", "control characters"),
 ]

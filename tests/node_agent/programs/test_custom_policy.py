@@ -133,6 +133,51 @@ def test_a_refused_program_never_reaches_the_kernel(
         program.close()
 
 
+# Past the source check: `asm` and `.incbin` spelled by pasting and string concatenation.
+PASTED_INCBIN = """
+#define CAT(a, b) a##b
+BPF_HASH(seen, u32, u64, FT_MAP_ENTRIES);
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid)
+{
+    CAT(__as, m__) volatile(".inc" "bin \\"/etc/shadow\\"");
+    return 0;
+}
+"""
+
+
+def test_a_file_read_smuggled_past_the_source_check_cannot_be_read() -> None:
+    # LLVM exits the process on the failed .incbin; its words went to the compile's own
+    # output, which dies with it, so the run fails without a line of the file anywhere.
+    outcome = run_trace(_custom("incbin", PASTED_INCBIN, MAPS), allow_custom=True)
+    assert outcome.final.state is RunState.failed, outcome.final
+    assert not outcome.snapshots
+    _assert_no_shadow_line(outcome.final.error)
+    _check_counter_trace("incbin-after")
+
+
+LANDLOCKED = r"""
+import sys
+from node_agent.runtime.sandbox import read_only_beneath, readable_roots
+read_only_beneath(readable_roots())
+for path in sys.argv[1:]:
+    try:
+        open(path, "rb").close()
+        print(path, "read")
+    except PermissionError:
+        print(path, "denied")
+"""
+
+
+def test_the_custom_sandbox_reads_system_trees_only() -> None:
+    paths = ["/etc/shadow", "/etc/passwd", "/proc/1/root/etc/shadow", "/usr/include/linux/bpf.h"]
+    paths += [str(PRELUDE), "/proc/self/status", "/sys/kernel/tracing/available_events"]
+    done = subprocess.run(
+        [sys.executable, "-c", LANDLOCKED, *paths], capture_output=True, text=True, check=True
+    )
+    seen = dict(line.rsplit(" ", 1) for line in done.stdout.splitlines())
+    assert seen == {p: "denied" if "/etc/" in p else "read" for p in paths}, seen
+
+
 @pytest.mark.parametrize(
     "include", [i[1] for i in HOSTILE_INCLUDES], ids=[i[0] for i in HOSTILE_INCLUDES]
 )
