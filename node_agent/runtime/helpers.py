@@ -77,6 +77,8 @@ ALLOWED_HELPERS = frozenset(
     }
 )
 
+# bcc auto-attaches functions by name; these kinds return verdicts the kernel acts on.
+DECIDING_PREFIXES = ("lsm__",)
 CALL = 0x85  # BPF_JMP | BPF_CALL
 LD_IMM64 = 0x18  # takes two instruction slots
 HELPER, BPF_TO_BPF, KFUNC = 0, 1, 2  # a call's src_reg
@@ -125,6 +127,11 @@ def check_functions(functions: Iterable[tuple[str, bytes]]) -> int:
     """Refuse a program that calls anything off the allowlist; returns the calls checked."""
     checked = 0
     for function, code in functions:
+        if function.startswith(DECIDING_PREFIXES):
+            raise PolicyViolation(
+                f"{function}: an LSM program decides what the kernel allows; this agent loads"
+                " only programs that observe"
+            )
         for call in calls(function, code):
             checked += 1
             if not allowed(call):

@@ -161,3 +161,8 @@ def test_diagnostics_in_other_files_are_withheld_whole() -> None:
     assert "int x = y;" in kept and "struct task_struct;" in kept
     assert "In file included from /virtual/main.c:1:" in kept
     assert "1 diagnostic(s) located in files other than" in kept
+
+
+def test_an_lsm_program_is_refused_whatever_it_calls() -> None:
+    with pytest.raises(PolicyViolation, match="lsm__file_open: an LSM program"):
+        check_functions([("lsm__file_open", _insn(0x95))])

@@ -279,3 +279,10 @@ def test_a_pinned_map_can_be_neither_opened_nor_created(victim: Path) -> None:
     assert '"value":["0x2a"' in dump.replace(" ", ""), dump  # still 42, never 7
     assert not fresh.exists()
     _check_counter_trace("pinned-after")
+
+
+def test_an_lsm_program_is_refused_before_it_can_decide_anything() -> None:
+    source = "BPF_HASH(seen, u32, u64, 4);\nLSM_PROBE(file_open, struct file *file) { return -1; }"
+    outcome = run_trace(_custom("lsm", source, MAPS), allow_custom=True)
+    error = _refused(outcome)
+    assert error.message.startswith("lsm__file_open: an LSM program"), error.message
