@@ -18,7 +18,7 @@ from typing import IO
 
 from pydantic import BaseModel
 
-from node_agent.errors import FleettraceError
+from node_agent.errors import FleettraceError, PolicyViolation
 from node_agent.protocol import ErrorCode, RunEvent, RunState, StateChange, TraceError, TraceRequest
 
 log = logging.getLogger("node_agent.child")
@@ -29,6 +29,7 @@ class ChildStart(BaseModel):
     allow_custom: bool = False
     max_duration_s: float = 3600.0
     max_overhead_pct: float = 400.0
+    cgroup_base: str | None = None
 
 
 def _limit_memory(megabytes: int) -> None:
@@ -52,6 +53,32 @@ def _warm_up() -> None:
     # A missing bcc is reported by the trace itself, with the request's run id.
     with contextlib.suppress(ImportError):
         import bcc  # noqa: F401
+
+
+def _sandbox(request: TraceRequest) -> None:
+    """No pinned BPF objects from here on, and for custom C no files outside system trees
+    (runtime.sandbox); custom C does not run without those guards."""
+    from node_agent.runtime.sandbox import (
+        forbid_pinned_objects,
+        read_only_beneath,
+        readable_roots,
+    )
+
+    try:
+        forbid_pinned_objects()
+    except OSError as exc:
+        if request.program == "custom":
+            raise PolicyViolation(
+                f"custom programs need a seccomp filter this host cannot install: {exc}"
+            ) from exc
+        log.warning("run %s: no seccomp filter on pinned objects: %s", request.run_id, exc)
+    if request.program == "custom":
+        try:
+            read_only_beneath(readable_roots())
+        except OSError as exc:
+            raise PolicyViolation(
+                f"custom programs need Landlock (kernel 5.13+), which this host refused: {exc}"
+            ) from exc
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -96,6 +123,7 @@ def main() -> int:
         from node_agent.runtime.bcc_runtime import BccRuntime
         from node_agent.trace import execute, prepare
 
+        _sandbox(request)
         if warm_mb != request.limits.memory_mb:
             _limit_memory(request.limits.memory_mb)
         prepared = prepare(
@@ -103,6 +131,7 @@ def main() -> int:
             allow_custom=start.allow_custom,
             max_duration_s=start.max_duration_s,
             max_overhead_pct=start.max_overhead_pct,
+            cgroup_base=start.cgroup_base,
         )
         state = execute(prepared, BccRuntime(), emit, stop)
     except FleettraceError as exc:

@@ -213,7 +213,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         prepare(request, allow_custom=args.allow_custom, max_duration_s=args.max_duration)
     except FleettraceError as exc:
-        if exc.code.value in ("unknown_program", "bad_parameter", "limit_exceeded", "bad_request"):
+        usage = ("unknown_program", "bad_parameter", "limit_exceeded", "bad_request", "policy")
+        if exc.code.value in usage:
             raise UsageError(exc.message) from None
         raise
 

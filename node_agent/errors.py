@@ -57,3 +57,9 @@ class AttachError(FleettraceError):
 
 class LimitExceeded(FleettraceError):
     code = ErrorCode.limit_exceeded
+
+
+class PolicyViolation(FleettraceError):
+    """Work this agent's own policy refuses, whatever the sender was allowed to ask."""
+
+    code = ErrorCode.policy

@@ -122,6 +122,7 @@ class TraceRunner:
         max_duration_s: float = 3600.0,
         max_overhead_pct: float = 400.0,
         compile_timeout_s: float = 120.0,
+        cgroup_base: str | None = None,
         child_argv: Sequence[str] | None = None,
         pool: ChildPool | None = None,
     ) -> None:
@@ -131,6 +132,7 @@ class TraceRunner:
         self.max_duration_s = max_duration_s
         self.max_overhead_pct = max_overhead_pct
         self.compile_timeout_s = compile_timeout_s
+        self.cgroup_base = cgroup_base
         self.child_argv = list(child_argv or DEFAULT_CHILD)
         self.pool = pool
         self._cancel = threading.Event()
@@ -148,6 +150,7 @@ class TraceRunner:
                 allow_custom=self.allow_custom,
                 max_duration_s=self.max_duration_s,
                 max_overhead_pct=self.max_overhead_pct,
+                cgroup_base=self.cgroup_base,
             )
         except FleettraceError as exc:
             state = RunState.unsupported if exc.code is ErrorCode.unsupported else RunState.failed
@@ -172,6 +175,7 @@ class TraceRunner:
             allow_custom=self.allow_custom,
             max_duration_s=self.max_duration_s,
             max_overhead_pct=self.max_overhead_pct,
+            cgroup_base=self.cgroup_base,
         )
         child, stderr = spawned.process, spawned.stderr
         self.child_pid = child.pid

@@ -18,6 +18,7 @@ from typing import Any
 from node_agent.errors import BadParameter, FleettraceError, LimitExceeded, UnsupportedProgram
 from node_agent.overhead import OverheadMeter
 from node_agent.programs import get_program
+from node_agent.programs.custom.source_policy import check_source
 from node_agent.programs.spec import DecodeContext, ProgramSpec, SampleSpec
 from node_agent.protocol import (
     ErrorCode,
@@ -61,11 +62,17 @@ def prepare(
     allow_custom: bool = False,
     max_duration_s: float = 3600.0,
     max_overhead_pct: float = 400.0,
+    cgroup_base: str | None = None,
 ) -> PreparedTrace:
-    """Check a request against the catalog and this agent's limits; build source and flags."""
+    """Check a request against the catalog and this agent's limits; build source and flags.
+
+    `cgroup_base` is the agent's own cgroup: every trace is confined to it.
+    """
     spec = get_program(request.program)
     if spec.name == "custom" and not allow_custom:
         raise UnsupportedProgram("this agent does not run custom programs (allow_custom is off)")
+    if spec.name == "custom" and request.source:
+        check_source(request.source)
     if request.duration_s > max_duration_s:
         raise LimitExceeded(
             f"duration_s: {request.duration_s:g}s is above this agent's limit"
@@ -83,11 +90,12 @@ def prepare(
             f" limit of {max_overhead_pct:g} % of a CPU"
         )
     params = spec.validate_params(request.params)
-    for kind in sorted(request.scope.kinds() - spec.scopes):
+    kinds = request.scope.kinds() | ({"cgroup"} if cgroup_base is not None else set())
+    for kind in sorted(kinds - spec.scopes):
         note = f" ({spec.scope_note})" if spec.scope_note else ""
         raise BadParameter(f"scope.{kind}", f"{spec.name} cannot be scoped by {kind}{note}")
     defines: dict[str, str | int] = {"FT_MAP_ENTRIES": request.limits.map_entries}
-    defines.update(scope_defines(request.scope))
+    defines.update(scope_defines(request.scope, cgroup_base))
     defines.update(spec.defines(params))
     body = request.source if spec.name == "custom" and request.source else spec.source()
     source = PRELUDE.read_text() + "\n" + body

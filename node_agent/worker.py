@@ -16,8 +16,11 @@ from celery import Celery
 
 from node_agent import __version__
 from node_agent.protocol import (
+    ErrorCode,
     Heartbeat,
     HostCapabilities,
+    Refusal,
+    RefusalReason,
     RunEvent,
     RunState,
     StateChange,
@@ -47,7 +50,7 @@ class EventPublisher:
         self.client = client
         self.host = host
 
-    def publish(self, event: RunEvent | Heartbeat, job_id: str | None = None) -> None:
+    def publish(self, event: RunEvent | Heartbeat | Refusal, job_id: str | None = None) -> None:
         envelope = StreamEnvelope(host=self.host, job_id=job_id, event=event)
         for attempt in range(5):
             try:
@@ -77,17 +80,6 @@ class Agent:
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
-    def confine(self, request: TraceRequest) -> TraceRequest:
-        """Scope a request to this host's cgroup, when the agent has one."""
-        base = self.settings.cgroup
-        if base is None:
-            return request
-        inner = (request.scope.cgroup or "").strip("/")
-        cgroup = f"{base.rstrip('/')}/{inner}" if inner else base
-        return request.model_copy(
-            update={"scope": request.scope.model_copy(update={"cgroup": cgroup})}
-        )
-
     def run(self, request: TraceRequest) -> StateChange:
         job_id = request.job_id
         run_id = request.run_id
@@ -104,11 +96,12 @@ class Agent:
         # Tells the controller the host has the run, so it is not expired while it compiles.
         publish(StateChange(run_id=run_id, state=RunState.pending, reason="accepted"))
         runner = TraceRunner(
-            self.confine(request),
+            request,
             publish,
             allow_custom=self.settings.allow_custom,
             max_duration_s=self.settings.max_duration_s,
             max_overhead_pct=self.settings.max_overhead_pct,
+            cgroup_base=self.settings.cgroup,  # resolved and enforced in trace.prepare
             pool=self.pool,
         )
         with self._lock:
@@ -122,6 +115,10 @@ class Agent:
             log.info("run %s (job %s): starting %s", run_id, job_id, request.program)
             final = runner.run()
             log.info("run %s (job %s): %s", run_id, job_id, final.state.value)
+            if final.error is not None and final.error.code is ErrorCode.policy:
+                detail = final.error.message[:1024]  # also a refusal, for the audit log
+                refusal = Refusal(reason=RefusalReason.policy, detail=detail, run_id=run_id)
+                self.publisher.publish(refusal, job_id=job_id)
             return final
         finally:
             done.set()

@@ -19,9 +19,11 @@ from controller.hosts import service as hosts_service
 from controller.hosts.models import Host
 from controller.jobs.models import Job, JobCreate, JobEvent, JobPublic, JobState, Run, RunPublic
 from controller.settings import Settings
-from node_agent.errors import BadParameter, UnknownProgram
+from node_agent.errors import BadParameter, PolicyViolation, UnknownProgram
 from node_agent.programs import get_program
+from node_agent.programs.custom.source_policy import check_source
 from node_agent.protocol import RunState, TraceRequest
+from node_agent.scope import cgroup_path_problem
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,10 @@ def validate(job_in: JobCreate, *, settings: Settings, may_run_custom: bool) -> 
             raise Forbidden("custom programs need the admin role", field="program")
         if not job_in.source or not job_in.maps:
             raise InvalidRequest("custom programs need 'source' and 'maps'", field="source")
+        try:  # the agents check again, whatever they are sent
+            check_source(job_in.source)
+        except PolicyViolation as exc:
+            raise InvalidRequest(exc.message, field="source") from None
     elif job_in.source is not None or job_in.maps:
         raise InvalidRequest("'source' and 'maps' are only for the custom program", field="source")
     if job_in.duration_s > settings.max_duration_s:
@@ -53,6 +59,10 @@ def validate(job_in: JobCreate, *, settings: Settings, may_run_custom: bool) -> 
     for kind in sorted(job_in.scope.kinds() - spec.scopes):
         note = f" ({spec.scope_note})" if spec.scope_note else ""
         raise InvalidRequest(f"{spec.name} cannot be scoped by {kind}{note}", field=f"scope.{kind}")
+    cgroup = job_in.scope.cgroup
+    problem = cgroup_path_problem(cgroup) if cgroup is not None else None
+    if problem:  # each agent checks again, inside its own base cgroup
+        raise InvalidRequest(problem, field="scope.cgroup")
     return params
 
 

@@ -6,22 +6,33 @@ import contextlib
 import ctypes
 import logging
 import os
-import tempfile
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from node_agent.errors import AttachError, ProgramCompileError, VerifierRejected
+from node_agent.errors import (
+    AttachError,
+    FleettraceError,
+    PolicyViolation,
+    ProgramCompileError,
+    VerifierRejected,
+)
 from node_agent.overhead import OverheadMeter
 from node_agent.runtime.base import EventCallback
+from node_agent.runtime.compiler_output import filter_diagnostics
+from node_agent.runtime.helpers import check_functions
 
 log = logging.getLogger(__name__)
+PINNED = re.compile(r"failed to pin map: (\S+?),? error: Operation not permitted")
 
 
 @contextlib.contextmanager
 def captured_stderr() -> Iterator[Callable[[], str]]:
-    """Redirect fd 2 (where libbcc and LLVM write) to a file while the block runs."""
-    with tempfile.TemporaryFile(mode="w+b") as sink:
+    """Redirect fd 2 (where libbcc and LLVM write) to a file while the block runs.
+
+    An anonymous memory file: it needs no readable directory (see runtime.sandbox)."""
+    with os.fdopen(os.memfd_create("compiler-output", os.MFD_CLOEXEC), "w+b") as sink:
         saved = os.dup(2)
         try:
             os.dup2(sink.fileno(), 2)
@@ -38,8 +49,15 @@ def _read_all(sink: Any) -> str:
     return data.decode("utf-8", "replace")
 
 
-def _classify(exc: Exception, log_text: str) -> Exception:
+def _classify(exc: Exception, output: str) -> Exception:
     message = str(exc)
+    log_text = filter_diagnostics(output)
+    pinned = PINNED.search(log_text)
+    if pinned:  # the sandbox refused bpf(BPF_OBJ_GET/BPF_OBJ_PIN): see runtime.sandbox
+        return PolicyViolation(
+            f"pinned maps are not allowed (the program names {pinned.group(1)})",
+            detail=log_text,
+        )
     if "Failed to compile" in message:
         return ProgramCompileError("the C source did not compile", detail=log_text or message)
     if "Failed to load BPF program" in message:
@@ -132,6 +150,15 @@ def _sum_percpu(values: Any) -> Any:
     return sum(int(v) for v in values)
 
 
+def _functions(bpf: Any) -> Iterator[tuple[str, bytes]]:
+    """Every function of a compiled module with its bytecode, as it would be loaded."""
+    from bcc import lib
+
+    for i in range(lib.bpf_num_functions(bpf.module)):
+        name: bytes = lib.bpf_function_name(bpf.module, i)
+        yield name.decode("utf-8", "replace"), bpf.dump_func(name)
+
+
 class BccRuntime:
     """Compiles with bcc's clang, loads through the verifier, attaches auto probes."""
 
@@ -143,6 +170,13 @@ class BccRuntime:
         class _TimedBPF(BPF):  # type: ignore[misc]
             def _trace_autoload(self) -> None:
                 nonlocal attach_s
+                # Compiled, nothing loaded yet: the seam where every function's bytecode is
+                # checked against the helper allowlist before any of it reaches the kernel.
+                try:
+                    check_functions(_functions(self))
+                except FleettraceError:
+                    self.cleanup()
+                    raise
                 start = time.monotonic()
                 try:
                     super()._trace_autoload()
@@ -153,6 +187,8 @@ class BccRuntime:
         with captured_stderr() as output:
             try:
                 bpf = _TimedBPF(text=source, cflags=cflags)
+            except FleettraceError:
+                raise
             except Exception as exc:
                 raise _classify(exc, output()) from exc
         total = time.monotonic() - start

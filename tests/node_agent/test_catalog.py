@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from node_agent.errors import BadParameter, LimitExceeded, UnknownProgram, UnsupportedProgram
+from node_agent.errors import (
+    BadParameter,
+    LimitExceeded,
+    PolicyViolation,
+    UnknownProgram,
+    UnsupportedProgram,
+)
 from node_agent.programs import catalog, get_program
 from node_agent.programs.spec import Param
 from node_agent.protocol import Scope, TraceRequest
@@ -109,7 +115,7 @@ def test_missing_cgroup_is_a_bad_scope(cgroup2_root: Path) -> None:
 
 
 def test_cgroup_path_cannot_escape_the_hierarchy(cgroup2_root: Path) -> None:
-    with pytest.raises(BadParameter):
+    with pytest.raises(PolicyViolation, match=r"scope\.cgroup"):
         scope_defines(Scope(cgroup="../../../etc"))
 
 

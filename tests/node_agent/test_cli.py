@@ -38,6 +38,7 @@ def test_durations(text: str, seconds: float) -> None:
         (["run", "syscalls", "--duration", "1s", "--max-rows", "0"], "--max-rows"),
         (["run", "syscalls", "--duration", "2h", "--max-duration", "1h"], "duration_s"),
         (["run", "syscalls"], "--duration"),
+        (["run", "syscalls", "--duration", "1s", "--cgroup", "../.."], "'..'"),
         (["frobnicate"], "invalid choice"),
     ],
 )
