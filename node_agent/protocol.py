@@ -37,6 +37,7 @@ MAX_FIELDS = 32
 MAX_RUNNING = 1024
 HOST_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
+
 def _clip(value: Any) -> Any:
     """Free text an agent writes (reasons, messages, probe errors) is cut, not refused."""
     if isinstance(value, str) and len(value) > MAX_TEXT:
@@ -187,9 +188,9 @@ def truncate_log(text: str, limit: int = MAX_ERROR_DETAIL) -> str:
 
 # -- results ----------------------------------------------------------------------------------
 
-KeyValue = Annotated[str, Field(max_length=MAX_TEXT)] | Annotated[
-    int, Field(ge=-(2**63), le=MAX_COUNT)
-]
+KeyValue = (
+    Annotated[str, Field(max_length=MAX_TEXT)] | Annotated[int, Field(ge=-(2**63), le=MAX_COUNT)]
+)
 
 
 class KeyField(_Model):
