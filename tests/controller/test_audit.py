@@ -275,7 +275,7 @@ def test_refusals_on_the_stream_become_records(
     assert not any(line in json.dumps(records) for line in PEM_LINES)
     wrong = by_action["agent.refused.wrong_host"]
     assert wrong["objects"] == {"host": other, "run": run_id}
-    assert [r["action"] for r in records][0] == "agent.refused.wrong_host"  # newest first
+    assert records[0]["action"] == "agent.refused.wrong_host"  # newest first
     assert ingest.running
 
 
@@ -302,14 +302,12 @@ def test_audit_filters_and_pages(ctx: Ctx, sessions: sessionmaker[Session]) -> N
     mark = f"f{uuid.uuid4().hex[:6]}"
     now = utcnow()
     with sessions() as session:
-        for i, (actor, action, host) in enumerate(
-            [
-                (f"{mark}-a", "create_job", None),
-                (f"{mark}-a", "cancel_job", None),
-                (f"{mark}-b", "update_host", f"{mark}-h"),
-                (f"{mark}-h", "agent.refused.policy", f"{mark}-h"),
-            ]
-        ):
+        for actor, action, host in [
+            (f"{mark}-a", "create_job", None),
+            (f"{mark}-a", "cancel_job", None),
+            (f"{mark}-b", "update_host", f"{mark}-h"),
+            (f"{mark}-h", "agent.refused.policy", f"{mark}-h"),
+        ]:
             audit.record_call(
                 session=session,
                 actor=actor,
