@@ -8,16 +8,19 @@ Runs on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.app import create_app
@@ -25,7 +28,10 @@ from controller.audit import rules as audit_rules
 from controller.audit import service as audit
 from controller.audit.models import AuditRecord
 from controller.audit.rules import MUTATING, PATH_OBJECTS, pick
+from controller.auth import service as auth_service
+from controller.auth.models import Role
 from controller.db import utcnow
+from controller.migrate import upgrade
 from controller.schedules.scheduler import Scheduler
 from controller.settings import Settings
 from node_agent.protocol import Refusal, RefusalReason, StreamEnvelope
@@ -416,3 +422,61 @@ def test_retention_prunes_old_records_in_small_batches(
     )
     scheduler.step()  # the loop prunes by itself
     assert left() == 1
+
+
+# -- bad days ------------------------------------------------------------------------------------
+
+
+def test_a_body_too_big_to_keep_is_counted_not_parsed(
+    ctx: Ctx, sessions: sessionmaker[Session]
+) -> None:
+    body = {**ctx.job_body(), "params": {"x": "y" * (1 << 20)}}
+    before = _last_id(sessions)
+    answer = ctx.client.post("/v1/jobs", json=body, headers=ctx.admin)
+    assert answer.status_code == 422
+    (record,) = _since(sessions, before)
+    assert re.fullmatch(r"\[\d+ bytes, not kept\]", record.summary["body"]), record.summary
+    assert record.status == 422
+
+
+def test_many_callers_at_once_get_one_record_each(
+    ctx: Ctx, tokens: Tokens, sessions: sessionmaker[Session]
+) -> None:
+    names = [f"many-{uuid.uuid4().hex[:8]}" for _ in range(24)]
+    roles = ["admin", "viewer", "operator"]
+    before = _last_id(sessions)
+
+    def call(i: int) -> int:
+        headers = tokens.headers(roles[i % 3])
+        answer = ctx.client.post("/v1/hosts", json={"name": names[i]}, headers=headers)
+        return int(answer.status_code)
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(call, range(len(names))))
+    records = _since(sessions, before)
+    assert sorted((r.objects["host"], r.status, r.actor) for r in records) == sorted(
+        (names[i], statuses[i], f"test-{roles[i % 3]}") for i in range(len(names))
+    )
+    assert sorted(set(statuses)) == [201, 403]
+
+
+def test_when_the_record_cannot_be_written_the_answer_still_goes_out(
+    settings: Settings,
+    tmp_path: Path,
+    dispatcher: RecordingDispatcher,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'broken.db'}"
+    upgrade(url)
+    app = create_app(settings.model_copy(update={"database_url": url}), dispatcher)
+    with app.state.sessions() as session:
+        _, raw = auth_service.create(session=session, name="broken", role=Role.admin)
+        session.commit()
+        session.execute(text("DROP TABLE audit_records"))
+        session.commit()
+    with TestClient(app) as client, caplog.at_level(logging.ERROR):
+        headers = {"Authorization": f"Bearer {raw}"}
+        answer = client.post("/v1/hosts", json={"name": "still-made"}, headers=headers)
+    app.state.engine.dispose()
+    assert answer.status_code == 201
+    assert "audit: could not record POST /v1/hosts by broken (status 201)" in caplog.text
