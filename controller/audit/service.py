@@ -33,6 +33,9 @@ def record_call(
 ) -> AuditRecord:
     """One API call's record (added to the session; the caller commits)."""
     host = objects.get("host")
+    hosts = objects.get("hosts")
+    if host is None and isinstance(hosts, list) and len(hosts) == 1:
+        host = hosts[0]  # a job or a bootstrap of one host is about that host
     record = AuditRecord(
         source=SOURCE_API,
         actor=actor,

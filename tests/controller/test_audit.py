@@ -20,7 +20,8 @@ import pytest
 import redis
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.app import create_app
@@ -112,9 +113,17 @@ def test_every_mutating_route_has_an_audit_rule_and_every_rule_a_route() -> None
     assert sorted(op for op, _ in MADE.items() if op not in operations) == []
 
 
-def test_no_route_edits_or_deletes_the_audit_log() -> None:
+def test_no_route_edits_or_deletes_the_audit_log(ctx: Ctx, sessions: sessionmaker[Session]) -> None:
     audit_routes = sorted(key for key in OPERATIONS if key[1].startswith("/v1/audit"))
     assert audit_routes == [("GET", "/v1/audit")]
+    # Nor does the database let anything edit a record.
+    ctx.new_host()
+    last = _last_id(sessions)
+    with sessions() as session, pytest.raises(DBAPIError, match="append-only"):
+        session.execute(update(AuditRecord).where(AuditRecord.id == last).values(actor="x"))
+        session.commit()
+    (record,) = _since(sessions, last - 1)
+    assert record.actor == "test-admin"
 
 
 @pytest.mark.parametrize(("method", "path"), WRITES, ids=[f"{m} {p}" for m, p in WRITES])
@@ -307,33 +316,17 @@ def test_record_agent_event_is_there_for_other_checks(sessions: sessionmaker[Ses
 def test_audit_filters_and_pages(ctx: Ctx, sessions: sessionmaker[Session]) -> None:
     mark = f"f{uuid.uuid4().hex[:6]}"
     now = utcnow()
+    made = [
+        (f"{mark}-a", "create_job", None),
+        (f"{mark}-a", "cancel_job", None),
+        (f"{mark}-b", "update_host", f"{mark}-h"),
+        (f"{mark}-h", "agent.refused.policy", f"{mark}-h"),
+    ]
     with sessions() as session:
-        for actor, action, host in [
-            (f"{mark}-a", "create_job", None),
-            (f"{mark}-a", "cancel_job", None),
-            (f"{mark}-b", "update_host", f"{mark}-h"),
-            (f"{mark}-h", "agent.refused.policy", f"{mark}-h"),
-        ]:
-            audit.record_call(
-                session=session,
-                actor=actor,
-                role="operator",
-                action=action,
-                method="POST",
-                path="/v1/x",
-                objects={"host": host} if host else {},
-                summary={},
-                client="192.0.2.1",
-                status=200,
-            )
-            session.flush()
-        session.commit()
-        # Spread over time: an hour apart, oldest first.
-        recent = session.scalars(
-            select(AuditRecord).where(AuditRecord.actor.like(f"{mark}-%")).order_by(AuditRecord.id)
-        ).all()
-        for i, record in enumerate(recent):
-            record.at = now - timedelta(hours=len(recent) - i)
+        for i, (actor, action, host) in enumerate(made):
+            # Spread over time: an hour apart, oldest first.
+            at = now - timedelta(hours=len(made) - i)
+            session.add(AuditRecord(at=at, source="api", actor=actor, action=action, host=host))
         session.commit()
 
     def get(**params: Any) -> list[str]:

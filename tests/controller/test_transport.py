@@ -29,6 +29,8 @@ from controller.cli.common import api
 from controller.cli.errors import CliError
 from controller.cli.http import ApiClient, is_loopback
 from controller.cli.main import build_parser
+from controller.cli.server import _tls
+from controller.settings import Settings
 from tests.controller.conftest import _free_port
 from tests.controller.support import clean_env, stop_process, wait_for
 
@@ -410,3 +412,17 @@ def test_without_a_token_plain_http_is_allowed() -> None:
     with pytest.raises(CliError, match="refusing to send the API token"):
         ApiClient("http://10.1.2.3:8700", "ft_x", insecure_http=False)
     assert os.environ.get("FLEETTRACE_INSECURE_HTTP") is None
+
+
+def test_serve_takes_the_tls_pair_from_settings_too(pki: Pki) -> None:
+    args = build_parser().parse_args(["serve"])
+    settings = Settings(database_url="sqlite:///:memory:", tls_cert=pki.cert, tls_key=pki.key)
+    assert _tls(args, settings) == (pki.cert, pki.key)
+    assert _tls(args, Settings(database_url="sqlite:///:memory:")) == (None, None)
+    swapped = build_parser().parse_args(
+        ["serve", "--tls-cert", str(pki.key), "--tls-key", str(pki.cert)]
+    )
+    with pytest.raises(CliError, match="cannot serve HTTPS with"):
+        _tls(swapped, settings)
+    with pytest.raises(ValueError, match="tls_cert and tls_key go together"):
+        Settings(database_url="sqlite:///:memory:", tls_cert=pki.cert)

@@ -40,9 +40,31 @@ def upgrade() -> None:
     op.create_index("ix_audit_records_actor", "audit_records", ["actor"])
     op.create_index("ix_audit_records_action", "audit_records", ["action"])
     op.create_index("ix_audit_records_host", "audit_records", ["host"])
+    # Append-only below the code too: an UPDATE fails; only the retention's DELETE remains.
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(
+            "CREATE FUNCTION audit_records_append_only() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'audit records are append-only'; END $$"
+        )
+        op.execute(
+            "CREATE TRIGGER audit_records_no_update BEFORE UPDATE ON audit_records"
+            " FOR EACH ROW EXECUTE FUNCTION audit_records_append_only()"
+        )
+    else:
+        op.execute(
+            "CREATE TRIGGER audit_records_no_update BEFORE UPDATE ON audit_records"
+            " BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END"
+        )
 
 
 def downgrade() -> None:
+    op.execute("DROP TRIGGER IF EXISTS audit_records_no_update" + _on_table())
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP FUNCTION IF EXISTS audit_records_append_only()")
     for column in ("host", "action", "actor", "at"):
         op.drop_index(f"ix_audit_records_{column}", table_name="audit_records")
     op.drop_table("audit_records")
+
+
+def _on_table() -> str:
+    return " ON audit_records" if op.get_bind().dialect.name == "postgresql" else ""
