@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controller.audit import service
 from controller.audit.rules import DEFAULT_RULE, MUTATING, RULES, objects_of
-from controller.audit.summary import summarize
+from controller.audit.summary import refusal_reason, summarize
 
 log = logging.getLogger(__name__)
 SCOPE_KEY = "fleettrace.audit"
@@ -108,9 +108,13 @@ class AuditMiddleware:
         sessions: sessionmaker[Session] = scope["app"].state.sessions
         request = _json(seen.request, seen.request_size, MAX_REQUEST_BYTES)
         answer = None
-        if seen.status is not None and seen.status < 400 and "json" in seen.answer_type:
+        if "json" in seen.answer_type:
             answer = _json(seen.answer, seen.answer_size, MAX_ANSWER_BYTES)
+        refused = seen.status is None or seen.status >= 400
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        summary = summarize(request, query)
+        if refused and (reason := refusal_reason(answer)):
+            summary["error"] = reason
         client = scope.get("client")
         entry: dict[str, Any] = {
             "actor": caller.actor,
@@ -119,9 +123,12 @@ class AuditMiddleware:
             "method": scope["method"],
             "path": scope["path"],
             "objects": objects_of(
-                RULES.get(action, DEFAULT_RULE), scope.get("path_params", {}), request, answer
+                RULES.get(action, DEFAULT_RULE),
+                scope.get("path_params", {}),
+                request,
+                None if refused else answer,
             ),
-            "summary": summarize(request, query),
+            "summary": summary,
             "client": client[0] if client else None,
             "status": seen.status or 500,
         }

@@ -32,6 +32,22 @@ def summarize(body: Any, query: dict[str, list[str]] | None = None) -> dict[str,
     return {"truncated": True, "fields": sorted(str(k) for k in _fields(whole))[:50]}
 
 
+def refusal_reason(answer: Any, limit: int = 256) -> str | None:
+    """Why the API refused a call, from its error answer: messages and fields, never inputs."""
+    detail = answer.get("detail") if isinstance(answer, dict) else None
+    if isinstance(detail, str):
+        return clean_text(detail, limit)
+    if not isinstance(detail, list):
+        return None
+    parts = []
+    for item in detail[:3]:
+        if isinstance(item, dict):
+            loc = [str(p) for p in item.get("loc", [])][1:]
+            message = str(item.get("msg", "invalid"))
+            parts.append(f"{'.'.join(loc)}: {message}" if loc else message)
+    return clean_text("; ".join(parts), limit) if parts else None
+
+
 def clean_text(text: str, limit: int = 1024) -> str:
     """Free text (an agent's refusal detail) with secret-looking values masked, bounded."""
     return _cut(redact(text), limit)

@@ -14,15 +14,19 @@ from controller.cli.text import Line, Style, clip, emit, plural, table_lines, wh
 if TYPE_CHECKING:
     from controller.audit.models import AuditRecordPublic
 
-EPILOG = """\
-example:
-  $ fleettrace audit --since 1h
-  TIME                 ACTOR  ROLE      ACTION                STATUS  OBJECTS               CLIENT
-  2026-11-30 06:02:11  ci     operator  create_job            201     job=5f0c hosts=web-1  10.0.0.4
-  2026-11-30 06:01:40  web-2  agent     agent.refused.replay  -       host=web-2 run=8d1e   -
-  2026-11-30 05:59:03  -      -         create_job            401     hosts=web-1           10.0.0.9
-  3 records
-"""
+EPILOG = (
+    "example:\n"
+    "  $ fleettrace audit --since 1h\n"
+    "  TIME                 ACTOR  ROLE      ACTION                STATUS  OBJECTS             "
+    "  CLIENT    WHY\n"
+    "  2026-11-30 06:02:11  ci     operator  create_job            201     job=5f0c hosts=web-1"
+    "  10.0.0.4\n"
+    "  2026-11-30 06:01:40  web-2  agent     agent.refused.replay"
+    "  -       host=web-2 run=8d1e   -         run 8d1e seen before\n"
+    "  2026-11-30 05:59:03  ci     viewer    delete_host           403     host=web-1          "
+    "  10.0.0.9  this needs the admin role\n"
+    "  3 records\n"
+)
 # Control characters (terminal escapes) in recorded text are shown, never obeyed.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -85,7 +89,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         emit([Line("no audit records" + (" match" if len(params) > 2 else ""), "dim")])
         return 0
     lines = table_lines(
-        ["TIME", "ACTOR", "ROLE", "ACTION", "STATUS", "OBJECTS", "CLIENT"],
+        ["TIME", "ACTOR", "ROLE", "ACTION", "STATUS", "OBJECTS", "CLIENT", "WHY"],
         [_row(r) for r in records],
     )
     for i, record in enumerate(records, start=1):
@@ -107,6 +111,7 @@ def _row(record: AuditRecordPublic) -> list[str]:
         "-" if record.status is None else str(record.status),
         _safe(objects, 60),
         _safe(record.client or "-", 40),
+        _safe(str(record.summary.get("error") or record.summary.get("detail") or ""), 60),
     ]
 
 

@@ -164,6 +164,7 @@ def test_every_mutating_call_writes_exactly_one_record(
     (refused,) = _since(sessions, before)
     assert (refused.actor, refused.role, refused.action) == ("test-viewer", "viewer", action)
     assert refused.status == 403
+    assert refused.summary["error"] == answer.json()["detail"]  # "this needs the ... role"
     # Without a token: on record with its 401, by nobody.
     before = _last_id(sessions)
     answer = ctx.client.request(call.method, call.url, json=call.json)
@@ -192,6 +193,7 @@ def test_a_refused_body_is_recorded_with_its_422(ctx: Ctx, sessions: sessionmake
     (record,) = _since(sessions, before)
     assert (record.action, record.status, record.actor) == ("create_job", 422, "test-operator")
     assert record.summary["body"]["duration_s"] == -1
+    assert record.summary["error"].startswith("duration_s: "), record.summary
     assert record.objects == {"hosts": [ctx.host]}
     assert len(json.dumps(record.summary)) <= 4096
     assert len(record.summary["body"]["params"]["x"]) <= 256
