@@ -30,6 +30,7 @@ from controller.cli.errors import CliError
 from controller.cli.http import ApiClient, is_loopback
 from controller.cli.main import build_parser
 from controller.cli.server import _tls
+from controller.cli.text import plural
 from controller.settings import Settings
 from tests.controller.conftest import _free_port
 from tests.controller.support import clean_env, stop_process, wait_for
@@ -277,9 +278,11 @@ def test_fleettrace_audit_lists_records_as_a_table_and_as_json(
     code, out, err = cli("audit", *base, "--action", "create_host", "--since", "1h")
     assert code == 0, err
     header, *rows, total = out.splitlines()
-    assert header.split() == ["TIME", "ACTOR", "ROLE", "ACTION", "STATUS", "OBJECTS", "CLIENT"]
+    assert header.split() == [
+        *("TIME", "ACTOR", "ROLE", "ACTION", "STATUS", "OBJECTS", "CLIENT", "WHY")
+    ]
     assert "tls-admin" in rows[0] and "create_host" in rows[0] and "host=audited-1" in rows[0]
-    assert total.endswith("records") or total.startswith(f"{len(rows)} record")
+    assert total == plural(len(rows), "record")
     code, out, _ = cli("audit", *base, "--host", "audited-1", "--json")
     data = json.loads(out)
     assert [r["action"] for r in data["data"]] == ["create_host"]
