@@ -13,6 +13,10 @@ _SECRET_NAME = re.compile(
     r"token|passw|passphrase|secret|private|credential|authori[sz]ation|cookie|(^|_)key$|ssh_?key",
     re.I,
 )
+# SSH keys in any value (a private one is caught by redact() as a PEM block).
+_SSH_KEY = re.compile(
+    r"\b((?:ssh|sk)-(?:rsa|dss|ed25519)(?:@openssh\.com)?|ecdsa-sha2-nistp\d+)\s+[A-Za-z0-9+/=]{16,}"
+)
 MAX_SUMMARY_CHARS = 4096
 # (longest string, longest list, deepest nesting): tried in turn until the summary fits.
 _LIMITS = ((256, 20, 5), (64, 5, 3))
@@ -50,7 +54,7 @@ def refusal_reason(answer: Any, limit: int = 256) -> str | None:
 
 def clean_text(text: str, limit: int = 1024) -> str:
     """Free text (an agent's refusal detail) with secret-looking values masked, bounded."""
-    return _cut(redact(text), limit)
+    return _cut(_masked(text), limit)
 
 
 def _clean(value: Any, longest: int, items: int, depth: int) -> Any:
@@ -74,10 +78,14 @@ def _clean(value: Any, longest: int, items: int, depth: int) -> Any:
             kept.append(f"... {len(value) - items} more")
         return kept
     if isinstance(value, str):
-        return _cut(redact(value), longest)
+        return _cut(_masked(value), longest)
     if value is None or isinstance(value, bool | int | float):
         return value
-    return _cut(redact(str(value)), longest)
+    return _cut(_masked(str(value)), longest)
+
+
+def _masked(text: str) -> str:
+    return _SSH_KEY.sub(lambda m: f"{m.group(1)} {MASK}", redact(text))
 
 
 def _fields(value: Any) -> list[str]:

@@ -29,6 +29,7 @@ from controller.audit import rules as audit_rules
 from controller.audit import service as audit
 from controller.audit.models import AuditRecord
 from controller.audit.rules import MUTATING, PATH_OBJECTS, pick
+from controller.audit.summary import MAX_SUMMARY_CHARS, summarize
 from controller.auth import service as auth_service
 from controller.auth.models import Role
 from controller.db import utcnow
@@ -48,6 +49,7 @@ PEM = (
     "QyNTUxOQAAACDWcWLkVdQzSCretSecretMiddleLineOfTheKeyBodyXYZ0123456789ab\n"
     "-----END OPENSSH PRIVATE KEY-----\n"
 )
+SSH_PUB = "AAAAC3NzaC1lZDI1NTE5AAAAIGq0yVnE6tY0yP4rE1p3c5pJ9d8Q5V8zXk2bW7aVqS1L"
 PEM_LINES = [line for line in PEM.splitlines() if not line.startswith("-----")]
 
 
@@ -217,7 +219,7 @@ def test_no_secret_is_in_any_record(
     # Secrets in a refused body: named fields, a private key and a token inside other values.
     hostile = {
         "name": f"sec-{uuid.uuid4().hex[:6]}",
-        "labels": {"note": PEM, "who": new_token},
+        "labels": {"note": PEM, "who": new_token, "pub": f"ssh-ed25519 {SSH_PUB} me@laptop"},
         "private_key": PEM,
         "password": "hunter2-hunter2",
         "ssh_key": "AAAAC3NzaC1lZDI1NTE5AAAAIA-not-for-you",
@@ -242,6 +244,7 @@ def test_no_secret_is_in_any_record(
     assert records[0].objects["token_id"] == str(made["id"])
     text = json.dumps([_row(r) for r in records])
     secrets = [new_token, tokens.token("admin"), "hunter2-hunter2", "not-for-you", *PEM_LINES]
+    secrets.append(SSH_PUB)
     assert [s for s in secrets if s in text] == []
     assert records[1].summary["body"]["private_key"] == "***"
 
@@ -475,3 +478,38 @@ def test_when_the_record_cannot_be_written_the_answer_still_goes_out(
     app.state.engine.dispose()
     assert answer.status_code == 201
     assert "audit: could not record POST /v1/hosts by broken (status 201)" in caplog.text
+
+
+FINGERPRINT = "SHA256:" + "A" * 43
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"Authorization": "Bearer x", "api_key": "k", "key": "k"}, {"Authorization": "***"}),
+        ({"host_key_fingerprint": FINGERPRINT}, {"host_key_fingerprint": FINGERPRINT}),
+        ({"url": "redis://agent:s3cr3t@redis:6379/0"}, {"url": "redis://agent:***@redis:6379/0"}),
+        ({"note": "FLEETTRACE_TOKEN=abc123 and password: xyz"}, {"note": "FLEETTRACE_TOKEN=***"}),
+        ({"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}, {"a": {"b": {"c": {"d": "{1 fields}"}}}}),
+        ({"items": list(range(1000))}, {"items": [*range(20), "... 980 more"]}),
+        ({"password": ""}, {"password": ""}),
+    ],
+    ids=["auth-names", "fingerprint-kept", "url-password", "assignments", "depth", "long-list",
+         "empty-secret"],
+)  # fmt: skip
+def test_summaries_mask_secrets_and_stay_bounded(body: Any, expected: dict[str, Any]) -> None:
+    summary = summarize(body)["body"]
+    for key, value in expected.items():
+        got = summary[key]
+        assert got == value or (isinstance(value, str) and got.startswith(value)), (key, got)
+    assert "k" not in summary.values()
+    assert "xyz" not in json.dumps(summary) and "abc123" not in json.dumps(summary)
+
+
+def test_a_huge_summary_is_cut_shallower() -> None:
+    body = {f"field_{i}": {"x": "y" * 300, "z": list(range(30))} for i in range(200)}
+    summary = summarize(body, {"page": ["1"]})
+    assert len(json.dumps(summary)) <= MAX_SUMMARY_CHARS
+    assert summary["body"]["..."] == "190 more fields"
+    assert summary["body"]["field_0"] == "{2 fields}"
+    assert summary["query"] == {"page": "1"}
