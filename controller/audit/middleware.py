@@ -22,7 +22,7 @@ from controller.audit.summary import refusal_reason, summarize
 
 log = logging.getLogger(__name__)
 SCOPE_KEY = "fleettrace.audit"
-# Bodies past these sizes are counted, not parsed (the API's own limits are far below).
+# Bodies past these sizes are counted, not kept or parsed (memory per call stays bounded).
 MAX_REQUEST_BYTES = 1 << 20
 MAX_ANSWER_BYTES = 4 << 20
 

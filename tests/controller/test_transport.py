@@ -184,7 +184,7 @@ def _serve(
             return False
 
     try:
-        wait_for(up, 30, "fleettrace serve to answer")
+        wait_for(up, 120, "fleettrace serve to answer")  # a loaded CI machine starts slowly
         yield Served(url, token, proc, log)
     finally:
         stop_process(proc)
