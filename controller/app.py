@@ -11,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from controller.api.responses import SafeJSONResponse
+from controller.audit.middleware import AuditMiddleware
+from controller.audit.routes import router as audit_router
 from controller.auth.routes import router as tokens_router
 from controller.bootstrap.routes import router as bootstrap_router
 from controller.bootstrap.service import BootstrapQueue
@@ -71,4 +73,6 @@ def create_app(
         app.include_router(router)
     app.include_router(schedules_router)
     app.include_router(reports_router)
+    app.include_router(audit_router)
+    app.add_middleware(AuditMiddleware)
     return app

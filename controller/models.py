@@ -1,5 +1,6 @@
 """Every table, imported in one place for Alembic and create_all."""
 
+from controller.audit.models import AuditRecord
 from controller.auth.models import ApiToken
 from controller.bootstrap.models import BootstrapBatch, BootstrapRun, BootstrapStep
 from controller.db import Base
@@ -10,6 +11,7 @@ from controller.schedules.models import Schedule, ScheduleFire
 
 __all__ = [
     "ApiToken",
+    "AuditRecord",
     "Base",
     "BootstrapBatch",
     "BootstrapRun",

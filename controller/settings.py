@@ -16,6 +16,13 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8700, ge=1, le=65535)
+    # HTTPS served by the API itself: a PEM certificate (chain) and its private key.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Proxies whose X-Forwarded-For/-Proto are believed (comma-separated IPs, CIDRs, or "*");
+    # empty: the client address is the peer's, whatever headers say.
+    forwarded_allow_ips: str = ""
+    audit_retention_days: float = Field(default=90.0, gt=0, le=36500)
     # A run whose host has not started it by then ends `expired`.
     task_expiry_s: float = Field(default=60.0, gt=0)
     heartbeat_timeout_s: float = Field(default=30.0, gt=0)
@@ -56,6 +63,12 @@ class Settings(BaseSettings):
         ):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return v
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        return self
 
     @model_validator(mode="after")
     def _agent_redis_url(self) -> Settings:

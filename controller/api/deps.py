@@ -9,6 +9,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from controller.audit.middleware import note_caller
 from controller.auth import service as auth_service
 from controller.auth.models import ApiToken, Role
 from controller.db import utcnow
@@ -39,6 +40,7 @@ _bearer = HTTPBearer(auto_error=False, description="an API token: Authorization:
 
 
 def current_token(
+    request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiToken:
@@ -57,6 +59,7 @@ def current_token(
         )
     token.last_used_at = utcnow()
     session.commit()
+    note_caller(request.scope, actor=token.name, role=token.role)
     return token
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
+import ssl
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -91,15 +95,58 @@ def _field_error(item: Any) -> str:
     return f"{field}: {message}"
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 (also as ::ffff:127.x) and localhost: traffic that never leaves."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def check_transport(url: str, *, token: bool, insecure_http: bool) -> None:
+    """A token goes over plain HTTP only to loopback, or when the caller says so."""
+    parts = urlsplit(url)
+    if not token or insecure_http or parts.scheme.lower() != "http":
+        return
+    host = parts.hostname or ""
+    if not is_loopback(host):
+        raise CliError(
+            f"refusing to send the API token over plain http:// to {host or url}"
+            " (use https://, or --insecure-http / FLEETTRACE_INSECURE_HTTP=1 on a trusted network)"
+        )
+
+
+def tls_context(ca: str | os.PathLike[str]) -> ssl.SSLContext:
+    """Verification against the given CA file (a private CA or a self-signed controller)."""
+    try:
+        return ssl.create_default_context(cafile=os.fspath(ca))
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise CliError(f"cannot use the CA file {os.fspath(ca)}: {reason}") from None
+
+
 class ApiClient:
     """Talks to one controller; `http` may be injected (tests pass FastAPI's TestClient)."""
 
     def __init__(
-        self, url: str, token: str | None = None, *, http: httpx.Client | None = None
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        http: httpx.Client | None = None,
+        ca: str | os.PathLike[str] | None = None,
+        insecure_http: bool = False,
     ) -> None:
         self.url = url.rstrip("/")
+        check_transport(self.url, token=bool(token), insecure_http=insecure_http)
         self._owns_http = http is None
-        self.http = http or httpx.Client(base_url=self.url, timeout=TIMEOUT_S)
+        verify: ssl.SSLContext | bool = tls_context(ca) if ca else True
+        self.http = http or httpx.Client(base_url=self.url, timeout=TIMEOUT_S, verify=verify)
         self.headers = {"User-Agent": f"fleettrace-cli/{__version__}"}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
@@ -159,6 +206,8 @@ class ApiClient:
 
     def unreachable(self, exc: httpx.TransportError) -> CliError:
         reason = str(exc) or type(exc).__name__
+        if "CERTIFICATE_VERIFY_FAILED" in reason:
+            reason += " (give --ca FILE or set FLEETTRACE_CA to the CA that signed its certificate)"
         return CliError(f"cannot reach the controller at {self.url}: {reason}", code=1)
 
     def refused(self, response: httpx.Response) -> CliError:

@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import NoReturn
 
-from controller.cli import client, report, schedules, server
+from controller.cli import audit, client, report, schedules, server
 from controller.cli.errors import CliError
 from controller.devstack import cli as devstack_cli
 from node_agent.safe_text import printable
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_commands(sub)
     report.add_commands(sub)
     schedules.add_commands(sub)
+    audit.add_commands(sub)
     devstack_cli.add_commands(sub)
     return parser
 

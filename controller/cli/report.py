@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from controller.cli.common import DEFAULT_URL, api
+from controller.cli.common import add_api_options, api
 from controller.cli.errors import CliError
 from node_agent.safe_text import printable_lines
 
@@ -26,10 +26,7 @@ def add_commands(sub: Any) -> None:
         "--host", help="folded: this host's stacks; html: the differential flame graph's host"
     )
     report.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
-    report.add_argument(
-        "--url", help=f"the controller's API (env FLEETTRACE_URL, default {DEFAULT_URL})"
-    )
-    report.add_argument("--token", help="API token (env FLEETTRACE_TOKEN)")
+    add_api_options(report)
     report.set_defaults(func=run)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from controller.cli.common import DEFAULT_URL, api, pair, print_json
+from controller.cli.common import add_api_options, api, pair, print_json
 from controller.cli.errors import CliError
 from controller.cli.http import ApiClient
 from controller.cli.jobs import job_lines
@@ -55,10 +55,7 @@ def _hosts(text: str) -> list[str]:
 
 def add_commands(sub: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--url", help=f"the controller's API (env FLEETTRACE_URL, default {DEFAULT_URL})"
-    )
-    common.add_argument("--token", help="API token (env FLEETTRACE_TOKEN)")
+    add_api_options(common)
     common.add_argument("--json", action="store_true")
     parser = sub.add_parser("schedules", help="recurring captures, their history and trends")
     ssub = parser.add_subparsers(dest="schedules_command", required=True)

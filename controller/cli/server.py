@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from typing import Any
 
 import redis
 
+from controller.cli.errors import CliError
 from controller.settings import Settings, get_settings
 from node_agent.wire import client_url
 
@@ -31,6 +33,15 @@ def add_commands(sub: Any) -> None:
     )
     serve.add_argument("--host", help="listen address (default from settings)")
     serve.add_argument("--port", type=int, help="listen port (default from settings)")
+    serve.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="serve HTTPS: PEM certificate (chain)"
+    )
+    serve.add_argument("--tls-key", type=Path, metavar="FILE", help="its PEM private key")
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="proxies trusted for X-Forwarded-For/-Proto (comma-separated; default: none)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     ingest = sub.add_parser("ingest", help="run only the ingest consumer (scale out)")
@@ -166,13 +177,38 @@ def _stop_worker(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=5)
 
 
+def _tls(args: argparse.Namespace, settings: Settings) -> tuple[Path | None, Path | None]:
+    """The certificate and key to serve HTTPS with, checked before anything starts."""
+    cert = args.tls_cert or settings.tls_cert
+    key = args.tls_key or settings.tls_key
+    if (cert is None) != (key is None):
+        raise CliError("--tls-cert and --tls-key go together: give both or neither")
+    if cert is not None and key is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise CliError(f"cannot serve HTTPS with {cert} and {key}: {reason}") from None
+    return cert, key
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from controller.app import create_app
+    from controller.cli.http import is_loopback
     from controller.migrate import upgrade
 
     settings = get_settings()
+    cert, key = _tls(args, settings)
+    host = args.host or settings.api_host
+    proxies = args.forwarded_allow_ips or settings.forwarded_allow_ips
+    if cert is None and not is_loopback(host):
+        log.warning(
+            "serving plain HTTP on %s: tokens cross the network in clear"
+            " (use --tls-cert/--tls-key, or listen on loopback behind a TLS proxy)",
+            host,
+        )
     upgrade(settings.database_url)
     stop = threading.Event()
     worker = None
@@ -187,9 +223,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         uvicorn.run(
             create_app(settings),
-            host=args.host or settings.api_host,
+            host=host,
             port=args.port or settings.api_port,
             log_level="info",
+            ssl_certfile=cert,
+            ssl_keyfile=key,
+            # Only trusted proxies may set the client address the audit log records.
+            proxy_headers=bool(proxies),
+            forwarded_allow_ips=proxies or None,
         )
     finally:
         stop.set()

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from controller.audit import service as audit
 from controller.db import utcnow
 from controller.hosts import service as hosts_service
 from controller.jobs import service as jobs_service
@@ -152,6 +153,13 @@ class Ingest:
                 event.run_id,
                 event.reason.value,
                 event.detail,
+            )
+            audit.record_agent_event(
+                session,
+                host=envelope.host,
+                action=f"agent.refused.{event.reason.value}",
+                detail=event.detail,
+                run_id=event.run_id,
             )
             return
         run = self._checked_run(session, envelope, event.run_id)

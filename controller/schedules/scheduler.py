@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from controller.audit import service as audit
 from controller.db import utcnow
 from controller.dispatch import Dispatcher
 from controller.schedules import service
 from controller.settings import Settings
 
 log = logging.getLogger(__name__)
+# The audit log's retention is applied this often (in small batches, by any scheduler).
+AUDIT_PRUNE_EVERY_S = 60.0
 
 
 class Scheduler:
@@ -36,6 +40,7 @@ class Scheduler:
         self.dispatcher = dispatcher
         self.clock = clock
         self.tick_s = tick_s
+        self._last_audit_prune = float("-inf")
 
     def step(self) -> int:
         """One pass over due schedules; returns how many slots this scheduler claimed."""
@@ -61,7 +66,16 @@ class Scheduler:
                     continue
             if plan is not None:
                 claimed += 1
+        if time.monotonic() - self._last_audit_prune >= AUDIT_PRUNE_EVERY_S:
+            self._last_audit_prune = time.monotonic()
+            self.prune_audit()
         return claimed
+
+    def prune_audit(self) -> int:
+        """Audit records past the retention go; a backlog shrinks a few batches per pass."""
+        keep = timedelta(days=self.settings.audit_retention_days)
+        with self.sessions() as session:
+            return audit.prune(session=session, older_than=keep, now=self.clock())
 
     def run_forever(self, stop: threading.Event) -> None:
         log.info("scheduler running (tick %.1fs)", self.tick_s)

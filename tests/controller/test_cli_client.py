@@ -215,14 +215,14 @@ def test_url_and_token_come_from_flags_then_environment(monkeypatch: pytest.Monk
     with api(args) as client:
         assert client.url == DEFAULT_URL
         assert "Authorization" not in client.headers
-    monkeypatch.setenv("FLEETTRACE_URL", "http://10.1.2.3:9000/")
+    monkeypatch.setenv("FLEETTRACE_URL", "https://10.1.2.3:9000/")
     monkeypatch.setenv("FLEETTRACE_TOKEN", "ft_env")
     with api(args) as client:
-        assert client.url == "http://10.1.2.3:9000"
+        assert client.url == "https://10.1.2.3:9000"
         assert client.headers["Authorization"] == "Bearer ft_env"
-    args = build_parser().parse_args(["hosts", "list", "--url", "http://h:1", "--token", "ft_f"])
+    args = build_parser().parse_args(["hosts", "list", "--url", "https://h:1", "--token", "ft_f"])
     with api(args) as client:
-        assert (client.url, client.headers["Authorization"]) == ("http://h:1", "Bearer ft_f")
+        assert (client.url, client.headers["Authorization"]) == ("https://h:1", "Bearer ft_f")
 
 
 # -- errors from the API -------------------------------------------------------------------------

@@ -210,6 +210,10 @@ RULES: dict[tuple[str, str], tuple[str | None, Builder]] = {
         lambda c: Call("GET", f"/v1/schedules/{_fired_schedule(c)}/compare"),
     ),
     ("GET", "/v1/tokens"): ("admin", lambda c: Call("GET", "/v1/tokens")),
+    ("GET", "/v1/audit"): (
+        "admin",
+        lambda c: Call("GET", "/v1/audit?action=create_*&since=2000-01-01T00:00:00Z&limit=5"),
+    ),
     ("POST", "/v1/tokens"): (
         "admin",
         lambda c: Call("POST", "/v1/tokens", {"name": "made", "role": "operator"}),
