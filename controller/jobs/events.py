@@ -203,10 +203,16 @@ class EventHub:
             feed.subscribers.discard(sub)
 
     def close(self) -> None:
-        """End every live stream (the controller stops); clients resume with Last-Event-ID."""
+        """End every live stream (the controller stops); clients resume with Last-Event-ID.
+
+        Safe from a signal handler: it only sets a flag and schedules work on each loop.
+        """
         self.closing = True
         for loop, feeds in list(self._feeds.items()):
-            for feed in list(feeds.values()):
-                with contextlib.suppress(RuntimeError):  # that loop is closed already
-                    loop.call_soon_threadsafe(feed.broadcast, CLOSED)
-        self.pool.shutdown(wait=False, cancel_futures=True)
+            with contextlib.suppress(RuntimeError):  # that loop is closed already
+                loop.call_soon_threadsafe(self._close_feeds, feeds)
+
+    @staticmethod
+    def _close_feeds(feeds: dict[str, Feed]) -> None:
+        for feed in list(feeds.values()):
+            feed.broadcast(CLOSED)

@@ -212,7 +212,11 @@ def test_200_streams_leave_the_api_answering_and_all_get_the_whole_job(
 
             await until("the second job to succeed", other_done, 60)
             # All of that happened while every stream was open and the watched job ran.
-            ended = [(s.frames[-1:], t.exception()) for s, t in zip(streams, tasks) if t.done()]
+            ended = [
+                (s.frames[-1:], t.exception())
+                for s, t in zip(streams, tasks, strict=True)
+                if t.done()
+            ]
             job_now = (await client.get(f"/v1/jobs/{watched['id']}", headers=operator)).json()
             assert not ended, f"{len(ended)} streams ended early: {ended[0]}; {job_now}"
             assert await job_state(client, operator, watched["id"]) == "running"
