@@ -90,7 +90,10 @@ def get_job_results(job_id: str, session: SessionDep, _: Viewer) -> JobResults:
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
         404: {"description": "no such job"},
-        429: {"description": "this token has as many event streams open as it may"},
+        429: {
+            "description": "this token has as many event streams open in this controller as"
+            " FLEETTRACE_SSE_STREAMS_PER_TOKEN allows (default 32)"
+        },
     },
 )
 def job_events(
