@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,15 +29,15 @@ KEEPALIVE_S = 15.0
 PAGE = 500
 # Frames a subscriber may fall behind the live feed before it reads from the database instead.
 QUEUE_MAX = 1000
-END_FRAME = "event: end\ndata: {}\n\n"
-KEEPALIVE_FRAME = ": keepalive\n\n"
+END_FRAME = b"event: end\ndata: {}\n\n"
+KEEPALIVE_FRAME = b": keepalive\n\n"
 
 
 @dataclass(frozen=True)
 class Page:
     """Events after a cursor, as SSE frames; `done` when the job is final and nothing follows."""
 
-    frames: list[tuple[int, str]]
+    frames: list[tuple[int, bytes]]
     done: bool
 
 
@@ -56,7 +57,7 @@ def read_page(sessions: sessionmaker[Session], job_id: str, after: int) -> Page:
             s.id: s
             for s in session.scalars(select(SnapshotRow).where(SnapshotRow.id.in_(snapshot_ids)))
         }
-        frames: list[tuple[int, str]] = []
+        frames: list[tuple[int, bytes]] = []
         for row in rows:
             data: dict[str, Any] = dict(row.payload)
             snap = snapshots.get(data.get("snapshot_id", -1)) if row.kind == "snapshot" else None
@@ -68,8 +69,9 @@ def read_page(sessions: sessionmaker[Session], job_id: str, after: int) -> Page:
                     results=snap.results,
                     stats=snap.stats,
                 )
+            # Encoded once here, not once per subscriber.
             frame = f"id: {row.id}\nevent: {row.kind}\ndata: {json.dumps(data)}\n\n"
-            frames.append((row.id, frame))
+            frames.append((row.id, frame.encode()))
         return Page(frames, done=final and len(rows) < PAGE)
 
 
@@ -90,9 +92,9 @@ class Subscriber:
     # Sent up to here; the live feed delivers what comes after `mark` (replayed from the DB).
     cursor: int
     mark: int
-    queue: asyncio.Queue[tuple[int, str] | _Signal] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[tuple[int, bytes] | _Signal] = field(default_factory=asyncio.Queue)
 
-    def push(self, item: tuple[int, str]) -> None:
+    def push(self, item: tuple[int, bytes]) -> None:
         if self.queue.qsize() >= QUEUE_MAX:
             while not self.queue.empty():
                 self.queue.get_nowait()
@@ -111,7 +113,7 @@ class Feed:
     subscribers: set[Subscriber] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
 
-    def broadcast(self, item: tuple[int, str] | _Signal) -> None:
+    def broadcast(self, item: tuple[int, bytes] | _Signal) -> None:
         for sub in self.subscribers:
             if isinstance(item, _Signal):
                 sub.queue.put_nowait(item)
@@ -173,7 +175,7 @@ class EventHub:
             if feeds.get(feed.job_id) is feed:
                 del feeds[feed.job_id]
 
-    async def stream(self, job_id: str, after: int) -> AsyncGenerator[str, None]:
+    async def stream(self, job_id: str, after: int) -> AsyncGenerator[bytes, None]:
         """The job's events after `after` (replayed), then live ones, then an `end` event."""
         feed, sub = self._subscribe(job_id, after)
         try:
@@ -186,11 +188,15 @@ class EventHub:
                         sub.cursor = event_id
                     if len(behind) < len(page.frames) or len(page.frames) < PAGE:
                         sub.cursor = max(sub.cursor, sub.mark)
-                try:
-                    item = await asyncio.wait_for(sub.queue.get(), KEEPALIVE_S)
-                except TimeoutError:
-                    yield KEEPALIVE_FRAME
-                    continue
+                item: tuple[int, bytes] | _Signal | None = None
+                if sub.queue.empty():
+                    with anyio.move_on_after(KEEPALIVE_S):  # a cancel scope: no task per wait
+                        item = await sub.queue.get()
+                    if item is None:
+                        yield KEEPALIVE_FRAME
+                        continue
+                else:
+                    item = sub.queue.get_nowait()
                 if item is ENDED:
                     yield END_FRAME
                     return

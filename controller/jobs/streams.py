@@ -40,7 +40,9 @@ class StreamSlots:
 class EventStreamResponse(StreamingResponse):
     """text/event-stream that releases its slot however it ends, even if it never started."""
 
-    def __init__(self, content: AsyncGenerator[str, None], *, release: Callable[[], None]) -> None:
+    def __init__(
+        self, content: AsyncGenerator[bytes, None], *, release: Callable[[], None]
+    ) -> None:
         super().__init__(
             content,
             media_type="text/event-stream",
