@@ -94,14 +94,16 @@ class Subscriber:
     mark: int
     queue: asyncio.Queue[tuple[int, bytes] | _Signal] = field(default_factory=asyncio.Queue)
 
-    def push(self, item: tuple[int, bytes]) -> None:
+    def push(self, item: tuple[int, bytes]) -> bool:
+        """Queue a frame; False when the queue overflowed and the subscriber must catch up."""
         if self.queue.qsize() >= QUEUE_MAX:
             while not self.queue.empty():
                 self.queue.get_nowait()
             self.mark = item[0]
             self.queue.put_nowait(LAGGED)
-            return
+            return False
         self.queue.put_nowait(item)
+        return True
 
 
 @dataclass(eq=False)
@@ -117,8 +119,10 @@ class Feed:
         for sub in self.subscribers:
             if isinstance(item, _Signal):
                 sub.queue.put_nowait(item)
-            else:
-                sub.push(item)
+            elif not sub.push(item):
+                log.info(
+                    "job %s: a subscriber fell behind; it reads from the database", self.job_id
+                )
 
 
 class EventHub:
