@@ -21,7 +21,9 @@ from controller.db import make_engine, make_sessionmaker
 from controller.dispatch import CeleryDispatcher, Dispatcher
 from controller.errors import ControllerError
 from controller.hosts.routes import router as hosts_router
+from controller.jobs.events import EventHub
 from controller.jobs.routes import router as jobs_router
+from controller.jobs.streams import StreamSlots
 from controller.programs_routes import router as programs_router
 from controller.reports.routes import router as reports_router
 from controller.schedules.routes import router as schedules_router
@@ -47,6 +49,8 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = make_sessionmaker(engine)
+    app.state.events = EventHub(app.state.sessions, threads=settings.sse_poll_threads)
+    app.state.stream_slots = StreamSlots(settings.sse_streams_per_token)
     app.state.dispatcher = dispatcher or CeleryDispatcher(settings.redis_url)
     app.state.bootstrap_queue = bootstrap_queue or CeleryBootstrapQueue(settings.redis_url)
 

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     artifacts_dir: Path = Path("var/artifacts")
     bootstrap_verify_timeout_s: float = Field(default=90.0, gt=0)
     worker_concurrency: int = Field(default=8, ge=1, le=256)
+    # Live views (SSE): open streams each API token may hold in one controller process, and
+    # the threads that poll the database for all of them (one poll per followed job).
+    sse_streams_per_token: int = Field(default=32, ge=1, le=10_000)
+    sse_poll_threads: int = Field(default=4, ge=1, le=64)
 
     @field_validator("database_url")
     @classmethod

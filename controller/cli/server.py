@@ -5,21 +5,32 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import ssl
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from controller.cli.errors import CliError
+from controller.proctree import die_with_parent, stop_child, watch_parent
 from controller.settings import Settings, get_settings
 from node_agent.wire import client_url
 
+if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
+
 log = logging.getLogger(__name__)
+# How long serve waits for its worker to stop (a warm shutdown finishes running steps).
+CHILD_STOP_S = 15.0
+# Open requests (live event streams end at once) get this long before uvicorn cancels them.
+SHUTDOWN_GRACE_S = 10
 
 
 def add_commands(sub: Any) -> None:
@@ -50,6 +61,8 @@ def add_commands(sub: Any) -> None:
 
     worker = sub.add_parser("worker", help="run the controller worker: SSH bootstrap tasks")
     worker.add_argument("--concurrency", type=int, help="tasks at once (default from settings)")
+    # Set by `serve` for the worker it starts: stop when that process is gone.
+    worker.add_argument("--parent", type=int, help=argparse.SUPPRESS)
     worker.set_defaults(func=cmd_worker)
 
     scheduler = sub.add_parser("scheduler", help="run only the schedule loop (any number at once)")
@@ -155,6 +168,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from controller.bootstrap.tasks import serve_worker
     from controller.migrate import upgrade
 
+    if args.parent:
+        die_with_parent(args.parent)
+        watch_parent(args.parent, grace_s=CHILD_STOP_S)
     settings = get_settings()
     upgrade(settings.database_url)
     serve_worker(settings, concurrency=args.concurrency)
@@ -163,18 +179,30 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def _start_worker() -> subprocess.Popen[bytes]:
     """The controller worker as a child process: Celery wants its own main thread."""
-    code = "import sys; from controller.cli import main; sys.exit(main(['worker']))"
-    return subprocess.Popen([sys.executable, "-c", code])
+    code = "import sys; from controller.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.Popen([sys.executable, "-c", code, "worker", "--parent", str(os.getpid())])
 
 
-def _stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+def _server(app: FastAPI, host: str, port: int, **options: Any) -> uvicorn.Server:
+    """uvicorn for `app`; `options` are more uvicorn.Config arguments (e.g. ssl_certfile)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn, also ending the live event streams at once when told to stop."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            app.state.events.close()
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        **options,
+    )
+    return Server(config)
 
 
 def _tls(args: argparse.Namespace, settings: Settings) -> tuple[Path | None, Path | None]:
@@ -193,8 +221,6 @@ def _tls(args: argparse.Namespace, settings: Settings) -> tuple[Path | None, Pat
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from controller.app import create_app
     from controller.cli.http import is_loopback
     from controller.migrate import upgrade
@@ -210,34 +236,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
             host,
         )
     upgrade(settings.database_url)
+    app = create_app(settings)
+    server = _server(
+        app,
+        host,
+        args.port or settings.api_port,
+        ssl_certfile=cert,
+        ssl_keyfile=key,
+        # Only trusted proxies may set the client address the audit log records.
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or None,
+    )
+    # uvicorn takes SIGTERM and SIGINT while it runs and re-raises them when it is done: to this
+    # handler, not the default one that would kill this process before its children.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, server.handle_exit)
     stop = threading.Event()
-    worker = None
+    threads = []
     if not args.no_ingest:
-        worker = threading.Thread(target=_run_ingest, args=(settings, stop), name="ingest")
-        worker.start()
-    scheduler = None
+        threads.append(threading.Thread(target=_run_ingest, args=(settings, stop), name="ingest"))
     if not args.no_scheduler:
-        scheduler = threading.Thread(target=_run_scheduler, args=(settings, stop), name="scheduler")
-        scheduler.start()
+        threads.append(
+            threading.Thread(target=_run_scheduler, args=(settings, stop), name="scheduler")
+        )
+    for thread in threads:
+        thread.start()
     bootstrap_worker = None if args.no_worker else _start_worker()
     try:
-        uvicorn.run(
-            create_app(settings),
-            host=host,
-            port=args.port or settings.api_port,
-            log_level="info",
-            ssl_certfile=cert,
-            ssl_keyfile=key,
-            # Only trusted proxies may set the client address the audit log records.
-            proxy_headers=bool(proxies),
-            forwarded_allow_ips=proxies or None,
-        )
+        server.run()
     finally:
         stop.set()
-        if worker is not None:
-            worker.join(timeout=5)
-        if scheduler is not None:
-            scheduler.join(timeout=5)
         if bootstrap_worker is not None:
-            _stop_worker(bootstrap_worker)
+            stop_child(bootstrap_worker, name="the bootstrap worker", timeout_s=CHILD_STOP_S)
+        for thread in threads:
+            thread.join(timeout=5)
+    log.info("serve stopped: no child left")
     return 0

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Protocol
 
-from controller.devstack import system, workload
+from controller.devstack import supervise, system, workload
 from controller.devstack.config import HostSpec, StackConfig
 
 WORKLOAD_DIR = "fleettrace-demo"
@@ -92,9 +92,16 @@ def workload_command(config: StackConfig, host: HostSpec, holder: int) -> list[s
     return [*system.enter(holder), sys.executable, script, host.workload, alive]
 
 
+def agent_pidfile(config: StackConfig, host: HostSpec) -> Path:
+    """The pid of the host's agent now running (its supervisor restarts it under a new one)."""
+    return config.host_dir(host.name) / "agent.pid"
+
+
 def agent_command(config: StackConfig, host: HostSpec, holder: int) -> list[str]:
+    """The agent under its supervisor, restarted like its systemd unit would be."""
     agent = fleettrace_command("fleettrace-agent", "node_agent.cli")
     return [
-        *(*system.enter(holder), *agent, "worker", "--host", host.name),
+        *(*system.enter(holder), *supervise.command(agent_pidfile(config, host)), "--"),
+        *(*agent, "worker", "--host", host.name),
         *("--redis-url", config.redis_url, "--cgroup", config.host_cgroup(host.name)),
     ]

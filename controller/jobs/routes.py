@@ -11,9 +11,10 @@ from controller.api.responses import AUTHENTICATED, errors
 from controller.auth.models import Role
 from controller.hosts.models import NAME_PATTERN
 from controller.jobs import service
-from controller.jobs.events import stream_job_events
+from controller.jobs.events import EventHub
 from controller.jobs.models import JobCreate, JobPublic, JobResults, JobsPublic, JobState
 from controller.jobs.results import job_results
+from controller.jobs.streams import EventStreamResponse, StreamSlots
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTHENTICATED)
 
@@ -92,18 +93,28 @@ def get_job_results(job_id: IdPath, session: SessionDep, _: Viewer) -> JobResult
     responses={
         **errors(404),
         200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
+        429: {
+            "description": "this token has as many event streams open in this controller as"
+            " FLEETTRACE_SSE_STREAMS_PER_TOKEN allows (default 32)"
+        },
     },
 )
 def job_events(
-    job_id: IdPath, request: Request, session: SessionDep, _: Viewer
+    job_id: IdPath, request: Request, session: SessionDep, settings: SettingsDep, token: Viewer
 ) -> StreamingResponse:
     """Server-Sent Events: state changes and snapshots from the job's start, then live."""
     if service.get(session=session, job_id=job_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
+    token_id = token.id
+    session.close()  # the stream holds no connection: each poll opens and closes its own
+    slots: StreamSlots = request.app.state.stream_slots
+    if not slots.acquire(token_id):
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"this token has {settings.sse_streams_per_token} event streams open, the most it may"
+            " (FLEETTRACE_SSE_STREAMS_PER_TOKEN); close one first",
+        )
     last = request.headers.get("last-event-id", "0")
-    after = int(last) if last.isdigit() else 0
-    return StreamingResponse(
-        stream_job_events(request, job_id=job_id, after=after),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    after = int(last) if last.isdigit() and len(last) < 19 else 0
+    hub: EventHub = request.app.state.events
+    return EventStreamResponse(hub.stream(job_id, after), release=lambda: slots.release(token_id))

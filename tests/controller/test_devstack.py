@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from controller.devstack import HostSpec, Stack, StackConfig, down
 from controller.devstack.api import Api
+from controller.devstack.host import agent_pidfile
 from controller.devstack.system import NETNS_DIR, cgroup_path
 from node_agent.scope import cgroup2_mount
+from tests.controller.support import wait_for
 
 pytestmark = pytest.mark.bcc
 
@@ -129,8 +133,53 @@ def test_a_job_runs_on_every_host_with_each_hosts_own_numbers(stack: Stack) -> N
     assert web.get("fsync", 0) == 0, web
 
 
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def test_a_killed_agent_is_restarted_and_its_host_comes_back(stack: Stack) -> None:
+    config, spec = stack.config, stack.config.hosts[0]
+    pidfile = agent_pidfile(config, spec)
+    killed = int(pidfile.read_text())
+    supervisor = _pids(stack)[f"{spec.name}-agent"]
+    assert killed != supervisor and _alive(killed)
+    os.kill(killed, signal.SIGKILL)
+    killed_at = datetime.now(timezone.utc)
+
+    def restarted() -> int | None:
+        pid = int(pidfile.read_text())
+        return pid if pid != killed and _alive(pid) else None
+
+    agent = wait_for(restarted, 30, f"{spec.name}'s agent to be restarted")
+    assert _cgroup_of(agent) == "/" + config.agent_cgroup(spec.name)
+    assert _inside(agent, "hostname").strip() == spec.name
+    api = Api(config.api_url, stack.token)
+    try:
+        # Heartbeats this late come from the new agent: the old one is dead.
+        late = killed_at + timedelta(seconds=2 * config.heartbeat_s)
+
+        def back() -> bool:
+            host = api.hosts()[spec.name]
+            beat = host["last_heartbeat"]
+            return host["state"] == "online" and datetime.fromisoformat(beat) > late
+
+        wait_for(back, 60, f"{spec.name} online with a heartbeat of its new agent", 0.3)
+        job = api.submit("syscalls", {"per_process": False}, 1.0)
+        final = api.wait_job(job["id"], timeout_s=90)
+    finally:
+        api.close()
+    assert final["state"] == "succeeded", final
+    assert "restarting in 1s" in (config.logs_dir / f"{spec.name}-agent.log").read_text()
+
+
 def test_teardown_leaves_no_namespace_cgroup_link_or_process(stack: Stack) -> None:
     config, pids = stack.config, _pids(stack)
+    for spec in config.hosts:  # the supervised agents themselves
+        pids[f"{spec.name}-agent-child"] = int(agent_pidfile(config, spec).read_text())
     assert down(config.state_dir, purge=True, reap=stack.reap)
     for index, host in enumerate(config.hosts):
         assert not (NETNS_DIR / config.netns(host.name)).exists()
@@ -139,6 +188,6 @@ def test_teardown_leaves_no_namespace_cgroup_link_or_process(stack: Stack) -> No
     assert root is not None
     assert not (root / config.cgroup_parent).exists()
     for name, pid in pids.items():
-        assert not Path(f"/proc/{pid}").exists(), f"{name} ({pid}) still exists"
+        assert not _alive(pid), f"{name} ({pid}) still exists"
     assert not config.state_dir.exists()
     assert not down(config.state_dir), "a second down finds nothing to do"
