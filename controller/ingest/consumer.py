@@ -17,8 +17,9 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from controller.db import utcnow
 from controller.hosts import service as hosts_service
+from controller.ingest.leases import LeaseRules, Leases
+from controller.ingest.link import TRANSIENT, RedisLink, is_nogroup
 from controller.jobs import service as jobs_service
 from controller.jobs.models import Job, Run, SnapshotRow
 from controller.reports import store as digests
@@ -52,6 +53,8 @@ class Ingest:
         self._recovered = False
         self._last_sweep = 0.0
         self.stored = 0
+        self.link = RedisLink("ingest")
+        self.leases = Leases(LeaseRules.of(settings))
 
     def ensure_group(self) -> None:
         try:
@@ -61,14 +64,18 @@ class Ingest:
                 raise
 
     def step(self, block_ms: int = 1000) -> int:
-        """Read, store and ack one batch; returns how many entries were handled."""
+        """Read, store and ack one batch, then sweep if due; returns how many entries were
+        handled."""
+        handled = self._handle_batch(block_ms)
+        self.link.up()
+        self._sweep_if_due()
+        return handled
+
+    def _handle_batch(self, block_ms: int) -> int:
         entries = self._read(block_ms)
         if entries:
             self._store(entries)
             self.redis.xack(EVENTS_STREAM, self.group, *[entry_id for entry_id, _ in entries])
-        if time.monotonic() - self._last_sweep >= SWEEP_EVERY_S:
-            self._last_sweep = time.monotonic()
-            self.sweep()
         return len(entries)
 
     def _read(self, block_ms: int) -> list[Entry]:
@@ -141,9 +148,11 @@ class Ingest:
     def apply(self, session: Session, envelope: StreamEnvelope) -> None:
         event = envelope.event
         if isinstance(event, Heartbeat):
-            hosts_service.record_heartbeat(
+            host = hosts_service.record_heartbeat(
                 session=session, beat=event, auto_register=self.settings.auto_register_hosts
             )
+            if host is not None:  # the runs the host holds and no longer lists end here
+                self.leases.heard(session, host=host.name, running=event.running)
             return
         if isinstance(event, Refusal):
             log.warning(
@@ -237,42 +246,50 @@ class Ingest:
                 jobs_service.refresh_state(session=session, job=job)
 
     def sweep(self) -> int:
-        """Runs whose host never started them before their expiry end `expired`."""
-        now = utcnow()
+        """End the runs whose lease lapsed or that never started; needs only the database."""
         with self.sessions() as session:
-            overdue = session.scalars(
-                select(Run).where(Run.state == RunState.pending.value, Run.expires_at < now)
-            ).all()
-            for run in overdue:
-                jobs_service.set_run_state(
-                    session=session,
-                    run=run,
-                    state=RunState.expired,
-                    reason="the host did not start the run before it expired (host away?)",
-                )
-            job_ids = {run.job_id for run in overdue}
-            for job_id in job_ids:
-                job = session.get(Job, job_id)
-                if job is not None:
-                    jobs_service.refresh_state(session=session, job=job)
+            ended = self.leases.sweep(session, hearing_since=self.link.hearing_since)
             session.commit()
-        if overdue:
-            log.info("ingest: %d runs expired", len(overdue))
-        return len(overdue)
+        return ended
+
+    def _sweep_if_due(self) -> None:
+        if time.monotonic() - self._last_sweep < SWEEP_EVERY_S:
+            return
+        self._last_sweep = time.monotonic()
+        try:
+            self.sweep()
+        except Exception:
+            log.exception("ingest: sweep failed; next one in %.0fs", SWEEP_EVERY_S)
 
     def run_forever(self, stop: threading.Event) -> None:
-        self.ensure_group()
         log.info("ingest %s/%s reading %s", self.group, self.consumer, EVENTS_STREAM)
+        group_ready = False
         while not stop.is_set():
-            try:
-                self.step()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("ingest: redis unavailable (%s); retrying", exc)
-                stop.wait(1.0)
-            except Exception:
-                log.exception("ingest: batch failed; it stays pending and is retried")
-                self._recovered = False
-                stop.wait(1.0)
+            if self.link.ready():
+                try:
+                    if not group_ready:
+                        self.ensure_group()
+                        group_ready = True
+                    self._handle_batch(block_ms=1000)
+                    self.link.up()
+                except TRANSIENT as exc:
+                    self.link.down(exc)
+                except redis.ResponseError as exc:
+                    if not is_nogroup(exc):
+                        self._batch_failed(stop)
+                    else:  # Redis came back without the group: make it again and read on
+                        log.warning("ingest: consumer group %s is gone; re-creating it", self.group)
+                        group_ready = self._recovered = False
+                except Exception:
+                    self._batch_failed(stop)
+            self._sweep_if_due()  # sweeps go on while Redis is away
+            if not self.link.is_up:
+                stop.wait(min(self.link.wait_s(), SWEEP_EVERY_S))
+
+    def _batch_failed(self, stop: threading.Event) -> None:
+        log.exception("ingest: batch failed; it stays pending and is retried")
+        self._recovered = False
+        stop.wait(1.0)
 
 
 def _preload(session: Session, envelopes: Sequence[StreamEnvelope]) -> list[object]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -275,11 +275,17 @@ def list_jobs(
     return list(rows), total
 
 
-def cancel(*, session: Session, dispatcher: Dispatcher, job: Job) -> Job:
-    """Ask every unfinished run to stop; runs not started yet end here and now."""
+def cancel(
+    *, session: Session, dispatcher: Dispatcher, job: Job, heartbeat_timeout_s: float
+) -> Job:
+    """Ask every unfinished run to stop; runs not started yet, or on a host that is away, end
+    here and now (an away host would never answer)."""
     if JobState(job.state).final:
         return job  # a finished job keeps its state: cancelling it is a no-op
     job.cancel_requested = True
+    now = utcnow()
+    names = {run.host_name for run in job.runs}
+    hosts = {h.name: h for h in session.scalars(select(Host).where(Host.name.in_(names)))}
     for run in job.runs:
         state = RunState(run.state)
         if state.final:
@@ -289,10 +295,25 @@ def cancel(*, session: Session, dispatcher: Dispatcher, job: Job) -> Job:
             set_run_state(
                 session=session, run=run, state=RunState.cancelled, reason="cancelled before start"
             )
+            continue
+        host = hosts.get(run.host_name)
+        if host is None or _away(host, timeout_s=heartbeat_timeout_s, now=now):
+            last = host.last_heartbeat if host is not None else None
+            seen = f"last heartbeat {last.isoformat(timespec='seconds')}" if last else "never seen"
+            set_run_state(
+                session=session,
+                run=run,
+                state=RunState.cancelled,
+                reason=f"cancelled while {run.host_name} was offline ({seen}); results so far kept",
+            )
     refresh_state(session=session, job=job)
     session.commit()
     log.info("job %s: cancel requested", job.id)
     return job
+
+
+def _away(host: Host, *, timeout_s: float, now: datetime) -> bool:
+    return hosts_service.state(host, timeout_s=timeout_s, now=now) != "online"
 
 
 def snapshot_counts(*, session: Session, job: Job) -> dict[str, int]:
