@@ -8,6 +8,8 @@ from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
+import redis
+from kombu.exceptions import OperationalError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
@@ -23,6 +25,8 @@ from node_agent.programs import get_program
 from node_agent.protocol import RunState, TraceRequest
 
 log = logging.getLogger(__name__)
+# What sending a task raises when Redis is away (kombu wraps it, after its own retries).
+BROKER_DOWN = (OperationalError, redis.RedisError, OSError)
 
 
 def validate(job_in: JobCreate, *, settings: Settings, may_run_custom: bool) -> dict[str, Any]:
@@ -144,12 +148,29 @@ def create(
     for _, run in to_send:
         run.dispatched_at = queued_at
     session.commit()
+    unsent: list[tuple[Run, Exception]] = []
     for host, run in to_send:
-        dispatcher.send(
-            host=host.name, request=trace_request(job, run), expires_s=settings.task_expiry_s
-        )
+        try:
+            dispatcher.send(
+                host=host.name, request=trace_request(job, run), expires_s=settings.task_expiry_s
+            )
+        except BROKER_DOWN as exc:
+            unsent.append((run, exc))
+    if unsent:
+        _not_queued(session=session, job=job, unsent=unsent)
     log.info("job %s: %s on %d hosts", job.id, job.program, len(hosts))
     return job
+
+
+def _not_queued(*, session: Session, job: Job, unsent: list[tuple[Run, Exception]]) -> None:
+    """Runs whose task never reached Redis end now, saying so, rather than expire as if their
+    host were away."""
+    for run, exc in unsent:
+        reason = f"not queued: the broker is unavailable ({exc})"
+        log.error("run %s (job %s) on %s: %s", run.id, job.id, run.host_name, reason)
+        set_run_state(session=session, run=run, state=RunState.failed, reason=reason)
+    refresh_state(session=session, job=job)
+    session.commit()
 
 
 def trace_request(job: Job, run: Run) -> TraceRequest:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,12 +21,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from controller.schedules.models import ScheduleFire
 from controller.schedules.scheduler import Scheduler
-from controller.settings import Settings
 from tests.controller.conftest import (
     AgentProcess,
     Agents,
     IngestThread,
-    RecordingDispatcher,
     Tokens,
 )
 from tests.controller.support import get_job, job_final, submit, wait_for, wait_job
@@ -116,19 +112,6 @@ def _lost(
     assert run["reason"].startswith(f"lost: {why}"), run
     assert done["state"] == "failed", done
     return done
-
-
-@pytest.fixture
-def scheduler(
-    settings: Settings, sessions: sessionmaker[Session], dispatcher: RecordingDispatcher
-) -> Iterator[Scheduler]:
-    loop = Scheduler(settings, sessions, dispatcher, tick_s=0.2)
-    stop = threading.Event()
-    thread = threading.Thread(target=loop.run_forever, args=(stop,), daemon=True)
-    thread.start()
-    yield loop
-    stop.set()
-    thread.join(timeout=10)
 
 
 def _fires(sessions: sessionmaker[Session], schedule_id: str) -> list[ScheduleFire]:

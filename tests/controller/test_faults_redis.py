@@ -24,10 +24,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db import utcnow
 from controller.jobs.models import Run, SnapshotRow
+from controller.schedules.models import ScheduleFire
+from controller.schedules.scheduler import Scheduler
 from controller.settings import Settings
 from node_agent.protocol import Heartbeat
 from node_agent.wire import EVENTS_STREAM
-from tests.controller.conftest import Agents, IngestThread, Tokens
+from tests.controller.conftest import Agents, IngestThread, RecordingDispatcher, Tokens
 from tests.controller.redisproc import RedisProcess
 from tests.controller.support import (
     envelope,
@@ -137,6 +139,57 @@ def test_the_sweep_goes_on_while_redis_is_down(
     finally:
         redis_proc.start()
     assert ingest.running
+
+
+def test_the_scheduler_goes_on_while_redis_is_down(
+    redis_proc: RedisProcess,
+    scheduler: Scheduler,
+    dispatcher: RecordingDispatcher,
+    client: TestClient,
+    tokens: Tokens,
+    sessions: sessionmaker[Session],
+) -> None:
+    host = f"sched-{uuid.uuid4().hex[:6]}"
+    operator = tokens.headers("operator")
+    register_host(client, tokens.headers("admin"), host)
+    answer = client.post(
+        "/v1/schedules",
+        json={
+            "name": f"s-{host}",
+            "interval_s": 1,
+            "allow_overlap": True,
+            "template": {"program": "syscalls", "duration_s": 1, "targets": {"hosts": [host]}},
+        },
+        headers=operator,
+    )
+    assert answer.status_code == 201, answer.text
+    schedule_id = answer.json()["id"]
+
+    def runs_of_fired() -> list[dict[str, Any]]:
+        with sessions() as session:
+            query = select(ScheduleFire.job_id).where(
+                ScheduleFire.schedule_id == schedule_id, ScheduleFire.outcome == "fired"
+            )
+            job_ids = list(session.scalars(query.order_by(ScheduleFire.slot)))
+        viewer = tokens.headers("viewer")
+        return [get_job(client, viewer, job_id)["runs"][0] for job_id in job_ids if job_id]
+
+    try:
+        wait_for(runs_of_fired, 30, "a first slot fired")
+        redis_proc.kill()
+        try:
+            # A slot fired while Redis is away makes a job whose run says why it never left.
+            def unqueued() -> bool:
+                return any((r["reason"] or "").startswith("not queued:") for r in runs_of_fired())
+
+            wait_for(unqueued, 30, "a run failed as not queued")
+        finally:
+            redis_proc.start()
+        sent = len(dispatcher.sent)
+        wait_for(lambda: len(dispatcher.sent) > sent, 30, "a task queued once Redis is back")
+        assert runs_of_fired()[-1]["state"] in ("pending", "expired"), runs_of_fired()[-1]
+    finally:
+        client.post(f"/v1/schedules/{schedule_id}/pause", headers=operator)
 
 
 @pytest.mark.bcc
