@@ -274,6 +274,8 @@ class Ingest:
                     self.link.up()
                 except TRANSIENT as exc:
                     self.link.down(exc)
+                    # A read whose reply was lost still delivered its entries: re-read ours.
+                    self._recovered = False
                 except redis.ResponseError as exc:
                     if not is_nogroup(exc):
                         self._batch_failed(stop)

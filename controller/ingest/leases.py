@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from controller.db import utcnow
@@ -50,26 +50,24 @@ class LeaseRules:
             task_expiry_s=settings.task_expiry_s,
         )
 
-    def deadline(self, run: Run, job: Job) -> datetime | None:
+    def deadline(
+        self, *, started_at: datetime | None, dispatched_at: datetime | None, duration_s: float
+    ) -> datetime | None:
         """When a held run must have sent its final event; None if that cannot be known yet."""
-        if run.started_at is not None:
-            began = run.started_at
-        elif run.dispatched_at is not None:
+        if started_at is not None:
+            began = started_at
+        elif dispatched_at is not None:
             # Accepted but not started: the latest it can have been taken from the queue.
-            began = run.dispatched_at + timedelta(seconds=self.task_expiry_s)
+            began = dispatched_at + timedelta(seconds=self.task_expiry_s)
         else:
             return None
-        return began + timedelta(seconds=job.duration_s + TRACE_GRACE_S + self.slack_s)
+        return began + timedelta(seconds=duration_s + TRACE_GRACE_S + self.slack_s)
 
 
-def _held_runs() -> Select[Run]:
-    """Runs a host has: running, or accepted (no expiry any more) and compiling."""
-    return select(Run).where(
-        or_(
-            Run.state == RunState.running.value,
-            (Run.state == RunState.pending.value) & Run.expires_at.is_(None),
-        )
-    )
+HELD = or_(
+    Run.state == RunState.running.value,
+    (Run.state == RunState.pending.value) & Run.expires_at.is_(None),
+)  # runs a host has: running, or accepted (no expiry any more) and compiling
 
 
 @dataclass
@@ -90,7 +88,7 @@ class Leases:
         listed = set(running)
         grace = timedelta(seconds=self.rules.unlisted_grace_s)
         ended: list[Run] = []
-        for run in session.scalars(_held_runs().where(Run.host_name == host)).all():
+        for run in session.scalars(select(Run).where(HELD, Run.host_name == host)).all():
             if run.id in listed:
                 self.unlisted_since.pop(run.id, None)
                 continue
@@ -119,30 +117,39 @@ class Leases:
         return len(ended)
 
     def _lapse(self, session: Session, now: datetime, hearing_since: datetime | None) -> list[Run]:
-        held = session.scalars(_held_runs().options(selectinload(Run.job))).all()
-        if not held:
-            return []
-        names = {run.host_name for run in held}
-        hosts = {h.name: h for h in session.scalars(select(Host).where(Host.name.in_(names)))}
+        # Plain columns, one query: the sweep runs every second over every run in progress.
+        held = session.execute(
+            select(
+                Run.id,
+                Run.host_name,
+                Run.started_at,
+                Run.dispatched_at,
+                Job.duration_s,
+                Host.last_heartbeat,
+            )
+            .join(Job, Job.id == Run.job_id)
+            .outerjoin(Host, Host.name == Run.host_name)
+            .where(HELD)
+        ).all()
         timeout = timedelta(seconds=self.rules.heartbeat_timeout_s)
         ended: list[Run] = []
-        for run in held:
+        for run_id, host, started_at, dispatched_at, duration_s, last in held:
             reason = None
-            host = hosts.get(run.host_name)
-            last = host.last_heartbeat if host is not None else None
             # Silence counts from when ingest could last hear it, not from an outage of its own.
             heard = max(last, hearing_since) if last and hearing_since else hearing_since
+            deadline = self.rules.deadline(
+                started_at=started_at, dispatched_at=dispatched_at, duration_s=duration_s
+            )
             if heard is not None and now - heard > timeout:
                 reason = (
-                    f"lost: the agent on {run.host_name} stopped heartbeating at {_when(last)}"
+                    f"lost: the agent on {host} stopped heartbeating at {_when(last)}"
                     if last
-                    else f"lost: no heartbeat from the agent on {run.host_name}"
+                    else f"lost: no heartbeat from the agent on {host}"
                 )
-            else:
-                deadline = self.rules.deadline(run, run.job)
-                if deadline is not None and now > deadline:
-                    reason = f"lost: no final snapshot by {_when(deadline)}"
-            if reason is not None and _end_lost(session, run, reason):
+            elif deadline is not None and now > deadline:
+                reason = f"lost: no final snapshot by {_when(deadline)}"
+            run = session.get(Run, run_id) if reason is not None else None
+            if run is not None and reason is not None and _end_lost(session, run, reason):
                 ended.append(run)
         return ended
 

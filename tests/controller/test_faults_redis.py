@@ -112,6 +112,34 @@ def test_ingest_makes_its_group_again_when_redis_comes_back_empty(
     assert ingest.running
 
 
+def test_entries_delivered_in_a_reply_lost_to_the_outage_are_stored(
+    redis_proc: RedisProcess, ingest: IngestThread, client: TestClient, tokens: Tokens
+) -> None:
+    assert ingest.ingest is not None
+    link = ingest.ingest.link
+    host = f"lostreply-{uuid.uuid4().hex[:6]}"
+    wait_for(lambda: link.hearing_since is not None, 30, "ingest reading (its group made)")
+    for _ in range(3):  # until Redis is back while ingest's next try is still a while off
+        redis_proc.kill()
+        wait_for(lambda: link.failures >= 5, 30, "ingest backing off")  # next try 3.2 s away
+        redis_proc.start()
+        if link.wait_s() > 0.5:
+            break
+        wait_for(lambda: link.is_up, 30, "ingest back")
+    else:
+        raise AssertionError("Redis never came back before ingest's next try")
+    # The entry goes to ingest's consumer (as a read whose reply died with the connection).
+    with redis.Redis.from_url(redis_proc.url) as other:
+        beat = Heartbeat(host=host, agent_version="0.1.0")
+        other.xadd(EVENTS_STREAM, {"data": envelope(host, beat)})
+        settings = ingest.settings
+        got = other.xreadgroup(
+            settings.ingest_group, settings.ingest_consumer, {EVENTS_STREAM: ">"}, count=100
+        )
+        assert got, "nothing delivered"
+    wait_for(lambda: _last_heartbeat(client, tokens, host), 30, "the delivered entry stored")
+
+
 def test_the_sweep_goes_on_while_redis_is_down(
     redis_proc: RedisProcess,
     ingest: IngestThread,
