@@ -6,11 +6,13 @@ and the controller calls a host silent after HEARTBEAT_TIMEOUT_S.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import uuid
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from tests.controller.conftest import (
 from tests.controller.support import get_job, job_final, submit, wait_for, wait_job
 
 pytestmark = pytest.mark.bcc
+log = logging.getLogger(__name__)
 
 HEARTBEAT_TIMEOUT_S = 6.0
 GRACE_S = 1.0
@@ -97,17 +100,26 @@ def _loaded(prog_id: int) -> bool:
     return shown.returncode == 0
 
 
-def _sigkill(agent: AgentProcess) -> None:
+def _sigkill(agent: AgentProcess) -> datetime:
     """SIGKILL the agent alone: its trace child (own session) must notice by itself."""
     os.kill(agent.proc.pid, signal.SIGKILL)
     agent.proc.wait(timeout=10)
+    return datetime.now(timezone.utc)
 
 
 def _lost(
-    client: TestClient, tokens: Tokens, job_id: str, why: str, within: float = LOST_WITHIN_S
+    client: TestClient,
+    tokens: Tokens,
+    job_id: str,
+    why: str,
+    since: datetime,
+    within: float = LOST_WITHIN_S,
 ) -> dict[str, Any]:
     done = wait_job(client, tokens.headers("viewer"), job_id, job_final, within, "run lost")
     (run,) = done["runs"]
+    finished = datetime.fromisoformat(run["finished_at"].replace("Z", "+00:00"))
+    took = (finished - since).total_seconds()
+    log.info("run %s: %s, %.1fs after the kill", run["id"], run["reason"], took)
     assert (run["state"], run["error"]["code"]) == ("failed", "lost"), run
     assert run["reason"].startswith(f"lost: {why}"), run
     assert done["state"] == "failed", done
@@ -154,8 +166,10 @@ def test_a_sigkilled_agents_run_ends_lost_keeps_its_results_and_the_schedule_mov
         holders = _prog_holders(victim)
         programs = set().union(*holders.values())
         assert programs, f"the trace child holds no BPF program: {holders}"
-        _sigkill(victim)
-        done = _lost(client, tokens, job["id"], f"the agent on {host} stopped heartbeating at")
+        killed = _sigkill(victim)
+        done = _lost(
+            client, tokens, job["id"], f"the agent on {host} stopped heartbeating at", killed
+        )
         # Partial results: every snapshot stored before the kill stays, and the results show it.
         (run,) = done["runs"]
         assert run["snapshots"] >= 2
@@ -218,8 +232,9 @@ def test_an_agent_restarted_mid_run_ends_its_old_run_at_its_first_heartbeat(
         host = _host()
         victim = agent.start(host)
         job = _trace(client, tokens, host)
-        _sigkill(victim)
+        killed = _sigkill(victim)
         agent.start(host, wait=False)  # its first beat comes before its (slow) probe
-        _lost(client, tokens, job["id"], f"the agent on {host} no longer has the run", 60)
+        why = f"the agent on {host} no longer has the run"
+        _lost(client, tokens, job["id"], why, killed, within=60)
     finally:
         leases.rules = rules
