@@ -112,8 +112,6 @@ class Leases:
         now = utcnow()
         ended = [*_expire_unstarted(session, now), *self._lapse(session, now, hearing_since)]
         _refresh_jobs(session, ended)
-        for run in ended:
-            self.unlisted_since.pop(run.id, None)
         return len(ended)
 
     def _lapse(self, session: Session, now: datetime, hearing_since: datetime | None) -> list[Run]:
@@ -148,9 +146,14 @@ class Leases:
                 )
             elif deadline is not None and now > deadline:
                 reason = f"lost: no final snapshot by {_when(deadline)}"
-            run = session.get(Run, run_id) if reason is not None else None
-            if run is not None and reason is not None and _end_lost(session, run, reason):
+            if reason is None:
+                continue
+            run = session.get(Run, run_id)
+            if run is not None and _end_lost(session, run, reason):
                 ended.append(run)
+        # Forget left-out runs that ended some other way (their final state came after all).
+        still_held = {run_id for run_id, *_ in held}
+        self.unlisted_since = {k: v for k, v in self.unlisted_since.items() if k in still_held}
         return ended
 
 
