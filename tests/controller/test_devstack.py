@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from controller.devstack import HostSpec, Stack, StackConfig, down
 from controller.devstack.api import Api
@@ -127,6 +128,13 @@ def test_a_job_runs_on_every_host_with_each_hosts_own_numbers(stack: Stack) -> N
     assert db.get("getppid", 0) * 100 < web["getppid"], db
     assert db.get("fsync", 0) > 10, db
     assert web.get("fsync", 0) == 0, web
+
+
+def test_redis_keeps_an_append_only_file(stack: Stack) -> None:
+    # Queued tasks and pending cancel flags must survive a Redis restart (README: In production).
+    with redis.Redis.from_url(stack.config.redis_url) as client:
+        config = client.config_get("append*")
+    assert (config["appendonly"], config["appendfsync"]) == ("yes", "everysec"), config
 
 
 def test_teardown_leaves_no_namespace_cgroup_link_or_process(stack: Stack) -> None:
