@@ -54,6 +54,7 @@ class Ingest:
         self._last_sweep = 0.0
         self.stored = 0
         self.link = RedisLink("ingest")
+        self._group_ready = False
         self.leases = Leases(LeaseRules.of(settings))
 
     def ensure_group(self) -> None:
@@ -263,30 +264,33 @@ class Ingest:
 
     def run_forever(self, stop: threading.Event) -> None:
         log.info("ingest %s/%s reading %s", self.group, self.consumer, EVENTS_STREAM)
-        group_ready = False
         while not stop.is_set():
             if self.link.ready():
-                try:
-                    if not group_ready:
-                        self.ensure_group()
-                        group_ready = True
-                    self._handle_batch(block_ms=1000)
-                    self.link.up()
-                except TRANSIENT as exc:
-                    self.link.down(exc)
-                    # A read whose reply was lost still delivered its entries: re-read ours.
-                    self._recovered = False
-                except redis.ResponseError as exc:
-                    if not is_nogroup(exc):
-                        self._batch_failed(stop)
-                    else:  # Redis came back without the group: make it again and read on
-                        log.warning("ingest: consumer group %s is gone; re-creating it", self.group)
-                        group_ready = self._recovered = False
-                except Exception:
-                    self._batch_failed(stop)
+                self._try_batch(stop)
             self._sweep_if_due()  # sweeps go on while Redis is away
             if not self.link.is_up:
                 stop.wait(min(self.link.wait_s(), SWEEP_EVERY_S))
+
+    def _try_batch(self, stop: threading.Event) -> None:
+        """One batch, whatever Redis does meanwhile: away (back off), back empty (NOGROUP)."""
+        try:
+            if not self._group_ready:
+                self.ensure_group()
+                self._group_ready = True
+            self._handle_batch(block_ms=1000)
+            self.link.up()
+        except TRANSIENT as exc:
+            self.link.down(exc)
+            # A read whose reply was lost still delivered its entries: re-read ours first.
+            self._recovered = False
+        except redis.ResponseError as exc:
+            if not is_nogroup(exc):
+                self._batch_failed(stop)
+                return
+            log.warning("ingest: consumer group %s is gone; re-creating it", self.group)
+            self._group_ready = self._recovered = False
+        except Exception:
+            self._batch_failed(stop)
 
     def _batch_failed(self, stop: threading.Event) -> None:
         log.exception("ingest: batch failed; it stays pending and is retried")
