@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     # A run whose host has not started it by then ends `expired`.
     task_expiry_s: float = Field(default=60.0, gt=0)
     heartbeat_timeout_s: float = Field(default=30.0, gt=0)
+    # A held run a heartbeat leaves out this long (accepted just before the beat?) is lost.
+    lease_unlisted_grace_s: float = Field(default=5.0, ge=0)
+    # Beyond duration + the agent's grace, how long a run may take to send its final event.
+    lease_slack_s: float = Field(default=120.0, gt=0)
     max_duration_s: float = Field(default=3600.0, gt=0)
     # The most rows one job may store: hosts x snapshots x limits.max_rows.
     job_budget_rows: int = Field(default=50_000_000, ge=1)

@@ -164,6 +164,7 @@ class ErrorCode(str, Enum):
     policy = "policy"
     killed = "killed"
     internal = "internal"
+    lost = "lost"  # set by the controller: the run's agent stopped answering for it
 
 
 class TraceError(_Model):

@@ -151,6 +151,9 @@ class Agent:
             return None
 
     def heartbeat_forever(self) -> None:
+        # A first beat before the (slow) probe: a restarted agent's empty `running` list is
+        # what tells the controller at once that the runs it had are gone.
+        self.beat()
         probed_at = 0.0
         while not self._stop.is_set():
             if (
@@ -159,19 +162,22 @@ class Agent:
             ):
                 self.capabilities = self.probe() or self.capabilities
                 probed_at = time.monotonic()
-            with self._lock:
-                running = list(self.running)
-            beat = Heartbeat(
-                host=self.settings.host,
-                agent_version=__version__,
-                capabilities=self.capabilities,
-                running=running,
-            )
-            try:
-                self.publisher.publish(beat)
-            except redis.RedisError as exc:
-                log.warning("host %s: heartbeat failed: %s", self.settings.host, exc)
+            self.beat()
             self._stop.wait(self.settings.heartbeat_s)
+
+    def beat(self) -> None:
+        with self._lock:
+            running = list(self.running)
+        beat = Heartbeat(
+            host=self.settings.host,
+            agent_version=__version__,
+            capabilities=self.capabilities,
+            running=running,
+        )
+        try:
+            self.publisher.publish(beat)
+        except redis.RedisError as exc:
+            log.warning("host %s: heartbeat failed: %s", self.settings.host, exc)
 
     def stop(self) -> None:
         self._stop.set()

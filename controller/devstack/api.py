@@ -47,12 +47,18 @@ class Api:
         return {h["name"]: h for h in self._call("GET", "/v1/hosts")["data"]}
 
     def wait_online(self, names: list[str], timeout_s: float, alive: Callable[[], None]) -> None:
-        """Until every named host heartbeats; `alive` raises if the stack broke meanwhile."""
+        """Until every named host heartbeats with its probe; `alive` raises if the stack broke
+        meanwhile."""
         deadline = time.monotonic() + timeout_s
         while True:
             alive()
             hosts = self.hosts()
-            waiting = [n for n in names if hosts.get(n, {}).get("state") != "online"]
+            # An agent's first beat comes before its probe: wait for the capabilities too.
+            waiting = [
+                n
+                for n in names
+                if hosts.get(n, {}).get("state") != "online" or not hosts[n].get("capabilities")
+            ]
             if not waiting:
                 return
             if time.monotonic() > deadline:

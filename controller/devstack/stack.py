@@ -203,7 +203,9 @@ class Stack:
             "redis",
             [
                 *("redis-server", "--port", "0", "--unixsocket", str(config.redis_socket)),
-                *("--unixsocketperm", "700", "--save", "", "--appendonly", "no"),
+                *("--unixsocketperm", "700", "--save", ""),
+                # Queued tasks and cancel flags survive a Redis restart (README: In production).
+                *("--appendonly", "yes", "--appendfsync", "everysec"),
                 *("--dir", str(config.state_dir), "--daemonize", "no"),
             ],
             config.services_cgroup,

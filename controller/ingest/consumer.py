@@ -18,8 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from controller.audit import service as audit
-from controller.db import utcnow
 from controller.hosts import service as hosts_service
+from controller.ingest.leases import LeaseRules, Leases
+from controller.ingest.link import TRANSIENT, RedisLink, is_nogroup
 from controller.jobs import service as jobs_service
 from controller.jobs.models import Job, Run, SnapshotRow
 from controller.reports import store as digests
@@ -53,6 +54,9 @@ class Ingest:
         self._recovered = False
         self._last_sweep = 0.0
         self.stored = 0
+        self.link = RedisLink("ingest")
+        self._group_ready = False
+        self.leases = Leases(LeaseRules.of(settings))
 
     def ensure_group(self) -> None:
         try:
@@ -62,14 +66,18 @@ class Ingest:
                 raise
 
     def step(self, block_ms: int = 1000) -> int:
-        """Read, store and ack one batch; returns how many entries were handled."""
+        """Read, store and ack one batch, then sweep if due; returns how many entries were
+        handled."""
+        handled = self._handle_batch(block_ms)
+        self.link.up()
+        self._sweep_if_due()
+        return handled
+
+    def _handle_batch(self, block_ms: int) -> int:
         entries = self._read(block_ms)
         if entries:
             self._store(entries)
             self.redis.xack(EVENTS_STREAM, self.group, *[entry_id for entry_id, _ in entries])
-        if time.monotonic() - self._last_sweep >= SWEEP_EVERY_S:
-            self._last_sweep = time.monotonic()
-            self.sweep()
         return len(entries)
 
     def _read(self, block_ms: int) -> list[Entry]:
@@ -142,9 +150,11 @@ class Ingest:
     def apply(self, session: Session, envelope: StreamEnvelope) -> None:
         event = envelope.event
         if isinstance(event, Heartbeat):
-            hosts_service.record_heartbeat(
+            host = hosts_service.record_heartbeat(
                 session=session, beat=event, auto_register=self.settings.auto_register_hosts
             )
+            if host is not None:  # the runs the host holds and no longer lists end here
+                self.leases.heard(session, host=host.name, running=event.running)
             return
         if isinstance(event, Refusal):
             log.warning(
@@ -245,42 +255,55 @@ class Ingest:
                 jobs_service.refresh_state(session=session, job=job)
 
     def sweep(self) -> int:
-        """Runs whose host never started them before their expiry end `expired`."""
-        now = utcnow()
+        """End the runs whose lease lapsed or that never started; needs only the database."""
         with self.sessions() as session:
-            overdue = session.scalars(
-                select(Run).where(Run.state == RunState.pending.value, Run.expires_at < now)
-            ).all()
-            for run in overdue:
-                jobs_service.set_run_state(
-                    session=session,
-                    run=run,
-                    state=RunState.expired,
-                    reason="the host did not start the run before it expired (host away?)",
-                )
-            job_ids = {run.job_id for run in overdue}
-            for job_id in job_ids:
-                job = session.get(Job, job_id)
-                if job is not None:
-                    jobs_service.refresh_state(session=session, job=job)
+            ended = self.leases.sweep(session, hearing_since=self.link.hearing_since)
             session.commit()
-        if overdue:
-            log.info("ingest: %d runs expired", len(overdue))
-        return len(overdue)
+        return ended
+
+    def _sweep_if_due(self) -> None:
+        if time.monotonic() - self._last_sweep < SWEEP_EVERY_S:
+            return
+        self._last_sweep = time.monotonic()
+        try:
+            self.sweep()
+        except Exception:
+            log.exception("ingest: sweep failed; next one in %.0fs", SWEEP_EVERY_S)
 
     def run_forever(self, stop: threading.Event) -> None:
-        self.ensure_group()
         log.info("ingest %s/%s reading %s", self.group, self.consumer, EVENTS_STREAM)
         while not stop.is_set():
-            try:
-                self.step()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("ingest: redis unavailable (%s); retrying", exc)
-                stop.wait(1.0)
-            except Exception:
-                log.exception("ingest: batch failed; it stays pending and is retried")
-                self._recovered = False
-                stop.wait(1.0)
+            if self.link.ready():
+                self._try_batch(stop)
+            self._sweep_if_due()  # sweeps go on while Redis is away
+            if not self.link.is_up:
+                stop.wait(min(self.link.wait_s(), SWEEP_EVERY_S))
+
+    def _try_batch(self, stop: threading.Event) -> None:
+        """One batch, whatever Redis does meanwhile: away (back off), back empty (NOGROUP)."""
+        try:
+            if not self._group_ready:
+                self.ensure_group()
+                self._group_ready = True
+            self._handle_batch(block_ms=1000)
+            self.link.up()
+        except TRANSIENT as exc:
+            self.link.down(exc)
+            # A read whose reply was lost still delivered its entries: re-read ours first.
+            self._recovered = False
+        except redis.ResponseError as exc:
+            if not is_nogroup(exc):
+                self._batch_failed(stop)
+                return
+            log.warning("ingest: consumer group %s is gone; re-creating it", self.group)
+            self._group_ready = self._recovered = False
+        except Exception:
+            self._batch_failed(stop)
+
+    def _batch_failed(self, stop: threading.Event) -> None:
+        log.exception("ingest: batch failed; it stays pending and is retried")
+        self._recovered = False
+        stop.wait(1.0)
 
 
 def _preload(session: Session, envelopes: Sequence[StreamEnvelope]) -> list[object]:

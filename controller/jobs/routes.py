@@ -67,13 +67,22 @@ def get_job(job_id: IdPath, session: SessionDep, _: Viewer) -> JobPublic:
 
 @router.post("/{job_id}/cancel", operation_id="cancel_job", responses=errors(404))
 def cancel_job(
-    job_id: IdPath, session: SessionDep, dispatcher: DispatcherDep, _: Operator
+    job_id: IdPath,
+    session: SessionDep,
+    dispatcher: DispatcherDep,
+    settings: SettingsDep,
+    _: Operator,
 ) -> JobPublic:
     """Stop a job's runs; what they gathered so far is kept."""
     job = service.get(session=session, job_id=job_id)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
-    service.cancel(session=session, dispatcher=dispatcher, job=job)
+    service.cancel(
+        session=session,
+        dispatcher=dispatcher,
+        job=job,
+        heartbeat_timeout_s=settings.heartbeat_timeout_s,
+    )
     return service.to_public(job)
 
 

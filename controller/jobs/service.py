@@ -6,9 +6,11 @@ import logging
 import math
 import uuid
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+import redis
+from kombu.exceptions import OperationalError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
@@ -26,6 +28,8 @@ from node_agent.protocol import RunState, TraceRequest
 from node_agent.scope import cgroup_path_problem
 
 log = logging.getLogger(__name__)
+# What sending a task raises when Redis is away (kombu wraps it, after its own retries).
+BROKER_DOWN = (OperationalError, redis.RedisError, OSError)
 
 
 def validate(job_in: JobCreate, *, settings: Settings, may_run_custom: bool) -> dict[str, Any]:
@@ -171,12 +175,29 @@ def create(
     for _, run in to_send:
         run.dispatched_at = queued_at
     session.commit()
+    unsent: list[tuple[Run, Exception]] = []
     for host, run in to_send:
-        dispatcher.send(
-            host=host.name, request=trace_request(job, run), expires_s=settings.task_expiry_s
-        )
+        try:
+            dispatcher.send(
+                host=host.name, request=trace_request(job, run), expires_s=settings.task_expiry_s
+            )
+        except BROKER_DOWN as exc:
+            unsent.append((run, exc))
+    if unsent:
+        _not_queued(session=session, job=job, unsent=unsent)
     log.info("job %s: %s on %d hosts", job.id, job.program, len(hosts))
     return job
+
+
+def _not_queued(*, session: Session, job: Job, unsent: list[tuple[Run, Exception]]) -> None:
+    """Runs whose task never reached Redis end now, saying so, rather than expire as if their
+    host were away."""
+    for run, exc in unsent:
+        reason = f"not queued: the broker is unavailable ({exc})"
+        log.error("run %s (job %s) on %s: %s", run.id, job.id, run.host_name, reason)
+        set_run_state(session=session, run=run, state=RunState.failed, reason=reason)
+    refresh_state(session=session, job=job)
+    session.commit()
 
 
 def trace_request(job: Job, run: Run) -> TraceRequest:
@@ -302,11 +323,17 @@ def list_jobs(
     return list(rows), total
 
 
-def cancel(*, session: Session, dispatcher: Dispatcher, job: Job) -> Job:
-    """Ask every unfinished run to stop; runs not started yet end here and now."""
+def cancel(
+    *, session: Session, dispatcher: Dispatcher, job: Job, heartbeat_timeout_s: float
+) -> Job:
+    """Ask every unfinished run to stop; runs not started yet, or on a host that is away, end
+    here and now (an away host would never answer)."""
     if JobState(job.state).final:
         return job  # a finished job keeps its state: cancelling it is a no-op
     job.cancel_requested = True
+    now = utcnow()
+    names = {run.host_name for run in job.runs}
+    hosts = {h.name: h for h in session.scalars(select(Host).where(Host.name.in_(names)))}
     for run in job.runs:
         state = RunState(run.state)
         if state.final:
@@ -316,10 +343,25 @@ def cancel(*, session: Session, dispatcher: Dispatcher, job: Job) -> Job:
             set_run_state(
                 session=session, run=run, state=RunState.cancelled, reason="cancelled before start"
             )
+            continue
+        host = hosts.get(run.host_name)
+        if host is None or _away(host, timeout_s=heartbeat_timeout_s, now=now):
+            last = host.last_heartbeat if host is not None else None
+            seen = f"last heartbeat {last.isoformat(timespec='seconds')}" if last else "never seen"
+            set_run_state(
+                session=session,
+                run=run,
+                state=RunState.cancelled,
+                reason=f"cancelled while {run.host_name} was offline ({seen}); results so far kept",
+            )
     refresh_state(session=session, job=job)
     session.commit()
     log.info("job %s: cancel requested", job.id)
     return job
+
+
+def _away(host: Host, *, timeout_s: float, now: datetime) -> bool:
+    return hosts_service.state(host, timeout_s=timeout_s, now=now) != "online"
 
 
 def snapshot_counts(*, session: Session, job: Job) -> dict[str, int]:

@@ -33,6 +33,7 @@ from controller.db import make_engine, make_sessionmaker
 from controller.dispatch import CeleryDispatcher
 from controller.ingest.consumer import Ingest
 from controller.migrate import upgrade
+from controller.schedules.scheduler import Scheduler
 from controller.settings import Settings
 from node_agent.protocol import TraceRequest
 from node_agent.wire import client_url
@@ -424,3 +425,17 @@ def agent(
     factory = Agents(settings, client, tokens, tmp_path_factory.mktemp("agents"))
     yield factory
     factory.stop_all()
+
+
+@pytest.fixture
+def scheduler(
+    settings: Settings, sessions: sessionmaker[Session], dispatcher: RecordingDispatcher
+) -> Iterator[Scheduler]:
+    """The real schedule loop in a thread, with the real dispatcher, for one test."""
+    loop = Scheduler(settings, sessions, dispatcher, tick_s=0.2)
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run_forever, args=(stop,), daemon=True)
+    thread.start()
+    yield loop
+    stop.set()
+    thread.join(timeout=10)

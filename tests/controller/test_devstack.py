@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import redis
 
 from controller.devstack import HostSpec, Stack, StackConfig, down
 from controller.devstack.api import Api
@@ -174,6 +175,13 @@ def test_a_killed_agent_is_restarted_and_its_host_comes_back(stack: Stack) -> No
         api.close()
     assert final["state"] == "succeeded", final
     assert "restarting in 1s" in (config.logs_dir / f"{spec.name}-agent.log").read_text()
+
+
+def test_redis_keeps_an_append_only_file(stack: Stack) -> None:
+    # Queued tasks and pending cancel flags must survive a Redis restart (README: In production).
+    with redis.Redis.from_url(stack.config.redis_url) as client:
+        config = client.config_get("append*")
+    assert (config["appendonly"], config["appendfsync"]) == ("yes", "everysec"), config
 
 
 def test_teardown_leaves_no_namespace_cgroup_link_or_process(stack: Stack) -> None:
