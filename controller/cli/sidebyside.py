@@ -22,6 +22,7 @@ from node_agent.protocol import (
     RunState,
 )
 from node_agent.render import histogram_lines, samples_lines
+from node_agent.safe_text import printable
 
 TOP = 20
 HIST_DETAIL = 3  # bcc-style histograms for the busiest label sets only
@@ -148,10 +149,12 @@ def _run_note(run: RunPublic | None) -> str:
 
 
 def _key_cell(value: KeyValue, kind: str) -> str:
-    # A path or address says the most at its end.
+    # Escaped before the cut, so the width is what the terminal shows; a path or address
+    # says the most at its end.
+    text = printable(str(value))
     if kind in ("path", "addr"):
-        return clip(str(value), KEY_WIDTH, keep="end")
-    return clip(str(value), KEY_WIDTH)
+        return clip(text, KEY_WIDTH, keep="end")
+    return clip(text, KEY_WIDTH)
 
 
 def _counters(merged: CounterTable, columns: Sequence[_Column], top: int) -> list[Line]:
