@@ -17,6 +17,7 @@ from controller.dispatch import CeleryDispatcher, Dispatcher
 from controller.errors import ControllerError
 from controller.hosts.routes import router as hosts_router
 from controller.jobs.routes import router as jobs_router
+from controller.keys.store import KeyStore
 from controller.programs_routes import router as programs_router
 from controller.reports.routes import router as reports_router
 from controller.schedules.routes import router as schedules_router
@@ -41,7 +42,9 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = make_sessionmaker(engine)
-    app.state.dispatcher = dispatcher or CeleryDispatcher(settings.redis_url)
+    app.state.dispatcher = dispatcher or CeleryDispatcher(
+        settings.redis_url, KeyStore(settings.keys_dir)
+    )
     app.state.bootstrap_queue = bootstrap_queue or CeleryBootstrapQueue(settings.redis_url)
 
     @app.exception_handler(ControllerError)
