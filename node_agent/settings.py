@@ -39,4 +39,4 @@ class AgentSettings(BaseSettings):
     @property
     def seen_runs_file(self) -> Path:
         """Per host: agents of several local hosts may share one state dir."""
-        return self.state_dir / f"seen-runs.{self.host}.json"
+        return self.state_dir / f"seen-runs.{self.host}"

@@ -183,7 +183,7 @@ def remove_service(ctx: StepContext) -> StepStatus:
 def remove_files(ctx: StepContext) -> StepStatus:
     staging = f'"$(getent passwd {ctx.host.ssh_user} | cut -d: -f6)/{STAGING}"'
     home_staging = "" if ctx.as_root else f" {staging}"
-    seen = shlex.quote(f"{STATE_DIR}/seen-runs.{ctx.host.name}.json")
+    seen = shlex.quote(f"{STATE_DIR}/seen-runs.{ctx.host.name}")
     paths = f"{BASE} {CONFIG_FILE} {CONFIG_FILE}.tmp {TRUSTED_KEYS_FILE} {seen}{home_staging}"
     out = ctx.sh(
         f'found=; for p in {paths}; do [ -e "$p" ] && found="$found $p"; done;'

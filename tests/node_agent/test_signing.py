@@ -158,22 +158,34 @@ def test_trusted_keys_are_reread_when_the_file_changes(tmp_path: Path) -> None:
 
 
 def test_seen_runs_survive_a_restart_and_expired_ones_are_pruned(tmp_path: Path) -> None:
-    path = tmp_path / "state" / "seen-runs.web-1.json"
+    path = tmp_path / "state" / "seen-runs.web-1"
+    now = time.time()
     seen = SeenRuns(path)
-    seen.admit("old", keep_until=NOW + 10, now=NOW)
-    seen.admit("r1", keep_until=NOW + 100, now=NOW)
+    seen.admit("old", keep_until=now + 0.2)
+    seen.admit("r1", keep_until=now + 100)
     assert oct(path.stat().st_mode & 0o777) == "0o600"
-    again = SeenRuns(path)
     with pytest.raises(VerifyError) as caught:
-        again.admit("r1", keep_until=NOW + 100, now=NOW + 1)
+        SeenRuns(path).admit("r1", keep_until=now + 100)
     assert caught.value.reason.value == "replay"
-    again.admit("r2", keep_until=NOW + 100, now=NOW + 20)
-    assert "old" not in SeenRuns(path) and "r1" in SeenRuns(path)
+    time.sleep(0.3)
+    again = SeenRuns(path)  # a restart forgets what expired
+    assert "old" not in again and "r1" in again
 
 
-def test_a_corrupt_seen_runs_file_stops_the_agent_rather_than_forgetting(tmp_path: Path) -> None:
-    path = tmp_path / "seen.json"
-    path.write_text("{not json")
+def test_many_runs_keep_the_file_small(tmp_path: Path) -> None:
+    path = tmp_path / "seen"
+    seen = SeenRuns(path)
+    for i in range(2000):
+        seen.admit(f"run-{i}", keep_until=NOW + i, now=NOW + i)
+    assert len(path.read_text().splitlines()) < 600
+    assert "run-1999" in SeenRuns(path)
+
+
+def test_a_torn_last_line_is_ignored_and_a_corrupt_file_stops_the_agent(tmp_path: Path) -> None:
+    path = tmp_path / "seen"
+    path.write_text(f"r1 {time.time() + 100!r}\nr2 17")
+    assert "r1" in SeenRuns(path) and "r2" not in SeenRuns(path)
+    path.write_text("r1 nonsense\nr2 17\n")
     with pytest.raises(RuntimeError, match="seen-runs"):
         SeenRuns(path)
 
