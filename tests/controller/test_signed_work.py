@@ -355,3 +355,20 @@ def test_rotation_runs_tasks_of_the_old_and_the_new_key_then_retires_the_old(
     late = new_run_id()
     push(dispatcher, "sw-2", signed(settings, "sw-2", late, key=old_key).model_dump(mode="json"))
     assert refusal(redis_client, "sw-2", late).reason.value == "unknown_key"
+
+
+def test_an_agent_without_trusted_keys_says_so_and_refuses_everything(
+    agent: Agents,
+    settings: Settings,
+    dispatcher: RecordingDispatcher,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    lone = agent.start("sw-nokeys", trusted_keys=tmp_path / "absent.pub")
+    assert "trusts NO controller key" in lone.log_tail(20_000)
+    run_id = new_run_id()
+    push(dispatcher, "sw-nokeys", signed(settings, "sw-nokeys", run_id).model_dump(mode="json"))
+    got = refusal(redis_client, "sw-nokeys", run_id)
+    assert got.reason.value == "unknown_key" and "trusted: none" in got.detail
+    assert_nothing_ran(redis_client, lone, run_id)
+    agent.stop(lone)
