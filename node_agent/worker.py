@@ -85,8 +85,8 @@ class Agent:
         )
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        # Cancel values refused already, so a forged one is reported once, not every poll.
-        self._refused_cancels: set[bytes] = set()
+        # The cancel value last refused per run: a forged one is reported once, not every poll.
+        self._refused_cancels: dict[str, bytes] = {}
 
     def refuse(self, exc: VerifyError, what: str) -> None:
         """Nothing runs: log it, and tell the controller (each refusal is audited there)."""
@@ -120,12 +120,14 @@ class Agent:
             return TraceRequest.model_validate(verified.payload)
         except ValueError as exc:
             log.error("run %s: signed request does not validate: %s", verified.run_id, exc)
+            job_id = verified.payload.get("job_id")
             self.publisher.publish(
                 StateChange(
                     run_id=verified.run_id,
                     state=RunState.failed,
                     reason=f"unreadable request: {str(exc)[:500]}",
-                )
+                ),
+                job_id=job_id if isinstance(job_id, str) else None,
             )
             return None
 
@@ -137,8 +139,8 @@ class Agent:
         try:
             self.gate.check(value, action="cancel", run_id=run_id)
         except VerifyError as exc:
-            if value not in self._refused_cancels:
-                self._refused_cancels.add(value)
+            if self._refused_cancels.get(run_id) != value:
+                self._refused_cancels[run_id] = value
                 exc.run_id = exc.run_id or run_id
                 self.refuse(exc, "cancel")
             return False
@@ -193,6 +195,7 @@ class Agent:
             done.set()
             with self._lock:
                 self.running.pop(run_id, None)
+            self._refused_cancels.pop(run_id, None)
 
     def _watch_cancel(self, run_id: str, runner: TraceRunner, done: threading.Event) -> None:
         while not done.wait(CANCEL_POLL_S):
