@@ -207,7 +207,11 @@ def serve(
     """`fleettrace serve` (API + ingest in one process) on 127.0.0.1; yields its base URL."""
     port = free_port()
     env = controller_env(
-        database_url, redis_url, FLEETTRACE_API_HOST="127.0.0.1", FLEETTRACE_API_PORT=str(port)
+        database_url,
+        redis_url,
+        FLEETTRACE_API_HOST="127.0.0.1",
+        FLEETTRACE_API_PORT=str(port),
+        FLEETTRACE_KEYS_DIR=str(keys_dir(workdir)),  # made by serve's first start
     )
     env.update(extra)
     proc = subprocess.Popen(
@@ -235,11 +239,26 @@ def serve(
         stop_process(proc)
 
 
+def keys_dir(workdir: Path) -> Path:
+    return workdir / "keys"
+
+
+def trusted_keys_file(workdir: Path) -> Path:
+    """The controller's public keys, as bootstrap installs them on a host (serve made them)."""
+    from controller.keys.store import KeyStore
+
+    path = workdir / "controller-keys.pub"
+    path.write_text(KeyStore(keys_dir(workdir)).trusted_keys_text())
+    return path
+
+
 @contextlib.contextmanager
 def agent_worker(host: str, redis_url: str, log: IO[bytes], workdir: Path) -> Iterator[None]:
     """A real agent: `fleettrace-agent worker --host NAME`, consuming host.NAME."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETTRACE_")}
     env["FLEETTRACE_AGENT_CONFIG"] = str(workdir / "agent.env")  # no host config file
+    env["FLEETTRACE_TRUSTED_KEYS"] = str(trusted_keys_file(workdir))
+    env["FLEETTRACE_STATE_DIR"] = str(workdir / "agent-state")
     proc = subprocess.Popen(
         [str(BIN / "fleettrace-agent"), "worker", "--host", host, "--redis-url", redis_url],
         cwd=workdir,

@@ -45,6 +45,7 @@ from _stack import (
     redis_server,
     serve,
     stop_process,
+    trusted_keys_file,
     wait_for,
 )
 from sqlalchemy import func, select
@@ -64,6 +65,7 @@ from node_agent.protocol import (
     StreamEnvelope,
     TraceRequest,
 )
+from node_agent.trust import Gate, SeenRuns, TrustedKeys
 from node_agent.wire import EVENTS_STREAM, TASK_RUN_TRACE, celery_config, client_url
 
 PROGRAM = "syscalls"
@@ -119,6 +121,16 @@ def emulate(redis_url: str, hosts: int, concurrency: int, capabilities_file: Pat
                 )
             stop.wait(10.0)
 
+    # Each emulated agent verifies its tasks as a real one does (the cost is part of the fan-out).
+    gates = {
+        name: Gate(
+            host=name,
+            keys=TrustedKeys(capabilities_file.parent / "controller-keys.pub"),
+            seen=SeenRuns(capabilities_file.parent / "seen" / f"{name}.json"),
+            skew_s=30.0,
+        )
+        for name in names
+    }
     app = Celery("fleettrace-emulated-fleet")
     app.conf.update(celery_config(redis_url))
 
@@ -126,7 +138,7 @@ def emulate(redis_url: str, hosts: int, concurrency: int, capabilities_file: Pat
     def run_trace(task: Any, request: dict[str, Any]) -> str:
         queue = task.request.delivery_info.get("routing_key", "")
         host = queue.removeprefix("host.")
-        parsed = TraceRequest.model_validate(request)
+        parsed = TraceRequest.model_validate(gates[host].admit_run(request).payload)
         publish = publishers[host].publish
         started = time.time()
         publish(StateChange(run_id=parsed.run_id, state=RunState.running), job_id=parsed.job_id)
@@ -345,6 +357,7 @@ def fleet(redis_url: str, hosts: int, concurrency: int, workdir: Path, log: Any)
                 features={"tracepoints": True},  # type: ignore[dict-item]
             ).model_dump_json()
         )
+    trusted_keys_file(workdir)
     proc = subprocess.Popen(
         [
             sys.executable,

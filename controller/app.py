@@ -24,6 +24,7 @@ from controller.hosts.routes import router as hosts_router
 from controller.jobs.events import EventHub
 from controller.jobs.routes import router as jobs_router
 from controller.jobs.streams import StreamSlots
+from controller.keys.store import KeyStore
 from controller.programs_routes import router as programs_router
 from controller.reports.routes import router as reports_router
 from controller.schedules.routes import router as schedules_router
@@ -51,7 +52,9 @@ def create_app(
     app.state.sessions = make_sessionmaker(engine)
     app.state.events = EventHub(app.state.sessions, threads=settings.sse_poll_threads)
     app.state.stream_slots = StreamSlots(settings.sse_streams_per_token)
-    app.state.dispatcher = dispatcher or CeleryDispatcher(settings.redis_url)
+    app.state.dispatcher = dispatcher or CeleryDispatcher(
+        settings.redis_url, KeyStore(settings.keys_dir)
+    )
     app.state.bootstrap_queue = bootstrap_queue or CeleryBootstrapQueue(settings.redis_url)
 
     @app.exception_handler(ControllerError)

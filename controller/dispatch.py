@@ -1,4 +1,4 @@
-"""Sending work to agents: one Celery task per run on the host's own queue; cancel flags."""
+"""Sending work to agents: one signed Celery task per run on its host's queue; signed cancels."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from typing import Protocol
 import redis
 from celery import Celery
 
+from controller.keys.store import KeyStore
 from node_agent.protocol import TraceRequest
+from node_agent.signing import sign
 from node_agent.wire import (
     CANCEL_TTL_S,
     TASK_RUN_TRACE,
@@ -32,10 +34,12 @@ class Dispatcher(Protocol):
 
 
 class CeleryDispatcher:
-    """Tasks carry the request (ids and parameters), JSON only, with an expiry."""
+    """Tasks carry the request (ids and parameters), JSON only, signed for one host, with an
+    expiry both in Celery's header and inside the signature (a header can be stripped)."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, keys: KeyStore) -> None:
         self.redis_url = redis_url
+        self.keys = keys
 
     @cached_property
     def celery(self) -> Celery:
@@ -48,9 +52,17 @@ class CeleryDispatcher:
         return redis.Redis.from_url(client_url(self.redis_url))
 
     def send(self, *, host: str, request: TraceRequest, expires_s: float) -> None:
+        envelope = sign(
+            self.keys.signing_key(),
+            host=host,
+            run_id=request.run_id,
+            action="run",
+            payload=request.model_dump(mode="json"),
+            ttl_s=expires_s,
+        )
         self.celery.send_task(
             TASK_RUN_TRACE,
-            args=[request.model_dump(mode="json")],
+            args=[envelope.model_dump(mode="json")],
             queue=host_queue(host),
             routing_key=host_queue(host),
             expires=expires_s,
@@ -59,7 +71,16 @@ class CeleryDispatcher:
         log.info("run %s (job %s): queued for %s", request.run_id, request.job_id, host)
 
     def request_cancel(self, *, host: str, run_id: str) -> None:
-        self.redis.set(cancel_key(host, run_id), "1", ex=CANCEL_TTL_S)
+        """The cancel key's value is the signed cancel: an agent acts only on one that verifies."""
+        envelope = sign(
+            self.keys.signing_key(),
+            host=host,
+            run_id=run_id,
+            action="cancel",
+            payload={},
+            ttl_s=CANCEL_TTL_S,
+        )
+        self.redis.set(cancel_key(host, run_id), envelope.model_dump_json(), ex=CANCEL_TTL_S)
 
     def forget_host(self, *, host: str) -> None:
         """Drop a deleted host's queue: no agent will consume what waits there."""

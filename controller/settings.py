@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     ssh_auth_timeout_s: float = Field(default=15.0, gt=0)
     ssh_command_timeout_s: float = Field(default=600.0, gt=0)
     artifacts_dir: Path = Path("var/artifacts")
+    # The controller's Ed25519 signing keys (0700 directory, 0600 files): `fleettrace keys`.
+    keys_dir: Path = Path("var/keys")
     bootstrap_verify_timeout_s: float = Field(default=90.0, gt=0)
     worker_concurrency: int = Field(default=8, ge=1, le=256)
     # Live views (SSE): open streams each API token may hold in one controller process, and

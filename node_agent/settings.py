@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CONFIG_FILE = os.environ.get("FLEETTRACE_AGENT_CONFIG", "/etc/fleettrace/agent.env")
+TRUSTED_KEYS_FILE = Path("/etc/fleettrace/controller-keys.pub")
+STATE_DIR = Path("/var/lib/fleettrace")
 
 
 class AgentSettings(BaseSettings):
@@ -28,3 +31,14 @@ class AgentSettings(BaseSettings):
     cgroup: str | None = Field(
         default=None, description="cgroup v2 path every trace of this host is confined to"
     )
+    trusted_keys: Path = Field(
+        default=TRUSTED_KEYS_FILE,
+        description="the controller's public keys, one 'KEY_ID BASE64' per line",
+    )
+    state_dir: Path = Field(default=STATE_DIR, description="where accepted run ids are kept")
+    clock_skew_s: float = Field(default=30.0, ge=0, le=600)
+
+    @property
+    def seen_runs_file(self) -> Path:
+        """Per host: agents of several local hosts may share one state dir."""
+        return self.state_dir / f"seen-runs.{self.host}"

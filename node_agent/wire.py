@@ -34,7 +34,7 @@ def client_url(redis_url: str) -> str:
 
 
 def celery_config(redis_url: str) -> dict[str, Any]:
-    """JSON only (agents run as root: never pickle), no result backend, one task at a time each."""
+    """JSON only (agents run as root: never pickle), no result backend, no remote control."""
     return {
         "broker_url": broker_url(redis_url),
         "task_serializer": "json",
@@ -47,6 +47,8 @@ def celery_config(redis_url: str) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
+        # No broadcast commands (shutdown, pool changes, revoke) reach a worker through Redis.
+        "worker_enable_remote_control": False,
         "task_default_queue": "fleettrace.default",
         "broker_transport_options": {"visibility_timeout": 4 * 3600},
     }

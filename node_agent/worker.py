@@ -29,6 +29,8 @@ from node_agent.protocol import (
 )
 from node_agent.runner import ChildPool, TraceRunner
 from node_agent.settings import AgentSettings
+from node_agent.signing import Unreadable, VerifyError
+from node_agent.trust import Gate, SeenRuns, TrustedKeys
 from node_agent.wire import (
     EVENTS_STREAM,
     EVENTS_STREAM_MAXLEN,
@@ -77,8 +79,74 @@ class Agent:
         self.running: dict[str, TraceRunner] = {}
         self.capabilities: HostCapabilities | None = None
         self.pool = ChildPool()
+        self.gate = Gate(
+            host=settings.host,
+            keys=TrustedKeys(settings.trusted_keys),
+            seen=SeenRuns(settings.seen_runs_file),
+            skew_s=settings.clock_skew_s,
+        )
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        # The cancel value last refused per run: a forged one is reported once, not every poll.
+        self._refused_cancels: dict[str, bytes] = {}
+
+    def refuse(self, exc: VerifyError, what: str) -> None:
+        """Nothing runs: log it, and tell the controller (each refusal is audited there)."""
+        run_id = exc.run_id or "unknown"
+        log.error(
+            "host %s: refused %s of run %s: %s (%s)",
+            self.settings.host,
+            what,
+            run_id,
+            exc.reason.value,
+            exc.detail,
+        )
+        refusal = Refusal(
+            reason=exc.reason, detail=f"{what}: {exc.detail}"[:1024], run_id=exc.run_id
+        )
+        try:
+            self.publisher.publish(refusal)
+        except redis.RedisError as err:
+            log.warning(
+                "host %s: cannot report the refusal of run %s: %s", self.settings.host, run_id, err
+            )
+
+    def accept(self, task: object) -> TraceRequest | None:
+        """The request of a task that verifies (signature, host, expiry, replay), else None."""
+        try:
+            verified = self.gate.admit_run(task)
+        except VerifyError as exc:
+            self.refuse(exc, "task")
+            return None
+        try:
+            return TraceRequest.model_validate(verified.payload)
+        except ValueError as exc:
+            log.error("run %s: signed request does not validate: %s", verified.run_id, exc)
+            job_id = verified.payload.get("job_id")
+            self.publisher.publish(
+                StateChange(
+                    run_id=verified.run_id,
+                    state=RunState.failed,
+                    reason=f"unreadable request: {str(exc)[:500]}",
+                ),
+                job_id=job_id if isinstance(job_id, str) else None,
+            )
+            return None
+
+    def cancel_requested(self, run_id: str) -> bool:
+        """A cancel counts only when its value is signed by the controller for this host and run."""
+        value: bytes | None = self.redis.get(cancel_key(self.settings.host, run_id))  # type: ignore[assignment]
+        if value is None:
+            return False
+        try:
+            self.gate.check(value, action="cancel", run_id=run_id)
+        except VerifyError as exc:
+            if self._refused_cancels.get(run_id) != value:
+                self._refused_cancels[run_id] = value
+                exc.run_id = exc.run_id or run_id
+                self.refuse(exc, "cancel")
+            return False
+        return True
 
     def run(self, request: TraceRequest) -> StateChange:
         job_id = request.job_id
@@ -87,7 +155,7 @@ class Agent:
         def publish(event: RunEvent) -> None:
             self.publisher.publish(event, job_id=job_id)
 
-        if self.redis.exists(cancel_key(self.settings.host, run_id)):
+        if self.cancel_requested(run_id):
             final = StateChange(
                 run_id=run_id, state=RunState.cancelled, reason="cancelled before start"
             )
@@ -124,11 +192,12 @@ class Agent:
             done.set()
             with self._lock:
                 self.running.pop(run_id, None)
+            self._refused_cancels.pop(run_id, None)
 
     def _watch_cancel(self, run_id: str, runner: TraceRunner, done: threading.Event) -> None:
         while not done.wait(CANCEL_POLL_S):
             try:
-                if self.redis.exists(cancel_key(self.settings.host, run_id)):
+                if self.cancel_requested(run_id):
                     log.info("run %s: cancel requested", run_id)
                     runner.cancel()
                     return
@@ -193,16 +262,15 @@ def make_app(agent: Agent) -> Celery:
     app.conf.update(celery_config(agent.settings.redis_url))
 
     @app.task(name=TASK_RUN_TRACE, ignore_result=True)  # type: ignore[untyped-decorator]
-    def run_trace(request: dict[str, Any]) -> str:
-        try:
-            parsed = TraceRequest.model_validate(request)
-        except ValueError as exc:
-            run_id = (
-                str(request.get("run_id", "unknown")) if isinstance(request, dict) else "unknown"
-            )
-            log.error("run %s: unreadable request: %s", run_id, exc)
-            return "failed"
-        return agent.run(parsed).state.value
+    def run_trace(*args: Any, **kwargs: Any) -> str:
+        # Any shape is taken, so that every forged message is refused and reported, not dropped.
+        if len(args) != 1 or kwargs:
+            agent.refuse(Unreadable("not one signed envelope as its argument"), "task")
+            return "refused"
+        request = agent.accept(args[0])
+        if request is None:
+            return "refused"
+        return agent.run(request).state.value
 
     return app
 
@@ -211,6 +279,13 @@ def serve(settings: AgentSettings) -> None:
     """Join the fleet: heartbeat, then consume this host's queue until stopped."""
     agent = Agent(settings)
     app = make_app(agent)
+    trusted = agent.gate.trusted.keys()
+    if not trusted:
+        log.error(
+            "agent %s trusts NO controller key (%s is missing or empty): it will refuse ALL work",
+            settings.host,
+            settings.trusted_keys,
+        )
     beat = threading.Thread(target=agent.heartbeat_forever, name="heartbeat", daemon=True)
     beat.start()
     threading.Thread(target=agent.pool.refill, name="child-pool", daemon=True).start()
@@ -229,6 +304,7 @@ def serve(settings: AgentSettings) -> None:
                 f"{settings.host}@{os.uname().nodename}",
                 "--without-gossip",
                 "--without-mingle",
+                "--without-heartbeat",
                 "--loglevel",
                 "INFO",
             ]

@@ -9,12 +9,14 @@ from controller.bootstrap.preflight import target_platform
 from controller.bootstrap.steps import (
     CONFIG_FILE,
     STAGING,
+    TRUSTED_KEYS_FILE,
     VENV,
     WHEELS,
     Facts,
     StepContext,
     StepFailed,
 )
+from controller.keys.store import KeyStore
 
 APT_ENV = "DEBIAN_FRONTEND=noninteractive"
 APT_INSTALL = f"{APT_ENV} apt-get install -y -q --no-install-recommends"
@@ -206,12 +208,30 @@ def _number(value: float | None) -> str | None:
     return None if value is None else f"{value:g}"
 
 
+def trusted_keys_text(ctx: StepContext) -> bytes:
+    """The controller's public keys: the agent runs only work that one of them signed."""
+    store = KeyStore(ctx.settings.keys_dir)
+    if store.signing_id() is None:
+        raise StepFailed(
+            f"the controller has no signing key in {store.dir}: run `fleettrace keys init`"
+        )
+    return store.trusted_keys_text().encode()
+
+
 def config(ctx: StepContext) -> StepStatus:
     data = config_text(ctx)
     keys = [line.split("=", 1)[0] for line in data.decode().splitlines()[1:]]
+    # The agent re-reads its trusted keys when they change: a new key needs no restart.
+    trusted = trusted_keys_text(ctx)
+    keys_changed = ctx.ensure_file(TRUSTED_KEYS_FILE, trusted, 0o644)
+    if keys_changed:
+        ids = [
+            line.split()[0] for line in trusted.decode().splitlines() if not line.startswith("#")
+        ]
+        ctx.log(f"wrote {TRUSTED_KEYS_FILE} (controller keys {', '.join(ids)})")
     if not ctx.ensure_file(CONFIG_FILE, data, 0o600):
         ctx.log(f"{CONFIG_FILE} is up to date (mode 0600: {', '.join(keys)})")
-        return StepStatus.ok
+        return StepStatus.changed if keys_changed else StepStatus.ok
     ctx.log(f"wrote {CONFIG_FILE} (mode 0600: {', '.join(keys)})")
     ctx.need_restart("config changed")
     return StepStatus.changed

@@ -31,6 +31,10 @@ RUN_DIR = f"{BASE}/run"
 LOG_DIR = f"{BASE}/log"
 CONFIG_DIR = "/etc/fleettrace"
 CONFIG_FILE = f"{CONFIG_DIR}/agent.env"
+# The controller's public keys the agent trusts (its default FLEETTRACE_TRUSTED_KEYS).
+TRUSTED_KEYS_FILE = f"{CONFIG_DIR}/controller-keys.pub"
+# Where the agent keeps the run ids it accepted (its default FLEETTRACE_STATE_DIR).
+STATE_DIR = "/var/lib/fleettrace"
 UNIT_NAME = "fleettrace-agent.service"
 UNIT_FILE = f"/etc/systemd/system/{UNIT_NAME}"
 SUPERVISOR = f"{BIN}/fleettrace-supervise"

@@ -3,6 +3,7 @@ and taking it all away again (uninstall)."""
 
 from __future__ import annotations
 
+import shlex
 import time
 from datetime import timedelta
 
@@ -14,7 +15,9 @@ from controller.bootstrap.steps import (
     LOG_DIR,
     RUN_DIR,
     STAGING,
+    STATE_DIR,
     SUPERVISOR,
+    TRUSTED_KEYS_FILE,
     UNIT_FILE,
     UNIT_NAME,
     StepContext,
@@ -180,10 +183,12 @@ def remove_service(ctx: StepContext) -> StepStatus:
 def remove_files(ctx: StepContext) -> StepStatus:
     staging = f'"$(getent passwd {ctx.host.ssh_user} | cut -d: -f6)/{STAGING}"'
     home_staging = "" if ctx.as_root else f" {staging}"
-    paths = f"{BASE} {CONFIG_FILE} {CONFIG_FILE}.tmp{home_staging}"
+    seen = shlex.quote(f"{STATE_DIR}/seen-runs.{ctx.host.name}")
+    paths = f"{BASE} {CONFIG_FILE} {CONFIG_FILE}.tmp {TRUSTED_KEYS_FILE} {seen}{home_staging}"
     out = ctx.sh(
         f'found=; for p in {paths}; do [ -e "$p" ] && found="$found $p"; done;'
-        f' rm -rf {paths}; rmdir {CONFIG_DIR} 2>/dev/null; echo "removed:$found"',
+        f" rm -rf {paths}; rmdir {CONFIG_DIR} {STATE_DIR} 2>/dev/null;"
+        ' echo "removed:$found"',
         what="removing files",
         show=False,
     ).stdout.strip()
@@ -197,7 +202,8 @@ def remove_files(ctx: StepContext) -> StepStatus:
 
 def verify_removed(ctx: StepContext) -> StepStatus:
     left = ctx.sh(
-        f'for p in {BASE} {CONFIG_FILE} {UNIT_FILE}; do [ -e "$p" ] && echo "$p"; done; true',
+        f"for p in {BASE} {CONFIG_FILE} {TRUSTED_KEYS_FILE} {UNIT_FILE};"
+        ' do [ -e "$p" ] && echo "$p"; done; true',
         show=False,
     ).stdout.split()
     if left:

@@ -120,6 +120,7 @@ def serve_worker(settings: Settings, *, concurrency: int | None = None) -> None:
             f"controller-{os.getpid()}@{os.uname().nodename}",
             "--without-gossip",
             "--without-mingle",
+            "--without-heartbeat",
             "--loglevel",
             "INFO",
         ]

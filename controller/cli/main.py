@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import NoReturn
 
-from controller.cli import audit, client, report, schedules, server
+from controller.cli import audit, client, keys, report, schedules, server
 from controller.cli.errors import CliError
 from controller.devstack import cli as devstack_cli
 from node_agent.safe_text import printable
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     server.add_commands(sub)
+    keys.add_commands(sub)
     client.add_commands(sub)
     report.add_commands(sub)
     schedules.add_commands(sub)

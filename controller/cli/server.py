@@ -147,9 +147,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def _run_scheduler(settings: Settings, stop: threading.Event) -> None:
     from controller.dispatch import CeleryDispatcher
+    from controller.keys.store import KeyStore
     from controller.schedules.scheduler import Scheduler
 
-    Scheduler(settings, _sessions(settings), CeleryDispatcher(settings.redis_url)).run_forever(stop)
+    dispatcher = CeleryDispatcher(settings.redis_url, KeyStore(settings.keys_dir))
+    Scheduler(settings, _sessions(settings), dispatcher).run_forever(stop)
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
@@ -220,6 +222,23 @@ def _tls(args: argparse.Namespace, settings: Settings) -> tuple[Path | None, Pat
     return cert, key
 
 
+def ensure_keys(settings: Settings) -> None:
+    """The first `serve` makes the signing key (as `fleettrace keys init` would)."""
+    from controller.keys.store import KeyStore
+
+    store = KeyStore(settings.keys_dir)
+    kid, created = store.init()
+    if created:
+        log.warning(
+            "created signing key %s in %s: install `fleettrace keys export` on hosts"
+            " as /etc/fleettrace/controller-keys.pub (bootstrap does it)",
+            kid,
+            settings.keys_dir,
+        )
+    else:
+        log.info("signing with key %s from %s", kid, settings.keys_dir)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from controller.app import create_app
     from controller.cli.http import is_loopback
@@ -236,6 +255,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             host,
         )
     upgrade(settings.database_url)
+    ensure_keys(settings)
     app = create_app(settings)
     server = _server(
         app,

@@ -138,6 +138,11 @@ class StackConfig:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def keys_dir(self) -> Path:
+        """The stack controller's signing keys (FLEETTRACE_KEYS_DIR)."""
+        return self.state_dir / "keys"
+
+    @property
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
 

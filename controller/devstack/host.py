@@ -9,6 +9,10 @@ from typing import Protocol
 
 from controller.devstack import supervise, system, workload
 from controller.devstack.config import HostSpec, StackConfig
+from controller.keys.store import KeyStore
+
+# Inside the host's namespace this is /etc/fleettrace/controller-keys.pub, the agent's default.
+TRUSTED_KEYS_NAME = "controller-keys.pub"
 
 WORKLOAD_DIR = "fleettrace-demo"
 # Runs in a host's fresh mount and UTS namespaces: name it, give it its own /opt,
@@ -62,11 +66,17 @@ def write_files(config: StackConfig, host: HostSpec, *, agent: bool = True) -> N
     (home / "hosts").write_text(f"{machine.rstrip()}\n127.0.1.1\t{host.name}\n".lstrip())
     if not agent:
         return
+    # As bootstrap installs them: the agent runs only work signed by one of these keys.
+    trusted = home / "etc" / TRUSTED_KEYS_NAME
+    trusted.write_text(KeyStore(config.keys_dir).trusted_keys_text())
+    trusted.chmod(0o644)
     (home / "etc" / "agent.env").write_text(
         f"FLEETTRACE_HOST={host.name}\n"
         f"FLEETTRACE_REDIS_URL={config.redis_url}\n"
         f"FLEETTRACE_CGROUP={config.host_cgroup(host.name)}\n"
         f"FLEETTRACE_HEARTBEAT_S={config.heartbeat_s:g}\n"
+        # The host's private /opt: its accepted run ids go when the stack goes.
+        f"FLEETTRACE_STATE_DIR=/opt/fleettrace/state\n"
     )
 
 

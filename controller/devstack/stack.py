@@ -23,6 +23,7 @@ from controller.devstack import host, system
 from controller.devstack.api import Api
 from controller.devstack.config import DevstackError, HostSpec, StackConfig, load
 from controller.devstack.teardown import down
+from controller.keys.store import KeyStore
 
 log = logging.getLogger(__name__)
 NEEDED = ("redis-server", "ip", "nsenter", "unshare", "mount", "sh")
@@ -231,6 +232,7 @@ class Stack:
             {
                 "FLEETTRACE_DATABASE_URL": config.database_url,
                 "FLEETTRACE_REDIS_URL": config.redis_url,
+                "FLEETTRACE_KEYS_DIR": str(config.keys_dir),
                 "FLEETTRACE_HEARTBEAT_TIMEOUT_S": str(self._heartbeat_timeout_s()),
                 "FLEETTRACE_ARTIFACTS_DIR": os.environ.get("FLEETTRACE_ARTIFACTS_DIR")
                 or str(artifacts_dir(config)),
@@ -248,6 +250,8 @@ class Stack:
         config = self.config
         env = self._controller_env(exports)
         fleettrace = host.fleettrace_command("fleettrace", "controller.cli")
+        kid, _ = KeyStore(config.keys_dir).init()
+        self.progress(f"controller signing key {kid} in {config.keys_dir}")
         self.progress("creating the database and an admin token")
         created = subprocess.run(
             [*fleettrace, "tokens", "create", "--name", "devstack", "--role", "admin"],

@@ -32,6 +32,7 @@ from controller.auth.models import Role
 from controller.db import make_engine, make_sessionmaker
 from controller.dispatch import CeleryDispatcher
 from controller.ingest.consumer import Ingest
+from controller.keys.store import KeyStore
 from controller.migrate import upgrade
 from controller.schedules.scheduler import Scheduler
 from controller.settings import Settings
@@ -199,10 +200,21 @@ def settings_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def settings(database_url: str, redis_url: str, settings_overrides: dict[str, Any]) -> Settings:
+def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's controller signing keys (a module may rotate them without harming others)."""
+    path = tmp_path_factory.mktemp("keys") / "keys"
+    KeyStore(path).init()
+    return path
+
+
+@pytest.fixture(scope="module")
+def settings(
+    database_url: str, redis_url: str, keys_dir: Path, settings_overrides: dict[str, Any]
+) -> Settings:
     values: dict[str, Any] = {
         "database_url": database_url,
         "redis_url": redis_url,
+        "keys_dir": keys_dir,
         "task_expiry_s": 10.0,
         "heartbeat_timeout_s": 5.0,
         "max_duration_s": 600.0,
@@ -229,8 +241,8 @@ def sessions(engine: Engine) -> sessionmaker[Session]:
 class RecordingDispatcher(CeleryDispatcher):
     """The real Celery dispatcher, remembering what it sent so tests can check it."""
 
-    def __init__(self, redis_url: str) -> None:
-        super().__init__(redis_url)
+    def __init__(self, redis_url: str, keys: KeyStore) -> None:
+        super().__init__(redis_url, keys)
         self.sent: list[tuple[str, TraceRequest]] = []
         self.cancels: list[str] = []
 
@@ -245,7 +257,7 @@ class RecordingDispatcher(CeleryDispatcher):
 
 @pytest.fixture(scope="module")
 def dispatcher(settings: Settings) -> Iterator[RecordingDispatcher]:
-    dispatcher = RecordingDispatcher(settings.redis_url)
+    dispatcher = RecordingDispatcher(settings.redis_url, KeyStore(settings.keys_dir))
     yield dispatcher
     made = vars(dispatcher)  # cached_property: only what was used exists
     if "celery" in made:
@@ -364,8 +376,22 @@ class Agents:
         self.logs = logs
         self.started: list[AgentProcess] = []
 
+    def trusted_keys_file(self) -> Path:
+        """The controller's public keys as bootstrap installs them, refreshed from its keys dir."""
+        path = self.logs / "controller-keys.pub"
+        path.write_text(KeyStore(self.settings.keys_dir).trusted_keys_text())
+        return path
+
+    def state_dir(self, host: str) -> Path:
+        return self.logs / f"state-{host}"
+
     def start(
-        self, host: str, cgroup: str | Path | None = None, *, wait: bool = True
+        self,
+        host: str,
+        cgroup: str | Path | None = None,
+        *,
+        wait: bool = True,
+        trusted_keys: Path | None = None,
     ) -> AgentProcess:
         """Start an agent; with wait, return once its host is online with capabilities."""
         argv = [str(BIN / "fleettrace-agent"), "worker", "--host", host]
@@ -373,12 +399,18 @@ class Agents:
         if cgroup is not None:
             argv += ["--cgroup", str(cgroup)]
         log = self.logs / f"agent-{host}.log"
+        env = clean_env(
+            FLEETTRACE_HEARTBEAT_S="0.5",
+            FLEETTRACE_AGENT_CONFIG=os.devnull,
+            FLEETTRACE_TRUSTED_KEYS=str(trusted_keys or self.trusted_keys_file()),
+            FLEETTRACE_STATE_DIR=str(self.state_dir(host)),
+        )
         with log.open("ab") as out:
             proc = subprocess.Popen(
                 argv,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=clean_env(FLEETTRACE_HEARTBEAT_S="0.5", FLEETTRACE_AGENT_CONFIG=os.devnull),
+                env=env,
                 start_new_session=True,
             )
         agent = AgentProcess(host, None if cgroup is None else str(cgroup), proc, log)

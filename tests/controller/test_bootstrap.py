@@ -70,6 +70,7 @@ def _wait_runs(api: httpx.Client, runs: dict[str, str], timeout_s: float) -> dic
     """Poll each host's latest run until the one started (by id) is final."""
     deadline = time.monotonic() + timeout_s
     done: dict[str, Any] = {}
+    where: dict[str, str] = {}
     while len(done) < len(runs):
         for host, run_id in runs.items():
             if host in done:
@@ -77,12 +78,16 @@ def _wait_runs(api: httpx.Client, runs: dict[str, str], timeout_s: float) -> dic
             run = _ok(api.get(f"/v1/hosts/{host}/bootstrap"))
             if run["id"] == run_id and run["state"] in FINAL:
                 done[host] = run
-        assert time.monotonic() < deadline, f"runs not final after {timeout_s}s: {runs}"
+            steps = [f"{s['name']}={s['status']}" for s in run.get("steps", [])]
+            where[host] = f"{run['state']}: {' '.join(steps)}"
+        assert time.monotonic() < deadline, f"runs not final after {timeout_s}s: {where}"
         time.sleep(0.25)
     return done
 
 
-def _bootstrap(api: httpx.Client, hosts: list[str], timeout_s: float = 150) -> dict[str, Any]:
+# A deadline, not a speed check: pip installing on three hosts at once took over 150 s on a
+# machine shared with other test suites (load ~12 on 2 CPUs).
+def _bootstrap(api: httpx.Client, hosts: list[str], timeout_s: float = 300) -> dict[str, Any]:
     body = {"hosts": hosts, "parallel": len(hosts), "options": OPTIONS}
     batch = _ok(api.post("/v1/hosts/bootstrap", json=body))
     return _wait_runs(api, {r["host"]: r["id"] for r in batch["runs"]}, timeout_s)

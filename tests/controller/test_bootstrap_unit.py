@@ -41,14 +41,16 @@ from controller.bootstrap.models import (
 from controller.bootstrap.redact import Redactor, redact, url_secrets
 from controller.bootstrap.runner import Executor, execute_run
 from controller.bootstrap.ssh import HostKeyRejected, SshTarget, Unreachable
-from controller.bootstrap.steps import CONFIG_FILE, SUPERVISOR
+from controller.bootstrap.steps import CONFIG_FILE, SUPERVISOR, TRUSTED_KEYS_FILE
 from controller.bootstrap.tasks import ThreadQueue
 from controller.cli.bootstrap import Watch
 from controller.db import make_engine, make_sessionmaker, session_scope, utcnow
 from controller.hosts import service as hosts_service
 from controller.hosts.models import Host, HostCreate
+from controller.keys.store import KeyStore
 from controller.migrate import alembic_config, upgrade
 from controller.settings import Settings
+from node_agent.signing import parse_trusted_keys
 from tests.controller.bootstrap_fakes import (
     FINGERPRINT,
     FakeArtifacts,
@@ -117,7 +119,9 @@ def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
+    KeyStore(tmp_path / "keys").init()
     return Settings(
+        keys_dir=tmp_path / "keys",
         database_url=f"sqlite:///{tmp_path / 'fleettrace.db'}",
         redis_url="redis://127.0.0.1:1/0",
         agent_redis_url=AGENT_URL,
@@ -255,6 +259,33 @@ def test_first_bootstrap_changes_everything_and_a_rerun_changes_nothing(lab: Lab
     assert len(machine.uploads) == 3, "nothing is sent again"
     assert machine.starts == 1, "a running agent is left alone"
     assert not [c for c in later if "pip install" in c or "cat > " in c or "nohup" in c]
+
+
+def test_the_controller_keys_are_installed_and_a_new_key_needs_no_restart(
+    lab: Lab, settings: Settings
+) -> None:
+    machine = lab.add("web-1")
+    lab.run("web-1")
+    data, mode = machine.files[TRUSTED_KEYS_FILE]
+    store = KeyStore(settings.keys_dir)
+    assert mode == 0o644 and set(parse_trusted_keys(data.decode())[0]) == {store.signing_id()}
+    new = store.prepare()
+    run = lab.run("web-1")
+    assert statuses(run)["config"] == "changed" and statuses(run)["service"] == "ok"
+    assert machine.starts == 1, "the agent re-reads its trusted keys by itself"
+    assert new in parse_trusted_keys(machine.files[TRUSTED_KEYS_FILE][0].decode())[0]
+    assert f"controller keys {store.signing_id()}, {new}" in output(run, "config")
+
+
+def test_bootstrap_refuses_to_install_an_agent_that_would_trust_no_key(
+    lab: Lab, settings: Settings
+) -> None:
+    lab.add("web-1")
+    for key in settings.keys_dir.iterdir():
+        key.unlink()
+    run = lab.run("web-1")
+    assert run["state"] == "failed" and statuses(run)["config"] == "failed"
+    assert "fleettrace keys init" in output(run, "config")
 
 
 def test_a_newer_agent_is_uploaded_installed_and_restarted(lab: Lab) -> None:

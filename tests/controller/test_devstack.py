@@ -18,7 +18,9 @@ from controller.devstack import HostSpec, Stack, StackConfig, down
 from controller.devstack.api import Api
 from controller.devstack.host import agent_pidfile
 from controller.devstack.system import NETNS_DIR, cgroup_path
+from controller.keys.store import KeyStore
 from node_agent.scope import cgroup2_mount
+from node_agent.signing import parse_trusted_keys
 from tests.controller.support import wait_for
 
 pytestmark = pytest.mark.bcc
@@ -90,6 +92,8 @@ def test_each_host_has_its_own_namespaces_and_cgroup(stack: Stack) -> None:
         assert _inside(agent, "hostname").strip() == host.name
         agent_env = _inside(agent, "cat", "/etc/fleettrace/agent.env")
         assert f"FLEETTRACE_HOST={host.name}\n" in agent_env
+        trusted = _inside(agent, "cat", "/etc/fleettrace/controller-keys.pub")
+        assert set(parse_trusted_keys(trusted)[0]) == {KeyStore(config.keys_dir).signing_id()}
         assert _inside(agent, "ls", "/opt").split() == ["fleettrace-demo"]
         netns = NETNS_DIR / config.netns(host.name)
         assert os.stat(f"/proc/{agent}/ns/net").st_ino == os.stat(netns).st_ino
