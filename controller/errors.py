@@ -28,3 +28,9 @@ class Conflict(ControllerError):
 
 class Forbidden(ControllerError):
     status = 403
+
+
+class Unavailable(ControllerError):
+    """A dependency (Redis, the database) is away: try again."""
+
+    status = 503

@@ -65,7 +65,7 @@ def get_job(job_id: IdPath, session: SessionDep, _: Viewer) -> JobPublic:
     return service.to_public(job, snapshots=service.snapshot_counts(session=session, job=job))
 
 
-@router.post("/{job_id}/cancel", operation_id="cancel_job", responses=errors(404))
+@router.post("/{job_id}/cancel", operation_id="cancel_job", responses=errors(404, 503))
 def cancel_job(
     job_id: IdPath,
     session: SessionDep,

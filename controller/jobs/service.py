@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from controller.db import utcnow
 from controller.dispatch import Dispatcher
-from controller.errors import Forbidden, InvalidRequest
+from controller.errors import Forbidden, InvalidRequest, Unavailable
 from controller.hosts import service as hosts_service
 from controller.hosts.models import Host
 from controller.jobs.models import Job, JobCreate, JobEvent, JobPublic, JobState, Run, RunPublic
@@ -334,11 +334,16 @@ def cancel(
     now = utcnow()
     names = {run.host_name for run in job.runs}
     hosts = {h.name: h for h in session.scalars(select(Host).where(Host.name.in_(names)))}
+    unsent: list[str] = []
     for run in job.runs:
         state = RunState(run.state)
         if state.final:
             continue
-        dispatcher.request_cancel(host=run.host_name, run_id=run.id)
+        try:
+            dispatcher.request_cancel(host=run.host_name, run_id=run.id)
+        except BROKER_DOWN as exc:
+            log.warning("job %s: cannot send the cancel of run %s: %s", job.id, run.id, exc)
+            unsent.append(run.host_name)
         if state is RunState.pending:
             set_run_state(
                 session=session, run=run, state=RunState.cancelled, reason="cancelled before start"
@@ -357,6 +362,12 @@ def cancel(
     refresh_state(session=session, job=job)
     session.commit()
     log.info("job %s: cancel requested", job.id)
+    busy = sorted({r.host_name for r in job.runs if not RunState(r.state).final} & set(unsent))
+    if busy:
+        raise Unavailable(
+            f"the broker is unavailable: {', '.join(busy)} could not be told to stop"
+            " (runs not started yet, or on hosts that are away, are cancelled); try again"
+        )
     return job
 
 

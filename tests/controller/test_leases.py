@@ -250,3 +250,33 @@ def test_cancel_on_an_away_host_ends_the_run_at_once(
     assert {away_run, here_run} <= set(dispatcher.cancels)
     fleet.send(here, state(here_run, "cancelled"), job=here_job)
     assert fleet.run(here_job)["job_state"] == "cancelled"
+
+
+def test_cancel_while_the_broker_is_down_is_a_503_and_ends_what_it_can(
+    fleet: Fleet,
+    client: TestClient,
+    tokens: Tokens,
+    dispatcher: RecordingDispatcher,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (away, away_job, _), (here, here_job, here_run) = (
+        fleet.job_on_new_host(),
+        fleet.job_on_new_host(),
+    )
+    fleet.silence(away, TIMEOUT_S + 1)
+
+    def broker_down(*, host: str, run_id: str) -> None:
+        raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(dispatcher, "request_cancel", broker_down)
+    answer = client.post(f"/v1/jobs/{here_job}/cancel", headers=tokens.headers("operator"))
+    assert answer.status_code == 503, answer.text
+    assert f"{here} could not be told to stop" in answer.json()["detail"]
+    assert fleet.run(here_job)["state"] == "running"
+    answer = client.post(f"/v1/jobs/{away_job}/cancel", headers=tokens.headers("operator"))
+    assert answer.status_code == 200, "an away host's run ends here, broker or not"
+    assert fleet.run(away_job)["state"] == "cancelled"
+    monkeypatch.undo()
+    answer = client.post(f"/v1/jobs/{here_job}/cancel", headers=tokens.headers("operator"))
+    assert answer.status_code == 200, "tried again once the broker is back"
+    assert here_run in dispatcher.cancels
