@@ -6,9 +6,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from controller.api.deps import Admin, SessionDep, SettingsDep, Viewer
+from controller.api.deps import Admin, IdentitiesDep, SessionDep, SettingsDep, Viewer
 from controller.hosts import service
-from controller.hosts.models import HostCreate, HostPublic, HostsPublic, HostUpdate
+from controller.hosts.identity import Credential
+from controller.hosts.models import (
+    HostCreate,
+    HostCreated,
+    HostJoin,
+    HostPublic,
+    HostsPublic,
+    HostUpdate,
+)
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
 
@@ -48,12 +56,38 @@ def list_hosts(
 
 @router.post("", operation_id="create_host", status_code=status.HTTP_201_CREATED)
 def create_host(
-    host_in: HostCreate, session: SessionDep, settings: SettingsDep, _: Admin
-) -> HostPublic:
-    """Register a host by name, address and labels."""
+    host_in: HostCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    identities: IdentitiesDep,
+    _: Admin,
+) -> HostCreated:
+    """Register a host by name, address and labels; its Redis identity is shown once."""
     host = service.create(session=session, host_in=host_in)
+    credential = service.issue_identity(host=host, identities=identities)
     session.commit()
-    return service.to_public(host, timeout_s=settings.heartbeat_timeout_s)
+    identities.hosts_changed()
+    identities.apply(host.name, host.agent_secret_sha256 or "")
+    public = service.to_public(host, timeout_s=settings.heartbeat_timeout_s)
+    return HostCreated(**public.model_dump(), join=_join(credential))
+
+
+@router.post("/{name}/credential", operation_id="issue_host_credential")
+def issue_host_credential(
+    name: str, session: SessionDep, identities: IdentitiesDep, _: Admin
+) -> HostJoin:
+    """Issue the host a new Redis identity (the old one stops working); shown once."""
+    host = service.get(session=session, name=name)
+    if host is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no host {name!r}")
+    credential = service.issue_identity(host=host, identities=identities)
+    session.commit()
+    identities.apply(host.name, host.agent_secret_sha256 or "")
+    return _join(credential)
+
+
+def _join(credential: Credential) -> HostJoin:
+    return HostJoin(redis_url=credential.redis_url, command=credential.join_command)
 
 
 @router.get("/{name}", operation_id="get_host")
@@ -79,10 +113,11 @@ def update_host(
 
 
 @router.delete("/{name}", operation_id="delete_host", status_code=status.HTTP_204_NO_CONTENT)
-def delete_host(name: str, session: SessionDep, _: Admin) -> None:
-    """Forget a host (its past runs stay)."""
+def delete_host(name: str, session: SessionDep, identities: IdentitiesDep, _: Admin) -> None:
+    """Forget a host (its past runs stay); its Redis identity stops working."""
     host = service.get(session=session, name=name)
     if host is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no host {name!r}")
     session.delete(host)
     session.commit()
+    identities.revoke(name, forget=True)

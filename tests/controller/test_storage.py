@@ -31,7 +31,7 @@ from node_agent.protocol import (
     StackCount,
     StateChange,
 )
-from node_agent.wire import EVENTS_STREAM
+from node_agent.wire import events_stream
 from tests.controller.conftest import RecordingDispatcher, Tokens
 from tests.controller.support import (
     capabilities,
@@ -71,24 +71,31 @@ class Feeder:
         self, host: str, *events: Snapshot | StateChange | Heartbeat, job_id: str | None = None
     ) -> None:
         for event in events:
-            self.ingest.redis.xadd(EVENTS_STREAM, {"data": envelope(host, event, job_id)})
+            self.ingest.redis.xadd(events_stream(host), {"data": envelope(host, event, job_id)})
         self.drain()
 
     def drain(self) -> None:
+        self.ingest.refresh_hosts(force=True)
         for _ in range(100):
             if self.ingest.step(block_ms=50) == 0 and self.pending() == 0 and self.lag() == 0:
                 return
         raise AssertionError("ingest did not drain the stream")
 
     def pending(self) -> int:
-        info: Any = self.ingest.redis.xpending(EVENTS_STREAM, self.ingest.group)
-        return int(info["pending"])
+        self.ingest.refresh_hosts()
+        total = 0
+        for host in self.ingest.hosts:
+            info: Any = self.ingest.redis.xpending(events_stream(host), self.ingest.group)
+            total += int(info["pending"])
+        return total
 
     def lag(self) -> int:
-        for group in self.ingest.redis.xinfo_groups(EVENTS_STREAM):
-            if group["name"] in (self.ingest.group, self.ingest.group.encode()):
-                return int(group.get("lag") or 0)
-        return 0
+        total = 0
+        for host in self.ingest.hosts:
+            for group in self.ingest.redis.xinfo_groups(events_stream(host)):
+                if group["name"] in (self.ingest.group, self.ingest.group.encode()):
+                    total += int(group.get("lag") or 0)
+        return total
 
 
 def _hosts(client: TestClient, tokens: Tokens, n: int) -> list[str]:
@@ -167,7 +174,7 @@ def test_entries_stored_but_not_acked_before_a_crash_are_not_stored_twice(
     run_id = job["runs"][0]["id"]
     for seq in range(3):
         data = envelope(host, snapshot(run_id, seq, [counters("c", {"x": seq})]), job["id"])
-        redis_client.xadd(EVENTS_STREAM, {"data": data})
+        redis_client.xadd(events_stream(host), {"data": data})
     # The first consumer reads and commits, then dies before its XACK.
     crashed = Ingest(settings, sessions, redis_client)
     entries = crashed._read(block_ms=100)
