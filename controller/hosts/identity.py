@@ -8,13 +8,15 @@ enough to put the user back after a Redis restart and never enough to act as the
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import secrets
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import redis
 
@@ -29,7 +31,11 @@ from node_agent.wire import (
     host_queue,
     unacked_keys,
     valid_host,
+    without_credentials,
 )
+
+if TYPE_CHECKING:
+    from controller.hosts.models import Host
 
 log = logging.getLogger(__name__)
 # Bumped when a host is added or removed: ingest reads the new set of streams at once.
@@ -145,6 +151,29 @@ class Identities:
         """(sha256 to keep, the credential to show once) for a host."""
         secret = secrets.token_urlsafe(32)
         return digest(secret), Credential(host, agent_url(self.agents_url, host, secret))
+
+    def holds(self, host: Host, url: str | None) -> bool:
+        """Whether `url` is the host's current identity, at the agents' Redis."""
+        if not url or host.agent_secret_sha256 is None:
+            return False
+        try:
+            parts = urlsplit(url)
+            secret, user = parts.password, parts.username
+        except ValueError:
+            return False
+        return (
+            user == agent_user(host.name)
+            and secret is not None
+            and without_credentials(url) == self.agents_url
+            and hmac.compare_digest(digest(secret), host.agent_secret_sha256)
+        )
+
+    def ensure(self, host: str, secret_sha256: str) -> None:
+        """The host's ACL user as it should be, connections left alone (nothing rotated)."""
+        try:
+            apply(self.client, host, secret_sha256)
+        except redis.RedisError as exc:
+            raise IdentityUnavailable(f"Redis unavailable for {host}'s identity: {exc}") from None
 
     def apply(self, host: str, secret_sha256: str) -> None:
         """Make or rotate the host's ACL user; connections made with an old secret end."""
