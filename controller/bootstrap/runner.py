@@ -148,7 +148,6 @@ class DbHooks:
                 return None
             time.sleep(HEARTBEAT_POLL_S)
 
-
     def agent_redis_url(self, current: str | None) -> str:
         with session_scope(self.sessions) as session:
             host = hosts_service.get(session=session, name=self.host_name)
