@@ -371,6 +371,7 @@ class AgentProcess:
     cgroup: str | None
     proc: subprocess.Popen[bytes]
     log: Path
+    redis_url: str = ""
 
     def log_tail(self, size: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-size:] if self.log.exists() else ""
@@ -392,6 +393,7 @@ class Agents:
         """Start an agent with its host's own Redis identity (the host is added if it is not
         known); with wait, return once its host is online with capabilities."""
         argv = [str(BIN / "fleettrace-agent"), "worker", "--host", host]
+        redis_url = self.identity(host)
         if cgroup is not None:
             argv += ["--cgroup", str(cgroup)]
         log = self.logs / f"agent-{host}.log"
@@ -403,11 +405,11 @@ class Agents:
                 env=clean_env(
                     FLEETTRACE_HEARTBEAT_S="0.5",
                     FLEETTRACE_AGENT_CONFIG=os.devnull,
-                    FLEETTRACE_REDIS_URL=self.identity(host),
+                    FLEETTRACE_REDIS_URL=redis_url,
                 ),
                 start_new_session=True,
             )
-        agent = AgentProcess(host, None if cgroup is None else str(cgroup), proc, log)
+        agent = AgentProcess(host, None if cgroup is None else str(cgroup), proc, log, redis_url)
         self.started.append(agent)
         if wait:
             self.wait_online(agent)

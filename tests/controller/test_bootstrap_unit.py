@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 from alembic import command
 from fastapi.testclient import TestClient
 from rich.console import Console
@@ -50,6 +51,7 @@ from controller.hosts import service as hosts_service
 from controller.hosts.models import Host, HostCreate
 from controller.migrate import alembic_config, upgrade
 from controller.settings import Settings
+from node_agent.wire import agent_user, client_url
 from tests.controller.bootstrap_fakes import (
     FINGERPRINT,
     FakeArtifacts,
@@ -416,7 +418,11 @@ def test_a_crash_inside_a_step_is_recorded_and_logged_without_the_secret(
 def test_uninstall_removes_everything_and_a_second_one_is_a_noop(lab: Lab) -> None:
     machine = lab.add("web-1")
     lab.run("web-1")
+    acl = redis.Redis.from_url(client_url(lab.settings.redis_url))
+    assert acl.acl_getuser(agent_user("web-1")) is not None, "bootstrap issued an identity"
     run = lab.run("web-1", RunKind.uninstall)
+    assert acl.acl_getuser(agent_user("web-1")) is None, "its identity went with the agent"
+    acl.close()
     assert run["state"] == "succeeded", run
     assert statuses(run) == {
         "connect": "ok",
