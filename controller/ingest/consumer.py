@@ -155,7 +155,7 @@ class Ingest:
         entries = self._xreadgroup(">", count=count, block_ms=block_ms)
         per_host = Counter(host for host, _, _ in entries)
         full = sorted(host for host, n in per_host.items() if n >= count)
-        if full and count < self.settings.ingest_batch:
+        if full and len(entries) < self.settings.ingest_batch:
             # Busy hosts get the rest of the batch at once, not one entry per round trip.
             more = max(1, (self.settings.ingest_batch - len(entries)) // len(full))
             entries += self._xreadgroup(">", count=more, hosts=full)
