@@ -7,7 +7,8 @@ from typing import Any
 
 TASK_RUN_TRACE = "fleettrace.run_trace"
 EVENTS_STREAM_PREFIX = "fleettrace:events:"
-EVENTS_STREAM_MAXLEN = 1_000_000
+# Per host: the last resort bound while ingest is away (ingest trims what it acked).
+EVENTS_STREAM_MAXLEN = 100_000
 CANCEL_TTL_S = 24 * 3600
 # A host name is a Redis key part, an ACL user name and a URL user: no glob, space or colon.
 HOST_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"

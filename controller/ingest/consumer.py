@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 DEAD_LETTERS = "fleettrace:dead-letters"
 SWEEP_EVERY_S = 1.0
 HOSTS_REFRESH_S = 10.0
+# Acked entries leave the hosts' streams after a while (kept a bit for inspection).
+TRIM_EVERY_S = 60.0
+KEEP_ACKED_S = 600.0
 
 # (host whose stream it came on, entry id, fields)
 Entry = tuple[str, bytes, dict[bytes, bytes]]
@@ -63,6 +66,7 @@ class Ingest:
         self._recovered = False
         self._claimed_at = time.monotonic()
         self._last_sweep = 0.0
+        self._trimmed_at = time.monotonic()
         self.stored = 0
 
     def ensure_group(self) -> None:
@@ -118,7 +122,32 @@ class Ingest:
         if time.monotonic() - self._last_sweep >= SWEEP_EVERY_S:
             self._last_sweep = time.monotonic()
             self.sweep()
+        if time.monotonic() - self._trimmed_at >= TRIM_EVERY_S:
+            self.trim()
         return len(entries)
+
+    def trim(self, keep_s: float = KEEP_ACKED_S) -> int:
+        """Drop entries every consumer has acked, older than `keep_s`: never one that is
+        pending or not yet delivered. Returns how many went."""
+        self._trimmed_at = time.monotonic()
+        hosts = list(self.hosts)
+        pipe = self.redis.pipeline(transaction=False)
+        for host in hosts:
+            pipe.xpending(events_stream(host), self.group)
+            pipe.xinfo_groups(events_stream(host))
+        replies = pipe.execute(raise_on_error=False)
+        cutoff = (int((time.time() - keep_s) * 1000), 0)
+        pipe = self.redis.pipeline(transaction=False)
+        for i, host in enumerate(hosts):
+            pending, groups = replies[2 * i], replies[2 * i + 1]
+            if isinstance(pending, Exception) or isinstance(groups, Exception):
+                continue
+            minid = min(cutoff, _first_unacked(pending, groups, self.group))
+            pipe.xtrim(events_stream(host), minid=f"{minid[0]}-{minid[1]}", approximate=False)
+        trimmed = sum(n for n in pipe.execute(raise_on_error=False) if isinstance(n, int))
+        if trimmed:
+            log.info("ingest: trimmed %d acked entries from %d streams", trimmed, len(hosts))
+        return trimmed
 
     def _ack(self, entries: Sequence[Entry]) -> None:
         by_host: dict[str, list[bytes]] = defaultdict(list)
@@ -431,6 +460,25 @@ def _stored_seqs(session: Session, envelopes: Sequence[StreamEnvelope]) -> set[t
         )
     )
     return {(run_id, seq) for run_id, seq in rows if (run_id, seq) in wanted}
+
+
+def _first_unacked(pending: Any, groups: Any, group: str) -> tuple[int, int]:
+    """The id of a stream's oldest entry our group has not acked (pending, or past its last
+    delivered id); 0-0 when the group is missing: then nothing goes."""
+    ours = [g for g in groups if g["name"] in (group, group.encode())]
+    if not ours:
+        return (0, 0)
+    delivered = _id(ours[0]["last-delivered-id"])
+    after = (delivered[0], delivered[1] + 1)
+    if pending and int(pending.get("pending") or 0) > 0 and pending.get("min"):
+        return min(after, _id(pending["min"]))
+    return after
+
+
+def _id(value: bytes | str) -> tuple[int, int]:
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _claimed_host(envelope: StreamEnvelope) -> str:

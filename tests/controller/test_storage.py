@@ -189,6 +189,38 @@ def test_entries_stored_but_not_acked_before_a_crash_are_not_stored_twice(
     assert kinds.count("snapshot") == 3
 
 
+def test_trim_drops_only_acked_entries(
+    client: TestClient,
+    tokens: Tokens,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    redis_client: redis.Redis,
+    feeder: Feeder,
+) -> None:
+    (host,) = _hosts(client, tokens, 1)
+    job = _job(client, tokens, [host])
+    run_id = job["runs"][0]["id"]
+    stream = events_stream(host)
+
+    def add(seq: int) -> bytes:
+        data = envelope(host, snapshot(run_id, seq, [counters("c", {"x": seq})]), job["id"])
+        entry_id: bytes = redis_client.xadd(stream, {"data": data})
+        return entry_id
+
+    acked = [add(seq) for seq in range(3)]
+    feeder.drain()  # stored and acked
+    # Read by a consumer that dies before its ack, then one nobody has read yet.
+    pending = add(3)
+    other = settings.model_copy(update={"ingest_consumer": "ingest-dead"})
+    crashed = Ingest(other, sessions, redis_client)
+    assert [e[1] for e in crashed._read(block_ms=100)] == [pending]
+    unread = add(4)
+    assert feeder.ingest.trim(keep_s=0) >= len(acked)  # and what earlier tests left acked
+    left = [entry_id for entry_id, _ in redis_client.xrange(stream)]
+    assert left == [pending, unread]
+    assert feeder.ingest.trim(keep_s=0) == 0
+
+
 def test_an_event_from_another_host_for_a_run_is_ignored(
     client: TestClient, tokens: Tokens, sessions: sessionmaker[Session], feeder: Feeder
 ) -> None:
