@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -394,7 +395,10 @@ def fleet(
 def _joined(base: str, admin: str, hosts: int, identities: Path, log: Any) -> Any:
     """The hosts added through the API; their identities (shown once) in a 0600 file."""
     t0 = time.perf_counter()
-    urls = {host_name(i): add_host(base, admin, host_name(i)) for i in range(hosts)}
+    names = [host_name(i) for i in range(hosts)]
+    with ThreadPoolExecutor(8) as pool:
+        added = pool.map(lambda name: add_host(base, admin, name), names)
+        urls = dict(zip(names, added, strict=True))
     identities.touch(mode=0o600)
     identities.write_text(json.dumps(urls))
     log(f"{hosts} hosts added with their own Redis identities in {time.perf_counter() - t0:.1f} s")
