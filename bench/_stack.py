@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -25,6 +26,7 @@ import redis
 REDIS_SERVER = Path("/usr/bin/redis-server")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 BIN = Path(sys.executable).parent
+REDIS_USER = "fleettrace"
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.05) -> None:
@@ -59,29 +61,25 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def redis_server(workdir: Path) -> Iterator[str]:
-    """A private redis-server on a unix socket (no TCP); yields its unix:// URL."""
+    """A private redis-server on a unix socket (no TCP) that requires auth, as in production:
+    no default user, the controller's own ACL user. Yields the controller's unix:// URL."""
     sock = workdir / "redis.sock"
+    password = secrets.token_urlsafe(24)
+    config = workdir / "redis.conf"
+    config.touch(mode=0o600)
+    config.write_text(
+        "user default off\n"
+        f"user {REDIS_USER} on >{password} ~* &* +@all\n"
+        f"port 0\nunixsocket {sock}\nunixsocketperm 700\n"
+        f'save ""\nappendonly no\ndir {workdir}\n'
+    )
     proc = subprocess.Popen(
-        [
-            str(REDIS_SERVER),
-            "--port",
-            "0",
-            "--unixsocket",
-            str(sock),
-            "--unixsocketperm",
-            "700",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
+        [str(REDIS_SERVER), str(config)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    url = f"unix://{sock}"
+    url = f"unix://{REDIS_USER}:{password}@{sock}"
     try:
 
         def up() -> bool:
@@ -252,15 +250,30 @@ def trusted_keys_file(workdir: Path) -> Path:
     return path
 
 
+def add_host(base: str, token: str, name: str, **fields: object) -> str:
+    """Add a host through the API; returns its own Redis URL (its identity, shown once)."""
+    answer = httpx.post(
+        f"{base}/v1/hosts",
+        json={"name": name, **fields},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    answer.raise_for_status()
+    url: str = answer.json()["join"]["redis_url"]
+    return url
+
+
 @contextlib.contextmanager
 def agent_worker(host: str, redis_url: str, log: IO[bytes], workdir: Path) -> Iterator[None]:
-    """A real agent: `fleettrace-agent worker --host NAME`, consuming host.NAME."""
+    """A real agent: `fleettrace-agent worker --host NAME`, consuming host.NAME with the
+    host's own Redis identity (`redis_url` from add_host)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETTRACE_")}
     env["FLEETTRACE_AGENT_CONFIG"] = str(workdir / "agent.env")  # no host config file
     env["FLEETTRACE_TRUSTED_KEYS"] = str(trusted_keys_file(workdir))
     env["FLEETTRACE_STATE_DIR"] = str(workdir / "agent-state")
+    env["FLEETTRACE_REDIS_URL"] = redis_url
     proc = subprocess.Popen(
-        [str(BIN / "fleettrace-agent"), "worker", "--host", host, "--redis-url", redis_url],
+        [str(BIN / "fleettrace-agent"), "worker", "--host", host],
         cwd=workdir,
         env=env,
         stdout=log,

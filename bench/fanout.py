@@ -1,20 +1,23 @@
-"""One job to 200 emulated agents: time from POST until every run is final and merged.
+"""One job to 1,000 emulated agents: time from POST until every run is final and merged.
 
-The stack is real (redis-server on a unix socket, a migrated SQLite or PostgreSQL
-database, `fleettrace serve` = API + ingest); the fleet is ONE process, a Celery worker
-(threads pool) consuming the 200 queues host.h000 ... host.h199 with the same Celery
+The stack is real (redis-server with auth on a unix socket, a migrated SQLite or PostgreSQL
+database, `fleettrace serve` = API + ingest); the hosts are added through the API, each
+getting its own Redis identity (an ACL user); the fleet is ONE process, a Celery worker
+(threads pool) consuming the 1,000 queues host.h0000 ... host.h0999 with the same Celery
 config as agents. For each task it answers like an agent does, through the agent's own
-EventPublisher: StateChange running, one final Snapshot (a 5-row counter table and a
-64-bucket log2 histogram), StateChange succeeded. The 200 hosts joined by sending
-heartbeats with this machine's real capability probe, through the ingest path.
+EventPublisher on the host's own stream with the host's own identity: StateChange running,
+one final Snapshot (a 5-row counter table and a 64-bucket log2 histogram), StateChange
+succeeded. The hosts came online by heartbeating with this machine's real capability probe,
+through the ingest path (which reads the 1,000 hosts' streams).
 
-Measured per job: POST (validate, 200 runs, 200 send_task), agents (until the fleet's last
+Measured per job: POST (validate, N runs, N send_task), agents (until the fleet's last
 event is XADDed), ingest (until the job is final in the database), then GET results (the
-merge of 200 hosts, checked against the expected sums). Baseline in the same run: 200 bare
-send_task calls plus the same 600 events as raw XADD + XREADGROUP + XACK (no parsing, no
-database), i.e. the floor of moving this much work through Redis from one client.
+merge of N hosts, checked against the expected sums). Baseline in the same run: N bare
+send_task calls plus the same 3N events as raw XADD on the N per-host streams + XREADGROUP
+over them + XACK (no parsing, no database), i.e. the floor of moving this much work through
+Redis from one client.
 
-    .venv/bin/python bench/fanout.py [--hosts 200] [--rounds 5] [--db sqlite|postgresql] [--json]
+    .venv/bin/python bench/fanout.py [--hosts 1000] [--rounds 5] [--db sqlite|postgresql] [--json]
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +43,7 @@ import httpx
 import redis
 from _stack import (
     BIN,
+    add_host,
     create_token,
     database,
     print_log_tails,
@@ -66,7 +71,7 @@ from node_agent.protocol import (
     TraceRequest,
 )
 from node_agent.trust import Gate, SeenRuns, TrustedKeys
-from node_agent.wire import EVENTS_STREAM, TASK_RUN_TRACE, celery_config, client_url
+from node_agent.wire import TASK_RUN_TRACE, celery_config, client_url, events_stream
 
 PROGRAM = "syscalls"
 SYSCALLS = ("read", "write", "openat", "close", "futex")
@@ -74,7 +79,7 @@ BUCKETS = 64
 
 
 def host_name(i: int) -> str:
-    return f"h{i:03d}"
+    return f"h{i:04d}"
 
 
 # -- the emulated fleet (runs in its own process) -------------------------------------------------
@@ -101,16 +106,21 @@ def expected_merge(hosts: int) -> tuple[int, int]:
     return table, hist
 
 
-def emulate(redis_url: str, hosts: int, concurrency: int, capabilities_file: Path) -> None:
-    """A Celery worker on every host.hNNN queue, answering like node_agent.worker does."""
+def emulate(
+    redis_url: str, hosts: int, concurrency: int, capabilities_file: Path, identities: Path
+) -> None:
+    """A Celery worker on every host.hNNNN queue, answering like node_agent.worker does; each
+    host publishes with its own identity (one Redis connection each, as real agents)."""
     from celery import Celery
 
     from node_agent.worker import EventPublisher
 
-    client = redis.Redis.from_url(client_url(redis_url))
     caps = HostCapabilities.model_validate_json(capabilities_file.read_text())
     names = [host_name(i) for i in range(hosts)]
-    publishers = {name: EventPublisher(client, name) for name in names}
+    urls: dict[str, str] = json.loads(identities.read_text())
+    publishers = {
+        name: EventPublisher(redis.Redis.from_url(client_url(urls[name])), name) for name in names
+    }
     stop = threading.Event()
 
     def heartbeats() -> None:
@@ -132,6 +142,7 @@ def emulate(redis_url: str, hosts: int, concurrency: int, capabilities_file: Pat
         for name in names
     }
     app = Celery("fleettrace-emulated-fleet")
+    # One consumer for all the queues: the controller's identity (a real agent has only its own).
     app.conf.update(celery_config(redis_url))
 
     @app.task(name=TASK_RUN_TRACE, ignore_result=True, bind=True)  # type: ignore[untyped-decorator]
@@ -250,37 +261,44 @@ def baseline(redis_url: str, hosts: int) -> Baseline:
             payloads.append(
                 StreamEnvelope(host=host, job_id="bench", event=event).model_dump_json()
             )
-    stream = "bench:fanout:raw"
-    client.delete(stream)
-    client.xgroup_create(stream, "g", id="0", mkstream=True)
+    streams = [f"bench:fanout:raw:{host_name(i)}" for i in range(hosts)]
+    pipe = client.pipeline(transaction=False)
+    for stream in streams:
+        pipe.delete(stream)
+        pipe.xgroup_create(stream, "g", id="0", mkstream=True)
+    pipe.execute()
     t0 = time.perf_counter()
-    for payload in payloads:
-        client.xadd(stream, {"data": payload})
+    for i, payload in enumerate(payloads):
+        client.xadd(streams[i // 3], {"data": payload})
     xadd_s = time.perf_counter() - t0
+    reading: Any = {stream: ">" for stream in streams}
+    per_stream = max(1, 200 // hosts)  # XREADGROUP's COUNT is per stream, as ingest asks
     t0 = time.perf_counter()
     read = 0
     while read < len(payloads):
-        reply = client.xreadgroup("g", "c", {stream: ">"}, count=200)
-        entries = reply[0][1] if reply else []
-        if entries:
-            client.xack(stream, "g", *[entry_id for entry_id, _ in entries])
-        read += len(entries)
+        reply = client.xreadgroup("g", "c", reading, count=per_stream, block=1000)
+        pipe = client.pipeline(transaction=False)
+        for stream, entries in reply or []:
+            pipe.xack(stream, "g", *[entry_id for entry_id, _ in entries])
+            read += len(entries)
+        pipe.execute()
     read_s = time.perf_counter() - t0
-    client.delete(stream)
+    client.delete(*streams)
     client.close()
     return Baseline(send_task_s=send_s, xadd_s=xadd_s, read_ack_s=read_s)
 
 
-def job_events_span(client: redis.Redis, job_id: str) -> tuple[float, float]:
-    """Redis's clock (entry ids) of the job's first and last event on the stream."""
-    first = last = 0.0
-    for entry_id, fields in client.xrange(EVENTS_STREAM):
-        if json.loads(fields[b"data"]).get("job_id") != job_id:
-            continue
-        at = int(entry_id.split(b"-")[0]) / 1000
-        first = first or at
-        last = at
-    return first, last
+def job_events_span(client: redis.Redis, job_id: str, hosts: int) -> tuple[float, float]:
+    """Redis's clock (entry ids) of the job's first and last event on the hosts' streams."""
+    pipe = client.pipeline(transaction=False)
+    for i in range(hosts):
+        pipe.xrange(events_stream(host_name(i)))
+    times = []
+    for entries in pipe.execute():
+        for entry_id, fields in entries:
+            if json.loads(fields[b"data"]).get("job_id") == job_id:
+                times.append(int(entry_id.split(b"-")[0]) / 1000)
+    return (min(times), max(times)) if times else (0.0, 0.0)
 
 
 def one_round(api: httpx.Client, sessions: Any, client: redis.Redis, hosts: int) -> Round:
@@ -315,7 +333,7 @@ def one_round(api: httpx.Client, sessions: Any, client: redis.Redis, hosts: int)
         )
         if not_succeeded:
             raise RuntimeError(f"{not_succeeded} runs did not succeed")
-    first, last = job_events_span(client, job_id)
+    first, last = job_events_span(client, job_id, hosts)
     return Round(
         job_id=job_id,
         post=t_post - t0,
@@ -340,7 +358,9 @@ def check_merge(doc: dict[str, Any], hosts: int) -> None:
 
 
 @contextlib.contextmanager
-def fleet(redis_url: str, hosts: int, concurrency: int, workdir: Path, log: Any) -> Any:
+def fleet(
+    redis_url: str, hosts: int, concurrency: int, workdir: Path, log: Any, identities: Path
+) -> Any:
     caps = workdir / "capabilities.json"
     probe = subprocess.run(
         [str(BIN / "fleettrace-agent"), "probe"], capture_output=True, text=True, check=False
@@ -371,6 +391,8 @@ def fleet(redis_url: str, hosts: int, concurrency: int, workdir: Path, log: Any)
             str(concurrency),
             "--capabilities",
             str(caps),
+            "--identities",
+            str(identities),
         ],
         stdout=log,
         stderr=log,
@@ -380,6 +402,20 @@ def fleet(redis_url: str, hosts: int, concurrency: int, workdir: Path, log: Any)
         yield proc
     finally:
         stop_process(proc, timeout_s=30)
+
+
+@contextlib.contextmanager
+def _joined(base: str, admin: str, hosts: int, identities: Path, log: Any) -> Any:
+    """The hosts added through the API; their identities (shown once) in a 0600 file."""
+    t0 = time.perf_counter()
+    names = [host_name(i) for i in range(hosts)]
+    with ThreadPoolExecutor(8) as pool:
+        added = pool.map(lambda name: add_host(base, admin, name), names)
+        urls = dict(zip(names, added, strict=True))
+    identities.touch(mode=0o600)
+    identities.write_text(json.dumps(urls))
+    log(f"{hosts} hosts added with their own Redis identities in {time.perf_counter() - t0:.1f} s")
+    yield
 
 
 def _median(values: list[float]) -> float:
@@ -438,7 +474,7 @@ def print_table(summary: dict[str, Any]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hosts", type=int, default=200)
+    parser.add_argument("--hosts", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5, help="jobs to time (median taken)")
     parser.add_argument("--concurrency", type=int, default=16, help="emulator threads")
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
@@ -446,9 +482,10 @@ def main() -> int:
     parser.add_argument("--emulate", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     parser.add_argument("--capabilities", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--identities", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.emulate:
-        emulate(args.redis_url, args.hosts, args.concurrency, args.capabilities)
+        emulate(args.redis_url, args.hosts, args.concurrency, args.capabilities, args.identities)
         return 0
 
     def log(line: str) -> None:
@@ -460,15 +497,18 @@ def main() -> int:
     try:
         with redis_server(workdir) as redis_url, database(args.db, workdir) as database_url:
             token = create_token(database_url, "operator")
+            admin = create_token(database_url, "admin")
             engine = make_engine(database_url)
             sessions = make_sessionmaker(engine)
             client = redis.Redis.from_url(client_url(redis_url))
             try:
+                identities = workdir / "identities.json"
                 with (
                     open(workdir / "serve.log", "wb") as serve_log,
                     open(workdir / "fleet.log", "wb") as fleet_log,
                     serve(workdir, database_url, redis_url, serve_log) as base,
-                    fleet(redis_url, args.hosts, args.concurrency, workdir, fleet_log),
+                    _joined(base, admin, args.hosts, identities, log),
+                    fleet(redis_url, args.hosts, args.concurrency, workdir, fleet_log, identities),
                     httpx.Client(
                         base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
                     ) as api,

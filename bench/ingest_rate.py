@@ -5,10 +5,11 @@ A real redis-server (unix socket) and a real database, migrated: SQLite, and Pos
 there. 1,000 hosts each have a running run; every snapshot is what such a host sends every
 second: one 64-bucket log2 histogram, cumulative. Per database, in the same run:
 
-  raw     the same payloads: XADD one by one (as agents do), then XREADGROUP + XACK in
-          batches of ingest_batch: the most a single consumer could move, no parsing, no DB
-  drain   a backlog of --snapshots entries on fleettrace:events, consumed by
-          controller.ingest.consumer.Ingest.step() until all are stored: snapshots/s
+  raw     the same payloads on per-host streams: XADD one by one (as agents do), then
+          XREADGROUP over the 1,000 streams + XACK per stream (pipelined), as many per stream
+          as Ingest asks for: the most a single consumer could move, no parsing, no DB
+  drain   a backlog of --snapshots entries on the hosts' own streams (fleettrace:events:<host>),
+          consumed by controller.ingest.consumer.Ingest.step() until all are stored
   paced   a producer process XADDs --rate snapshots/s for --seconds while Ingest runs;
           the backlog (produced - stored) is sampled: keeping up means it stays bounded
 
@@ -53,7 +54,7 @@ from controller.jobs.models import Job, Run, SnapshotRow
 from controller.migrate import upgrade
 from controller.settings import Settings
 from node_agent.protocol import Log2Histogram, RunState, Snapshot, SnapshotStats, StreamEnvelope
-from node_agent.wire import EVENTS_STREAM, client_url
+from node_agent.wire import client_url, events_stream
 
 HOSTS = 1000
 BUCKETS = 64
@@ -116,13 +117,16 @@ def payload(job_id: str, host: str, run_id: str, seq: int) -> str:
     return StreamEnvelope(host=host, job_id=job_id, event=snap).model_dump_json()
 
 
-def payloads(fleet: Fleet, first_seq: int, count: int) -> list[str]:
+Item = tuple[str, str]  # (host, envelope JSON)
+
+
+def payloads(fleet: Fleet, first_seq: int, count: int) -> list[Item]:
     """`count` snapshots, host by host within each second, as a fleet sends them."""
-    out: list[str] = []
+    out: list[Item] = []
     seq = first_seq
     while len(out) < count:
         for host, run_id in fleet.runs:
-            out.append(payload(fleet.job_id, host, run_id, seq))
+            out.append((host, payload(fleet.job_id, host, run_id, seq)))
             if len(out) == count:
                 break
         seq += 1
@@ -139,34 +143,41 @@ class Raw:
     both_per_s: float  # n / (xadd time + read time)
 
 
-def measure_raw(client: redis.Redis, data: list[str], batch: int) -> Raw:
-    stream = "bench:ingest:raw"
-    client.delete(stream)
-    client.xgroup_create(stream, "g", id="0", mkstream=True)
+def measure_raw(client: redis.Redis, data: list[Item], batch: int) -> Raw:
+    hosts = sorted({host for host, _ in data})
+    streams = {host: f"bench:ingest:raw:{host}" for host in hosts}
+    pipe = client.pipeline(transaction=False)
+    for stream in streams.values():
+        pipe.delete(stream)
+        pipe.xgroup_create(stream, "g", id="0", mkstream=True)
+    pipe.execute()
     t0 = time.perf_counter()
-    for item in data:
-        client.xadd(stream, {"data": item})
+    for host, item in data:
+        client.xadd(streams[host], {"data": item})
     xadd_s = time.perf_counter() - t0
+    per_stream = max(1, batch // len(streams))  # XREADGROUP's COUNT is per stream
+    reading: Any = {stream: ">" for stream in streams.values()}
     t0 = time.perf_counter()
     read = 0
     while read < len(data):
-        reply = client.xreadgroup("g", "c", {stream: ">"}, count=batch, block=1000)
-        entries = reply[0][1] if reply else []
-        if entries:
-            client.xack(stream, "g", *[entry_id for entry_id, _ in entries])
-        read += len(entries)
+        reply = client.xreadgroup("g", "c", reading, count=per_stream, block=1000)
+        pipe = client.pipeline(transaction=False)
+        for stream, entries in reply or []:
+            pipe.xack(stream, "g", *[entry_id for entry_id, _ in entries])
+            read += len(entries)
+        pipe.execute()
     read_s = time.perf_counter() - t0
-    client.delete(stream)
+    client.delete(*streams.values())
     n = len(data)
     return Raw(n / xadd_s, n / read_s, n / (xadd_s + read_s))
 
 
-def fill(client: redis.Redis, data: list[str]) -> None:
-    """A backlog on the real stream, written fast (pipelined): the drain is what we time."""
+def fill(client: redis.Redis, data: list[Item]) -> None:
+    """A backlog on the hosts' real streams, written fast (pipelined): the drain is timed."""
     for start in range(0, len(data), 500):
         pipe = client.pipeline(transaction=False)
-        for item in data[start : start + 500]:
-            pipe.xadd(EVENTS_STREAM, {"data": item})
+        for host, item in data[start : start + 500]:
+            pipe.xadd(events_stream(host), {"data": item})
         pipe.execute()
 
 
@@ -185,16 +196,17 @@ def measure_drain(ingest: Ingest, n: int, profile: cProfile.Profile | None) -> f
 
 
 def produce(
-    redis_url: str, data: list[str], rate: float, produced: Any, done: Any
+    redis_url: str, data: list[Item], rate: float, produced: Any, done: Any
 ) -> None:  # pragma: no cover - runs in its own process
-    """XADD at `rate` per second in 10 ms ticks, one entry per call as agents do."""
+    """XADD at `rate` per second in 10 ms ticks, one entry per call on its host's stream."""
     client = redis.Redis.from_url(client_url(redis_url))
     t0 = time.monotonic()
     sent = 0
     while sent < len(data):
         due = min(len(data), int((time.monotonic() - t0) * rate) + 1)
         while sent < due:
-            client.xadd(EVENTS_STREAM, {"data": data[sent]})
+            host, item = data[sent]
+            client.xadd(events_stream(host), {"data": item})
             sent += 1
         produced.value = sent
         time.sleep(0.01)
@@ -213,7 +225,7 @@ class Paced:
     kept_up: bool
 
 
-def measure_paced(ingest: Ingest, redis_url: str, data: list[str], rate: float) -> Paced:
+def measure_paced(ingest: Ingest, redis_url: str, data: list[Item], rate: float) -> Paced:
     ctx = multiprocessing.get_context("spawn")
     produced = ctx.Value("q", 0)
     done = ctx.Value("i", 0)
@@ -382,7 +394,8 @@ def print_table(summary: dict[str, Any]) -> None:
         )
     print(
         "ingest/s: backlog drained by Ingest.step() (parse, store, event log, commit, ack);\n"
-        "raw: the same payloads, XADD one by one / XREADGROUP+XACK per batch, one client, no DB;\n"
+        "raw: the same payloads on the same 1,000 per-host streams, XADD one by one /\n"
+        "XREADGROUP over all streams + XACK, one client, no DB;\n"
         "x read: ingest / raw read+ack; paced: a producer at that rate, max backlog sampled every"
         " 0.1 s."
     )

@@ -42,6 +42,7 @@ from typing import Any
 import httpx
 import redis
 from _stack import (
+    add_host,
     agent_worker,
     create_token,
     database,
@@ -56,7 +57,7 @@ from controller.db import make_engine, make_sessionmaker
 from controller.jobs.models import Run, SnapshotRow
 from node_agent.protocol import StreamEnvelope, TraceRequest
 from node_agent.trace import prepare
-from node_agent.wire import EVENTS_STREAM, client_url
+from node_agent.wire import client_url, events_stream
 
 HOST = "bench-1"
 PROGRAM = "syscalls"
@@ -149,7 +150,7 @@ def received_times(log_path: Path) -> dict[str, float]:
 def stream_times(client: redis.Redis, run_id: str) -> dict[str, Any]:
     """The agent's own clocks for a run, from the events stream: running.at and XADD times."""
     out: dict[str, Any] = {}
-    for entry_id, fields in client.xrange(EVENTS_STREAM):
+    for entry_id, fields in client.xrange(events_stream(HOST)):
         envelope = StreamEnvelope.model_validate_json(fields[b"data"])
         event = envelope.event
         if getattr(event, "run_id", None) != run_id:
@@ -324,6 +325,7 @@ def main() -> int:
     try:
         with redis_server(workdir) as redis_url, database(args.db, workdir) as database_url:
             token = create_token(database_url, "operator")
+            admin = create_token(database_url, "admin")
             engine = make_engine(database_url)
             sessions = make_sessionmaker(engine)
             client = redis.Redis.from_url(client_url(redis_url))
@@ -333,7 +335,8 @@ def main() -> int:
                     open(workdir / "serve.log", "wb") as serve_log,
                     open(agent_log, "wb") as agent_out,
                     serve(workdir, database_url, redis_url, serve_log) as base,
-                    agent_worker(HOST, redis_url, agent_out, workdir),
+                    # The host joins with its own Redis identity, as in production.
+                    agent_worker(HOST, add_host(base, admin, HOST), agent_out, workdir),
                     httpx.Client(
                         base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30
                     ) as api,

@@ -20,6 +20,7 @@ from controller.bootstrap.tasks import CeleryBootstrapQueue
 from controller.db import make_engine, make_sessionmaker
 from controller.dispatch import CeleryDispatcher, Dispatcher
 from controller.errors import ControllerError
+from controller.hosts.identity import Identities
 from controller.hosts.routes import router as hosts_router
 from controller.jobs.events import EventHub
 from controller.jobs.routes import router as jobs_router
@@ -56,6 +57,7 @@ def create_app(
         settings.redis_url, KeyStore(settings.keys_dir)
     )
     app.state.bootstrap_queue = bootstrap_queue or CeleryBootstrapQueue(settings.redis_url)
+    app.state.identities = Identities(settings.redis_url, settings.agent_redis_url or "")
 
     @app.exception_handler(ControllerError)
     async def _controller_error(request: Request, exc: ControllerError) -> JSONResponse:

@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from node_agent.wire import without_credentials
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLEETTRACE_", env_file=".env", extra="ignore")
@@ -37,8 +39,9 @@ class Settings(BaseSettings):
     ingest_consumer: str = "ingest-1"
     ingest_batch: int = Field(default=200, ge=1, le=10_000)
     ingest_claim_idle_ms: int = Field(default=30_000, ge=100)
-    auto_register_hosts: bool = True
-    # The broker URL agents are given (their view of Redis); defaults to redis_url.
+    # Where agents find Redis, without credentials (each host gets its own user and secret):
+    # e.g. rediss://redis.example:6380/0?ssl_ca_certs=/etc/fleettrace/redis-ca.pem.
+    # Defaults to redis_url without the controller's user and password.
     agent_redis_url: str | None = None
     known_hosts: Path | None = Field(default=None, description="OpenSSH known_hosts to trust")
     ssh_key: Path | None = Field(default=None, description="private key file for bootstrap")
@@ -74,6 +77,13 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return v
 
+    @field_validator("agent_redis_url")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        if v is not None and without_credentials(v) != v:
+            raise ValueError("agents never get the controller's credentials: no user or password")
+        return v
+
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -83,7 +93,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _agent_redis_url(self) -> Settings:
         if self.agent_redis_url is None:
-            self.agent_redis_url = self.redis_url
+            self.agent_redis_url = without_credentials(self.redis_url)
         return self
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from node_agent.wire import HOST_NAME_PATTERN
+
 CONFIG_FILE = os.environ.get("FLEETTRACE_AGENT_CONFIG", "/etc/fleettrace/agent.env")
 TRUSTED_KEYS_FILE = Path("/etc/fleettrace/controller-keys.pub")
 STATE_DIR = Path("/var/lib/fleettrace")
@@ -19,7 +21,9 @@ class AgentSettings(BaseSettings):
         env_prefix="FLEETTRACE_", env_file=CONFIG_FILE, extra="ignore"
     )
 
-    host: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    host: str = Field(default_factory=socket.gethostname, pattern=HOST_NAME_PATTERN)
+    # The host's own Redis identity, as the controller issued it:
+    # redis://ft-host-<host>:<secret>@redis:6379/0, or rediss://...?ssl_ca_certs=/path/ca.pem
     redis_url: str = "redis://127.0.0.1:6379/0"
     allow_custom: bool = False
     max_duration_s: float = Field(default=3600.0, gt=0)

@@ -32,12 +32,12 @@ from node_agent.settings import AgentSettings
 from node_agent.signing import Unreadable, VerifyError
 from node_agent.trust import Gate, SeenRuns, TrustedKeys
 from node_agent.wire import (
-    EVENTS_STREAM,
     EVENTS_STREAM_MAXLEN,
     TASK_RUN_TRACE,
     cancel_key,
     celery_config,
     client_url,
+    events_stream,
     host_queue,
 )
 
@@ -46,18 +46,19 @@ CANCEL_POLL_S = 0.2
 
 
 class EventPublisher:
-    """Appends an agent's events to the shared Redis stream, in order per run."""
+    """Appends an agent's events to its host's own Redis stream, in order per run."""
 
     def __init__(self, client: redis.Redis, host: str) -> None:
         self.client = client
         self.host = host
+        self.stream = events_stream(host)
 
     def publish(self, event: RunEvent | Heartbeat | Refusal, job_id: str | None = None) -> None:
         envelope = StreamEnvelope(host=self.host, job_id=job_id, event=event)
         for attempt in range(5):
             try:
                 self.client.xadd(
-                    EVENTS_STREAM,
+                    self.stream,
                     {"data": envelope.model_dump_json()},
                     maxlen=EVENTS_STREAM_MAXLEN,
                     approximate=True,
@@ -259,7 +260,7 @@ class Agent:
 
 def make_app(agent: Agent) -> Celery:
     app = Celery("fleettrace-agent")
-    app.conf.update(celery_config(agent.settings.redis_url))
+    app.conf.update(celery_config(agent.settings.redis_url, host=agent.settings.host))
 
     @app.task(name=TASK_RUN_TRACE, ignore_result=True)  # type: ignore[untyped-decorator]
     def run_trace(*args: Any, **kwargs: Any) -> str:

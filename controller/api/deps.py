@@ -14,6 +14,7 @@ from controller.auth import service as auth_service
 from controller.auth.models import ApiToken, Role
 from controller.db import utcnow
 from controller.dispatch import Dispatcher
+from controller.hosts.identity import Identities
 from controller.settings import Settings
 
 
@@ -32,9 +33,15 @@ def get_dispatcher(request: Request) -> Dispatcher:
     return dispatcher
 
 
+def get_identities(request: Request) -> Identities:
+    identities: Identities = request.app.state.identities
+    return identities
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+IdentitiesDep = Annotated[Identities, Depends(get_identities)]
 
 _bearer = HTTPBearer(auto_error=False, description="an API token: Authorization: Bearer ft_...")
 

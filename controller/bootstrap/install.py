@@ -182,13 +182,13 @@ def install(ctx: StepContext) -> StepStatus:
     return StepStatus.changed
 
 
-def config_text(ctx: StepContext) -> bytes:
-    """agent.env: host name, broker URL (with its credentials), cgroup and limits."""
+def config_text(ctx: StepContext, redis_url: str) -> bytes:
+    """agent.env: host name, the host's own Redis URL (its identity), cgroup and limits."""
     options = ctx.options
     cgroup = options.cgroup or ctx.host.cgroup
     values: dict[str, str | None] = {
         "FLEETTRACE_HOST": ctx.host.name,
-        "FLEETTRACE_REDIS_URL": ctx.settings.agent_redis_url or ctx.settings.redis_url,
+        "FLEETTRACE_REDIS_URL": redis_url,
         "FLEETTRACE_CGROUP": cgroup.replace("{host}", ctx.host.name) if cgroup else None,
         "FLEETTRACE_HEARTBEAT_S": _number(options.heartbeat_s),
         "FLEETTRACE_MAX_DURATION_S": _number(options.max_duration_s),
@@ -218,8 +218,21 @@ def trusted_keys_text(ctx: StepContext) -> bytes:
     return store.trusted_keys_text().encode()
 
 
+def installed_redis_url(ctx: StepContext) -> str | None:
+    """The Redis URL agent.env holds now (read, never shown), to keep a still valid identity."""
+    out = ctx.sh(
+        f"sed -n 's/^FLEETTRACE_REDIS_URL=//p' {CONFIG_FILE} 2>/dev/null || true", show=False
+    ).stdout.strip()
+    value = out.splitlines()[-1].strip() if out else ""
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        value = value[1:-1]
+    return value or None
+
+
 def config(ctx: StepContext) -> StepStatus:
-    data = config_text(ctx)
+    redis_url = ctx.hooks.agent_redis_url(installed_redis_url(ctx))
+    ctx.redact.add_url(redis_url)
+    data = config_text(ctx, redis_url)
     keys = [line.split("=", 1)[0] for line in data.decode().splitlines()[1:]]
     # The agent re-reads its trusted keys when they change: a new key needs no restart.
     trusted = trusted_keys_text(ctx)

@@ -11,6 +11,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,6 +31,7 @@ from controller.bootstrap.ssh import SshError, SshSession, SshTarget, Timeouts
 from controller.bootstrap.steps import Connector, HostInfo, Remote, Step, StepContext, StepFailed
 from controller.db import session_scope, utcnow
 from controller.hosts import service as hosts_service
+from controller.hosts.identity import Credential, Identities, IdentityUnavailable
 from controller.hosts.models import Host
 from controller.settings import Settings
 
@@ -51,6 +53,7 @@ PLANS: dict[RunKind, tuple[tuple[str, Step], ...]] = {
         ("service", supervise.remove_service),
         ("files", supervise.remove_files),
         ("verify", supervise.verify_removed),
+        ("identity", supervise.revoke_identity),
     ),
 }
 
@@ -95,9 +98,12 @@ def redactor(settings: Settings) -> Redactor:
 class DbHooks:
     """Steps' questions and news, answered from and written to the controller's database."""
 
-    def __init__(self, sessions: sessionmaker[Session], host_name: str) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], host_name: str, identities: Identities
+    ) -> None:
         self.sessions = sessions
         self.host_name = host_name
+        self.identities = identities
 
     def _update(self, change: Callable[[Host], None]) -> None:
         with session_scope(self.sessions) as session:
@@ -142,6 +148,35 @@ class DbHooks:
                 return None
             time.sleep(HEARTBEAT_POLL_S)
 
+    def agent_redis_url(self, current: str | None) -> str:
+        with session_scope(self.sessions) as session:
+            host = hosts_service.get(session=session, name=self.host_name)
+            if host is None:
+                raise StepFailed(f"host {self.host_name} is no longer registered")
+            issued: Credential | None = None
+            if not self.identities.holds(host, current):
+                issued = hosts_service.issue_identity(host=host, identities=self.identities)
+            secret_sha256 = host.agent_secret_sha256 or ""
+        try:
+            if issued is None:
+                self.identities.ensure(self.host_name, secret_sha256)
+                return current or ""
+            self.identities.apply(self.host_name, secret_sha256)
+        except IdentityUnavailable as exc:
+            raise StepFailed(exc.message) from None
+        self.identities.hosts_changed()
+        return issued.redis_url
+
+    def revoke_identity(self) -> bool:
+        with session_scope(self.sessions) as session:
+            host = hosts_service.get(session=session, name=self.host_name)
+            had = host is not None and host.agent_secret_sha256 is not None
+            if host is not None:
+                host.agent_secret_sha256 = None
+        if had:
+            self.identities.revoke(self.host_name)
+        return had
+
 
 @dataclass
 class Executor:
@@ -151,6 +186,10 @@ class Executor:
     settings: Settings
     artifacts: ArtifactSource
     connector: Connector = connect_ssh
+
+    @cached_property
+    def identities(self) -> Identities:
+        return Identities(self.settings.redis_url, self.settings.agent_redis_url or "")
 
     @classmethod
     def default(cls, sessions: sessionmaker[Session], settings: Settings) -> Executor:
@@ -194,7 +233,7 @@ def _begin(executor: Executor, run_id: str) -> Begun | None:
             options=options,
             settings=executor.settings,
             artifacts=executor.artifacts,
-            hooks=DbHooks(executor.sessions, host.name),
+            hooks=DbHooks(executor.sessions, host.name, executor.identities),
             connector=executor.connector,
             redact=redactor(executor.settings),
         )

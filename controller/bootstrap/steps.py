@@ -89,6 +89,13 @@ class RunHooks(Protocol):
         """The agent version once a heartbeat with capabilities arrived at or after `since`
         (controller clock) carrying a probe made at or after `probed_after` (host clock)."""
 
+    def agent_redis_url(self, current: str | None) -> str:
+        """The host's own Redis URL for agent.env: `current` while it still is the host's
+        identity, else a newly issued one (the old one stops working)."""
+
+    def revoke_identity(self) -> bool:
+        """Remove the host's Redis identity; True when it had one."""
+
 
 @dataclass
 class HostInfo:

@@ -210,3 +210,12 @@ def verify_removed(ctx: StepContext) -> StepStatus:
         raise StepFailed(f"still there: {', '.join(left)}")
     ctx.log("nothing of fleettrace is left on the host")
     return StepStatus.ok
+
+
+def revoke_identity(ctx: StepContext) -> StepStatus:
+    """The host's Redis identity goes with its agent: its secret stops working."""
+    if not ctx.hooks.revoke_identity():
+        ctx.log("the host had no Redis identity")
+        return StepStatus.ok
+    ctx.log("removed the host's Redis identity: its secret no longer works")
+    return StepStatus.changed

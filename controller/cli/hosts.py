@@ -1,4 +1,4 @@
-"""`fleettrace hosts list|show|add|bootstrap|uninstall`."""
+"""`fleettrace hosts list|show|add|credential|bootstrap|uninstall`."""
 
 from __future__ import annotations
 
@@ -42,6 +42,16 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     add.add_argument("--cgroup", help="cgroup v2 path the agent confines every trace to")
     add.add_argument("--json", action="store_true")
     add.set_defaults(func=cmd_add)
+
+    credential = hsub.add_parser(
+        "credential",
+        parents=[common],
+        help="issue a host a new Redis identity and print its join command (admin)",
+        description="The host's old identity stops working at once; the new one is shown once.",
+    )
+    credential.add_argument("name")
+    credential.add_argument("--json", action="store_true")
+    credential.set_defaults(func=cmd_credential)
 
     boot = hsub.add_parser(
         "bootstrap", parents=[common], help="install and start the agent over SSH (admin)"
@@ -190,13 +200,29 @@ def cmd_add(args: argparse.Namespace) -> int:
     if args.json:
         print_json(data)
         return 0
-    emit(
-        [
-            Line(f"added host {data['name']} ({_labels(data['labels'])})"),
-            Line("it shows online once its agent sends a heartbeat", "dim"),
-        ]
-    )
+    lines = [Line(f"added host {data['name']} ({_labels(data['labels'])})")]
+    if data.get("join"):
+        lines += _join_lines(data["name"], data["join"])
+    emit([*lines, Line("it shows online once its agent sends a heartbeat", "dim")])
     return 0
+
+
+def cmd_credential(args: argparse.Namespace) -> int:
+    with api(args) as client:
+        data = client.post(f"/v1/hosts/{args.name}/credential", {})
+    if args.json:
+        print_json(data)
+        return 0
+    emit(_join_lines(args.name, data))
+    return 0
+
+
+def _join_lines(name: str, join: dict[str, str]) -> list[Line]:
+    """The join command: its secret is shown this once (`hosts credential` issues another)."""
+    return [
+        Line(f"to join, run this on {name} (its Redis secret is shown only now):", "dim"),
+        Line(f"  {join['command']}"),
+    ]
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:

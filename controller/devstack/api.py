@@ -37,11 +37,15 @@ class Api:
         except httpx.HTTPError:
             return False
 
-    def register(self, host: HostSpec, address: str, *, cgroup: str | None = None) -> None:
+    def register(
+        self, host: HostSpec, address: str, *, cgroup: str | None = None
+    ) -> dict[str, str]:
+        """Add the host; returns its join (its own Redis URL, shown this once)."""
         body: dict[str, Any] = {"name": host.name, "address": address, "labels": host.labels}
         if cgroup is not None:
             body["cgroup"] = cgroup
-        self._call("POST", "/v1/hosts", json=body)
+        join: dict[str, str] = self._call("POST", "/v1/hosts", json=body)["join"]
+        return join
 
     def hosts(self) -> dict[str, dict[str, Any]]:
         return {h["name"]: h for h in self._call("GET", "/v1/hosts")["data"]}

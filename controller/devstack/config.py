@@ -16,6 +16,7 @@ HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 MAX_HOSTS = 32
 # Unix socket paths are limited to 108 bytes (sun_path).
 MAX_SOCKET_PATH = 100
+REDIS_USER = "fleettrace"
 
 
 class DevstackError(Exception):
@@ -126,8 +127,18 @@ class StackConfig:
         return self.state_dir / "redis.sock"
 
     @property
+    def redis_password_file(self) -> Path:
+        """The controller's own Redis password (0600): Redis here requires auth, as anywhere."""
+        return self.state_dir / "redis.pass"
+
+    @property
     def redis_url(self) -> str:
-        return f"unix://{self.redis_socket}"
+        """The controller's URL, with its user and password; agents get their own."""
+        try:
+            password = self.redis_password_file.read_text().strip()
+        except FileNotFoundError:
+            return f"unix://{self.redis_socket}"
+        return f"unix://{REDIS_USER}:{password}@{self.redis_socket}"
 
     @property
     def database_url(self) -> str:

@@ -55,24 +55,32 @@ def fleettrace_command(script: str, module: str) -> list[str]:
     return [sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())"]
 
 
-def write_files(config: StackConfig, host: HostSpec, *, agent: bool = True) -> None:
-    """The host's own /opt (its workload), /etc/hosts, and /etc/fleettrace: its agent's config,
-    or nothing when the host starts bare (bootstrap installs the agent)."""
+def write_files(config: StackConfig, host: HostSpec) -> None:
+    """The host's own /opt (its workload), /etc/hosts, and an empty /etc/fleettrace."""
     home = config.host_dir(host.name)
     (home / "opt" / WORKLOAD_DIR).mkdir(parents=True, exist_ok=True)
     (home / "etc").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(workload.__file__, home / "opt" / WORKLOAD_DIR / "workload.py")
     machine = Path("/etc/hosts").read_text() if Path("/etc/hosts").exists() else ""
     (home / "hosts").write_text(f"{machine.rstrip()}\n127.0.1.1\t{host.name}\n".lstrip())
-    if not agent:
+
+
+def write_agent_env(config: StackConfig, host: HostSpec, redis_url: str | None) -> None:
+    """The host's /etc/fleettrace/agent.env (0600) with its own Redis identity, as bootstrap
+    writes it; nothing when the host starts bare (bootstrap installs the agent)."""
+    if redis_url is None:
         return
+    etc = config.host_dir(host.name) / "etc"
     # As bootstrap installs them: the agent runs only work signed by one of these keys.
-    trusted = home / "etc" / TRUSTED_KEYS_NAME
+    trusted = etc / TRUSTED_KEYS_NAME
     trusted.write_text(KeyStore(config.keys_dir).trusted_keys_text())
     trusted.chmod(0o644)
-    (home / "etc" / "agent.env").write_text(
+    env = etc / "agent.env"
+    env.touch(mode=0o600)
+    env.chmod(0o600)
+    env.write_text(
         f"FLEETTRACE_HOST={host.name}\n"
-        f"FLEETTRACE_REDIS_URL={config.redis_url}\n"
+        f"FLEETTRACE_REDIS_URL={redis_url}\n"
         f"FLEETTRACE_CGROUP={config.host_cgroup(host.name)}\n"
         f"FLEETTRACE_HEARTBEAT_S={config.heartbeat_s:g}\n"
         # The host's private /opt: its accepted run ids go when the stack goes.
@@ -108,10 +116,11 @@ def agent_pidfile(config: StackConfig, host: HostSpec) -> Path:
 
 
 def agent_command(config: StackConfig, host: HostSpec, holder: int) -> list[str]:
-    """The agent under its supervisor, restarted like its systemd unit would be."""
+    """The agent under its supervisor, restarted like its systemd unit would be; it reads its
+    Redis identity from the host's agent.env (never a command line)."""
     agent = fleettrace_command("fleettrace-agent", "node_agent.cli")
     return [
         *(*system.enter(holder), *supervise.command(agent_pidfile(config, host)), "--"),
         *(*agent, "worker", "--host", host.name),
-        *("--redis-url", config.redis_url, "--cgroup", config.host_cgroup(host.name)),
+        *("--cgroup", config.host_cgroup(host.name)),
     ]

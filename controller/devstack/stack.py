@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shlex
 import shutil
 import socket
@@ -21,7 +22,7 @@ import redis
 from controller.bootstrap.artifacts import source_root
 from controller.devstack import host, system
 from controller.devstack.api import Api
-from controller.devstack.config import DevstackError, HostSpec, StackConfig, load
+from controller.devstack.config import REDIS_USER, DevstackError, HostSpec, StackConfig, load
 from controller.devstack.teardown import down
 from controller.keys.store import KeyStore
 
@@ -198,20 +199,34 @@ class Stack:
             time.sleep(0.05)
 
     def _start_redis(self) -> None:
+        """Redis with auth: no default user, the controller's own ACL user (agents get theirs
+        from the controller when their hosts are added)."""
         config = self.config
         self.progress(f"starting redis on {config.redis_socket}")
-        self._spawn(
-            "redis",
-            [
-                *("redis-server", "--port", "0", "--unixsocket", str(config.redis_socket)),
-                *("--unixsocketperm", "700", "--save", ""),
-                # Queued tasks and cancel flags survive a Redis restart (README: In production).
-                *("--appendonly", "yes", "--appendfsync", "everysec"),
-                *("--dir", str(config.state_dir), "--daemonize", "no"),
-            ],
-            config.services_cgroup,
+        password = secrets.token_urlsafe(24)
+        _private(config.redis_password_file, password + "\n")
+        redis_conf = config.state_dir / "redis.conf"
+        _private(
+            redis_conf,
+            "".join(
+                line + "\n"
+                for line in (
+                    "user default off",
+                    f"user {REDIS_USER} on >{password} ~* &* +@all",
+                    "port 0",
+                    f"unixsocket {config.redis_socket}",
+                    "unixsocketperm 700",
+                    'save ""',
+                    # Queued tasks and cancel flags survive a restart (README: In production).
+                    "appendonly yes",
+                    "appendfsync everysec",
+                    f"dir {config.state_dir}",
+                    "daemonize no",
+                )
+            ),
         )
-        client = redis.Redis(unix_socket_path=str(config.redis_socket))
+        self._spawn("redis", ["redis-server", str(redis_conf)], config.services_cgroup)
+        client = redis.Redis.from_url(config.redis_url)
 
         def pong() -> bool:
             try:
@@ -291,7 +306,7 @@ class Stack:
         root_addr, host_addr = config.addresses(index)
         netns = config.netns(spec.name)
         self.progress(f"host {spec.name}: netns {netns} at {host_addr}, workload {spec.workload}")
-        host.write_files(config, spec, agent=self.agents)
+        host.write_files(config, spec)
         system.make_cgroup(config.host_cgroup(spec.name))
         system.make_netns(netns, config.link(index), root_addr, host_addr)
         agents = config.agent_cgroup(spec.name)
@@ -299,8 +314,10 @@ class Stack:
         ready = host.ready_file(config, spec)
         self._wait(f"host {spec.name}'s namespaces", ready.exists, 10)
         # A bare host's traces will be confined to its workload's cgroup by the agent that
-        # bootstrap installs: the host record carries it.
-        api.register(spec, host_addr, cgroup=None if self.agents else config.host_cgroup(spec.name))
+        # bootstrap installs: the host record carries it. Its Redis identity comes back once.
+        cgroup = None if self.agents else config.host_cgroup(spec.name)
+        join = api.register(spec, host_addr, cgroup=cgroup)
+        host.write_agent_env(config, spec, join["redis_url"] if self.agents else None)
         self._spawn(
             f"{spec.name}-workload",
             host.workload_command(config, spec, holder),
@@ -323,3 +340,10 @@ class Stack:
             for service in self.services:
                 ready = partial(service.ready, self.config, spec, index)
                 self._wait(f"{spec.name}'s {service.name}", ready, 15)
+
+
+def _private(path: Path, text: str) -> None:
+    """A file only root reads (made so before anything is written to it)."""
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(text)

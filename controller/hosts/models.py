@@ -10,8 +10,9 @@ from sqlalchemy import String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from controller.db import Base, utcnow
+from node_agent.wire import HOST_NAME_PATTERN
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+NAME_PATTERN = HOST_NAME_PATTERN
 LABEL_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$"
 # Identifiers, not prose: no space, no markup, no control character to print back later.
 LABEL_VALUE_PATTERN = r"^[A-Za-z0-9_.:/@+-]{0,128}$"
@@ -48,6 +49,9 @@ class Host(Base):
     # {"fingerprint": offered key, "at": ISO time}: a bootstrap met an unknown or changed key.
     host_key_rejected: Mapped[dict[str, Any] | None]
     cgroup: Mapped[str | None] = mapped_column(String(255))
+    # SHA-256 of the host's Redis secret (as Redis keeps it): enough to put its ACL user back
+    # after a Redis restart, never enough to act as the host. None: no identity issued.
+    agent_secret_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class HostCreate(BaseModel):
@@ -108,6 +112,17 @@ class HostPublic(BaseModel):
     trust_on_first_use: bool = False
     host_key_rejected: HostKeyRejection | None = None
     cgroup: str | None = None
+
+
+class HostJoin(BaseModel):
+    """A host's newly issued Redis identity: shown once, stored nowhere."""
+
+    redis_url: str = Field(description="the host's own Redis URL, with its secret")
+    command: str = Field(description="one line that joins the host")
+
+
+class HostCreated(HostPublic):
+    join: HostJoin | None = None
 
 
 class HostsPublic(BaseModel):

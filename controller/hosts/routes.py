@@ -8,15 +8,25 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import StringConstraints
 
-from controller.api.deps import Admin, DispatcherDep, SessionDep, SettingsDep, Viewer
+from controller.api.deps import (
+    Admin,
+    DispatcherDep,
+    IdentitiesDep,
+    SessionDep,
+    SettingsDep,
+    Viewer,
+)
 from controller.api.params import HostPath
 from controller.api.responses import AUTHENTICATED, errors
 from controller.hosts import service
+from controller.hosts.identity import Credential
 from controller.hosts.models import (
     LABEL_KEY_PATTERN,
     LABEL_VALUE_PATTERN,
     MAX_LABELS,
     HostCreate,
+    HostCreated,
+    HostJoin,
     HostPublic,
     HostsPublic,
     HostUpdate,
@@ -67,12 +77,38 @@ def list_hosts(
     "", operation_id="create_host", responses=errors(409), status_code=status.HTTP_201_CREATED
 )
 def create_host(
-    host_in: HostCreate, session: SessionDep, settings: SettingsDep, _: Admin
-) -> HostPublic:
-    """Register a host by name, address and labels."""
+    host_in: HostCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    identities: IdentitiesDep,
+    _: Admin,
+) -> HostCreated:
+    """Register a host by name, address and labels; its Redis identity is shown once."""
     host = service.create(session=session, host_in=host_in)
+    credential = service.issue_identity(host=host, identities=identities)
     session.commit()
-    return service.to_public(host, timeout_s=settings.heartbeat_timeout_s)
+    identities.hosts_changed()
+    identities.apply(host.name, host.agent_secret_sha256 or "")
+    public = service.to_public(host, timeout_s=settings.heartbeat_timeout_s)
+    return HostCreated(**public.model_dump(), join=_join(credential))
+
+
+@router.post("/{name}/credential", operation_id="issue_host_credential", responses=errors(404))
+def issue_host_credential(
+    name: HostPath, session: SessionDep, identities: IdentitiesDep, _: Admin
+) -> HostJoin:
+    """Issue the host a new Redis identity (the old one stops working); shown once."""
+    host = service.get(session=session, name=name)
+    if host is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no host {name!r}")
+    credential = service.issue_identity(host=host, identities=identities)
+    session.commit()
+    identities.apply(host.name, host.agent_secret_sha256 or "")
+    return _join(credential)
+
+
+def _join(credential: Credential) -> HostJoin:
+    return HostJoin(redis_url=credential.redis_url, command=credential.join_command)
 
 
 @router.get("/{name}", operation_id="get_host", responses=errors(404))
@@ -103,11 +139,19 @@ def update_host(
     responses=errors(404),
     status_code=status.HTTP_204_NO_CONTENT,
 )
-def delete_host(name: HostPath, session: SessionDep, dispatcher: DispatcherDep, _: Admin) -> None:
-    """Forget a host and drop its task queue (its past runs stay)."""
+def delete_host(
+    name: HostPath,
+    session: SessionDep,
+    dispatcher: DispatcherDep,
+    identities: IdentitiesDep,
+    _: Admin,
+) -> None:
+    """Forget a host and drop its task queue (its past runs stay); its Redis identity stops
+    working."""
     host = service.get(session=session, name=name)
     if host is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no host {name!r}")
     session.delete(host)
     session.commit()
     dispatcher.forget_host(host=name)
+    identities.revoke(name, forget=True)

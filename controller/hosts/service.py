@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from controller.db import utcnow
 from controller.errors import Conflict
+from controller.hosts.identity import Credential, Identities
 from controller.hosts.models import (
     Host,
     HostCreate,
@@ -98,13 +99,17 @@ def to_public(host: Host, *, timeout_s: float) -> HostPublic:
     )
 
 
-def record_heartbeat(*, session: Session, beat: Heartbeat, auto_register: bool) -> Host | None:
+def issue_identity(*, host: Host, identities: Identities) -> Credential:
+    """A new Redis secret for the host (the caller commits, then `identities.apply`)."""
+    host.agent_secret_sha256, credential = identities.new_secret(host.name)
+    return credential
+
+
+def record_heartbeat(*, session: Session, beat: Heartbeat) -> Host | None:
+    """Hosts join by being added, never by heartbeating: an unknown name changes nothing."""
     host = get(session=session, name=beat.host)
     if host is None:
-        if not auto_register:
-            return None
-        host = Host(name=beat.host, labels={})
-        session.add(host)
+        return None
     host.last_heartbeat = utcnow()
     host.agent_version = beat.agent_version
     if beat.capabilities is not None:

@@ -1,5 +1,8 @@
-"""Ingest: read agents' events from the Redis stream, store them, ack only after commit.
+"""Ingest: read agents' events from their hosts' Redis streams, store them, ack after commit.
 
+Each host appends to its own stream, which its Redis identity alone may write: the stream an
+event arrives on names its host, whatever the event claims. The streams read are those of
+the hosts the controller knows (refreshed periodically, and at once when a host is added).
 A consumer that dies re-reads its own pending entries on restart (or another consumer claims
 them), and storage is idempotent per (run, seq), so nothing is lost and nothing counted twice.
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +22,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from controller.audit import service as audit
+from controller.hosts import identity
 from controller.hosts import service as hosts_service
+from controller.hosts.models import Host
 from controller.ingest.leases import LeaseRules, Leases
 from controller.ingest.link import TRANSIENT, RedisLink, is_nogroup
 from controller.jobs import service as jobs_service
@@ -33,13 +39,18 @@ from node_agent.protocol import (
     StateChange,
     StreamEnvelope,
 )
-from node_agent.wire import EVENTS_STREAM
+from node_agent.wire import EVENTS_STREAM_PREFIX, events_stream, valid_host
 
 log = logging.getLogger(__name__)
-DEAD_LETTERS = "fleettrace:events:dead"
+DEAD_LETTERS = "fleettrace:dead-letters"
 SWEEP_EVERY_S = 1.0
+HOSTS_REFRESH_S = 10.0
+# Acked entries leave the hosts' streams after a while (kept a bit for inspection).
+TRIM_EVERY_S = 60.0
+KEEP_ACKED_S = 600.0
 
-Entry = tuple[bytes, dict[bytes, bytes]]
+# (host whose stream it came on, entry id, fields)
+Entry = tuple[str, bytes, dict[bytes, bytes]]
 
 
 class Ingest:
@@ -51,19 +62,53 @@ class Ingest:
         self.redis = client
         self.group = settings.ingest_group
         self.consumer = settings.ingest_consumer
+        self.hosts: list[str] = []
+        self._hosts_version: bytes | None = None
+        self._hosts_at = float("-inf")
         self._recovered = False
+        self._claimed_at = time.monotonic()
         self._last_sweep = 0.0
+        self._trimmed_at = time.monotonic()
         self.stored = 0
         self.link = RedisLink("ingest")
         self._group_ready = False
         self.leases = Leases(LeaseRules.of(settings))
 
     def ensure_group(self) -> None:
-        try:
-            self.redis.xgroup_create(EVENTS_STREAM, self.group, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        """Read the hosts the controller knows, with our group on each one's stream."""
+        self.refresh_hosts(force=True)
+
+    def refresh_hosts(self, *, force: bool = False) -> None:
+        """The streams to read: every known host's; new ones get the group (from their start).
+        Also puts back agents' Redis identities a Redis restart lost."""
+        version: Any = self.redis.get(identity.HOSTS_VERSION_KEY)
+        due = time.monotonic() - self._hosts_at >= HOSTS_REFRESH_S
+        if not force and not due and version == self._hosts_version:
+            return
+        with self.sessions() as session:
+            known = session.execute(select(Host.name, Host.agent_secret_sha256)).all()
+        names = sorted(name for name, _ in known if valid_host(name))
+        new = names if force else sorted(set(names) - set(self.hosts))
+        self._create_groups(new)
+        if due or force:
+            identity.reconcile(self.redis, {name: digest for name, digest in known})
+        added = len(set(names) - set(self.hosts))
+        removed = len(set(self.hosts) - set(names))
+        if added or removed:
+            log.info("ingest: reading %d hosts' streams (+%d, -%d)", len(names), added, removed)
+        self.hosts = names
+        self._hosts_version = version
+        self._hosts_at = time.monotonic()
+
+    def _create_groups(self, hosts: Sequence[str]) -> None:
+        if not hosts:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for host in hosts:
+            pipe.xgroup_create(events_stream(host), self.group, id="0", mkstream=True)
+        for result in pipe.execute(raise_on_error=False):
+            if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
+                raise result
 
     def step(self, block_ms: int = 1000) -> int:
         """Read, store and ack one batch, then sweep if due; returns how many entries were
@@ -74,55 +119,158 @@ class Ingest:
         return handled
 
     def _handle_batch(self, block_ms: int) -> int:
-        entries = self._read(block_ms)
+        try:
+            entries = self._read(block_ms)
+        except redis.ResponseError as exc:
+            if not is_nogroup(exc):
+                raise
+            # A stream (or Redis' whole memory) went away under us: make the groups again.
+            log.warning("ingest: %s; re-creating the consumer groups", exc)
+            self.refresh_hosts(force=True)
+            return 0
         if entries:
             self._store(entries)
-            self.redis.xack(EVENTS_STREAM, self.group, *[entry_id for entry_id, _ in entries])
+            self._ack(entries)
+        if time.monotonic() - self._trimmed_at >= TRIM_EVERY_S:
+            self.trim()
         return len(entries)
 
+    def trim(self, keep_s: float = KEEP_ACKED_S) -> int:
+        """Drop entries every consumer has acked, older than `keep_s`: never one that is
+        pending or not yet delivered. Returns how many went."""
+        self._trimmed_at = time.monotonic()
+        hosts = list(self.hosts)
+        pipe = self.redis.pipeline(transaction=False)
+        for host in hosts:
+            pipe.xpending(events_stream(host), self.group)
+            pipe.xinfo_groups(events_stream(host))
+        replies = pipe.execute(raise_on_error=False)
+        cutoff = (int((time.time() - keep_s) * 1000), 0)
+        pipe = self.redis.pipeline(transaction=False)
+        for i, host in enumerate(hosts):
+            pending, groups = replies[2 * i], replies[2 * i + 1]
+            if isinstance(pending, Exception) or isinstance(groups, Exception):
+                continue
+            minid = min(cutoff, _first_unacked(pending, groups, self.group))
+            pipe.xtrim(events_stream(host), minid=f"{minid[0]}-{minid[1]}", approximate=False)
+        trimmed = sum(n for n in pipe.execute(raise_on_error=False) if isinstance(n, int))
+        if trimmed:
+            log.info("ingest: trimmed %d acked entries from %d streams", trimmed, len(hosts))
+        return trimmed
+
+    def _ack(self, entries: Sequence[Entry]) -> None:
+        by_host: dict[str, list[bytes]] = defaultdict(list)
+        for host, entry_id, _ in entries:
+            by_host[host].append(entry_id)
+        pipe = self.redis.pipeline(transaction=False)
+        for host, ids in by_host.items():
+            pipe.xack(events_stream(host), self.group, *ids)
+        pipe.execute()
+
+    def _per_stream(self) -> int:
+        """XREADGROUP's COUNT is per stream: a batch spread over the hosts' streams."""
+        return max(1, self.settings.ingest_batch // max(1, len(self.hosts)))
+
     def _read(self, block_ms: int) -> list[Entry]:
-        count = self.settings.ingest_batch
+        self.refresh_hosts()
+        if not self.hosts:
+            time.sleep(block_ms / 1000)
+            return []
+        count = self._per_stream()
         if not self._recovered:
             # First our own pending entries: delivered before a crash, never acked.
-            mine = self.redis.xreadgroup(
-                self.group, self.consumer, {EVENTS_STREAM: "0"}, count=count
-            )
-            pending = _entries(mine)
+            pending = self._xreadgroup("0", count=self.settings.ingest_batch)
             if pending:
                 return pending
             self._recovered = True
-            claimed = self.redis.xautoclaim(
-                EVENTS_STREAM,
+            claimed = self._claim()
+            if claimed:
+                return claimed
+        elif time.monotonic() - self._claimed_at >= self.settings.ingest_claim_idle_ms / 1000:
+            claimed = self._claim()  # another consumer died holding entries
+            if claimed:
+                return claimed
+        entries = self._xreadgroup(">", count=count, block_ms=block_ms)
+        per_host = Counter(host for host, _, _ in entries)
+        full = sorted(host for host, n in per_host.items() if n >= count)
+        if full and len(entries) < self.settings.ingest_batch:
+            # Busy hosts get the rest of the batch at once, not one entry per round trip.
+            more = max(1, (self.settings.ingest_batch - len(entries)) // len(full))
+            entries += self._xreadgroup(">", count=more, hosts=full)
+        return entries
+
+    def _xreadgroup(
+        self, start: str, *, count: int, block_ms: int | None = None, hosts: Sequence[str] = ()
+    ) -> list[Entry]:
+        streams: Any = {events_stream(host): start for host in (hosts or self.hosts)}
+        reply = self.redis.xreadgroup(
+            self.group,
+            self.consumer,
+            streams,
+            count=count,
+            block=block_ms,  # type: ignore[arg-type]
+        )
+        return _entries(reply)
+
+    def _claim(self) -> list[Entry]:
+        """Entries another consumer took and never acked, idle past the claim time."""
+        self._claimed_at = time.monotonic()
+        pipe = self.redis.pipeline(transaction=False)
+        for host in self.hosts:
+            pipe.xautoclaim(
+                events_stream(host),
                 self.group,
                 self.consumer,
                 min_idle_time=self.settings.ingest_claim_idle_ms,
                 start_id="0-0",
-                count=count,
+                count=self._per_stream(),
             )
-            found: Any = claimed[1] if claimed else []
-            if found:
-                return [(e[0], e[1]) for e in found if e[1] is not None]
-        return _entries(
-            self.redis.xreadgroup(
-                self.group, self.consumer, {EVENTS_STREAM: ">"}, count=count, block=block_ms
-            )
-        )
+        found: list[Entry] = []
+        for host, reply in zip(self.hosts, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(reply, Exception):
+                log.warning("ingest: cannot claim from %s's stream: %s", host, reply)
+                continue
+            claimed: Any = reply[1] if reply else []
+            found += [(host, e[0], e[1]) for e in claimed if e[1] is not None]
+        if found:
+            log.info("ingest: claimed %d entries another consumer left pending", len(found))
+        return found
 
     def _store(self, entries: Sequence[Entry]) -> None:
         envelopes: list[StreamEnvelope] = []
-        for entry_id, fields in entries:
+        for host, entry_id, fields in entries:
             raw = fields.get(b"data", b"")
             try:
-                envelopes.append(StreamEnvelope.model_validate_json(raw))
+                envelope = StreamEnvelope.model_validate_json(raw)
             except ValidationError as exc:
                 log.error(
-                    "ingest: unreadable entry %s moved to %s: %s", entry_id, DEAD_LETTERS, exc
+                    "ingest: unreadable entry %s from %s moved to %s: %s",
+                    entry_id,
+                    host,
+                    DEAD_LETTERS,
+                    exc,
                 )
-                self.redis.xadd(DEAD_LETTERS, {"id": entry_id, "data": raw}, maxlen=10_000)
+                dead = {"id": entry_id, "host": host, "data": raw}
+                self.redis.xadd(DEAD_LETTERS, dead, maxlen=10_000)  # type: ignore[arg-type]
+                continue
+            claimed = _claimed_host(envelope)
+            if claimed != host:
+                self._impersonation(host=host, claimed=claimed, entry_id=entry_id)
+                continue
+            envelopes.append(envelope)
         with self.sessions() as session:
             self._apply_batch(session, envelopes)
             session.commit()
         self.stored += len(envelopes)
+
+    def _impersonation(self, *, host: str, claimed: str, entry_id: bytes) -> None:
+        """An entry on `host`'s stream speaking for `claimed`: ignored, and said so."""
+        log.warning(
+            "ingest: entry %s on %s's stream claims to come from %s: ignored",
+            entry_id.decode(errors="replace"),
+            host,
+            claimed,
+        )
 
     def _apply_batch(self, session: Session, envelopes: Sequence[StreamEnvelope]) -> None:
         """apply() for each envelope, with one query for the batch's runs, one for its stored
@@ -150,9 +298,7 @@ class Ingest:
     def apply(self, session: Session, envelope: StreamEnvelope) -> None:
         event = envelope.event
         if isinstance(event, Heartbeat):
-            host = hosts_service.record_heartbeat(
-                session=session, beat=event, auto_register=self.settings.auto_register_hosts
-            )
+            host = hosts_service.record_heartbeat(session=session, beat=event)
             if host is not None:  # the runs the host holds and no longer lists end here
                 self.leases.heard(session, host=host.name, running=event.running)
             return
@@ -271,7 +417,12 @@ class Ingest:
             log.exception("ingest: sweep failed; next one in %.0fs", SWEEP_EVERY_S)
 
     def run_forever(self, stop: threading.Event) -> None:
-        log.info("ingest %s/%s reading %s", self.group, self.consumer, EVENTS_STREAM)
+        log.info(
+            "ingest %s/%s reading the hosts' streams %s*",
+            self.group,
+            self.consumer,
+            EVENTS_STREAM_PREFIX,
+        )
         while not stop.is_set():
             if self.link.ready():
                 self._try_batch(stop)
@@ -338,11 +489,44 @@ def _stored_seqs(session: Session, envelopes: Sequence[StreamEnvelope]) -> set[t
     return {(run_id, seq) for run_id, seq in rows if (run_id, seq) in wanted}
 
 
+def _first_unacked(pending: Any, groups: Any, group: str) -> tuple[int, int]:
+    """The id of a stream's oldest entry our group has not acked (pending, or past its last
+    delivered id); 0-0 when the group is missing: then nothing goes."""
+    ours = [g for g in groups if g["name"] in (group, group.encode())]
+    if not ours:
+        return (0, 0)
+    delivered = _id(ours[0]["last-delivered-id"])
+    after = (delivered[0], delivered[1] + 1)
+    if pending and int(pending.get("pending") or 0) > 0 and pending.get("min"):
+        return min(after, _id(pending["min"]))
+    return after
+
+
+def _id(value: bytes | str) -> tuple[int, int]:
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _claimed_host(envelope: StreamEnvelope) -> str:
+    """Whom an entry says it is from: its envelope's host, and a heartbeat's own, if they differ."""
+    event = envelope.event
+    if isinstance(event, Heartbeat) and event.host != envelope.host:
+        return event.host
+    return envelope.host
+
+
 def _entries(response: Any) -> list[Entry]:
-    """XREADGROUP's entries for our one stream, under RESP2 (list) or RESP3 (dict) replies."""
+    """XREADGROUP's entries for all our streams, under RESP2 (list) or RESP3 (dict) replies."""
     if not response:
         return []
     if isinstance(response, dict):
-        streams = list(response.values())
-        return list(streams[0][0]) if streams and streams[0] else []
-    return list(response[0][1])
+        streams = [(name, value[0] if value else []) for name, value in response.items()]
+    else:
+        streams = [(name, value) for name, value in response]
+    found: list[Entry] = []
+    for name, entries in streams:
+        stream = name.decode() if isinstance(name, bytes) else str(name)
+        host = stream.removeprefix(EVENTS_STREAM_PREFIX)
+        found += [(host, entry_id, fields) for entry_id, fields in entries if fields is not None]
+    return found

@@ -157,6 +157,16 @@ class FakeSession:
         if command.startswith("echo ") and BUILD_MARKER in command:
             host.build = shlex.split(command)[1]
             return ok()
+        if command.startswith("sed -n 's/^FLEETTRACE_REDIS_URL=//p' "):
+            path = shlex.split(command)[3]
+            data = host.files.get(path, (b"", 0))[0].decode()
+            return ok(
+                "".join(
+                    line[21:] + "\n"
+                    for line in data.splitlines()
+                    if line.startswith("FLEETTRACE_REDIS_URL=")
+                )
+            )
         if "stat -c %a" in command:
             path = shlex.split(re.search(r"if \[ -f (.+?) \];", command).group(1))[0]  # type: ignore[union-attr]
             if path not in host.files:

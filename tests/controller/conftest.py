@@ -7,6 +7,7 @@ and a flushed Redis, and overrides `database_url` or `settings_overrides` when i
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -37,7 +38,7 @@ from controller.migrate import upgrade
 from controller.schedules.scheduler import Scheduler
 from controller.settings import Settings
 from node_agent.protocol import TraceRequest
-from node_agent.wire import client_url
+from node_agent.wire import AGENT_USER_PREFIX, client_url
 from tests.controller.support import clean_env, missing, stop_process, wait_for
 
 REDIS_SERVER = Path("/usr/bin/redis-server")
@@ -48,24 +49,42 @@ BIN = Path(sys.executable).parent
 # -- Redis ----------------------------------------------------------------------------------------
 
 
+CONTROLLER_USER = "fleettrace"
+
+
+def redis_config(workdir: Path, password: str, *extra: str) -> Path:
+    """Auth required as in production: no default user, the controller's own ACL user."""
+    config = workdir / "redis.conf"
+    lines = [
+        "user default off",
+        f"user {CONTROLLER_USER} on >{password} ~* &* +@all",
+        f"dir {workdir}",
+        'save ""',
+        "appendonly no",
+        *extra,
+    ]
+    config.write_text("\n".join(lines) + "\n")
+    config.chmod(0o600)
+    return config
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
-    """A private redis-server on a unix socket (no TCP); yields its unix:// URL."""
+    """A private redis-server on a unix socket (no TCP) that requires auth; yields the
+    controller's unix:// URL (with its user and password)."""
     if not REDIS_SERVER.exists():
         missing(f"{REDIS_SERVER} (apt install redis-server)")
     workdir = Path(tempfile.mkdtemp(prefix="ft-redis-"))
     sock = workdir / "redis.sock"
+    password = secrets.token_urlsafe(16)
+    config = redis_config(workdir, password, "port 0", f"unixsocket {sock}", "unixsocketperm 700")
     proc = subprocess.Popen(
-        [
-            *(str(REDIS_SERVER), "--port", "0", "--dir", str(workdir)),
-            *("--unixsocket", str(sock), "--unixsocketperm", "700"),
-            *("--save", "", "--appendonly", "no"),
-        ],
+        [str(REDIS_SERVER), str(config)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    url = f"unix://{sock}"
+    url = f"unix://{CONTROLLER_USER}:{password}@{sock}"
     try:
 
         def up() -> bool:
@@ -89,6 +108,10 @@ def redis_url(redis_server: str) -> str:
     """The test Redis, emptied once per module (agents keep their queues for the module)."""
     with redis.Redis.from_url(redis_server) as client:
         client.flushall()
+        for user in client.acl_users():
+            name = user.decode() if isinstance(user, bytes) else str(user)
+            if name.startswith(AGENT_USER_PREFIX):
+                client.acl_deluser(name)
     return redis_server
 
 
@@ -361,6 +384,7 @@ class AgentProcess:
     cgroup: str | None
     proc: subprocess.Popen[bytes]
     log: Path
+    redis_url: str = ""
 
     def log_tail(self, size: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-size:] if self.log.exists() else ""
@@ -393,9 +417,10 @@ class Agents:
         wait: bool = True,
         trusted_keys: Path | None = None,
     ) -> AgentProcess:
-        """Start an agent; with wait, return once its host is online with capabilities."""
+        """Start an agent with its host's own Redis identity (the host is added if it is not
+        known); with wait, return once its host is online with capabilities."""
         argv = [str(BIN / "fleettrace-agent"), "worker", "--host", host]
-        argv += ["--redis-url", self.settings.redis_url]
+        redis_url = self.identity(host)
         if cgroup is not None:
             argv += ["--cgroup", str(cgroup)]
         log = self.logs / f"agent-{host}.log"
@@ -404,6 +429,7 @@ class Agents:
             FLEETTRACE_AGENT_CONFIG=os.devnull,
             FLEETTRACE_TRUSTED_KEYS=str(trusted_keys or self.trusted_keys_file()),
             FLEETTRACE_STATE_DIR=str(self.state_dir(host)),
+            FLEETTRACE_REDIS_URL=redis_url,
         )
         with log.open("ab") as out:
             proc = subprocess.Popen(
@@ -413,11 +439,24 @@ class Agents:
                 env=env,
                 start_new_session=True,
             )
-        agent = AgentProcess(host, None if cgroup is None else str(cgroup), proc, log)
+        agent = AgentProcess(host, None if cgroup is None else str(cgroup), proc, log, redis_url)
         self.started.append(agent)
         if wait:
             self.wait_online(agent)
         return agent
+
+    def identity(self, host: str) -> str:
+        """The host's own Redis URL, freshly issued by the controller (adding the host)."""
+        admin = self.tokens.headers("admin")
+        answer = self.client.post(f"/v1/hosts/{host}/credential", headers=admin)
+        if answer.status_code == 404:
+            answer = self.client.post("/v1/hosts", json={"name": host}, headers=admin)
+            assert answer.status_code == 201, answer.text
+            url: str = answer.json()["join"]["redis_url"]
+            return url
+        assert answer.status_code == 200, answer.text
+        url = answer.json()["redis_url"]
+        return url
 
     def wait_online(self, agent: AgentProcess, timeout: float = 60.0) -> dict[str, Any]:
         headers = self.tokens.headers("viewer")

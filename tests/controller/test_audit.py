@@ -37,7 +37,7 @@ from controller.migrate import upgrade
 from controller.schedules.scheduler import Scheduler
 from controller.settings import Settings
 from node_agent.protocol import Refusal, RefusalReason, StreamEnvelope
-from node_agent.wire import EVENTS_STREAM
+from node_agent.wire import events_stream
 from tests.controller.conftest import IngestThread, RecordingDispatcher, Tokens
 from tests.controller.support import field_paths, register_host, submit, wait_for
 from tests.controller.test_roles import RULES as ROLE_RULES
@@ -258,7 +258,7 @@ def _row(record: AuditRecord) -> dict[str, Any]:
 
 def _refuse(client: redis.Redis, host: str, refusal: Refusal, job_id: str | None = None) -> None:
     data = StreamEnvelope(host=host, job_id=job_id, event=refusal).model_dump_json()
-    client.xadd(EVENTS_STREAM, {"data": data})
+    client.xadd(events_stream(host), {"data": data})
 
 
 def test_refusals_on_the_stream_become_records(

@@ -17,8 +17,10 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import redis
 from alembic import command
 from fastapi.testclient import TestClient
 from rich.console import Console
@@ -51,6 +53,7 @@ from controller.keys.store import KeyStore
 from controller.migrate import alembic_config, upgrade
 from controller.settings import Settings
 from node_agent.signing import parse_trusted_keys
+from node_agent.wire import agent_user, client_url
 from tests.controller.bootstrap_fakes import (
     FINGERPRINT,
     FakeArtifacts,
@@ -63,6 +66,7 @@ from tests.controller.support import clean_env, stop_process, wait_for
 
 SECRET = "s3cret-Pass_word"
 AGENT_URL = f"redis://agent:{SECRET}@127.0.0.1:6390/0"
+AGENT_BASE_URL = "redis://127.0.0.1:6390/0"
 
 # -- redaction ----------------------------------------------------------------------------------
 
@@ -118,13 +122,14 @@ def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, redis_url: str) -> Settings:
+    """Hosts' Redis identities are made in the tests' real Redis; agents are told another."""
     KeyStore(tmp_path / "keys").init()
     return Settings(
         keys_dir=tmp_path / "keys",
         database_url=f"sqlite:///{tmp_path / 'fleettrace.db'}",
-        redis_url="redis://127.0.0.1:1/0",
-        agent_redis_url=AGENT_URL,
+        redis_url=redis_url,
+        agent_redis_url=AGENT_BASE_URL,
         bootstrap_verify_timeout_s=1.0,
         heartbeat_timeout_s=30.0,
         artifacts_dir=tmp_path / "artifacts",
@@ -248,7 +253,7 @@ def test_first_bootstrap_changes_everything_and_a_rerun_changes_nothing(lab: Lab
     assert mode == 0o600
     assert b"FLEETTRACE_HOST=web-1\n" in config
     assert b"FLEETTRACE_CGROUP=fleet/web-1\n" in config
-    assert AGENT_URL.encode() in config, "the agent gets the broker URL with its credentials"
+    assert b"FLEETTRACE_REDIS_URL=redis://ft-host-web-1:" in config, "the host's own identity"
     assert machine.starts == 1 and SUPERVISOR in machine.files
 
     commands_before = len(machine.commands)
@@ -396,10 +401,16 @@ def test_no_heartbeat_fails_verify_with_the_agents_log_and_no_secret(lab: Lab) -
     assert run["state"] == "failed"
     assert "no heartbeat with capabilities from web-1 within 0.5s" in run["error"]
     assert "cannot connect to redis://agent:***@127.0.0.1" in output(run, "verify")
-    assert SECRET not in str(run)
-    # The broker URL crosses only on stdin, never on a command line.
-    assert not any(SECRET in c for c, _ in machine.commands)
-    assert any(SECRET.encode() in data for data in machine.stdins)
+    # The host's own secret, as bootstrap issued it into agent.env.
+    config = machine.files[CONFIG_FILE][0].decode()
+    url = next(line for line in config.splitlines() if line.startswith("FLEETTRACE_REDIS_URL="))
+    host_secret = urlsplit(url.split("=", 1)[1]).password or ""
+    assert len(host_secret) >= 32
+    for secret in (SECRET, host_secret):
+        assert secret not in str(run)
+        # The broker URL crosses only on stdin, never on a command line.
+        assert not any(secret in c for c, _ in machine.commands)
+    assert any(host_secret.encode() in data for data in machine.stdins)
 
 
 def test_a_late_heartbeat_of_the_old_agent_does_not_verify_the_new_one(lab: Lab) -> None:
@@ -438,13 +449,18 @@ def test_a_crash_inside_a_step_is_recorded_and_logged_without_the_secret(
 def test_uninstall_removes_everything_and_a_second_one_is_a_noop(lab: Lab) -> None:
     machine = lab.add("web-1")
     lab.run("web-1")
+    acl = redis.Redis.from_url(client_url(lab.settings.redis_url))
+    assert acl.acl_getuser(agent_user("web-1")) is not None, "bootstrap issued an identity"
     run = lab.run("web-1", RunKind.uninstall)
+    assert acl.acl_getuser(agent_user("web-1")) is None, "its identity went with the agent"
+    acl.close()
     assert run["state"] == "succeeded", run
     assert statuses(run) == {
         "connect": "ok",
         "service": "changed",
         "files": "changed",
         "verify": "ok",
+        "identity": "changed",
     }
     assert not machine.supervisor and not machine.files and not machine.wheels
     again = lab.run("web-1", RunKind.uninstall)

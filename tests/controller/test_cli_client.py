@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import importlib
 import json
+import shlex
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import redis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
@@ -42,6 +45,7 @@ from node_agent.protocol import (
     TraceError,
     TraceRequest,
 )
+from node_agent.wire import client_url
 from tests.controller.support import capabilities, counters, snapshot
 
 Run = Callable[..., tuple[int, str, str]]
@@ -93,8 +97,11 @@ def stub() -> AgentStub:
 
 
 @pytest.fixture
-def cli_app(tmp_path: Path, stub: AgentStub) -> Iterator[FastAPI]:
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'cli.db'}", max_duration_s=600)
+def cli_app(tmp_path: Path, stub: AgentStub, redis_url: str) -> Iterator[FastAPI]:
+    # Hosts' Redis identities are made in the tests' Redis.
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'cli.db'}", redis_url=redis_url, max_duration_s=600
+    )
     upgrade(settings.database_url)
     app = create_app(settings, stub)
     stub.sessions, stub.settings = app.state.sessions, settings
@@ -357,6 +364,37 @@ def test_hosts_add_list_show(run: Run, stub: AgentStub) -> None:
     assert shown["address"].strip() == "10.0.0.2"
     assert shown["kernel"].strip() == "6.1.0-test x86_64"
     assert "cpu_profile" in shown["programs"]
+
+
+def test_hosts_add_prints_a_join_command_once_and_credential_issues_another(
+    run: Run, redis_url: str
+) -> None:
+    code, out, _ = run("hosts", "add", "web-7")
+    assert code == 0, out
+    command = next(line.strip() for line in out.splitlines() if "fleettrace-agent worker" in line)
+    assert command.endswith("fleettrace-agent worker --host web-7")
+    first = shlex.split(command)[0].removeprefix("FLEETTRACE_REDIS_URL=")
+    assert urlsplit(first).username == "ft-host-web-7"
+    assert urlsplit(first).password != urlsplit(redis_url).password
+    assert _authenticates(first)
+    code, out, _ = run("hosts", "show", "web-7")
+    assert urlsplit(first).password not in out
+    code, out, _ = run("hosts", "credential", "web-7")
+    assert code == 0, out
+    second = shlex.split(out.splitlines()[-1].strip())[0].removeprefix("FLEETTRACE_REDIS_URL=")
+    assert second != first and _authenticates(second) and not _authenticates(first)
+    code, _, err = run("hosts", "credential", "nope")
+    assert code == 2 and err.count("\n") == 1, err
+
+
+def _authenticates(url: str) -> bool:
+    client = redis.Redis.from_url(client_url(url))
+    try:
+        return bool(client.ping())
+    except redis.AuthenticationError:
+        return False
+    finally:
+        client.close()
 
 
 def test_submit_list_show_cancel_results(run: Run, stub: AgentStub) -> None:

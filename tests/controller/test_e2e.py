@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from controller.jobs.models import JobEvent, SnapshotRow
 from controller.settings import Settings
 from node_agent.protocol import CounterTable, Feature
-from node_agent.wire import EVENTS_STREAM, host_queue
+from node_agent.wire import events_stream, host_queue
 from tests.controller.conftest import BIN, Agents, IngestThread, RecordingDispatcher, Tokens
 from tests.controller.support import (
     capabilities,
@@ -202,7 +202,9 @@ def test_a_host_that_cannot_run_a_program_gets_unsupported_and_no_task(
     register_host(client, admin, "legacy")
     try:
         caps = capabilities(without=[Feature.perf_events])
-        redis_client.xadd(EVENTS_STREAM, {"data": envelope("legacy", heartbeat("legacy", caps))})
+        redis_client.xadd(
+            events_stream("legacy"), {"data": envelope("legacy", heartbeat("legacy", caps))}
+        )
         wait_for(
             lambda: client.get("/v1/hosts/legacy", headers=viewer).json()["capabilities"],
             10,
@@ -309,7 +311,7 @@ def test_ingest_killed_and_restarted_mid_job_loses_and_doubles_no_snapshot(
     assert len(stored_seqs(sessions, run_id)) == killed_at
     # Make sure the worst case is there: entries delivered to the dead consumer, never acked.
     group, consumer = settings.ingest_group, settings.ingest_consumer
-    redis_client.xreadgroup(group, consumer, {EVENTS_STREAM: ">"}, count=10_000)
+    redis_client.xreadgroup(group, consumer, {events_stream("alpha"): ">"}, count=10_000)
     unacked = pending_snapshots(redis_client, settings, run_id)
     assert unacked, "no snapshot of the run is waiting unacked"
     ingest_process()
@@ -332,10 +334,11 @@ def test_ingest_killed_and_restarted_mid_job_loses_and_doubles_no_snapshot(
 
 def pending_snapshots(client: redis.Redis, settings: Settings, run_id: str) -> list[int]:
     """Seqs of the run's snapshots delivered to a consumer of the group but not acked."""
-    pending = client.xpending_range(EVENTS_STREAM, settings.ingest_group, "-", "+", 10_000)
+    stream = events_stream("alpha")
+    pending = client.xpending_range(stream, settings.ingest_group, "-", "+", 10_000)
     seqs = []
     for entry in pending:
-        entries: Any = client.xrange(EVENTS_STREAM, entry["message_id"], entry["message_id"])
+        entries: Any = client.xrange(stream, entry["message_id"], entry["message_id"])
         for _, fields in entries:
             event = json.loads(fields[b"data"])["event"]
             if event["type"] == "snapshot" and event["run_id"] == run_id:

@@ -28,7 +28,7 @@ from controller.schedules.models import ScheduleFire
 from controller.schedules.scheduler import Scheduler
 from controller.settings import Settings
 from node_agent.protocol import Heartbeat
-from node_agent.wire import EVENTS_STREAM
+from node_agent.wire import events_stream
 from tests.controller.conftest import Agents, IngestThread, RecordingDispatcher, Tokens
 from tests.controller.redisproc import RedisProcess
 from tests.controller.support import (
@@ -72,7 +72,7 @@ def _ingest_lines(caplog: pytest.LogCaptureFixture, text: str) -> int:
 def _beat(url: str, host: str) -> None:
     with redis.Redis.from_url(url) as client:
         beat = Heartbeat(host=host, agent_version="0.1.0")
-        client.xadd(EVENTS_STREAM, {"data": envelope(host, beat)})
+        client.xadd(events_stream(host), {"data": envelope(host, beat)})
 
 
 def _last_heartbeat(client: TestClient, tokens: Tokens, host: str) -> str | None:
@@ -89,6 +89,7 @@ def test_ingest_makes_its_group_again_when_redis_comes_back_empty(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="controller.ingest")
     host = f"nogroup-{uuid.uuid4().hex[:6]}"
+    register_host(client, tokens.headers("admin"), host)  # hosts join by being added
     _beat(redis_proc.url, host)
     before = wait_for(lambda: _last_heartbeat(client, tokens, host), 10, "the first beat stored")
     redis_proc.kill()
@@ -103,9 +104,9 @@ def test_ingest_makes_its_group_again_when_redis_comes_back_empty(
 
     wait_for(stored_again, 30, "a beat sent after the restart stored")
     with redis.Redis.from_url(redis_proc.url) as fresh:
-        groups = [g["name"] for g in fresh.xinfo_groups(EVENTS_STREAM)]
+        groups = [g["name"] for g in fresh.xinfo_groups(events_stream(host))]
     assert ingest.settings.ingest_group.encode() in groups
-    assert _ingest_lines(caplog, "is gone; re-creating it") >= 1
+    assert _ingest_lines(caplog, "re-creating the consumer groups") >= 1
     # One line when Redis went, one when it came back: not one per try.
     assert _ingest_lines(caplog, "redis unavailable") == 1
     assert _ingest_lines(caplog, "redis is back") == 1
@@ -118,6 +119,8 @@ def test_entries_delivered_in_a_reply_lost_to_the_outage_are_stored(
     assert ingest.ingest is not None
     link = ingest.ingest.link
     host = f"lostreply-{uuid.uuid4().hex[:6]}"
+    register_host(client, tokens.headers("admin"), host)
+    wait_for(lambda: host in ingest.ingest.hosts, 30, "ingest reading the new host's stream")
     wait_for(lambda: link.hearing_since is not None, 30, "ingest reading (its group made)")
     for _ in range(3):  # until Redis is back while ingest's next try is still a while off
         redis_proc.kill()
@@ -131,10 +134,10 @@ def test_entries_delivered_in_a_reply_lost_to_the_outage_are_stored(
     # The entry goes to ingest's consumer (as a read whose reply died with the connection).
     with redis.Redis.from_url(redis_proc.url) as other:
         beat = Heartbeat(host=host, agent_version="0.1.0")
-        other.xadd(EVENTS_STREAM, {"data": envelope(host, beat)})
+        other.xadd(events_stream(host), {"data": envelope(host, beat)})
         settings = ingest.settings
         got = other.xreadgroup(
-            settings.ingest_group, settings.ingest_consumer, {EVENTS_STREAM: ">"}, count=100
+            settings.ingest_group, settings.ingest_consumer, {events_stream(host): ">"}, count=100
         )
         assert got, "nothing delivered"
     wait_for(lambda: _last_heartbeat(client, tokens, host), 30, "the delivered entry stored")

@@ -133,6 +133,11 @@ RULES: dict[tuple[str, str], tuple[str | None, Builder]] = {
         "admin",
         lambda c: Call("DELETE", f"/v1/hosts/{c.new_host()}"),
     ),
+    # A host's Redis secret: whoever holds it speaks for the host.
+    ("POST", "/v1/hosts/{name}/credential"): (
+        "admin",
+        lambda c: Call("POST", f"/v1/hosts/{c.new_host()}/credential"),
+    ),
     ("POST", "/v1/jobs"): ("operator", lambda c: Call("POST", "/v1/jobs", c.job_body())),
     ("GET", "/v1/jobs"): ("viewer", lambda c: Call("GET", "/v1/jobs?state=pending&limit=5")),
     ("GET", "/v1/jobs/{job_id}"): ("viewer", lambda c: Call("GET", f"/v1/jobs/{c.new_job()}")),

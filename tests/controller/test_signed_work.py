@@ -22,7 +22,7 @@ from controller.keys.store import KeyStore
 from controller.settings import Settings
 from node_agent.protocol import Refusal, StateChange, StreamEnvelope, TraceRequest
 from node_agent.signing import SignedEnvelope, sign
-from node_agent.wire import EVENTS_STREAM, cancel_key, host_queue
+from node_agent.wire import cancel_key, events_stream, host_queue
 from tests.controller.conftest import AgentProcess, Agents, RecordingDispatcher, Tokens
 from tests.controller.support import get_job, job_final, submit, wait_for, wait_job
 
@@ -73,7 +73,7 @@ def push(dispatcher: RecordingDispatcher, host: str, value: object) -> None:
 def host_events(client: redis.Redis, host: str) -> list[Any]:
     """Every event `host` published (read from the stream, as ingest would)."""
     found = []
-    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(EVENTS_STREAM)  # type: ignore[assignment]
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(events_stream(host))  # type: ignore[assignment]
     for _, fields in entries:
         env = StreamEnvelope.model_validate_json(fields[b"data"])
         if env.host == host:

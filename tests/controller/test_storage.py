@@ -31,7 +31,7 @@ from node_agent.protocol import (
     StackCount,
     StateChange,
 )
-from node_agent.wire import EVENTS_STREAM
+from node_agent.wire import events_stream
 from tests.controller.conftest import RecordingDispatcher, Tokens
 from tests.controller.support import (
     capabilities,
@@ -71,24 +71,31 @@ class Feeder:
         self, host: str, *events: Snapshot | StateChange | Heartbeat, job_id: str | None = None
     ) -> None:
         for event in events:
-            self.ingest.redis.xadd(EVENTS_STREAM, {"data": envelope(host, event, job_id)})
+            self.ingest.redis.xadd(events_stream(host), {"data": envelope(host, event, job_id)})
         self.drain()
 
     def drain(self) -> None:
+        self.ingest.refresh_hosts(force=True)
         for _ in range(100):
             if self.ingest.step(block_ms=50) == 0 and self.pending() == 0 and self.lag() == 0:
                 return
         raise AssertionError("ingest did not drain the stream")
 
     def pending(self) -> int:
-        info: Any = self.ingest.redis.xpending(EVENTS_STREAM, self.ingest.group)
-        return int(info["pending"])
+        self.ingest.refresh_hosts()
+        total = 0
+        for host in self.ingest.hosts:
+            info: Any = self.ingest.redis.xpending(events_stream(host), self.ingest.group)
+            total += int(info["pending"])
+        return total
 
     def lag(self) -> int:
-        for group in self.ingest.redis.xinfo_groups(EVENTS_STREAM):
-            if group["name"] in (self.ingest.group, self.ingest.group.encode()):
-                return int(group.get("lag") or 0)
-        return 0
+        total = 0
+        for host in self.ingest.hosts:
+            for group in self.ingest.redis.xinfo_groups(events_stream(host)):
+                if group["name"] in (self.ingest.group, self.ingest.group.encode()):
+                    total += int(group.get("lag") or 0)
+        return total
 
 
 def _hosts(client: TestClient, tokens: Tokens, n: int) -> list[str]:
@@ -167,7 +174,7 @@ def test_entries_stored_but_not_acked_before_a_crash_are_not_stored_twice(
     run_id = job["runs"][0]["id"]
     for seq in range(3):
         data = envelope(host, snapshot(run_id, seq, [counters("c", {"x": seq})]), job["id"])
-        redis_client.xadd(EVENTS_STREAM, {"data": data})
+        redis_client.xadd(events_stream(host), {"data": data})
     # The first consumer reads and commits, then dies before its XACK.
     crashed = Ingest(settings, sessions, redis_client)
     entries = crashed._read(block_ms=100)
@@ -180,6 +187,38 @@ def test_entries_stored_but_not_acked_before_a_crash_are_not_stored_twice(
     assert [r.seq for r in _snapshot_rows(sessions, run_id)] == [0, 1, 2]
     kinds = [e.kind for e in _events(sessions, job["id"])]
     assert kinds.count("snapshot") == 3
+
+
+def test_trim_drops_only_acked_entries(
+    client: TestClient,
+    tokens: Tokens,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    redis_client: redis.Redis,
+    feeder: Feeder,
+) -> None:
+    (host,) = _hosts(client, tokens, 1)
+    job = _job(client, tokens, [host])
+    run_id = job["runs"][0]["id"]
+    stream = events_stream(host)
+
+    def add(seq: int) -> bytes:
+        data = envelope(host, snapshot(run_id, seq, [counters("c", {"x": seq})]), job["id"])
+        entry_id: bytes = redis_client.xadd(stream, {"data": data})
+        return entry_id
+
+    acked = [add(seq) for seq in range(3)]
+    feeder.drain()  # stored and acked
+    # Read by a consumer that dies before its ack, then one nobody has read yet.
+    pending = add(3)
+    other = settings.model_copy(update={"ingest_consumer": "ingest-dead"})
+    crashed = Ingest(other, sessions, redis_client)
+    assert [e[1] for e in crashed._read(block_ms=100)] == [pending]
+    unread = add(4)
+    assert feeder.ingest.trim(keep_s=0) >= len(acked)  # and what earlier tests left acked
+    left = [entry_id for entry_id, _ in redis_client.xrange(stream)]
+    assert left == [pending, unread]
+    assert feeder.ingest.trim(keep_s=0) == 0
 
 
 def test_an_event_from_another_host_for_a_run_is_ignored(
