@@ -15,6 +15,7 @@ import redis
 from celery import Celery
 
 from node_agent import __version__
+from node_agent.outbox import Outbox, OutboxFull
 from node_agent.protocol import (
     ErrorCode,
     Heartbeat,
@@ -76,7 +77,7 @@ class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.redis = redis.Redis.from_url(client_url(settings.redis_url))
-        self.publisher = EventPublisher(self.redis, settings.host)
+        self.publisher = Outbox(self.redis, settings.host)
         self.running: dict[str, TraceRunner] = {}
         self.capabilities: HostCapabilities | None = None
         self.pool = ChildPool()
@@ -107,7 +108,7 @@ class Agent:
         )
         try:
             self.publisher.publish(refusal)
-        except redis.RedisError as err:
+        except OutboxFull as err:
             log.warning(
                 "host %s: cannot report the refusal of run %s: %s", self.settings.host, run_id, err
             )
@@ -154,7 +155,14 @@ class Agent:
         run_id = request.run_id
 
         def publish(event: RunEvent) -> None:
-            self.publisher.publish(event, job_id=job_id)
+            try:
+                self.publisher.publish(event, job_id=job_id)
+            except OutboxFull as exc:
+                # Redis has been away too long to keep this run's events: stop spending on it.
+                log.error("run %s (job %s): %s; stopping the trace", run_id, job_id, exc)
+                runner = self.running.get(run_id)
+                if runner is not None:
+                    runner.cancel()
 
         if self.cancel_requested(run_id):
             final = StateChange(
@@ -246,8 +254,8 @@ class Agent:
         )
         try:
             self.publisher.publish(beat)
-        except redis.RedisError as exc:
-            log.warning("host %s: heartbeat failed: %s", self.settings.host, exc)
+        except OutboxFull as exc:
+            log.warning("host %s: heartbeat not queued: %s", self.settings.host, exc)
 
     def stop(self) -> None:
         self._stop.set()
@@ -256,6 +264,7 @@ class Agent:
             runners = list(self.running.values())
         for runner in runners:
             runner.cancel()
+        self.publisher.close(timeout_s=5.0)
 
 
 def make_app(agent: Agent) -> Celery:

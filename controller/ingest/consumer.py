@@ -238,6 +238,7 @@ class Ingest:
 
     def _store(self, entries: Sequence[Entry]) -> None:
         envelopes: list[StreamEnvelope] = []
+        impostors: list[tuple[str, str, bytes]] = []
         for host, entry_id, fields in entries:
             raw = fields.get(b"data", b"")
             try:
@@ -255,21 +256,27 @@ class Ingest:
                 continue
             claimed = _claimed_host(envelope)
             if claimed != host:
-                self._impersonation(host=host, claimed=claimed, entry_id=entry_id)
+                impostors.append((host, claimed, entry_id))
                 continue
             envelopes.append(envelope)
         with self.sessions() as session:
+            for host, claimed, entry_id in impostors:
+                self._impersonation(session, host=host, claimed=claimed, entry_id=entry_id)
             self._apply_batch(session, envelopes)
             session.commit()
         self.stored += len(envelopes)
 
-    def _impersonation(self, *, host: str, claimed: str, entry_id: bytes) -> None:
-        """An entry on `host`'s stream speaking for `claimed`: ignored, and said so."""
+    def _impersonation(self, session: Session, *, host: str, claimed: str, entry_id: bytes) -> None:
+        """An entry on `host`'s stream speaking for `claimed`: ignored, logged and audited."""
+        entry = entry_id.decode(errors="replace")
         log.warning(
-            "ingest: entry %s on %s's stream claims to come from %s: ignored",
-            entry_id.decode(errors="replace"),
-            host,
-            claimed,
+            "ingest: entry %s on %s's stream claims to come from %s: ignored", entry, host, claimed
+        )
+        audit.record_agent_event(
+            session,
+            host=host,
+            action="agent.impersonation",
+            detail=f"entry {entry} on {host}'s stream claims to come from {claimed}"[:1024],
         )
 
     def _apply_batch(self, session: Session, envelopes: Sequence[StreamEnvelope]) -> None:
@@ -442,6 +449,9 @@ class Ingest:
             self.link.down(exc)
             # A read whose reply was lost still delivered its entries: re-read ours first.
             self._recovered = False
+            # A restarted Redis may have lost the groups and the hosts' ACL users (ACL changes
+            # are not in the AOF): both are put back before the next read.
+            self._group_ready = False
         except redis.ResponseError as exc:
             if not is_nogroup(exc):
                 self._batch_failed(stop)

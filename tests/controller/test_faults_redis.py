@@ -106,7 +106,6 @@ def test_ingest_makes_its_group_again_when_redis_comes_back_empty(
     with redis.Redis.from_url(redis_proc.url) as fresh:
         groups = [g["name"] for g in fresh.xinfo_groups(events_stream(host))]
     assert ingest.settings.ingest_group.encode() in groups
-    assert _ingest_lines(caplog, "re-creating the consumer groups") >= 1
     # One line when Redis went, one when it came back: not one per try.
     assert _ingest_lines(caplog, "redis unavailable") == 1
     assert _ingest_lines(caplog, "redis is back") == 1
@@ -257,7 +256,7 @@ def test_a_job_survives_redis_sigkilled_mid_job_every_snapshot_once(
     time.sleep(OUTAGE_S)
     redis_proc.start()
     done = wait_job(client, viewer, job["id"], job_final, 90, "the job to finish")
-    assert done["state"] == "succeeded", done
+    assert done["state"] == "succeeded", done["runs"]
     with sessions() as session:
         for run in done["runs"]:
             seqs = sorted(

@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from controller.audit.models import AuditRecord
 from controller.hosts.models import Host
 from controller.jobs.models import JobEvent, Run, SnapshotRow
 from controller.settings import Settings
@@ -218,6 +219,14 @@ def test_an_envelope_on_web1s_stream_speaking_for_web2_is_ignored_and_logged(
     ]
     assert len(claims) == 3, [r.getMessage() for r in caplog.records]
     assert any("sent an event for web-2's run" in r.getMessage() for r in caplog.records)
+    with sessions() as session:
+        audited = session.scalars(
+            select(AuditRecord).where(
+                AuditRecord.action == "agent.impersonation", AuditRecord.actor == "web-1"
+            )
+        ).all()
+    assert len(audited) >= 3, "each impersonation is on record, by the stream's host"
+    assert all("claims to come from web-2" in str(r.summary) for r in audited[-3:])
 
 
 def test_a_host_nobody_added_is_never_heard(
