@@ -28,6 +28,7 @@ RULES: dict[str, Rule] = {
     "create_host": Rule(request={"host": "name"}, response={"host": "name"}),
     "update_host": Rule(),
     "delete_host": Rule(),
+    "issue_host_credential": Rule(),
     "bootstrap_hosts": Rule(
         request={"hosts": "hosts"}, response={"batch": "id", "hosts": "runs[].host"}
     ),
