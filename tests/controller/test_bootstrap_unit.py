@@ -867,6 +867,13 @@ def test_a_run_goes_through_the_controller_queue_to_the_worker(
                 return found if found is not None and RunState(found.state).final else None
 
         done = wait_for(finished, 60, "the worker to finish the run", every=0.2)
+        # Remote control is off: no answer to a ping, and a shutdown broadcast stops nothing.
+        control = CeleryBootstrapQueue(redis_url).celery
+        assert control.control.ping(timeout=1.0) == []
+        control.control.shutdown()
+        time.sleep(2.0)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        control.close()
     finally:
         stop_process(proc)
         engine.dispose()
