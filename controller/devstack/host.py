@@ -22,7 +22,8 @@ HOLDER = """set -e
 echo "$1" > /proc/sys/kernel/hostname
 mount --bind "$2/opt" /opt
 mount --bind "$2/etc" /etc/fleettrace
-mount --bind "$2/hosts" /etc/hosts
+# A minimal system (debootstrap, a scratch container) may have no /etc/hosts to mount over.
+if [ -e /etc/hosts ]; then mount --bind "$2/hosts" /etc/hosts; fi
 touch "$2/ready"
 while [ -e "$3" ]; do sleep 1; done
 """
