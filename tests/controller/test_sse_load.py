@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from controller.keys.store import KeyStore
 from tests.controller.conftest import BIN, Tokens, _free_port
 from tests.controller.support import clean_env, stop_process, wait_for
 
@@ -51,35 +52,32 @@ def served(
     database_url: str,
     redis_url: str,
     engine: Any,
+    tokens: Tokens,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Served]:
-    """`fleettrace serve` (API, ingest, scheduler) and one real agent, on the module's database."""
+    """`fleettrace serve` (API, ingest, scheduler) and one real agent, on the module's database:
+    the host added through the API (its own Redis identity), the agent trusting serve's key."""
     workdir = tmp_path_factory.mktemp("serve")
     port = _free_port()
+    keys_dir = workdir / "keys"
     env = clean_env(
         FLEETTRACE_DATABASE_URL=database_url,
         FLEETTRACE_REDIS_URL=redis_url,
         FLEETTRACE_API_HOST="127.0.0.1",
         FLEETTRACE_API_PORT=str(port),
         FLEETTRACE_SSE_STREAMS_PER_TOKEN=str(CAP),
-        FLEETTRACE_HEARTBEAT_TIMEOUT_S="5",
+        FLEETTRACE_HEARTBEAT_TIMEOUT_S="30",
+        FLEETTRACE_KEYS_DIR=str(keys_dir),
     )
     log = workdir / "serve.log"
     agent_log = workdir / "agent.log"
-    with log.open("wb") as out, agent_log.open("wb") as agent_out:
+    agent: subprocess.Popen[bytes] | None = None
+    with log.open("wb") as out:
         proc = subprocess.Popen(
             [str(BIN / "fleettrace"), "serve", "--no-worker"],
             cwd=workdir,
             env=env,
             stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        agent = subprocess.Popen(
-            [str(BIN / "fleettrace-agent"), "worker", "--host", HOST, "--redis-url", redis_url],
-            cwd=workdir,
-            env=clean_env(FLEETTRACE_HEARTBEAT_S="0.5", FLEETTRACE_AGENT_CONFIG=os.devnull),
-            stdout=agent_out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -94,9 +92,34 @@ def served(
                 return False
 
         wait_for(up, 60, "fleettrace serve to answer", 0.2)
+        added = httpx.post(
+            f"{served.base}/v1/hosts",
+            json={"name": HOST},
+            headers=tokens.headers("admin"),
+            timeout=30,
+        )
+        assert added.status_code == 201, added.text
+        trusted = workdir / "controller-keys.pub"
+        trusted.write_text(KeyStore(keys_dir).trusted_keys_text())
+        with agent_log.open("wb") as agent_out:
+            agent = subprocess.Popen(
+                [str(BIN / "fleettrace-agent"), "worker", "--host", HOST],
+                cwd=workdir,
+                env=clean_env(
+                    FLEETTRACE_HEARTBEAT_S="0.5",
+                    FLEETTRACE_AGENT_CONFIG=os.devnull,
+                    FLEETTRACE_REDIS_URL=added.json()["join"]["redis_url"],
+                    FLEETTRACE_TRUSTED_KEYS=str(trusted),
+                    FLEETTRACE_STATE_DIR=str(workdir / "agent-state"),
+                ),
+                stdout=agent_out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         yield served
     finally:
-        stop_process(agent)
+        if agent is not None:
+            stop_process(agent)
         stop_process(proc)
 
 
@@ -214,7 +237,11 @@ def test_200_streams_leave_the_api_answering_and_all_get_the_whole_job(
             async def other_done() -> bool:
                 return await job_state(client, operator, other["id"]) == "succeeded"
 
-            await until("the second job to succeed", other_done, 60)
+            try:
+                await until("the second job to succeed", other_done, 60)
+            except AssertionError:
+                late = await client.get(f"/v1/jobs/{other['id']}", headers=operator)
+                raise AssertionError(f"second job: {late.json()}") from None
             # All of that happened while every stream was open and the watched job ran.
             ended = [
                 (s.frames[-1:], t.exception())
