@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from functools import cached_property
 from typing import Protocol
 
 import redis
 from celery import Celery
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from kombu.exceptions import KombuError
+from kombu.messaging import Producer
 
 from controller.keys.store import KeyStore
 from node_agent.protocol import TraceRequest
@@ -23,10 +27,20 @@ from node_agent.wire import (
 
 log = logging.getLogger(__name__)
 PRIORITY_SEP = "\x06\x16"
+# Tasks per Redis pipeline. A pipeline that fails leaves its own tasks uncertain (some may
+# have reached Redis); the tasks after it are known not to have been sent.
+BATCH = 250
+BROKER_DOWN = (KombuError, redis.RedisError, OSError)
+
+Work = tuple[str, TraceRequest]  # (host, request)
 
 
 class Dispatcher(Protocol):
-    def send(self, *, host: str, request: TraceRequest, expires_s: float) -> None: ...
+    def send_all(
+        self, work: Sequence[Work], *, expires_s: float
+    ) -> list[tuple[TraceRequest, Exception]]:
+        """Queue one task per (host, request); answer the requests not (surely) queued."""
+        ...
 
     def request_cancel(self, *, host: str, run_id: str) -> None: ...
 
@@ -51,9 +65,34 @@ class CeleryDispatcher:
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(client_url(self.redis_url))
 
-    def send(self, *, host: str, request: TraceRequest, expires_s: float) -> None:
+    def send_all(
+        self, work: Sequence[Work], *, expires_s: float
+    ) -> list[tuple[TraceRequest, Exception]]:
+        """One job's tasks go out through pipelines of BATCH: one round trip per batch rather
+        than per host (1,000 hosts: ~0.5 s instead of ~5 s of LPUSHes and client set-ups)."""
+        key = self.keys.signing_key()
+        with self.celery.producer_or_acquire() as producer:
+            for start in range(0, len(work), BATCH):
+                try:
+                    with producer.batch(max_size=BATCH):
+                        for host, request in work[start : start + BATCH]:
+                            self._publish(producer, key, host, request, expires_s)
+                except BROKER_DOWN as exc:
+                    return [(request, exc) for _, request in work[start:]]
+        for host, request in work:
+            log.info("run %s (job %s): queued for %s", request.run_id, request.job_id, host)
+        return []
+
+    def _publish(
+        self,
+        producer: Producer,
+        key: Ed25519PrivateKey,
+        host: str,
+        request: TraceRequest,
+        expires_s: float,
+    ) -> None:
         envelope = sign(
-            self.keys.signing_key(),
+            key,
             host=host,
             run_id=request.run_id,
             action="run",
@@ -67,8 +106,11 @@ class CeleryDispatcher:
             routing_key=host_queue(host),
             expires=expires_s,
             task_id=request.run_id,
+            producer=producer,
+            # Celery would otherwise build a repr of the whole signed envelope for its logs.
+            argsrepr=f"run {request.run_id}",
+            kwargsrepr="{}",
         )
-        log.info("run %s (job %s): queued for %s", request.run_id, request.job_id, host)
 
     def request_cancel(self, *, host: str, run_id: str) -> None:
         """The cancel key's value is the signed cancel: an agent acts only on one that verifies."""

@@ -9,13 +9,11 @@ from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
-import redis
-from kombu.exceptions import OperationalError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from controller.db import utcnow
-from controller.dispatch import Dispatcher
+from controller.dispatch import BROKER_DOWN, Dispatcher
 from controller.errors import Forbidden, InvalidRequest, Unavailable
 from controller.hosts import service as hosts_service
 from controller.hosts.models import Host
@@ -28,10 +26,9 @@ from node_agent.protocol import RunState, TraceRequest
 from node_agent.scope import cgroup_path_problem
 
 log = logging.getLogger(__name__)
+
+
 # What sending a task raises when Redis is away (kombu wraps it, after its own retries).
-BROKER_DOWN = (OperationalError, redis.RedisError, OSError)
-
-
 def validate(job_in: JobCreate, *, settings: Settings, may_run_custom: bool) -> dict[str, Any]:
     """Check a job against the program's spec; returns the validated parameters."""
     try:
@@ -175,14 +172,10 @@ def create(
     for _, run in to_send:
         run.dispatched_at = queued_at
     session.commit()
-    unsent: list[tuple[Run, Exception]] = []
-    for host, run in to_send:
-        try:
-            dispatcher.send(
-                host=host.name, request=trace_request(job, run), expires_s=settings.task_expiry_s
-            )
-        except BROKER_DOWN as exc:
-            unsent.append((run, exc))
+    runs = {run.id: run for _, run in to_send}
+    work = [(host.name, trace_request(job, run)) for host, run in to_send]
+    failed = dispatcher.send_all(work, expires_s=settings.task_expiry_s)
+    unsent = [(runs[request.run_id], exc) for request, exc in failed]
     if unsent:
         _not_queued(session=session, job=job, unsent=unsent)
     log.info("job %s: %s on %d hosts", job.id, job.program, len(hosts))

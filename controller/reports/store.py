@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from sqlalchemy import ForeignKey, LargeBinary, String, func, select, update
@@ -49,11 +49,38 @@ def _row(
     )
 
 
-def put(session: Session, *, run_id: str, job_id: str, seq: int, results: Sequence[Result]) -> None:
+def put(
+    session: Session,
+    *,
+    run_id: str,
+    job_id: str,
+    seq: int,
+    results: Sequence[Result],
+    stored: bool | None = None,
+) -> None:
     """Digest a run's snapshot and store it in the caller's transaction (replacing an older
-    one)."""
+    one). `stored`: whether the run has a digest already, when the caller knows (a batch
+    asks once for all its runs rather than once per run, with a flush before each)."""
     run, details = dg.digest(seq, results)
-    session.merge(_row(run_id, job_id, run, details))
+    row = _row(run_id, job_id, run, details)
+    if stored is False:
+        session.add(row)
+        return
+    with session.no_autoflush:
+        current = session.get(RunDigestRow, run_id)
+    if current is None:
+        session.add(row)
+        return
+    current.job_id, current.seq, current.body = row.job_id, row.seq, row.body
+    current.arrays, current.detail = row.arrays, row.detail
+
+
+def stored_digests(session: Session, run_ids: Collection[str]) -> set[str]:
+    """Which of these runs have a digest."""
+    if not run_ids:
+        return set()
+    query = select(RunDigestRow.run_id).where(RunDigestRow.run_id.in_(run_ids))
+    return set(session.scalars(query))
 
 
 def _detail_loader(session: Session, run_id: str, seq: int) -> Callable[[], list[dg.TableDetail]]:

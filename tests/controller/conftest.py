@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,9 +269,13 @@ class RecordingDispatcher(CeleryDispatcher):
         self.sent: list[tuple[str, TraceRequest]] = []
         self.cancels: list[str] = []
 
-    def send(self, *, host: str, request: TraceRequest, expires_s: float) -> None:
-        super().send(host=host, request=request, expires_s=expires_s)
-        self.sent.append((host, request))
+    def send_all(
+        self, work: Sequence[tuple[str, TraceRequest]], *, expires_s: float
+    ) -> list[tuple[TraceRequest, Exception]]:
+        unsent = super().send_all(work, expires_s=expires_s)
+        failed = {request.run_id for request, _ in unsent}
+        self.sent.extend((h, r) for h, r in work if r.run_id not in failed)
+        return unsent
 
     def request_cancel(self, *, host: str, run_id: str) -> None:
         super().request_cancel(host=host, run_id=run_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -46,9 +47,12 @@ class CountingDispatcher:
         self.lock = threading.Lock()
         self.sent: list[tuple[str, TraceRequest]] = []
 
-    def send(self, *, host: str, request: TraceRequest, expires_s: float) -> None:
+    def send_all(
+        self, work: Sequence[tuple[str, TraceRequest]], *, expires_s: float
+    ) -> list[tuple[TraceRequest, Exception]]:
         with self.lock:
-            self.sent.append((host, request))
+            self.sent.extend(work)
+        return []
 
     def request_cancel(self, *, host: str, run_id: str) -> None:
         pass
