@@ -22,6 +22,7 @@ from controller.dispatch import CeleryDispatcher, Dispatcher
 from controller.errors import ControllerError
 from controller.hosts.identity import Identities
 from controller.hosts.routes import router as hosts_router
+from controller.ingest.routes import router as ingest_router
 from controller.jobs.events import EventHub
 from controller.jobs.routes import router as jobs_router
 from controller.jobs.streams import StreamSlots
@@ -83,5 +84,6 @@ def create_app(
     app.include_router(schedules_router)
     app.include_router(reports_router)
     app.include_router(audit_router)
+    app.include_router(ingest_router)
     app.add_middleware(AuditMiddleware)
     return app

@@ -5,6 +5,7 @@ from controller.auth.models import ApiToken
 from controller.bootstrap.models import BootstrapBatch, BootstrapRun, BootstrapStep
 from controller.db import Base
 from controller.hosts.models import Host
+from controller.ingest.dead_letters import DeadLetter
 from controller.jobs.models import Job, JobEvent, Run, SnapshotRow
 from controller.reports.store import RunDigestRow
 from controller.schedules.models import Schedule, ScheduleFire
@@ -16,6 +17,7 @@ __all__ = [
     "BootstrapBatch",
     "BootstrapRun",
     "BootstrapStep",
+    "DeadLetter",
     "Host",
     "Job",
     "JobEvent",

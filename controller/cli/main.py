@@ -32,13 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _client_command(args: argparse.Namespace) -> bool:
+    return getattr(args, "ingest_command", None) is not None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         logging.basicConfig(
             level=logging.INFO
-            if args.verbose or args.command in ("serve", "ingest", "worker")
+            if args.verbose
+            or (args.command in ("serve", "ingest", "worker") and not _client_command(args))
             else logging.WARNING,
             format="%(asctime)s %(name)s %(levelname)s %(message)s",
         )

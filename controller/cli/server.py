@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from controller.cli import dead_letters
 from controller.cli.errors import CliError
 from controller.proctree import die_with_parent, stop_child, watch_parent
 from controller.settings import Settings, get_settings
@@ -55,9 +56,13 @@ def add_commands(sub: Any) -> None:
     )
     serve.set_defaults(func=cmd_serve)
 
-    ingest = sub.add_parser("ingest", help="run only the ingest consumer (scale out)")
+    ingest = sub.add_parser(
+        "ingest", help="run only the ingest consumer (scale out); `ingest dead-letters` lists"
+    )
     ingest.add_argument("--consumer", help="consumer name, unique per ingest process")
     ingest.set_defaults(func=cmd_ingest)
+    ingest_sub = ingest.add_subparsers(dest="ingest_command", required=False)
+    dead_letters.add_command(ingest_sub)
 
     worker = sub.add_parser("worker", help="run the controller worker: SSH bootstrap tasks")
     worker.add_argument("--concurrency", type=int, help="tasks at once (default from settings)")

@@ -18,13 +18,16 @@ from typing import Any
 
 import redis
 from pydantic import ValidationError
-from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
+from sqlalchemy.orm import Session, sessionmaker
 
 from controller.audit import service as audit
 from controller.hosts import identity
 from controller.hosts import service as hosts_service
 from controller.hosts.models import Host
+from controller.ingest import dead_letters
 from controller.ingest.leases import LeaseRules, Leases
 from controller.ingest.link import TRANSIENT, RedisLink, is_nogroup
 from controller.jobs import service as jobs_service
@@ -42,7 +45,8 @@ from node_agent.protocol import (
 from node_agent.wire import EVENTS_STREAM_PREFIX, events_stream, valid_host
 
 log = logging.getLogger(__name__)
-DEAD_LETTERS = "fleettrace:dead-letters"
+# The database is away (the batch is retried later), not an entry at fault.
+DB_AWAY = (DisconnectionError, InterfaceError, SQLAlchemyTimeoutError)
 SWEEP_EVERY_S = 1.0
 HOSTS_REFRESH_S = 10.0
 # Acked entries leave the hosts' streams after a while (kept a bit for inspection).
@@ -156,6 +160,11 @@ class Ingest:
         trimmed = sum(n for n in pipe.execute(raise_on_error=False) if isinstance(n, int))
         if trimmed:
             log.info("ingest: trimmed %d acked entries from %d streams", trimmed, len(hosts))
+        with self.sessions() as session:  # a host sending garbage cannot fill the database
+            pruned = dead_letters.prune(session)
+            session.commit()
+        if pruned:
+            log.info("ingest: pruned %d old dead letters", pruned)
         return trimmed
 
     def _ack(self, entries: Sequence[Entry]) -> None:
@@ -237,34 +246,73 @@ class Ingest:
         return found
 
     def _store(self, entries: Sequence[Entry]) -> None:
+        """Store a batch in one transaction. If that fails for another reason than the
+        database being away, each entry is stored alone, and one that still fails becomes a
+        dead letter: one poison entry never holds up the entries around it."""
+        try:
+            with self.sessions() as session:
+                self.stored += self._store_in(session, entries)
+                session.commit()
+        except Exception as exc:
+            if self._database_away(exc):
+                raise
+            log.warning(
+                "ingest: a batch of %d entries failed (%s); storing them one by one",
+                len(entries),
+                _why(exc),
+            )
+            for entry in entries:
+                self._store_alone(entry)
+
+    def _store_alone(self, entry: Entry) -> None:
+        host, entry_id, fields = entry
+        try:
+            with self.sessions() as session:
+                self.stored += self._store_in(session, [entry])
+                session.commit()
+        except Exception as exc:
+            if self._database_away(exc):
+                raise
+            with self.sessions() as session:
+                raw = fields.get(b"data", b"")
+                dead_letters.record(
+                    session, host=host, entry_id=entry_id, data=raw, reason=_why(exc)
+                )
+                session.commit()
+
+    def _database_away(self, exc: Exception) -> bool:
+        """Whether a failure is the database's (retry the batch later) rather than an
+        entry's: a connection error, or any operational error while the database does not
+        answer a trivial query."""
+        if isinstance(exc, DB_AWAY):
+            return True
+        if not isinstance(exc, OperationalError):
+            return False
+        try:
+            with self.sessions() as session:
+                session.execute(text("SELECT 1"))
+        except Exception:
+            return True
+        return False
+
+    def _store_in(self, session: Session, entries: Sequence[Entry]) -> int:
+        """Add a batch's entries to the session; returns how many events are stored."""
         envelopes: list[StreamEnvelope] = []
-        impostors: list[tuple[str, str, bytes]] = []
         for host, entry_id, fields in entries:
             raw = fields.get(b"data", b"")
             try:
                 envelope = StreamEnvelope.model_validate_json(raw)
             except ValidationError as exc:
-                log.error(
-                    "ingest: unreadable entry %s from %s moved to %s: %s",
-                    entry_id,
-                    host,
-                    DEAD_LETTERS,
-                    exc,
-                )
-                dead = {"id": entry_id, "host": host, "data": raw}
-                self.redis.xadd(DEAD_LETTERS, dead, maxlen=10_000)  # type: ignore[arg-type]
+                reason = f"unreadable: {_first_error(exc)}"
+                dead_letters.record(session, host=host, entry_id=entry_id, data=raw, reason=reason)
                 continue
             claimed = _claimed_host(envelope)
             if claimed != host:
-                impostors.append((host, claimed, entry_id))
+                self._impersonation(session, host=host, claimed=claimed, entry_id=entry_id)
                 continue
             envelopes.append(envelope)
-        with self.sessions() as session:
-            for host, claimed, entry_id in impostors:
-                self._impersonation(session, host=host, claimed=claimed, entry_id=entry_id)
-            self._apply_batch(session, envelopes)
-            session.commit()
-        self.stored += len(envelopes)
+        self._apply_batch(session, envelopes)
+        return len(envelopes)
 
     def _impersonation(self, session: Session, *, host: str, claimed: str, entry_id: bytes) -> None:
         """An entry on `host`'s stream speaking for `claimed`: ignored, logged and audited."""
@@ -310,8 +358,13 @@ class Ingest:
                 self.apply(session, envelope, changed_jobs=changed)
         # Once per job and batch: a job's state walks all its runs (1,000 hosts, 2,000 state
         # changes in a batch: 2 million steps if done per change).
-        for job in session.scalars(select(Job).where(Job.id.in_(changed))):
-            jobs_service.refresh_state(session=session, job=job)
+        if changed:
+            states: dict[str, set[str]] = defaultdict(set)
+            query = select(Run.job_id, Run.state).where(Run.job_id.in_(changed)).distinct()
+            for job_id, run_state in session.execute(query):
+                states[job_id].add(run_state)
+            for job in session.scalars(select(Job).where(Job.id.in_(changed))):
+                jobs_service.refresh_state(session=session, job=job, run_states=states[job.id])
 
     def apply(
         self, session: Session, envelope: StreamEnvelope, *, changed_jobs: set[str] | None = None
@@ -494,21 +547,12 @@ class Ingest:
 
 
 def _preload(session: Session, envelopes: Sequence[StreamEnvelope]) -> list[object]:
-    """Load a batch's runs, and the jobs (with all their runs) whose state may change, in two
-    queries; the caller holds the result so the (weak) identity map keeps them for the batch."""
+    """Load a batch's runs in one query; the caller holds the result so the (weak) identity
+    map keeps them for the batch."""
     run_ids = {e.event.run_id for e in envelopes if isinstance(e.event, Snapshot | StateChange)}
     if not run_ids:
         return []
-    runs = list(session.scalars(select(Run).where(Run.id.in_(run_ids))))
-    changing = {e.event.run_id for e in envelopes if isinstance(e.event, StateChange)}
-    job_ids = {run.job_id for run in runs if run.id in changing}
-    if not job_ids:
-        return list(runs)
-    # refresh_state() walks a job's runs: loaded once here, not once per state change.
-    jobs = session.scalars(
-        select(Job).where(Job.id.in_(job_ids)).options(selectinload(Job.runs))
-    ).all()
-    return [*runs, *jobs]
+    return list(session.scalars(select(Run).where(Run.id.in_(run_ids))))
 
 
 def _stored_seqs(session: Session, envelopes: Sequence[StreamEnvelope]) -> set[tuple[str, int]]:
@@ -523,6 +567,19 @@ def _stored_seqs(session: Session, envelopes: Sequence[StreamEnvelope]) -> set[t
         )
     )
     return {(run_id, seq) for run_id, seq in rows if (run_id, seq) in wanted}
+
+
+def _why(exc: Exception) -> str:
+    """An exception in one line, without the SQL and parameters SQLAlchemy adds (the
+    parameters are the entry itself)."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    return f"{type(cause).__name__}: {cause}".splitlines()[0][: dead_letters.REASON_CHARS]
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(part) for part in error["loc"]) or "data"
+    return f"{where}: {error['msg']}"
 
 
 def _first_unacked(pending: Any, groups: Any, group: str) -> tuple[int, int]:

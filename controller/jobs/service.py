@@ -6,6 +6,7 @@ import logging
 import math
 import uuid
 from collections import Counter
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -232,9 +233,15 @@ def add_event(
     )
 
 
-def refresh_state(*, session: Session, job: Job) -> JobState:
-    """A job's state follows its runs; when it becomes final, that is logged once."""
-    states = [RunState(r.state) for r in job.runs]
+def refresh_state(
+    *, session: Session, job: Job, run_states: Collection[str] | None = None
+) -> JobState:
+    """A job's state follows its runs' (`run_states`: the distinct states of its runs, when
+    the caller has them without loading every run); when it becomes final, that is logged
+    once."""
+    if run_states is None:
+        run_states = {r.state for r in job.runs}
+    states = [RunState(state) for state in run_states]
     before = JobState(job.state)
     if not states or any(not s.final for s in states):
         new = JobState.running if any(s is RunState.running for s in states) else JobState.pending

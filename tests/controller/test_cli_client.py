@@ -11,7 +11,7 @@ import importlib
 import json
 import shlex
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -64,7 +64,14 @@ class AgentStub:
         self.sent: list[tuple[str, TraceRequest]] = []
         self.cancels: list[str] = []
 
-    def send(self, *, host: str, request: TraceRequest, expires_s: float) -> None:
+    def send_all(
+        self, work: Sequence[tuple[str, TraceRequest]], *, expires_s: float
+    ) -> list[tuple[TraceRequest, Exception]]:
+        for host, request in work:
+            self.send(host=host, request=request)
+        return []
+
+    def send(self, *, host: str, request: TraceRequest) -> None:
         self.sent.append((host, request))
         if host not in self.finish:
             return
@@ -575,3 +582,36 @@ def test_progress_follows_states_and_snapshots() -> None:
     assert progress.done and not progress.ended
     polled = {"state": "partial", "runs": [{"host": "a", "state": "succeeded", "snapshots": 2}]}
     assert progress.apply_job(polled) == ["a: succeeded"]
+
+
+# -- ingest dead-letters ------------------------------------------------------------------------
+
+
+def test_ingest_dead_letters_lists_them_with_hostile_text_shown_not_obeyed(
+    run: Run, cli_app: FastAPI
+) -> None:
+    from controller.ingest import dead_letters
+
+    code, out, _ = run("ingest", "dead-letters")
+    assert (code, out.strip()) == (0, "no dead letters")
+    with cli_app.state.sessions() as session:
+        for i in range(3):
+            dead_letters.record(
+                session,
+                host="web-2",
+                entry_id=f"17-{i}".encode(),
+                data=b"\x1b]0;owned\x07",
+                reason="unreadable: event: Field required \x1b[2J",
+            )
+        session.commit()
+    code, out, _ = run("ingest", "dead-letters", "--host", "web-2", "--limit", "2")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["TIME", "HOST", "ENTRY", "SIZE", "REASON"]
+    assert "17-2" in lines[1] and "17-1" in lines[2] and "web-2" in lines[1]
+    assert "\x1b" not in out
+    assert lines[-1] == "2 dead letters of 3 (--offset, --limit for more)"
+    code, out, _ = run("ingest", "dead-letters", "--json", "--host", "web-2")
+    assert code == 0 and json.loads(out)["count"] == 3
+    code, _, err = run("ingest", "dead-letters", "--limit", "0")
+    assert code == 2 and "expected 1..1000" in err

@@ -1,7 +1,7 @@
 """hosts: each host's own Redis identity (the SHA-256 of its secret, never the secret)
 
 Revision ID: 0007
-Revises: 0005 (the lead chains it after 0006_audit)
+Revises: 0006
 Create Date: 2026-11-30 05:30:00
 """
 
