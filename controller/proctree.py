@@ -59,3 +59,45 @@ def stop_child(proc: subprocess.Popen[bytes], *, name: str, timeout_s: float) ->
         log.warning("%s (pid %d) still runs after %gs: killing it", name, proc.pid, timeout_s)
         proc.kill()
         proc.wait(timeout=10)
+
+
+class KeptChild:
+    """A child process kept running by its parent: started again (after RESTART_PAUSE_S)
+    when it exits without being asked, stopped with stop_child() when the parent stops."""
+
+    RESTART_PAUSE_S = 1.0
+
+    def __init__(self, argv: list[str], *, name: str, stop_timeout_s: float) -> None:
+        self.argv = argv
+        self.name = name
+        self.stop_timeout_s = stop_timeout_s
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._watch: threading.Thread | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            self.proc = subprocess.Popen(self.argv)
+        log.info("started %s (pid %d)", self.name, self.proc.pid)
+        self._watch = threading.Thread(target=self._keep, name=f"keep-{self.name}", daemon=True)
+        self._watch.start()
+
+    def _keep(self) -> None:
+        while not self._stopping.wait(self.RESTART_PAUSE_S):
+            with self._lock:
+                if self._stopping.is_set() or self.proc is None or self.proc.poll() is None:
+                    continue
+                log.error(
+                    "%s (pid %d) exited with %s: starting it again",
+                    self.name,
+                    self.proc.pid,
+                    self.proc.returncode,
+                )
+                self.proc = subprocess.Popen(self.argv)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            if self.proc is not None:
+                stop_child(self.proc, name=self.name, timeout_s=self.stop_timeout_s)

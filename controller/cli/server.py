@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import ssl
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -19,7 +18,7 @@ import redis
 
 from controller.cli import dead_letters
 from controller.cli.errors import CliError
-from controller.proctree import die_with_parent, stop_child, watch_parent
+from controller.proctree import KeptChild, die_with_parent, watch_parent
 from controller.settings import Settings, get_settings
 from node_agent.wire import client_url
 
@@ -60,6 +59,8 @@ def add_commands(sub: Any) -> None:
         "ingest", help="run only the ingest consumer (scale out); `ingest dead-letters` lists"
     )
     ingest.add_argument("--consumer", help="consumer name, unique per ingest process")
+    # Set by `serve` for the ingest process it starts: stop when that process is gone.
+    ingest.add_argument("--parent", type=int, help=argparse.SUPPRESS)
     ingest.set_defaults(func=cmd_ingest)
     ingest_sub = ingest.add_subparsers(dest="ingest_command", required=False)
     dead_letters.add_command(ingest_sub)
@@ -139,6 +140,9 @@ def _run_ingest(settings: Settings, stop: threading.Event) -> None:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from controller.migrate import upgrade
 
+    if args.parent:
+        die_with_parent(args.parent)
+        watch_parent(args.parent, grace_s=CHILD_STOP_S)
     settings = get_settings()
     if args.consumer:
         settings = settings.model_copy(update={"ingest_consumer": args.consumer})
@@ -184,10 +188,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_worker() -> subprocess.Popen[bytes]:
-    """The controller worker as a child process: Celery wants its own main thread."""
+def _child(name: str, *argv: str) -> KeptChild:
+    """A `fleettrace` command as serve's child process, kept running, stopping with serve."""
     code = "import sys; from controller.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.Popen([sys.executable, "-c", code, "worker", "--parent", str(os.getpid())])
+    command = [sys.executable, "-c", code, *argv, "--parent", str(os.getpid())]
+    return KeptChild(command, name=name, stop_timeout_s=CHILD_STOP_S)
 
 
 def _server(app: FastAPI, host: str, port: int, **options: Any) -> uvicorn.Server:
@@ -278,21 +283,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(sig, server.handle_exit)
     stop = threading.Event()
     threads = []
-    if not args.no_ingest:
-        threads.append(threading.Thread(target=_run_ingest, args=(settings, stop), name="ingest"))
     if not args.no_scheduler:
         threads.append(
             threading.Thread(target=_run_scheduler, args=(settings, stop), name="scheduler")
         )
     for thread in threads:
         thread.start()
-    bootstrap_worker = None if args.no_worker else _start_worker()
+    # Processes of their own: ingest would otherwise share the API's interpreter lock (a
+    # 1,000-host job's events slowed its own submission), Celery wants its main thread.
+    children = []
+    if not args.no_ingest:
+        children.append(_child("the ingest consumer", "ingest"))
+    if not args.no_worker:
+        children.append(_child("the bootstrap worker", "worker"))
+    for child in children:
+        child.start()
     try:
         server.run()
     finally:
         stop.set()
-        if bootstrap_worker is not None:
-            stop_child(bootstrap_worker, name="the bootstrap worker", timeout_s=CHILD_STOP_S)
+        for child in children:
+            child.stop()
         for thread in threads:
             thread.join(timeout=5)
     log.info("serve stopped: no child left")

@@ -48,7 +48,8 @@ def alive(pid: int) -> bool:
 
 @pytest.fixture
 def serve(tmp_path: Path, redis_url: str) -> Iterator[subprocess.Popen[bytes]]:
-    """`fleettrace serve` with everything: API, ingest and scheduler threads, bootstrap worker."""
+    """`fleettrace serve` with everything: API and scheduler, ingest and bootstrap worker
+    processes."""
     port = _free_port()
     env = clean_env(
         FLEETTRACE_DATABASE_URL=f"sqlite:///{tmp_path / 'fleettrace.db'}",
@@ -91,7 +92,8 @@ def test_stopping_serve_leaves_no_process_behind(
     serve: subprocess.Popen[bytes], sig: signal.Signals
 ) -> None:
     tree = descendants(serve.pid)
-    assert tree, "serve should have its bootstrap worker as a child"
+    assert len(_children_running(serve.pid, "ingest")) == 1
+    assert len(_children_running(serve.pid, "worker")) == 1
     serve.send_signal(sig)
     code = serve.wait(timeout=60)
     if sig is signal.SIGKILL:
@@ -107,3 +109,31 @@ def test_stopping_serve_leaves_no_process_behind(
                 os.kill(pid, signal.SIGKILL)
             raise AssertionError(f"still running 45s after {sig.name} to serve: {cmdlines}")
         time.sleep(0.1)
+
+
+def _children_running(pid: int, command: str) -> list[int]:
+    """serve's children running `fleettrace <command>`."""
+    found = []
+    for child in children(pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if command.encode() in argv and alive(child):
+            found.append(child)
+    return found
+
+
+def test_an_ingest_process_that_dies_is_started_again(serve: subprocess.Popen[bytes]) -> None:
+    (ingest,) = _children_running(serve.pid, "ingest")
+    os.kill(ingest, signal.SIGKILL)
+
+    def replaced() -> list[int] | None:
+        now = [pid for pid in _children_running(serve.pid, "ingest") if pid != ingest]
+        return now or None
+
+    (again,) = wait_for(replaced, 30, "a new ingest process")
+    assert not alive(ingest)
+    serve.send_signal(signal.SIGTERM)
+    assert serve.wait(timeout=60) == 0
+    wait_for(lambda: not alive(again), 30, "the new ingest process to stop with serve")
