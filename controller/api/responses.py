@@ -10,8 +10,10 @@ import json
 import re
 from typing import Any
 
-from fastapi.responses import JSONResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
+from pydantic_core import PydanticSerializationError
 
 
 class ErrorDetail(BaseModel):
@@ -62,3 +64,18 @@ class SafeJSONResponse(JSONResponse):
     def render(self, content: Any) -> bytes:
         text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         return json_safe(text).encode("utf-8")
+
+
+class ModelResponse(Response):
+    """A large pydantic document (a job's 1,000 runs, a fleet's results) serialized once, by
+    pydantic: returned as a model, FastAPI would dump it, validate it again and encode it with
+    json (3 passes, ~1 s for 1,000 hosts). Made safe as SafeJSONResponse does."""
+
+    media_type = "application/json"
+
+    def __init__(self, model: BaseModel, status_code: int = 200) -> None:
+        try:
+            text = model.model_dump_json()
+        except PydanticSerializationError:  # e.g. a lone surrogate: the slow path escapes it
+            text = json.dumps(jsonable_encoder(model), ensure_ascii=False, allow_nan=False)
+        super().__init__(json_safe(text).encode("utf-8"), status_code=status_code)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from controller.api.deps import DispatcherDep, Operator, SessionDep, SettingsDep, Viewer
 from controller.api.params import IdPath, Offset
-from controller.api.responses import AUTHENTICATED, errors
+from controller.api.responses import AUTHENTICATED, ModelResponse, errors
 from controller.auth.models import Role
 from controller.hosts.models import NAME_PATTERN
 from controller.jobs import service
@@ -19,14 +19,19 @@ from controller.jobs.streams import EventStreamResponse, StreamSlots
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTHENTICATED)
 
 
-@router.post("", operation_id="create_job", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "",
+    operation_id="create_job",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobPublic,
+)
 def create_job(
     job_in: JobCreate,
     session: SessionDep,
     settings: SettingsDep,
     dispatcher: DispatcherDep,
     token: Operator,
-) -> JobPublic:
+) -> Response:
     """Start a trace on the target hosts: one run per host."""
     job = service.create(
         session=session,
@@ -36,7 +41,7 @@ def create_job(
         created_by=token.name,
         may_run_custom=Role(token.role).allows(Role.admin),
     )
-    return service.to_public(job)
+    return ModelResponse(service.to_public(job), status_code=status.HTTP_201_CREATED)
 
 
 @router.get("", operation_id="list_jobs")
@@ -56,13 +61,14 @@ def list_jobs(
     return JobsPublic(data=[service.to_public(j) for j in jobs], count=total)
 
 
-@router.get("/{job_id}", operation_id="get_job", responses=errors(404))
-def get_job(job_id: IdPath, session: SessionDep, _: Viewer) -> JobPublic:
+@router.get("/{job_id}", operation_id="get_job", responses=errors(404), response_model=JobPublic)
+def get_job(job_id: IdPath, session: SessionDep, _: Viewer) -> Response:
     """Show a job with its per-host runs."""
     job = service.get(session=session, job_id=job_id)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
-    return service.to_public(job, snapshots=service.snapshot_counts(session=session, job=job))
+    snapshots = service.snapshot_counts(session=session, job=job)
+    return ModelResponse(service.to_public(job, snapshots=snapshots))
 
 
 @router.post("/{job_id}/cancel", operation_id="cancel_job", responses=errors(404, 503))
@@ -86,13 +92,18 @@ def cancel_job(
     return service.to_public(job)
 
 
-@router.get("/{job_id}/results", operation_id="get_job_results", responses=errors(404))
-def get_job_results(job_id: IdPath, session: SessionDep, _: Viewer) -> JobResults:
+@router.get(
+    "/{job_id}/results",
+    operation_id="get_job_results",
+    responses=errors(404),
+    response_model=JobResults,
+)
+def get_job_results(job_id: IdPath, session: SessionDep, _: Viewer) -> Response:
     """Each host's latest cumulative results, and the fleet merge."""
     job = service.get(session=session, job_id=job_id)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
-    return job_results(session=session, job=job)
+    return ModelResponse(job_results(session=session, job=job))
 
 
 @router.get(

@@ -219,6 +219,10 @@ RULES: dict[tuple[str, str], tuple[str | None, Builder]] = {
         "admin",
         lambda c: Call("GET", "/v1/audit?action=create_*&since=2000-01-01T00:00:00Z&limit=5"),
     ),
+    ("GET", "/v1/ingest/dead-letters"): (
+        "admin",
+        lambda c: Call("GET", "/v1/ingest/dead-letters?limit=5"),
+    ),
     ("POST", "/v1/tokens"): (
         "admin",
         lambda c: Call("POST", "/v1/tokens", {"name": "made", "role": "operator"}),
