@@ -9,6 +9,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 
 from node_agent.render import slot_bounds
 
@@ -25,19 +26,35 @@ def percentile(buckets: Buckets, p: float) -> int | None:
 
     None for an empty histogram.
     """
+    items = _nonempty(buckets)
+    return _percentiles(items, sum(count for _, count in items), (p,))[p]
+
+
+@lru_cache(maxsize=256)
+def _exact(p: float) -> Fraction:
+    """p as the decimal it was written as: 99.9% of 1000 must be rank 999, not 1000 through a
+    float error."""
     if not 0 < p <= 100:
         raise ValueError(f"percentile must be in (0, 100], got {p}")
-    items = _nonempty(buckets)
-    n = sum(count for _, count in items)
+    return Fraction(str(p))
+
+
+def _percentiles(
+    items: Sequence[tuple[int, int]], n: int, ps: Sequence[float]
+) -> dict[float, int | None]:
+    """Several percentiles of sorted non-empty buckets holding n values, in one pass."""
+    ranks = sorted((max(1, math.ceil(_exact(p) * n / 100)), p) for p in ps)
+    found: dict[float, int | None] = dict.fromkeys(ps)
     if n == 0:
-        return None
-    # Exact arithmetic: 99.9% of 1000 must be rank 999, not 1000 through a float error.
-    rank = max(1, math.ceil(Fraction(str(p)) * n / 100))
-    seen = 0
+        return found
+    seen, i = 0, 0
     for slot, count in items:
         seen += count
-        if seen >= rank:
-            return slot_bounds(slot)[1]
+        while i < len(ranks) and seen >= ranks[i][0]:
+            found[ranks[i][1]] = slot_bounds(slot)[1]
+            i += 1
+        if i == len(ranks):
+            return found
     raise AssertionError("unreachable: the last bucket reaches every rank")
 
 
@@ -62,8 +79,9 @@ def summarize(
     buckets: Buckets, percentiles: Sequence[float] = DEFAULT_PERCENTILES
 ) -> HistogramSummary:
     items = _nonempty(buckets)
+    n = sum(count for _, count in items)
     return HistogramSummary(
-        count=sum(count for _, count in items),
-        percentiles={p: percentile(items, p) for p in percentiles},
-        max_slot=max_slot(items),
+        count=n,
+        percentiles=_percentiles(items, n, percentiles),
+        max_slot=items[-1][0] if items else None,
     )
