@@ -83,6 +83,12 @@ class CeleryDispatcher:
             log.info("run %s (job %s): queued for %s", request.run_id, request.job_id, host)
         return []
 
+    def send(self, *, host: str, request: TraceRequest, expires_s: float) -> None:
+        """One task; raises what kept it from Redis."""
+        unsent = self.send_all([(host, request)], expires_s=expires_s)
+        if unsent:
+            raise unsent[0][1]
+
     def _publish(
         self,
         producer: Producer,
@@ -107,6 +113,7 @@ class CeleryDispatcher:
             expires=expires_s,
             task_id=request.run_id,
             producer=producer,
+            retry=False,  # a batch only buffers here: its flush fails or not, as a whole
             # Celery would otherwise build a repr of the whole signed envelope for its logs.
             argsrepr=f"run {request.run_id}",
             kwargsrepr="{}",

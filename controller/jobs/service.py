@@ -174,7 +174,11 @@ def create(
         run.dispatched_at = queued_at
     session.commit()
     runs = {run.id: run for _, run in to_send}
-    work = [(host.name, trace_request(job, run)) for host, run in to_send]
+    work: list[tuple[str, TraceRequest]] = []
+    if to_send:
+        # One request validated per job; each run's is a copy with its own id.
+        request = trace_request(job, to_send[0][1])
+        work = [(h.name, request.model_copy(update={"run_id": run.id})) for h, run in to_send]
     failed = dispatcher.send_all(work, expires_s=settings.task_expiry_s)
     unsent = [(runs[request.run_id], exc) for request, exc in failed]
     if unsent:
