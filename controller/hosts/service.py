@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -110,8 +111,21 @@ def record_heartbeat(*, session: Session, beat: Heartbeat) -> Host | None:
     host = get(session=session, name=beat.host)
     if host is None:
         return None
+    _beat(host, beat)
+    return host
+
+
+def record_heartbeats(*, session: Session, beats: Sequence[Heartbeat]) -> list[Host]:
+    """record_heartbeat() for many hosts in one query; the known hosts are returned."""
+    by_name = {beat.host: beat for beat in beats}
+    hosts = list(session.scalars(select(Host).where(Host.name.in_(by_name))))
+    for host in hosts:
+        _beat(host, by_name[host.name])
+    return hosts
+
+
+def _beat(host: Host, beat: Heartbeat) -> None:
     host.last_heartbeat = utcnow()
     host.agent_version = beat.agent_version
     if beat.capabilities is not None:
         host.capabilities = beat.capabilities.model_dump(mode="json")
-    return host

@@ -351,11 +351,17 @@ class Ingest:
             self._digest(session, run, snap, stored=run_id in digested)
         session.flush()  # the snapshot ids, for the event log
         changed: set[str] = set()
+        beats: dict[str, Heartbeat] = {}
         for i, envelope in enumerate(envelopes):
             if i in new_rows:
                 self._snapshot_event(session, *new_rows[i])
+            elif isinstance(envelope.event, Heartbeat):
+                beats[envelope.host] = envelope.event  # a host's latest beat says it all
             elif not isinstance(envelope.event, Snapshot):
                 self.apply(session, envelope, changed_jobs=changed)
+        if beats:  # after the batch's state changes: its runs' states are the latest
+            known = hosts_service.record_heartbeats(session=session, beats=list(beats.values()))
+            self.leases.heard_many(session, {h.name: beats[h.name].running for h in known})
         # Once per job and batch: a job's state walks all its runs (1,000 hosts, 2,000 state
         # changes in a batch: 2 million steps if done per change).
         if changed:

@@ -13,7 +13,7 @@ by its silence (the controller is deaf, not the agents dead).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -84,11 +84,24 @@ class Leases:
     def heard(self, session: Session, *, host: str, running: Sequence[str]) -> list[Run]:
         """Compare a heartbeat's `running` list with the runs the database says the host holds;
         the ones it left out for longer than the grace end lost. Returns them."""
+        return self.heard_many(session, {host: running})
+
+    def heard_many(self, session: Session, beats: Mapping[str, Sequence[str]]) -> list[Run]:
+        """heard() for several hosts' latest heartbeats, with one query for their runs."""
+        held: dict[str, list[Run]] = {host: [] for host in beats}
+        for run in session.scalars(select(Run).where(HELD, Run.host_name.in_(beats))):
+            held[run.host_name].append(run)
+        ended: list[Run] = []
+        for host, running in beats.items():
+            ended += self._judge(session, host, set(running), held[host])
+        _refresh_jobs(session, ended)
+        return ended
+
+    def _judge(self, session: Session, host: str, listed: set[str], held: list[Run]) -> list[Run]:
         now = utcnow()
-        listed = set(running)
         grace = timedelta(seconds=self.rules.unlisted_grace_s)
         ended: list[Run] = []
-        for run in session.scalars(select(Run).where(HELD, Run.host_name == host)).all():
+        for run in held:
             if run.id in listed:
                 self.unlisted_since.pop(run.id, None)
                 continue
@@ -103,7 +116,6 @@ class Leases:
             )
             if _end_lost(session, run, reason):
                 ended.append(run)
-        _refresh_jobs(session, ended)
         return ended
 
     def sweep(self, session: Session, *, hearing_since: datetime | None) -> int:
