@@ -331,6 +331,10 @@ class Ingest:
         """apply() for each envelope, with one query for the batch's runs, one for its stored
         seqs and one INSERT for its snapshots (not a few round trips per entry); the event log
         keeps the entries' order."""
+        with jobs_service.buffered_events(session):
+            self._apply_all(session, envelopes)
+
+    def _apply_all(self, session: Session, envelopes: Sequence[StreamEnvelope]) -> None:
         _held = _preload(session, envelopes)
         stored = _stored_seqs(session, envelopes)
         new_rows: dict[int, tuple[Run, SnapshotRow]] = {}

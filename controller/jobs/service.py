@@ -6,11 +6,12 @@ import logging
 import math
 import uuid
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, selectinload
 
 from controller.db import utcnow
@@ -148,6 +149,40 @@ def create(
     )
     session.add(job)
     to_send: list[tuple[Host, Run]] = []
+    with buffered_events(session):
+        _add_runs(session, settings=settings, job=job, hosts=hosts, now=now, to_send=to_send)
+        refresh_state(session=session, job=job)
+        # Stamped before sending: once a task is out, ingest may be writing its run, and
+        # writing the runs again here deadlocked against it on PostgreSQL (and queued behind
+        # it on SQLite). Before the events' INSERT, which flushes the runs.
+        queued_at = utcnow()
+        for _, run in to_send:
+            run.dispatched_at = queued_at
+    session.commit()
+    runs = {run.id: run for _, run in to_send}
+    work: list[tuple[str, TraceRequest]] = []
+    if to_send:
+        # One request validated per job; each run's is a copy with its own id.
+        request = trace_request(job, to_send[0][1])
+        work = [(h.name, request.model_copy(update={"run_id": run.id})) for h, run in to_send]
+    failed = dispatcher.send_all(work, expires_s=settings.task_expiry_s)
+    unsent = [(runs[request.run_id], exc) for request, exc in failed]
+    if unsent:
+        _not_queued(session=session, job=job, unsent=unsent)
+    log.info("job %s: %s on %d hosts", job.id, job.program, len(hosts))
+    return job
+
+
+def _add_runs(
+    session: Session,
+    *,
+    settings: Settings,
+    job: Job,
+    hosts: list[Host],
+    now: datetime,
+    to_send: list[tuple[Host, Run]],
+) -> None:
+    """One run per host: pending (to send), or unsupported with the reason."""
     for host in hosts:
         run = Run(
             id=str(uuid.uuid4()),
@@ -166,25 +201,6 @@ def create(
             to_send.append((host, run))
         session.add(run)
         add_event(session, job_id=job.id, run=run, kind="state", payload=_run_state(run))
-    refresh_state(session=session, job=job)
-    # Stamped before sending: once a task is out, ingest may be writing its run, and writing
-    # the runs again here deadlocked against it on PostgreSQL (and queued behind it on SQLite).
-    queued_at = utcnow()
-    for _, run in to_send:
-        run.dispatched_at = queued_at
-    session.commit()
-    runs = {run.id: run for _, run in to_send}
-    work: list[tuple[str, TraceRequest]] = []
-    if to_send:
-        # One request validated per job; each run's is a copy with its own id.
-        request = trace_request(job, to_send[0][1])
-        work = [(h.name, request.model_copy(update={"run_id": run.id})) for h, run in to_send]
-    failed = dispatcher.send_all(work, expires_s=settings.task_expiry_s)
-    unsent = [(runs[request.run_id], exc) for request, exc in failed]
-    if unsent:
-        _not_queued(session=session, job=job, unsent=unsent)
-    log.info("job %s: %s on %d hosts", job.id, job.program, len(hosts))
-    return job
 
 
 def _not_queued(*, session: Session, job: Job, unsent: list[tuple[Run, Exception]]) -> None:
@@ -226,15 +242,35 @@ def _run_state(run: Run) -> dict[str, Any]:
 def add_event(
     session: Session, *, job_id: str, run: Run | None, kind: str, payload: dict[str, Any]
 ) -> None:
-    session.add(
-        JobEvent(
-            job_id=job_id,
-            run_id=run.id if run else None,
-            host_name=run.host_name if run else None,
-            kind=kind,
-            payload=payload,
-        )
-    )
+    row = {
+        "job_id": job_id,
+        "run_id": run.id if run else None,
+        "host_name": run.host_name if run else None,
+        "kind": kind,
+        "payload": payload,
+    }
+    buffer: list[dict[str, Any]] | None = session.info.get(_EVENT_BUFFER)
+    if buffer is not None:
+        buffer.append(row)
+    else:
+        session.add(JobEvent(**row))
+
+
+_EVENT_BUFFER = "fleettrace.job_events"
+
+
+@contextmanager
+def buffered_events(session: Session) -> Iterator[None]:
+    """Job events added inside are inserted at the end, in the order they were added, by one
+    INSERT: a 1,000-host job's events are thousands of rows, each an ORM object otherwise."""
+    buffer: list[dict[str, Any]] = []
+    session.info[_EVENT_BUFFER] = buffer
+    try:
+        yield
+    finally:
+        session.info.pop(_EVENT_BUFFER, None)
+    if buffer:
+        session.execute(insert(JobEvent), buffer)
 
 
 def refresh_state(
