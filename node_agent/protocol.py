@@ -18,6 +18,8 @@ from pydantic import (
     model_validator,
 )
 
+from node_agent.wire import HOST_NAME_PATTERN
+
 PROTOCOL_VERSION = 1
 MAX_ERROR_DETAIL = 8192
 COMM_LEN = 16  # the kernel's TASK_COMM_LEN, NUL included
@@ -35,7 +37,8 @@ MAX_STACK_DEPTH = 1024  # bcc gives at most 127 kernel + 127 user frames
 MAX_BUCKETS = 128
 MAX_FIELDS = 32
 MAX_RUNNING = 1024
-HOST_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+# The names the API accepts for hosts: an envelope from any host it lets in must be readable.
+HOST_PATTERN = HOST_NAME_PATTERN
 
 
 def _clip(value: Any) -> Any:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from node_agent.protocol import (
     MAX_SEQ,
     MAX_TEXT,
+    Heartbeat,
     StateChange,
     StreamEnvelope,
     TraceError,
@@ -97,3 +98,16 @@ def test_free_text_an_agent_writes_is_cut_not_refused() -> None:
     assert len(error.message) == MAX_TEXT and error.message.endswith("[... cut]")
     change = StateChange(run_id="r", state="failed", reason="x" * 10_000)
     assert change.reason is not None and len(change.reason) == MAX_TEXT
+
+
+def test_every_host_name_the_api_accepts_can_speak_the_protocol() -> None:
+    from controller.hosts.models import HostCreate
+
+    longest = "h" * 128
+    HostCreate(name=longest)
+    beat = Heartbeat(host=longest, agent_version="1")
+    StreamEnvelope.model_validate_json(StreamEnvelope(host=longest, event=beat).model_dump_json())
+    with pytest.raises(ValidationError):
+        HostCreate(name=longest + "h")
+    with pytest.raises(ValidationError):
+        Heartbeat(host=longest + "h", agent_version="1")
