@@ -49,7 +49,7 @@ def _latest_results(*, session: Session, job_id: str) -> dict[str, tuple[Snapsho
         .join(newest, (SnapshotRow.run_id == newest.c.run_id) & (SnapshotRow.seq == newest.c.seq))
         .options(defer(SnapshotRow.results))
     )
-    return {row.run_id: (row, text) for row, text in session.execute(query).tuples()}
+    return {row.run_id: (row, text) for row, text in session.execute(query)}
 
 
 def job_results(*, session: Session, job: Job) -> JobResults:
