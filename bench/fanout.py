@@ -226,6 +226,7 @@ class Round:
     seen: float  # the client following the job's event stream saw it final
     total: float  # GET results returned the merge, checked
     results: float  # the GET /v1/jobs/{id}/results round trip
+    cpu: dict[str, float]  # CPU seconds each role used during the round (tree_cpu)
 
 
 @dataclass
@@ -322,8 +323,49 @@ def job_events_span(client: redis.Redis, job_id: str, hosts: int) -> tuple[float
     return (min(times), max(times)) if times else (0.0, 0.0)
 
 
+ROLES = (
+    ("--emulate", "fleet"),
+    ("redis-server", "redis"),
+    (" ingest", "ingest"),
+    (" worker", "worker"),
+    (" serve", "api"),
+)
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def tree_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) so far of this benchmark's processes, by role: what the
+    API, ingest, the emulated fleet and Redis each cost, whatever the wall clock says."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    todo, seen = _children(os.getpid()), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        todo += _children(pid)
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        role = next((r for mark, r in ROLES if mark in command), None)
+        if role is not None:
+            used[role] = used.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
 def one_round(api: httpx.Client, sessions: Any, client: redis.Redis, hosts: int) -> Round:
     body = {"program": PROGRAM, "duration_s": 1, "targets": {"all": True}}
+    cpu_before = tree_cpu()
     t0 = time.time()
     resp = api.post("/v1/jobs", json=body)
     t_post = time.time()
@@ -365,6 +407,7 @@ def one_round(api: httpx.Client, sessions: Any, client: redis.Redis, hosts: int)
         seen=t_seen - t0,
         total=t_done - t0,
         results=t_done - t_seen,
+        cpu={k: round(v - cpu_before.get(k, 0.0), 2) for k, v in tree_cpu().items()},
     )
 
 
@@ -481,6 +524,12 @@ def print_table(summary: dict[str, Any]) -> None:
         if label == "median":
             print("-" * len(head))
         print(f"{label:10}" + "".join(f"{values[c]:9.3f}" for c in cols))
+    roles = sorted({role for r in summary["rounds"] for role in r["cpu"]})
+    print("\nCPU seconds per round (user + system), by process:")
+    print(f"{'':10}" + "".join(f"{role:>9}" for role in roles) + f"{'sum':>9}")
+    for i, r in enumerate(summary["rounds"]):
+        used = [r["cpu"].get(role, 0.0) for role in roles]
+        print(f"{f'round {i + 1}':10}" + "".join(f"{u:9.2f}" for u in used) + f"{sum(used):9.2f}")
     base = summary["baseline_median"]
     n = summary["hosts"]
     print(
