@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from controller.db import utcnow
 from controller.hosts.models import Host
+from controller.jobs import locks
 from controller.jobs import service as jobs_service
 from controller.jobs.models import Job, Run
 from controller.settings import Settings
@@ -64,6 +65,7 @@ class LeaseRules:
         return began + timedelta(seconds=duration_s + TRACE_GRACE_S + self.slack_s)
 
 
+_HELD_STATES = (RunState.running.value, RunState.pending.value)
 HELD = or_(
     Run.state == RunState.running.value,
     (Run.state == RunState.pending.value) & Run.expires_at.is_(None),
@@ -88,7 +90,8 @@ class Leases:
         listed = set(running)
         grace = timedelta(seconds=self.rules.unlisted_grace_s)
         ended: list[Run] = []
-        for run in session.scalars(select(Run).where(HELD, Run.host_name == host)).all():
+        held = select(Run).where(HELD, Run.host_name == host).order_by(Run.id)
+        for run in session.scalars(locks.locked(held)).all():
             if run.id in listed:
                 self.unlisted_since.pop(run.id, None)
                 continue
@@ -130,7 +133,7 @@ class Leases:
             .where(HELD)
         ).all()
         timeout = timedelta(seconds=self.rules.heartbeat_timeout_s)
-        ended: list[Run] = []
+        lapsed: dict[str, str] = {}
         for run_id, host, started_at, dispatched_at, duration_s, last in held:
             reason = None
             # Silence counts from when ingest could last hear it, not from an outage of its own.
@@ -146,11 +149,14 @@ class Leases:
                 )
             elif deadline is not None and now > deadline:
                 reason = f"lost: no final snapshot by {_when(deadline)}"
-            if reason is None:
-                continue
-            run = session.get(Run, run_id)
-            if run is not None and _end_lost(session, run, reason):
-                ended.append(run)
+            if reason is not None:
+                lapsed[run_id] = reason
+        # Locked and re-read: another controller's sweep or ingest may have ended one since.
+        ended = [
+            run
+            for run in locks.lock_runs(session, lapsed)
+            if run.state in _HELD_STATES and _end_lost(session, run, lapsed[run.id])
+        ]
         # Forget left-out runs that ended some other way (their final state came after all).
         still_held = {run_id for run_id, *_ in held}
         self.unlisted_since = {k: v for k, v in self.unlisted_since.items() if k in still_held}
@@ -159,9 +165,9 @@ class Leases:
 
 def _expire_unstarted(session: Session, now: datetime) -> list[Run]:
     """Runs whose host never started them before their expiry end `expired`."""
-    overdue = session.scalars(
-        select(Run).where(Run.state == RunState.pending.value, Run.expires_at < now)
-    ).all()
+    query = select(Run).where(Run.state == RunState.pending.value, Run.expires_at < now)
+    # Locked in id order; PostgreSQL re-checks the condition after waiting for a lock.
+    overdue = session.scalars(locks.locked(query.order_by(Run.id))).all()
     for run in overdue:
         jobs_service.set_run_state(
             session=session,
@@ -188,14 +194,7 @@ def _end_lost(session: Session, run: Run, reason: str) -> bool:
 
 
 def _refresh_jobs(session: Session, runs: Iterable[Run]) -> None:
-    job_ids = {run.job_id for run in runs}
-    if not job_ids:
-        return
-    jobs = session.scalars(
-        select(Job).where(Job.id.in_(job_ids)).options(selectinload(Job.runs))
-    ).all()
-    for job in jobs:
-        jobs_service.refresh_state(session=session, job=job)
+    locks.refresh_jobs(session, {run.job_id for run in runs})
 
 
 def _when(at: datetime) -> str:
