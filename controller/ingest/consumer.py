@@ -73,6 +73,8 @@ class Ingest:
         self._recovered = False
         self._claimed_at = time.monotonic()
         self._claim_more = False  # the last claim left more idle entries behind
+        # The batch was read before (by a dead consumer, or by us before a crash): old news.
+        self._replaying = False
         self._last_sweep = 0.0
         self._trimmed_at = time.monotonic()
         self.stored = 0
@@ -189,6 +191,7 @@ class Ingest:
             time.sleep(block_ms / 1000)
             return []
         count = self._per_stream()
+        self._replaying = True
         if not self._recovered:
             # First our own pending entries: delivered before a crash, never acked.
             pending = self._xreadgroup("0", count=self.settings.ingest_batch)
@@ -205,6 +208,7 @@ class Ingest:
             claimed = self._claim()  # another consumer died holding entries
             if claimed:
                 return claimed
+        self._replaying = False
         entries = self._xreadgroup(">", count=count, block_ms=block_ms)
         per_host = Counter(host for host, _, _ in entries)
         full = sorted(host for host, n in per_host.items() if n >= count)
@@ -377,7 +381,9 @@ class Ingest:
         event = envelope.event
         if isinstance(event, Heartbeat):
             host = hosts_service.record_heartbeat(session=session, beat=event)
-            if host is not None:  # the runs the host holds and no longer lists end here
+            # The runs the host holds and no longer lists end here; not by a replayed beat,
+            # which may predate runs the agent started since (claimed 30 s later).
+            if host is not None and not self._replaying:
                 self.leases.heard(session, host=host.name, running=event.running)
             return
         if isinstance(event, Refusal):

@@ -3,7 +3,8 @@ and decides on what it committed. Two sweeps end a lapsed run once (one final st
 event); two ingest batches ending the two runs of one job leave it succeeded, not running.
 
 Each case holds the first transaction open while the second runs in a thread, so the overlap
-is certain rather than left to timing.
+is certain rather than left to timing. And a heartbeat one controller read and died with,
+claimed by the other later, ends no run the agent started meanwhile.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from controller.ingest.leases import TRACE_GRACE_S
 from controller.jobs.models import Job, JobEvent, Run
 from controller.settings import Settings
 from node_agent.protocol import Heartbeat, StreamEnvelope
+from node_agent.wire import events_stream
 from tests.controller.conftest import PostgresServer, Tokens
 from tests.controller.support import register_host, state, submit
 
@@ -168,3 +170,48 @@ def test_two_batches_ending_one_jobs_runs_at_once_end_the_job_once(
         assert job is not None and job.finished_at is not None
         assert job.state == "succeeded"  # each batch alone saw one run still running
     assert events(sessions, job_id, "job") == [{"state": "succeeded"}]
+
+
+def test_a_claimed_heartbeat_is_old_news_and_ends_no_run(
+    client: TestClient,
+    tokens: Tokens,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    redis_client: redis.Redis,
+    ingests: tuple[Ingest, Ingest],
+) -> None:
+    a, b = ingests
+    job_id, runs = running_job(client, tokens, a, sessions, hosts=1)
+    ((host, run_id),) = runs.items()
+    with sessions() as session:  # started well past the grace for runs a beat leaves out
+        started = utcnow() - timedelta(seconds=settings.lease_unlisted_grace_s + 5)
+        session.execute(update(Run).where(Run.id == run_id).values(started_at=started))
+        session.commit()
+    b.ensure_group()
+    stream = events_stream(host)
+
+    def beat() -> None:  # listing no run: sent before the run started, or by a restarted agent
+        empty = StreamEnvelope(host=host, event=Heartbeat(host=host, agent_version="t"))
+        redis_client.xadd(stream, {"data": empty.model_dump_json()})
+
+    def run_state() -> str:
+        with sessions() as session:
+            run = session.get(Run, run_id)
+            assert run is not None
+            return run.state
+
+    beat()
+    # Read by a controller that died before storing it; the other claims it once idle.
+    assert redis_client.xreadgroup(settings.ingest_group, "died", {stream: ">"}, count=10)
+    threading.Event().wait(settings.ingest_claim_idle_ms / 1000 + 0.2)
+    claimed = 0
+    for _ in range(5):
+        claimed += b.step(block_ms=100)
+    assert claimed == 1
+    assert redis_client.xpending(stream, settings.ingest_group)["pending"] == 0
+    assert run_state() == "running"
+    beat()  # the same news fresh: the agent no longer has the run
+    for _ in range(5):
+        b.step(block_ms=100)
+    assert run_state() == "failed"
+    assert events(sessions, job_id, "job") == [{"state": "failed"}]
