@@ -10,6 +10,7 @@ this is about the controllers.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -36,6 +37,7 @@ from tests.controller.conftest import BIN, PostgresServer, Tokens, _free_port
 from tests.controller.emulated_fleet import EmulatedFleet, wait_idle
 from tests.controller.support import capabilities, clean_env, stop_process, wait_for
 
+log = logging.getLogger(__name__)
 HOSTS = [f"duo-{i}" for i in range(4)]
 GROUP = "controller"
 CLAIM_IDLE_MS = 2000
@@ -250,6 +252,7 @@ def test_two_controllers_one_killed_mid_job_lose_and_double_nothing(
         )
         os.killpg(a.proc.pid, signal.SIGKILL)
         a.proc.wait(timeout=10)
+        read_when_killed = pending_of(client, a.consumer)
         # The worst case for sure: entries the dead controller had read and never acked (its
         # last read, as if the kill came before the ack).
         deadline = time.monotonic() + 20
@@ -271,7 +274,8 @@ def test_two_controllers_one_killed_mid_job_lose_and_double_nothing(
         again = controllers.start("a-again")
         controllers.wait_up(again)
         assert again.consumer != a.consumer
-        more = [post(s, tokens, "/v1/jobs", JOB)["id"] for s in (again, b)]
+        # Both consumers now read every stream: one job's runs end through both at once.
+        more = [post(s, tokens, "/v1/jobs", JOB)["id"] for s in (again, b) * 3]
         for job_id in more:
             wait_for(
                 lambda j=job_id: get(again, tokens, f"/v1/jobs/{j}")["state"] == "succeeded",
@@ -313,8 +317,21 @@ def test_two_controllers_one_killed_mid_job_lose_and_double_nothing(
         assert all(n == 1 for _, n in slots), slots
         assert fired == scheduled, (fired, scheduled)  # a slot fired twice makes a 2nd job
         assert fired is not None and fired >= 5, fired  # slots with two and with one scheduler
+        firing = [s.name for s in controllers.started if "schedule duo slot" in s.log.read_text()]
+        assert len(firing) >= 2, firing  # the slots went to more than one scheduler
         assert not fleet.refused, fleet.refused
         assert left_pending > 0
+        log.info(
+            "two controllers: %d snapshots of %d runs stored once, %d entries left pending by"
+            " the killed one and claimed (%d of them read by it before the kill), %d schedule"
+            " slots fired once each by %s",
+            sum(len(seqs) for seqs in fleet.published.values()),
+            len(fleet.published),
+            left_pending,
+            read_when_killed,
+            fired,
+            firing,
+        )
     finally:
         fleet.close()
         client.close()
