@@ -59,7 +59,9 @@ def add_commands(sub: Any) -> None:
     ingest = sub.add_parser(
         "ingest", help="run only the ingest consumer (scale out); `ingest dead-letters` lists"
     )
-    ingest.add_argument("--consumer", help="consumer name, unique per ingest process")
+    ingest.add_argument(
+        "--consumer", help="consumer name, unique per ingest process (default: <hostname>-<pid>)"
+    )
     ingest.set_defaults(func=cmd_ingest)
     ingest_sub = ingest.add_subparsers(dest="ingest_command", required=False)
     dead_letters.add_command(ingest_sub)

@@ -25,9 +25,10 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from controller.db import make_engine
 from controller.ingest import consumers
 from controller.jobs.models import Job, JobEvent, Run, SnapshotRow
 from controller.keys.store import KeyStore
@@ -360,3 +361,29 @@ def test_dead_consumers_leave_the_group_only_when_idle_with_nothing_pending(
     left = {e["name"].decode() for e in redis_client.xinfo_consumers(stream, GROUP)}
     assert gone == 1
     assert left == {"holds-one", "me", "fresh"}  # pending, myself, not idle long enough
+
+
+def test_controllers_starting_at_once_migrate_in_turn(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    url = postgres_server.new_database()
+    env = clean_env(FLEETTRACE_DATABASE_URL=url)
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "fleettrace"), "migrate"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = [proc.communicate(timeout=120)[0].decode(errors="replace") for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], outputs
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            heads = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+    finally:
+        engine.dispose()
+    assert len(heads) == 1, heads
