@@ -60,3 +60,11 @@ def refresh_jobs(session: Session, job_ids: Collection[str]) -> None:
         states[job_id].add(run_state)
     for job in jobs:
         jobs_service.refresh_state(session=session, job=job, run_states=states[job.id])
+
+
+def lock_job(session: Session, job: Job) -> Job:
+    """A job about to change with its runs (cancel): its runs, then it, locked and re-read,
+    in the order the other writers take them."""
+    lock_runs(session, [run.id for run in job.runs])
+    session.scalars(locked(select(Job).where(Job.id == job.id))).one()
+    return job

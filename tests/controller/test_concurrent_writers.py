@@ -4,7 +4,8 @@ event); two ingest batches ending the two runs of one job leave it succeeded, no
 
 Each case holds the first transaction open while the second runs in a thread, so the overlap
 is certain rather than left to timing. And a heartbeat one controller read and died with,
-claimed by the other later, ends no run the agent started meanwhile.
+claimed by the other later, ends no run the agent started meanwhile; a cancel racing a run's
+final state ends the job once.
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db import utcnow
+from controller.hosts.models import Host
 from controller.ingest.consumer import Ingest
 from controller.ingest.leases import TRACE_GRACE_S
+from controller.jobs import locks
+from controller.jobs import service as jobs_service
 from controller.jobs.models import Job, JobEvent, Run
 from controller.settings import Settings
 from node_agent.protocol import Heartbeat, StreamEnvelope
 from node_agent.wire import events_stream
-from tests.controller.conftest import PostgresServer, Tokens
+from tests.controller.conftest import PostgresServer, RecordingDispatcher, Tokens
 from tests.controller.support import register_host, state, submit
 
 SLACK_S = 5.0
@@ -215,3 +219,37 @@ def test_a_claimed_heartbeat_is_old_news_and_ends_no_run(
         b.step(block_ms=100)
     assert run_state() == "failed"
     assert events(sessions, job_id, "job") == [{"state": "failed"}]
+
+
+def test_a_cancel_racing_a_final_state_ends_the_job_once(
+    client: TestClient,
+    tokens: Tokens,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    dispatcher: RecordingDispatcher,
+    ingests: tuple[Ingest, Ingest],
+) -> None:
+    a, _ = ingests
+    job_id, runs = running_job(client, tokens, a, sessions, hosts=1)
+    ((host, run_id),) = runs.items()
+    with sessions() as session:  # the host looks away: cancel would end the run itself
+        silent = utcnow() - timedelta(seconds=settings.heartbeat_timeout_s + 1)
+        session.execute(update(Host).where(Host.name == host).values(last_heartbeat=silent))
+        session.commit()
+    envelope = StreamEnvelope(host=host, job_id=job_id, event=state(run_id, "succeeded"))
+
+    def cancel(session: Session) -> None:
+        job = jobs_service.get(session=session, job_id=job_id)
+        assert job is not None
+        jobs_service.cancel(
+            session=session,
+            dispatcher=dispatcher,
+            job=locks.lock_job(session, job),  # as the route does
+            heartbeat_timeout_s=settings.heartbeat_timeout_s,
+        )
+
+    overlap(sessions, lambda session: a._apply_batch(session, [envelope]), cancel)
+
+    states = [event["state"] for event in events(sessions, job_id, "state")]
+    assert states == ["pending", "running", "succeeded"], states
+    assert events(sessions, job_id, "job") == [{"state": "succeeded"}]
