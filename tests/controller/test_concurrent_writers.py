@@ -253,3 +253,29 @@ def test_a_cancel_racing_a_final_state_ends_the_job_once(
     states = [event["state"] for event in events(sessions, job_id, "state")]
     assert states == ["pending", "running", "succeeded"], states
     assert events(sessions, job_id, "job") == [{"state": "succeeded"}]
+
+
+def test_a_dead_consumers_backlog_is_claimed_batch_after_batch(
+    client: TestClient,
+    tokens: Tokens,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    redis_client: redis.Redis,
+    ingests: tuple[Ingest, Ingest],
+) -> None:
+    _, b = ingests
+    host = f"duo-{uuid.uuid4().hex[:8]}"
+    register_host(client, tokens.headers("admin"), host)
+    b.ensure_group()
+    stream = events_stream(host)
+    backlog = 4 * b._per_stream()
+    for _ in range(backlog):
+        beat = StreamEnvelope(host=host, event=Heartbeat(host=host, agent_version="t"))
+        redis_client.xadd(stream, {"data": beat.model_dump_json()})
+    read = redis_client.xreadgroup(settings.ingest_group, "died", {stream: ">"}, count=backlog)
+    assert len(read[0][1]) == backlog
+    threading.Event().wait(settings.ingest_claim_idle_ms / 1000 + 0.2)
+    # Claims follow each other while the last one was full, not one per claim period.
+    for _ in range(6):
+        b.step(block_ms=10)
+    assert redis_client.xpending(stream, settings.ingest_group)["pending"] == 0
