@@ -319,7 +319,7 @@ def test_two_controllers_one_killed_mid_job_lose_and_double_nothing(
         assert fired == scheduled, (fired, scheduled)  # a slot fired twice makes a 2nd job
         assert fired is not None and fired >= 5, fired  # slots with two and with one scheduler
         firing = [s.name for s in controllers.started if "schedule duo slot" in s.log.read_text()]
-        assert len(firing) >= 2, firing  # the slots went to more than one scheduler
+        # Which scheduler wins a slot is a race (often both win some): shown, not asserted.
         assert not fleet.refused, fleet.refused
         assert left_pending > 0
         log.info(
