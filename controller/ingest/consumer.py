@@ -80,7 +80,10 @@ class Ingest:
         self.stored = 0
         self.link = RedisLink("ingest")
         self._group_ready = False
-        self.leases = Leases(LeaseRules.of(settings))
+        self.leases = Leases(LeaseRules.of(settings), in_flight=self._others_pending)
+
+    def _others_pending(self, host: str) -> bool:
+        return consumers.others_pending(self.redis, host, group=self.group, me=self.consumer)
 
     def ensure_group(self) -> None:
         """Read the hosts the controller knows, with our group on each one's stream."""

@@ -75,3 +75,13 @@ def forget_dead(
 
 def _names(reply: Any) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in reply or []]
+
+
+def others_pending(client: redis.Redis, host: str, *, group: str, me: str) -> bool:
+    """Whether a consumer other than `me` holds entries of `host`'s stream it has not acked:
+    events the agent sent before its latest ones (a dead peer's, claimed after the idle time)."""
+    try:
+        found: Any = client.xinfo_consumers(events_stream(host), group)
+    except redis.RedisError:
+        return False  # cannot tell: judge by what was read
+    return any(int(c["pending"]) > 0 and c["name"] not in (me, me.encode()) for c in found or [])

@@ -13,7 +13,7 @@ by its silence (the controller is deaf, not the agents dead).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -82,6 +82,9 @@ class Leases:
 
     rules: LeaseRules
     unlisted_since: dict[str, datetime] = field(default_factory=dict)
+    # Whether older events of a host are still unread (held by a dead peer): then a beat that
+    # leaves a run out proves nothing yet; its final state may be among them.
+    in_flight: Callable[[str], bool] = lambda host: False
 
     def heard(self, session: Session, *, host: str, running: Sequence[str]) -> list[Run]:
         """Compare a heartbeat's `running` list with the runs the database says the host holds;
@@ -98,7 +101,7 @@ class Leases:
             # A run accepted just before the beat may be missing from it: a running run is
             # judged by its start, an accepted one by how long beats have left it out.
             since = self.unlisted_since.setdefault(run.id, now)
-            if now - (run.started_at or since) < grace:
+            if now - (run.started_at or since) < grace or self.in_flight(host):
                 continue
             reason = (
                 f"lost: the agent on {host} no longer has the run (restarted, or its final"
