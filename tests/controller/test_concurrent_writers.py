@@ -279,3 +279,41 @@ def test_a_dead_consumers_backlog_is_claimed_batch_after_batch(
     for _ in range(6):
         b.step(block_ms=10)
     assert redis_client.xpending(stream, settings.ingest_group)["pending"] == 0
+
+
+def test_a_final_state_held_by_a_dead_consumer_wins_over_a_later_heartbeat(
+    client: TestClient,
+    tokens: Tokens,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    redis_client: redis.Redis,
+    ingests: tuple[Ingest, Ingest],
+) -> None:
+    a, b = ingests
+    job_id, runs = running_job(client, tokens, a, sessions, hosts=1)
+    ((host, run_id),) = runs.items()
+    with sessions() as session:  # started well past the grace for runs a beat leaves out
+        started = utcnow() - timedelta(seconds=settings.lease_unlisted_grace_s + 5)
+        session.execute(update(Run).where(Run.id == run_id).values(started_at=started))
+        session.commit()
+    b.ensure_group()
+    stream = events_stream(host)
+
+    def send(event: Any) -> None:
+        entry = StreamEnvelope(host=host, job_id=job_id, event=event)
+        redis_client.xadd(stream, {"data": entry.model_dump_json()})
+
+    send(state(run_id, "succeeded"))
+    # A controller read the run's end and died; the agent's next beat lists no run.
+    assert redis_client.xreadgroup(settings.ingest_group, "died", {stream: ">"}, count=10)
+    send(Heartbeat(host=host, agent_version="t"))
+    b.step(block_ms=100)
+    assert redis_client.xpending(stream, settings.ingest_group)["pending"] == 1  # the end
+    with sessions() as session:
+        run = session.get(Run, run_id)
+        assert run is not None and run.state == "running"  # not lost: its end is in flight
+    threading.Event().wait(settings.ingest_claim_idle_ms / 1000 + 0.2)
+    for _ in range(3):
+        b.step(block_ms=100)
+    assert redis_client.xpending(stream, settings.ingest_group)["pending"] == 0
+    assert events(sessions, job_id, "job") == [{"state": "succeeded"}]
