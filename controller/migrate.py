@@ -7,9 +7,12 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import create_engine, pool, text
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
+# PostgreSQL advisory lock key: controllers starting at once migrate one after the other.
+MIGRATE_LOCK = 0x66_74_6D_69  # "ftmi"
 
 
 def alembic_config(url: str) -> Config:
@@ -20,5 +23,20 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str) -> None:
-    command.upgrade(alembic_config(url), "head")
+    config = alembic_config(url)
+    if not url.startswith("postgresql"):
+        command.upgrade(config, "head")  # SQLite: one writer at a time anyway
+        log.info("database schema is current")
+        return
+    engine = create_engine(url, poolclass=pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATE_LOCK})
+            connection.commit()
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+            connection.commit()
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATE_LOCK})
+    finally:
+        engine.dispose()
     log.info("database schema is current")

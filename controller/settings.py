@@ -36,8 +36,10 @@ class Settings(BaseSettings):
     # The most rows one job may store: hosts x snapshots x limits.max_rows.
     job_budget_rows: int = Field(default=50_000_000, ge=1)
     ingest_group: str = "controller"
-    ingest_consumer: str = "ingest-1"
+    # This process's name in the group: unique per process (default: <hostname>-<pid>).
+    ingest_consumer: str | None = None
     ingest_batch: int = Field(default=200, ge=1, le=10_000)
+    # Entries another consumer read and has not acked this long are claimed (a dead peer's).
     ingest_claim_idle_ms: int = Field(default=30_000, ge=100)
     # Where agents find Redis, without credentials (each host gets its own user and secret):
     # e.g. rediss://redis.example:6380/0?ssl_ca_certs=/etc/fleettrace/redis-ca.pem.

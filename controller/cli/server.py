@@ -58,7 +58,9 @@ def add_commands(sub: Any) -> None:
     ingest = sub.add_parser(
         "ingest", help="run only the ingest consumer (scale out); `ingest dead-letters` lists"
     )
-    ingest.add_argument("--consumer", help="consumer name, unique per ingest process")
+    ingest.add_argument(
+        "--consumer", help="consumer name, unique per ingest process (default: <hostname>-<pid>)"
+    )
     # Set by `serve` for the ingest process it starts: stop when that process is gone.
     ingest.add_argument("--parent", type=int, help=argparse.SUPPRESS)
     ingest.set_defaults(func=cmd_ingest)

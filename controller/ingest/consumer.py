@@ -27,9 +27,10 @@ from controller.audit import service as audit
 from controller.hosts import identity
 from controller.hosts import service as hosts_service
 from controller.hosts.models import Host
-from controller.ingest import dead_letters
+from controller.ingest import consumers, dead_letters
 from controller.ingest.leases import LeaseRules, Leases
 from controller.ingest.link import TRANSIENT, RedisLink, is_nogroup
+from controller.jobs import locks
 from controller.jobs import service as jobs_service
 from controller.jobs.models import Job, Run, SnapshotRow
 from controller.reports import store as digests
@@ -65,18 +66,24 @@ class Ingest:
         self.sessions = sessions
         self.redis = client
         self.group = settings.ingest_group
-        self.consumer = settings.ingest_consumer
+        self.consumer = settings.ingest_consumer or consumers.default_name()
         self.hosts: list[str] = []
         self._hosts_version: bytes | None = None
         self._hosts_at = float("-inf")
         self._recovered = False
         self._claimed_at = time.monotonic()
+        self._claim_more = False  # the last claim left more idle entries behind
+        # The batch was read before (by a dead consumer, or by us before a crash): old news.
+        self._replaying = False
         self._last_sweep = 0.0
         self._trimmed_at = time.monotonic()
         self.stored = 0
         self.link = RedisLink("ingest")
         self._group_ready = False
-        self.leases = Leases(LeaseRules.of(settings))
+        self.leases = Leases(LeaseRules.of(settings), in_flight=self._others_pending)
+
+    def _others_pending(self, host: str) -> bool:
+        return consumers.others_pending(self.redis, host, group=self.group, me=self.consumer)
 
     def ensure_group(self) -> None:
         """Read the hosts the controller knows, with our group on each one's stream."""
@@ -137,6 +144,7 @@ class Ingest:
             self._ack(entries)
         if time.monotonic() - self._trimmed_at >= TRIM_EVERY_S:
             self.trim()
+            consumers.forget_dead(self.redis, self.hosts, group=self.group, me=self.consumer)
         return len(entries)
 
     def trim(self, keep_s: float = KEEP_ACKED_S) -> int:
@@ -186,6 +194,7 @@ class Ingest:
             time.sleep(block_ms / 1000)
             return []
         count = self._per_stream()
+        self._replaying = True
         if not self._recovered:
             # First our own pending entries: delivered before a crash, never acked.
             pending = self._xreadgroup("0", count=self.settings.ingest_batch)
@@ -195,10 +204,14 @@ class Ingest:
             claimed = self._claim()
             if claimed:
                 return claimed
-        elif time.monotonic() - self._claimed_at >= self.settings.ingest_claim_idle_ms / 1000:
+        elif (
+            self._claim_more
+            or time.monotonic() - self._claimed_at >= self.settings.ingest_claim_idle_ms / 1000
+        ):
             claimed = self._claim()  # another consumer died holding entries
             if claimed:
                 return claimed
+        self._replaying = False
         entries = self._xreadgroup(">", count=count, block_ms=block_ms)
         per_host = Counter(host for host, _, _ in entries)
         full = sorted(host for host, n in per_host.items() if n >= count)
@@ -235,11 +248,14 @@ class Ingest:
                 count=self._per_stream(),
             )
         found: list[Entry] = []
+        self._claim_more = False
         for host, reply in zip(self.hosts, pipe.execute(raise_on_error=False), strict=True):
             if isinstance(reply, Exception):
                 log.warning("ingest: cannot claim from %s's stream: %s", host, reply)
                 continue
             claimed: Any = reply[1] if reply else []
+            # A full claim: a dead peer's backlog is taken batch after batch, not one per period.
+            self._claim_more |= len(claimed) >= self._per_stream()
             found += [(host, e[0], e[1]) for e in claimed if e[1] is not None]
         if found:
             log.info("ingest: claimed %d entries another consumer left pending", len(found))
@@ -254,7 +270,7 @@ class Ingest:
                 self.stored += self._store_in(session, entries)
                 session.commit()
         except Exception as exc:
-            if self._database_away(exc):
+            if self._database_away(exc) or locks.is_conflict(exc):
                 raise
             log.warning(
                 "ingest: a batch of %d entries failed (%s); storing them one by one",
@@ -271,7 +287,7 @@ class Ingest:
                 self.stored += self._store_in(session, [entry])
                 session.commit()
         except Exception as exc:
-            if self._database_away(exc):
+            if self._database_away(exc) or locks.is_conflict(exc):
                 raise
             with self.sessions() as session:
                 raw = fields.get(b"data", b"")
@@ -365,16 +381,12 @@ class Ingest:
                 self.apply(session, envelope, changed_jobs=changed)
         if beats:  # after the batch's state changes: its runs' states are the latest
             known = hosts_service.record_heartbeats(session=session, beats=list(beats.values()))
-            self.leases.heard_many(session, {h.name: beats[h.name].running for h in known})
+            # Not by replayed beats: they may predate runs the agent started since.
+            if not self._replaying:
+                self.leases.heard_many(session, {h.name: beats[h.name].running for h in known})
         # Once per job and batch: a job's state walks all its runs (1,000 hosts, 2,000 state
         # changes in a batch: 2 million steps if done per change).
-        if changed:
-            states: dict[str, set[str]] = defaultdict(set)
-            query = select(Run.job_id, Run.state).where(Run.job_id.in_(changed)).distinct()
-            for job_id, run_state in session.execute(query):
-                states[job_id].add(run_state)
-            for job in session.scalars(select(Job).where(Job.id.in_(changed))):
-                jobs_service.refresh_state(session=session, job=job, run_states=states[job.id])
+        locks.refresh_jobs(session, changed)
 
     def apply(
         self, session: Session, envelope: StreamEnvelope, *, changed_jobs: set[str] | None = None
@@ -384,7 +396,9 @@ class Ingest:
         event = envelope.event
         if isinstance(event, Heartbeat):
             host = hosts_service.record_heartbeat(session=session, beat=event)
-            if host is not None:  # the runs the host holds and no longer lists end here
+            # The runs the host holds and no longer lists end here; not by a replayed beat,
+            # which may predate runs the agent started since (claimed 30 s later).
+            if host is not None and not self._replaying:
                 self.leases.heard(session, host=host.name, running=event.running)
             return
         if isinstance(event, Refusal):
@@ -560,9 +574,9 @@ def _preload(session: Session, envelopes: Sequence[StreamEnvelope]) -> list[obje
     """Load a batch's runs in one query; the caller holds the result so the (weak) identity
     map keeps them for the batch."""
     run_ids = {e.event.run_id for e in envelopes if isinstance(e.event, Snapshot | StateChange)}
-    if not run_ids:
-        return []
-    return list(session.scalars(select(Run).where(Run.id.in_(run_ids))))
+    # Locked (they are written anyway): a sweep or another consumer changing one meanwhile
+    # waits, and this batch decides on their committed state.
+    return list(locks.lock_runs(session, run_ids))
 
 
 def _stored_seqs(session: Session, envelopes: Sequence[StreamEnvelope]) -> set[tuple[str, int]]:

@@ -13,15 +13,16 @@ by its silence (the controller is deaf, not the agents dead).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from controller.db import utcnow
 from controller.hosts.models import Host
+from controller.jobs import locks
 from controller.jobs import service as jobs_service
 from controller.jobs.models import Job, Run
 from controller.settings import Settings
@@ -64,6 +65,7 @@ class LeaseRules:
         return began + timedelta(seconds=duration_s + TRACE_GRACE_S + self.slack_s)
 
 
+_HELD_STATES = (RunState.running.value, RunState.pending.value)
 HELD = or_(
     Run.state == RunState.running.value,
     (Run.state == RunState.pending.value) & Run.expires_at.is_(None),
@@ -80,6 +82,9 @@ class Leases:
 
     rules: LeaseRules
     unlisted_since: dict[str, datetime] = field(default_factory=dict)
+    # Whether older events of a host are still unread (held by a dead peer): then a beat that
+    # leaves a run out proves nothing yet; its final state may be among them.
+    in_flight: Callable[[str], bool] = lambda host: False
 
     def heard(self, session: Session, *, host: str, running: Sequence[str]) -> list[Run]:
         """Compare a heartbeat's `running` list with the runs the database says the host holds;
@@ -89,7 +94,8 @@ class Leases:
     def heard_many(self, session: Session, beats: Mapping[str, Sequence[str]]) -> list[Run]:
         """heard() for several hosts' latest heartbeats, with one query for their runs."""
         held: dict[str, list[Run]] = {host: [] for host in beats}
-        for run in session.scalars(select(Run).where(HELD, Run.host_name.in_(beats))):
+        query = select(Run).where(HELD, Run.host_name.in_(beats)).order_by(Run.id)
+        for run in session.scalars(locks.locked(query)).all():
             held[run.host_name].append(run)
         ended: list[Run] = []
         for host, running in beats.items():
@@ -108,7 +114,7 @@ class Leases:
             # A run accepted just before the beat may be missing from it: a running run is
             # judged by its start, an accepted one by how long beats have left it out.
             since = self.unlisted_since.setdefault(run.id, now)
-            if now - (run.started_at or since) < grace:
+            if now - (run.started_at or since) < grace or self.in_flight(host):
                 continue
             reason = (
                 f"lost: the agent on {host} no longer has the run (restarted, or its final"
@@ -142,7 +148,7 @@ class Leases:
             .where(HELD)
         ).all()
         timeout = timedelta(seconds=self.rules.heartbeat_timeout_s)
-        ended: list[Run] = []
+        lapsed: dict[str, str] = {}
         for run_id, host, started_at, dispatched_at, duration_s, last in held:
             reason = None
             # Silence counts from when ingest could last hear it, not from an outage of its own.
@@ -158,11 +164,14 @@ class Leases:
                 )
             elif deadline is not None and now > deadline:
                 reason = f"lost: no final snapshot by {_when(deadline)}"
-            if reason is None:
-                continue
-            run = session.get(Run, run_id)
-            if run is not None and _end_lost(session, run, reason):
-                ended.append(run)
+            if reason is not None:
+                lapsed[run_id] = reason
+        # Locked and re-read: another controller's sweep or ingest may have ended one since.
+        ended = [
+            run
+            for run in locks.lock_runs(session, lapsed)
+            if run.state in _HELD_STATES and _end_lost(session, run, lapsed[run.id])
+        ]
         # Forget left-out runs that ended some other way (their final state came after all).
         still_held = {run_id for run_id, *_ in held}
         self.unlisted_since = {k: v for k, v in self.unlisted_since.items() if k in still_held}
@@ -171,9 +180,9 @@ class Leases:
 
 def _expire_unstarted(session: Session, now: datetime) -> list[Run]:
     """Runs whose host never started them before their expiry end `expired`."""
-    overdue = session.scalars(
-        select(Run).where(Run.state == RunState.pending.value, Run.expires_at < now)
-    ).all()
+    query = select(Run).where(Run.state == RunState.pending.value, Run.expires_at < now)
+    # Locked in id order; PostgreSQL re-checks the condition after waiting for a lock.
+    overdue = session.scalars(locks.locked(query.order_by(Run.id))).all()
     for run in overdue:
         jobs_service.set_run_state(
             session=session,
@@ -200,14 +209,7 @@ def _end_lost(session: Session, run: Run, reason: str) -> bool:
 
 
 def _refresh_jobs(session: Session, runs: Iterable[Run]) -> None:
-    job_ids = {run.job_id for run in runs}
-    if not job_ids:
-        return
-    jobs = session.scalars(
-        select(Job).where(Job.id.in_(job_ids)).options(selectinload(Job.runs))
-    ).all()
-    for job in jobs:
-        jobs_service.refresh_state(session=session, job=job)
+    locks.refresh_jobs(session, {run.job_id for run in runs})
 
 
 def _when(at: datetime) -> str:

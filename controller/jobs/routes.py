@@ -10,7 +10,7 @@ from controller.api.params import IdPath, Offset
 from controller.api.responses import AUTHENTICATED, ModelResponse, errors
 from controller.auth.models import Role
 from controller.hosts.models import NAME_PATTERN
-from controller.jobs import service
+from controller.jobs import locks, service
 from controller.jobs.events import EventHub
 from controller.jobs.models import JobCreate, JobPublic, JobResults, JobsPublic, JobState
 from controller.jobs.results import job_results
@@ -86,7 +86,7 @@ def cancel_job(
     service.cancel(
         session=session,
         dispatcher=dispatcher,
-        job=job,
+        job=locks.lock_job(session, job),  # another controller's ingest may end runs meanwhile
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
     )
     return service.to_public(job)

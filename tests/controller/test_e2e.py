@@ -309,8 +309,9 @@ def test_ingest_killed_and_restarted_mid_job_loses_and_doubles_no_snapshot(
     killed_at = len(stored_seqs(sessions, run_id))
     time.sleep(1.0)  # the agent keeps streaming into the void meanwhile
     assert len(stored_seqs(sessions, run_id)) == killed_at
-    # Make sure the worst case is there: entries delivered to the dead consumer, never acked.
-    group, consumer = settings.ingest_group, settings.ingest_consumer
+    # Make sure the worst case is there: entries delivered to a dead consumer, never acked (the
+    # next process has a name of its own and claims them once idle).
+    group, consumer = settings.ingest_group, f"dead-{first.pid}"
     redis_client.xreadgroup(group, consumer, {events_stream("alpha"): ">"}, count=10_000)
     unacked = pending_snapshots(redis_client, settings, run_id)
     assert unacked, "no snapshot of the run is waiting unacked"

@@ -134,9 +134,12 @@ def test_entries_delivered_in_a_reply_lost_to_the_outage_are_stored(
     with redis.Redis.from_url(redis_proc.url) as other:
         beat = Heartbeat(host=host, agent_version="0.1.0")
         other.xadd(events_stream(host), {"data": envelope(host, beat)})
-        settings = ingest.settings
+        assert ingest.ingest is not None
         got = other.xreadgroup(
-            settings.ingest_group, settings.ingest_consumer, {events_stream(host): ">"}, count=100
+            ingest.settings.ingest_group,
+            ingest.ingest.consumer,
+            {events_stream(host): ">"},
+            count=100,
         )
         assert got, "nothing delivered"
     wait_for(lambda: _last_heartbeat(client, tokens, host), 30, "the delivered entry stored")
