@@ -56,10 +56,7 @@ class Serve:
     base: str
     log: Path
     proc: subprocess.Popen[bytes]
-
-    @property
-    def consumer(self) -> str:
-        return f"{socket.gethostname()}-{self.proc.pid}"  # the default: <hostname>-<pid>
+    consumer: str = ""  # its ingest's name in the group, once it reads
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
@@ -151,6 +148,28 @@ def stored_per_seq(sessions: sessionmaker[Session]) -> dict[str, list[int]]:
     return found
 
 
+def consumer_of(client: redis.Redis, serve: Serve) -> str:
+    """The default consumer name, <hostname>-<pid>, of a process in serve's process group
+    (its ingest thread, or its ingest child process)."""
+    prefix = f"{socket.gethostname()}-"
+
+    def find() -> str | None:
+        for entry in client.xinfo_consumers(events_stream(HOSTS[-1]), GROUP):
+            name = entry["name"].decode()
+            pid = name.removeprefix(prefix)
+            if not name.startswith(prefix) or not pid.isdigit():
+                continue
+            try:
+                if os.getpgid(int(pid)) == serve.proc.pid:
+                    return str(name)
+            except ProcessLookupError:
+                continue
+        return None
+
+    found: str = wait_for(find, 30, f"serve {serve.name}'s ingest in the group", 0.2)
+    return found
+
+
 def pending_of(client: redis.Redis, consumer: str) -> int:
     total = 0
     for host in HOSTS:
@@ -223,12 +242,9 @@ def test_two_controllers_one_killed_mid_job_lose_and_double_nothing(
             0.2,
         )
 
-        def consumer_names() -> set[str]:
-            found = client.xinfo_consumers(events_stream(HOSTS[-1]), GROUP)
-            return {entry["name"].decode() for entry in found}
-
         # Two consumers in the group, not one name shared by two processes.
-        wait_for(lambda: {a.consumer, b.consumer} <= consumer_names(), 30, "both consumers")
+        a.consumer, b.consumer = consumer_of(client, a), consumer_of(client, b)
+        assert a.consumer != b.consumer
         schedule = post(
             b,
             tokens,
@@ -274,6 +290,7 @@ def test_two_controllers_one_killed_mid_job_lose_and_double_nothing(
         # Then the killed one comes back (a new process: a new consumer name) and joins.
         again = controllers.start("a-again")
         controllers.wait_up(again)
+        again.consumer = consumer_of(client, again)
         assert again.consumer != a.consumer
         # Both consumers now read every stream: one job's runs end through both at once.
         more = [post(s, tokens, "/v1/jobs", JOB)["id"] for s in (again, b) * 3]
