@@ -20,6 +20,7 @@ _SSH_KEY = re.compile(
 MAX_SUMMARY_CHARS = 4096
 # (longest string, longest list, deepest nesting): tried in turn until the summary fits.
 _LIMITS = ((256, 20, 5), (64, 5, 3))
+MASKED_CHARS = 16_384
 
 
 def summarize(body: Any, query: dict[str, list[str]] | None = None) -> dict[str, Any]:
@@ -78,7 +79,9 @@ def _clean(value: Any, longest: int, items: int, depth: int) -> Any:
             kept.append(f"... {len(value) - items} more")
         return kept
     if isinstance(value, str):
-        return _cut(_masked(value), longest)
+        # Only what is kept is masked (a body may be 1 MB), with room for a secret that starts
+        # in the kept part and ends after it.
+        return _cut(_masked(value[:MASKED_CHARS]), longest)
     if value is None or isinstance(value, bool | int | float):
         return value
     return _cut(_masked(str(value)), longest)

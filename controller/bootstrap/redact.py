@@ -11,12 +11,20 @@ MASK = "***"
 _PRIVATE_KEY = re.compile(
     r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S
 )
+# Every repetition below is bounded and the URL's scheme must start a word: the text is
+# often hostile (a request body of 1 MB), and an unbounded pattern was quadratic in it.
 # scheme://user:password@host -> scheme://user:***@host (also a bare ://:password@).
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?=@)")
+# (Possessive: each run is taken whole, never given back char by char; none of them can
+# contain the character that must follow it, so no match is lost.)
+_URL_PASSWORD = re.compile(
+    r"(?P<head>(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{0,31}+://[^:/@\s]{0,256}+:)"
+    r"[^@\s/?#]{1,1024}+(?=@)"  # a URL's password has no raw / ? # (RFC 3986 userinfo)
+)
 # NAME_PASSWORD=..., password: ..., ?password=... in URLs and env files.
 _ASSIGNMENT = re.compile(
-    r"(?P<head>(?:\b[A-Za-z0-9_]*(?:PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIALS?)[A-Za-z0-9_]*"
-    r"|\bpassword|\bpasswd|\bsecret|\btoken)\s*[=:]\s*)(?P<value>[^\s&'\"]+)",
+    r"(?P<head>(?:\b[A-Za-z0-9_]{0,64}(?:PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIALS?)"
+    r"[A-Za-z0-9_]{0,64}|\bpassword|\bpasswd|\bsecret|\btoken)\s{0,16}[=:]\s{0,16})"
+    r"(?P<value>[^\s&'\"]+)",
     re.I,
 )
 _API_TOKEN = re.compile(r"\bft_[A-Za-z0-9_-]{20,}")

@@ -439,6 +439,23 @@ def test_a_body_too_big_to_keep_is_counted_not_parsed(
     assert record.status == 422
 
 
+@pytest.mark.parametrize("shape", ["a://x:", "a://", "a:", "PASSWORD", "ft_"])
+def test_a_hostile_body_just_under_the_limit_is_summarized_without_a_stall(
+    ctx: Ctx, sessions: sessionmaker[Session], shape: str
+) -> None:
+    """Strings shaped to make secret-masking patterns backtrack (a URL scheme, over and over,
+    ~1 MB, no token): the answer and its record come at once. Before the patterns were
+    bounded, one such body held a worker for half an hour (quadratic in its size)."""
+    text = shape * ((1 << 20) // len(shape) - 64)
+    before = _last_id(sessions)
+    answer = ctx.client.post("/v1/jobs", json={"program": text})
+    assert answer.status_code == 401
+    (record,) = _since(sessions, before)
+    assert record.status == 401
+    kept = record.summary["body"]["program"]
+    assert len(kept) <= 256 and kept.startswith(shape[:3])
+
+
 def test_many_callers_at_once_get_one_record_each(
     ctx: Ctx, tokens: Tokens, sessions: sessionmaker[Session]
 ) -> None:

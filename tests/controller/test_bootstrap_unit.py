@@ -910,3 +910,13 @@ def test_migration_0002_upgrades_existing_hosts_and_downgrades(db_url: str) -> N
         command.upgrade(config, "head")
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("shape", ["a://x:", "a://", "a://b:c", "PASSWORD", "password_", "ft_ "])
+def test_redact_is_linear_in_hostile_text(shape: str) -> None:
+    """1 MB shaped to make the patterns backtrack comes back at once, still masking what is
+    there (bounded, possessive patterns; the unbounded URL one was quadratic: ~30 min)."""
+    text = shape * ((1 << 20) // len(shape)) + " redis://u:pw@h PASSWORD=pw"
+    out = redact(text)
+    assert out.endswith(" redis://u:***@h PASSWORD=***")
+    assert out.startswith(shape * 10_000)  # nothing in the hostile part looked like a secret
