@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from sqlalchemy import select
+from sqlalchemy import Text, cast, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.jobs.models import Job, JobEvent, JobState, SnapshotRow
@@ -53,26 +53,43 @@ def read_page(sessions: sessionmaker[Session], job_id: str, after: int) -> Page:
             .limit(PAGE)
         ).all()
         snapshot_ids = [r.payload.get("snapshot_id") for r in rows if r.kind == "snapshot"]
-        snapshots = {
-            s.id: s
-            for s in session.scalars(select(SnapshotRow).where(SnapshotRow.id.in_(snapshot_ids)))
-        }
+        # The stored results and stats as JSON text, spliced into the frame as they are: not
+        # decoded and encoded again (a 1,000-host job's snapshots were a tenth of the API's
+        # time while one viewer followed it).
+        query = select(
+            SnapshotRow.id,
+            SnapshotRow.final,
+            SnapshotRow.interval_start,
+            SnapshotRow.interval_end,
+            cast(SnapshotRow.results, Text),
+            cast(SnapshotRow.stats, Text),
+        ).where(SnapshotRow.id.in_(snapshot_ids))
+        snapshots = {snap[0]: snap for snap in session.execute(query)}
         frames: list[tuple[int, bytes]] = []
         for row in rows:
             data: dict[str, Any] = dict(row.payload)
             snap = snapshots.get(data.get("snapshot_id", -1)) if row.kind == "snapshot" else None
-            if snap is not None:
-                data.update(
-                    final=snap.final,
-                    interval_start=snap.interval_start,
-                    interval_end=snap.interval_end,
-                    results=snap.results,
-                    stats=snap.stats,
-                )
+            if snap is None:
+                text = json.dumps(data)
+            else:
+                _, is_final, start, end, results, stats = snap
+                data.update(final=is_final, interval_start=start, interval_end=end)
+                text = json.dumps(data)[:-1]  # not empty: it names the run and the snapshot
+                text += f', "results": {_one_line(results)}, "stats": {_one_line(stats)}}}'
             # Encoded once here, not once per subscriber.
-            frame = f"id: {row.id}\nevent: {row.kind}\ndata: {json.dumps(data)}\n\n"
+            frame = f"id: {row.id}\nevent: {row.kind}\ndata: {text}\n\n"
             frames.append((row.id, frame.encode()))
         return Page(frames, done=final and len(rows) < PAGE)
+
+
+def _one_line(raw: str | None) -> str:
+    """Stored JSON, fit for one SSE data line (ours never has a raw line break; anything
+    else is re-encoded)."""
+    if raw is None:
+        return "null"
+    if "\n" in raw or "\r" in raw:
+        return json.dumps(json.loads(raw))
+    return raw
 
 
 class _Signal:
