@@ -30,7 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _stack import agent_worker, create_token, database, print_log_tails, redis_server, serve
+from _stack import (
+    add_host,
+    agent_worker,
+    create_token,
+    database,
+    print_log_tails,
+    redis_server,
+    serve,
+)
 
 HOST = "bench-sse"
 PER_TOKEN = 20
@@ -150,6 +158,7 @@ def main() -> int:
     try:
         with redis_server(workdir) as redis_url, database(args.db, workdir) as database_url:
             operator = create_token(database_url, "operator")
+            admin = create_token(database_url, "admin")
             tokens = [
                 create_token(database_url, "viewer") for _ in range(-(-args.streams // PER_TOKEN))
             ]
@@ -163,7 +172,8 @@ def main() -> int:
                     serve_log,
                     FLEETTRACE_SSE_STREAMS_PER_TOKEN=str(PER_TOKEN),
                 ) as base,
-                agent_worker(HOST, redis_url, agent_log, workdir),
+                # The host is added first: its agent speaks with its own Redis identity.
+                agent_worker(HOST, add_host(base, admin, HOST), agent_log, workdir),
                 httpx.Client(
                     base_url=base, headers={"Authorization": f"Bearer {operator}"}, timeout=120
                 ) as api,
