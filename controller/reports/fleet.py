@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from controller.jobs.models import JobState
 from controller.reports.digest import I64_MAX, Ints, RunDigest, TableDetail, TableDigest, key_hash
-from node_agent.protocol import KeyValue, RunState
+from node_agent.protocol import KeyValue, RunState, SnapshotStats
 
 log = logging.getLogger(__name__)
 Floats = npt.NDArray[np.float64]
@@ -36,6 +36,7 @@ class HostInput:
     span: float | None
     digest: RunDigest | None
     load_detail: Callable[[], list[TableDetail]] = field(repr=False, default=list)
+    stats: SnapshotStats | None = None  # the last snapshot's: what the trace cost the host
     _detail: list[TableDetail] | None = field(default=None, repr=False)
 
     @property

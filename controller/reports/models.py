@@ -59,6 +59,17 @@ class Metric(BaseModel):
     unit: str
 
 
+class HostCost(BaseModel):
+    """What the trace cost its host, from its last snapshot (kernel BPF stats + its CPU)."""
+
+    overhead_pct: float | None = Field(description="percent of one CPU; None: not measured")
+    events_per_s: float
+    bpf_run_time_s: float
+    bpf_runs: int
+    agent_cpu_s: float
+    events_lost: int
+
+
 class HostReport(BaseModel):
     host: str
     state: RunState
@@ -70,6 +81,7 @@ class HostReport(BaseModel):
     deviation: dict[str, float | None] = Field(
         description="metric id -> value / fleet median (None when the median is 0)"
     )
+    cost: HostCost | None = Field(default=None, description="None: no snapshot yet")
 
 
 class FleetReport(BaseModel):

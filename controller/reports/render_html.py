@@ -14,6 +14,7 @@ from controller.reports.flame import MAX_DEPTH, Layout, layout
 from controller.reports.fleet import Series
 from controller.reports.models import HistogramStats, JobReport, TableStats
 from controller.reports.outliers import key_text, series_name
+from controller.reports.render_md import COST_HEADER, cost_rows
 from controller.reports.service import Analysis
 from node_agent.protocol import FoldedStacks
 from node_agent.render import slot_bounds
@@ -234,6 +235,9 @@ def render_html(
     for t in report.fleet.tables:
         parts.append(_table_section(report, t, top))
     parts.append(_flame_section(report, analysis, diff_host))
+    if costs := cost_rows(report):
+        parts.append("<h2>What the trace cost each host</h2>")
+        parts.append(_table(COST_HEADER, costs))
     if report.one_host_keys:
         parts.append("<h2>Keys seen on one host only</h2>")
         parts.append(

@@ -101,6 +101,9 @@ def render_md(report: JobReport) -> str:
             [*fleet_table.key_fields, *fleet_table.value_fields],
             [[*k.key, *k.values] for k in fleet_table.top],
         )
+    if costs := cost_rows(report):
+        lines += ["", "## What the trace cost each host", ""]
+        lines += _table(COST_HEADER, costs)
     if report.one_host_keys:
         lines += ["", "## Keys seen on one host only", ""]
         lines += _table(
@@ -113,3 +116,22 @@ def render_md(report: JobReport) -> str:
     methods = f"Percentiles: {report.percentile_method}. Outliers: {report.outlier_method}."
     lines += ["", f"_{md_text(methods)}_"]
     return "\n".join(lines) + "\n"
+
+
+COST_HEADER = ["host", "CPU (BPF programs)", "events/s", "BPF run time", "agent CPU", "lost"]
+
+
+def cost_rows(report: JobReport) -> list[list[object]]:
+    """One row per host whose snapshots said what the trace cost it."""
+    return [
+        [
+            host.host,
+            "-" if c.overhead_pct is None else f"{c.overhead_pct:.2f} %",
+            f"{c.events_per_s:,.0f}",
+            f"{c.bpf_run_time_s:.3f} s ({c.bpf_runs:,} runs)",
+            f"{c.agent_cpu_s:.2f} s",
+            f"{c.events_lost:,}",
+        ]
+        for host in report.hosts
+        if (c := host.cost) is not None and (c.bpf_runs or c.overhead_pct is not None)
+    ]

@@ -30,6 +30,7 @@ from controller.reports.models import (
     CompareReport,
     FleetReport,
     HistogramStats,
+    HostCost,
     HostDelta,
     HostReport,
     JobReport,
@@ -41,7 +42,7 @@ from controller.reports.models import (
     TopKey,
 )
 from controller.reports.outliers import key_text, series_name
-from node_agent.protocol import FoldedStacks, KeyValue, Log2Histogram, RunState
+from node_agent.protocol import FoldedStacks, KeyValue, Log2Histogram, RunState, SnapshotStats
 from node_agent.render import slot_bounds
 
 TOP = 10
@@ -206,6 +207,7 @@ def build(data: ReportInput, *, top: int = TOP) -> tuple[JobReport, Analysis]:
             tables=tstats,
             metrics=host_metrics,
             deviation={},
+            cost=_cost(host.stats),
         )
     medians = ol.medians(metrics)
     for name, host_report in partial.items():
@@ -314,4 +316,17 @@ def compare(base: JobReport, other: JobReport) -> CompareReport:
         program_base=base.program,
         program_other=other.program,
         hosts=hosts,
+    )
+
+
+def _cost(stats: SnapshotStats | None) -> HostCost | None:
+    if stats is None:
+        return None
+    return HostCost(
+        overhead_pct=stats.overhead_pct,
+        events_per_s=stats.events_per_s,
+        bpf_run_time_s=stats.bpf_run_time_s,
+        bpf_runs=stats.bpf_runs,
+        agent_cpu_s=stats.agent_cpu_s,
+        events_lost=stats.events_lost,
     )

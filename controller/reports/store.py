@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import ForeignKey, LargeBinary, String, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, deferred, mapped_column
@@ -15,7 +16,7 @@ from controller.jobs.models import Job, JobState, SnapshotRow
 from controller.jobs.results import parse_results
 from controller.reports import digest as dg
 from controller.reports.fleet import HostInput, ReportInput, constant
-from node_agent.protocol import Result, RunState
+from node_agent.protocol import Result, RunState, SnapshotStats
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ def report_input(*, session: Session, job: Job) -> ReportInput:
             fresh[run_id] = _digest_snapshot(session, run_id, seq)
     if fresh:
         keep(session, job.id, fresh)
+    stats = _last_stats(session, job.id)
     hosts = []
     for run in job.runs:
         run_digest: dg.RunDigest | None = None
@@ -142,9 +144,30 @@ def report_input(*, session: Session, job: Job) -> ReportInput:
                 span=latest[run.id][1] if run.id in latest else None,
                 digest=run_digest,
                 load_detail=loader,
+                stats=stats.get(run.id),
             )
         )
     return ReportInput(job_id=job.id, program=job.program, state=JobState(job.state), hosts=hosts)
+
+
+def _last_stats(session: Session, job_id: str) -> dict[str, SnapshotStats]:
+    """Each run's last snapshot's stats (what the trace cost its host)."""
+    newest = (
+        select(SnapshotRow.run_id, func.max(SnapshotRow.seq).label("seq"))
+        .where(SnapshotRow.job_id == job_id)
+        .group_by(SnapshotRow.run_id)
+        .subquery()
+    )
+    query = select(SnapshotRow.run_id, SnapshotRow.stats).join(
+        newest, (SnapshotRow.run_id == newest.c.run_id) & (SnapshotRow.seq == newest.c.seq)
+    )
+    found: dict[str, SnapshotStats] = {}
+    for run_id, raw in session.execute(query):
+        try:
+            found[run_id] = SnapshotStats.model_validate(raw or {})
+        except ValidationError:  # stored by an older agent: no cost shown, the rest is
+            log.warning("report: run %s has stats this version cannot read", run_id)
+    return found
 
 
 def _stored_digests(session: Session, job_id: str) -> Sequence[Any]:

@@ -24,7 +24,7 @@ from controller.reports import store
 from controller.reports.digest import digest
 from controller.reports.store import RunDigestRow
 from controller.settings import Settings
-from node_agent.protocol import Log2Histogram, Result, Snapshot
+from node_agent.protocol import Log2Histogram, Result, Snapshot, SnapshotStats
 from tests.controller.conftest import Tokens
 from tests.controller.support import counters, register_host, snapshot, state, submit
 from tests.controller.test_storage import Feeder
@@ -267,3 +267,50 @@ def test_cli_report_writes_each_format(
         args = build_parser().parse_args(["report", "nope", "--token", tokens.token("viewer")])
         args.http = client
         args.func(args)
+
+
+def test_a_report_says_what_the_trace_cost_each_host(
+    client: TestClient, tokens: Tokens, feeder: Feeder
+) -> None:
+    names = [f"cost{uuid.uuid4().hex[:6]}-{i}" for i in range(2)]
+    for name in names:
+        register_host(client, tokens.headers("admin"), name)
+    job = submit(client, tokens.headers("operator"), targets={"hosts": names}, duration_s=2)
+    runs = {r["host"]: r["id"] for r in job["runs"]}
+    measured = SnapshotStats(
+        bpf_run_time_s=0.0125,
+        bpf_runs=250_000,
+        events_per_s=125_000.0,
+        overhead_pct=1.25,
+        agent_cpu_s=0.5,
+        events_lost=3,
+    )
+    for name, stats in zip(names, [measured, SnapshotStats()], strict=True):
+        run = runs[name]
+        final = _snap(run, 0, 10.0, 12.0, [counters("syscalls", {"read": 7})])
+        feeder(
+            name,
+            state(run, "running"),
+            final.model_copy(update={"stats": stats}),
+            state(run, "succeeded"),
+            job_id=job["id"],
+        )
+    viewer = tokens.headers("viewer")
+    report = client.get(f"/v1/jobs/{job['id']}/report", headers=viewer).json()
+    cost = {h["host"]: h["cost"] for h in report["hosts"]}
+    assert cost[names[0]] == {
+        "overhead_pct": 1.25,
+        "events_per_s": 125_000.0,
+        "bpf_run_time_s": 0.0125,
+        "bpf_runs": 250_000,
+        "agent_cpu_s": 0.5,
+        "events_lost": 3,
+    }
+    assert cost[names[1]]["overhead_pct"] is None  # an agent that did not measure
+    md = client.get(f"/v1/jobs/{job['id']}/report?format=md", headers=viewer).text
+    assert "## What the trace cost each host" in md
+    row = f"| {names[0]} | 1.25 % | 125,000 | 0.013 s (250,000 runs) | 0.50 s | 3 |"
+    assert row in md
+    assert f"| {names[1]} |" not in md.split("## What the trace cost each host")[1]
+    html = client.get(f"/v1/jobs/{job['id']}/report?format=html", headers=viewer).text
+    assert "What the trace cost each host" in html and "1.25 %" in html
