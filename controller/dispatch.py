@@ -30,6 +30,7 @@ PRIORITY_SEP = "\x06\x16"
 # Tasks per Redis pipeline. A pipeline that fails leaves its own tasks uncertain (some may
 # have reached Redis); the tasks after it are known not to have been sent.
 BATCH = 250
+# What sending raises when Redis is away (a failed batch is a KombuError: BatchPublishError).
 BROKER_DOWN = (KombuError, redis.RedisError, OSError)
 
 Work = tuple[str, TraceRequest]  # (host, request)

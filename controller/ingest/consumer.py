@@ -32,7 +32,7 @@ from controller.ingest.leases import LeaseRules, Leases
 from controller.ingest.link import TRANSIENT, RedisLink, is_nogroup
 from controller.jobs import locks
 from controller.jobs import service as jobs_service
-from controller.jobs.models import Job, Run, SnapshotRow
+from controller.jobs.models import Run, SnapshotRow
 from controller.reports import store as digests
 from controller.settings import Settings
 from node_agent.protocol import (
@@ -425,8 +425,8 @@ class Ingest:
         elif self._state(session, run, event):
             if changed_jobs is not None:
                 changed_jobs.add(run.job_id)
-            elif (job := session.get(Job, run.job_id)) is not None:
-                jobs_service.refresh_state(session=session, job=job)
+            else:
+                locks.refresh_jobs(session, {run.job_id})
 
     def _checked_run(self, session: Session, envelope: StreamEnvelope, run_id: str) -> Run | None:
         """The run an event is about, if it exists and belongs to the host that sent it."""

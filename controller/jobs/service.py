@@ -30,7 +30,6 @@ from node_agent.scope import cgroup_path_problem
 log = logging.getLogger(__name__)
 
 
-# What sending a task raises when Redis is away (kombu wraps it, after its own retries).
 def validate(job_in: JobCreate, *, settings: Settings, may_run_custom: bool) -> dict[str, Any]:
     """Check a job against the program's spec; returns the validated parameters."""
     try:
@@ -263,6 +262,9 @@ _EVENT_BUFFER = "fleettrace.job_events"
 def buffered_events(session: Session) -> Iterator[None]:
     """Job events added inside are inserted at the end, in the order they were added, by one
     INSERT: a 1,000-host job's events are thousands of rows, each an ORM object otherwise."""
+    if _EVENT_BUFFER in session.info:  # inside another: that one inserts them all, in order
+        yield
+        return
     buffer: list[dict[str, Any]] = []
     session.info[_EVENT_BUFFER] = buffer
     try:
