@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import Subquery, Text, cast, func, select
+from sqlalchemy import ColumnElement, Subquery, Text, cast, func, select
 from sqlalchemy.orm import Session, defer
 
 from controller.jobs.merge import merge_results
@@ -20,7 +20,8 @@ def parse_results(raw: list[Any]) -> list[Result]:
     return _RESULTS.validate_python(raw)
 
 
-def _newest(job_id: str) -> Subquery:
+def newest(job_id: str) -> Subquery:
+    """(run_id, seq) of each run's last snapshot in a job; join it with on_newest()."""
     return (
         select(SnapshotRow.run_id, func.max(SnapshotRow.seq).label("seq"))
         .where(SnapshotRow.job_id == job_id)
@@ -29,13 +30,13 @@ def _newest(job_id: str) -> Subquery:
     )
 
 
+def on_newest(last: Subquery) -> ColumnElement[bool]:
+    return (SnapshotRow.run_id == last.c.run_id) & (SnapshotRow.seq == last.c.seq)
+
+
 def latest_snapshots(*, session: Session, job_id: str) -> dict[str, SnapshotRow]:
-    newest = _newest(job_id)
-    rows = session.scalars(
-        select(SnapshotRow).join(
-            newest, (SnapshotRow.run_id == newest.c.run_id) & (SnapshotRow.seq == newest.c.seq)
-        )
-    ).all()
+    last = newest(job_id)
+    rows = session.scalars(select(SnapshotRow).join(last, on_newest(last))).all()
     return {row.run_id: row for row in rows}
 
 
@@ -43,10 +44,10 @@ def _latest_results(*, session: Session, job_id: str) -> dict[str, tuple[Snapsho
     """latest_snapshots() without their results loaded, and each one's results as JSON text:
     parsed and validated by pydantic in one pass (1,000 hosts: half the time of json.loads
     followed by validation)."""
-    newest = _newest(job_id)
+    last = newest(job_id)
     query = (
         select(SnapshotRow, cast(SnapshotRow.results, Text))
-        .join(newest, (SnapshotRow.run_id == newest.c.run_id) & (SnapshotRow.seq == newest.c.seq))
+        .join(last, on_newest(last))
         .options(defer(SnapshotRow.results))
     )
     return {row.run_id: (row, text) for row, text in session.execute(query)}

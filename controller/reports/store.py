@@ -13,7 +13,7 @@ from sqlalchemy.orm import Mapped, Session, deferred, mapped_column
 
 from controller.db import Base
 from controller.jobs.models import Job, JobState, SnapshotRow
-from controller.jobs.results import parse_results
+from controller.jobs.results import newest, on_newest, parse_results
 from controller.reports import digest as dg
 from controller.reports.fleet import HostInput, ReportInput, constant
 from node_agent.protocol import Result, RunState, SnapshotStats
@@ -152,15 +152,8 @@ def report_input(*, session: Session, job: Job) -> ReportInput:
 
 def _last_stats(session: Session, job_id: str) -> dict[str, SnapshotStats]:
     """Each run's last snapshot's stats (what the trace cost its host)."""
-    newest = (
-        select(SnapshotRow.run_id, func.max(SnapshotRow.seq).label("seq"))
-        .where(SnapshotRow.job_id == job_id)
-        .group_by(SnapshotRow.run_id)
-        .subquery()
-    )
-    query = select(SnapshotRow.run_id, SnapshotRow.stats).join(
-        newest, (SnapshotRow.run_id == newest.c.run_id) & (SnapshotRow.seq == newest.c.seq)
-    )
+    last = newest(job_id)
+    query = select(SnapshotRow.run_id, SnapshotRow.stats).join(last, on_newest(last))
     found: dict[str, SnapshotStats] = {}
     for run_id, raw in session.execute(query):
         try:
