@@ -12,6 +12,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,12 +217,22 @@ def test_a_read_only_lib_modules_names_the_step(tmp_path: Path, generic: Path) -
 
 
 def test_a_non_root_user_is_told_how_to_run_it() -> None:
-    done = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", str(SETUP)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    # A copy that user can read: the checkout may sit in a directory only root can enter (a
+    # clone into `mktemp -d`), and the user check comes before anything else the script does.
+    readable = Path(tempfile.mkdtemp(prefix="ft-setup-"))
+    try:
+        readable.chmod(0o755)
+        script = readable / "setup.sh"
+        shutil.copyfile(SETUP, script)
+        script.chmod(0o644)
+        done = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", str(script)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        shutil.rmtree(readable)
     assert done.returncode == 1
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("setup: checking the user: must run as root")
