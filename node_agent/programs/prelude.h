@@ -27,6 +27,17 @@ static __always_inline void ft_count_drop(void)
         (*d)++;
 }
 
+/* Adds one to a counter a map gave (lookup_or_try_init), or counts the drop when the map
+ * was full. The map call stays at the call site: bcc rewrites map methods only in the
+ * program's own text, never inside a macro. */
+static __always_inline void ft_bump(u64 *count)
+{
+    if (count)
+        (*count)++;
+    else
+        ft_count_drop();
+}
+
 static __always_inline int ft_in_scope(void)
 {
 #ifdef FT_SCOPE_PID

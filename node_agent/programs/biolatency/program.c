@@ -53,10 +53,6 @@ TRACEPOINT_PROBE(block, block_rq_complete)
 #endif
     hkey.slot = bpf_log2l(delta / FT_UNIT_DIV);
     u64 zero = 0;
-    u64 *count = biolatency.lookup_or_try_init(&hkey, &zero);
-    if (count)
-        (*count)++;
-    else
-        ft_count_drop();
+    ft_bump(biolatency.lookup_or_try_init(&hkey, &zero));
     return 0;
 }

@@ -36,10 +36,6 @@ int on_sample(struct bpf_perf_event_data *ctx)
     key.kernel_stack_id = -1;
 #endif
     u64 zero = 0;
-    u64 *count = counts.lookup_or_try_init(&key, &zero);
-    if (count)
-        (*count)++;
-    else
-        ft_count_drop();
+    ft_bump(counts.lookup_or_try_init(&key, &zero));
     return 0;
 }

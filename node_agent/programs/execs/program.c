@@ -40,11 +40,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     /* comm and filename are laid out in the event exactly as in exec_key_t. */
     struct exec_key_t *key = (struct exec_key_t *)&ev->comm;
     u64 zero64 = 0;
-    u64 *count = execs.lookup_or_try_init(key, &zero64);
-    if (count)
-        (*count)++;
-    else
-        ft_count_drop();
+    ft_bump(execs.lookup_or_try_init(key, &zero64));
 #if FT_SAMPLES
     exec_events.perf_submit(args, ev, sizeof(*ev));
 #endif
@@ -88,11 +84,7 @@ static __always_inline int exec_exit(long ret)
     if (ret < 0) {
         key->err = -ret;
         u64 zero64 = 0;
-        u64 *count = exec_failures.lookup_or_try_init(key, &zero64);
-        if (count)
-            (*count)++;
-        else
-            ft_count_drop();
+        ft_bump(exec_failures.lookup_or_try_init(key, &zero64));
     }
     exec_pending.delete(&tid);
     return 0;

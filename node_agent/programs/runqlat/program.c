@@ -70,11 +70,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
 #endif
                 key.slot = bpf_log2l(delta / FT_UNIT_DIV);
                 u64 zero = 0;
-                u64 *count = runqlat.lookup_or_try_init(&key, &zero);
-                if (count)
-                    (*count)++;
-                else
-                    ft_count_drop();
+                ft_bump(runqlat.lookup_or_try_init(&key, &zero));
             }
         }
         /* Still runnable: it waits again from now. Otherwise drop a stale stamp left by a

@@ -58,10 +58,6 @@ TRACEPOINT_PROBE(raw_syscalls, sys_exit)
     key.slot = bpf_log2l((bpf_ktime_get_ns() - s->ts) / FT_UNIT_DIV);
     start.delete(&tid);
     u64 zero = 0;
-    u64 *count = latency.lookup_or_try_init(&key, &zero);
-    if (count)
-        (*count)++;
-    else
-        ft_count_drop();
+    ft_bump(latency.lookup_or_try_init(&key, &zero));
     return 0;
 }

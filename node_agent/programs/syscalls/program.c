@@ -26,11 +26,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     key.nr = nr;
     bpf_get_current_comm(&key.comm, sizeof(key.comm));
     u64 zero = 0;
-    u64 *count = counts.lookup_or_try_init(&key, &zero);
-    if (count)
-        (*count)++;
-    else
-        ft_count_drop();
+    ft_bump(counts.lookup_or_try_init(&key, &zero));
 #else
     u32 slot = nr < FT_NR_SLOTS - 1 ? nr : FT_NR_SLOTS - 1;
     u64 *count = by_nr.lookup(&slot);

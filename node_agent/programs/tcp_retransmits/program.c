@@ -36,10 +36,6 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
         bpf_probe_read_kernel(&key.daddr, 16, args->daddr_v6);
     }
     u64 zero = 0;
-    u64 *count = retransmits.lookup_or_try_init(&key, &zero);
-    if (count)
-        (*count)++;
-    else
-        ft_count_drop();
+    ft_bump(retransmits.lookup_or_try_init(&key, &zero));
     return 0;
 }
