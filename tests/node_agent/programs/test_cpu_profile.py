@@ -148,11 +148,13 @@ def test_cgroup_scope_excludes_a_busy_process_outside_it(
     inside, outside = spawn("ft_busy_in"), spawn("ft_busy_out")
     (group / "cgroup.procs").write_text(str(inside.pid))
     outside_cpu: list[float] = []
+    inside_cpu: list[float] = []
 
     def workload() -> None:
         _go(inside, outside)()
         time.sleep(1.5)
         outside_cpu.append(_cpu_seconds(outside.pid))
+        inside_cpu.append(_cpu_seconds(inside.pid))
 
     request = TraceRequest(
         run_id="cpu-cg",
@@ -164,8 +166,12 @@ def test_cgroup_scope_excludes_a_busy_process_outside_it(
     outcome = run_trace(request, workload)
     assert outcome.final.state.value == "succeeded", outcome.final
     stacks = outcome.stacks()
-    assert sum(s.count for s in stacks.stacks) >= 100, stacks.folded()
+    # At 199 Hz, ~200 samples per CPU-second the inside helper ran: on a busy machine it
+    # gets less than a CPU, so the floor follows the CPU it was measured to have had.
+    floor = max(30, int(0.6 * 199 * inside_cpu[0])) if inside_cpu else 100
+    assert sum(s.count for s in stacks.stacks) >= floor, (inside_cpu, stacks.folded())
     assert _share_with(stacks, BUSY) >= 0.8, stacks.folded()
-    # The outside helper really was busy while traced, yet none of its samples were kept.
-    assert outside_cpu and outside_cpu[0] >= 0.5, outside_cpu
+    # The outside helper really was busy while traced (0.1 CPU-s is ~20 samples at 199 Hz,
+    # however loaded the machine), yet none of its samples were kept.
+    assert outside_cpu and outside_cpu[0] >= 0.1, outside_cpu
     assert {s.frames[0] for s in stacks.stacks} == {"ft_busy_in"}
