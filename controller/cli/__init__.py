@@ -1,5 +1,16 @@
 """fleettrace: run the controller, and talk to it."""
 
-from controller.cli.main import main
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["main"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: library modules (controller/kinds) use cli.text without loading every command.
+    if name == "main":
+        from controller.cli.main import main
+
+        return main
+    raise AttributeError(name)

@@ -17,10 +17,10 @@ from sqlalchemy.orm import Session
 
 from controller.jobs.models import Job, Run
 from controller.jobs.results import latest_snapshots, parse_results
-from controller.jobs.stats import percentile
+from controller.kinds import VIEWS
 from controller.schedules import continuous
 from controller.schedules.models import FireOutcome, Schedule, ScheduleFire
-from node_agent.protocol import CounterTable, Log2Histogram, Result
+from node_agent.protocol import Result
 
 _METRIC = re.compile(r"^(?:(p\d{1,2}(?:\.\d+)?|p100|count|total|rate):([^:]+)|key:([^:]+):(.+))$")
 
@@ -50,34 +50,17 @@ class Metric:
         return cls(kind, match.group(2))
 
     def value(self, results: list[Result], span_s: float) -> tuple[float | None, str | None]:
-        """The metric's value in one host's results, and its unit; None when absent."""
-        if self.kind.startswith("p") or self.kind == "count":
-            hists = [r for r in results if isinstance(r, Log2Histogram) and r.name == self.name]
-            if not hists:
-                return None, None
-            merged: dict[int, int] = {}
-            for hist in hists:
-                for slot, count in hist.buckets:
-                    merged[slot] = merged.get(slot, 0) + count
-            if self.kind == "count":
-                return float(sum(merged.values())), "events"
-            found = percentile(merged.items(), float(self.kind[1:]))
-            return (None if found is None else float(found)), hists[0].unit
-        tables = [r for r in results if isinstance(r, CounterTable) and r.name == self.name]
-        if not tables:
-            return None, None
-        table = tables[0]
-        if self.kind == "key":
-            total = sum(
-                values[0]
-                for keys, values in table.rows
-                if ",".join(str(k) for k in keys) == self.key
-            )
-            return float(total), table.value_fields[0]
-        total = sum(values[0] for _, values in table.rows if values)
-        if self.kind == "rate":
-            return (total / span_s if span_s > 0 else None), f"{table.value_fields[0]}/s"
-        return float(total), table.value_fields[0]
+        """The metric's value in one host's results, and its unit; None when absent. Each
+        kind of result of the metric's name is asked (controller/kinds)."""
+        by_kind: dict[str, list[Result]] = {}
+        for r in results:
+            if r.name == self.name:
+                by_kind.setdefault(r.kind, []).append(r)
+        for kind, found in by_kind.items():
+            answer = VIEWS[kind].metric(self.kind, self.key, found, span_s)
+            if answer is not None:
+                return answer
+        return None, None
 
 
 class TrendPoint(BaseModel):
