@@ -12,5 +12,6 @@ def __getattr__(name: str) -> Any:
     if name == "main":
         from controller.cli.main import main
 
+        globals()["main"] = main  # the import bound the submodule to this name
         return main
     raise AttributeError(name)

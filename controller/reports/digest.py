@@ -110,23 +110,33 @@ def key_hash(key: tuple[KeyValue, ...]) -> int:
 
 
 def histogram(h: BucketHistogram) -> HistDigest:
-    width = max((s for s, _ in h.buckets), default=-1) + 1
+    return dense_histogram(h.name, h.unit, h.labels, h.buckets, h.scale)
+
+
+def dense_histogram(
+    name: str,
+    unit: str,
+    labels: dict[str, KeyValue],
+    buckets: Sequence[tuple[int, int]],
+    scale: Scale,
+) -> HistDigest:
+    width = max((s for s, _ in buckets), default=-1) + 1
     dense = [0] * width
-    for slot, count in h.buckets:
+    for slot, count in buckets:
         dense[slot] += count
     counts = np.array([_clamp(c) for c in dense], dtype=np.int64)
-    summary = summarize(h.buckets, h.scale, (50.0, 90.0, 99.0))
+    summary = summarize(buckets, scale, (50.0, 90.0, 99.0))
     return HistDigest(
-        name=h.name,
-        unit=h.unit,
-        labels=dict(h.labels),
+        name=name,
+        unit=unit,
+        labels=dict(labels),
         count=summary.count,
         p50=summary.percentiles[50.0],
         p90=summary.percentiles[90.0],
         p99=summary.percentiles[99.0],
         max_slot=summary.max_slot,
         counts=counts,
-        scale=h.scale,
+        scale=scale,
     )
 
 
