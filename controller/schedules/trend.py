@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from controller.jobs.models import Job, Run
@@ -81,18 +82,25 @@ class ScheduleTrend(BaseModel):
     series: list[TrendSeries]
 
 
-def trend(
-    *, session: Session, schedule: Schedule, metric: Metric, raw: str, limit: int = 200
-) -> ScheduleTrend:
-    fires = session.execute(
-        select(ScheduleFire.slot, ScheduleFire.job_id)
+def fired(schedule: Schedule, *columns: Any) -> Select[Any]:
+    """The given columns of a schedule's fired jobs, newest slot first."""
+    return (
+        select(*columns)
+        .select_from(ScheduleFire)
         .join(Job, Job.id == ScheduleFire.job_id)
         .where(
             ScheduleFire.schedule_id == schedule.id,
             ScheduleFire.outcome == FireOutcome.fired.value,
         )
-        .order_by(ScheduleFire.slot.desc())
-        .limit(limit)
+        .order_by(ScheduleFire.slot.desc(), ScheduleFire.id.desc())
+    )
+
+
+def trend(
+    *, session: Session, schedule: Schedule, metric: Metric, raw: str, limit: int = 200
+) -> ScheduleTrend:
+    fires = session.execute(
+        fired(schedule, ScheduleFire.slot, ScheduleFire.job_id).limit(limit)
     ).all()
     series: dict[str, list[TrendPoint]] = {}
     unit: str | None = None

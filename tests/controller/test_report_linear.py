@@ -5,36 +5,23 @@ side-by-side job view and a schedule's trend over the API, with hand-worked numb
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
-import pytest
-import redis
 from fastapi.testclient import TestClient
-from sqlalchemy.orm import Session, sessionmaker
 
 from controller.cli.sidebyside import render_results
-from controller.ingest.consumer import Ingest
 from controller.jobs.models import JobResults
 from controller.kinds import VIEWS
-from controller.settings import Settings
 from node_agent.kinds import KINDS, LinearHistogram
 from node_agent.protocol import Snapshot
 from tests.controller.conftest import Tokens
 from tests.controller.support import register_host, state, submit
-from tests.controller.test_storage import Feeder
+from tests.controller.test_storage import Feeder, feeder
+
+__all__ = ["feeder"]  # the fixture: snapshots through the real stream and Ingest
 
 # Five hosts alike (half their values in [0, 10), half in [10, 20)), one all at or above max.
 ALIKE = [(1, 50), (2, 50)]
 ODD = [(4, 100)]
-
-
-@pytest.fixture
-def feeder(
-    settings: Settings, sessions: sessionmaker[Session], redis_client: redis.Redis
-) -> Iterator[Feeder]:
-    feeder = Feeder(Ingest(settings, sessions, redis_client))
-    feeder.ingest.ensure_group()
-    yield feeder
 
 
 def lat(buckets: list[tuple[int, int]]) -> LinearHistogram:
