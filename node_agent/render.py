@@ -10,7 +10,7 @@ from node_agent.kinds.counter_table import table_lines
 from node_agent.kinds.event_samples import samples_lines
 from node_agent.kinds.histogram import BAR_WIDTH, histogram_lines
 from node_agent.kinds.log2_histogram import slot_bounds
-from node_agent.protocol import Result, Snapshot
+from node_agent.protocol import Result, Snapshot, SnapshotStats
 
 __all__ = [
     "BAR_WIDTH",
@@ -20,6 +20,7 @@ __all__ = [
     "samples_lines",
     "slot_bounds",
     "snapshot_text",
+    "stats_notes",
     "table_lines",
 ]
 
@@ -35,17 +36,25 @@ def snapshot_text(snapshot: Snapshot) -> str:
     lines = [f"[{stamp}] {title} (cumulative)"]
     for result in snapshot.results:
         lines += ["", *result_lines(result)]
-    stats = snapshot.stats
+    notes = stats_notes(snapshot.stats)
+    if notes:
+        lines += ["", "note: " + "; ".join(notes)]
+    return "\n".join(lines)
+
+
+def stats_notes(stats: SnapshotStats, *, hints: bool = True) -> list[str]:
+    """What a snapshot's stats say is missing from it; `hints`: the `run` flag to raise."""
     notes = []
     if stats.events_lost:
         notes.append(f"{stats.events_lost} events lost")
     if stats.map_full_drops:
-        notes.append(f"{stats.map_full_drops} drops on full maps (raise --map-entries)")
+        hint = " (raise --map-entries)" if hints else ""
+        notes.append(f"{stats.map_full_drops} drops on full maps{hint}")
     if stats.rows_truncated:
-        notes.append("output truncated (raise --max-rows)")
-    if notes:
-        lines += ["", "note: " + "; ".join(notes)]
-    return "\n".join(lines)
+        notes.append(
+            "output truncated (raise --max-rows)" if hints else "output truncated at max_rows"
+        )
+    return notes
 
 
 def join_blocks(blocks: Iterable[str]) -> str:

@@ -14,6 +14,7 @@ from controller.kinds import Column, view_of
 from controller.kinds.folded_stacks import short_stack
 from controller.kinds.histogram import aligned_histogram
 from node_agent.protocol import Result, RunState
+from node_agent.render import stats_notes
 
 TOP = 20
 PARTIAL_MARK = "*"
@@ -113,13 +114,7 @@ def _notes(job: JobResults) -> list[Line]:
         stats = host.stats
         if stats is None:
             continue
-        said = []
-        if stats.events_lost:
-            said.append(f"{stats.events_lost} events lost")
-        if stats.map_full_drops:
-            said.append(f"{stats.map_full_drops} drops on full maps")
-        if stats.rows_truncated:
-            said.append("output truncated at max_rows")
+        said = stats_notes(stats, hints=False)
         if said:
             notes.append(Line(f"note: {host.host}: {'; '.join(said)}", "note"))
     costs = [

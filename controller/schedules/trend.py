@@ -1,8 +1,9 @@
 """A metric over a schedule's runs: one series per host, one point per fired slot.
 
-Metrics: `p99:HIST` (any pNN or pNN.N; all label sets of HIST merged), `count:HIST`,
-`total:TABLE` and `rate:TABLE` (first value column summed; rate per second of the snapshot's
-span), `key:TABLE:KEY` (one key's count; a multi-field key is its values joined by ",").
+Metrics: `p99:HIST` (any pNN or pNN.N; all label sets of HIST merged; log2 or linear),
+`count:HIST`, `total:TABLE` and `rate:TABLE` (first value column summed; rate per second of
+the snapshot's span), `key:TABLE:KEY` (one key's count; a multi-field key is its values
+joined by ","). Each kind answers its own metrics (controller/kinds).
 """
 
 from __future__ import annotations

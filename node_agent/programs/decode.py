@@ -119,17 +119,18 @@ def histogram_map(
 def table_map(
     map_name: str,
     fields: Callable[[DecodeContext], Sequence[KeyField]],
-    row: Callable[[DecodeContext], Callable[[Any, Any], Row]],
+    row: Callable[[DecodeContext], Callable[[Any, Any], Row | None]],
     *,
     result: str | None = None,
     value_fields: Sequence[str] = ("count",),
 ) -> Decoder:
-    """A decoder reading a hash map into a counter table: `fields` and `row` say, for a
-    trace's params, the table's key fields and a (key, value) entry's row."""
+    """A decoder reading a map into a counter table: `fields` and `row` say, for a trace's
+    params, the table's key fields and a (key, value) entry's row (None: no row)."""
 
     def decode(ctx: DecodeContext) -> list[Result]:
         to_row = row(ctx)
-        rows = (to_row(key, val) for key, val in ctx.program.items(map_name))
+        found = (to_row(key, val) for key, val in ctx.program.items(map_name))
+        rows = (row for row in found if row is not None)
         table = counter_table(
             result or map_name,
             fields(ctx),

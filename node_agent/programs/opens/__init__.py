@@ -29,15 +29,16 @@ def _fields(ctx: DecodeContext) -> list[KeyField]:
     return [path]
 
 
+def _process_row(key: Any, val: Any) -> Row:
+    return [int(key.tgid), text(key.comm), text(key.path)], [int(val.count), int(val.errors)]
+
+
+def _path_row(key: Any, val: Any) -> Row:
+    return [text(key.path)], [int(val.count), int(val.errors)]
+
+
 def _row(ctx: DecodeContext) -> Callable[[Any, Any], Row]:
-    per_process = bool(ctx.params["per_process"])
-
-    def row(key: Any, val: Any) -> Row:
-        path = text(key.path)
-        counts = [int(val.count), int(val.errors)]
-        return ([int(key.tgid), text(key.comm), path] if per_process else [path]), counts
-
-    return row
+    return _process_row if ctx.params["per_process"] else _path_row
 
 
 SPEC = ProgramSpec(
