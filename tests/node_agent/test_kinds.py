@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -142,3 +144,13 @@ def test_every_result_model_has_one_kind() -> None:
     models = TypeAdapter(Result).json_schema()["discriminator"]["mapping"]
     assert sorted(models) == sorted(KINDS)
     assert all(kind.model.model_fields["kind"].default == key for key, kind in KINDS.items())
+
+
+def test_the_agent_side_of_the_kinds_needs_no_controller() -> None:
+    """The agent will ship without controller code: models, merge, delta and text stand alone."""
+    code = (
+        "import sys, node_agent.kinds, node_agent.protocol, node_agent.render\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'controller'))"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]"
