@@ -9,56 +9,74 @@ import time
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, field_validator, model_validator
 
-from node_agent.wire import HOST_NAME_PATTERN
+from node_agent.bounds import (
+    HOST_PATTERN,
+    MAX_BUCKETS,
+    MAX_COUNT,
+    MAX_FIELDS,
+    MAX_ID,
+    MAX_NAME,
+    MAX_ROWS,
+    MAX_RUNNING,
+    MAX_SAMPLES,
+    MAX_SEQ,
+    MAX_STACK_DEPTH,
+    MAX_TEXT,
+    Clipped,
+    Count,
+    HostName,
+    Id,
+    KeyValue,
+    Name,
+    Text,
+)
+from node_agent.bounds import WireModel as _Model
+from node_agent.kinds import (
+    CounterTable,
+    EventSamples,
+    FoldedStacks,
+    KeyField,
+    LinearHistogram,
+    Log2Histogram,
+    Result,
+    StackCount,
+)
 
 PROTOCOL_VERSION = 1
 MAX_ERROR_DETAIL = 8192
 COMM_LEN = 16  # the kernel's TASK_COMM_LEN, NUL included
 
-# Bounds on everything an agent sends: a traced host controls these, and the controller
-# stores them (SQLite and PostgreSQL integers are signed 64-bit; seq is a 32-bit column).
-MAX_SEQ = 2**31 - 1
-MAX_COUNT = 2**64 - 1  # u64 kernel counters
-MAX_ID = 128  # run and job ids
-MAX_NAME = 128  # result, field, label and program names
-MAX_TEXT = 4096  # one key value (a path: PATH_MAX), one frame, one reason
-MAX_ROWS = 100_000  # Limits.max_rows's bound
-MAX_SAMPLES = 10_000  # Limits.max_samples's bound
-MAX_STACK_DEPTH = 1024  # bcc gives at most 127 kernel + 127 user frames
-MAX_BUCKETS = 128
-MAX_FIELDS = 32
-MAX_RUNNING = 1024
-# The names the API accepts for hosts: an envelope from any host it lets in must be readable.
-HOST_PATTERN = HOST_NAME_PATTERN
-
-
-def _clip(value: Any) -> Any:
-    """Free text an agent writes (reasons, messages, probe errors) is cut, not refused."""
-    if isinstance(value, str) and len(value) > MAX_TEXT:
-        mark = " [... cut]"
-        return value[: MAX_TEXT - len(mark)] + mark
-    return value
-
-
-Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
-Clipped = Annotated[str, BeforeValidator(_clip), Field(max_length=MAX_TEXT)]
-Id = Annotated[str, Field(min_length=1, max_length=MAX_ID)]
-Name = Annotated[str, Field(max_length=MAX_NAME)]
-Text = Annotated[str, Field(max_length=MAX_TEXT)]
-HostName = Annotated[str, Field(pattern=HOST_PATTERN)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
+__all__ = [
+    "HOST_PATTERN",
+    "MAX_BUCKETS",
+    "MAX_COUNT",
+    "MAX_FIELDS",
+    "MAX_ID",
+    "MAX_NAME",
+    "MAX_ROWS",
+    "MAX_RUNNING",
+    "MAX_SAMPLES",
+    "MAX_SEQ",
+    "MAX_STACK_DEPTH",
+    "MAX_TEXT",
+    "Clipped",
+    "Count",
+    "CounterTable",
+    "EventSamples",
+    "FoldedStacks",
+    "HostName",
+    "Id",
+    "KeyField",
+    "KeyValue",
+    "LinearHistogram",
+    "Log2Histogram",
+    "Name",
+    "Result",
+    "StackCount",
+    "Text",
+]
 
 
 class Scope(_Model):
@@ -190,86 +208,7 @@ def truncate_log(text: str, limit: int = MAX_ERROR_DETAIL) -> str:
     return f"{text[:head]}\n... [{len(text) - head - tail} bytes cut] ...\n{text[-tail:]}"
 
 
-# -- results ----------------------------------------------------------------------------------
-
-KeyValue = (
-    Annotated[str, Field(max_length=MAX_TEXT)] | Annotated[int, Field(ge=-(2**63), le=MAX_COUNT)]
-)
-
-
-class KeyField(_Model):
-    name: Name
-    type: Literal["str", "int", "addr", "port", "path"] = "str"
-
-
-class CounterTable(_Model):
-    """Rows of counts keyed by typed fields, largest first."""
-
-    kind: Literal["counter_table"] = "counter_table"
-    name: Name
-    key_fields: list[KeyField] = Field(max_length=MAX_FIELDS)
-    value_fields: list[Name] = Field(default_factory=lambda: ["count"], max_length=MAX_FIELDS)
-    rows: list[
-        tuple[
-            Annotated[list[KeyValue], Field(max_length=MAX_FIELDS)],
-            Annotated[list[Count], Field(max_length=MAX_FIELDS)],
-        ]
-    ] = Field(default_factory=list, max_length=MAX_ROWS)
-    total_rows: Count = 0
-    truncated: bool = False
-
-
-class Log2Histogram(_Model):
-    """A log2 histogram: slot s holds values in [2**(s-1), 2**s - 1]; slot 1 holds 0 and 1."""
-
-    kind: Literal["log2_histogram"] = "log2_histogram"
-    name: Name
-    unit: Name
-    labels: dict[Name, KeyValue] = Field(default_factory=dict, max_length=MAX_FIELDS)
-    buckets: list[tuple[Annotated[int, Field(ge=0, lt=MAX_BUCKETS)], Count]] = Field(
-        default_factory=list, description="(slot, count), sparse", max_length=MAX_BUCKETS
-    )
-
-    @property
-    def total(self) -> int:
-        return sum(c for _, c in self.buckets)
-
-
-class StackCount(_Model):
-    frames: list[Text] = Field(description="root first", max_length=MAX_STACK_DEPTH)
-    count: Count
-
-
-class FoldedStacks(_Model):
-    """Sampled stacks, root first, in the folded format flame graphs read."""
-
-    kind: Literal["folded_stacks"] = "folded_stacks"
-    name: Name
-    unit: Name = "samples"
-    stacks: list[StackCount] = Field(default_factory=list, max_length=MAX_ROWS)
-    total_rows: Count = 0
-    truncated: bool = False
-
-    def folded(self) -> list[str]:
-        return [f"{';'.join(s.frames)} {s.count}" for s in self.stacks]
-
-
-class EventSamples(_Model):
-    """A bounded sample of individual events: the most recent ones, not all of them."""
-
-    kind: Literal["event_samples"] = "event_samples"
-    name: Name
-    fields: list[Name] = Field(max_length=MAX_FIELDS)
-    events: list[Annotated[list[KeyValue | float], Field(max_length=MAX_FIELDS)]] = Field(
-        default_factory=list, max_length=MAX_SAMPLES
-    )
-    seen: Count = 0
-    dropped: Count = 0
-
-
-Result = Annotated[
-    CounterTable | Log2Histogram | FoldedStacks | EventSamples, Field(discriminator="kind")
-]
+# -- results: one module per kind in node_agent/kinds -------------------------------------
 
 
 class SnapshotStats(_Model):

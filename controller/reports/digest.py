@@ -23,16 +23,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from controller.jobs.stats import summarize
 from controller.reports.analysis import comparable_fields, project
-from node_agent.protocol import (
-    CounterTable,
-    FoldedStacks,
-    KeyField,
-    KeyValue,
-    Log2Histogram,
-    Result,
-)
+from node_agent.kinds import CounterTable, FoldedStacks, KeyField, Result
+from node_agent.kinds.histogram import BucketHistogram, Scale, summarize
+from node_agent.kinds.linear_histogram import LinearScale
+from node_agent.kinds.log2_histogram import LOG2
+from node_agent.protocol import KeyValue
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +51,7 @@ class HistDigest:
     p99: int | None
     max_slot: int | None
     counts: Ints  # counts[slot], dense from slot 0
+    scale: Scale = LOG2  # what each slot holds
 
     def buckets(self) -> list[tuple[int, int]]:
         return sparse(self.counts)
@@ -112,27 +109,38 @@ def key_hash(key: tuple[KeyValue, ...]) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
-def histogram(h: Log2Histogram) -> HistDigest:
-    width = max((s for s, _ in h.buckets), default=-1) + 1
+def histogram(h: BucketHistogram) -> HistDigest:
+    return dense_histogram(h.name, h.unit, h.labels, h.buckets, h.scale)
+
+
+def dense_histogram(
+    name: str,
+    unit: str,
+    labels: dict[str, KeyValue],
+    buckets: Sequence[tuple[int, int]],
+    scale: Scale,
+) -> HistDigest:
+    width = max((s for s, _ in buckets), default=-1) + 1
     dense = [0] * width
-    for slot, count in h.buckets:
+    for slot, count in buckets:
         dense[slot] += count
     counts = np.array([_clamp(c) for c in dense], dtype=np.int64)
-    summary = summarize(h.buckets, (50.0, 90.0, 99.0))
+    summary = summarize(buckets, scale, (50.0, 90.0, 99.0))
     return HistDigest(
-        name=h.name,
-        unit=h.unit,
-        labels=dict(h.labels),
+        name=name,
+        unit=unit,
+        labels=dict(labels),
         count=summary.count,
         p50=summary.percentiles[50.0],
         p90=summary.percentiles[90.0],
         p99=summary.percentiles[99.0],
         max_slot=summary.max_slot,
         counts=counts,
+        scale=scale,
     )
 
 
-def _table(t: CounterTable) -> tuple[TableDigest, TableDetail]:
+def table(t: CounterTable) -> tuple[TableDigest, TableDetail]:
     width = len(t.value_fields)
     keep = comparable_fields(t)
     projected: dict[tuple[KeyValue, ...], list[int]] = {}
@@ -182,19 +190,20 @@ def _table(t: CounterTable) -> tuple[TableDigest, TableDetail]:
 
 
 def digest(seq: int, results: Iterable[Result]) -> tuple[RunDigest, list[TableDetail]]:
+    """Each result digested as its kind says (controller/kinds)."""
+    from controller.kinds import view_of  # the views build on this module's digests
+
     run = RunDigest(seq=seq)
     details: list[TableDetail] = []
     for r in results:
         run.results += 1
-        if isinstance(r, Log2Histogram):
-            run.histograms.append(histogram(r))
-        elif isinstance(r, CounterTable):
-            table, detail = _table(r)
-            run.tables.append(table)
-            details.append(detail)
-        elif isinstance(r, FoldedStacks):
-            run.stacks.append(r)
+        view_of(r).digest(r, run, details)
     return run, details
+
+
+def _scale_of(body: dict[str, int] | None) -> Scale:
+    """A digest's stored scale.spec(); digests written before scales had none: log2."""
+    return LOG2 if body is None else LinearScale(body["min"], body["max"], body["step"])
 
 
 # -- storage: a small JSON body, one blob of int64 arrays, a compressed detail ---------------
@@ -243,6 +252,7 @@ def encode(run: RunDigest) -> tuple[dict[str, Any], bytes]:
                 "p": [h.p50, h.p90, h.p99],
                 "max_slot": h.max_slot,
                 "counts": put(h.counts),
+                **({"scale": spec} if (spec := h.scale.spec()) else {}),
             }
             for h in run.histograms
         ],
@@ -284,6 +294,7 @@ def decode(body: dict[str, Any], blob: bytes) -> RunDigest:
             p99=h["p"][2],
             max_slot=h["max_slot"],
             counts=get(h["counts"]),
+            scale=_scale_of(h.get("scale")),
         )
         for h in body["histograms"]
     ]

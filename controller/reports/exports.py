@@ -13,8 +13,8 @@ from controller.reports.models import (
     SpeedscopeProfile,
     SpeedscopeShared,
 )
+from node_agent.kinds.histogram import Scale
 from node_agent.protocol import FoldedStacks, KeyValue
-from node_agent.render import slot_bounds
 from node_agent.safe_text import printable
 
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -60,22 +60,23 @@ def _base_labels(host: str, labels: dict[str, KeyValue]) -> list[tuple[str, KeyV
 def openmetrics(data: ReportInput) -> str:
     """One histogram family per name, one series per host and label set.
 
-    `le` is each log2 slot's upper bound (values are integers, so `<= le` is exact); buckets are
-    the union of the family's slots so series line up; `_sum` is omitted: log2 buckets lose it.
+    `le` is each slot's upper bound (values are integers, so `<= le` is exact; an open top slot
+    counts in +Inf only); buckets are the union of the family's slots so series line up; `_sum`
+    is omitted: buckets lose it. Histograms of one name but other scales are another family.
     """
-    families: dict[str, list[tuple[str, HistDigest]]] = {}
+    families: dict[tuple[str, Scale], list[tuple[str, HistDigest]]] = {}
     for run in data.hosts:
         for h in run.digest.histograms if run.digest else []:
-            families.setdefault(h.name, []).append((run.host, h))
+            families.setdefault((h.name, h.scale), []).append((run.host, h))
     lines: list[str] = []
     metrics: set[str] = set()
-    for name, series in families.items():
+    for (name, scale), series in families.items():
         metric = _unique(f"fleettrace_{_name(name)}", metrics)
         unit = series[0][1].unit
         slots = sorted({s for _, h in series for s, _ in h.buckets()})
         lines += [
             f"# TYPE {metric} histogram",
-            f"# HELP {metric} {_value(name)} in {_value(unit)}; log2 buckets, "
+            f"# HELP {metric} {_value(name)} in {_value(unit)}; {scale} buckets, "
             "le = bucket upper bound; _sum omitted (not recorded)",
         ]
         for host, hist in series:
@@ -84,7 +85,10 @@ def openmetrics(data: ReportInput) -> str:
             seen = 0
             for slot in slots:
                 seen += counts.get(slot, 0)
-                le = f"{float(slot_bounds(slot)[1])}"
+                high = scale.bounds(slot)[1]
+                if high is None:
+                    continue
+                le = f"{float(high)}"
                 lines.append(f"{metric}_bucket{{{_labels([*base, ('le', le)])}}} {seen}")
             lines.append(f"{metric}_bucket{{{_labels([*base, ('le', '+Inf')])}}} {seen}")
             lines.append(f"{metric}_count{{{_labels(base)}}} {seen}")

@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from controller.jobs.models import JobState
 from controller.reports.digest import I64_MAX, Ints, RunDigest, TableDetail, TableDigest, key_hash
+from node_agent.kinds.histogram import LabelSet, Scale
 from node_agent.protocol import KeyValue, RunState, SnapshotStats
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class Series:
     unit: str
     labels: dict[str, KeyValue]
     hosts: list[str]
+    scale: Scale  # what each slot holds (one per series: other bounds are another series)
     matrix: Ints  # (hosts, slots)
     fleet: Ints  # (slots,)
     js: Floats  # each host's divergence from the fleet
@@ -91,14 +93,12 @@ def js_rows(matrix: Ints, fleet: Ints) -> Floats:
 
 def series_of(hosts: Sequence[HostInput]) -> list[Series]:
     """Every histogram series in order of first appearance, stacked over the hosts."""
-    found: dict[tuple[str, tuple[tuple[str, KeyValue], ...]], list[tuple[str, Ints]]] = {}
-    meta: dict[
-        tuple[str, tuple[tuple[str, KeyValue], ...]], tuple[str, str, dict[str, KeyValue]]
-    ] = {}
+    found: dict[tuple[str, LabelSet, Scale], list[tuple[str, Ints]]] = {}
+    meta: dict[tuple[str, LabelSet, Scale], tuple[str, str, dict[str, KeyValue]]] = {}
     for host in hosts:
         assert host.digest is not None
         for h in host.digest.histograms:
-            key = (h.name, tuple(sorted(h.labels.items())))
+            key = (h.name, tuple(sorted(h.labels.items())), h.scale)
             found.setdefault(key, []).append((host.host, h.counts))
             meta.setdefault(key, (h.name, h.unit, dict(h.labels)))
     out: list[Series] = []
@@ -114,6 +114,7 @@ def series_of(hosts: Sequence[HostInput]) -> list[Series]:
                 name=name,
                 unit=unit,
                 labels=labels,
+                scale=key[2],
                 hosts=[h for h, _ in rows],
                 matrix=matrix,
                 fleet=fleet,

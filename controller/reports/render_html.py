@@ -17,7 +17,6 @@ from controller.reports.outliers import key_text, series_name
 from controller.reports.render_md import COST_HEADER, cost_rows
 from controller.reports.service import Analysis
 from node_agent.protocol import FoldedStacks
-from node_agent.render import slot_bounds
 from node_agent.safe_text import printable
 
 MAX_HEATMAP_ROWS = 200
@@ -76,7 +75,9 @@ def _histogram_section(report: JobReport, s: Series) -> str:
     unit = s.unit
 
     def label(slot: int) -> str:
-        return "≤" + human(slot_bounds(slot)[1], unit)
+        # An open top slot (a linear histogram's overflow) holds values from its bound up.
+        open_top = s.scale.bounds(slot)[1] is None
+        return ("≥" if open_top else "≤") + human(s.scale.upper(slot), unit)
 
     row_of = {h: i for i, h in enumerate(s.hosts)}
     order = [h for h in _ranked_hosts(report) if h in row_of]

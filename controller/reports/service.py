@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from controller.jobs.models import Job, JobResults
 from controller.reports import exports, store
 from controller.reports import outliers as ol
-from controller.reports.digest import HistDigest, Ints, TableDigest, digest, histogram, sparse
+from controller.reports.digest import HistDigest, Ints, TableDigest, dense_histogram, digest, sparse
 from controller.reports.fleet import (
     FleetTable,
     HostInput,
@@ -42,8 +42,7 @@ from controller.reports.models import (
     TopKey,
 )
 from controller.reports.outliers import key_text, series_name
-from node_agent.protocol import FoldedStacks, KeyValue, Log2Histogram, RunState, SnapshotStats
-from node_agent.render import slot_bounds
+from node_agent.protocol import FoldedStacks, KeyValue, RunState, SnapshotStats
 
 TOP = 10
 
@@ -104,7 +103,7 @@ def histogram_stats(h: HistDigest, span: float | None) -> HistogramStats:
         p50=h.p50,
         p90=h.p90,
         p99=h.p99,
-        max=slot_bounds(h.max_slot)[1] if h.max_slot is not None else None,
+        max=h.scale.upper(h.max_slot) if h.max_slot is not None else None,
     )
 
 
@@ -241,8 +240,8 @@ def build(data: ReportInput, *, top: int = TOP) -> tuple[JobReport, Analysis]:
 
 
 def _fleet_hist_stats(s: Series) -> HistogramStats:
-    merged = Log2Histogram(name=s.name, unit=s.unit, labels=s.labels, buckets=sparse(s.fleet))
-    return histogram_stats(histogram(merged), None)
+    merged = dense_histogram(s.name, s.unit, s.labels, sparse(s.fleet), s.scale)
+    return histogram_stats(merged, None)
 
 
 def job_report(*, session: Session, job: Job, top: int = TOP) -> JobReport:

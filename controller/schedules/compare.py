@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.errors import Conflict, InvalidRequest
 from controller.jobs.models import Job, JobState
 from controller.reports import service as reports
 from controller.reports.models import CompareReport
-from controller.schedules.models import FireOutcome, Schedule, ScheduleFire
+from controller.schedules.models import Schedule
+from controller.schedules.trend import fired
 
 # Runs that may hold results; failed jobs have none to compare.
 FINISHED = (JobState.succeeded.value, JobState.partial.value, JobState.cancelled.value)
@@ -17,15 +17,7 @@ FINISHED = (JobState.succeeded.value, JobState.partial.value, JobState.cancelled
 
 def _runs(session: Session, schedule: Schedule) -> list[tuple[str, bool]]:
     """The schedule's fired jobs, newest slot first, with whether each finished with results."""
-    rows = session.execute(
-        select(Job.id, Job.state)
-        .join(ScheduleFire, ScheduleFire.job_id == Job.id)
-        .where(
-            ScheduleFire.schedule_id == schedule.id,
-            ScheduleFire.outcome == FireOutcome.fired.value,
-        )
-        .order_by(ScheduleFire.slot.desc(), ScheduleFire.id.desc())
-    ).all()
+    rows = session.execute(fired(schedule, Job.id, Job.state)).all()
     return [(job_id, state in FINISHED) for job_id, state in rows]
 
 

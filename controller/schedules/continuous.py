@@ -7,7 +7,6 @@ its snapshot and the one before.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -16,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from controller.jobs.models import SnapshotRow
 from controller.jobs.results import parse_results
-from node_agent.protocol import CounterTable, Log2Histogram, Result
+from node_agent.kinds import Result, kind_of
 
 
 def first_slot(created_at: datetime, interval_s: float) -> datetime:
@@ -24,45 +23,13 @@ def first_slot(created_at: datetime, interval_s: float) -> datetime:
     return created_at + timedelta(seconds=interval_s)
 
 
-def _hist_key(hist: Log2Histogram) -> tuple[str, str]:
-    return hist.name, json.dumps(hist.labels, sort_keys=True, default=str)
-
-
-def _row_key(keys: list[object]) -> str:
-    return json.dumps(keys, default=str)
-
-
 def delta(current: list[Result], previous: list[Result] | None) -> list[Result]:
-    """What happened between two cumulative snapshots of one run.
-
-    Negative differences are clamped to 0: a key cut by max_rows in the earlier snapshot
-    reappears with its full count, which we cannot tell apart (table.truncated says so).
-    """
+    """What happened between two cumulative snapshots of one run, series by series (each
+    kind says what its delta is)."""
     if previous is None:
         return list(current)
-    hists = {_hist_key(r): r for r in previous if isinstance(r, Log2Histogram)}
-    tables = {r.name: r for r in previous if isinstance(r, CounterTable)}
-    out: list[Result] = []
-    for result in current:
-        if isinstance(result, Log2Histogram):
-            before = dict(hists[_hist_key(result)].buckets) if _hist_key(result) in hists else {}
-            buckets = [(s, c - before.get(s, 0)) for s, c in result.buckets]
-            kept = [(s, c) for s, c in buckets if c > 0]
-            out.append(result.model_copy(update={"buckets": kept}))
-        elif isinstance(result, CounterTable):
-            old = tables.get(result.name)
-            rows_before = {_row_key(list(k)): v for k, v in old.rows} if old else {}
-            rows = []
-            for keys, values in result.rows:
-                prior = rows_before.get(_row_key(list(keys)), [0] * len(values))
-                diff = [max(0, v - p) for v, p in zip(values, prior, strict=False)]
-                if any(diff):
-                    rows.append((keys, diff))
-            rows.sort(key=lambda row: -row[1][0] if row[1] else 0)
-            out.append(result.model_copy(update={"rows": rows, "total_rows": len(rows)}))
-        else:
-            out.append(result)  # stacks and samples: the cumulative view is what we have
-    return out
+    before = {(r.kind, kind_of(r).series(r)): r for r in previous}
+    return [kind_of(r).delta(r, before.get((r.kind, kind_of(r).series(r)))) for r in current]
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """A metric over a schedule's runs: one series per host, one point per fired slot.
 
-Metrics: `p99:HIST` (any pNN or pNN.N; all label sets of HIST merged), `count:HIST`,
-`total:TABLE` and `rate:TABLE` (first value column summed; rate per second of the snapshot's
-span), `key:TABLE:KEY` (one key's count; a multi-field key is its values joined by ",").
+Metrics: `p99:HIST` (any pNN or pNN.N; all label sets of HIST merged; log2 or linear),
+`count:HIST`, `total:TABLE` and `rate:TABLE` (first value column summed; rate per second of
+the snapshot's span), `key:TABLE:KEY` (one key's count; a multi-field key is its values
+joined by ","). Each kind answers its own metrics (controller/kinds).
 """
 
 from __future__ import annotations
@@ -10,17 +11,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from controller.jobs.models import Job, Run
 from controller.jobs.results import latest_snapshots, parse_results
-from controller.jobs.stats import percentile
+from controller.kinds import VIEWS
 from controller.schedules import continuous
 from controller.schedules.models import FireOutcome, Schedule, ScheduleFire
-from node_agent.protocol import CounterTable, Log2Histogram, Result
+from node_agent.protocol import Result
 
 _METRIC = re.compile(r"^(?:(p\d{1,2}(?:\.\d+)?|p100|count|total|rate):([^:]+)|key:([^:]+):(.+))$")
 
@@ -50,34 +52,17 @@ class Metric:
         return cls(kind, match.group(2))
 
     def value(self, results: list[Result], span_s: float) -> tuple[float | None, str | None]:
-        """The metric's value in one host's results, and its unit; None when absent."""
-        if self.kind.startswith("p") or self.kind == "count":
-            hists = [r for r in results if isinstance(r, Log2Histogram) and r.name == self.name]
-            if not hists:
-                return None, None
-            merged: dict[int, int] = {}
-            for hist in hists:
-                for slot, count in hist.buckets:
-                    merged[slot] = merged.get(slot, 0) + count
-            if self.kind == "count":
-                return float(sum(merged.values())), "events"
-            found = percentile(merged.items(), float(self.kind[1:]))
-            return (None if found is None else float(found)), hists[0].unit
-        tables = [r for r in results if isinstance(r, CounterTable) and r.name == self.name]
-        if not tables:
-            return None, None
-        table = tables[0]
-        if self.kind == "key":
-            total = sum(
-                values[0]
-                for keys, values in table.rows
-                if ",".join(str(k) for k in keys) == self.key
-            )
-            return float(total), table.value_fields[0]
-        total = sum(values[0] for _, values in table.rows if values)
-        if self.kind == "rate":
-            return (total / span_s if span_s > 0 else None), f"{table.value_fields[0]}/s"
-        return float(total), table.value_fields[0]
+        """The metric's value in one host's results, and its unit; None when absent. Each
+        kind of result of the metric's name is asked (controller/kinds)."""
+        by_kind: dict[str, list[Result]] = {}
+        for r in results:
+            if r.name == self.name:
+                by_kind.setdefault(r.kind, []).append(r)
+        for kind, found in by_kind.items():
+            answer = VIEWS[kind].metric(self.kind, self.key, found, span_s)
+            if answer is not None:
+                return answer
+        return None, None
 
 
 class TrendPoint(BaseModel):
@@ -98,18 +83,25 @@ class ScheduleTrend(BaseModel):
     series: list[TrendSeries]
 
 
-def trend(
-    *, session: Session, schedule: Schedule, metric: Metric, raw: str, limit: int = 200
-) -> ScheduleTrend:
-    fires = session.execute(
-        select(ScheduleFire.slot, ScheduleFire.job_id)
+def fired(schedule: Schedule, *columns: Any) -> Select[Any]:
+    """The given columns of a schedule's fired jobs, newest slot first."""
+    return (
+        select(*columns)
+        .select_from(ScheduleFire)
         .join(Job, Job.id == ScheduleFire.job_id)
         .where(
             ScheduleFire.schedule_id == schedule.id,
             ScheduleFire.outcome == FireOutcome.fired.value,
         )
-        .order_by(ScheduleFire.slot.desc())
-        .limit(limit)
+        .order_by(ScheduleFire.slot.desc(), ScheduleFire.id.desc())
+    )
+
+
+def trend(
+    *, session: Session, schedule: Schedule, metric: Metric, raw: str, limit: int = 200
+) -> ScheduleTrend:
+    fires = session.execute(
+        fired(schedule, ScheduleFire.slot, ScheduleFire.job_id).limit(limit)
     ).all()
     series: dict[str, list[TrendPoint]] = {}
     unit: str | None = None

@@ -9,7 +9,11 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from typing import Any
 
-from node_agent.protocol import CounterTable, KeyField, KeyValue, Log2Histogram
+from node_agent.programs.spec import DecodeContext, Decoder
+from node_agent.protocol import CounterTable, KeyField, KeyValue, Log2Histogram, Result
+
+Row = tuple[list[KeyValue], list[int]]
+Labels = Callable[[Any], dict[str, KeyValue]]
 
 AF_INET = socket.AF_INET
 AF_INET6 = socket.AF_INET6
@@ -90,6 +94,53 @@ def log2_histograms(
     ]
     hists.sort(key=lambda h: (-h.total, sorted(str(v) for v in h.labels.values())))
     return hists[:max_histograms]
+
+
+def histogram_map(
+    map_name: str, labels: Callable[[DecodeContext], Labels], *, result: str | None = None
+) -> Decoder:
+    """A decoder reading a log2 histogram map (key.slot plus label fields) in the unit the
+    `unit` param names; `labels` gives, for a trace's params, a map key's labels."""
+
+    def decode(ctx: DecodeContext) -> list[Result]:
+        return list(
+            log2_histograms(
+                result or map_name,
+                str(ctx.params["unit"]),
+                ctx.program.items(map_name),
+                labels(ctx),
+                max_histograms=ctx.limits.max_rows,
+            )
+        )
+
+    return decode
+
+
+def table_map(
+    map_name: str,
+    fields: Callable[[DecodeContext], Sequence[KeyField]],
+    row: Callable[[DecodeContext], Callable[[Any, Any], Row | None]],
+    *,
+    result: str | None = None,
+    value_fields: Sequence[str] = ("count",),
+) -> Decoder:
+    """A decoder reading a map into a counter table: `fields` and `row` say, for a trace's
+    params, the table's key fields and a (key, value) entry's row (None: no row)."""
+
+    def decode(ctx: DecodeContext) -> list[Result]:
+        to_row = row(ctx)
+        found = (to_row(key, val) for key, val in ctx.program.items(map_name))
+        rows = (row for row in found if row is not None)
+        table = counter_table(
+            result or map_name,
+            fields(ctx),
+            rows,
+            max_rows=ctx.limits.max_rows,
+            value_fields=value_fields,
+        )
+        return [table]
+
+    return decode
 
 
 def value(raw: Any) -> int:

@@ -50,6 +50,11 @@ def stacks(depth: int) -> dict[str, Any]:
     }
 
 
+def lhist(low: int, high: int, step: int, buckets: list[list[int]]) -> dict[str, Any]:
+    bounds = {"min": low, "max": high, "step": step}
+    return {"kind": "linear_histogram", "name": "h", "unit": "us", **bounds, "buckets": buckets}
+
+
 def heartbeat(**changes: Any) -> dict[str, Any]:
     event = {"type": "heartbeat", "host": "web-1", "agent_version": "0.1.0"}
     event.update(changes)
@@ -71,6 +76,9 @@ HOSTILE: dict[str, dict[str, Any]] = {
     "histogram slot 1,000": snapshot(
         results=[{"kind": "log2_histogram", "name": "h", "unit": "us", "buckets": [[1000, 1]]}]
     ),
+    "linear histogram of 10**12 buckets": snapshot(results=[lhist(0, 10**12, 1, [])]),
+    "linear histogram slot past overflow": snapshot(results=[lhist(0, 30, 10, [[5, 1]])]),
+    "linear histogram max below min": snapshot(results=[lhist(30, 0, 10, [])]),
     "agent version of 200 chars": heartbeat(agent_version="v" * 200),
     "host with a space": heartbeat(host="web 1"),
     "host with an escape": heartbeat(host="web-1\x1b[2J"),

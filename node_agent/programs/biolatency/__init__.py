@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from node_agent.programs.biolatency.disks import SYS_DEV_BLOCK, disk_name
-from node_agent.programs.decode import log2_histograms
-from node_agent.programs.spec import DecodeContext, Param, ProgramSpec
-from node_agent.protocol import KeyValue, Result
+from node_agent.programs.decode import histogram_map
+from node_agent.programs.spec import Param, ProgramSpec
+from node_agent.protocol import KeyValue
 
 NS_PER_UNIT = {"usec": 1_000, "msec": 1_000_000}
 
@@ -38,24 +38,12 @@ def labels_of(
     return labels
 
 
-def _decode(ctx: DecodeContext) -> list[Result]:
-    return list(
-        log2_histograms(
-            "biolatency",
-            str(ctx.params["unit"]),
-            ctx.program.items("biolatency"),
-            labels_of(bool(ctx.params["per_disk"])),
-            max_histograms=ctx.limits.max_rows,
-        )
-    )
-
-
 SPEC = ProgramSpec(
     name="biolatency",
     summary="block I/O latency from issue to the driver until completion, per disk",
     output="log2_histogram",
     source_path=Path(__file__).with_name("program.c"),
-    decode=_decode,
+    decode=histogram_map("biolatency", lambda ctx: labels_of(bool(ctx.params["per_disk"]))),
     defines=_defines,
     tracepoints=("block:block_rq_issue", "block:block_rq_complete"),
     scope_note=(

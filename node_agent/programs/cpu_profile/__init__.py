@@ -48,23 +48,22 @@ def _missing(stack_id: int) -> bool:
 
 
 def _frames(ctx: DecodeContext, key: Any, user: bool, kernel: bool) -> tuple[str, ...]:
-    pid = int(key.tgid)
     frames = [text(key.comm)]
     if user:
-        user_id = int(key.user_stack_id)
-        if _missing(user_id):
-            frames.append(MISSING_USER)
-        else:
-            addrs = ctx.program.stack(STACKS, user_id)
-            frames.extend(_symbol(ctx, a, pid) for a in reversed(addrs))
+        frames += _stack(ctx, int(key.user_stack_id), int(key.tgid), MISSING_USER, "")
     if kernel:
-        kernel_id = int(key.kernel_stack_id)
-        if _missing(kernel_id):
-            frames.append(MISSING_KERNEL)
-        else:
-            addrs = ctx.program.stack(STACKS, kernel_id)
-            frames.extend(_symbol(ctx, a, None) + KERNEL_SUFFIX for a in reversed(addrs))
+        frames += _stack(ctx, int(key.kernel_stack_id), None, MISSING_KERNEL, KERNEL_SUFFIX)
     return tuple(frames)
+
+
+def _stack(
+    ctx: DecodeContext, stack_id: int, pid: int | None, missing: str, suffix: str
+) -> list[str]:
+    """One stack's frames, root first (pid None: the kernel's symbols)."""
+    if _missing(stack_id):
+        return [missing]
+    addrs = ctx.program.stack(STACKS, stack_id)
+    return [_symbol(ctx, a, pid) + suffix for a in reversed(addrs)]
 
 
 def _decode(ctx: DecodeContext) -> list[Result]:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from node_agent.programs.decode import counter_table, text, value
+from node_agent.programs.decode import Row, table_map, text, value
 from node_agent.programs.spec import DecodeContext, Param, ProgramSpec, SampleSpec
 from node_agent.protocol import KeyField, KeyValue, Result
 
@@ -21,23 +21,24 @@ def errno_name(err: int) -> str:
     return errno.errorcode.get(err, f"errno_{err}")
 
 
+FIELDS = [KeyField(name="comm"), KeyField(name="filename", type="path")]
+FAILED_FIELDS = [*FIELDS, KeyField(name="error")]
+
+
+def _exec_row(key: Any, count: Any) -> Row:
+    return [text(key.comm), text(key.filename)], [value(count)]
+
+
+def _failure_row(key: Any, count: Any) -> Row:
+    return [text(key.comm), text(key.filename), errno_name(int(key.err))], [value(count)]
+
+
+_execs = table_map("execs", lambda ctx: FIELDS, lambda ctx: _exec_row)
+_failures = table_map("exec_failures", lambda ctx: FAILED_FIELDS, lambda ctx: _failure_row)
+
+
 def _decode(ctx: DecodeContext) -> list[Result]:
-    rows: list[tuple[list[KeyValue], list[int]]] = [
-        ([text(key.comm), text(key.filename)], [value(count)])
-        for key, count in ctx.program.items("execs")
-    ]
-    fields = [KeyField(name="comm"), KeyField(name="filename", type="path")]
-    results: list[Result] = [counter_table("execs", fields, rows, max_rows=ctx.limits.max_rows)]
-    if ctx.params["failures"]:
-        failed: list[tuple[list[KeyValue], list[int]]] = [
-            ([text(key.comm), text(key.filename), errno_name(int(key.err))], [value(count)])
-            for key, count in ctx.program.items("exec_failures")
-        ]
-        failed_fields = [*fields, KeyField(name="error")]
-        results.append(
-            counter_table("exec_failures", failed_fields, failed, max_rows=ctx.limits.max_rows)
-        )
-    return results
+    return _execs(ctx) + (_failures(ctx) if ctx.params["failures"] else [])
 
 
 def _sample_row(event: Any) -> list[KeyValue | float]:

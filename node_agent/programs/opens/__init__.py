@@ -6,13 +6,13 @@ cut at 255 bytes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from node_agent.programs.decode import counter_table, text
+from node_agent.programs.decode import Row, table_map, text
 from node_agent.programs.spec import DecodeContext, Param, ProgramSpec
-from node_agent.protocol import KeyField, KeyValue, Result
+from node_agent.protocol import KeyField
 
 
 def _defines(params: Mapping[str, Any]) -> dict[str, str | int]:
@@ -22,24 +22,23 @@ def _defines(params: Mapping[str, Any]) -> dict[str, str | int]:
     }
 
 
-def _decode(ctx: DecodeContext) -> list[Result]:
-    per_process = bool(ctx.params["per_process"])
-    rows: list[tuple[list[KeyValue], list[int]]] = []
-    for key, val in ctx.program.items("opens"):
-        path = text(key.path)
-        counts = [int(val.count), int(val.errors)]
-        if per_process:
-            rows.append(([int(key.tgid), text(key.comm), path], counts))
-        else:
-            rows.append(([path], counts))
-    fields = [KeyField(name="path", type="path")]
-    if per_process:
-        fields = [KeyField(name="pid", type="int"), KeyField(name="comm"), *fields]
-    return [
-        counter_table(
-            "opens", fields, rows, max_rows=ctx.limits.max_rows, value_fields=("count", "errors")
-        )
-    ]
+def _fields(ctx: DecodeContext) -> list[KeyField]:
+    path = KeyField(name="path", type="path")
+    if ctx.params["per_process"]:
+        return [KeyField(name="pid", type="int"), KeyField(name="comm"), path]
+    return [path]
+
+
+def _process_row(key: Any, val: Any) -> Row:
+    return [int(key.tgid), text(key.comm), text(key.path)], [int(val.count), int(val.errors)]
+
+
+def _path_row(key: Any, val: Any) -> Row:
+    return [text(key.path)], [int(val.count), int(val.errors)]
+
+
+def _row(ctx: DecodeContext) -> Callable[[Any, Any], Row]:
+    return _process_row if ctx.params["per_process"] else _path_row
 
 
 SPEC = ProgramSpec(
@@ -47,7 +46,7 @@ SPEC = ProgramSpec(
     summary="which files are opened, by process and path (openat, openat2), with errors",
     output="counter_table",
     source_path=Path(__file__).with_name("program.c"),
-    decode=_decode,
+    decode=table_map("opens", _fields, _row, value_fields=("count", "errors")),
     defines=_defines,
     # openat2 exists from Linux 5.6; the legacy open(2) and creat(2) (x86 only) are not counted.
     tracepoints=(

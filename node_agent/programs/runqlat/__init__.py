@@ -6,10 +6,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from node_agent.programs.decode import log2_histograms, text
+from node_agent.programs.decode import histogram_map, text
 from node_agent.programs.runqlat.cgroups import CgroupNames
 from node_agent.programs.spec import DecodeContext, Param, ProgramSpec
-from node_agent.protocol import KeyValue, Result
+from node_agent.protocol import KeyValue
 from node_agent.scope import cgroup2_mount
 
 NS_PER_UNIT = {"usec": 1_000, "msec": 1_000_000}
@@ -33,18 +33,9 @@ def labels_of(per: str, cgroup_name: Callable[[int], str]) -> Callable[[Any], di
     return lambda key: {}
 
 
-def _decode(ctx: DecodeContext) -> list[Result]:
+def _labels(ctx: DecodeContext) -> Callable[[Any], dict[str, KeyValue]]:
     per = str(ctx.params["per"])
-    names = CgroupNames(cgroup2_mount() if per == "cgroup" else None)
-    return list(
-        log2_histograms(
-            "runqlat",
-            str(ctx.params["unit"]),
-            ctx.program.items("runqlat"),
-            labels_of(per, names),
-            max_histograms=ctx.limits.max_rows,
-        )
-    )
+    return labels_of(per, CgroupNames(cgroup2_mount() if per == "cgroup" else None))
 
 
 SPEC = ProgramSpec(
@@ -52,7 +43,7 @@ SPEC = ProgramSpec(
     summary="run-queue latency: time from wakeup or preemption until the task runs",
     output="log2_histogram",
     source_path=Path(__file__).with_name("program.c"),
-    decode=_decode,
+    decode=histogram_map("runqlat", _labels),
     defines=_defines,
     tracepoints=("sched:sched_wakeup", "sched:sched_wakeup_new", "sched:sched_switch"),
     scope_note=(

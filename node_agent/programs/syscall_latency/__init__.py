@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from node_agent.errors import BadParameter, UnsupportedProgram
-from node_agent.programs.decode import log2_histograms, syscall_name
-from node_agent.programs.spec import DecodeContext, Param, ProgramSpec
-from node_agent.protocol import KeyValue, Result
+from node_agent.programs.decode import histogram_map, syscall_name
+from node_agent.programs.spec import Param, ProgramSpec
+from node_agent.protocol import KeyValue
 
 NS_PER_UNIT = {"nsec": 1, "usec": 1_000}
 NO_RETURN = ("exit", "exit_group")  # never reach sys_exit: nothing to time
@@ -47,24 +47,12 @@ def labels_of(key: Any) -> dict[str, KeyValue]:
     return {"syscall": syscall_name(int(key.nr))}
 
 
-def _decode(ctx: DecodeContext) -> list[Result]:
-    return list(
-        log2_histograms(
-            "syscall_latency",
-            str(ctx.params["unit"]),
-            ctx.program.items("latency"),
-            labels_of,
-            max_histograms=ctx.limits.max_rows,
-        )
-    )
-
-
 SPEC = ProgramSpec(
     name="syscall_latency",
     summary="syscall latency (entry to exit) per syscall",
     output="log2_histogram",
     source_path=Path(__file__).with_name("program.c"),
-    decode=_decode,
+    decode=histogram_map("latency", lambda ctx: labels_of, result="syscall_latency"),
     defines=_defines,
     tracepoints=("raw_syscalls:sys_enter", "raw_syscalls:sys_exit"),
     params=(

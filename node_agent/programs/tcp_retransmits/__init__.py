@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from node_agent.programs.decode import addr, counter_table, value
-from node_agent.programs.spec import DecodeContext, Param, ProgramSpec
-from node_agent.protocol import KeyField, KeyValue, Result
+from node_agent.programs.decode import Row, addr, table_map, value
+from node_agent.programs.spec import Param, ProgramSpec
+from node_agent.protocol import KeyField, KeyValue
 
 # include/net/tcp_states.h; the numbers are kernel ABI (also in the tracepoint's print format).
 TCP_STATES = {
@@ -36,26 +36,25 @@ def _defines(params: Mapping[str, Any]) -> dict[str, str | int]:
     return {"FT_PORT": int(params["port"])}
 
 
-def _decode(ctx: DecodeContext) -> list[Result]:
-    rows: list[tuple[list[KeyValue], list[int]]] = []
-    for key, count in ctx.program.items("retransmits"):
-        family = int(key.family)
-        keys: list[KeyValue] = [
-            addr(family, key.saddr),
-            int(key.sport),
-            addr(family, key.daddr),
-            int(key.dport),
-            state_name(int(key.state)),
-        ]
-        rows.append((keys, [value(count)]))
-    fields = [
-        KeyField(name="saddr", type="addr"),
-        KeyField(name="sport", type="port"),
-        KeyField(name="daddr", type="addr"),
-        KeyField(name="dport", type="port"),
-        KeyField(name="state"),
+FIELDS = [
+    KeyField(name="saddr", type="addr"),
+    KeyField(name="sport", type="port"),
+    KeyField(name="daddr", type="addr"),
+    KeyField(name="dport", type="port"),
+    KeyField(name="state"),
+]
+
+
+def _row(key: Any, count: Any) -> Row:
+    family = int(key.family)
+    keys: list[KeyValue] = [
+        addr(family, key.saddr),
+        int(key.sport),
+        addr(family, key.daddr),
+        int(key.dport),
+        state_name(int(key.state)),
     ]
-    return [counter_table("retransmits", fields, rows, max_rows=ctx.limits.max_rows)]
+    return keys, [value(count)]
 
 
 SPEC = ProgramSpec(
@@ -63,7 +62,7 @@ SPEC = ProgramSpec(
     summary="TCP retransmissions by local and remote address, port and connection state",
     output="counter_table",
     source_path=Path(__file__).with_name("program.c"),
-    decode=_decode,
+    decode=table_map("retransmits", lambda ctx: FIELDS, lambda ctx: _row),
     defines=_defines,
     tracepoints=("tcp:tcp_retransmit_skb",),
     params=(
