@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node_agent.errors import BadParameter, FleettraceError, LimitExceeded, UnsupportedProgram
+from node_agent.errors import FleettraceError, LimitExceeded, UnsupportedProgram
 from node_agent.overhead import OverheadMeter
 from node_agent.programs import get_program
-from node_agent.programs.custom.source_policy import check_source
 from node_agent.programs.spec import DecodeContext, ProgramSpec, SampleSpec
 from node_agent.protocol import (
     ErrorCode,
@@ -69,10 +68,8 @@ def prepare(
     `cgroup_base` is the agent's own cgroup: every trace is confined to it.
     """
     spec = get_program(request.program)
-    if spec.name == "custom" and not allow_custom:
+    if spec.source_policy is not None and not allow_custom:
         raise UnsupportedProgram("this agent does not run custom programs (allow_custom is off)")
-    if spec.name == "custom" and request.source:
-        check_source(request.source)
     if request.duration_s > max_duration_s:
         raise LimitExceeded(
             f"duration_s: {request.duration_s:g}s is above this agent's limit"
@@ -89,15 +86,11 @@ def prepare(
             f"limits.overhead_pct: {request.limits.overhead_pct:g} % is above this agent's"
             f" limit of {max_overhead_pct:g} % of a CPU"
         )
-    params = spec.validate_params(request.params)
-    kinds = request.scope.kinds() | ({"cgroup"} if cgroup_base is not None else set())
-    for kind in sorted(kinds - spec.scopes):
-        note = f" ({spec.scope_note})" if spec.scope_note else ""
-        raise BadParameter(f"scope.{kind}", f"{spec.name} cannot be scoped by {kind}{note}")
+    params = spec.check(request, confined=cgroup_base is not None)
     defines: dict[str, str | int] = {"FT_MAP_ENTRIES": request.limits.map_entries}
     defines.update(scope_defines(request.scope, cgroup_base))
     defines.update(spec.defines(params))
-    body = request.source if spec.name == "custom" and request.source else spec.source()
+    body = request.source if spec.source_policy is not None and request.source else spec.source()
     source = PRELUDE.read_text() + "\n" + body
     cflags = [f"-D{name}={value}" for name, value in defines.items()]
     return PreparedTrace(request, spec, params, source, cflags)
