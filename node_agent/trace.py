@@ -11,7 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -142,25 +142,18 @@ def _counter_sum(program: LoadedProgram, table: str) -> int:
     return sum(int(getattr(v, "value", v)) for _, v in program.items(table))
 
 
+@dataclass
 class _Snapshotter:
-    def __init__(
-        self,
-        prepared: PreparedTrace,
-        program: LoadedProgram,
-        samples: _Samples | None,
-        compile_s: float,
-        attach_s: float,
-        meter: OverheadMeter | None = None,
-    ) -> None:
-        self.prepared = prepared
-        self.meter = meter
-        self.program = program
-        self.samples = samples
-        self.compile_s = compile_s
-        self.attach_s = attach_s
-        self.seq = 0
-        self.started = time.time()
-        self.last = self.started
+    """Takes the snapshots; their intervals are wall time, which leaves the process."""
+
+    prepared: PreparedTrace
+    program: LoadedProgram
+    samples: _Samples | None
+    compile_s: float
+    attach_s: float
+    meter: OverheadMeter | None = None
+    seq: int = 0
+    last: float = field(default_factory=time.time)  # the next snapshot's interval_start
 
     def take(self, *, final: bool) -> Snapshot:
         request = self.prepared.request
@@ -229,13 +222,16 @@ def execute(
         spec.decode(DecodeContext(program, prepared.params, request.limits, request.maps))
         emit(StateChange(run_id=request.run_id, state=RunState.running))
         log.info("run %s: %s attached (compile %.2fs)", request.run_id, spec.name, compile_s)
-        deadline = snapshots.started + request.duration_s
+        # Durations on the monotonic clock: a wall clock step must not cut or stretch a trace
+        # (the runner's supervisor counts the same deadline on it).
+        started = time.monotonic()
+        deadline = started + request.duration_s
         interval = request.interval_s
-        next_snapshot = snapshots.started + interval if interval else deadline
-        next_cost = snapshots.started + COST_EVERY_S
+        next_snapshot = started + interval if interval else deadline
+        next_cost = started + COST_EVERY_S
         over: str | None = None
         while not stop.is_set():
-            now = time.time()
+            now = time.monotonic()
             if now >= deadline:
                 break
             if meter is not None and request.limits.overhead_pct and now >= next_cost:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from controller.db import Base, PydanticJSON, utcnow
 from controller.hosts.models import HostName, LabelKey, LabelValue
+from controller.validators import exactly_one
 from node_agent.protocol import (
     MAX_TRACE_S,
     Limits,
@@ -51,9 +52,7 @@ class Targets(BaseModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Targets:
-        given = [self.hosts is not None, self.selector is not None, self.all]
-        if sum(given) != 1:
-            raise ValueError("give exactly one of hosts, selector or all")
+        exactly_one(self, "hosts", "selector", "all")
         return self
 
 
