@@ -97,6 +97,18 @@ def _horizon_job(template: JobCreate, interval_s: float | None) -> JobCreate:
     return template.model_copy(update={"interval_s": interval_s})
 
 
+# ScheduleCreate's fields stored in the columns of the same name.
+_AS_GIVEN = {
+    "name",
+    "cron",
+    "interval_s",
+    "enabled",
+    "allow_overlap",
+    "misfire_grace_s",
+    "continuous",
+}
+
+
 def create(
     *, session: Session, settings: Settings, schedule_in: ScheduleCreate, created_by: str | None
 ) -> Schedule:
@@ -112,17 +124,10 @@ def create(
     now = utcnow()
     schedule = Schedule(
         id=str(uuid.uuid4()),
-        name=schedule_in.name,
-        cron=schedule_in.cron,
+        **schedule_in.model_dump(include=_AS_GIVEN),
         timezone=schedule_in.time_zone,
-        interval_s=schedule_in.interval_s,
         template=template,
-        enabled=schedule_in.enabled,
-        max_runs=schedule_in.retention.max_runs,
-        max_age_s=schedule_in.retention.max_age_s,
-        allow_overlap=schedule_in.allow_overlap,
-        misfire_grace_s=schedule_in.misfire_grace_s,
-        continuous=schedule_in.continuous,
+        **schedule_in.retention.model_dump(),  # max_runs, max_age_s
         created_by=created_by,
         created_at=now,
         updated_at=now,
