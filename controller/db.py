@@ -6,11 +6,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from pydantic import TypeAdapter
 from sqlalchemy import JSON, DateTime, Engine, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -32,6 +35,36 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
         return value
+
+
+class PydanticJSON(TypeDecorator[T], Generic[T]):
+    """A JSON column read and written as a pydantic type: the row holds its JSON dump, the
+    attribute the validated value. `exclude_none`/`exclude_defaults` keep the stored JSON short."""
+
+    impl = JSON
+    cache_ok = True
+
+    def __init__(
+        self, kind: Any, *, exclude_none: bool = False, exclude_defaults: bool = False
+    ) -> None:
+        super().__init__()
+        self.kind = kind
+        self.adapter: TypeAdapter[T] = TypeAdapter(kind)
+        self.exclude_none = exclude_none
+        self.exclude_defaults = exclude_defaults
+
+    def process_bind_param(self, value: T | None, dialect: Any) -> Any:
+        if value is None:
+            return None
+        return self.adapter.dump_python(
+            value,
+            mode="json",
+            exclude_none=self.exclude_none,
+            exclude_defaults=self.exclude_defaults,
+        )
+
+    def process_result_value(self, value: Any, dialect: Any) -> T | None:
+        return None if value is None else self.adapter.validate_python(value)
 
 
 class Base(DeclarativeBase):

@@ -9,7 +9,7 @@ import time
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from node_agent.bounds import (
     HOST_PATTERN,
@@ -131,31 +131,37 @@ class MapDecl(_Model):
     unit: str = Field(default="value", max_length=32)
 
 
-class TraceRequest(_Model):
-    run_id: str = Field(min_length=1, max_length=128)
-    job_id: str | None = None
+MAX_TRACE_S = 86_400.0  # a day: the longest trace (and snapshot interval) an agent accepts
+
+
+class TraceTemplate(_Model):
+    """What to trace, where, for how long and within what bounds: the fields a job, a schedule's
+    template and an agent's request share. What the program makes of them (its parameters,
+    scopes, custom source) is checked by `ProgramSpec.check`, at the API and on the agent."""
+
     program: str = Field(min_length=1, max_length=64)
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict, max_length=64)
     scope: Scope = Field(default_factory=Scope)
-    duration_s: float = Field(gt=0, le=86_400)
+    duration_s: float = Field(gt=0, le=MAX_TRACE_S)
     interval_s: float | None = Field(
-        default=None, ge=0.1, description="snapshot every this many seconds; None: final only"
+        default=None,
+        ge=0.1,
+        le=MAX_TRACE_S,
+        description="snapshot every this many seconds; None: final only",
     )
-    grace_s: float = Field(default=5.0, ge=0.5, le=300)
     limits: Limits = Field(default_factory=Limits)
     source: str | None = Field(default=None, max_length=256_000, description="custom: bcc C")
-    maps: list[MapDecl] = Field(default_factory=list, description="custom: maps to read")
+    maps: list[MapDecl] = Field(
+        default_factory=list, max_length=64, description="custom: maps to read"
+    )
 
-    @model_validator(mode="after")
-    def _custom_needs_source(self) -> TraceRequest:
-        if self.program == "custom":
-            if not self.source:
-                raise ValueError("custom programs need 'source'")
-            if not self.maps:
-                raise ValueError("custom programs need 'maps' to declare what to read")
-        elif self.source is not None:
-            raise ValueError("'source' is only for the custom program")
-        return self
+
+class TraceRequest(TraceTemplate):
+    """One run of a template on one host, as its agent receives it."""
+
+    run_id: str = Field(min_length=1, max_length=128)
+    job_id: str | None = None
+    grace_s: float = Field(default=5.0, ge=0.5, le=300)
 
 
 class RunState(str, Enum):

@@ -11,14 +11,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node_agent.errors import BadParameter, FleettraceError, LimitExceeded, UnsupportedProgram
+from node_agent.errors import FleettraceError, LimitExceeded, UnsupportedProgram
 from node_agent.overhead import OverheadMeter
 from node_agent.programs import get_program
-from node_agent.programs.custom.source_policy import check_source
 from node_agent.programs.spec import DecodeContext, ProgramSpec, SampleSpec
 from node_agent.protocol import (
     ErrorCode,
@@ -69,10 +68,8 @@ def prepare(
     `cgroup_base` is the agent's own cgroup: every trace is confined to it.
     """
     spec = get_program(request.program)
-    if spec.name == "custom" and not allow_custom:
+    if spec.source_policy is not None and not allow_custom:
         raise UnsupportedProgram("this agent does not run custom programs (allow_custom is off)")
-    if spec.name == "custom" and request.source:
-        check_source(request.source)
     if request.duration_s > max_duration_s:
         raise LimitExceeded(
             f"duration_s: {request.duration_s:g}s is above this agent's limit"
@@ -89,15 +86,11 @@ def prepare(
             f"limits.overhead_pct: {request.limits.overhead_pct:g} % is above this agent's"
             f" limit of {max_overhead_pct:g} % of a CPU"
         )
-    params = spec.validate_params(request.params)
-    kinds = request.scope.kinds() | ({"cgroup"} if cgroup_base is not None else set())
-    for kind in sorted(kinds - spec.scopes):
-        note = f" ({spec.scope_note})" if spec.scope_note else ""
-        raise BadParameter(f"scope.{kind}", f"{spec.name} cannot be scoped by {kind}{note}")
+    params = spec.check(request, confined=cgroup_base is not None)
     defines: dict[str, str | int] = {"FT_MAP_ENTRIES": request.limits.map_entries}
     defines.update(scope_defines(request.scope, cgroup_base))
     defines.update(spec.defines(params))
-    body = request.source if spec.name == "custom" and request.source else spec.source()
+    body = request.source if spec.source_policy is not None and request.source else spec.source()
     source = PRELUDE.read_text() + "\n" + body
     cflags = [f"-D{name}={value}" for name, value in defines.items()]
     return PreparedTrace(request, spec, params, source, cflags)
@@ -149,25 +142,18 @@ def _counter_sum(program: LoadedProgram, table: str) -> int:
     return sum(int(getattr(v, "value", v)) for _, v in program.items(table))
 
 
+@dataclass
 class _Snapshotter:
-    def __init__(
-        self,
-        prepared: PreparedTrace,
-        program: LoadedProgram,
-        samples: _Samples | None,
-        compile_s: float,
-        attach_s: float,
-        meter: OverheadMeter | None = None,
-    ) -> None:
-        self.prepared = prepared
-        self.meter = meter
-        self.program = program
-        self.samples = samples
-        self.compile_s = compile_s
-        self.attach_s = attach_s
-        self.seq = 0
-        self.started = time.time()
-        self.last = self.started
+    """Takes the snapshots; their intervals are wall time, which leaves the process."""
+
+    prepared: PreparedTrace
+    program: LoadedProgram
+    samples: _Samples | None
+    compile_s: float
+    attach_s: float
+    meter: OverheadMeter | None = None
+    seq: int = 0
+    last: float = field(default_factory=time.time)  # the next snapshot's interval_start
 
     def take(self, *, final: bool) -> Snapshot:
         request = self.prepared.request
@@ -236,13 +222,16 @@ def execute(
         spec.decode(DecodeContext(program, prepared.params, request.limits, request.maps))
         emit(StateChange(run_id=request.run_id, state=RunState.running))
         log.info("run %s: %s attached (compile %.2fs)", request.run_id, spec.name, compile_s)
-        deadline = snapshots.started + request.duration_s
+        # Durations on the monotonic clock: a wall clock step must not cut or stretch a trace
+        # (the runner's supervisor counts the same deadline on it).
+        started = time.monotonic()
+        deadline = started + request.duration_s
         interval = request.interval_s
-        next_snapshot = snapshots.started + interval if interval else deadline
-        next_cost = snapshots.started + COST_EVERY_S
+        next_snapshot = started + interval if interval else deadline
+        next_cost = started + COST_EVERY_S
         over: str | None = None
         while not stop.is_set():
-            now = time.time()
+            now = time.monotonic()
             if now >= deadline:
                 break
             if meter is not None and request.limits.overhead_pct and now >= next_cost:

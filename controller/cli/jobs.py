@@ -205,10 +205,10 @@ def _value(value: Any) -> str:
 
 def job_lines(job: JobPublic) -> list[Line]:
     targets = job.targets
-    if "hosts" in targets:
-        target = "hosts " + ",".join(targets["hosts"])
-    elif "selector" in targets:
-        target = "selector " + _kv(targets["selector"])
+    if targets.hosts is not None:
+        target = "hosts " + ",".join(targets.hosts)
+    elif targets.selector is not None:
+        target = "selector " + _kv(targets.selector)
     else:
         target = "all hosts"
     counts = ", ".join(f"{n} {s}" for s, n in sorted(job.counts.items()))
@@ -217,7 +217,7 @@ def job_lines(job: JobPublic) -> list[Line]:
         ("program", job.program),
         ("state", f"{job.state.value} ({counts})"),
         ("params", _kv(job.params)),
-        ("scope", _kv(job.scope)),
+        ("scope", _kv(job.scope.model_dump(exclude_none=True))),
         ("targets", target),
         ("duration", seconds(job.duration_s) + every),
         ("created", f"{when(job.created_at)} by {job.created_by or '-'}"),

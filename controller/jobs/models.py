@@ -10,12 +10,22 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from controller.db import Base, utcnow
+from controller.db import Base, PydanticJSON, utcnow
 from controller.hosts.models import HostName, LabelKey, LabelValue
-from node_agent.protocol import Limits, MapDecl, Result, RunState, Scope, SnapshotStats
+from controller.validators import exactly_one
+from node_agent.protocol import (
+    MAX_TRACE_S,
+    Limits,
+    MapDecl,
+    Result,
+    RunState,
+    Scope,
+    SnapshotStats,
+    TraceTemplate,
+)
 
-# A hard ceiling under the configurable max_duration_s (checked at submit): 30 days.
-MAX_JOB_DURATION_S = 30 * 86400.0
+# The hard ceiling under the configurable max_duration_s (checked at submit): what agents take.
+MAX_JOB_DURATION_S = MAX_TRACE_S
 
 
 class JobState(str, Enum):
@@ -31,19 +41,37 @@ class JobState(str, Enum):
         return self not in (JobState.pending, JobState.running)
 
 
+class Targets(BaseModel):
+    """Which hosts: by name, by label selector, or all of them (exactly one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hosts: list[HostName] | None = Field(default=None, min_length=1, max_length=10_000)
+    selector: dict[LabelKey, LabelValue] | None = Field(default=None, min_length=1, max_length=64)
+    all: bool = False
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Targets:
+        exactly_one(self, "hosts", "selector", "all")
+        return self
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     program: Mapped[str] = mapped_column(String(64), index=True)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    scope: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    limits: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    targets: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Stored as the JSON they always were; read back validated (rows written before load too).
+    scope: Mapped[Scope] = mapped_column(PydanticJSON(Scope, exclude_none=True), default=Scope)
+    limits: Mapped[Limits] = mapped_column(PydanticJSON(Limits), default=Limits)
+    targets: Mapped[Targets] = mapped_column(
+        PydanticJSON(Targets, exclude_none=True, exclude_defaults=True)
+    )
     duration_s: Mapped[float]
     interval_s: Mapped[float | None]
     source: Mapped[str | None] = mapped_column(Text)
-    maps: Mapped[list[Any]] = mapped_column(default=list)
+    maps: Mapped[list[MapDecl]] = mapped_column(PydanticJSON(list[MapDecl]), default=list)
     state: Mapped[str] = mapped_column(String(16), default=JobState.pending.value, index=True)
     created_by: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
@@ -110,35 +138,10 @@ class JobEvent(Base):
 # -- API schemas --------------------------------------------------------------------------------
 
 
-class Targets(BaseModel):
-    """Which hosts: by name, by label selector, or all of them (exactly one)."""
+class JobCreate(TraceTemplate):
+    """A trace template and the hosts to run it on; also a schedule's template."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    hosts: list[HostName] | None = Field(default=None, min_length=1, max_length=10_000)
-    selector: dict[LabelKey, LabelValue] | None = Field(default=None, min_length=1, max_length=64)
-    all: bool = False
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Targets:
-        given = [self.hosts is not None, self.selector is not None, self.all]
-        if sum(given) != 1:
-            raise ValueError("give exactly one of hosts, selector or all")
-        return self
-
-
-class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    program: str = Field(min_length=1, max_length=64)
-    params: dict[str, Any] = Field(default_factory=dict, max_length=64)
-    scope: Scope = Field(default_factory=Scope)
-    duration_s: float = Field(gt=0, le=MAX_JOB_DURATION_S)
-    interval_s: float | None = Field(default=None, ge=0.1, le=MAX_JOB_DURATION_S)
     targets: Targets
-    limits: Limits = Field(default_factory=Limits)
-    source: str | None = Field(default=None, max_length=256_000)
-    maps: list[MapDecl] = Field(default_factory=list, max_length=64)
 
 
 class RunPublic(BaseModel):
@@ -157,9 +160,9 @@ class JobPublic(BaseModel):
     id: str
     program: str
     params: dict[str, Any]
-    scope: dict[str, Any]
-    limits: dict[str, Any]
-    targets: dict[str, Any]
+    scope: Scope
+    limits: Limits
+    targets: Targets
     duration_s: float
     interval_s: float | None
     state: JobState

@@ -21,32 +21,23 @@ from controller.hosts import service as hosts_service
 from controller.hosts.models import Host
 from controller.jobs.models import Job, JobCreate, JobEvent, JobPublic, JobState, Run, RunPublic
 from controller.settings import Settings
-from node_agent.errors import BadParameter, PolicyViolation, UnknownProgram
+from node_agent.errors import BadParameter, UnknownProgram
 from node_agent.programs import get_program
-from node_agent.programs.custom.source_policy import check_source
+from node_agent.programs.spec import RefusedField
 from node_agent.protocol import RunState, TraceRequest
-from node_agent.scope import cgroup_path_problem
 
 log = logging.getLogger(__name__)
 
 
 def validate(job_in: JobCreate, *, settings: Settings, may_run_custom: bool) -> dict[str, Any]:
-    """Check a job against the program's spec; returns the validated parameters."""
+    """Check a job against this deployment's limits and the program's spec (`ProgramSpec.check`,
+    which the agents run again); returns the validated parameters."""
     try:
         spec = get_program(job_in.program)
     except UnknownProgram as exc:
         raise InvalidRequest(exc.message, field="program") from None
-    if spec.name == "custom":
-        if not may_run_custom:
-            raise Forbidden("custom programs need the admin role", field="program")
-        if not job_in.source or not job_in.maps:
-            raise InvalidRequest("custom programs need 'source' and 'maps'", field="source")
-        try:  # the agents check again, whatever they are sent
-            check_source(job_in.source)
-        except PolicyViolation as exc:
-            raise InvalidRequest(exc.message, field="source") from None
-    elif job_in.source is not None or job_in.maps:
-        raise InvalidRequest("'source' and 'maps' are only for the custom program", field="source")
+    if spec.source_policy is not None and not may_run_custom:
+        raise Forbidden("custom programs need the admin role", field="program")
     if job_in.duration_s > settings.max_duration_s:
         raise InvalidRequest(
             f"{job_in.duration_s:g}s is above the limit of {settings.max_duration_s:g}s",
@@ -55,17 +46,9 @@ def validate(job_in: JobCreate, *, settings: Settings, may_run_custom: bool) -> 
     if job_in.interval_s is not None and job_in.interval_s > job_in.duration_s:
         raise InvalidRequest("the interval is longer than the duration", field="interval_s")
     try:
-        params = spec.validate_params(job_in.params)
-    except BadParameter as exc:
+        return spec.check(job_in)
+    except (BadParameter, RefusedField) as exc:
         raise InvalidRequest(exc.message, field=exc.field) from None
-    for kind in sorted(job_in.scope.kinds() - spec.scopes):
-        note = f" ({spec.scope_note})" if spec.scope_note else ""
-        raise InvalidRequest(f"{spec.name} cannot be scoped by {kind}{note}", field=f"scope.{kind}")
-    cgroup = job_in.scope.cgroup
-    problem = cgroup_path_problem(cgroup) if cgroup is not None else None
-    if problem:  # each agent checks again, inside its own base cgroup
-        raise InvalidRequest(problem, field="scope.cgroup")
-    return params
 
 
 def check_budget(job_in: JobCreate, *, hosts: int, settings: Settings) -> None:
@@ -133,14 +116,13 @@ def create(
         id=str(uuid.uuid4()),
         program=job_in.program,
         params=params,
-        scope=job_in.scope.model_dump(exclude_none=True),
-        limits=job_in.limits.model_dump(),
-        targets=job_in.targets.model_dump(exclude_none=True, exclude_defaults=True)
-        or {"all": True},
+        scope=job_in.scope,
+        limits=job_in.limits,
+        targets=job_in.targets,
         duration_s=job_in.duration_s,
         interval_s=job_in.interval_s,
         source=job_in.source,
-        maps=[m.model_dump(mode="json") for m in job_in.maps],
+        maps=job_in.maps,
         created_by=created_by,
         created_at=now,
         state=JobState.pending.value,
@@ -219,10 +201,10 @@ def trace_request(job: Job, run: Run) -> TraceRequest:
         job_id=job.id,
         program=job.program,
         params=job.params,
-        scope=job.scope,  # type: ignore[arg-type]
+        scope=job.scope,
         duration_s=job.duration_s,
         interval_s=job.interval_s,
-        limits=job.limits,  # type: ignore[arg-type]
+        limits=job.limits,
         source=job.source,
         maps=job.maps,
     )
@@ -428,35 +410,33 @@ def snapshot_counts(*, session: Session, job: Job) -> dict[str, int]:
     return {run_id: int(n) for run_id, n in rows}
 
 
+# Columns a job's and a run's public form take as they are.
+_JOB_COLUMNS = (
+    "id",
+    "program",
+    "params",
+    "scope",
+    "limits",
+    "targets",
+    "duration_s",
+    "interval_s",
+    "state",
+    "created_by",
+    "created_at",
+    "finished_at",
+)
+_RUN_COLUMNS = ("id", "state", "reason", "error", "created_at", "started_at", "finished_at")
+
+
+def _columns(row: object, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in names}
+
+
 def to_public(job: Job, *, snapshots: dict[str, int] | None = None) -> JobPublic:
     snapshots = snapshots or {}
     runs = [
-        RunPublic(
-            id=r.id,
-            host=r.host_name,
-            state=RunState(r.state),
-            reason=r.reason,
-            error=r.error,
-            created_at=r.created_at,
-            started_at=r.started_at,
-            finished_at=r.finished_at,
-            snapshots=snapshots.get(r.id, 0),
-        )
+        RunPublic(**_columns(r, _RUN_COLUMNS), host=r.host_name, snapshots=snapshots.get(r.id, 0))
         for r in job.runs
     ]
-    return JobPublic(
-        id=job.id,
-        program=job.program,
-        params=job.params,
-        scope=job.scope,
-        limits=job.limits,
-        targets=job.targets,
-        duration_s=job.duration_s,
-        interval_s=job.interval_s,
-        state=JobState(job.state),
-        created_by=job.created_by,
-        created_at=job.created_at,
-        finished_at=job.finished_at,
-        runs=runs,
-        counts=dict(Counter(r.state for r in job.runs)),
-    )
+    counts = dict(Counter(r.state for r in job.runs))
+    return JobPublic(**_columns(job, _JOB_COLUMNS), runs=runs, counts=counts)

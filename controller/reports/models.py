@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, cast
 
 from pydantic import BaseModel, Field
 
@@ -48,6 +49,35 @@ class TableStats(BaseModel):
     rates_per_s: list[float] | None
     top: list[TopKey]
     truncated: bool
+
+
+MetricSource = Literal["hist", "table", "key"]
+
+
+@dataclass(frozen=True)
+class MetricId:
+    """A metric's structured id; on the wire `SOURCE:NAME:ASPECT` (hist:NAME{labels}:p99,
+    table:NAME:FIELD, key:TABLE:KEY), where a histogram's name and a key may hold colons."""
+
+    source: MetricSource
+    name: str  # the histogram series or the table
+    aspect: str  # p99, rate, distribution; a value field; a key's text
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.name}:{self.aspect}"
+
+    @classmethod
+    def parse(cls, raw: str) -> MetricId:
+        source, _, rest = raw.partition(":")
+        if source not in ("hist", "table", "key") or ":" not in rest:
+            raise ValueError(f"bad metric id {raw!r}: want hist:, table: or key:NAME:ASPECT")
+        # A key's text is free (an address has colons); a histogram's labels may hold some.
+        name, _, aspect = rest.partition(":") if source == "key" else rest.rpartition(":")
+        return cls(cast(MetricSource, source), name, aspect)
+
+    def is_key_of(self, table: MetricId) -> bool:
+        """A key of that table's (a key outlier says why its table's total is off)."""
+        return self.source == "key" and table.source == "table" and self.name == table.name
 
 
 class Metric(BaseModel):

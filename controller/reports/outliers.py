@@ -12,7 +12,7 @@ from controller.reports.analysis import (
     human,
     modified_z,
 )
-from controller.reports.models import HistogramStats, Metric, Outlier, TableStats
+from controller.reports.models import HistogramStats, Metric, MetricId, Outlier, TableStats
 from node_agent.protocol import KeyValue
 
 PERCENTILES = ("p50", "p90", "p99", "max")
@@ -156,12 +156,14 @@ def ranked(outliers: Sequence[Outlier]) -> list[Outlier]:
     for outlier in order:
         if outlier in out:
             continue
-        if outlier.metric.startswith("table:"):
-            table = outlier.metric.split(":")[1]
+        metric = MetricId.parse(outlier.metric)
+        if metric.source == "table":
             out += [
                 o
                 for o in order
-                if o.host == outlier.host and o.metric.startswith(f"key:{table}:") and o not in out
+                if o.host == outlier.host
+                and MetricId.parse(o.metric).is_key_of(metric)
+                and o not in out
             ]
         out.append(outlier)
     return out

@@ -169,17 +169,27 @@ def one_host_keys(ft: FleetTable, limit: int = 50) -> list[OneHostKey]:
     return found[:limit]
 
 
+@dataclass(frozen=True)
+class _Busiest:
+    """A table's busiest keys over the fleet: their rows in it, hashes, texts and values."""
+
+    rows: list[int]
+    hashes: Ints
+    texts: list[str]
+    keys: list[list[KeyValue]]
+
+
 def build(data: ReportInput, *, top: int = TOP) -> tuple[JobReport, Analysis]:
     with_data = [h for h in data.hosts if h.has_data]
     series = series_of(with_data)
     tables = [ft for n in table_names(with_data) if (ft := fleet_table(with_data, n)) is not None]
     # The fleet's busiest keys, named once, then looked up on every host.
-    busiest: dict[str, tuple[list[int], Ints, list[str], list[list[KeyValue]]]] = {}
+    busiest: dict[str, _Busiest] = {}
     for ft in tables:
         idx = [int(i) for i in ft.order()[:top]]
         names = [ft.key(i) for i in idx]
         texts = [key_text(ft.comparable, k) for k in names]
-        busiest[ft.name] = (idx, ft.hashes[idx], texts, names)
+        busiest[ft.name] = _Busiest(idx, ft.hashes[idx], texts, names)
     metrics: dict[str, list[Metric]] = {}
     partial: dict[str, HostReport] = {}
     for host in with_data:
@@ -189,11 +199,10 @@ def build(data: ReportInput, *, top: int = TOP) -> tuple[JobReport, Analysis]:
         tstats = [_table_stats(t, i, host, span, top) for i, t in enumerate(host.digest.tables)]
         host_metrics = [m for s in hstats for m in ol.histogram_metrics(s)]
         for t, s in zip(host.digest.tables, tstats, strict=True):
-            _, hashes, texts, _ = busiest[t.name]
-            firsts = values_on(t, hashes)
+            firsts = values_on(t, busiest[t.name].hashes)
             keys = [
                 (text, float(firsts[i, 0]) if firsts.shape[1] else 0.0)
-                for i, text in enumerate(texts)
+                for i, text in enumerate(busiest[t.name].texts)
             ]
             host_metrics += ol.table_metrics(s, keys, span)
         metrics[host.host] = host_metrics
@@ -219,7 +228,9 @@ def build(data: ReportInput, *, top: int = TOP) -> tuple[JobReport, Analysis]:
     fleet = FleetReport(
         hosts=len(with_data),
         histograms=[_fleet_hist_stats(s) for s in series],
-        tables=[_fleet_table_stats(ft, busiest[ft.name][0], busiest[ft.name][3]) for ft in tables],
+        tables=[
+            _fleet_table_stats(ft, busiest[ft.name].rows, busiest[ft.name].keys) for ft in tables
+        ],
         medians=medians,
     )
     report = JobReport(

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from controller.db import Base, utcnow
 from controller.jobs.models import JobCreate, JobState
 from controller.schedules.timing import MAX_INTERVAL_S, MIN_INTERVAL_S
+from controller.validators import at_most_one, exactly_one
 
 # Ten years: kept runs and the misfire grace past that are mistakes, and overflow a datetime.
 MAX_AGE_S = 10 * 366 * 86400.0
@@ -102,8 +103,7 @@ class ScheduleCreate(BaseModel):
 
     @model_validator(mode="after")
     def _cron_or_interval(self) -> ScheduleCreate:
-        if (self.cron is None) == (self.interval_s is None):
-            raise ValueError("give exactly one of cron or interval_s")
+        exactly_one(self, "cron", "interval_s")
         return self
 
 
@@ -123,8 +123,7 @@ class ScheduleUpdate(BaseModel):
 
     @model_validator(mode="after")
     def _not_both(self) -> ScheduleUpdate:
-        if self.cron is not None and self.interval_s is not None:
-            raise ValueError("give at most one of cron or interval_s")
+        at_most_one(self, "cron", "interval_s")
         return self
 
 

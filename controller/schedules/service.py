@@ -7,6 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -70,6 +71,20 @@ def _check_template(template: JobCreate, *, settings: Settings) -> dict[str, Any
     return stored
 
 
+def stored_template(schedule: Schedule) -> JobCreate:
+    """A schedule's stored template; one stored under older, looser bounds (a duration over a
+    day) fails its slot or its update saying so, instead of failing the scheduler."""
+    try:
+        return JobCreate.model_validate(schedule.template)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise InvalidRequest(
+            f"the stored template no longer validates: {where}: {error['msg']}",
+            field=f"template.{where}",
+        ) from None
+
+
 def _horizon_job(template: JobCreate, interval_s: float | None) -> JobCreate:
     """A continuous schedule's job: snapshots every interval_s for template.duration_s."""
     if interval_s is None:
@@ -80,6 +95,18 @@ def _horizon_job(template: JobCreate, interval_s: float | None) -> JobCreate:
             field="template.duration_s",
         )
     return template.model_copy(update={"interval_s": interval_s})
+
+
+# ScheduleCreate's fields stored in the columns of the same name.
+_AS_GIVEN = {
+    "name",
+    "cron",
+    "interval_s",
+    "enabled",
+    "allow_overlap",
+    "misfire_grace_s",
+    "continuous",
+}
 
 
 def create(
@@ -97,17 +124,10 @@ def create(
     now = utcnow()
     schedule = Schedule(
         id=str(uuid.uuid4()),
-        name=schedule_in.name,
-        cron=schedule_in.cron,
+        **schedule_in.model_dump(include=_AS_GIVEN),
         timezone=schedule_in.time_zone,
-        interval_s=schedule_in.interval_s,
         template=template,
-        enabled=schedule_in.enabled,
-        max_runs=schedule_in.retention.max_runs,
-        max_age_s=schedule_in.retention.max_age_s,
-        allow_overlap=schedule_in.allow_overlap,
-        misfire_grace_s=schedule_in.misfire_grace_s,
-        continuous=schedule_in.continuous,
+        **schedule_in.retention.model_dump(),  # max_runs, max_age_s
         created_by=created_by,
         created_at=now,
         updated_at=now,
@@ -137,10 +157,10 @@ def update_schedule(
     _check_timing(cron=cron, time_zone=time_zone, interval_s=interval_s)
     horizon = schedule.template.get("duration_s")
     if schedule.continuous and (update_in.template is not None or cron is not None):
-        job_in = update_in.template or JobCreate.model_validate(schedule.template)
+        job_in = update_in.template or stored_template(schedule)
         schedule.template = _check_template(_horizon_job(job_in, interval_s), settings=settings)
     elif schedule.continuous and interval_s != schedule.interval_s:
-        job_in = JobCreate.model_validate(schedule.template)
+        job_in = stored_template(schedule)
         schedule.template = _check_template(_horizon_job(job_in, interval_s), settings=settings)
     elif update_in.template is not None:
         schedule.template = _check_template(update_in.template, settings=settings)
@@ -286,13 +306,12 @@ def fire(
         )
         session.commit()
         return row
-    job_in = JobCreate.model_validate(schedule.template)
     try:
         job = jobs_service.create(
             session=session,
             settings=settings,
             dispatcher=dispatcher,
-            job_in=job_in,
+            job_in=stored_template(schedule),
             created_by=f"schedule:{schedule.name}",
             may_run_custom=False,
         )

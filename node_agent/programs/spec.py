@@ -8,13 +8,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from node_agent.errors import BadParameter
-from node_agent.protocol import Feature, KeyValue, Limits, MapDecl, Result
+from node_agent.errors import BadParameter, PolicyViolation
+from node_agent.protocol import Feature, KeyValue, Limits, MapDecl, Result, TraceTemplate
 from node_agent.runtime.base import LoadedProgram
+from node_agent.scope import cgroup_path_problem
 
 ParamType = Literal["int", "float", "bool", "str"]
 OutputKind = Literal["counter_table", "log2_histogram", "folded_stacks", "event_samples"]
 ALL_SCOPES = frozenset({"cgroup", "pid", "comm"})
+
+
+class RefusedField(PolicyViolation):
+    """A policy refusal that names the request field it refuses: the API answers 422 on it."""
+
+    def __init__(self, field: str, message: str, *, detail: str | None = None) -> None:
+        super().__init__(message, detail=detail)
+        self.field = field
+
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -99,6 +109,7 @@ class DecodeContext:
 
 Decoder = Callable[[DecodeContext], list[Result]]
 Defines = Callable[[Mapping[str, Any]], dict[str, str | int]]
+SourcePolicy = Callable[[str], None]  # raises PolicyViolation for source it refuses
 
 
 def no_defines(params: Mapping[str, Any]) -> dict[str, str | int]:
@@ -138,6 +149,8 @@ class ProgramSpec:
     defines: Defines = no_defines
     perf_samples: tuple[PerfSample, ...] = ()
     samples: SampleSpec | None = None
+    # Set for a program whose C comes with the request (custom): how that source is checked.
+    source_policy: SourcePolicy | None = None
 
     def source(self) -> str:
         if self.source_path is None:
@@ -155,6 +168,42 @@ class ProgramSpec:
         return {
             name: p.coerce(raw[name]) if name in raw else p.default for name, p in known.items()
         }
+
+    def check(self, trace: TraceTemplate, *, confined: bool = False) -> dict[str, Any]:
+        """Everything this program decides about a trace, the same at the API, for a schedule's
+        template and on the agent: the custom source and maps, the parameters and the scope.
+        Returns the validated parameters; raises BadParameter naming the field, or
+        RefusedField (a PolicyViolation naming it) for source or a cgroup path refused on its face.
+
+        `confined`: the agent confines every trace to its own cgroup (a cgroup scope always).
+        """
+        self._check_source(trace)
+        params = self.validate_params(trace.params)
+        kinds = trace.scope.kinds() | ({"cgroup"} if confined else set())
+        for kind in sorted(kinds - self.scopes):
+            note = f" ({self.scope_note})" if self.scope_note else ""
+            raise BadParameter(f"scope.{kind}", f"{self.name} cannot be scoped by {kind}{note}")
+        cgroup = trace.scope.cgroup
+        problem = cgroup_path_problem(cgroup) if cgroup is not None else None
+        if problem:  # each agent checks again, inside its own base cgroup
+            raise RefusedField("scope.cgroup", f"scope.cgroup: {problem} (got {cgroup!r})")
+        return params
+
+    def _check_source(self, trace: TraceTemplate) -> None:
+        if self.source_policy is None:
+            if trace.source is not None:
+                raise BadParameter("source", "'source' is only for the custom program")
+            if trace.maps:
+                raise BadParameter("maps", "'maps' is only for the custom program")
+            return
+        if not trace.source:
+            raise BadParameter("source", f"{self.name} programs need 'source' (bcc C)")
+        if not trace.maps:
+            raise BadParameter("maps", f"{self.name} programs need 'maps' to declare what to read")
+        try:  # the agents check again, whatever they are sent
+            self.source_policy(trace.source)
+        except PolicyViolation as exc:
+            raise RefusedField("source", exc.message, detail=exc.detail) from None
 
     def describe(self) -> dict[str, Any]:
         return {

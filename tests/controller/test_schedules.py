@@ -243,6 +243,24 @@ def test_a_fire_with_no_matching_host_is_recorded_as_failed(
     assert latest["outcome"] == "failed" and "no host" in latest["reason"], latest
 
 
+def test_a_template_stored_over_the_day_bound_fails_its_slot_saying_why(
+    client: TestClient, tokens: Tokens, role: str, sessions: sessionmaker[Session]
+) -> None:
+    """Stored before the API's duration bound became the agents' (a day): the slot fails with
+    the reason instead of the scheduler raising."""
+    created = make(client, tokens, role)
+    with sessions() as session:
+        row = session.get(Schedule, created["id"])
+        assert row is not None
+        row.template = {**row.template, "duration_s": 2 * 86400.0}
+        session.commit()
+    answer = client.post(f"/v1/schedules/{created['id']}/run", headers=tokens.headers("operator"))
+    assert answer.status_code == 200, answer.text
+    latest = answer.json()["recent"][0]
+    assert latest["outcome"] == "failed", latest
+    assert "duration_s" in latest["reason"] and "no longer validates" in latest["reason"], latest
+
+
 def test_scheduler_overlap_and_misfire(
     settings: Settings,
     sessions: sessionmaker[Session],

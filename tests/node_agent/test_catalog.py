@@ -140,7 +140,10 @@ def test_custom_needs_the_agent_to_allow_it() -> None:
 def test_request_validation_names_fields() -> None:
     with pytest.raises(ValueError, match="duration_s"):
         TraceRequest(run_id="r", program="syscalls", duration_s=0)
-    with pytest.raises(ValueError, match="source"):
-        TraceRequest(run_id="r", program="syscalls", duration_s=1, source="int x;")
+    # The custom source rule is the program's (ProgramSpec.check), the same at API and agent.
+    request = TraceRequest(run_id="r", program="syscalls", duration_s=1, source="int x;")
+    with pytest.raises(BadParameter, match="source") as info:
+        get_program("syscalls").check(request)
+    assert info.value.field == "source"
     with pytest.raises(ValueError, match="comm"):
         Scope(comm="a-name-longer-than-fifteen")

@@ -6,6 +6,7 @@ import ctypes
 from typing import Any
 
 from node_agent.errors import BadRequest
+from node_agent.programs.custom.source_policy import check_source
 from node_agent.programs.decode import counter_table, log2_histograms, text, value
 from node_agent.programs.spec import DecodeContext, ProgramSpec
 from node_agent.protocol import KeyField, KeyValue, MapDecl, MapKind, Result
@@ -132,4 +133,5 @@ SPEC = ProgramSpec(
     decode=_decode,
     features=frozenset(),
     scope_note="custom code must call ft_in_scope() itself for a scope to apply",
+    source_policy=check_source,
 )
