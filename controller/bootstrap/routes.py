@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Body, Depends, Request, status
 
 from controller.api.deps import Admin, SessionDep, Viewer
 from controller.api.params import HostPath
@@ -18,6 +18,7 @@ from controller.bootstrap.models import (
     RunKind,
 )
 from controller.bootstrap.service import BootstrapQueue
+from controller.errors import NotFound
 
 router = APIRouter(prefix="/v1/hosts", tags=["bootstrap"], responses=AUTHENTICATED)
 
@@ -73,7 +74,7 @@ def get_host_bootstrap(name: HostPath, session: SessionDep, _: Viewer) -> Bootst
     """The host's latest bootstrap or uninstall run, step by step."""
     run = service.latest_run(session=session, host_name=name)
     if run is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no bootstrap of {name!r} yet")
+        raise NotFound(f"no bootstrap of {name!r} yet")
     return service.to_public(run)
 
 
