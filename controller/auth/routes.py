@@ -6,7 +6,7 @@ from fastapi import APIRouter, status
 
 from controller.api.deps import Admin, SessionDep
 from controller.api.params import RowId
-from controller.api.responses import AUTHENTICATED, errors
+from controller.api.responses import AUTHENTICATED, DELETED
 from controller.auth import service
 from controller.auth.models import ApiToken, TokenCreate, TokenCreated, TokenPublic, TokensPublic
 from controller.errors import NotFound
@@ -33,12 +33,7 @@ def create_token(token_in: TokenCreate, session: SessionDep, _: Admin) -> TokenC
     return TokenCreated(**_public(token).model_dump(), token=raw)
 
 
-@router.delete(
-    "/{token_id}",
-    operation_id="revoke_token",
-    responses=errors(404),
-    status_code=status.HTTP_204_NO_CONTENT,
-)
+@router.delete("/{token_id}", operation_id="revoke_token", **DELETED)
 def revoke_token(token_id: RowId, session: SessionDep, _: Admin) -> None:
     """Revoke a token."""
     if service.revoke(session=session, token_id=token_id) is None:

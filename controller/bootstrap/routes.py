@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Request, status
+from sqlalchemy.orm import Session
 
 from controller.api.deps import Admin, SessionDep, Viewer
 from controller.api.params import HostPath
 from controller.api.responses import AUTHENTICATED, errors
+from controller.auth.models import ApiToken
 from controller.bootstrap import service
 from controller.bootstrap.models import (
     BatchCreate,
@@ -58,15 +60,7 @@ def bootstrap_host(
     name: HostPath, session: SessionDep, queue: QueueDep, token: Admin, options: OptionsBody = None
 ) -> BootstrapRunPublic:
     """Install, configure and start the agent on a host over SSH."""
-    run = service.start(
-        session=session,
-        queue=queue,
-        host_name=name,
-        kind=RunKind.bootstrap,
-        options=options or BootstrapOptions(),
-        created_by=token.name,
-    )
-    return service.to_public(run)
+    return _start(RunKind.bootstrap, name, session, queue, token, options or BootstrapOptions())
 
 
 @router.get("/{name}/bootstrap", operation_id="get_host_bootstrap", responses=errors(404))
@@ -88,12 +82,23 @@ def uninstall_host(
     name: HostPath, session: SessionDep, queue: QueueDep, token: Admin
 ) -> BootstrapRunPublic:
     """Stop the agent and remove everything bootstrap put on the host."""
+    return _start(RunKind.uninstall, name, session, queue, token, BootstrapOptions())
+
+
+def _start(
+    kind: RunKind,
+    name: str,
+    session: Session,
+    queue: BootstrapQueue,
+    token: ApiToken,
+    options: BootstrapOptions,
+) -> BootstrapRunPublic:
     run = service.start(
         session=session,
         queue=queue,
         host_name=name,
-        kind=RunKind.uninstall,
-        options=BootstrapOptions(),
+        kind=kind,
+        options=options,
         created_by=token.name,
     )
     return service.to_public(run)

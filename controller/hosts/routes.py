@@ -17,7 +17,7 @@ from controller.api.deps import (
     Viewer,
 )
 from controller.api.resources import HostDep
-from controller.api.responses import AUTHENTICATED, errors
+from controller.api.responses import AUTHENTICATED, DELETED, errors
 from controller.errors import InvalidRequest
 from controller.hosts import service
 from controller.hosts.identity import Credential
@@ -119,12 +119,7 @@ def update_host(
     return service.to_public(host, timeout_s=settings.heartbeat_timeout_s)
 
 
-@router.delete(
-    "/{name}",
-    operation_id="delete_host",
-    responses=errors(404),
-    status_code=status.HTTP_204_NO_CONTENT,
-)
+@router.delete("/{name}", operation_id="delete_host", **DELETED)
 def delete_host(
     session: SessionDep,
     dispatcher: DispatcherDep,

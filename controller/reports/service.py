@@ -292,13 +292,4 @@ def compare(base: JobReport, other: JobReport) -> CompareReport:
 
 
 def _cost(stats: SnapshotStats | None) -> HostCost | None:
-    if stats is None:
-        return None
-    return HostCost(
-        overhead_pct=stats.overhead_pct,
-        events_per_s=stats.events_per_s,
-        bpf_run_time_s=stats.bpf_run_time_s,
-        bpf_runs=stats.bpf_runs,
-        agent_cpu_s=stats.agent_cpu_s,
-        events_lost=stats.events_lost,
-    )
+    return None if stats is None else HostCost.model_validate(stats, from_attributes=True)

@@ -6,17 +6,19 @@ from __future__ import annotations
 from enum import Enum
 
 from fastapi import APIRouter, Query, Response, status
+from sqlalchemy.orm import Session
 
 from controller.api.deps import DispatcherDep, Operator, SessionDep, SettingsDep, Viewer
 from controller.api.params import Offset
 from controller.api.resources import ScheduleDep
-from controller.api.responses import AUTHENTICATED, errors
+from controller.api.responses import AUTHENTICATED, DELETED, errors
 from controller.errors import InvalidRequest
 from controller.reports.models import CompareReport
 from controller.reports.trend_chart import render_trend_html
 from controller.schedules import service
 from controller.schedules.compare import compare_runs
 from controller.schedules.models import (
+    Schedule,
     ScheduleCreate,
     SchedulePublic,
     SchedulesPublic,
@@ -78,12 +80,7 @@ def update_schedule(
     return service.to_public(session, schedule)
 
 
-@router.delete(
-    "/{schedule_id}",
-    operation_id="delete_schedule",
-    responses=errors(404),
-    status_code=status.HTTP_204_NO_CONTENT,
-)
+@router.delete("/{schedule_id}", operation_id="delete_schedule", **DELETED)
 def delete_schedule(session: SessionDep, _: Operator, schedule: ScheduleDep) -> Response:
     """Delete a schedule; the jobs it made are kept."""
     service.remove(session=session, schedule=schedule)
@@ -93,14 +90,17 @@ def delete_schedule(session: SessionDep, _: Operator, schedule: ScheduleDep) -> 
 @router.post("/{schedule_id}/pause", operation_id="pause_schedule", responses=errors(404))
 def pause_schedule(session: SessionDep, _: Operator, schedule: ScheduleDep) -> SchedulePublic:
     """Stop firing until resumed."""
-    service.set_enabled(session=session, schedule=schedule, enabled=False)
-    return service.to_public(session, schedule)
+    return _enabled(session, schedule, False)
 
 
 @router.post("/{schedule_id}/resume", operation_id="resume_schedule", responses=errors(404))
 def resume_schedule(session: SessionDep, _: Operator, schedule: ScheduleDep) -> SchedulePublic:
     """Fire again from the next slot after now; paused slots are not replayed."""
-    service.set_enabled(session=session, schedule=schedule, enabled=True)
+    return _enabled(session, schedule, True)
+
+
+def _enabled(session: Session, schedule: Schedule, enabled: bool) -> SchedulePublic:
+    service.set_enabled(session=session, schedule=schedule, enabled=enabled)
     return service.to_public(session, schedule)
 
 
