@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request, status
 from sqlalchemy.orm import Session
@@ -32,6 +32,8 @@ def get_bootstrap_queue(request: Request) -> BootstrapQueue:
 
 QueueDep = Annotated[BootstrapQueue, Depends(get_bootstrap_queue)]
 OptionsBody = Annotated[BootstrapOptions | None, Body()]
+# A host's bootstrap or uninstall: accepted and queued, or no such host, one running, no broker.
+STARTED: dict[str, Any] = {"status_code": 202, "responses": errors(404, 409, 503)}
 
 
 @router.post(
@@ -50,12 +52,7 @@ def bootstrap_hosts(
     return service.batch_to_public(batch)
 
 
-@router.post(
-    "/{name}/bootstrap",
-    operation_id="bootstrap_host",
-    responses=errors(404, 409, 503),
-    status_code=status.HTTP_202_ACCEPTED,
-)
+@router.post("/{name}/bootstrap", operation_id="bootstrap_host", **STARTED)
 def bootstrap_host(
     name: HostPath, session: SessionDep, queue: QueueDep, token: Admin, options: OptionsBody = None
 ) -> BootstrapRunPublic:
@@ -72,12 +69,7 @@ def get_host_bootstrap(name: HostPath, session: SessionDep, _: Viewer) -> Bootst
     return service.to_public(run)
 
 
-@router.post(
-    "/{name}/uninstall",
-    operation_id="uninstall_host",
-    responses=errors(404, 409, 503),
-    status_code=status.HTTP_202_ACCEPTED,
-)
+@router.post("/{name}/uninstall", operation_id="uninstall_host", **STARTED)
 def uninstall_host(
     name: HostPath, session: SessionDep, queue: QueueDep, token: Admin
 ) -> BootstrapRunPublic:
