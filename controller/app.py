@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -62,12 +61,9 @@ def create_app(
 
     @app.exception_handler(ControllerError)
     async def _controller_error(request: Request, exc: ControllerError) -> JSONResponse:
-        detail: Any = exc.message
-        if exc.field is not None:
-            detail = [
-                {"loc": ["body", *exc.field.split(".")], "msg": exc.message, "type": "value_error"}
-            ]
-        return SafeJSONResponse(status_code=exc.status, content={"detail": detail})
+        return SafeJSONResponse(
+            status_code=exc.status, content={"detail": exc.detail}, headers=exc.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

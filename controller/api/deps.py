@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from controller.audit.middleware import note_caller
 from controller.auth import service as auth_service
 from controller.auth.models import ApiToken, Role
-from controller.db import utcnow
 from controller.dispatch import Dispatcher
+from controller.errors import Forbidden, Unauthenticated
 from controller.hosts.identity import Identities
 from controller.settings import Settings
 
@@ -52,20 +52,12 @@ def current_token(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiToken:
     if credentials is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "an API token is required",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise Unauthenticated("an API token is required")
     token = auth_service.authenticate(session=session, raw=credentials.credentials)
     if token is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "unknown or revoked API token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    token.last_used_at = utcnow()
-    session.commit()
+        raise Unauthenticated("unknown or revoked API token")
+    if auth_service.note_use(session=session, token=token):
+        session.commit()
     note_caller(request.scope, actor=token.name, role=token.role)
     return token
 
@@ -73,7 +65,7 @@ def current_token(
 def require(role: Role) -> Callable[[ApiToken], ApiToken]:
     def check(token: Annotated[ApiToken, Depends(current_token)]) -> ApiToken:
         if not Role(token.role).allows(role):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"this needs the {role.value} role")
+            raise Forbidden(f"this needs the {role.value} role")
         return token
 
     return check

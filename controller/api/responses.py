@@ -46,6 +46,8 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 # What any route behind a token can answer: no token, the wrong role, a malformed request.
 AUTHENTICATED = errors(400, 401, 403, 422)
+# A DELETE: 204 when done, 404 when there was nothing to delete.
+DELETED: dict[str, Any] = {"status_code": 204, "responses": errors(404)}
 
 
 # Legal raw in a JSON string, but a terminal or log viewer acts on them: sent as \\u escapes.

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 
 from controller.api.deps import Admin, SessionDep
 from controller.audit import service
 from controller.audit.models import AuditRecordPublic, AuditRecordsPublic
+from controller.errors import InvalidRequest
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
@@ -30,8 +31,7 @@ def list_audit_records(
     """Audit records, newest first, filtered by actor, action, host and time."""
     since, until = _utc(since), _utc(until)
     if since is not None and until is not None and until <= since:
-        detail = [{"loc": ["query", "until"], "msg": "must be after since", "type": "value_error"}]
-        raise HTTPException(422, detail)
+        raise InvalidRequest("must be after since", loc=("query", "until"))
     records, total = service.list_records(
         session=session,
         actor=actor,

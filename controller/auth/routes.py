@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, status
 
 from controller.api.deps import Admin, SessionDep
 from controller.api.params import RowId
-from controller.api.responses import AUTHENTICATED, errors
+from controller.api.responses import AUTHENTICATED, DELETED
 from controller.auth import service
-from controller.auth.models import (
-    ApiToken,
-    Role,
-    TokenCreate,
-    TokenCreated,
-    TokenPublic,
-    TokensPublic,
-)
+from controller.auth.models import ApiToken, TokenCreate, TokenCreated, TokenPublic, TokensPublic
+from controller.errors import NotFound
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"], responses=AUTHENTICATED)
 
 
 def _public(token: ApiToken) -> TokenPublic:
-    return TokenPublic(
-        id=token.id,
-        name=token.name,
-        role=Role(token.role),
-        created_at=token.created_at,
-        last_used_at=token.last_used_at,
-        revoked_at=token.revoked_at,
-    )
+    return TokenPublic.model_validate(token, from_attributes=True)
 
 
 @router.get("", operation_id="list_tokens")
@@ -46,14 +33,9 @@ def create_token(token_in: TokenCreate, session: SessionDep, _: Admin) -> TokenC
     return TokenCreated(**_public(token).model_dump(), token=raw)
 
 
-@router.delete(
-    "/{token_id}",
-    operation_id="revoke_token",
-    responses=errors(404),
-    status_code=status.HTTP_204_NO_CONTENT,
-)
+@router.delete("/{token_id}", operation_id="revoke_token", **DELETED)
 def revoke_token(token_id: RowId, session: SessionDep, _: Admin) -> None:
     """Revoke a token."""
     if service.revoke(session=session, token_id=token_id) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no token {token_id}")
+        raise NotFound(f"no token {token_id}")
     session.commit()

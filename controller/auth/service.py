@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from controller.auth.models import ApiToken, Role
 from controller.db import utcnow
 
 TOKEN_PREFIX = "ft_"
+# last_used_at is this precise: a write per request would contend with the ingest for
+# SQLite's one writer.
+USE_NOTED_EVERY = timedelta(minutes=1)
 
 
 def hash_token(raw: str) -> str:
@@ -31,6 +36,24 @@ def authenticate(*, session: Session, raw: str) -> ApiToken | None:
     if token is None or token.revoked_at is not None:
         return None
     return token
+
+
+def note_use(*, session: Session, token: ApiToken, now: datetime | None = None) -> bool:
+    """Set the token's last_used_at unless it was set less than a minute ago; True when it was
+    written (the caller commits). Conditional, so that concurrent requests write it once."""
+    now = now or utcnow()
+    cutoff = now - USE_NOTED_EVERY
+    if token.last_used_at is not None and token.last_used_at > cutoff:
+        return False
+    written = session.execute(
+        update(ApiToken)
+        .where(ApiToken.id == token.id)
+        .where((ApiToken.last_used_at.is_(None)) | (ApiToken.last_used_at <= cutoff))
+        .values(last_used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    set_committed_value(token, "last_used_at", now)
+    return bool(getattr(written, "rowcount", 0))
 
 
 def list_tokens(*, session: Session) -> list[ApiToken]:

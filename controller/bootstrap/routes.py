@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Body, Depends, Request, status
+from sqlalchemy.orm import Session
 
 from controller.api.deps import Admin, SessionDep, Viewer
 from controller.api.params import HostPath
 from controller.api.responses import AUTHENTICATED, errors
+from controller.auth.models import ApiToken
 from controller.bootstrap import service
 from controller.bootstrap.models import (
     BatchCreate,
@@ -18,6 +20,7 @@ from controller.bootstrap.models import (
     RunKind,
 )
 from controller.bootstrap.service import BootstrapQueue
+from controller.errors import NotFound
 
 router = APIRouter(prefix="/v1/hosts", tags=["bootstrap"], responses=AUTHENTICATED)
 
@@ -29,6 +32,8 @@ def get_bootstrap_queue(request: Request) -> BootstrapQueue:
 
 QueueDep = Annotated[BootstrapQueue, Depends(get_bootstrap_queue)]
 OptionsBody = Annotated[BootstrapOptions | None, Body()]
+# A host's bootstrap or uninstall: accepted and queued, or no such host, one running, no broker.
+STARTED: dict[str, Any] = {"status_code": 202, "responses": errors(404, 409, 503)}
 
 
 @router.post(
@@ -47,25 +52,12 @@ def bootstrap_hosts(
     return service.batch_to_public(batch)
 
 
-@router.post(
-    "/{name}/bootstrap",
-    operation_id="bootstrap_host",
-    responses=errors(404, 409, 503),
-    status_code=status.HTTP_202_ACCEPTED,
-)
+@router.post("/{name}/bootstrap", operation_id="bootstrap_host", **STARTED)
 def bootstrap_host(
     name: HostPath, session: SessionDep, queue: QueueDep, token: Admin, options: OptionsBody = None
 ) -> BootstrapRunPublic:
     """Install, configure and start the agent on a host over SSH."""
-    run = service.start(
-        session=session,
-        queue=queue,
-        host_name=name,
-        kind=RunKind.bootstrap,
-        options=options or BootstrapOptions(),
-        created_by=token.name,
-    )
-    return service.to_public(run)
+    return _start(RunKind.bootstrap, name, session, queue, token, options or BootstrapOptions())
 
 
 @router.get("/{name}/bootstrap", operation_id="get_host_bootstrap", responses=errors(404))
@@ -73,26 +65,32 @@ def get_host_bootstrap(name: HostPath, session: SessionDep, _: Viewer) -> Bootst
     """The host's latest bootstrap or uninstall run, step by step."""
     run = service.latest_run(session=session, host_name=name)
     if run is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no bootstrap of {name!r} yet")
+        raise NotFound(f"no bootstrap of {name!r} yet")
     return service.to_public(run)
 
 
-@router.post(
-    "/{name}/uninstall",
-    operation_id="uninstall_host",
-    responses=errors(404, 409, 503),
-    status_code=status.HTTP_202_ACCEPTED,
-)
+@router.post("/{name}/uninstall", operation_id="uninstall_host", **STARTED)
 def uninstall_host(
     name: HostPath, session: SessionDep, queue: QueueDep, token: Admin
 ) -> BootstrapRunPublic:
     """Stop the agent and remove everything bootstrap put on the host."""
+    return _start(RunKind.uninstall, name, session, queue, token, BootstrapOptions())
+
+
+def _start(
+    kind: RunKind,
+    name: str,
+    session: Session,
+    queue: BootstrapQueue,
+    token: ApiToken,
+    options: BootstrapOptions,
+) -> BootstrapRunPublic:
     run = service.start(
         session=session,
         queue=queue,
         host_name=name,
-        kind=RunKind.uninstall,
-        options=BootstrapOptions(),
+        kind=kind,
+        options=options,
         created_by=token.name,
     )
     return service.to_public(run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Query, status
 from pydantic import StringConstraints
 
 from controller.api.deps import (
@@ -16,8 +16,9 @@ from controller.api.deps import (
     SettingsDep,
     Viewer,
 )
-from controller.api.params import HostPath
-from controller.api.responses import AUTHENTICATED, errors
+from controller.api.resources import HostDep
+from controller.api.responses import AUTHENTICATED, DELETED, errors
+from controller.errors import InvalidRequest
 from controller.hosts import service
 from controller.hosts.identity import Credential
 from controller.hosts.models import (
@@ -44,15 +45,9 @@ def _selector(raw: list[str]) -> dict[str, str]:
     for item in raw:
         key, sep, value = item.partition("=")
         if not sep or not _KEY.match(key) or not _VALUE.match(value):
-            # The same shape as FastAPI's own validation errors, so clients find the field.
-            detail = [
-                {
-                    "loc": ["query", "selector"],
-                    "msg": f"bad {item!r}, want k=v with a label key and value",
-                    "type": "value_error",
-                }
-            ]
-            raise HTTPException(422, detail)
+            raise InvalidRequest(
+                f"bad {item!r}, want k=v with a label key and value", loc=("query", "selector")
+            )
         selector[key] = value
     return selector
 
@@ -95,12 +90,9 @@ def create_host(
 
 @router.post("/{name}/credential", operation_id="issue_host_credential", responses=errors(404))
 def issue_host_credential(
-    name: HostPath, session: SessionDep, identities: IdentitiesDep, _: Admin
+    session: SessionDep, identities: IdentitiesDep, _: Admin, host: HostDep
 ) -> HostJoin:
     """Issue the host a new Redis identity (the old one stops working); shown once."""
-    host = service.get(session=session, name=name)
-    if host is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no host {name!r}")
     credential = service.issue_identity(host=host, identities=identities)
     session.commit()
     identities.apply(host.name, host.agent_secret_sha256 or "")
@@ -112,45 +104,32 @@ def _join(credential: Credential) -> HostJoin:
 
 
 @router.get("/{name}", operation_id="get_host", responses=errors(404))
-def get_host(name: HostPath, session: SessionDep, settings: SettingsDep, _: Viewer) -> HostPublic:
+def get_host(settings: SettingsDep, _: Viewer, host: HostDep) -> HostPublic:
     """Show one host."""
-    host = service.get(session=session, name=name)
-    if host is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no host {name!r}")
     return service.to_public(host, timeout_s=settings.heartbeat_timeout_s)
 
 
 @router.patch("/{name}", operation_id="update_host", responses=errors(404))
 def update_host(
-    name: HostPath, host_in: HostUpdate, session: SessionDep, settings: SettingsDep, _: Admin
+    host_in: HostUpdate, session: SessionDep, settings: SettingsDep, _: Admin, host: HostDep
 ) -> HostPublic:
     """Change a host's address or labels."""
-    host = service.get(session=session, name=name)
-    if host is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no host {name!r}")
     service.update(session=session, host=host, host_in=host_in)
     session.commit()
     return service.to_public(host, timeout_s=settings.heartbeat_timeout_s)
 
 
-@router.delete(
-    "/{name}",
-    operation_id="delete_host",
-    responses=errors(404),
-    status_code=status.HTTP_204_NO_CONTENT,
-)
+@router.delete("/{name}", operation_id="delete_host", **DELETED)
 def delete_host(
-    name: HostPath,
     session: SessionDep,
     dispatcher: DispatcherDep,
     identities: IdentitiesDep,
     _: Admin,
+    host: HostDep,
 ) -> None:
     """Forget a host and drop its task queue (its past runs stay); its Redis identity stops
     working."""
-    host = service.get(session=session, name=name)
-    if host is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no host {name!r}")
+    name = host.name
     session.delete(host)
     session.commit()
     dispatcher.forget_host(host=name)

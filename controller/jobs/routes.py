@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import Response, StreamingResponse
 
 from controller.api.deps import DispatcherDep, Operator, SessionDep, SettingsDep, Viewer
-from controller.api.params import IdPath, Offset
+from controller.api.params import Offset
+from controller.api.resources import JobDep
 from controller.api.responses import AUTHENTICATED, ModelResponse, errors
 from controller.auth.models import Role
+from controller.errors import TooManyRequests
 from controller.hosts.models import NAME_PATTERN
 from controller.jobs import locks, service
 from controller.jobs.events import EventHub
@@ -62,27 +64,21 @@ def list_jobs(
 
 
 @router.get("/{job_id}", operation_id="get_job", responses=errors(404), response_model=JobPublic)
-def get_job(job_id: IdPath, session: SessionDep, _: Viewer) -> Response:
+def get_job(session: SessionDep, _: Viewer, job: JobDep) -> Response:
     """Show a job with its per-host runs."""
-    job = service.get(session=session, job_id=job_id)
-    if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
     snapshots = service.snapshot_counts(session=session, job=job)
     return ModelResponse(service.to_public(job, snapshots=snapshots))
 
 
 @router.post("/{job_id}/cancel", operation_id="cancel_job", responses=errors(404, 503))
 def cancel_job(
-    job_id: IdPath,
     session: SessionDep,
     dispatcher: DispatcherDep,
     settings: SettingsDep,
     _: Operator,
+    job: JobDep,
 ) -> JobPublic:
     """Stop a job's runs; what they gathered so far is kept."""
-    job = service.get(session=session, job_id=job_id)
-    if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
     service.cancel(
         session=session,
         dispatcher=dispatcher,
@@ -98,11 +94,8 @@ def cancel_job(
     responses=errors(404),
     response_model=JobResults,
 )
-def get_job_results(job_id: IdPath, session: SessionDep, _: Viewer) -> Response:
+def get_job_results(session: SessionDep, _: Viewer, job: JobDep) -> Response:
     """Each host's latest cumulative results, and the fleet merge."""
-    job = service.get(session=session, job_id=job_id)
-    if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
     return ModelResponse(job_results(session=session, job=job))
 
 
@@ -120,17 +113,14 @@ def get_job_results(job_id: IdPath, session: SessionDep, _: Viewer) -> Response:
     },
 )
 def job_events(
-    job_id: IdPath, request: Request, session: SessionDep, settings: SettingsDep, token: Viewer
+    request: Request, session: SessionDep, settings: SettingsDep, token: Viewer, job: JobDep
 ) -> StreamingResponse:
     """Server-Sent Events: state changes and snapshots from the job's start, then live."""
-    if service.get(session=session, job_id=job_id) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
-    token_id = token.id
+    job_id, token_id = job.id, token.id
     session.close()  # the stream holds no connection: each poll opens and closes its own
     slots: StreamSlots = request.app.state.stream_slots
     if not slots.acquire(token_id):
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
+        raise TooManyRequests(
             f"this token has {settings.sse_streams_per_token} event streams open, the most it may"
             " (FLEETTRACE_SSE_STREAMS_PER_TOKEN); close one first",
         )

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
 from fastapi.responses import PlainTextResponse, Response
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from controller.api.deps import SessionDep, Viewer
-from controller.api.params import IdPath
+from controller.api.resources import JobDep, find_job
 from controller.api.responses import AUTHENTICATED, errors, json_safe
+from controller.errors import NotFound
 from controller.hosts.models import NAME_PATTERN
-from controller.jobs import service as jobs
 from controller.jobs.models import Job
 from controller.reports import exports, service, store
 from controller.reports.fleet import ReportInput
@@ -34,11 +35,17 @@ class ReportFormat(str, Enum):
     speedscope = "speedscope"
 
 
-def _job(session: Session, job_id: str) -> Job:
-    job = jobs.get(session=session, job_id=job_id)
-    if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
-    return job
+def digests_later(request: Request, tasks: BackgroundTasks) -> store.Later:
+    """Digests a report made are stored after the answer is sent, in their own session."""
+    sessions: sessionmaker[Session] = request.app.state.sessions
+
+    def later(job_id: str, made: store.Made) -> None:
+        tasks.add_task(store.save, sessions, job_id, made)
+
+    return later
+
+
+Later = Annotated[store.Later, Depends(digests_later)]
 
 
 @router.get(
@@ -59,9 +66,10 @@ def _job(session: Session, job_id: str) -> Job:
     },
 )
 def get_job_report(
-    job_id: IdPath,
     session: SessionDep,
     _: Viewer,
+    job: JobDep,
+    later: Later,
     format: ReportFormat = ReportFormat.json,
     top: int = Query(default=service.TOP, ge=1, le=1000),
     host: str | None = Query(
@@ -76,18 +84,18 @@ def get_job_report(
     Also as Markdown, CSV, a self-contained HTML page, OpenMetrics (histograms), folded stacks
     and speedscope JSON (one sampled profile per host).
     """
-    job = _job(session, job_id)
     if format in (ReportFormat.openmetrics, ReportFormat.folded, ReportFormat.speedscope):
-        with service.gc_paused():
-            return _export(job, store.report_input(session=session, job=job), format, host)
-    report, analysis = service.job_report_with_analysis(session=session, job=job, top=top)
+        data = store.report_input(session=session, job=job, later=later)
+        return _export(job, data, format, host)
+    report, analysis = service.job_report_with_analysis(
+        session=session, job=job, top=top, later=later
+    )
     if format is ReportFormat.md:
         return PlainTextResponse(render_md(report), media_type="text/markdown; charset=utf-8")
     if format is ReportFormat.csv:
         return PlainTextResponse(render_csv(report), media_type="text/csv; charset=utf-8")
     if format is ReportFormat.html:
-        with service.gc_paused():
-            page = render_html(report, analysis, top=top, diff_host=host)
+        page = render_html(report, analysis, top=top, diff_host=host)
         return Response(page, media_type="text/html; charset=utf-8")
     # Serialized here, once: returned as a model, FastAPI would validate it all over again.
     return Response(json_safe(report.model_dump_json()), media_type="application/json")
@@ -100,7 +108,7 @@ def _export(job: Job, data: ReportInput, format: ReportFormat, host: str | None)
     if format is ReportFormat.folded:
         stacks = exports.stacks_of(data, host)
         if stacks is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no host {host} in job {job.id}")
+            raise NotFound(f"no host {host} in job {job.id}")
         return PlainTextResponse(exports.folded(stacks))
     body = json_safe(exports.speedscope(data).model_dump_json(by_alias=True))
     return Response(body, media_type="application/json")
@@ -110,10 +118,13 @@ def _export(job: Job, data: ReportInput, format: ReportFormat, host: str | None)
 def compare_jobs(
     session: SessionDep,
     _: Viewer,
+    later: Later,
     base: str = Query(description="the job before", min_length=1, max_length=64),
     other: str = Query(description="the job after", min_length=1, max_length=64),
 ) -> CompareReport:
     """Two jobs host by host: each metric's base and other value, delta and ratio."""
-    a = service.job_report(session=session, job=_job(session, base))
-    b = service.job_report(session=session, job=_job(session, other))
-    return service.compare(a, b)
+    a, b = (find_job(session=session, job_id=job_id) for job_id in (base, other))
+    return service.compare(
+        service.job_report(session=session, job=a, later=later),
+        service.job_report(session=session, job=b, later=later),
+    )

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import gc
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -255,43 +252,18 @@ def _fleet_hist_stats(s: Series) -> HistogramStats:
     return histogram_stats(merged, None)
 
 
-def job_report(*, session: Session, job: Job, top: int = TOP) -> JobReport:
-    return job_report_with_analysis(session=session, job=job, top=top)[0]
+def job_report(
+    *, session: Session, job: Job, top: int = TOP, later: store.Later | None = None
+) -> JobReport:
+    return job_report_with_analysis(session=session, job=job, top=top, later=later)[0]
 
 
 def job_report_with_analysis(
-    *, session: Session, job: Job, top: int = TOP
+    *, session: Session, job: Job, top: int = TOP, later: store.Later | None = None
 ) -> tuple[JobReport, Analysis]:
-    """The report from the runs' stored digests (made now for runs that have none yet)."""
-    with gc_paused():
-        return build(store.report_input(session=session, job=job), top=top)
-
-
-_gc_lock = threading.Lock()
-_gc_pauses = 0
-_gc_was_enabled = False
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a report allocates its ~10^5 short-lived, acyclic
-    objects: with a 1,000-host job, full collections walking the heap again and again cost
-    more than the report itself (0.7 of 1.3 s). Reference counting still frees everything;
-    any cycles wait for the next collection. Reports overlapping in threads share one pause,
-    which ends with the last of them."""
-    global _gc_pauses, _gc_was_enabled
-    with _gc_lock:
-        if _gc_pauses == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_pauses += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_pauses -= 1
-            if _gc_pauses == 0 and _gc_was_enabled:
-                gc.enable()
+    """The report from the runs' stored digests (made now, in memory, for runs that have none
+    yet: handed to `later` to store)."""
+    return build(store.report_input(session=session, job=job, later=later), top=top)
 
 
 def compare(base: JobReport, other: JobReport) -> CompareReport:
@@ -330,13 +302,4 @@ def compare(base: JobReport, other: JobReport) -> CompareReport:
 
 
 def _cost(stats: SnapshotStats | None) -> HostCost | None:
-    if stats is None:
-        return None
-    return HostCost(
-        overhead_pct=stats.overhead_pct,
-        events_per_s=stats.events_per_s,
-        bpf_run_time_s=stats.bpf_run_time_s,
-        bpf_runs=stats.bpf_runs,
-        agent_cpu_s=stats.agent_cpu_s,
-        events_lost=stats.events_lost,
-    )
+    return None if stats is None else HostCost.model_validate(stats, from_attributes=True)

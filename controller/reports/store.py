@@ -1,4 +1,7 @@
-"""Run digests in the database: written with a run's final snapshot, read by reports."""
+"""Run digests in the database: written by the ingest with a run's final snapshot, read by
+reports. A report that has to digest a newer snapshot does it in memory and hands what it made
+to `later` (the API: a background task that stores it once the answer is sent): reads never
+write."""
 
 from __future__ import annotations
 
@@ -8,8 +11,8 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import ForeignKey, LargeBinary, String, func, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, Session, deferred, mapped_column
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Mapped, Session, deferred, mapped_column, sessionmaker
 
 from controller.db import Base
 from controller.jobs.models import Job, JobState, SnapshotRow
@@ -19,6 +22,11 @@ from controller.reports.fleet import HostInput, ReportInput, constant
 from node_agent.protocol import Result, RunState, SnapshotStats
 
 log = logging.getLogger(__name__)
+
+# Digests made while reading, by run id: (digest, table details).
+Made = dict[str, tuple[dg.RunDigest, list[dg.TableDetail]]]
+# Where a read hands the digests it made: (job id, made).
+Later = Callable[[str, Made], None]
 
 
 class RunDigestRow(Base):
@@ -97,8 +105,9 @@ def _detail_loader(session: Session, run_id: str, seq: int) -> Callable[[], list
     return load
 
 
-def report_input(*, session: Session, job: Job) -> ReportInput:
-    """Every run of the job with its digest (made now where missing or stale) and its span."""
+def report_input(*, session: Session, job: Job, later: Later | None = None) -> ReportInput:
+    """Every run of the job with its digest and its span. Digests missing or older than the
+    run's latest snapshot are made now, in memory, and handed to `later` to be stored."""
     latest = {
         run_id: (seq, end - start if end > start else None)
         for run_id, seq, start, end in session.execute(
@@ -114,15 +123,15 @@ def report_input(*, session: Session, job: Job) -> ReportInput:
     }
     stored = {
         run_id: (seq, body, bytes(arrays))
-        for run_id, seq, body, arrays in _stored_digests(session, job.id)
+        for run_id, seq, body, arrays in digest_rows(session, job_id=job.id)
     }
-    fresh: dict[str, tuple[dg.RunDigest, list[dg.TableDetail]]] = {}
+    fresh: Made = {}
     for run_id, (seq, _) in latest.items():
         have = stored.get(run_id)
         if have is None or have[0] != seq or have[1].get("format") != dg.FORMAT:
             fresh[run_id] = _digest_snapshot(session, run_id, seq)
-    if fresh:
-        keep(session, job.id, fresh)
+    if fresh and later is not None:
+        later(job.id, fresh)
     stats = _last_stats(session, job.id)
     hosts = []
     for run in job.runs:
@@ -163,23 +172,23 @@ def _last_stats(session: Session, job_id: str) -> dict[str, SnapshotStats]:
     return found
 
 
-def _stored_digests(session: Session, job_id: str) -> Sequence[Any]:
-    """(run_id, seq, body, arrays) of the job's digests. On PostgreSQL in binary format: the
-    arrays of 1,000 hosts are ~100 MB, which psycopg's default text format sends as hex
-    (0.24 s against 0.07 s to read them)."""
-    if session.get_bind().dialect.name == "postgresql":
-        driver = session.connection().connection.driver_connection
-        assert driver is not None
-        with driver.cursor(binary=True) as cursor:
-            cursor.execute(
-                "SELECT run_id, seq, body, arrays FROM run_digests WHERE job_id = %s", (job_id,)
-            )
-            rows: list[Any] = cursor.fetchall()
-            return rows
+def digest_rows(session: Session, *, job_id: str) -> Sequence[Sequence[Any]]:
+    """(run_id, seq, body, arrays) of the job's digests. On PostgreSQL the ORM's statement,
+    compiled for its dialect, runs on a binary-format cursor: the arrays of 1,000 hosts are
+    ~100 MB, which psycopg's default text format sends as hex (0.24 s against 0.07 s)."""
     query = select(
         RunDigestRow.run_id, RunDigestRow.seq, RunDigestRow.body, RunDigestRow.arrays
     ).where(RunDigestRow.job_id == job_id)
-    return session.execute(query).all()
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        return session.execute(query).all()
+    compiled = query.compile(dialect=connection.dialect)
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    with driver.cursor(binary=True) as cursor:  # psycopg decodes the JSON body itself
+        cursor.execute(str(compiled), compiled.params)
+        rows: list[tuple[Any, ...]] = cursor.fetchall()
+        return rows
 
 
 def _digest_snapshot(
@@ -191,9 +200,16 @@ def _digest_snapshot(
     return dg.digest(seq, parse_results(raw or []))
 
 
-def keep(
-    session: Session, job_id: str, fresh: dict[str, tuple[dg.RunDigest, list[dg.TableDetail]]]
-) -> None:
+def save(sessions: sessionmaker[Session], job_id: str, made: Made) -> None:
+    """Store digests a report made, in a session of their own (a background task's)."""
+    try:
+        with sessions() as session:
+            keep(session, job_id, made)
+    except SQLAlchemyError:  # a cache: the next report makes them again
+        log.exception("job %s: could not store %d digests made by a report", job_id, len(made))
+
+
+def keep(session: Session, job_id: str, fresh: Made) -> None:
     """Keep digests made while reading (a cache). Never over a newer one: the ingest may have
     stored the final snapshot's digest meanwhile; losing a race to another writer is fine."""
     try:

@@ -31,7 +31,7 @@ def pick(
     for field, job_id in (("base_job", base_job), ("other_job", other_job)):
         if job_id is not None and job_id not in order:
             raise InvalidRequest(
-                f"job {job_id} is not a run of schedule {schedule.name}", field=field
+                f"job {job_id} is not a run of schedule {schedule.name}", loc=("query", field)
             )
     finished = [job_id for job_id, done in runs if done]
     if other_job is None:

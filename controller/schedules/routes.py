@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from enum import Enum
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, Query, Response, status
+from sqlalchemy.orm import Session
 
 from controller.api.deps import DispatcherDep, Operator, SessionDep, SettingsDep, Viewer
-from controller.api.params import IdPath, Offset
-from controller.api.responses import AUTHENTICATED, errors
+from controller.api.params import Offset
+from controller.api.resources import ScheduleDep
+from controller.api.responses import AUTHENTICATED, DELETED, errors
 from controller.errors import InvalidRequest
 from controller.reports.models import CompareReport
 from controller.reports.trend_chart import render_trend_html
@@ -30,13 +32,6 @@ router = APIRouter(prefix="/v1/schedules", tags=["schedules"], responses=AUTHENT
 class TrendFormat(str, Enum):
     json = "json"
     html = "html"
-
-
-def _found(session: SessionDep, schedule_id: str) -> Schedule:
-    schedule = service.get(session=session, schedule_id=schedule_id)
-    if schedule is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no schedule {schedule_id}")
-    return schedule
 
 
 @router.post(
@@ -65,69 +60,59 @@ def list_schedules(
 
 
 @router.get("/{schedule_id}", operation_id="get_schedule", responses=errors(404))
-def get_schedule(schedule_id: IdPath, session: SessionDep, _: Viewer) -> SchedulePublic:
+def get_schedule(session: SessionDep, _: Viewer, schedule: ScheduleDep) -> SchedulePublic:
     """Show a schedule, its next fire time and its recent slots."""
-    return service.to_public(session, _found(session, schedule_id))
+    return service.to_public(session, schedule)
 
 
 @router.patch("/{schedule_id}", operation_id="update_schedule", responses=errors(404))
 def update_schedule(
-    schedule_id: IdPath,
     update_in: ScheduleUpdate,
     session: SessionDep,
     settings: SettingsDep,
     _: Operator,
+    schedule: ScheduleDep,
 ) -> SchedulePublic:
     """Change a schedule's timing, template, retention or policies."""
-    schedule = service.update_schedule(
-        session=session,
-        settings=settings,
-        schedule=_found(session, schedule_id),
-        update_in=update_in,
+    service.update_schedule(
+        session=session, settings=settings, schedule=schedule, update_in=update_in
     )
     return service.to_public(session, schedule)
 
 
-@router.delete(
-    "/{schedule_id}",
-    operation_id="delete_schedule",
-    responses=errors(404),
-    status_code=status.HTTP_204_NO_CONTENT,
-)
-def delete_schedule(schedule_id: IdPath, session: SessionDep, _: Operator) -> Response:
+@router.delete("/{schedule_id}", operation_id="delete_schedule", **DELETED)
+def delete_schedule(session: SessionDep, _: Operator, schedule: ScheduleDep) -> Response:
     """Delete a schedule; the jobs it made are kept."""
-    service.remove(session=session, schedule=_found(session, schedule_id))
+    service.remove(session=session, schedule=schedule)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{schedule_id}/pause", operation_id="pause_schedule", responses=errors(404))
-def pause_schedule(schedule_id: IdPath, session: SessionDep, _: Operator) -> SchedulePublic:
+def pause_schedule(session: SessionDep, _: Operator, schedule: ScheduleDep) -> SchedulePublic:
     """Stop firing until resumed."""
-    schedule = service.set_enabled(
-        session=session, schedule=_found(session, schedule_id), enabled=False
-    )
-    return service.to_public(session, schedule)
+    return _enabled(session, schedule, False)
 
 
 @router.post("/{schedule_id}/resume", operation_id="resume_schedule", responses=errors(404))
-def resume_schedule(schedule_id: IdPath, session: SessionDep, _: Operator) -> SchedulePublic:
+def resume_schedule(session: SessionDep, _: Operator, schedule: ScheduleDep) -> SchedulePublic:
     """Fire again from the next slot after now; paused slots are not replayed."""
-    schedule = service.set_enabled(
-        session=session, schedule=_found(session, schedule_id), enabled=True
-    )
+    return _enabled(session, schedule, True)
+
+
+def _enabled(session: Session, schedule: Schedule, enabled: bool) -> SchedulePublic:
+    service.set_enabled(session=session, schedule=schedule, enabled=enabled)
     return service.to_public(session, schedule)
 
 
 @router.post("/{schedule_id}/run", operation_id="run_schedule", responses=errors(404))
 def run_schedule(
-    schedule_id: IdPath,
     session: SessionDep,
     settings: SettingsDep,
     dispatcher: DispatcherDep,
     _: Operator,
+    schedule: ScheduleDep,
 ) -> SchedulePublic:
     """Fire the template once now, outside the timetable."""
-    schedule = _found(session, schedule_id)
     service.run_now(session=session, settings=settings, dispatcher=dispatcher, schedule=schedule)
     return service.to_public(session, schedule)
 
@@ -139,9 +124,9 @@ def run_schedule(
     responses={**errors(404), 200: {"content": {"text/html": {}}}},
 )
 def get_schedule_trend(
-    schedule_id: IdPath,
     session: SessionDep,
     _: Viewer,
+    schedule: ScheduleDep,
     metric: str = Query(
         description="p99:HIST, count:HIST, total:TABLE, rate:TABLE, key:TABLE:KEY", max_length=256
     ),
@@ -152,12 +137,10 @@ def get_schedule_trend(
 
     Also as a self-contained HTML page: a line chart per host and the table of values.
     """
-    schedule = _found(session, schedule_id)
     try:
         parsed = Metric.parse(metric)
     except BadMetric as exc:
-        detail = [{"loc": ["query", "metric"], "msg": str(exc), "type": "value_error"}]
-        raise HTTPException(422, detail) from None
+        raise InvalidRequest(str(exc), loc=("query", "metric")) from None
     found = trend(session=session, schedule=schedule, metric=parsed, raw=metric, limit=limit)
     if format is TrendFormat.html:
         page = render_trend_html(found, schedule.name)
@@ -169,9 +152,9 @@ def get_schedule_trend(
     "/{schedule_id}/compare", operation_id="compare_schedule_runs", responses=errors(404, 409)
 )
 def compare_schedule_runs(
-    schedule_id: IdPath,
     session: SessionDep,
     _: Viewer,
+    schedule: ScheduleDep,
     base_job: str | None = Query(
         default=None, description="default: the run before other_job", max_length=64
     ),
@@ -180,11 +163,4 @@ def compare_schedule_runs(
     ),
 ) -> CompareReport:
     """Two runs of the schedule host by host (by default its last two finished runs)."""
-    schedule = _found(session, schedule_id)
-    try:
-        return compare_runs(
-            session=session, schedule=schedule, base_job=base_job, other_job=other_job
-        )
-    except InvalidRequest as exc:
-        detail = [{"loc": ["query", exc.field], "msg": exc.message, "type": "value_error"}]
-        raise HTTPException(422, detail) from None
+    return compare_runs(session=session, schedule=schedule, base_job=base_job, other_job=other_job)

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from node_agent.wire import host_queue
 from tests.controller.conftest import RecordingDispatcher, Tokens
-from tests.controller.support import field_paths, register_host
+from tests.controller.support import field_paths, register_host, submit
 
 HOST = "bounds-host"
 HUGE = 9223372036854775808  # 2**63: past SQLite's integer
@@ -128,7 +128,7 @@ BAD: dict[str, tuple[str, str, Any, str]] = {
     "host name in a job filter": ("GET", "/v1/jobs?host=bad%0Aname", None, "query.host"),
     "host name in a report": (
         "GET",
-        "/v1/jobs/00000000-0000-0000-0000-000000000000/report?host=%1b",
+        "/v1/jobs/{job}/report?host=%1b",
         None,
         "query.host",
     ),
@@ -141,16 +141,24 @@ def host(client: TestClient, tokens: Tokens) -> str:
     return HOST
 
 
+@pytest.fixture(scope="module")
+def job(client: TestClient, tokens: Tokens, host: str) -> str:
+    """A job that exists: a route looks its resource up before it reads its query."""
+    found: str = submit(client, tokens.headers("operator"), targets={"hosts": [host]})["id"]
+    return found
+
+
 @pytest.mark.parametrize(("method", "url", "body", "field"), list(BAD.values()), ids=list(BAD))
 def test_an_out_of_bounds_field_is_a_422_naming_it(
     client: TestClient,
     tokens: Tokens,
-    host: str,
+    job: str,
     method: str,
     url: str,
     body: Any,
     field: str,
 ) -> None:
+    url = url.replace("{job}", job)
     answer = client.request(method, url, json=body, headers=tokens.headers("admin"))
     assert answer.status_code == 422, answer.text
     assert field in field_paths(answer), answer.text

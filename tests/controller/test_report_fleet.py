@@ -8,10 +8,8 @@ js_divergence. No database, Redis or root. The edge cases at the end were bugs o
 
 from __future__ import annotations
 
-import gc
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -31,7 +29,7 @@ from controller.reports.fleet import (
 )
 from controller.reports.models import JobReport
 from controller.reports.outliers import key_text
-from controller.reports.service import build_report, gc_paused
+from controller.reports.service import build_report
 from node_agent.protocol import (
     CounterTable,
     FoldedStacks,
@@ -597,48 +595,6 @@ def test_series_js_is_each_hosts_divergence_from_the_fleet() -> None:
     assert dg.sparse(series.fleet) == sorted(fleet.items())
     want = [js_divergence(b, list(fleet.items())) for b in per.values()]
     assert series.js.tolist() == pytest.approx(want, abs=1e-12)
-
-
-# -- gc_paused() -------------------------------------------------------------------------------
-
-
-@contextmanager
-def _gc_state(enabled: bool) -> Iterator[None]:
-    was = gc.isenabled()
-    (gc.enable if enabled else gc.disable)()
-    try:
-        yield
-    finally:
-        (gc.enable if was else gc.disable)()
-
-
-def test_gc_paused_restores_the_collector() -> None:
-    with _gc_state(True):
-        with gc_paused():
-            assert not gc.isenabled()
-            with gc_paused():
-                assert not gc.isenabled()
-            assert not gc.isenabled()
-        assert gc.isenabled()
-        with pytest.raises(RuntimeError), gc_paused():
-            raise RuntimeError
-        assert gc.isenabled()
-    with _gc_state(False):
-        with gc_paused():
-            pass
-        assert not gc.isenabled()
-
-
-def test_gc_paused_overlapping_reports_keep_the_pause() -> None:
-    with _gc_state(True):
-        first, second = gc_paused(), gc_paused()
-        first.__enter__()
-        second.__enter__()
-        try:
-            first.__exit__(None, None, None)
-            assert not gc.isenabled(), "the second report is still inside gc_paused"
-        finally:
-            second.__exit__(None, None, None)
 
 
 # -- edge cases (bugs once) ---------------------------------------------------------------

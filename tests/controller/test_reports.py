@@ -7,21 +7,25 @@ import io
 import json
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine, event, select, update
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
+from controller.api.deps import get_session
 from controller.cli.errors import CliError
 from controller.cli.main import build_parser
 from controller.ingest.consumer import Ingest
 from controller.jobs.models import SnapshotRow
 from controller.reports import store
 from controller.reports.digest import digest
+from controller.reports.routes import ReportFormat
 from controller.reports.store import RunDigestRow
 from controller.settings import Settings
 from node_agent.protocol import Log2Histogram, Result, Snapshot, SnapshotStats
@@ -314,3 +318,90 @@ def test_a_report_says_what_the_trace_cost_each_host(
     assert f"| {names[1]} |" not in md.split("## What the trace cost each host")[1]
     html = client.get(f"/v1/jobs/{job['id']}/report?format=html", headers=viewer).text
     assert "What the trace cost each host" in html and "1.25 %" in html
+
+
+@contextmanager
+def statements(engine: Engine) -> Iterator[list[str]]:
+    """The SQL the engine sends while the block runs."""
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+
+
+def writes(seen: list[str]) -> list[str]:
+    return [s for s in seen if s.split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE")]
+
+
+def test_a_report_in_every_format_writes_nothing(
+    app: FastAPI, client: TestClient, tokens: Tokens, feeder: Feeder
+) -> None:
+    """The ingest stored every digest and the token's use was noted less than a minute ago:
+    the reports and a comparison send the database not one INSERT, UPDATE or DELETE."""
+    job_id, _ = _fleet_job(client, tokens, feeder, hot=5000)
+    viewer = tokens.headers("viewer")
+    assert client.get(f"/v1/jobs/{job_id}", headers=viewer).status_code == 200
+    with statements(app.state.engine) as seen:
+        for format in ReportFormat:
+            answer = client.get(f"/v1/jobs/{job_id}/report?format={format.value}", headers=viewer)
+            assert answer.status_code == 200, (format, answer.text)
+        compare = client.get(f"/v1/reports/compare?base={job_id}&other={job_id}", headers=viewer)
+        assert compare.status_code == 200, compare.text
+    assert any(s.lstrip().upper().startswith("SELECT") for s in seen)
+    assert writes(seen) == []
+
+
+def _refuse(*_: Any) -> None:
+    raise AssertionError("a GET wrote through the request's session")
+
+
+def _refuse_writes(state: ORMExecuteState) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        _refuse()
+
+
+def test_a_report_digests_a_live_job_in_memory_and_stores_it_after_answering(
+    app: FastAPI,
+    client: TestClient,
+    tokens: Tokens,
+    feeder: Feeder,
+    sessions: sessionmaker[Session],
+) -> None:
+    """No digest stored yet: the report makes them in memory, its session neither flushes,
+    writes nor commits, and a background task stores them once the answer is sent."""
+    names = [f"live{uuid.uuid4().hex[:6]}-{i}" for i in range(2)]
+    for name in names:
+        register_host(client, tokens.headers("admin"), name)
+    job = submit(client, tokens.headers("operator"), targets={"hosts": names}, program="runqlat")
+    runs = {r["host"]: r["id"] for r in job["runs"]}
+    for name in names:
+        feeder(name, state(runs[name], "running"), job_id=job["id"])
+        feeder(name, snapshot(runs[name], 0, [counters("opens", {"/etc/hosts": 5})]))
+    viewer = tokens.headers("viewer")
+    assert client.get(f"/v1/jobs/{job['id']}", headers=viewer).status_code == 200
+
+    def read_only() -> Iterator[Session]:
+        with app.state.sessions() as session:
+            event.listen(session, "before_flush", _refuse)
+            event.listen(session, "before_commit", _refuse)
+            event.listen(session, "do_orm_execute", _refuse_writes)
+            yield session
+
+    app.dependency_overrides[get_session] = read_only
+    try:
+        for format in ("json", "openmetrics"):
+            answer = client.get(f"/v1/jobs/{job['id']}/report?format={format}", headers=viewer)
+            assert answer.status_code == 200, answer.text
+    finally:
+        del app.dependency_overrides[get_session]
+    with sessions() as session:
+        rows = session.execute(
+            select(RunDigestRow.run_id, RunDigestRow.seq).where(RunDigestRow.job_id == job["id"])
+        )
+        assert {run_id: seq for run_id, seq in rows} == {runs[n]: 0 for n in names}
