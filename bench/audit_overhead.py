@@ -26,11 +26,12 @@ from typing import Any
 
 import httpx
 import uvicorn
-from _stack import create_token, database, free_port, wait_for
+from _stack import create_token, database
 from fastapi import FastAPI
 
 from controller.app import create_app
 from controller.audit.middleware import AuditMiddleware
+from controller.devstack.harness import free_port, wait_for
 from controller.settings import Settings
 
 

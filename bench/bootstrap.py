@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import httpx
 
 from controller.bootstrap.artifacts import Artifacts, TargetPlatform
 from controller.devstack import HostSpec, Stack, StackConfig, down, sshd
+from controller.devstack.harness import free_port
 from controller.devstack.stack import artifacts_dir
 
 FINAL = {"succeeded", "failed", "cancelled"}
@@ -42,12 +42,6 @@ OPTIONS = {"heartbeat_s": 1}
 def say(text: str) -> None:
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def local_target() -> TargetPlatform:

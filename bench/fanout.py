@@ -29,19 +29,16 @@ import base64
 import contextlib
 import json
 import os
-import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import _main
 import httpx
 import redis
 from _stack import (
@@ -49,17 +46,15 @@ from _stack import (
     add_host,
     create_token,
     database,
-    print_log_tails,
     redis_server,
     serve,
-    stop_process,
     trusted_keys_file,
-    wait_for,
 )
 from sqlalchemy import func, select
 
 from controller.cli.http import parse_sse
 from controller.db import make_engine, make_sessionmaker
+from controller.devstack.harness import stop_process, wait_for
 from controller.jobs.models import Job, Run
 from node_agent.protocol import (
     CounterTable,
@@ -483,18 +478,14 @@ def _joined(base: str, admin: str, hosts: int, identities: Path, log: Any) -> An
     yield
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
 def summarize(rounds: list[Round], bases: list[Baseline], meta: dict[str, Any]) -> dict[str, Any]:
     fields = ("post", "first_event", "last_event", "final", "seen", "total", "results")
-    medians = {f: _median([getattr(r, f) for r in rounds]) for f in fields}
+    medians = {f: _main.median([getattr(r, f) for r in rounds]) for f in fields}
     base = {
-        "send_task_s": _median([b.send_task_s for b in bases]),
-        "xadd_s": _median([b.xadd_s for b in bases]),
-        "read_ack_s": _median([b.read_ack_s for b in bases]),
-        "total_s": _median([b.total_s for b in bases]),
+        "send_task_s": _main.median([b.send_task_s for b in bases]),
+        "xadd_s": _main.median([b.xadd_s for b in bases]),
+        "read_ack_s": _main.median([b.read_ack_s for b in bases]),
+        "total_s": _main.median([b.total_s for b in bases]),
     }
     return {
         "benchmark": "fanout",
@@ -544,12 +535,9 @@ def print_table(summary: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _main.options(__doc__, rounds=5, rounds_help="jobs to time (median taken)", db=True)
     parser.add_argument("--hosts", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=5, help="jobs to time (median taken)")
     parser.add_argument("--concurrency", type=int, default=8, help="emulator threads")
-    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
-    parser.add_argument("--json", action="store_true", help="print one JSON document instead")
     parser.add_argument("--emulate", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     parser.add_argument("--capabilities", type=Path, help=argparse.SUPPRESS)
@@ -559,72 +547,56 @@ def main() -> int:
         emulate(args.redis_url, args.hosts, args.concurrency, args.capabilities, args.identities)
         return 0
 
-    def log(line: str) -> None:
-        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
-
-    workdir = Path(tempfile.mkdtemp(prefix="ft-bench-fanout-"))
+    log = _main.progress(args)
     rounds: list[Round] = []
     bases: list[Baseline] = []
-    try:
-        with redis_server(workdir) as redis_url, database(args.db, workdir) as database_url:
-            token = create_token(database_url, "operator")
-            admin = create_token(database_url, "admin")
-            engine = make_engine(database_url)
-            sessions = make_sessionmaker(engine)
-            client = redis.Redis.from_url(client_url(redis_url))
-            try:
-                identities = workdir / "identities.json"
-                with (
-                    open(workdir / "serve.log", "wb") as serve_log,
-                    open(workdir / "fleet.log", "wb") as fleet_log,
-                    serve(workdir, database_url, redis_url, serve_log) as base,
-                    _joined(base, admin, args.hosts, identities, log),
-                    fleet(redis_url, args.hosts, args.concurrency, workdir, fleet_log, identities),
-                    httpx.Client(
-                        base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
-                    ) as api,
-                ):
-                    log(f"stack up ({args.db}); waiting for {args.hosts} hosts to heartbeat")
+    with (
+        _main.scratch("ft-bench-fanout-") as workdir,
+        redis_server(workdir) as redis_url,
+        database(args.db, workdir) as database_url,
+    ):
+        token = create_token(database_url, "operator")
+        admin = create_token(database_url, "admin")
+        engine = make_engine(database_url)
+        sessions = make_sessionmaker(engine)
+        client = redis.Redis.from_url(client_url(redis_url))
+        try:
+            identities = workdir / "identities.json"
+            with (
+                open(workdir / "serve.log", "wb") as serve_log,
+                open(workdir / "fleet.log", "wb") as fleet_log,
+                serve(workdir, database_url, redis_url, serve_log) as base,
+                _joined(base, admin, args.hosts, identities, log),
+                fleet(redis_url, args.hosts, args.concurrency, workdir, fleet_log, identities),
+                httpx.Client(
+                    base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
+                ) as api,
+            ):
+                log(f"stack up ({args.db}); waiting for {args.hosts} hosts to heartbeat")
 
-                    def all_online() -> bool:
-                        data = api.get("/v1/hosts").json()["data"]
-                        return sum(h["state"] == "online" for h in data) >= args.hosts
+                def all_online() -> bool:
+                    data = api.get("/v1/hosts").json()["data"]
+                    return sum(h["state"] == "online" for h in data) >= args.hosts
 
-                    wait_for(all_online, 120, f"{args.hosts} hosts online", every_s=0.5)
-                    time.sleep(1.0)  # let the emulator's worker finish binding its queues
-                    one_round(api, sessions, client, args.hosts)
-                    log("warm-up job done")
-                    for i in range(args.rounds):
-                        r = one_round(api, sessions, client, args.hosts)
-                        rounds.append(r)
-                        bases.append(baseline(redis_url, args.hosts))
-                        log(
-                            f"round {i + 1}/{args.rounds}: {r.total:.3f} s "
-                            f"(baseline {bases[-1].total_s:.3f} s)"
-                        )
-            finally:
-                client.close()
-                engine.dispose()
-    except BaseException:
-        print_log_tails(workdir)
-        raise
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    meta = {
-        "program": PROGRAM,
-        "hosts": args.hosts,
-        "concurrency": args.concurrency,
-        "db": args.db,
-        "kernel": os.uname().release,
-        "cpus": os.cpu_count(),
-        "at": datetime.now().isoformat(timespec="seconds"),
-    }
-    summary = summarize(rounds, bases, meta)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print_table(summary)
-    return 0
+                wait_for(all_online, 120, f"{args.hosts} hosts online", every_s=0.5)
+                time.sleep(1.0)  # let the emulator's worker finish binding its queues
+                one_round(api, sessions, client, args.hosts)
+                log("warm-up job done")
+                for i in range(args.rounds):
+                    r = one_round(api, sessions, client, args.hosts)
+                    rounds.append(r)
+                    bases.append(baseline(redis_url, args.hosts))
+                    log(
+                        f"round {i + 1}/{args.rounds}: {r.total:.3f} s "
+                        f"(baseline {bases[-1].total_s:.3f} s)"
+                    )
+        finally:
+            client.close()
+            engine.dispose()
+    meta = _main.machine(
+        program=PROGRAM, hosts=args.hosts, concurrency=args.concurrency, db=args.db
+    )
+    return _main.finish(args, summarize(rounds, bases, meta), print_table)
 
 
 if __name__ == "__main__":

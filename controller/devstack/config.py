@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from controller.devstack.harness import REDIS_USER
 from controller.devstack.workload import MODES
 
 DEFAULT_STATE_DIR = Path("/run/fleettrace-dev")
@@ -16,7 +17,6 @@ HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 MAX_HOSTS = 32
 # Unix socket paths are limited to 108 bytes (sun_path).
 MAX_SOCKET_PATH = 100
-REDIS_USER = "fleettrace"
 
 
 class DevstackError(Exception):

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,13 +19,8 @@ from pathlib import Path
 
 from controller.bootstrap.ssh import SshTarget, Timeouts
 from controller.devstack import HostSpec, Stack, StackConfig, down, sshd
+from controller.devstack.harness import free_port
 from controller.devstack.system import make_netns, remove_netns
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def stack_config(

@@ -1,11 +1,10 @@
-"""Helpers for controller tests: polling, process control, answers' field names, event factories."""
+"""Helpers for controller tests: the harness's polling and process control, answers' field
+names, API shortcuts, event factories."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -13,6 +12,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from controller.devstack.harness import clean_env as clean_env
+from controller.devstack.harness import free_port as free_port
+from controller.devstack.harness import stop_process as stop_process
+from controller.devstack.harness import wait_for as wait_for
 from node_agent.protocol import (
     CounterTable,
     Feature,
@@ -37,37 +40,6 @@ def missing(what: str) -> None:
     if IN_CI:
         pytest.fail(f"CI requires {what}")
     pytest.skip(f"needs {what}")
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    """Poll until check() is truthy and return that value; fail naming what did not happen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(every)
-
-
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
-    """Terminate, then kill the whole process group if it does not go in time."""
-    if proc.poll() is None:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=timeout)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without FLEETTRACE_* settings leaking into children."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETTRACE_")}
-    env.update(extra)
-    return env
 
 
 def field_paths(answer: Any) -> list[str]:
@@ -135,8 +107,8 @@ def wait_job(
         return job if done(job) else None
 
     try:
-        result: dict[str, Any] = wait_for(check, timeout, what, every=0.05)
-    except AssertionError as exc:
+        result: dict[str, Any] = wait_for(check, timeout, what)
+    except TimeoutError as exc:
         raise AssertionError(f"{exc}; job now: {get_job(client, headers, job_id)}") from None
     return result
 

@@ -866,7 +866,7 @@ def test_a_run_goes_through_the_controller_queue_to_the_worker(
                 found = session.get(BootstrapRun, run_id)
                 return found if found is not None and RunState(found.state).final else None
 
-        done = wait_for(finished, 60, "the worker to finish the run", every=0.2)
+        done = wait_for(finished, 60, "the worker to finish the run", every_s=0.2)
         # Remote control is off: no answer to a ping, and a shutdown broadcast stops nothing.
         control = CeleryBootstrapQueue(redis_url).celery
         assert control.control.ping(timeout=1.0) == []

@@ -93,8 +93,7 @@ class AgentStub:
         assert self.sessions is not None and self.settings is not None
         ingest = Ingest(self.settings, self.sessions, None)  # type: ignore[arg-type]
         with self.sessions() as session:
-            for item in envelopes:
-                ingest.apply(session, item)
+            ingest.apply(session, envelopes)
             session.commit()
 
 

@@ -68,10 +68,8 @@ def running_job(
     for name in names:
         register_host(client, tokens.headers("admin"), name)
     with sessions() as session:
-        for name in names:
-            ingest.apply(
-                session, StreamEnvelope(host=name, event=Heartbeat(host=name, agent_version="t"))
-            )
+        beats = [Heartbeat(host=name, agent_version="t") for name in names]
+        ingest.apply(session, [StreamEnvelope(host=b.host, event=b) for b in beats])
         session.commit()
     job = submit(
         client, tokens.headers("operator"), targets={"hosts": names}, duration_s=DURATION_S
@@ -80,7 +78,7 @@ def running_job(
     with sessions() as session:
         for host, run_id in runs.items():
             envelope = StreamEnvelope(host=host, job_id=job["id"], event=state(run_id, "running"))
-            ingest.apply(session, envelope)
+            ingest.apply(session, [envelope])
         session.commit()
     return job["id"], runs
 
@@ -165,7 +163,7 @@ def test_two_batches_ending_one_jobs_runs_at_once_end_the_job_once(
 
     def ended(ingest: Ingest, host: str, run_id: str) -> Callable[[Session], None]:
         envelope = StreamEnvelope(host=host, job_id=job_id, event=state(run_id, "succeeded"))
-        return lambda session: ingest._apply_batch(session, [envelope])
+        return lambda session: ingest.apply(session, [envelope])
 
     overlap(sessions, ended(a, one, first_run), ended(b, two, second_run))
 
@@ -248,7 +246,7 @@ def test_a_cancel_racing_a_final_state_ends_the_job_once(
             heartbeat_timeout_s=settings.heartbeat_timeout_s,
         )
 
-    overlap(sessions, lambda session: a._apply_batch(session, [envelope]), cancel)
+    overlap(sessions, lambda session: a.apply(session, [envelope]), cancel)
 
     states = [event["state"] for event in events(sessions, job_id, "state")]
     assert states == ["pending", "running", "succeeded"], states

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -21,7 +20,7 @@ from controller.devstack.system import NETNS_DIR, cgroup_path
 from controller.keys.store import KeyStore
 from node_agent.scope import cgroup2_mount
 from node_agent.signing import parse_trusted_keys
-from tests.controller.support import wait_for
+from tests.controller.support import free_port, wait_for
 
 pytestmark = pytest.mark.bcc
 
@@ -31,12 +30,6 @@ HOSTS = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tag = os.getpid() % 10_000
@@ -44,7 +37,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     config = StackConfig(
         state_dir=tmp_path_factory.mktemp("devstack"),
         hosts=HOSTS,
-        port=_free_port(),
+        port=free_port(),
         netns_prefix=f"ftt{tag}-",
         link_prefix=f"ftt{tag}v",
         cgroup_parent=f"fleettrace-test-{os.getpid()}-devstack",
