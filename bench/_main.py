@@ -29,16 +29,22 @@ DBS = ("sqlite", "postgresql")
 
 
 def options(
-    doc: str | None, *, rounds: int | None = None, rounds_help: str = "", db: bool = False
+    doc: str | None,
+    *,
+    rounds: int | None = None,
+    rounds_help: str = "",
+    db: bool = False,
+    as_json: bool = True,
 ) -> argparse.ArgumentParser:
-    """The benchmark's parser, its description the docstring's first paragraph; --json always,
-    --rounds and --db (sqlite or postgresql) when asked for."""
+    """The benchmark's parser, its description the docstring's first paragraph; --json unless
+    the benchmark only prints, --rounds and --db (sqlite or postgresql) when asked for."""
     parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     if rounds is not None:
         parser.add_argument("--rounds", type=int, default=rounds, help=rounds_help or None)
     if db:
         parser.add_argument("--db", choices=DBS, default="sqlite")
-    parser.add_argument("--json", action="store_true", help="print one JSON document instead")
+    if as_json:
+        parser.add_argument("--json", action="store_true", help="print one JSON document instead")
     return parser
 
 

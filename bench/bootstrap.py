@@ -16,8 +16,6 @@ it; per step, the durations recorded by the controller.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import statistics
@@ -27,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _main
 import httpx
 
 from controller.bootstrap.artifacts import Artifacts, TargetPlatform
@@ -209,20 +208,14 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _main.options(__doc__, rounds=2)
     parser.add_argument("--hosts", type=int, default=4, help="hosts bootstrapped at once (4)")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if os.geteuid() != 0:
         say("needs root (namespaces, cgroups, sshd, bcc)")
         return 1
     result = run(args.hosts, args.rounds)
-    if args.json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    else:
-        sys.stdout.write(table(result) + "\n")
-    return 0
+    return _main.finish(args, result, lambda summary: print(table(summary)))
 
 
 if __name__ == "__main__":
