@@ -23,7 +23,10 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+M = TypeVar("M")
+B = TypeVar("B")
 
 DBS = ("sqlite", "postgresql")
 
@@ -55,6 +58,36 @@ def progress(args: argparse.Namespace) -> Callable[[str], None]:
         print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
 
     return log
+
+
+def start(
+    parser: argparse.ArgumentParser, *, root: bool = False
+) -> tuple[argparse.Namespace, Callable[[str], None]]:
+    """The parsed options and the progress function; exits 2 without root when it is needed."""
+    args = parser.parse_args()
+    if root and not_root():
+        raise SystemExit(2)
+    return args, progress(args)
+
+
+def side_by_side(
+    count: int,
+    measure: Callable[[], M],
+    baseline: Callable[[], B],
+    log: Callable[[str], None],
+    line: Callable[[M, B], str],
+) -> tuple[list[M], list[B]]:
+    """One warm-up measurement, then `count` rounds of ours followed by its baseline: drift
+    and other load hit both alike."""
+    measure()
+    log("warm-up done")
+    ours: list[M] = []
+    base: list[B] = []
+    for i in range(count):
+        ours.append(measure())
+        base.append(baseline())
+        log(f"round {i + 1}/{count}: {line(ours[-1], base[-1])}")
+    return ours, base
 
 
 def not_root() -> bool:

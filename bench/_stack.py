@@ -12,13 +12,18 @@ import contextlib
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import _main
 import httpx
+import redis
+from sqlalchemy.orm import Session, sessionmaker
 
 from controller.devstack import harness
 from controller.devstack.harness import clean_env, free_port, stop_process, wait_for
+from node_agent.wire import client_url
 
 BIN = Path(sys.executable).parent
 
@@ -167,3 +172,50 @@ def agent_worker(host: str, redis_url: str, log: IO[bytes], workdir: Path) -> It
         yield
     finally:
         stop_process(proc, timeout_s=30)
+
+
+@dataclass
+class Controller:
+    """What a controller benchmark's stack starts from: its Redis, its database, two tokens."""
+
+    workdir: Path
+    redis_url: str
+    database_url: str
+    operator: str
+    admin: str
+
+    @contextlib.contextmanager
+    def readers(self) -> Iterator[tuple[sessionmaker[Session], redis.Redis]]:
+        """Direct reads of the database and Redis (what the API does not show), closed after."""
+        from controller.db import make_engine, make_sessionmaker
+
+        engine = make_engine(self.database_url)
+        client = redis.Redis.from_url(client_url(self.redis_url))
+        try:
+            yield make_sessionmaker(engine), client
+        finally:
+            client.close()
+            engine.dispose()
+
+
+@contextlib.contextmanager
+def controller(prefix: str, db: str) -> Iterator[Controller]:
+    """A scratch dir with Redis and a migrated database in it (log tails on failure)."""
+    with (
+        _main.scratch(prefix) as workdir,
+        redis_server(workdir) as redis_url,
+        database(db, workdir) as database_url,
+    ):
+        operator = create_token(database_url, "operator")
+        admin = create_token(database_url, "admin")
+        yield Controller(workdir, redis_url, database_url, operator, admin)
+
+
+def wait_online(api: httpx.Client, hosts: int, timeout_s: float = 120) -> None:
+    """Until `hosts` hosts are online (each has heartbeated)."""
+
+    def all_online() -> bool:
+        data = api.get("/v1/hosts").json()["data"]
+        return sum(h["state"] == "online" for h in data) >= hosts
+
+    wait_for(all_online, timeout_s, f"{hosts} hosts online", every_s=0.5)

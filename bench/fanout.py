@@ -41,20 +41,12 @@ from typing import Any
 import _main
 import httpx
 import redis
-from _stack import (
-    BIN,
-    add_host,
-    create_token,
-    database,
-    redis_server,
-    serve,
-    trusted_keys_file,
-)
+from _baselines import raw_streams
+from _stack import BIN, add_host, controller, serve, trusted_keys_file, wait_online
 from sqlalchemy import func, select
 
 from controller.cli.http import parse_sse
-from controller.db import make_engine, make_sessionmaker
-from controller.devstack.harness import stop_process, wait_for
+from controller.devstack.harness import stop_process
 from controller.jobs.models import Job, Run
 from node_agent.protocol import (
     CounterTable,
@@ -279,28 +271,9 @@ def baseline(redis_url: str, hosts: int) -> Baseline:
                 StreamEnvelope(host=host, job_id="bench", event=event).model_dump_json()
             )
     streams = [f"bench:fanout:raw:{host_name(i)}" for i in range(hosts)]
-    pipe = client.pipeline(transaction=False)
-    for stream in streams:
-        pipe.delete(stream)
-        pipe.xgroup_create(stream, "g", id="0", mkstream=True)
-    pipe.execute()
-    t0 = time.perf_counter()
-    for i, payload in enumerate(payloads):
-        client.xadd(streams[i // 3], {"data": payload})
-    xadd_s = time.perf_counter() - t0
-    reading: Any = {stream: ">" for stream in streams}
-    per_stream = max(1, 200 // hosts)  # XREADGROUP's COUNT is per stream, as ingest asks
-    t0 = time.perf_counter()
-    read = 0
-    while read < len(payloads):
-        reply = client.xreadgroup("g", "c", reading, count=per_stream, block=1000)
-        pipe = client.pipeline(transaction=False)
-        for stream, entries in reply or []:
-            pipe.xack(stream, "g", *[entry_id for entry_id, _ in entries])
-            read += len(entries)
-        pipe.execute()
-    read_s = time.perf_counter() - t0
-    client.delete(*streams)
+    items = [(streams[i // 3], payload) for i, payload in enumerate(payloads)]
+    # XREADGROUP's COUNT is per stream, as ingest asks
+    xadd_s, read_s = raw_streams(client, items, per_stream=max(1, 200 // hosts))
     client.close()
     return Baseline(send_task_s=send_s, xadd_s=xadd_s, read_ack_s=read_s)
 
@@ -542,57 +515,34 @@ def main() -> int:
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     parser.add_argument("--capabilities", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--identities", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args, log = _main.start(parser)
     if args.emulate:
         emulate(args.redis_url, args.hosts, args.concurrency, args.capabilities, args.identities)
         return 0
-
-    log = _main.progress(args)
-    rounds: list[Round] = []
-    bases: list[Baseline] = []
-    with (
-        _main.scratch("ft-bench-fanout-") as workdir,
-        redis_server(workdir) as redis_url,
-        database(args.db, workdir) as database_url,
-    ):
-        token = create_token(database_url, "operator")
-        admin = create_token(database_url, "admin")
-        engine = make_engine(database_url)
-        sessions = make_sessionmaker(engine)
-        client = redis.Redis.from_url(client_url(redis_url))
-        try:
-            identities = workdir / "identities.json"
-            with (
-                open(workdir / "serve.log", "wb") as serve_log,
-                open(workdir / "fleet.log", "wb") as fleet_log,
-                serve(workdir, database_url, redis_url, serve_log) as base,
-                _joined(base, admin, args.hosts, identities, log),
-                fleet(redis_url, args.hosts, args.concurrency, workdir, fleet_log, identities),
-                httpx.Client(
-                    base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
-                ) as api,
-            ):
-                log(f"stack up ({args.db}); waiting for {args.hosts} hosts to heartbeat")
-
-                def all_online() -> bool:
-                    data = api.get("/v1/hosts").json()["data"]
-                    return sum(h["state"] == "online" for h in data) >= args.hosts
-
-                wait_for(all_online, 120, f"{args.hosts} hosts online", every_s=0.5)
-                time.sleep(1.0)  # let the emulator's worker finish binding its queues
-                one_round(api, sessions, client, args.hosts)
-                log("warm-up job done")
-                for i in range(args.rounds):
-                    r = one_round(api, sessions, client, args.hosts)
-                    rounds.append(r)
-                    bases.append(baseline(redis_url, args.hosts))
-                    log(
-                        f"round {i + 1}/{args.rounds}: {r.total:.3f} s "
-                        f"(baseline {bases[-1].total_s:.3f} s)"
-                    )
-        finally:
-            client.close()
-            engine.dispose()
+    with controller("ft-bench-fanout-", args.db) as stack:
+        workdir = stack.workdir
+        identities = workdir / "identities.json"
+        with (
+            stack.readers() as (sessions, client),
+            open(workdir / "serve.log", "wb") as serve_log,
+            open(workdir / "fleet.log", "wb") as fleet_log,
+            serve(workdir, stack.database_url, stack.redis_url, serve_log) as base,
+            _joined(base, stack.admin, args.hosts, identities, log),
+            fleet(stack.redis_url, args.hosts, args.concurrency, workdir, fleet_log, identities),
+            httpx.Client(
+                base_url=base, headers={"Authorization": f"Bearer {stack.operator}"}, timeout=60
+            ) as api,
+        ):
+            log(f"stack up ({args.db}); waiting for {args.hosts} hosts to heartbeat")
+            wait_online(api, args.hosts)
+            time.sleep(1.0)  # let the emulator's worker finish binding its queues
+            rounds, bases = _main.side_by_side(
+                args.rounds,
+                lambda: one_round(api, sessions, client, args.hosts),
+                lambda: baseline(stack.redis_url, args.hosts),
+                log,
+                lambda r, b: f"{r.total:.3f} s (baseline {b.total_s:.3f} s)",
+            )
     meta = _main.machine(
         program=PROGRAM, hosts=args.hosts, concurrency=args.concurrency, db=args.db
     )

@@ -39,6 +39,7 @@ from typing import Any
 
 import _main
 import redis
+from _baselines import raw_streams
 from _stack import migrated_sqlite, postgres_server, redis_server
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -141,30 +142,10 @@ class Raw:
 
 
 def measure_raw(client: redis.Redis, data: list[Item], batch: int) -> Raw:
-    hosts = sorted({host for host, _ in data})
-    streams = {host: f"bench:ingest:raw:{host}" for host in hosts}
-    pipe = client.pipeline(transaction=False)
-    for stream in streams.values():
-        pipe.delete(stream)
-        pipe.xgroup_create(stream, "g", id="0", mkstream=True)
-    pipe.execute()
-    t0 = time.perf_counter()
-    for host, item in data:
-        client.xadd(streams[host], {"data": item})
-    xadd_s = time.perf_counter() - t0
-    per_stream = max(1, batch // len(streams))  # XREADGROUP's COUNT is per stream
-    reading: Any = {stream: ">" for stream in streams.values()}
-    t0 = time.perf_counter()
-    read = 0
-    while read < len(data):
-        reply = client.xreadgroup("g", "c", reading, count=per_stream, block=1000)
-        pipe = client.pipeline(transaction=False)
-        for stream, entries in reply or []:
-            pipe.xack(stream, "g", *[entry_id for entry_id, _ in entries])
-            read += len(entries)
-        pipe.execute()
-    read_s = time.perf_counter() - t0
-    client.delete(*streams.values())
+    items = [(f"bench:ingest:raw:{host}", payload) for host, payload in data]
+    streams = len({host for host, _ in data})
+    # XREADGROUP's COUNT is per stream
+    xadd_s, read_s = raw_streams(client, items, per_stream=max(1, batch // streams))
     n = len(data)
     return Raw(n / xadd_s, n / read_s, n / (xadd_s + read_s))
 

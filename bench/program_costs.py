@@ -13,14 +13,13 @@ ratio shows what our orchestration (child, pydantic, decoders, snapshots) adds.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import _main
+from _baselines import bare_child
 
 from node_agent.programs import catalog
 from node_agent.protocol import MapDecl, MapKind, RunEvent, RunState, Snapshot, TraceRequest
@@ -145,24 +144,7 @@ def run_bare(request: TraceRequest) -> BareRun:
     prepared = prepare(request, allow_custom=True)
     perf = [(s.fn, int(prepared.params[s.frequency_param])) for s in prepared.spec.perf_samples]
     cfg = json.dumps({"source": prepared.source, "cflags": prepared.cflags, "perf": perf})
-    with tempfile.TemporaryFile(mode="w+") as stderr:
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, "-c", BARE_SCRIPT],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,  # a file, not a pipe: LLVM warnings cannot block the child
-            text=True,
-        )
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(cfg)
-        proc.stdin.close()
-        line = proc.stdout.readline()  # printed once loaded, before cleanup
-        wall = time.monotonic() - started
-        proc.stdout.read()
-        proc.wait(timeout=300)
-        stderr.seek(0)
-        err = stderr.read()
+    wall, line, err = bare_child(BARE_SCRIPT, cfg, timeout_s=300)
     if not line.strip():
         return BareRun(ok=False, error=(err.strip().splitlines() or ["no output"])[-1])
     data = json.loads(line)

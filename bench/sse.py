@@ -27,14 +27,7 @@ from typing import Any
 
 import _main
 import httpx
-from _stack import (
-    add_host,
-    agent_worker,
-    create_token,
-    database,
-    redis_server,
-    serve,
-)
+from _stack import add_host, agent_worker, controller, create_token, serve, wait_online
 
 HOST = "bench-sse"
 PER_TOKEN = 20
@@ -138,43 +131,31 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=200, help="open SSE streams (200)")
     parser.add_argument("--probes", type=int, default=300, help="/healthz requests per phase")
     parser.add_argument("--submits", type=int, default=20, help="job submissions per phase")
-    args = parser.parse_args()
-    if _main.not_root():
-        return 2
-    log = _main.progress(args)
+    args, log = _main.start(parser, root=True)
     phases: dict[str, dict[str, float]] = {}
     viewers: list[dict[str, Any]] = []
-    with (
-        _main.scratch("ft-bench-sse-") as workdir,
-        redis_server(workdir) as redis_url,
-        database(args.db, workdir) as database_url,
-    ):
-        operator = create_token(database_url, "operator")
-        admin = create_token(database_url, "admin")
+    with controller("ft-bench-sse-", args.db) as stack:
+        workdir = stack.workdir
         tokens = [
-            create_token(database_url, "viewer") for _ in range(-(-args.streams // PER_TOKEN))
+            create_token(stack.database_url, "viewer") for _ in range(-(-args.streams // PER_TOKEN))
         ]
         with (
             open(workdir / "serve.log", "wb") as serve_log,
             open(workdir / "agent.log", "wb") as agent_log,
             serve(
                 workdir,
-                database_url,
-                redis_url,
+                stack.database_url,
+                stack.redis_url,
                 serve_log,
                 FLEETTRACE_SSE_STREAMS_PER_TOKEN=str(PER_TOKEN),
             ) as base,
             # The host is added first: its agent speaks with its own Redis identity.
-            agent_worker(HOST, add_host(base, admin, HOST), agent_log, workdir),
+            agent_worker(HOST, add_host(base, stack.admin, HOST), agent_log, workdir),
             httpx.Client(
-                base_url=base, headers={"Authorization": f"Bearer {operator}"}, timeout=120
+                base_url=base, headers={"Authorization": f"Bearer {stack.operator}"}, timeout=120
             ) as api,
         ):
-            deadline = time.monotonic() + 120
-            while api.get(f"/v1/hosts/{HOST}").json().get("state") != "online":
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{HOST} did not come online")
-                time.sleep(0.5)
+            wait_online(api, 1)
             watched = api.post("/v1/jobs", json=job_body(3600)).json()
             log(f"stack up ({args.db}); job {watched['id']} runs through both phases")
             measure(api, 20, 2)  # warm-up

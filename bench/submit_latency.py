@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,22 +35,15 @@ from typing import Any
 import _main
 import httpx
 import redis
-from _stack import (
-    add_host,
-    agent_worker,
-    create_token,
-    database,
-    redis_server,
-    serve,
-)
+from _baselines import bare_child
+from _stack import add_host, agent_worker, controller, serve, wait_online
 from sqlalchemy import select
 
-from controller.db import make_engine, make_sessionmaker
 from controller.devstack.harness import wait_for
 from controller.jobs.models import Run, SnapshotRow
 from node_agent.protocol import StreamEnvelope, TraceRequest
 from node_agent.trace import prepare
-from node_agent.wire import client_url, events_stream
+from node_agent.wire import events_stream
 
 HOST = "bench-1"
 PROGRAM = "syscalls"
@@ -102,24 +93,7 @@ class BareSample:
 
 
 def run_bare(cfg: str) -> BareSample:
-    with tempfile.TemporaryFile(mode="w+") as stderr:
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, "-c", BARE_SCRIPT],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-        )
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(cfg)
-        proc.stdin.close()
-        line = proc.stdout.readline()
-        wall = time.monotonic() - started
-        proc.stdout.read()
-        proc.wait(timeout=120)
-        stderr.seek(0)
-        err = stderr.read()
+    wall, line, err = bare_child(BARE_SCRIPT, cfg, timeout_s=120)
     if not line.strip():
         raise RuntimeError(f"bare bcc load failed: {err.strip()[-500:]}")
     data = json.loads(line)
@@ -297,60 +271,38 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=10, help="jobs to time (median taken)")
     parser.add_argument("--interval", type=float, default=1.0, help="snapshot interval, s")
     parser.add_argument("--duration", type=float, default=2.0, help="trace duration, s")
-    args = parser.parse_args()
-    if _main.not_root():
-        return 2
+    args, log = _main.start(parser, root=True)
     if args.duration <= args.interval:
         print("--duration must be longer than --interval", file=sys.stderr)
         return 2
-    log = _main.progress(args)
     cfg = bare_config()
-    samples: list[JobSample] = []
-    bare: list[BareSample] = []
-    with (
-        _main.scratch("ft-bench-submit-") as workdir,
-        redis_server(workdir) as redis_url,
-        database(args.db, workdir) as database_url,
-    ):
-        token = create_token(database_url, "operator")
-        admin = create_token(database_url, "admin")
-        engine = make_engine(database_url)
-        sessions = make_sessionmaker(engine)
-        client = redis.Redis.from_url(client_url(redis_url))
+    with controller("ft-bench-submit-", args.db) as stack:
+        workdir = stack.workdir
         agent_log = workdir / "agent.log"
-        try:
-            with (
-                open(workdir / "serve.log", "wb") as serve_log,
-                open(agent_log, "wb") as agent_out,
-                serve(workdir, database_url, redis_url, serve_log) as base,
-                # The host joins with its own Redis identity, as in production.
-                agent_worker(HOST, add_host(base, admin, HOST), agent_out, workdir),
-                httpx.Client(
-                    base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30
-                ) as api,
-            ):
-                log(f"stack up ({args.db}); waiting for {HOST}'s first heartbeat")
-
-                def online() -> bool:
-                    resp = api.get(f"/v1/hosts/{HOST}")
-                    return resp.status_code == 200 and resp.json()["state"] == "online"
-
-                wait_for(online, 120, f"{HOST} online", every_s=0.5)
-                run_bare(cfg)  # warm the page cache (libbcc, LLVM, headers)
-                one_job(api, sessions, client, agent_log, args.duration, args.interval)
-                log("warm-up job done")
-                for i in range(args.jobs):
-                    sample = one_job(api, sessions, client, agent_log, args.duration, args.interval)
-                    samples.append(sample)
-                    bare.append(run_bare(cfg))
-                    log(
-                        f"job {i + 1}/{args.jobs}: total {sample.total * 1000:.0f} ms, "
-                        f"overhead {sample.overhead * 1000:.0f} ms; "
-                        f"bare {bare[-1].wall_s * 1000:.0f} ms"
-                    )
-        finally:
-            client.close()
-            engine.dispose()
+        with (
+            stack.readers() as (sessions, client),
+            open(workdir / "serve.log", "wb") as serve_log,
+            open(agent_log, "wb") as agent_out,
+            serve(workdir, stack.database_url, stack.redis_url, serve_log) as base,
+            # The host joins with its own Redis identity, as in production.
+            agent_worker(HOST, add_host(base, stack.admin, HOST), agent_out, workdir),
+            httpx.Client(
+                base_url=base, headers={"Authorization": f"Bearer {stack.operator}"}, timeout=30
+            ) as api,
+        ):
+            log(f"stack up ({args.db}); waiting for {HOST}'s first heartbeat")
+            wait_online(api, 1)
+            run_bare(cfg)  # warm the page cache (libbcc, LLVM, headers)
+            samples, bare = _main.side_by_side(
+                args.jobs,
+                lambda: one_job(api, sessions, client, agent_log, args.duration, args.interval),
+                lambda: run_bare(cfg),
+                log,
+                lambda s, b: (
+                    f"total {s.total * 1000:.0f} ms, overhead {s.overhead * 1000:.0f} ms; "
+                    f"bare {b.wall_s * 1000:.0f} ms"
+                ),
+            )
     meta = _main.machine(
         program=PROGRAM, duration_s=args.duration, interval_s=args.interval, db=args.db
     )
