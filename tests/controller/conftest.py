@@ -36,9 +36,9 @@ from controller.keys.store import KeyStore
 from controller.migrate import upgrade
 from controller.schedules.scheduler import Scheduler
 from controller.settings import Settings
-from node_agent.protocol import TraceRequest
-from node_agent.wire import AGENT_USER_PREFIX, client_url
-from tests.controller.support import clean_env, missing, stop_process, wait_for
+from node_agent.protocol import Heartbeat, Snapshot, StateChange, TraceRequest
+from node_agent.wire import AGENT_USER_PREFIX, client_url, events_stream
+from tests.controller.support import clean_env, envelope, missing, stop_process, wait_for
 
 BIN = Path(sys.executable).parent
 
@@ -277,6 +277,52 @@ def ingest(settings: Settings, sessions: sessionmaker[Session]) -> Iterator[Inge
     thread.start()
     yield thread
     thread.stop()
+
+
+@pytest.fixture
+def feeder(
+    settings: Settings, sessions: sessionmaker[Session], redis_client: redis.Redis
+) -> Iterator[Feeder]:
+    feeder = Feeder(Ingest(settings, sessions, redis_client))
+    feeder.ingest.ensure_group()
+    yield feeder
+
+
+class Feeder:
+    """Puts agents' events on the real stream and lets a real Ingest store them."""
+
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+
+    def __call__(
+        self, host: str, *events: Snapshot | StateChange | Heartbeat, job_id: str | None = None
+    ) -> None:
+        for event in events:
+            self.ingest.redis.xadd(events_stream(host), {"data": envelope(host, event, job_id)})
+        self.drain()
+
+    def drain(self) -> None:
+        self.ingest.refresh_hosts(force=True)
+        for _ in range(100):
+            if self.ingest.step(block_ms=50) == 0 and self.pending() == 0 and self.lag() == 0:
+                return
+        raise AssertionError("ingest did not drain the stream")
+
+    def pending(self) -> int:
+        self.ingest.refresh_hosts()
+        total = 0
+        for host in self.ingest.hosts:
+            info: Any = self.ingest.redis.xpending(events_stream(host), self.ingest.group)
+            total += int(info["pending"])
+        return total
+
+    def lag(self) -> int:
+        total = 0
+        for host in self.ingest.hosts:
+            for group in self.ingest.redis.xinfo_groups(events_stream(host)):
+                if group["name"] in (self.ingest.group, self.ingest.group.encode()):
+                    total += int(group.get("lag") or 0)
+        return total
 
 
 @dataclass

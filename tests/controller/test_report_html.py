@@ -30,9 +30,8 @@ from node_agent.protocol import (
     StackCount,
 )
 from tests.controller.browser import screenshot
-from tests.controller.conftest import Tokens
-from tests.controller.test_reports import _fleet_job, feeder  # noqa: F401 (fixture)
-from tests.controller.test_storage import Feeder
+from tests.controller.conftest import Feeder, Tokens
+from tests.controller.test_reports import _fleet_job
 
 ODD = "web-4"
 VOID = {"meta", "br", "hr", "img", "input", "link"}
@@ -259,7 +258,7 @@ def test_folded_and_speedscope() -> None:
 def test_route_serves_html_and_exports(
     client: TestClient,
     tokens: Tokens,
-    feeder: Feeder,  # noqa: F811
+    feeder: Feeder,
     tmp_path: Path,
 ) -> None:
     job_id, names = _fleet_job(client, tokens, feeder, hot=5000)
