@@ -4,6 +4,7 @@ names, API shortcuts, event factories."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -115,6 +116,34 @@ def wait_job(
 
 def job_final(job: dict[str, Any]) -> bool:
     return job["state"] not in ("pending", "running")
+
+
+def run_cli(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    http: TestClient,
+    token: str,
+) -> Callable[..., tuple[int, str, str]]:
+    """`fleettrace ARGS...` through the real main() against the app: (code, stdout, stderr)."""
+    # The package exports the function `main` under the module's name.
+    main_module = importlib.import_module("controller.cli.main")
+    monkeypatch.delenv("FLEETTRACE_URL", raising=False)
+    monkeypatch.setenv("FLEETTRACE_TOKEN", token)
+    real = main_module.build_parser
+
+    def with_test_client() -> Any:
+        parser = real()
+        parser.set_defaults(http=http)
+        return parser
+
+    monkeypatch.setattr(main_module, "build_parser", with_test_client)
+
+    def call(*argv: str) -> tuple[int, str, str]:
+        code = main_module.main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call
 
 
 # -- what agents send -------------------------------------------------------------------------

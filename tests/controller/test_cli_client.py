@@ -46,7 +46,7 @@ from node_agent.protocol import (
     TraceRequest,
 )
 from node_agent.wire import client_url
-from tests.controller.support import capabilities, counters, snapshot
+from tests.controller.support import capabilities, counters, run_cli, snapshot
 
 Run = Callable[..., tuple[int, str, str]]
 # The package exports the function `main` under the module's name.
@@ -141,23 +141,7 @@ def run(
     admin: str,
 ) -> Run:
     """`fleettrace ARGS...` through the real main() against the app: (code, stdout, stderr)."""
-    monkeypatch.delenv("FLEETTRACE_URL", raising=False)
-    monkeypatch.setenv("FLEETTRACE_TOKEN", admin)
-    real = main_module.build_parser
-
-    def with_test_client() -> Any:
-        parser = real()
-        parser.set_defaults(http=http)
-        return parser
-
-    monkeypatch.setattr(main_module, "build_parser", with_test_client)
-
-    def call(*argv: str) -> tuple[int, str, str]:
-        code = main_module.main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return call
+    return run_cli(monkeypatch, capsys, http, admin)
 
 
 def beat(stub: AgentStub, host: str) -> None:
