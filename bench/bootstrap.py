@@ -29,8 +29,8 @@ import _main
 import httpx
 
 from controller.bootstrap.artifacts import Artifacts, TargetPlatform
-from controller.devstack import HostSpec, Stack, StackConfig, down, sshd
-from controller.devstack.harness import free_port
+from controller.devstack import HostSpec, Stack, down, sshd
+from controller.devstack.config import private_config
 from controller.devstack.stack import artifacts_dir
 
 FINAL = {"succeeded", "failed", "cancelled"}
@@ -112,16 +112,7 @@ def statuses(runs: dict[str, Any]) -> set[str]:
 def run(hosts: int, rounds: int) -> dict[str, Any]:
     specs = tuple(HostSpec(f"node-{i}", {"bench": "bootstrap"}) for i in range(hosts + 1))
     state_dir = Path(tempfile.mkdtemp(prefix="ft-bench-bootstrap-"))
-    tag = os.getpid() % 10_000
-    config = StackConfig(
-        state_dir=state_dir,
-        hosts=specs,
-        port=free_port(),
-        netns_prefix=f"ftB{tag}-",
-        link_prefix=f"ftB{tag}v",
-        cgroup_parent=f"fleettrace-bench-{os.getpid()}",
-        subnet=60 + tag % 40,
-    )
+    config = private_config(state_dir, specs, kind="B", subnet=50, owner="bench")
     started = time.monotonic()
     bundle = Artifacts(artifacts_dir(config)).bundle(local_target())
     size_mb = sum(f.size for f in bundle.files) / 1e6

@@ -25,7 +25,6 @@ Redis from one client.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import os
@@ -46,7 +45,7 @@ from _stack import BIN, add_host, controller, serve, trusted_keys_file, wait_onl
 from sqlalchemy import func, select
 
 from controller.cli.http import parse_sse
-from controller.devstack.harness import stop_process
+from controller.devstack.harness import stop_process, task_envelope
 from controller.jobs.models import Job, Run
 from node_agent.protocol import (
     CounterTable,
@@ -96,20 +95,6 @@ def expected_merge(hosts: int) -> tuple[int, int]:
     table = sum((i + 1) * (k + 1) for i in range(hosts) for k in range(len(SYSCALLS)))
     hist = sum(i + slot for i in range(hosts) for slot in range(BUCKETS))
     return table, hist
-
-
-def task_envelope(raw: bytes) -> tuple[str, dict[str, Any]]:
-    """(task id, the signed envelope) of a Celery task message as kombu's Redis transport
-    stores it: JSON whose base64 body is Celery's protocol 2 `[args, kwargs, embed]`."""
-    message = json.loads(raw)
-    headers = message["headers"]
-    if headers.get("task") != TASK_RUN_TRACE:
-        raise ValueError(f"not a {TASK_RUN_TRACE} task: {headers.get('task')!r}")
-    body = message["body"]
-    if message["properties"].get("body_encoding") == "base64":
-        body = base64.b64decode(body)
-    args, _kwargs, _embed = json.loads(body)
-    return headers["id"], args[0]
 
 
 def emulate(

@@ -8,7 +8,9 @@ cluster), so it moves as it is wherever the dev stack goes.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -78,6 +80,23 @@ def log_tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def task_envelope(raw: bytes) -> tuple[str, dict[str, Any]]:
+    """(task id, the signed envelope) of a run_trace task message as kombu's Redis transport
+    keeps it: JSON whose base64 body is Celery's protocol 2 `[args, kwargs, embed]`. What an
+    emulated agent (tests, benchmarks) pops from a host's queue."""
+    from node_agent.wire import TASK_RUN_TRACE
+
+    message = json.loads(raw)
+    headers = message["headers"]
+    if headers.get("task") != TASK_RUN_TRACE:
+        raise ValueError(f"not a {TASK_RUN_TRACE} task: {headers.get('task')!r}")
+    body = message["body"]
+    if message["properties"].get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    args, _kwargs, _embed = json.loads(body)
+    return str(headers["id"]), args[0]
 
 
 # -- Redis ------------------------------------------------------------------------------------

@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from controller.devstack import HostSpec, Stack, StackConfig, down
+from controller.devstack import HostSpec, Stack, down
 from controller.devstack.api import Api
+from controller.devstack.config import private_config
 from controller.devstack.host import agent_pidfile
 from controller.devstack.system import NETNS_DIR, cgroup_path
 from controller.keys.store import KeyStore
 from node_agent.scope import cgroup2_mount
 from node_agent.signing import parse_trusted_keys
-from tests.controller.support import free_port, wait_for
+from tests.controller.support import wait_for
 
 pytestmark = pytest.mark.bcc
 
@@ -32,17 +33,8 @@ HOSTS = (
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tag = os.getpid() % 10_000
     # Names of its own, so the test never touches a developer's `fleettrace dev up` stack.
-    config = StackConfig(
-        state_dir=tmp_path_factory.mktemp("devstack"),
-        hosts=HOSTS,
-        port=free_port(),
-        netns_prefix=f"ftt{tag}-",
-        link_prefix=f"ftt{tag}v",
-        cgroup_parent=f"fleettrace-test-{os.getpid()}-devstack",
-        subnet=200 + tag % 50,
-    )
+    config = private_config(tmp_path_factory.mktemp("devstack"), HOSTS, kind="t", subnet=200)
     stack = Stack(config)
     stack.up(online_timeout_s=60)
     try:
