@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import cgroup_name
+
 IN_CI = bool(os.environ.get("CI"))
 
 
@@ -70,7 +72,7 @@ def make_cgroup(cgroup2_root: Path) -> Iterator[Callable[[str], Path]]:
     made: list[Path] = []
 
     def make(name: str) -> Path:
-        path = cgroup2_root / f"fleettrace-test-{os.getpid()}-{name}"
+        path = cgroup2_root / cgroup_name(name)
         path.mkdir()
         made.append(path)
         return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -124,6 +125,11 @@ def loaded_bpf_programs() -> dict[int, str]:
         ["bpftool", "-j", "prog", "show"], check=True, capture_output=True, text=True
     ).stdout
     return {int(p["id"]): str(p.get("name", "")) for p in json.loads(out or "[]")}
+
+
+def cgroup_name(name: str) -> str:
+    """The name tests/conftest.py's make_cgroup gives the group it makes as `name`."""
+    return f"fleettrace-test-{os.getpid()}-{name}"
 
 
 def spawn_waiting(script: str, *args: str) -> subprocess.Popen[str]:

@@ -39,6 +39,7 @@ from controller.settings import Settings
 from node_agent.protocol import Heartbeat, Snapshot, StateChange, TraceRequest
 from node_agent.wire import AGENT_USER_PREFIX, client_url, events_stream
 from tests.controller.support import clean_env, envelope, missing, stop_process, wait_for
+from tests.helpers import cgroup_name
 
 BIN = Path(sys.executable).parent
 
@@ -391,6 +392,12 @@ class Agents:
         if wait:
             self.wait_online(agent)
         return agent
+
+    def start_all(self, hosts: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Agents for `hosts`, started together, each confined to the cgroup make_cgroup makes
+        for its host; returns each host once online."""
+        started = [self.start(host, cgroup_name(host), wait=False) for host in hosts]
+        return {a.host: self.wait_online(a) for a in started}
 
     def identity(self, host: str) -> str:
         """The host's own Redis URL, freshly issued by the controller (adding the host)."""

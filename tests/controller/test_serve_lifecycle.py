@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.controller.conftest import BIN, _free_port
-from tests.controller.support import clean_env, stop_process, wait_for
+from tests.controller.conftest import BIN
+from tests.controller.support import clean_env, free_port, stop_process, wait_for
 
 
 def children(pid: int) -> list[int]:
@@ -50,7 +50,7 @@ def alive(pid: int) -> bool:
 def serve(tmp_path: Path, redis_url: str) -> Iterator[subprocess.Popen[bytes]]:
     """`fleettrace serve` with everything: API and scheduler, ingest and bootstrap worker
     processes."""
-    port = _free_port()
+    port = free_port()
     env = clean_env(
         FLEETTRACE_DATABASE_URL=f"sqlite:///{tmp_path / 'fleettrace.db'}",
         FLEETTRACE_REDIS_URL=redis_url,
