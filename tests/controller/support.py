@@ -8,7 +8,7 @@ import importlib
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -32,6 +32,9 @@ from node_agent.protocol import (
     StateChange,
     StreamEnvelope,
 )
+
+if TYPE_CHECKING:
+    from controller.jobs.models import HostResult
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -144,6 +147,35 @@ def run_cli(
         return code, out, err
 
     return call
+
+
+# -- what the controller stored --------------------------------------------------------------
+
+
+def host_result(
+    host: str,
+    results: Sequence[Result] = (),
+    *,
+    state: RunState = RunState.succeeded,
+    run_id: str | None = None,
+    interval_end: float = 2.0,
+) -> HostResult:
+    """A host's row of a job's results: its final snapshot's results, or (for a run that
+    ended without one) nothing at all."""
+    from controller.jobs.models import HostResult
+
+    stored = state is RunState.succeeded
+    return HostResult(
+        host=host,
+        run_id=run_id or f"run-{host}",
+        state=state,
+        seq=0 if stored else None,
+        final=stored,
+        interval_start=0.0 if stored else None,
+        interval_end=interval_end if stored else None,
+        results=list(results),
+        stats=None,
+    )
 
 
 # -- what agents send -------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from node_agent.protocol import (
 )
 from tests.controller.browser import screenshot
 from tests.controller.conftest import Feeder, Tokens
+from tests.controller.support import host_result
 from tests.controller.test_reports import _fleet_job
 
 ODD = "web-4"
@@ -65,32 +66,8 @@ def _fleet_analysed() -> tuple[JobReport, Analysis, JobResults]:
             ),
             _stacks(cpu),
         ]
-        hosts.append(
-            HostResult(
-                host=f"web-{i}",
-                run_id=f"run-{i}",
-                state=RunState.succeeded,
-                seq=0,
-                final=True,
-                interval_start=0.0,
-                interval_end=2.0,
-                results=results,
-                stats=None,
-            )
-        )
-    hosts.append(
-        HostResult(
-            host="web-5",
-            run_id="run-5",
-            state=RunState.failed,
-            seq=None,
-            final=False,
-            interval_start=None,
-            interval_end=None,
-            results=[],
-            stats=None,
-        )
-    )
+        hosts.append(host_result(f"web-{i}", results, run_id=f"run-{i}"))
+    hosts.append(host_result("web-5", state=RunState.failed, run_id="run-5"))
     merged = merge_results([(h.host, h.results) for h in hosts if h.results])
     job = JobResults(
         job_id="j1", program="cpu_profile", state=JobState.partial, hosts=hosts, merged=merged
