@@ -8,6 +8,7 @@ import importlib
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -44,6 +45,30 @@ def missing(what: str) -> None:
     if IN_CI:
         pytest.fail(f"CI requires {what}")
     pytest.skip(f"needs {what}")
+
+
+def alive(pid: int) -> bool:
+    """Running, or at least not a zombie (an orphan's zombie is gone in all but its number)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def authenticates(url: str) -> bool:
+    """Whether Redis lets in whoever holds `url` (an agent's identity, say)."""
+    import redis
+
+    from node_agent.wire import client_url
+
+    client = redis.Redis.from_url(client_url(url))
+    try:
+        return bool(client.ping())
+    except redis.AuthenticationError:
+        return False
+    finally:
+        client.close()
 
 
 def field_paths(answer: Any) -> list[str]:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.controller.conftest import BIN
-from tests.controller.support import clean_env, free_port, stop_process, wait_for
+from tests.controller.support import alive, clean_env, free_port, stop_process, wait_for
 
 
 def children(pid: int) -> list[int]:
@@ -35,15 +35,6 @@ def descendants(pid: int) -> set[int]:
             seen.add(child)
             todo += children(child)
     return seen
-
-
-def alive(pid: int) -> bool:
-    """Running, or at least not a zombie (an orphan's zombie is gone in all but its number)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 @pytest.fixture
