@@ -197,6 +197,20 @@ class Controller:
             client.close()
             engine.dispose()
 
+    @contextlib.contextmanager
+    def serve(self, **extra: str) -> Iterator[str]:
+        """`fleettrace serve` on this stack, logging to serve.log; yields its base URL."""
+        with (
+            open(self.workdir / "serve.log", "wb") as log,
+            serve(self.workdir, self.database_url, self.redis_url, log, **extra) as base,
+        ):
+            yield base
+
+    def api(self, base: str, timeout_s: float) -> httpx.Client:
+        """An API client with the operator's token."""
+        headers = {"Authorization": f"Bearer {self.operator}"}
+        return httpx.Client(base_url=base, headers=headers, timeout=timeout_s)
+
 
 @contextlib.contextmanager
 def controller(prefix: str, db: str) -> Iterator[Controller]:

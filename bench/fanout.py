@@ -41,7 +41,7 @@ import _main
 import httpx
 import redis
 from _baselines import raw_streams
-from _stack import BIN, add_host, controller, serve, trusted_keys_file, wait_online
+from _stack import BIN, add_host, controller, trusted_keys_file, wait_online
 from sqlalchemy import func, select
 
 from controller.cli.http import parse_sse
@@ -509,14 +509,11 @@ def main() -> int:
         identities = workdir / "identities.json"
         with (
             stack.readers() as (sessions, client),
-            open(workdir / "serve.log", "wb") as serve_log,
             open(workdir / "fleet.log", "wb") as fleet_log,
-            serve(workdir, stack.database_url, stack.redis_url, serve_log) as base,
+            stack.serve() as base,
             _joined(base, stack.admin, args.hosts, identities, log),
             fleet(stack.redis_url, args.hosts, args.concurrency, workdir, fleet_log, identities),
-            httpx.Client(
-                base_url=base, headers={"Authorization": f"Bearer {stack.operator}"}, timeout=60
-            ) as api,
+            stack.api(base, timeout_s=60) as api,
         ):
             log(f"stack up ({args.db}); waiting for {args.hosts} hosts to heartbeat")
             wait_online(api, args.hosts)

@@ -27,7 +27,7 @@ from typing import Any
 
 import _main
 import httpx
-from _stack import add_host, agent_worker, controller, create_token, serve, wait_online
+from _stack import add_host, agent_worker, controller, create_token, wait_online
 
 HOST = "bench-sse"
 PER_TOKEN = 20
@@ -140,20 +140,11 @@ def main() -> int:
             create_token(stack.database_url, "viewer") for _ in range(-(-args.streams // PER_TOKEN))
         ]
         with (
-            open(workdir / "serve.log", "wb") as serve_log,
             open(workdir / "agent.log", "wb") as agent_log,
-            serve(
-                workdir,
-                stack.database_url,
-                stack.redis_url,
-                serve_log,
-                FLEETTRACE_SSE_STREAMS_PER_TOKEN=str(PER_TOKEN),
-            ) as base,
+            stack.serve(FLEETTRACE_SSE_STREAMS_PER_TOKEN=str(PER_TOKEN)) as base,
             # The host is added first: its agent speaks with its own Redis identity.
             agent_worker(HOST, add_host(base, stack.admin, HOST), agent_log, workdir),
-            httpx.Client(
-                base_url=base, headers={"Authorization": f"Bearer {stack.operator}"}, timeout=120
-            ) as api,
+            stack.api(base, timeout_s=120) as api,
         ):
             wait_online(api, 1)
             watched = api.post("/v1/jobs", json=job_body(3600)).json()

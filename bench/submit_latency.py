@@ -36,7 +36,7 @@ import _main
 import httpx
 import redis
 from _baselines import bare_child
-from _stack import add_host, agent_worker, controller, serve, wait_online
+from _stack import add_host, agent_worker, controller, wait_online
 from sqlalchemy import select
 
 from controller.devstack.harness import wait_for
@@ -281,14 +281,11 @@ def main() -> int:
         agent_log = workdir / "agent.log"
         with (
             stack.readers() as (sessions, client),
-            open(workdir / "serve.log", "wb") as serve_log,
             open(agent_log, "wb") as agent_out,
-            serve(workdir, stack.database_url, stack.redis_url, serve_log) as base,
+            stack.serve() as base,
             # The host joins with its own Redis identity, as in production.
             agent_worker(HOST, add_host(base, stack.admin, HOST), agent_out, workdir),
-            httpx.Client(
-                base_url=base, headers={"Authorization": f"Bearer {stack.operator}"}, timeout=30
-            ) as api,
+            stack.api(base, timeout_s=30) as api,
         ):
             log(f"stack up ({args.db}); waiting for {HOST}'s first heartbeat")
             wait_online(api, 1)

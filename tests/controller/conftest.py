@@ -12,8 +12,9 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,14 @@ from controller.schedules.scheduler import Scheduler
 from controller.settings import Settings
 from node_agent.protocol import Heartbeat, Snapshot, StateChange, TraceRequest
 from node_agent.wire import AGENT_USER_PREFIX, client_url, events_stream
-from tests.controller.support import clean_env, envelope, missing, stop_process, wait_for
+from tests.controller.support import (
+    clean_env,
+    envelope,
+    missing,
+    run_cli,
+    stop_process,
+    wait_for,
+)
 from tests.helpers import cgroup_name
 
 BIN = Path(sys.executable).parent
@@ -226,6 +234,17 @@ class Tokens:
 
     def headers(self, role: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(role)}"}
+
+
+Cli = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def cli_for(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[[TestClient, str], Cli]:
+    """cli_for(app client, token): `fleettrace ARGS...` through the real main() against it."""
+    return partial(run_cli, monkeypatch, capsys)
 
 
 @pytest.fixture(scope="module")

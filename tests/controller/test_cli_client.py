@@ -44,7 +44,7 @@ from node_agent.protocol import (
     TraceError,
     TraceRequest,
 )
-from tests.controller.support import authenticates, capabilities, counters, run_cli, snapshot
+from tests.controller.support import authenticates, capabilities, counters, snapshot
 
 Run = Callable[..., tuple[int, str, str]]
 # The package exports the function `main` under the module's name.
@@ -132,14 +132,9 @@ def http(cli_app: FastAPI) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def run(
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    http: TestClient,
-    admin: str,
-) -> Run:
-    """`fleettrace ARGS...` through the real main() against the app: (code, stdout, stderr)."""
-    return run_cli(monkeypatch, capsys, http, admin)
+def run(cli_for: Callable[[TestClient, str], Run], http: TestClient, admin: str) -> Run:
+    """`fleettrace ARGS...` as an admin: (code, stdout, stderr)."""
+    return cli_for(http, admin)
 
 
 def beat(stub: AgentStub, host: str) -> None:

@@ -21,7 +21,7 @@ from controller.devstack.system import NETNS_DIR, cgroup_path
 from controller.keys.store import KeyStore
 from node_agent.scope import cgroup2_mount
 from node_agent.signing import parse_trusted_keys
-from tests.controller.support import wait_for
+from tests.controller.support import alive, wait_for
 
 pytestmark = pytest.mark.bcc
 
@@ -123,26 +123,18 @@ def test_a_job_runs_on_every_host_with_each_hosts_own_numbers(stack: Stack) -> N
     assert web.get("fsync", 0) == 0, web
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def test_a_killed_agent_is_restarted_and_its_host_comes_back(stack: Stack) -> None:
     config, spec = stack.config, stack.config.hosts[0]
     pidfile = agent_pidfile(config, spec)
     killed = int(pidfile.read_text())
     supervisor = _pids(stack)[f"{spec.name}-agent"]
-    assert killed != supervisor and _alive(killed)
+    assert killed != supervisor and alive(killed)
     os.kill(killed, signal.SIGKILL)
     killed_at = datetime.now(timezone.utc)
 
     def restarted() -> int | None:
         pid = int(pidfile.read_text())
-        return pid if pid != killed and _alive(pid) else None
+        return pid if pid != killed and alive(pid) else None
 
     agent = wait_for(restarted, 30, f"{spec.name}'s agent to be restarted")
     assert _cgroup_of(agent) == "/" + config.agent_cgroup(spec.name)
@@ -185,6 +177,6 @@ def test_teardown_leaves_no_namespace_cgroup_link_or_process(stack: Stack) -> No
     assert root is not None
     assert not (root / config.cgroup_parent).exists()
     for name, pid in pids.items():
-        assert not _alive(pid), f"{name} ({pid}) still exists"
+        assert not alive(pid), f"{name} ({pid}) still exists"
     assert not config.state_dir.exists()
     assert not down(config.state_dir), "a second down finds nothing to do"

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.controller.conftest import Agents, Tokens
-from tests.controller.support import job_final, run_cli, submit, wait_job
+from tests.controller.conftest import Agents, Cli, Tokens
+from tests.controller.support import job_final, submit, wait_job
 
 pytestmark = pytest.mark.bcc
 
@@ -26,14 +26,9 @@ RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 
 
 @pytest.fixture
-def cli(
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    client: TestClient,
-    tokens: Tokens,
-) -> Callable[..., tuple[int, str, str]]:
-    """`fleettrace ARGS...` through the real main() against the app."""
-    return run_cli(monkeypatch, capsys, client, tokens.token("viewer"))
+def cli(cli_for: Callable[[TestClient, str], Cli], client: TestClient, tokens: Tokens) -> Cli:
+    """`fleettrace ARGS...` against the app, as a viewer."""
+    return cli_for(client, tokens.token("viewer"))
 
 
 @pytest.fixture
