@@ -127,6 +127,22 @@ def loaded_bpf_programs() -> dict[int, str]:
     return {int(p["id"]): str(p.get("name", "")) for p in json.loads(out or "[]")}
 
 
+def run_in_own_mounts(
+    script: Path, env: dict[str, str], timeout_s: float
+) -> subprocess.CompletedProcess[str]:
+    """`bash script` in a mount namespace of its own (its mounts vanish with it); it must
+    succeed."""
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "bash", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def cgroup_name(name: str) -> str:
     """The name tests/conftest.py's make_cgroup gives the group it makes as `name`."""
     return f"fleettrace-test-{os.getpid()}-{name}"

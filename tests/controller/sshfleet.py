@@ -22,6 +22,12 @@ from controller.devstack import HostSpec, Stack, StackConfig, down, sshd
 from controller.devstack.config import private_config
 from controller.devstack.system import make_netns, remove_netns
 
+# A web host and a database host, each with its workload.
+WEB_AND_DB = (
+    HostSpec("web-1", {"role": "web"}, "web-moderate"),
+    HostSpec("db-1", {"role": "db"}, "db-io"),
+)
+
 
 def stack_config(
     state_dir: Path, hosts: tuple[HostSpec, ...], kind: str, subnet: int

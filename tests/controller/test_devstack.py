@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from controller.devstack import HostSpec, Stack, down
+from controller.devstack import Stack, down
 from controller.devstack.api import Api
 from controller.devstack.config import private_config
 from controller.devstack.host import agent_pidfile
@@ -21,14 +21,12 @@ from controller.devstack.system import NETNS_DIR, cgroup_path
 from controller.keys.store import KeyStore
 from node_agent.scope import cgroup2_mount
 from node_agent.signing import parse_trusted_keys
+from tests.controller.sshfleet import WEB_AND_DB
 from tests.controller.support import alive, wait_for
 
 pytestmark = pytest.mark.bcc
 
-HOSTS = (
-    HostSpec("web-1", {"role": "web"}, "web-moderate"),
-    HostSpec("db-1", {"role": "db"}, "db-io"),
-)
+HOSTS = WEB_AND_DB
 
 
 @pytest.fixture(scope="module")
