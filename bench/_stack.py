@@ -1,158 +1,47 @@
 """Throwaway services for the controller benchmarks: Redis, PostgreSQL, the API, an agent.
 
 Every context manager stops what it started, on unix sockets or 127.0.0.1 only.
-Not a benchmark itself: bench/submit_latency.py, fanout.py and ingest_rate.py import it.
+Not a benchmark itself: the controller benchmarks import it. Polling, stopping, ports,
+Redis and PostgreSQL are the dev stack's harness (controller/devstack/harness.py), shared
+with the tests.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import _main
 import httpx
 import redis
+from sqlalchemy.orm import Session, sessionmaker
 
-REDIS_SERVER = Path("/usr/bin/redis-server")
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+from controller.devstack import harness
+from controller.devstack.harness import clean_env, free_port, stop_process, wait_for
+from node_agent.wire import client_url
+
 BIN = Path(sys.executable).parent
-REDIS_USER = "fleettrace"
-
-
-def wait_for(check: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(every_s)
-    raise RuntimeError(f"timed out after {timeout_s:g}s waiting for {what}")
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
-    """SIGTERM, then SIGKILL if it does not exit in time (only this process group)."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager
 def redis_server(workdir: Path) -> Iterator[str]:
     """A private redis-server on a unix socket (no TCP) that requires auth, as in production:
     no default user, the controller's own ACL user. Yields the controller's unix:// URL."""
-    sock = workdir / "redis.sock"
-    password = secrets.token_urlsafe(24)
-    config = workdir / "redis.conf"
-    config.touch(mode=0o600)
-    config.write_text(
-        "user default off\n"
-        f"user {REDIS_USER} on >{password} ~* &* +@all\n"
-        f"port 0\nunixsocket {sock}\nunixsocketperm 700\n"
-        f'save ""\nappendonly no\ndir {workdir}\n'
-    )
-    proc = subprocess.Popen(
-        [str(REDIS_SERVER), str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"unix://{REDIS_USER}:{password}@{sock}"
-    try:
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {proc.returncode}")
-            try:
-                return bool(redis.Redis.from_url(url).ping())
-            except redis.ConnectionError:
-                return False
-
-        wait_for(up, 10, "redis-server")
-        yield url
-    finally:
-        stop_process(proc)
+    with harness.redis_server(workdir) as server:
+        yield server.url
 
 
 @contextlib.contextmanager
 def postgres_server(workdir: Path) -> Iterator[Callable[[], str]]:
-    """A throwaway PostgreSQL 15 cluster on a unix socket, run as the postgres user.
-
-    Durable defaults (fsync on, synchronous_commit on): what a production database does.
-    Yields a function that creates an empty database and returns its URL.
-    """
-    import psycopg
-
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    pgdir = workdir / "pg"
-    data, sockets = pgdir / "data", pgdir / "run"
-    sockets.mkdir(parents=True)
-    if as_postgres:
-        os.chmod(workdir, 0o711)  # postgres must reach its own directory below ours
-        shutil.chown(pgdir, "postgres", "postgres")
-        shutil.chown(sockets, "postgres", "postgres")
-    port = free_port()
-    pg_ctl = [*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data)]
-    subprocess.run(
-        [
-            *as_postgres,
-            str(PG_BIN / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    options = f"-c listen_addresses='' -k {sockets} -p {port} -c max_connections=100"
-    started = False
-    try:
-        subprocess.run(
-            [*pg_ctl, "-l", str(pgdir / "postgres.log"), "-o", options, "-w", "-t", "60", "start"],
-            check=True,
-            capture_output=True,
-        )
-        started = True
-
-        def new_database() -> str:
-            name = f"ft_{uuid.uuid4().hex[:12]}"
-            conninfo = f"host={sockets} port={port} user=postgres dbname=postgres"
-            with psycopg.connect(conninfo, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{name}"')
-            return f"postgresql+psycopg://postgres@/{name}?host={sockets}&port={port}"
-
-        yield new_database
-    finally:
-        if started:
-            subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], capture_output=True)
+    """A throwaway PostgreSQL 15 cluster, durable (fsync and synchronous_commit on) as a
+    production database is. Yields a function that creates an empty database, its URL."""
+    with harness.postgres_cluster(workdir, durable=True, max_connections=100) as server:
+        yield server.new_database
 
 
 def migrated_sqlite(workdir: Path, name: str = "fleettrace.db") -> str:
@@ -193,9 +82,7 @@ def create_token(database_url: str, role: str = "admin") -> str:
 
 
 def controller_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETTRACE_")}
-    env.update(FLEETTRACE_DATABASE_URL=database_url, FLEETTRACE_REDIS_URL=redis_url, **extra)
-    return env
+    return clean_env(FLEETTRACE_DATABASE_URL=database_url, FLEETTRACE_REDIS_URL=redis_url, **extra)
 
 
 @contextlib.contextmanager
@@ -267,11 +154,12 @@ def add_host(base: str, token: str, name: str, **fields: object) -> str:
 def agent_worker(host: str, redis_url: str, log: IO[bytes], workdir: Path) -> Iterator[None]:
     """A real agent: `fleettrace-agent worker --host NAME`, consuming host.NAME with the
     host's own Redis identity (`redis_url` from add_host)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETTRACE_")}
-    env["FLEETTRACE_AGENT_CONFIG"] = str(workdir / "agent.env")  # no host config file
-    env["FLEETTRACE_TRUSTED_KEYS"] = str(trusted_keys_file(workdir))
-    env["FLEETTRACE_STATE_DIR"] = str(workdir / "agent-state")
-    env["FLEETTRACE_REDIS_URL"] = redis_url
+    env = clean_env(
+        FLEETTRACE_AGENT_CONFIG=str(workdir / "agent.env"),  # no host config file
+        FLEETTRACE_TRUSTED_KEYS=str(trusted_keys_file(workdir)),
+        FLEETTRACE_STATE_DIR=str(workdir / "agent-state"),
+        FLEETTRACE_REDIS_URL=redis_url,
+    )
     proc = subprocess.Popen(
         [str(BIN / "fleettrace-agent"), "worker", "--host", host],
         cwd=workdir,
@@ -286,8 +174,62 @@ def agent_worker(host: str, redis_url: str, log: IO[bytes], workdir: Path) -> It
         stop_process(proc, timeout_s=30)
 
 
-def print_log_tails(workdir: Path, lines: int = 40) -> None:
-    """After a failure: the end of every *.log the stack wrote, on stderr."""
-    for path in sorted(workdir.glob("*.log")):
-        tail = path.read_text(errors="replace").splitlines()[-lines:]
-        sys.stderr.write(f"--- {path.name} (last {len(tail)} lines)\n" + "\n".join(tail) + "\n")
+@dataclass
+class Controller:
+    """What a controller benchmark's stack starts from: its Redis, its database, two tokens."""
+
+    workdir: Path
+    redis_url: str
+    database_url: str
+    operator: str
+    admin: str
+
+    @contextlib.contextmanager
+    def readers(self) -> Iterator[tuple[sessionmaker[Session], redis.Redis]]:
+        """Direct reads of the database and Redis (what the API does not show), closed after."""
+        from controller.db import make_engine, make_sessionmaker
+
+        engine = make_engine(self.database_url)
+        client = redis.Redis.from_url(client_url(self.redis_url))
+        try:
+            yield make_sessionmaker(engine), client
+        finally:
+            client.close()
+            engine.dispose()
+
+    @contextlib.contextmanager
+    def serve(self, **extra: str) -> Iterator[str]:
+        """`fleettrace serve` on this stack, logging to serve.log; yields its base URL."""
+        with (
+            open(self.workdir / "serve.log", "wb") as log,
+            serve(self.workdir, self.database_url, self.redis_url, log, **extra) as base,
+        ):
+            yield base
+
+    def api(self, base: str, timeout_s: float) -> httpx.Client:
+        """An API client with the operator's token."""
+        headers = {"Authorization": f"Bearer {self.operator}"}
+        return httpx.Client(base_url=base, headers=headers, timeout=timeout_s)
+
+
+@contextlib.contextmanager
+def controller(prefix: str, db: str) -> Iterator[Controller]:
+    """A scratch dir with Redis and a migrated database in it (log tails on failure)."""
+    with (
+        _main.scratch(prefix) as workdir,
+        redis_server(workdir) as redis_url,
+        database(db, workdir) as database_url,
+    ):
+        operator = create_token(database_url, "operator")
+        admin = create_token(database_url, "admin")
+        yield Controller(workdir, redis_url, database_url, operator, admin)
+
+
+def wait_online(api: httpx.Client, hosts: int, timeout_s: float = 120) -> None:
+    """Until `hosts` hosts are online (each has heartbeated)."""
+
+    def all_online() -> bool:
+        data = api.get("/v1/hosts").json()["data"]
+        return sum(h["state"] == "online" for h in data) >= hosts
+
+    wait_for(all_online, timeout_s, f"{hosts} hosts online", every_s=0.5)

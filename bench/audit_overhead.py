@@ -13,7 +13,6 @@ reads nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -21,16 +20,19 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import _main
 import httpx
 import uvicorn
-from _stack import create_token, database, free_port, wait_for
+from _stack import create_token, database
 from fastapi import FastAPI
 
 from controller.app import create_app
 from controller.audit.middleware import AuditMiddleware
+from controller.devstack.harness import free_port, wait_for
 from controller.settings import Settings
 
 
@@ -114,16 +116,15 @@ def _ms(values: list[float], q: float) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _main.options(__doc__, rounds=4, db=True)
     parser.add_argument("--calls", type=int, default=200, help="calls per round and kind")
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     samples = run(args.db, args.calls, args.rounds)
-    if args.json:
-        sys.stdout.write(json.dumps({"db": args.db, "samples_s": samples}) + "\n")
-        return 0
+    return _main.finish(args, {"db": args.db, "samples_s": samples}, partial(print_table, args))
+
+
+def print_table(args: argparse.Namespace, summary: dict[str, Any]) -> None:
+    samples = summary["samples_s"]
     print(f"\n{args.db}, {args.calls * args.rounds} calls each (ms)")
     print(f"{'':10}{'':10}{'median':>8}{'p90':>8}{'ratio':>8}")
     for kind in ("write", "read"):
@@ -132,7 +133,6 @@ def main() -> int:
             values = samples[name][kind]
             ratio = statistics.median(values) / base
             print(f"{kind:10}{name:10}{_ms(values, 0.5):8.2f}{_ms(values, 0.9):8.2f}{ratio:8.2f}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -16,11 +16,8 @@ it; per step, the durations recorded by the controller.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -28,10 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _main
 import httpx
 
 from controller.bootstrap.artifacts import Artifacts, TargetPlatform
-from controller.devstack import HostSpec, Stack, StackConfig, down, sshd
+from controller.devstack import HostSpec, Stack, down, sshd
+from controller.devstack.config import private_config
 from controller.devstack.stack import artifacts_dir
 
 FINAL = {"succeeded", "failed", "cancelled"}
@@ -42,12 +41,6 @@ OPTIONS = {"heartbeat_s": 1}
 def say(text: str) -> None:
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def local_target() -> TargetPlatform:
@@ -119,16 +112,7 @@ def statuses(runs: dict[str, Any]) -> set[str]:
 def run(hosts: int, rounds: int) -> dict[str, Any]:
     specs = tuple(HostSpec(f"node-{i}", {"bench": "bootstrap"}) for i in range(hosts + 1))
     state_dir = Path(tempfile.mkdtemp(prefix="ft-bench-bootstrap-"))
-    tag = os.getpid() % 10_000
-    config = StackConfig(
-        state_dir=state_dir,
-        hosts=specs,
-        port=free_port(),
-        netns_prefix=f"ftB{tag}-",
-        link_prefix=f"ftB{tag}v",
-        cgroup_parent=f"fleettrace-bench-{os.getpid()}",
-        subnet=60 + tag % 40,
-    )
+    config = private_config(state_dir, specs, kind="B", subnet=50, owner="bench")
     started = time.monotonic()
     bundle = Artifacts(artifacts_dir(config)).bundle(local_target())
     size_mb = sum(f.size for f in bundle.files) / 1e6
@@ -215,20 +199,14 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _main.options(__doc__, rounds=2)
     parser.add_argument("--hosts", type=int, default=4, help="hosts bootstrapped at once (4)")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if os.geteuid() != 0:
         say("needs root (namespaces, cgroups, sshd, bcc)")
         return 1
     result = run(args.hosts, args.rounds)
-    if args.json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    else:
-        sys.stdout.write(table(result) + "\n")
-    return 0
+    return _main.finish(args, result, lambda summary: print(table(summary)))
 
 
 if __name__ == "__main__":

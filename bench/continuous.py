@@ -18,7 +18,6 @@ the blind time: the part of the slot's wall time not covered by any snapshot int
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import resource
@@ -28,6 +27,8 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import _main
 
 from node_agent.cli import parse_duration
 from node_agent.protocol import RunEvent, RunState, Snapshot, StateChange, TraceRequest
@@ -148,11 +149,10 @@ def continuous(program: str, slots: int, slot_s: float) -> ModeResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _main.options(__doc__)
     parser.add_argument("--slots", type=int, default=5)
     parser.add_argument("--slot", type=parse_duration, default=1.0, help="seconds per slot")
     parser.add_argument("--only", help="comma-separated programs", default=",".join(PROGRAMS))
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     log = sys.stderr if args.json else sys.stdout
     rows: list[dict[str, Any]] = []

@@ -25,41 +25,27 @@ Redis from one client.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import os
-import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import _main
 import httpx
 import redis
-from _stack import (
-    BIN,
-    add_host,
-    create_token,
-    database,
-    print_log_tails,
-    redis_server,
-    serve,
-    stop_process,
-    trusted_keys_file,
-    wait_for,
-)
+from _baselines import raw_streams
+from _stack import BIN, add_host, controller, trusted_keys_file, wait_online
 from sqlalchemy import func, select
 
 from controller.cli.http import parse_sse
-from controller.db import make_engine, make_sessionmaker
+from controller.devstack.harness import stop_process, task_envelope
 from controller.jobs.models import Job, Run
 from node_agent.protocol import (
     CounterTable,
@@ -109,20 +95,6 @@ def expected_merge(hosts: int) -> tuple[int, int]:
     table = sum((i + 1) * (k + 1) for i in range(hosts) for k in range(len(SYSCALLS)))
     hist = sum(i + slot for i in range(hosts) for slot in range(BUCKETS))
     return table, hist
-
-
-def task_envelope(raw: bytes) -> tuple[str, dict[str, Any]]:
-    """(task id, the signed envelope) of a Celery task message as kombu's Redis transport
-    stores it: JSON whose base64 body is Celery's protocol 2 `[args, kwargs, embed]`."""
-    message = json.loads(raw)
-    headers = message["headers"]
-    if headers.get("task") != TASK_RUN_TRACE:
-        raise ValueError(f"not a {TASK_RUN_TRACE} task: {headers.get('task')!r}")
-    body = message["body"]
-    if message["properties"].get("body_encoding") == "base64":
-        body = base64.b64decode(body)
-    args, _kwargs, _embed = json.loads(body)
-    return headers["id"], args[0]
 
 
 def emulate(
@@ -284,28 +256,9 @@ def baseline(redis_url: str, hosts: int) -> Baseline:
                 StreamEnvelope(host=host, job_id="bench", event=event).model_dump_json()
             )
     streams = [f"bench:fanout:raw:{host_name(i)}" for i in range(hosts)]
-    pipe = client.pipeline(transaction=False)
-    for stream in streams:
-        pipe.delete(stream)
-        pipe.xgroup_create(stream, "g", id="0", mkstream=True)
-    pipe.execute()
-    t0 = time.perf_counter()
-    for i, payload in enumerate(payloads):
-        client.xadd(streams[i // 3], {"data": payload})
-    xadd_s = time.perf_counter() - t0
-    reading: Any = {stream: ">" for stream in streams}
-    per_stream = max(1, 200 // hosts)  # XREADGROUP's COUNT is per stream, as ingest asks
-    t0 = time.perf_counter()
-    read = 0
-    while read < len(payloads):
-        reply = client.xreadgroup("g", "c", reading, count=per_stream, block=1000)
-        pipe = client.pipeline(transaction=False)
-        for stream, entries in reply or []:
-            pipe.xack(stream, "g", *[entry_id for entry_id, _ in entries])
-            read += len(entries)
-        pipe.execute()
-    read_s = time.perf_counter() - t0
-    client.delete(*streams)
+    items = [(streams[i // 3], payload) for i, payload in enumerate(payloads)]
+    # XREADGROUP's COUNT is per stream, as ingest asks
+    xadd_s, read_s = raw_streams(client, items, per_stream=max(1, 200 // hosts))
     client.close()
     return Baseline(send_task_s=send_s, xadd_s=xadd_s, read_ack_s=read_s)
 
@@ -483,18 +436,14 @@ def _joined(base: str, admin: str, hosts: int, identities: Path, log: Any) -> An
     yield
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
 def summarize(rounds: list[Round], bases: list[Baseline], meta: dict[str, Any]) -> dict[str, Any]:
     fields = ("post", "first_event", "last_event", "final", "seen", "total", "results")
-    medians = {f: _median([getattr(r, f) for r in rounds]) for f in fields}
+    medians = {f: _main.median([getattr(r, f) for r in rounds]) for f in fields}
     base = {
-        "send_task_s": _median([b.send_task_s for b in bases]),
-        "xadd_s": _median([b.xadd_s for b in bases]),
-        "read_ack_s": _median([b.read_ack_s for b in bases]),
-        "total_s": _median([b.total_s for b in bases]),
+        "send_task_s": _main.median([b.send_task_s for b in bases]),
+        "xadd_s": _main.median([b.xadd_s for b in bases]),
+        "read_ack_s": _main.median([b.read_ack_s for b in bases]),
+        "total_s": _main.median([b.total_s for b in bases]),
     }
     return {
         "benchmark": "fanout",
@@ -544,87 +493,42 @@ def print_table(summary: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _main.options(__doc__, rounds=5, rounds_help="jobs to time (median taken)", db=True)
     parser.add_argument("--hosts", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=5, help="jobs to time (median taken)")
     parser.add_argument("--concurrency", type=int, default=8, help="emulator threads")
-    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
-    parser.add_argument("--json", action="store_true", help="print one JSON document instead")
     parser.add_argument("--emulate", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     parser.add_argument("--capabilities", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--identities", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args, log = _main.start(parser)
     if args.emulate:
         emulate(args.redis_url, args.hosts, args.concurrency, args.capabilities, args.identities)
         return 0
-
-    def log(line: str) -> None:
-        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
-
-    workdir = Path(tempfile.mkdtemp(prefix="ft-bench-fanout-"))
-    rounds: list[Round] = []
-    bases: list[Baseline] = []
-    try:
-        with redis_server(workdir) as redis_url, database(args.db, workdir) as database_url:
-            token = create_token(database_url, "operator")
-            admin = create_token(database_url, "admin")
-            engine = make_engine(database_url)
-            sessions = make_sessionmaker(engine)
-            client = redis.Redis.from_url(client_url(redis_url))
-            try:
-                identities = workdir / "identities.json"
-                with (
-                    open(workdir / "serve.log", "wb") as serve_log,
-                    open(workdir / "fleet.log", "wb") as fleet_log,
-                    serve(workdir, database_url, redis_url, serve_log) as base,
-                    _joined(base, admin, args.hosts, identities, log),
-                    fleet(redis_url, args.hosts, args.concurrency, workdir, fleet_log, identities),
-                    httpx.Client(
-                        base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
-                    ) as api,
-                ):
-                    log(f"stack up ({args.db}); waiting for {args.hosts} hosts to heartbeat")
-
-                    def all_online() -> bool:
-                        data = api.get("/v1/hosts").json()["data"]
-                        return sum(h["state"] == "online" for h in data) >= args.hosts
-
-                    wait_for(all_online, 120, f"{args.hosts} hosts online", every_s=0.5)
-                    time.sleep(1.0)  # let the emulator's worker finish binding its queues
-                    one_round(api, sessions, client, args.hosts)
-                    log("warm-up job done")
-                    for i in range(args.rounds):
-                        r = one_round(api, sessions, client, args.hosts)
-                        rounds.append(r)
-                        bases.append(baseline(redis_url, args.hosts))
-                        log(
-                            f"round {i + 1}/{args.rounds}: {r.total:.3f} s "
-                            f"(baseline {bases[-1].total_s:.3f} s)"
-                        )
-            finally:
-                client.close()
-                engine.dispose()
-    except BaseException:
-        print_log_tails(workdir)
-        raise
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    meta = {
-        "program": PROGRAM,
-        "hosts": args.hosts,
-        "concurrency": args.concurrency,
-        "db": args.db,
-        "kernel": os.uname().release,
-        "cpus": os.cpu_count(),
-        "at": datetime.now().isoformat(timespec="seconds"),
-    }
-    summary = summarize(rounds, bases, meta)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print_table(summary)
-    return 0
+    with controller("ft-bench-fanout-", args.db) as stack:
+        workdir = stack.workdir
+        identities = workdir / "identities.json"
+        with (
+            stack.readers() as (sessions, client),
+            open(workdir / "fleet.log", "wb") as fleet_log,
+            stack.serve() as base,
+            _joined(base, stack.admin, args.hosts, identities, log),
+            fleet(stack.redis_url, args.hosts, args.concurrency, workdir, fleet_log, identities),
+            stack.api(base, timeout_s=60) as api,
+        ):
+            log(f"stack up ({args.db}); waiting for {args.hosts} hosts to heartbeat")
+            wait_online(api, args.hosts)
+            time.sleep(1.0)  # let the emulator's worker finish binding its queues
+            rounds, bases = _main.side_by_side(
+                args.rounds,
+                lambda: one_round(api, sessions, client, args.hosts),
+                lambda: baseline(stack.redis_url, args.hosts),
+                log,
+                lambda r, b: f"{r.total:.3f} s (baseline {b.total_s:.3f} s)",
+            )
+    meta = _main.machine(
+        program=PROGRAM, hosts=args.hosts, concurrency=args.concurrency, db=args.db
+    )
+    return _main.finish(args, summarize(rounds, bases, meta), print_table)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,13 @@ itself is linear; `now` is what a report does (cut at MAX_DEPTH, with a note).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tracemalloc
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
+
+import _main
 
 from controller.reports import svg
 from controller.reports.flame import MAX_DEPTH, layout
@@ -86,16 +87,16 @@ def measure(depth: int) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = _main.options(__doc__).parse_args()
     rows = []
     for depth in DEPTHS:
         rows.append(measure(depth))
         sys.stderr.write(f"depth {depth}: done\n")
-    if args.json:
-        sys.stdout.write(json.dumps({"max_depth": MAX_DEPTH, "rows": rows}, indent=2) + "\n")
-        return 0
+    return _main.finish(args, {"max_depth": MAX_DEPTH, "rows": rows}, print_table)
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    rows = summary["rows"]
     sys.stdout.write(
         f"{'depth':>6} {'baseline MB':>12} {'now, uncapped MB':>17} {'ratio':>6} {'now MB':>7}\n"
     )
@@ -105,7 +106,6 @@ def main() -> int:
             f"{r['depth']:>6} {r['baseline_mb']:>12.1f} {r['now_uncapped_mb']:>17.1f} "
             f"{ratio:>6.1f} {r['now_mb']:>7.1f}\n"
         )
-    return 0
 
 
 if __name__ == "__main__":

@@ -24,14 +24,10 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import json
 import multiprocessing
-import os
 import pstats
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -39,15 +35,17 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
+import _main
 import redis
-from _stack import PG_BIN, migrated_sqlite, postgres_server, print_log_tails, redis_server
+from _baselines import raw_streams
+from _stack import migrated_sqlite, postgres_server, redis_server
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db import make_engine, make_sessionmaker
+from controller.devstack.harness import PG_BIN
 from controller.hosts.models import Host
 from controller.ingest.consumer import Ingest
 from controller.jobs.models import Job, Run, SnapshotRow
@@ -144,30 +142,10 @@ class Raw:
 
 
 def measure_raw(client: redis.Redis, data: list[Item], batch: int) -> Raw:
-    hosts = sorted({host for host, _ in data})
-    streams = {host: f"bench:ingest:raw:{host}" for host in hosts}
-    pipe = client.pipeline(transaction=False)
-    for stream in streams.values():
-        pipe.delete(stream)
-        pipe.xgroup_create(stream, "g", id="0", mkstream=True)
-    pipe.execute()
-    t0 = time.perf_counter()
-    for host, item in data:
-        client.xadd(streams[host], {"data": item})
-    xadd_s = time.perf_counter() - t0
-    per_stream = max(1, batch // len(streams))  # XREADGROUP's COUNT is per stream
-    reading: Any = {stream: ">" for stream in streams.values()}
-    t0 = time.perf_counter()
-    read = 0
-    while read < len(data):
-        reply = client.xreadgroup("g", "c", reading, count=per_stream, block=1000)
-        pipe = client.pipeline(transaction=False)
-        for stream, entries in reply or []:
-            pipe.xack(stream, "g", *[entry_id for entry_id, _ in entries])
-            read += len(entries)
-        pipe.execute()
-    read_s = time.perf_counter() - t0
-    client.delete(*streams.values())
+    items = [(f"bench:ingest:raw:{host}", payload) for host, payload in data]
+    streams = len({host for host, _ in data})
+    # XREADGROUP's COUNT is per stream
+    xadd_s, read_s = raw_streams(client, items, per_stream=max(1, batch // streams))
     n = len(data)
     return Raw(n / xadd_s, n / read_s, n / (xadd_s + read_s))
 
@@ -407,62 +385,48 @@ def print_table(summary: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _main.options(__doc__, rounds=3)
     parser.add_argument("--snapshots", type=int, default=5000, help="backlog per round")
-    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--db", default="sqlite,postgresql", help="comma-separated")
     parser.add_argument("--rate", type=float, default=1000.0, help="paced producer, per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="paced run length (0: skip)")
     parser.add_argument("--profile", action="store_true", help="cProfile the drains")
-    parser.add_argument("--json", action="store_true", help="print one JSON document instead")
     args = parser.parse_args()
     kinds = [k for k in args.db.split(",") if k]
-
-    def log(line: str) -> None:
-        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+    log = _main.progress(args)
 
     notes: list[str] = []
     if "postgresql" in kinds and not (PG_BIN / "initdb").exists():
         kinds.remove("postgresql")
         notes.append(f"PostgreSQL skipped: no {PG_BIN / 'initdb'}")
-    workdir = Path(tempfile.mkdtemp(prefix="ft-bench-ingest-"))
     results: list[DbResult] = []
-    try:
-        with ExitStack() as stack:
-            redis_url = stack.enter_context(redis_server(workdir))
-            for kind in kinds:
-                if kind == "sqlite":
-                    url = migrated_sqlite(workdir, "ingest.db")
-                else:
-                    url = stack.enter_context(postgres_server(workdir))()
-                results.append(bench_db(kind, url, redis_url, args, log))
-    except BaseException:
-        print_log_tails(workdir)
-        raise
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    summary: dict[str, Any] = {
-        "benchmark": "ingest_rate",
-        "hosts": HOSTS,
-        "buckets": BUCKETS,
-        "snapshots": args.snapshots,
-        "rounds": args.rounds,
-        "ingest_batch": Settings().ingest_batch,
-        "kernel": os.uname().release,
-        "cpus": os.cpu_count(),
-        "at": datetime.now().isoformat(timespec="seconds"),
-        "notes": notes,
-        "databases": [summarize_db(r) for r in results],
-    }
+    with _main.scratch("ft-bench-ingest-") as workdir, ExitStack() as stack:
+        redis_url = stack.enter_context(redis_server(workdir))
+        for kind in kinds:
+            if kind == "sqlite":
+                url = migrated_sqlite(workdir, "ingest.db")
+            else:
+                url = stack.enter_context(postgres_server(workdir))()
+            results.append(bench_db(kind, url, redis_url, args, log))
+    summary = _main.machine(
+        benchmark="ingest_rate",
+        hosts=HOSTS,
+        buckets=BUCKETS,
+        snapshots=args.snapshots,
+        rounds=args.rounds,
+        ingest_batch=Settings().ingest_batch,
+    )
+    summary["notes"] = notes
+    summary["databases"] = [summarize_db(r) for r in results]
     if args.profile:
         summary["profiles"] = {r.db: r.profile for r in results if r.profile}
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
+
+    def table_and_notes(summary: dict[str, Any]) -> None:
         print_table(summary)
         for note in notes:
             print(note)
-    return 0
+
+    return _main.finish(args, summary, table_and_notes)
 
 
 if __name__ == "__main__":

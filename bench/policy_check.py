@@ -11,13 +11,13 @@ seccomp filter is installed once per trace process; its cost is timed in a fresh
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
 import time
 from typing import Any
 
+import _main
 from program_costs import CUSTOM_SOURCE
 
 from node_agent.programs import catalog
@@ -57,7 +57,7 @@ def compiled(source: str, cflags: list[str]) -> tuple[Any, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _main.options(__doc__, as_json=False)
     parser.add_argument("--repeat", type=int, default=2000)
     args = parser.parse_args()
     print(f"policy check vs compile, same run; check = median of {args.repeat} repeats")

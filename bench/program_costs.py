@@ -12,16 +12,14 @@ ratio shows what our orchestration (child, pydantic, decoders, snapshots) adds.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import _main
+from _baselines import bare_child
 
 from node_agent.programs import catalog
 from node_agent.protocol import MapDecl, MapKind, RunEvent, RunState, Snapshot, TraceRequest
@@ -146,24 +144,7 @@ def run_bare(request: TraceRequest) -> BareRun:
     prepared = prepare(request, allow_custom=True)
     perf = [(s.fn, int(prepared.params[s.frequency_param])) for s in prepared.spec.perf_samples]
     cfg = json.dumps({"source": prepared.source, "cflags": prepared.cflags, "perf": perf})
-    with tempfile.TemporaryFile(mode="w+") as stderr:
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, "-c", BARE_SCRIPT],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,  # a file, not a pipe: LLVM warnings cannot block the child
-            text=True,
-        )
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(cfg)
-        proc.stdin.close()
-        line = proc.stdout.readline()  # printed once loaded, before cleanup
-        wall = time.monotonic() - started
-        proc.stdout.read()
-        proc.wait(timeout=300)
-        stderr.seek(0)
-        err = stderr.read()
+    wall, line, err = bare_child(BARE_SCRIPT, cfg, timeout_s=300)
     if not line.strip():
         return BareRun(ok=False, error=(err.strip().splitlines() or ["no output"])[-1])
     data = json.loads(line)
@@ -175,11 +156,6 @@ def run_bare(request: TraceRequest) -> BareRun:
         maxrss_mb=data["maxrss_mb"],
         cpu_s=data["cpu_s"],
     )
-
-
-def _median(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
 
 
 def _round(value: float | None, digits: int) -> float | None:
@@ -207,7 +183,7 @@ def summarize_one(result: ProgramResult) -> dict[str, Any]:
         ("agent_cpu_s", 3),
         ("tracing_cpu_pct", 2),
     ):
-        row[attr] = _round(_median([getattr(r, attr) for r in ok]), digits)
+        row[attr] = _round(_main.median([getattr(r, attr) for r in ok]), digits)
     if bare_ok:
         for attr, digits in (
             ("wall_s", 3),
@@ -216,7 +192,7 @@ def summarize_one(result: ProgramResult) -> dict[str, Any]:
             ("maxrss_mb", 1),
             ("cpu_s", 3),
         ):
-            row[f"bare_{attr}"] = _round(_median([getattr(b, attr) for b in bare_ok]), digits)
+            row[f"bare_{attr}"] = _round(_main.median([getattr(b, attr) for b in bare_ok]), digits)
         row["ratio_wall"] = round(row["to_running_s"] / row["bare_wall_s"], 2)
         row["ratio_rss"] = round(row["peak_rss_mb"] / row["bare_maxrss_mb"], 2)
         row["ratio_load"] = round((row["compile_s"] + row["attach_s"]) / row["bare_load_s"], 2)
@@ -270,22 +246,16 @@ def print_table(summary: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="runs per program (median taken)")
+    parser = _main.options(__doc__, rounds=3, rounds_help="runs per program (median taken)")
     parser.add_argument("--only", default="", help="comma-separated program names")
-    parser.add_argument("--json", action="store_true", help="print one JSON document instead")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("needs root (eBPF)", file=sys.stderr)
+    if _main.not_root():
         return 2
     names = list(catalog())
     if args.only:
         wanted = set(args.only.split(","))
         names = [n for n in names if n in wanted]
-
-    def log(line: str) -> None:
-        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
-
+    log = _main.progress(args)
     # Warm the page cache (libbcc, LLVM, headers) so the first program is not charged for it.
     run_bare(make_request("syscalls", "bench-warmup"))
     results = {name: ProgramResult(name) for name in names}
@@ -300,20 +270,11 @@ def main() -> int:
                 f"round {round_no + 1}/{args.rounds} {name:16} {ours.state}"
                 + (f" ({ours.error})" if ours.error else "")
             )
-    summary = {
-        "benchmark": "program_costs",
-        "duration_s": DURATION_S,
-        "interval_s": INTERVAL_S,
-        "rounds": args.rounds,
-        "kernel": os.uname().release,
-        "cpus": os.cpu_count(),
-        "programs": [summarize_one(results[n]) for n in names],
-    }
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print_table(summary)
-    return 0
+    summary = _main.machine(
+        benchmark="program_costs", duration_s=DURATION_S, interval_s=INTERVAL_S, rounds=args.rounds
+    )
+    summary["programs"] = [summarize_one(results[n]) for n in names]
+    return _main.finish(args, summary, print_table)
 
 
 if __name__ == "__main__":

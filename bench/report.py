@@ -29,11 +29,9 @@ Targets (issue 5): JSON under 1 s, HTML under 3 s.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -43,6 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import _main
 from _stack import create_token, database
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
@@ -204,12 +203,11 @@ def baseline(factory: Any, job_id: str) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _main.options(__doc__, rounds=3)
     parser.add_argument("--hosts", type=int, default=1000)
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--pool", type=int, default=10_200)
     parser.add_argument("--pid", action="store_true")
-    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--db",
         choices=["sqlite", "postgres"],
@@ -217,7 +215,6 @@ def main() -> int:
         help="a new SQLite file, or a throwaway PostgreSQL cluster (as the tests use)",
     )
     parser.add_argument("--no-baseline", action="store_true")
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="ft-bench-report-") as tmp,
@@ -234,7 +231,7 @@ def main() -> int:
         base = None if args.no_baseline else baseline(factory, job_id)
         app.state.engine.dispose()
         engine.dispose()
-    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    med = {k: _main.median(r[k] for r in runs) for k in runs[0]}
     per_host_ms = {k: 1000 * v / args.hosts for k, v in spent.items()}
     if args.json:
         doc = {"median": med, "runs": runs, "baseline_s": base, "ingest_ms_per_host": per_host_ms}

@@ -10,7 +10,6 @@ shown without and with the replay check (which writes and fsyncs the agent's see
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -21,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import _main
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from node_agent.protocol import TraceRequest
@@ -55,9 +55,8 @@ def timed(n: int, make: Callable[[int], Any], act: Callable[[Any], object]) -> l
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _main.options(__doc__)
     parser.add_argument("--n", type=int, default=5000)
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     key = Ed25519PrivateKey.generate()
     keys = dict([public_line(key.public_key()).split()])

@@ -14,31 +14,20 @@ is measured; at the end the job is cancelled and every stream must end with it.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import multiprocessing
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from datetime import datetime
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
+import _main
 import httpx
-from _stack import (
-    add_host,
-    agent_worker,
-    create_token,
-    database,
-    print_log_tails,
-    redis_server,
-    serve,
-)
+from _stack import add_host, agent_worker, controller, create_token, wait_online
 
 HOST = "bench-sse"
 PER_TOKEN = 20
@@ -138,87 +127,57 @@ def wait_jobs_final(api: httpx.Client, timeout_s: float = 300) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _main.options(__doc__, db=True)
     parser.add_argument("--streams", type=int, default=200, help="open SSE streams (200)")
     parser.add_argument("--probes", type=int, default=300, help="/healthz requests per phase")
     parser.add_argument("--submits", type=int, default=20, help="job submissions per phase")
-    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
-    parser.add_argument("--json", action="store_true", help="print one JSON document instead")
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("needs root (eBPF)", file=sys.stderr)
-        return 2
-
-    def log(line: str) -> None:
-        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
-
-    workdir = Path(tempfile.mkdtemp(prefix="ft-bench-sse-"))
+    args, log = _main.start(parser, root=True)
     phases: dict[str, dict[str, float]] = {}
     viewers: list[dict[str, Any]] = []
-    try:
-        with redis_server(workdir) as redis_url, database(args.db, workdir) as database_url:
-            operator = create_token(database_url, "operator")
-            admin = create_token(database_url, "admin")
-            tokens = [
-                create_token(database_url, "viewer") for _ in range(-(-args.streams // PER_TOKEN))
-            ]
-            with (
-                open(workdir / "serve.log", "wb") as serve_log,
-                open(workdir / "agent.log", "wb") as agent_log,
-                serve(
-                    workdir,
-                    database_url,
-                    redis_url,
-                    serve_log,
-                    FLEETTRACE_SSE_STREAMS_PER_TOKEN=str(PER_TOKEN),
-                ) as base,
-                # The host is added first: its agent speaks with its own Redis identity.
-                agent_worker(HOST, add_host(base, admin, HOST), agent_log, workdir),
-                httpx.Client(
-                    base_url=base, headers={"Authorization": f"Bearer {operator}"}, timeout=120
-                ) as api,
-            ):
-                deadline = time.monotonic() + 120
-                while api.get(f"/v1/hosts/{HOST}").json().get("state") != "online":
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"{HOST} did not come online")
-                    time.sleep(0.5)
-                watched = api.post("/v1/jobs", json=job_body(3600)).json()
-                log(f"stack up ({args.db}); job {watched['id']} runs through both phases")
-                measure(api, 20, 2)  # warm-up
-                wait_jobs_final(api)
-                phases["0"] = measure(api, args.probes, args.submits)
-                log(f"0 streams: {json.dumps(phases['0'])}")
-                wait_jobs_final(api)
+    with controller("ft-bench-sse-", args.db) as stack:
+        workdir = stack.workdir
+        tokens = [
+            create_token(stack.database_url, "viewer") for _ in range(-(-args.streams // PER_TOKEN))
+        ]
+        with (
+            open(workdir / "agent.log", "wb") as agent_log,
+            stack.serve(FLEETTRACE_SSE_STREAMS_PER_TOKEN=str(PER_TOKEN)) as base,
+            # The host is added first: its agent speaks with its own Redis identity.
+            agent_worker(HOST, add_host(base, stack.admin, HOST), agent_log, workdir),
+            stack.api(base, timeout_s=120) as api,
+        ):
+            wait_online(api, 1)
+            watched = api.post("/v1/jobs", json=job_body(3600)).json()
+            log(f"stack up ({args.db}); job {watched['id']} runs through both phases")
+            measure(api, 20, 2)  # warm-up
+            wait_jobs_final(api)
+            phases["0"] = measure(api, args.probes, args.submits)
+            log(f"0 streams: {json.dumps(phases['0'])}")
+            wait_jobs_final(api)
 
-                ctx = multiprocessing.get_context("spawn")
-                ours, theirs = ctx.Pipe()
-                stream_tokens = [tokens[i // PER_TOKEN] for i in range(args.streams)]
-                url = f"/v1/jobs/{watched['id']}/events"
-                proc = ctx.Process(target=watch, args=(base, url, stream_tokens, theirs))
-                proc.start()
-                try:
-                    if not ours.poll(300):
-                        raise RuntimeError("the streams did not all open within 300 s")
-                    _, statuses = ours.recv()
-                    if statuses != [200] * args.streams:
-                        raise RuntimeError(f"not every stream opened: {statuses}")
-                    log(f"{args.streams} streams open, each has had a snapshot")
-                    phases[str(args.streams)] = measure(api, args.probes, args.submits)
-                    log(f"{args.streams} streams: {json.dumps(phases[str(args.streams)])}")
-                    api.post(f"/v1/jobs/{watched['id']}/cancel").raise_for_status()
-                    if not ours.poll(120):
-                        raise RuntimeError("the streams did not end with the job")
-                    _, viewers = ours.recv()
-                finally:
-                    proc.join(timeout=30)
-                    if proc.is_alive():
-                        proc.kill()
-    except BaseException:
-        print_log_tails(workdir)
-        raise
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+            ctx = multiprocessing.get_context("spawn")
+            ours, theirs = ctx.Pipe()
+            stream_tokens = [tokens[i // PER_TOKEN] for i in range(args.streams)]
+            url = f"/v1/jobs/{watched['id']}/events"
+            proc = ctx.Process(target=watch, args=(base, url, stream_tokens, theirs))
+            proc.start()
+            try:
+                if not ours.poll(300):
+                    raise RuntimeError("the streams did not all open within 300 s")
+                _, statuses = ours.recv()
+                if statuses != [200] * args.streams:
+                    raise RuntimeError(f"not every stream opened: {statuses}")
+                log(f"{args.streams} streams open, each has had a snapshot")
+                phases[str(args.streams)] = measure(api, args.probes, args.submits)
+                log(f"{args.streams} streams: {json.dumps(phases[str(args.streams)])}")
+                api.post(f"/v1/jobs/{watched['id']}/cancel").raise_for_status()
+                if not ours.poll(120):
+                    raise RuntimeError("the streams did not end with the job")
+                _, viewers = ours.recv()
+            finally:
+                proc.join(timeout=30)
+                if proc.is_alive():
+                    proc.kill()
     loaded = phases[str(args.streams)]
     summary = {
         "db": args.db,

@@ -24,40 +24,26 @@ attached) is the baseline for what reaching "attached" costs without us.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import re
-import shutil
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import _main
 import httpx
 import redis
-from _stack import (
-    add_host,
-    agent_worker,
-    create_token,
-    database,
-    print_log_tails,
-    redis_server,
-    serve,
-    wait_for,
-)
+from _baselines import bare_child
+from _stack import add_host, agent_worker, controller, wait_online
 from sqlalchemy import select
 
-from controller.db import make_engine, make_sessionmaker
+from controller.devstack.harness import wait_for
 from controller.jobs.models import Run, SnapshotRow
 from node_agent.protocol import StreamEnvelope, TraceRequest
 from node_agent.trace import prepare
-from node_agent.wire import client_url, events_stream
+from node_agent.wire import events_stream
 
 HOST = "bench-1"
 PROGRAM = "syscalls"
@@ -107,24 +93,7 @@ class BareSample:
 
 
 def run_bare(cfg: str) -> BareSample:
-    with tempfile.TemporaryFile(mode="w+") as stderr:
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, "-c", BARE_SCRIPT],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-        )
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(cfg)
-        proc.stdin.close()
-        line = proc.stdout.readline()
-        wall = time.monotonic() - started
-        proc.stdout.read()
-        proc.wait(timeout=120)
-        stderr.seek(0)
-        err = stderr.read()
+    wall, line, err = bare_child(BARE_SCRIPT, cfg, timeout_s=120)
     if not line.strip():
         raise RuntimeError(f"bare bcc load failed: {err.strip()[-500:]}")
     data = json.loads(line)
@@ -226,19 +195,16 @@ def one_job(
     )
 
 
-def _median(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
 def summarize(
     samples: list[JobSample], bare: list[BareSample], meta: dict[str, Any]
 ) -> dict[str, Any]:
     medians = {
-        name: _median([getattr(s, name) for s in samples])
+        name: _main.median([getattr(s, name) for s in samples])
         for name in ("post_rtt", "total", *STAGES, "overhead", "to_attached")
     }
-    bare_med = {name: _median([getattr(b, name) for b in bare]) for name in ("wall_s", "load_s")}
+    bare_med = {
+        name: _main.median([getattr(b, name) for b in bare]) for name in ("wall_s", "load_s")
+    }
     ratios: dict[str, float | None] = {}
     if medians["to_attached"] and bare_med["wall_s"]:
         ratios["to_attached_vs_bare_wall"] = medians["to_attached"] / bare_med["wall_s"]
@@ -301,90 +267,43 @@ def print_table(summary: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _main.options(__doc__, db=True)
     parser.add_argument("--jobs", type=int, default=10, help="jobs to time (median taken)")
     parser.add_argument("--interval", type=float, default=1.0, help="snapshot interval, s")
     parser.add_argument("--duration", type=float, default=2.0, help="trace duration, s")
-    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
-    parser.add_argument("--json", action="store_true", help="print one JSON document instead")
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("needs root (eBPF)", file=sys.stderr)
-        return 2
+    args, log = _main.start(parser, root=True)
     if args.duration <= args.interval:
         print("--duration must be longer than --interval", file=sys.stderr)
         return 2
-
-    def log(line: str) -> None:
-        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
-
-    workdir = Path(tempfile.mkdtemp(prefix="ft-bench-submit-"))
     cfg = bare_config()
-    samples: list[JobSample] = []
-    bare: list[BareSample] = []
-    try:
-        with redis_server(workdir) as redis_url, database(args.db, workdir) as database_url:
-            token = create_token(database_url, "operator")
-            admin = create_token(database_url, "admin")
-            engine = make_engine(database_url)
-            sessions = make_sessionmaker(engine)
-            client = redis.Redis.from_url(client_url(redis_url))
-            agent_log = workdir / "agent.log"
-            try:
-                with (
-                    open(workdir / "serve.log", "wb") as serve_log,
-                    open(agent_log, "wb") as agent_out,
-                    serve(workdir, database_url, redis_url, serve_log) as base,
-                    # The host joins with its own Redis identity, as in production.
-                    agent_worker(HOST, add_host(base, admin, HOST), agent_out, workdir),
-                    httpx.Client(
-                        base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30
-                    ) as api,
-                ):
-                    log(f"stack up ({args.db}); waiting for {HOST}'s first heartbeat")
-
-                    def online() -> bool:
-                        resp = api.get(f"/v1/hosts/{HOST}")
-                        return resp.status_code == 200 and resp.json()["state"] == "online"
-
-                    wait_for(online, 120, f"{HOST} online", every_s=0.5)
-                    run_bare(cfg)  # warm the page cache (libbcc, LLVM, headers)
-                    one_job(api, sessions, client, agent_log, args.duration, args.interval)
-                    log("warm-up job done")
-                    for i in range(args.jobs):
-                        sample = one_job(
-                            api, sessions, client, agent_log, args.duration, args.interval
-                        )
-                        samples.append(sample)
-                        bare.append(run_bare(cfg))
-                        log(
-                            f"job {i + 1}/{args.jobs}: total {sample.total * 1000:.0f} ms, "
-                            f"overhead {sample.overhead * 1000:.0f} ms; "
-                            f"bare {bare[-1].wall_s * 1000:.0f} ms"
-                        )
-            finally:
-                client.close()
-                engine.dispose()
-    except BaseException:
-        print_log_tails(workdir)
-        raise
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    meta = {
-        "program": PROGRAM,
-        "duration_s": args.duration,
-        "interval_s": args.interval,
-        "db": args.db,
-        "kernel": os.uname().release,
-        "cpus": os.cpu_count(),
-        "at": datetime.now().isoformat(timespec="seconds"),
-    }
-    summary = summarize(samples, bare, meta)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print_table(summary)
-    return 0
+    with controller("ft-bench-submit-", args.db) as stack:
+        workdir = stack.workdir
+        agent_log = workdir / "agent.log"
+        with (
+            stack.readers() as (sessions, client),
+            open(agent_log, "wb") as agent_out,
+            stack.serve() as base,
+            # The host joins with its own Redis identity, as in production.
+            agent_worker(HOST, add_host(base, stack.admin, HOST), agent_out, workdir),
+            stack.api(base, timeout_s=30) as api,
+        ):
+            log(f"stack up ({args.db}); waiting for {HOST}'s first heartbeat")
+            wait_online(api, 1)
+            run_bare(cfg)  # warm the page cache (libbcc, LLVM, headers)
+            samples, bare = _main.side_by_side(
+                args.jobs,
+                lambda: one_job(api, sessions, client, agent_log, args.duration, args.interval),
+                lambda: run_bare(cfg),
+                log,
+                lambda s, b: (
+                    f"total {s.total * 1000:.0f} ms, overhead {s.overhead * 1000:.0f} ms; "
+                    f"bare {b.wall_s * 1000:.0f} ms"
+                ),
+            )
+    meta = _main.machine(
+        program=PROGRAM, duration_s=args.duration, interval_s=args.interval, db=args.db
+    )
+    return _main.finish(args, summarize(samples, bare, meta), print_table)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import re
 import select
@@ -31,6 +30,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+import _main
 
 from node_agent.protocol import (
     CounterTable,
@@ -325,19 +326,14 @@ def print_table(summary: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _main.options(__doc__, rounds=5, rounds_help="interleaved rounds (median taken)")
     parser.add_argument("--n", type=int, default=5_000_000, help="timed getppid() calls per run")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median taken)")
     parser.add_argument("--cpu", type=int, default=(os.cpu_count() or 1) - 1, help="CPU to pin to")
     parser.add_argument("--bpftrace", default=shutil.which("bpftrace") or "/usr/bin/bpftrace")
-    parser.add_argument("--json", action="store_true", help="print one JSON document instead")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("needs root (eBPF)", file=sys.stderr)
+    if _main.not_root():
         return 2
-
-    def log(line: str) -> None:
-        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+    log = _main.progress(args)
 
     configs = [
         Config("untraced", "untraced"),
@@ -349,12 +345,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ft-bench-") as tmp:
         loop = build_loop(Path(tmp))
         measure(args, loop, configs, log)
-    summary = summarize(args, configs)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print_table(summary)
-    return 0
+    return _main.finish(args, summarize(args, configs), print_table)
 
 
 if __name__ == "__main__":

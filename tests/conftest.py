@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import cgroup_name
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -44,6 +47,16 @@ def _fail_in_ci() -> None:
 
 
 @pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test starts; killed and reaped afterwards whatever happens."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
 def cgroup2_root() -> Path:
     from node_agent.scope import cgroup2_mount
 
@@ -59,7 +72,7 @@ def make_cgroup(cgroup2_root: Path) -> Iterator[Callable[[str], Path]]:
     made: list[Path] = []
 
     def make(name: str) -> Path:
-        path = cgroup2_root / f"fleettrace-test-{os.getpid()}-{name}"
+        path = cgroup2_root / cgroup_name(name)
         path.mkdir()
         made.append(path)
         return path

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -123,3 +125,41 @@ def loaded_bpf_programs() -> dict[int, str]:
         ["bpftool", "-j", "prog", "show"], check=True, capture_output=True, text=True
     ).stdout
     return {int(p["id"]): str(p.get("name", "")) for p in json.loads(out or "[]")}
+
+
+def run_in_own_mounts(
+    script: Path, env: dict[str, str], timeout_s: float
+) -> subprocess.CompletedProcess[str]:
+    """`bash script` in a mount namespace of its own (its mounts vanish with it); it must
+    succeed."""
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "bash", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def cgroup_name(name: str) -> str:
+    """The name tests/conftest.py's make_cgroup gives the group it makes as `name`."""
+    return f"fleettrace-test-{os.getpid()}-{name}"
+
+
+def spawn_waiting(script: str, *args: str) -> subprocess.Popen[str]:
+    """`python -c script args...`, which waits for a line on its stdin before it works."""
+    return subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE, text=True)
+
+
+def go(started: list[subprocess.Popen[str]], *, succeed: bool = False) -> None:
+    """Tell every waiting process to start, then wait for them all to finish (with succeed,
+    each must exit 0)."""
+    for proc in started:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    for proc in started:
+        code = proc.wait(timeout=30)
+        assert code == 0 or not succeed, f"{proc.args} exited with {code}"

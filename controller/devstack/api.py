@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from controller.devstack.config import DevstackError, HostSpec
+from controller.devstack.harness import wait_for
 
 FINAL_JOB_STATES = {"succeeded", "partial", "failed", "cancelled"}
 
@@ -53,21 +53,25 @@ class Api:
     def wait_online(self, names: list[str], timeout_s: float, alive: Callable[[], None]) -> None:
         """Until every named host heartbeats with its probe; `alive` raises if the stack broke
         meanwhile."""
-        deadline = time.monotonic() + timeout_s
-        while True:
+        waiting = list(names)
+
+        def all_online() -> bool:
             alive()
             hosts = self.hosts()
             # An agent's first beat comes before its probe: wait for the capabilities too.
-            waiting = [
+            waiting[:] = [
                 n
                 for n in names
                 if hosts.get(n, {}).get("state") != "online" or not hosts[n].get("capabilities")
             ]
-            if not waiting:
-                return
-            if time.monotonic() > deadline:
-                raise DevstackError(f"hosts not online after {timeout_s:g}s: {', '.join(waiting)}")
-            time.sleep(0.3)
+            return not waiting
+
+        try:
+            wait_for(all_online, timeout_s, "hosts online", every_s=0.3)
+        except TimeoutError:
+            raise DevstackError(
+                f"hosts not online after {timeout_s:g}s: {', '.join(waiting)}"
+            ) from None
 
     def submit(self, program: str, params: dict[str, Any], duration_s: float) -> dict[str, Any]:
         body = {
@@ -80,14 +84,16 @@ class Api:
         return job
 
     def wait_job(self, job_id: str, timeout_s: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            job: dict[str, Any] = self._call("GET", f"/v1/jobs/{job_id}")
-            if job["state"] in FINAL_JOB_STATES:
-                return job
-            if time.monotonic() > deadline:
-                raise DevstackError(f"job {job_id} still {job['state']} after {timeout_s:g}s")
-            time.sleep(0.3)
+        job: dict[str, Any] = {}
+
+        def final() -> dict[str, Any] | None:
+            job.update(self._call("GET", f"/v1/jobs/{job_id}"))
+            return job if job["state"] in FINAL_JOB_STATES else None
+
+        try:
+            return wait_for(final, timeout_s, f"job {job_id}", every_s=0.3)
+        except TimeoutError:
+            raise DevstackError(f"job {job_id} still {job['state']} after {timeout_s:g}s") from None
 
     def results(self, job_id: str) -> dict[str, Any]:
         results: dict[str, Any] = self._call("GET", f"/v1/jobs/{job_id}/results")

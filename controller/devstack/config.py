@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from controller.devstack.harness import REDIS_USER, free_port
 from controller.devstack.workload import MODES
 
 DEFAULT_STATE_DIR = Path("/run/fleettrace-dev")
@@ -16,7 +18,6 @@ HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 MAX_HOSTS = 32
 # Unix socket paths are limited to 108 bytes (sun_path).
 MAX_SOCKET_PATH = 100
-REDIS_USER = "fleettrace"
 
 
 class DevstackError(Exception):
@@ -196,6 +197,31 @@ class StackConfig:
 
     def with_created_dir(self, path: Path) -> StackConfig:
         return replace(self, created_dirs=(*self.created_dirs, str(path)))
+
+
+def private_config(
+    state_dir: Path,
+    hosts: tuple[HostSpec, ...],
+    *,
+    kind: str,
+    subnet: int,
+    owner: str = "test",
+    **fields: Any,
+) -> StackConfig:
+    """A stack whose names (netns, links, cgroups, subnet, port) are its own, so a test or a
+    benchmark never touches a developer's `fleettrace dev up` stack nor another's. `kind` is
+    1-3 letters, `subnet` a base to which this process's tag is added."""
+    tag = os.getpid() % 10_000
+    return StackConfig(
+        state_dir=state_dir,
+        hosts=hosts,
+        port=free_port(),
+        netns_prefix=f"ft{kind}{tag}-",
+        link_prefix=f"ft{kind}{tag}v",
+        cgroup_parent=f"fleettrace-{owner}-{os.getpid()}-{kind}",
+        subnet=subnet + tag % 50,
+        **fields,
+    )
 
 
 def load(state_dir: Path) -> StackConfig | None:

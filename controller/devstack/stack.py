@@ -17,12 +17,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from controller.bootstrap.artifacts import source_root
-from controller.devstack import host, system
+from controller.devstack import harness, host, system
 from controller.devstack.api import Api
-from controller.devstack.config import REDIS_USER, DevstackError, HostSpec, StackConfig, load
+from controller.devstack.config import DevstackError, HostSpec, StackConfig, load
 from controller.devstack.teardown import down
 from controller.keys.store import KeyStore
 
@@ -107,7 +105,7 @@ class Stack:
                 where = self.config.logs_dir / f"{name}.log"
                 raise DevstackError(
                     f"{name} exited with {proc.returncode}; last lines of {where}:\n"
-                    + system.tail(where)
+                    + harness.log_tail(where)
                 )
 
     # -- steps ------------------------------------------------------------------------------
@@ -191,12 +189,14 @@ class Stack:
         return json.loads(path.read_text()) if path.exists() else {}  # type: ignore[no-any-return]
 
     def _wait(self, what: str, ready: Callable[[], bool], timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not ready():
+        def checked() -> bool:
             self.check()
-            if time.monotonic() > deadline:
-                raise DevstackError(f"{what} not ready after {timeout_s:g}s")
-            time.sleep(0.05)
+            return ready()
+
+        try:
+            harness.wait_for(checked, timeout_s, what)
+        except TimeoutError:
+            raise DevstackError(f"{what} not ready after {timeout_s:g}s") from None
 
     def _start_redis(self) -> None:
         """Redis with auth: no default user, the controller's own ACL user (agents get theirs
@@ -206,54 +206,27 @@ class Stack:
         password = secrets.token_urlsafe(24)
         _private(config.redis_password_file, password + "\n")
         redis_conf = config.state_dir / "redis.conf"
-        _private(
-            redis_conf,
-            "".join(
-                line + "\n"
-                for line in (
-                    "user default off",
-                    f"user {REDIS_USER} on >{password} ~* &* +@all",
-                    "port 0",
-                    f"unixsocket {config.redis_socket}",
-                    "unixsocketperm 700",
-                    'save ""',
-                    # Queued tasks and cancel flags survive a restart (README: In production).
-                    "appendonly yes",
-                    "appendfsync everysec",
-                    f"dir {config.state_dir}",
-                    "daemonize no",
-                )
-            ),
+        # AOF: queued tasks and cancel flags survive a restart (README: In production).
+        text = harness.redis_conf(
+            data_dir=config.state_dir, sock=config.redis_socket, password=password, aof=True
         )
+        _private(redis_conf, text)
         self._spawn("redis", ["redis-server", str(redis_conf)], config.services_cgroup)
-        client = redis.Redis.from_url(config.redis_url)
-
-        def pong() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        try:
-            self._wait("redis", pong, 15)
-        finally:
-            client.close()
+        self._wait("redis", partial(harness.redis_answers, config.redis_url), 15)
 
     def _controller_env(self, exports: dict[str, str]) -> dict[str, str]:
         """The services' exports too: FLEETTRACE_SSH_KEY and _KNOWN_HOSTS are settings of its
         bootstrap; its artifacts are cached in the checkout, not built again every `up`."""
         config = self.config
-        return system.clean_env(
-            {
-                "FLEETTRACE_DATABASE_URL": config.database_url,
-                "FLEETTRACE_REDIS_URL": config.redis_url,
-                "FLEETTRACE_KEYS_DIR": str(config.keys_dir),
-                "FLEETTRACE_HEARTBEAT_TIMEOUT_S": str(self._heartbeat_timeout_s()),
-                "FLEETTRACE_ARTIFACTS_DIR": os.environ.get("FLEETTRACE_ARTIFACTS_DIR")
-                or str(artifacts_dir(config)),
-                **exports,
-                **self.settings,
-            }
+        return harness.clean_env(
+            FLEETTRACE_DATABASE_URL=config.database_url,
+            FLEETTRACE_REDIS_URL=config.redis_url,
+            FLEETTRACE_KEYS_DIR=str(config.keys_dir),
+            FLEETTRACE_HEARTBEAT_TIMEOUT_S=str(self._heartbeat_timeout_s()),
+            FLEETTRACE_ARTIFACTS_DIR=os.environ.get("FLEETTRACE_ARTIFACTS_DIR")
+            or str(artifacts_dir(config)),
+            **exports,
+            **self.settings,
         )
 
     def _heartbeat_timeout_s(self) -> float:
@@ -328,7 +301,7 @@ class Stack:
                 f"{spec.name}-agent",
                 host.agent_command(config, spec, holder),
                 agents,
-                env=system.clean_env({"FLEETTRACE_HEARTBEAT_S": str(config.heartbeat_s)}),
+                env=harness.clean_env(FLEETTRACE_HEARTBEAT_S=str(config.heartbeat_s)),
             )
         for service in self.services:
             service.prepare(config, spec, index)

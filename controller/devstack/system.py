@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from controller.devstack.config import DevstackError
+from controller.devstack.harness import wait_for
 from node_agent.scope import cgroup2_mount
 
 log = logging.getLogger(__name__)
@@ -107,11 +108,10 @@ def _populated(path: Path) -> bool:
 
 
 def _wait_empty(path: Path, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while _populated(path):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
+    try:
+        wait_for(lambda: not _populated(path), timeout_s, f"{path} to empty")
+    except TimeoutError:
+        return False
     return True
 
 
@@ -180,17 +180,3 @@ def spawn(
             cwd=cwd,
             start_new_session=True,
         )
-
-
-def clean_env(extra: dict[str, str]) -> dict[str, str]:
-    """The caller's environment without its FLEETTRACE_* settings, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETTRACE_")}
-    env.update(extra)
-    return env
-
-
-def tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""

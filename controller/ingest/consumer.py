@@ -327,7 +327,7 @@ class Ingest:
                 self._impersonation(session, host=host, claimed=claimed, entry_id=entry_id)
                 continue
             envelopes.append(envelope)
-        self._apply_batch(session, envelopes)
+        self.apply(session, envelopes)
         return len(envelopes)
 
     def _impersonation(self, session: Session, *, host: str, claimed: str, entry_id: bytes) -> None:
@@ -343,10 +343,10 @@ class Ingest:
             detail=f"entry {entry} on {host}'s stream claims to come from {claimed}"[:1024],
         )
 
-    def _apply_batch(self, session: Session, envelopes: Sequence[StreamEnvelope]) -> None:
-        """apply() for each envelope, with one query for the batch's runs, one for its stored
-        seqs and one INSERT for its snapshots (not a few round trips per entry); the event log
-        keeps the entries' order."""
+    def apply(self, session: Session, envelopes: Sequence[StreamEnvelope]) -> None:
+        """Store a batch of events: one query for the batch's runs, one for its stored seqs
+        and one INSERT for its snapshots (not a few round trips per entry); the event log
+        keeps the entries' order. The only write path: tests store events through it too."""
         with jobs_service.buffered_events(session):
             self._apply_all(session, envelopes)
 
@@ -373,12 +373,17 @@ class Ingest:
         changed: set[str] = set()
         beats: dict[str, Heartbeat] = {}
         for i, envelope in enumerate(envelopes):
+            event = envelope.event
             if i in new_rows:
                 self._snapshot_event(session, *new_rows[i])
-            elif isinstance(envelope.event, Heartbeat):
-                beats[envelope.host] = envelope.event  # a host's latest beat says it all
-            elif not isinstance(envelope.event, Snapshot):
-                self.apply(session, envelope, changed_jobs=changed)
+            elif isinstance(event, Heartbeat):
+                beats[envelope.host] = event  # a host's latest beat says it all
+            elif isinstance(event, Refusal):
+                self._refusal(session, envelope.host, event)
+            elif isinstance(event, StateChange):
+                run = self._checked_run(session, envelope, event.run_id)
+                if run is not None and self._state(session, run, event):
+                    changed.add(run.job_id)
         if beats:  # after the batch's state changes: its runs' states are the latest
             known = hosts_service.record_heartbeats(session=session, beats=list(beats.values()))
             # Not by replayed beats: they may predate runs the agent started since.
@@ -388,45 +393,21 @@ class Ingest:
         # changes in a batch: 2 million steps if done per change).
         locks.refresh_jobs(session, changed)
 
-    def apply(
-        self, session: Session, envelope: StreamEnvelope, *, changed_jobs: set[str] | None = None
-    ) -> None:
-        """Store one event. With `changed_jobs`, the jobs whose runs changed state are added to
-        it for the caller to refresh; without, they are refreshed here."""
-        event = envelope.event
-        if isinstance(event, Heartbeat):
-            host = hosts_service.record_heartbeat(session=session, beat=event)
-            # The runs the host holds and no longer lists end here; not by a replayed beat,
-            # which may predate runs the agent started since (claimed 30 s later).
-            if host is not None and not self._replaying:
-                self.leases.heard(session, host=host.name, running=event.running)
-            return
-        if isinstance(event, Refusal):
-            log.warning(
-                "ingest: host %s refused run %s: %s %s",
-                envelope.host,
-                event.run_id,
-                event.reason.value,
-                event.detail,
-            )
-            audit.record_agent_event(
-                session,
-                host=envelope.host,
-                action=f"agent.refused.{event.reason.value}",
-                detail=event.detail,
-                run_id=event.run_id,
-            )
-            return
-        run = self._checked_run(session, envelope, event.run_id)
-        if run is None:
-            return
-        if isinstance(event, Snapshot):
-            self._snapshot(session, run, event)
-        elif self._state(session, run, event):
-            if changed_jobs is not None:
-                changed_jobs.add(run.job_id)
-            else:
-                locks.refresh_jobs(session, {run.job_id})
+    def _refusal(self, session: Session, host: str, event: Refusal) -> None:
+        log.warning(
+            "ingest: host %s refused run %s: %s %s",
+            host,
+            event.run_id,
+            event.reason.value,
+            event.detail,
+        )
+        audit.record_agent_event(
+            session,
+            host=host,
+            action=f"agent.refused.{event.reason.value}",
+            detail=event.detail,
+            run_id=event.run_id,
+        )
 
     def _checked_run(self, session: Session, envelope: StreamEnvelope, run_id: str) -> Run | None:
         """The run an event is about, if it exists and belongs to the host that sent it."""
@@ -443,18 +424,6 @@ class Ingest:
             )
             return None
         return run
-
-    def _snapshot(self, session: Session, run: Run, snap: Snapshot) -> None:
-        exists = session.scalar(
-            select(SnapshotRow.id).where(SnapshotRow.run_id == run.id, SnapshotRow.seq == snap.seq)
-        )
-        if exists is not None:
-            return  # a redelivery after a crash: stored already
-        row = self._snapshot_row(session, run, snap)
-        if snap.final:
-            self._digest(session, run, snap)
-        session.flush()
-        self._snapshot_event(session, run, row)
 
     def _snapshot_row(self, session: Session, run: Run, snap: Snapshot) -> SnapshotRow:
         data = snap.model_dump(mode="json")
@@ -473,9 +442,7 @@ class Ingest:
         run.last_seq = max(run.last_seq, snap.seq)
         return row
 
-    def _digest(
-        self, session: Session, run: Run, snap: Snapshot, *, stored: bool | None = None
-    ) -> None:
+    def _digest(self, session: Session, run: Run, snap: Snapshot, *, stored: bool) -> None:
         """Reports read a final snapshot's digest, not the (possibly huge) snapshot."""
         try:
             digests.put(

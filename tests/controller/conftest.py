@@ -7,16 +7,14 @@ and a flushed Redis, and overrides `database_url` or `settings_overrides` when i
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,75 +29,43 @@ from controller.app import create_app
 from controller.auth import service as auth_service
 from controller.auth.models import Role
 from controller.db import make_engine, make_sessionmaker
+from controller.devstack import harness
+from controller.devstack.harness import PostgresServer
 from controller.dispatch import CeleryDispatcher
 from controller.ingest.consumer import Ingest
 from controller.keys.store import KeyStore
 from controller.migrate import upgrade
 from controller.schedules.scheduler import Scheduler
 from controller.settings import Settings
-from node_agent.protocol import TraceRequest
-from node_agent.wire import AGENT_USER_PREFIX, client_url
-from tests.controller.support import clean_env, missing, stop_process, wait_for
+from node_agent.protocol import Heartbeat, Snapshot, StateChange, TraceRequest
+from node_agent.wire import AGENT_USER_PREFIX, client_url, events_stream
+from tests.controller.support import (
+    clean_env,
+    envelope,
+    missing,
+    run_cli,
+    stop_process,
+    wait_for,
+)
+from tests.helpers import cgroup_name
 
-REDIS_SERVER = Path("/usr/bin/redis-server")
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 BIN = Path(sys.executable).parent
 
 
 # -- Redis ----------------------------------------------------------------------------------------
 
 
-CONTROLLER_USER = "fleettrace"
-
-
-def redis_config(workdir: Path, password: str, *extra: str) -> Path:
-    """Auth required as in production: no default user, the controller's own ACL user."""
-    config = workdir / "redis.conf"
-    lines = [
-        "user default off",
-        f"user {CONTROLLER_USER} on >{password} ~* &* +@all",
-        f"dir {workdir}",
-        'save ""',
-        "appendonly no",
-        *extra,
-    ]
-    config.write_text("\n".join(lines) + "\n")
-    config.chmod(0o600)
-    return config
-
-
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
     """A private redis-server on a unix socket (no TCP) that requires auth; yields the
     controller's unix:// URL (with its user and password)."""
-    if not REDIS_SERVER.exists():
-        missing(f"{REDIS_SERVER} (apt install redis-server)")
+    if not harness.REDIS_SERVER.exists():
+        missing(f"{harness.REDIS_SERVER} (apt install redis-server)")
     workdir = Path(tempfile.mkdtemp(prefix="ft-redis-"))
-    sock = workdir / "redis.sock"
-    password = secrets.token_urlsafe(16)
-    config = redis_config(workdir, password, "port 0", f"unixsocket {sock}", "unixsocketperm 700")
-    proc = subprocess.Popen(
-        [str(REDIS_SERVER), str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"unix://{CONTROLLER_USER}:{password}@{sock}"
     try:
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"redis-server exited with {proc.returncode}")
-            try:
-                with redis.Redis.from_url(url) as client:
-                    return bool(client.ping())
-            except redis.ConnectionError:
-                return False
-
-        wait_for(up, 10, "redis-server to answer")
-        yield url
+        with harness.redis_server(workdir) as server:
+            yield server.url
     finally:
-        stop_process(proc)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -125,76 +91,16 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 # -- PostgreSQL -----------------------------------------------------------------------------------
 
 
-@dataclass
-class PostgresServer:
-    socket_dir: Path
-    port: int
-
-    def url(self, database: str) -> str:
-        return f"postgresql+psycopg://postgres@/{database}?host={self.socket_dir}&port={self.port}"
-
-    def new_database(self) -> str:
-        import psycopg
-
-        name = f"ft_{uuid.uuid4().hex[:12]}"
-        conninfo = f"host={self.socket_dir} port={self.port} user=postgres dbname=postgres"
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """A throwaway PostgreSQL 15 cluster on a unix socket, run as the postgres user."""
-    if not (PG_BIN / "initdb").exists() or not (PG_BIN / "pg_ctl").exists():
-        missing(f"PostgreSQL 15 in {PG_BIN} (apt install postgresql)")
-    as_postgres: list[str] = []
-    if os.geteuid() == 0:
-        # PostgreSQL refuses to run as root.
-        as_postgres = ["runuser", "-u", "postgres", "--"]
+    """A throwaway PostgreSQL 15 cluster on a unix socket (fsync off: tests need no durability)."""
+    if not harness.postgres_available():
+        missing(f"PostgreSQL 15 in {harness.PG_BIN} (apt install postgresql)")
     workdir = Path(tempfile.mkdtemp(prefix="ft-pg-"))
-    data, sockets = workdir / "data", workdir / "run"
-    sockets.mkdir()
-    if as_postgres:
-        shutil.chown(workdir, "postgres", "postgres")
-        shutil.chown(sockets, "postgres", "postgres")
-    port = _free_port()
-    pg_ctl = [*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data)]
-    started = False
     try:
-        subprocess.run(
-            [
-                *(*as_postgres, str(PG_BIN / "initdb"), "-D", str(data)),
-                *("-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"),
-            ],
-            check=True,
-            capture_output=True,
-        )
-        options = (
-            f"-c listen_addresses='' -k {sockets} -p {port} -c fsync=off"
-            " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
-        subprocess.run(
-            [*pg_ctl, "-l", str(workdir / "postgres.log"), "-o", options, "-w", "start"],
-            check=True,
-            capture_output=True,
-        )
-        started = True
-        yield PostgresServer(socket_dir=sockets, port=port)
-    except subprocess.CalledProcessError as exc:
-        log = workdir / "postgres.log"
-        tail = log.read_text()[-2000:] if log.exists() else ""
-        raise AssertionError(f"PostgreSQL did not start: {exc.stderr!r}\n{tail}") from None
+        with harness.postgres_cluster(workdir, durable=False, max_connections=200) as server:
+            yield server
     finally:
-        if started:
-            subprocess.run([*pg_ctl, "-m", "immediate", "-w", "stop"], capture_output=True)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -330,6 +236,17 @@ class Tokens:
         return {"Authorization": f"Bearer {self.token(role)}"}
 
 
+Cli = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def cli_for(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[[TestClient, str], Cli]:
+    """cli_for(app client, token): `fleettrace ARGS...` through the real main() against it."""
+    return partial(run_cli, monkeypatch, capsys)
+
+
 @pytest.fixture(scope="module")
 def tokens(sessions: sessionmaker[Session]) -> Tokens:
     return Tokens(sessions)
@@ -380,6 +297,52 @@ def ingest(settings: Settings, sessions: sessionmaker[Session]) -> Iterator[Inge
     thread.start()
     yield thread
     thread.stop()
+
+
+@pytest.fixture
+def feeder(
+    settings: Settings, sessions: sessionmaker[Session], redis_client: redis.Redis
+) -> Iterator[Feeder]:
+    feeder = Feeder(Ingest(settings, sessions, redis_client))
+    feeder.ingest.ensure_group()
+    yield feeder
+
+
+class Feeder:
+    """Puts agents' events on the real stream and lets a real Ingest store them."""
+
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+
+    def __call__(
+        self, host: str, *events: Snapshot | StateChange | Heartbeat, job_id: str | None = None
+    ) -> None:
+        for event in events:
+            self.ingest.redis.xadd(events_stream(host), {"data": envelope(host, event, job_id)})
+        self.drain()
+
+    def drain(self) -> None:
+        self.ingest.refresh_hosts(force=True)
+        for _ in range(100):
+            if self.ingest.step(block_ms=50) == 0 and self.pending() == 0 and self.lag() == 0:
+                return
+        raise AssertionError("ingest did not drain the stream")
+
+    def pending(self) -> int:
+        self.ingest.refresh_hosts()
+        total = 0
+        for host in self.ingest.hosts:
+            info: Any = self.ingest.redis.xpending(events_stream(host), self.ingest.group)
+            total += int(info["pending"])
+        return total
+
+    def lag(self) -> int:
+        total = 0
+        for host in self.ingest.hosts:
+            for group in self.ingest.redis.xinfo_groups(events_stream(host)):
+                if group["name"] in (self.ingest.group, self.ingest.group.encode()):
+                    total += int(group.get("lag") or 0)
+        return total
 
 
 @dataclass
@@ -449,6 +412,12 @@ class Agents:
             self.wait_online(agent)
         return agent
 
+    def start_all(self, hosts: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Agents for `hosts`, started together, each confined to the cgroup make_cgroup makes
+        for its host; returns each host once online."""
+        started = [self.start(host, cgroup_name(host), wait=False) for host in hosts]
+        return {a.host: self.wait_online(a) for a in started}
+
     def identity(self, host: str) -> str:
         """The host's own Redis URL, freshly issued by the controller (adding the host)."""
         admin = self.tokens.headers("admin")
@@ -476,7 +445,7 @@ class Agents:
 
         try:
             result: dict[str, Any] = wait_for(online, timeout, f"host {agent.host} online", 0.1)
-        except AssertionError as exc:
+        except TimeoutError as exc:
             raise AssertionError(f"{exc}\n{agent.log_tail()}") from None
         return result
 

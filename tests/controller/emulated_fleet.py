@@ -10,8 +10,6 @@ what the controllers do with the events.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import threading
 import time
@@ -21,26 +19,14 @@ from typing import Any
 
 import redis
 
+from controller.devstack.harness import task_envelope
 from node_agent.protocol import Heartbeat, HostCapabilities, RunState, StateChange, TraceRequest
 from node_agent.trust import Gate, SeenRuns, TrustedKeys
-from node_agent.wire import TASK_RUN_TRACE, client_url, host_queue
+from node_agent.wire import client_url, host_queue
 from node_agent.worker import EventPublisher
 from tests.controller.support import counters, snapshot
 
 log = logging.getLogger(__name__)
-
-
-def task_envelope(raw: bytes) -> tuple[str, dict[str, Any]]:
-    """(task id, signed envelope) of a Celery task message as kombu's Redis transport keeps it."""
-    message = json.loads(raw)
-    headers = message["headers"]
-    if headers.get("task") != TASK_RUN_TRACE:
-        raise ValueError(f"not a {TASK_RUN_TRACE} task: {headers.get('task')!r}")
-    body = message["body"]
-    if message["properties"].get("body_encoding") == "base64":
-        body = base64.b64decode(body)
-    args, _kwargs, _embed = json.loads(body)
-    return headers["id"], args[0]
 
 
 @dataclass

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,30 +19,21 @@ from pathlib import Path
 
 from controller.bootstrap.ssh import SshTarget, Timeouts
 from controller.devstack import HostSpec, Stack, StackConfig, down, sshd
+from controller.devstack.config import private_config
 from controller.devstack.system import make_netns, remove_netns
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# A web host and a database host, each with its workload.
+WEB_AND_DB = (
+    HostSpec("web-1", {"role": "web"}, "web-moderate"),
+    HostSpec("db-1", {"role": "db"}, "db-io"),
+)
 
 
 def stack_config(
     state_dir: Path, hosts: tuple[HostSpec, ...], kind: str, subnet: int
 ) -> StackConfig:
-    """Names of this module's own: `kind` is 1-3 letters, `subnet` its base (tag added)."""
-    tag = os.getpid() % 10_000
-    return StackConfig(
-        state_dir=state_dir,
-        hosts=hosts,
-        port=free_port(),
-        netns_prefix=f"ft{kind}{tag}-",
-        link_prefix=f"ft{kind}{tag}v",
-        cgroup_parent=f"fleettrace-test-{os.getpid()}-{kind}",
-        subnet=subnet + tag % 50,
-        heartbeat_s=1.0,
-    )
+    """This module's own names (see private_config); agents heartbeat every second."""
+    return private_config(state_dir, hosts, kind=kind, subnet=subnet, heartbeat_s=1.0)
 
 
 @contextmanager

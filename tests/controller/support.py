@@ -1,18 +1,23 @@
-"""Helpers for controller tests: polling, process control, answers' field names, event factories."""
+"""Helpers for controller tests: the harness's polling and process control, answers' field
+names, API shortcuts, event factories."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
-import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from controller.devstack.harness import clean_env as clean_env
+from controller.devstack.harness import free_port as free_port
+from controller.devstack.harness import stop_process as stop_process
+from controller.devstack.harness import wait_for as wait_for
 from node_agent.protocol import (
     CounterTable,
     Feature,
@@ -29,6 +34,9 @@ from node_agent.protocol import (
     StreamEnvelope,
 )
 
+if TYPE_CHECKING:
+    from controller.jobs.models import HostResult
+
 IN_CI = bool(os.environ.get("CI"))
 
 
@@ -39,35 +47,28 @@ def missing(what: str) -> None:
     pytest.skip(f"needs {what}")
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    """Poll until check() is truthy and return that value; fail naming what did not happen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(every)
+def alive(pid: int) -> bool:
+    """Running, or at least not a zombie (an orphan's zombie is gone in all but its number)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
-    """Terminate, then kill the whole process group if it does not go in time."""
-    if proc.poll() is None:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=timeout)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
+def authenticates(url: str) -> bool:
+    """Whether Redis lets in whoever holds `url` (an agent's identity, say)."""
+    import redis
 
+    from node_agent.wire import client_url
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without FLEETTRACE_* settings leaking into children."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETTRACE_")}
-    env.update(extra)
-    return env
+    client = redis.Redis.from_url(client_url(url))
+    try:
+        return bool(client.ping())
+    except redis.AuthenticationError:
+        return False
+    finally:
+        client.close()
 
 
 def field_paths(answer: Any) -> list[str]:
@@ -135,14 +136,71 @@ def wait_job(
         return job if done(job) else None
 
     try:
-        result: dict[str, Any] = wait_for(check, timeout, what, every=0.05)
-    except AssertionError as exc:
+        result: dict[str, Any] = wait_for(check, timeout, what)
+    except TimeoutError as exc:
         raise AssertionError(f"{exc}; job now: {get_job(client, headers, job_id)}") from None
     return result
 
 
 def job_final(job: dict[str, Any]) -> bool:
     return job["state"] not in ("pending", "running")
+
+
+def run_cli(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    http: TestClient,
+    token: str,
+) -> Callable[..., tuple[int, str, str]]:
+    """`fleettrace ARGS...` through the real main() against the app: (code, stdout, stderr)."""
+    # The package exports the function `main` under the module's name.
+    main_module = importlib.import_module("controller.cli.main")
+    monkeypatch.delenv("FLEETTRACE_URL", raising=False)
+    monkeypatch.setenv("FLEETTRACE_TOKEN", token)
+    real = main_module.build_parser
+
+    def with_test_client() -> Any:
+        parser = real()
+        parser.set_defaults(http=http)
+        return parser
+
+    monkeypatch.setattr(main_module, "build_parser", with_test_client)
+
+    def call(*argv: str) -> tuple[int, str, str]:
+        code = main_module.main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call
+
+
+# -- what the controller stored --------------------------------------------------------------
+
+
+def host_result(
+    host: str,
+    results: Sequence[Result] = (),
+    *,
+    state: RunState = RunState.succeeded,
+    run_id: str | None = None,
+    interval_end: float = 2.0,
+) -> HostResult:
+    """A host's row of a job's results: its final snapshot's results, or (for a run that
+    ended without one) nothing at all."""
+    from controller.jobs.models import HostResult
+
+    stored = state is RunState.succeeded
+    return HostResult(
+        host=host,
+        run_id=run_id or f"run-{host}",
+        state=state,
+        seq=0 if stored else None,
+        final=stored,
+        interval_start=0.0 if stored else None,
+        interval_end=interval_end if stored else None,
+        results=list(results),
+        stats=None,
+    )
 
 
 # -- what agents send -------------------------------------------------------------------------

@@ -72,8 +72,8 @@ def known(
     ]
     ingest = Ingest(settings, sessions, None)  # type: ignore[arg-type]
     with sessions() as session:
-        for event in events:
-            ingest.apply(session, StreamEnvelope(host=HOST, job_id=job["id"], event=event))
+        envelopes = [StreamEnvelope(host=HOST, job_id=job["id"], event=e) for e in events]
+        ingest.apply(session, envelopes)
         session.commit()
     template = {"program": "syscalls", "duration_s": 1, "targets": {"hosts": [HOST]}}
     answer = client.post(

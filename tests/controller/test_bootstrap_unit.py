@@ -6,7 +6,6 @@ The steps' commands are tested on real OpenSSH servers in test_ssh.py.
 
 from __future__ import annotations
 
-import importlib
 import io
 import re
 import subprocess
@@ -62,7 +61,7 @@ from tests.controller.bootstrap_fakes import (
     connector,
     fail,
 )
-from tests.controller.support import clean_env, stop_process, wait_for
+from tests.controller.support import clean_env, run_cli, stop_process, wait_for
 
 SECRET = "s3cret-Pass_word"
 AGENT_URL = f"redis://agent:{SECRET}@127.0.0.1:6390/0"
@@ -702,24 +701,8 @@ def test_the_cli_adds_bootstraps_with_progress_and_uninstalls(
     with lab.sessions() as session:
         _, raw = auth_service.create(session=session, name="cli", role=Role.admin)
         session.commit()
-    monkeypatch.delenv("FLEETTRACE_URL", raising=False)
-    monkeypatch.setenv("FLEETTRACE_TOKEN", raw)
-    main_module = importlib.import_module("controller.cli.main")
-    real = main_module.build_parser
-
     with TestClient(app) as http:
-
-        def with_test_client() -> Any:
-            parser = real()
-            parser.set_defaults(http=http)
-            return parser
-
-        monkeypatch.setattr(main_module, "build_parser", with_test_client)
-
-        def call(*argv: str) -> tuple[int, str, str]:
-            code = main_module.main(list(argv))
-            out, err = capsys.readouterr()
-            return code, out, err
+        call = run_cli(monkeypatch, capsys, http, raw)
 
         for name, python in (("web-1", "3.11.2"), ("web-2", "3.9.2")):
             machine = FakeHost(user="deploy")
@@ -866,7 +849,7 @@ def test_a_run_goes_through_the_controller_queue_to_the_worker(
                 found = session.get(BootstrapRun, run_id)
                 return found if found is not None and RunState(found.state).final else None
 
-        done = wait_for(finished, 60, "the worker to finish the run", every=0.2)
+        done = wait_for(finished, 60, "the worker to finish the run", every_s=0.2)
         # Remote control is off: no answer to a ping, and a shutdown broadcast stops nothing.
         control = CeleryBootstrapQueue(redis_url).celery
         assert control.control.ping(timeout=1.0) == []

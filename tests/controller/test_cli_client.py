@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import redis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
@@ -45,8 +44,7 @@ from node_agent.protocol import (
     TraceError,
     TraceRequest,
 )
-from node_agent.wire import client_url
-from tests.controller.support import capabilities, counters, snapshot
+from tests.controller.support import authenticates, capabilities, counters, snapshot
 
 Run = Callable[..., tuple[int, str, str]]
 # The package exports the function `main` under the module's name.
@@ -93,8 +91,7 @@ class AgentStub:
         assert self.sessions is not None and self.settings is not None
         ingest = Ingest(self.settings, self.sessions, None)  # type: ignore[arg-type]
         with self.sessions() as session:
-            for item in envelopes:
-                ingest.apply(session, item)
+            ingest.apply(session, envelopes)
             session.commit()
 
 
@@ -135,30 +132,9 @@ def http(cli_app: FastAPI) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def run(
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    http: TestClient,
-    admin: str,
-) -> Run:
-    """`fleettrace ARGS...` through the real main() against the app: (code, stdout, stderr)."""
-    monkeypatch.delenv("FLEETTRACE_URL", raising=False)
-    monkeypatch.setenv("FLEETTRACE_TOKEN", admin)
-    real = main_module.build_parser
-
-    def with_test_client() -> Any:
-        parser = real()
-        parser.set_defaults(http=http)
-        return parser
-
-    monkeypatch.setattr(main_module, "build_parser", with_test_client)
-
-    def call(*argv: str) -> tuple[int, str, str]:
-        code = main_module.main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return call
+def run(cli_for: Callable[[TestClient, str], Run], http: TestClient, admin: str) -> Run:
+    """`fleettrace ARGS...` as an admin: (code, stdout, stderr)."""
+    return cli_for(http, admin)
 
 
 def beat(stub: AgentStub, host: str) -> None:
@@ -383,25 +359,15 @@ def test_hosts_add_prints_a_join_command_once_and_credential_issues_another(
     first = shlex.split(command)[0].removeprefix("FLEETTRACE_REDIS_URL=")
     assert urlsplit(first).username == "ft-host-web-7"
     assert urlsplit(first).password != urlsplit(redis_url).password
-    assert _authenticates(first)
+    assert authenticates(first)
     code, out, _ = run("hosts", "show", "web-7")
     assert urlsplit(first).password not in out
     code, out, _ = run("hosts", "credential", "web-7")
     assert code == 0, out
     second = shlex.split(out.splitlines()[-1].strip())[0].removeprefix("FLEETTRACE_REDIS_URL=")
-    assert second != first and _authenticates(second) and not _authenticates(first)
+    assert second != first and authenticates(second) and not authenticates(first)
     code, _, err = run("hosts", "credential", "nope")
     assert code == 2 and err.count("\n") == 1, err
-
-
-def _authenticates(url: str) -> bool:
-    client = redis.Redis.from_url(client_url(url))
-    try:
-        return bool(client.ping())
-    except redis.AuthenticationError:
-        return False
-    finally:
-        client.close()
 
 
 def test_submit_list_show_cancel_results(run: Run, stub: AgentStub) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -68,10 +69,8 @@ def running_job(
     for name in names:
         register_host(client, tokens.headers("admin"), name)
     with sessions() as session:
-        for name in names:
-            ingest.apply(
-                session, StreamEnvelope(host=name, event=Heartbeat(host=name, agent_version="t"))
-            )
+        beats = [Heartbeat(host=name, agent_version="t") for name in names]
+        ingest.apply(session, [StreamEnvelope(host=b.host, event=b) for b in beats])
         session.commit()
     job = submit(
         client, tokens.headers("operator"), targets={"hosts": names}, duration_s=DURATION_S
@@ -80,7 +79,7 @@ def running_job(
     with sessions() as session:
         for host, run_id in runs.items():
             envelope = StreamEnvelope(host=host, job_id=job["id"], event=state(run_id, "running"))
-            ingest.apply(session, envelope)
+            ingest.apply(session, [envelope])
         session.commit()
     return job["id"], runs
 
@@ -165,7 +164,7 @@ def test_two_batches_ending_one_jobs_runs_at_once_end_the_job_once(
 
     def ended(ingest: Ingest, host: str, run_id: str) -> Callable[[Session], None]:
         envelope = StreamEnvelope(host=host, job_id=job_id, event=state(run_id, "succeeded"))
-        return lambda session: ingest._apply_batch(session, [envelope])
+        return lambda session: ingest.apply(session, [envelope])
 
     overlap(sessions, ended(a, one, first_run), ended(b, two, second_run))
 
@@ -176,49 +175,84 @@ def test_two_batches_ending_one_jobs_runs_at_once_end_the_job_once(
     assert events(sessions, job_id, "job") == [{"state": "succeeded"}]
 
 
-def test_a_claimed_heartbeat_is_old_news_and_ends_no_run(
+@dataclass
+class Lapsed:
+    """A running job on one host whose run started well past the grace for runs a beat leaves
+    out, and the host's stream as the second controller's ingest (`b`) reads it."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    redis: redis.Redis
+    b: Ingest
+    job_id: str
+    host: str
+    run_id: str
+
+    @property
+    def stream(self) -> str:
+        return events_stream(self.host)
+
+    def send(self, event: Any, *, job: bool = True) -> None:
+        entry = StreamEnvelope(host=self.host, job_id=self.job_id if job else None, event=event)
+        self.redis.xadd(self.stream, {"data": entry.model_dump_json()})
+
+    def read_and_die(self) -> None:
+        """A controller reads what is pending and dies before storing it."""
+        group = self.settings.ingest_group
+        assert self.redis.xreadgroup(group, "died", {self.stream: ">"}, count=10)
+
+    def idle(self) -> None:
+        """Long enough for the other controller to claim what the dead one read."""
+        threading.Event().wait(self.settings.ingest_claim_idle_ms / 1000 + 0.2)
+
+    def pending(self) -> int:
+        return int(self.redis.xpending(self.stream, self.settings.ingest_group)["pending"])
+
+    def run_state(self) -> str:
+        with self.sessions() as session:
+            run = session.get(Run, self.run_id)
+            assert run is not None
+            return run.state
+
+
+@pytest.fixture
+def lapsed(
     client: TestClient,
     tokens: Tokens,
     settings: Settings,
     sessions: sessionmaker[Session],
     redis_client: redis.Redis,
     ingests: tuple[Ingest, Ingest],
-) -> None:
+) -> Lapsed:
     a, b = ingests
     job_id, runs = running_job(client, tokens, a, sessions, hosts=1)
     ((host, run_id),) = runs.items()
-    with sessions() as session:  # started well past the grace for runs a beat leaves out
+    with sessions() as session:
         started = utcnow() - timedelta(seconds=settings.lease_unlisted_grace_s + 5)
         session.execute(update(Run).where(Run.id == run_id).values(started_at=started))
         session.commit()
     b.ensure_group()
-    stream = events_stream(host)
+    return Lapsed(settings, sessions, redis_client, b, job_id, host, run_id)
 
-    def beat() -> None:  # listing no run: sent before the run started, or by a restarted agent
-        empty = StreamEnvelope(host=host, event=Heartbeat(host=host, agent_version="t"))
-        redis_client.xadd(stream, {"data": empty.model_dump_json()})
 
-    def run_state() -> str:
-        with sessions() as session:
-            run = session.get(Run, run_id)
-            assert run is not None
-            return run.state
-
-    beat()
+def test_a_claimed_heartbeat_is_old_news_and_ends_no_run(lapsed: Lapsed) -> None:
+    # Listing no run: sent before the run started, or by a restarted agent.
+    lapsed.send(Heartbeat(host=lapsed.host, agent_version="t"), job=False)
     # Read by a controller that died before storing it; the other claims it once idle.
-    assert redis_client.xreadgroup(settings.ingest_group, "died", {stream: ">"}, count=10)
-    threading.Event().wait(settings.ingest_claim_idle_ms / 1000 + 0.2)
+    lapsed.read_and_die()
+    lapsed.idle()
     claimed = 0
     for _ in range(5):
-        claimed += b.step(block_ms=100)
+        claimed += lapsed.b.step(block_ms=100)
     assert claimed == 1
-    assert redis_client.xpending(stream, settings.ingest_group)["pending"] == 0
-    assert run_state() == "running"
-    beat()  # the same news fresh: the agent no longer has the run
+    assert lapsed.pending() == 0
+    assert lapsed.run_state() == "running"
+    # The same news fresh: the agent no longer has the run.
+    lapsed.send(Heartbeat(host=lapsed.host, agent_version="t"), job=False)
     for _ in range(5):
-        b.step(block_ms=100)
-    assert run_state() == "failed"
-    assert events(sessions, job_id, "job") == [{"state": "failed"}]
+        lapsed.b.step(block_ms=100)
+    assert lapsed.run_state() == "failed"
+    assert events(lapsed.sessions, lapsed.job_id, "job") == [{"state": "failed"}]
 
 
 def test_a_cancel_racing_a_final_state_ends_the_job_once(
@@ -248,7 +282,7 @@ def test_a_cancel_racing_a_final_state_ends_the_job_once(
             heartbeat_timeout_s=settings.heartbeat_timeout_s,
         )
 
-    overlap(sessions, lambda session: a._apply_batch(session, [envelope]), cancel)
+    overlap(sessions, lambda session: a.apply(session, [envelope]), cancel)
 
     states = [event["state"] for event in events(sessions, job_id, "state")]
     assert states == ["pending", "running", "succeeded"], states
@@ -282,38 +316,17 @@ def test_a_dead_consumers_backlog_is_claimed_batch_after_batch(
 
 
 def test_a_final_state_held_by_a_dead_consumer_wins_over_a_later_heartbeat(
-    client: TestClient,
-    tokens: Tokens,
-    settings: Settings,
-    sessions: sessionmaker[Session],
-    redis_client: redis.Redis,
-    ingests: tuple[Ingest, Ingest],
+    lapsed: Lapsed,
 ) -> None:
-    a, b = ingests
-    job_id, runs = running_job(client, tokens, a, sessions, hosts=1)
-    ((host, run_id),) = runs.items()
-    with sessions() as session:  # started well past the grace for runs a beat leaves out
-        started = utcnow() - timedelta(seconds=settings.lease_unlisted_grace_s + 5)
-        session.execute(update(Run).where(Run.id == run_id).values(started_at=started))
-        session.commit()
-    b.ensure_group()
-    stream = events_stream(host)
-
-    def send(event: Any) -> None:
-        entry = StreamEnvelope(host=host, job_id=job_id, event=event)
-        redis_client.xadd(stream, {"data": entry.model_dump_json()})
-
-    send(state(run_id, "succeeded"))
+    lapsed.send(state(lapsed.run_id, "succeeded"))
     # A controller read the run's end and died; the agent's next beat lists no run.
-    assert redis_client.xreadgroup(settings.ingest_group, "died", {stream: ">"}, count=10)
-    send(Heartbeat(host=host, agent_version="t"))
-    b.step(block_ms=100)
-    assert redis_client.xpending(stream, settings.ingest_group)["pending"] == 1  # the end
-    with sessions() as session:
-        run = session.get(Run, run_id)
-        assert run is not None and run.state == "running"  # not lost: its end is in flight
-    threading.Event().wait(settings.ingest_claim_idle_ms / 1000 + 0.2)
+    lapsed.read_and_die()
+    lapsed.send(Heartbeat(host=lapsed.host, agent_version="t"))
+    lapsed.b.step(block_ms=100)
+    assert lapsed.pending() == 1  # the end
+    assert lapsed.run_state() == "running"  # not lost: its end is in flight
+    lapsed.idle()
     for _ in range(3):
-        b.step(block_ms=100)
-    assert redis_client.xpending(stream, settings.ingest_group)["pending"] == 0
-    assert events(sessions, job_id, "job") == [{"state": "succeeded"}]
+        lapsed.b.step(block_ms=100)
+    assert lapsed.pending() == 0
+    assert events(lapsed.sessions, lapsed.job_id, "job") == [{"state": "succeeded"}]

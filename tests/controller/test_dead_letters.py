@@ -196,16 +196,21 @@ def test_poison_entries_become_dead_letters_and_the_rest_is_stored_once(
     assert ingest.stored == len(good)
 
 
+def _dead_letters(sessions: sessionmaker[Session], n: int, ms: str, data: bytes) -> str:
+    """`n` dead letters (entry ids `ms`-0, `ms`-1, ...) of a new host; returns the host."""
+    host = f"dl-{uuid.uuid4().hex[:8]}"
+    with sessions() as session:
+        for i in range(n):
+            entry_id = f"{ms}-{i}".encode()
+            dead_letters.record(session, host=host, entry_id=entry_id, data=data, reason="r")
+        session.commit()
+    return host
+
+
 def test_dead_letters_through_the_api_admin_only(
     client: TestClient, tokens: Tokens, sessions: sessionmaker[Session]
 ) -> None:
-    host = f"dl-{uuid.uuid4().hex[:8]}"
-    with sessions() as session:
-        for i in range(3):
-            dead_letters.record(
-                session, host=host, entry_id=f"1-{i}".encode(), data=b"\x00\x1b[31m", reason="r"
-            )
-        session.commit()
+    host = _dead_letters(sessions, 3, "1", b"\x00\x1b[31m")
     admin = tokens.headers("admin")
     answer = client.get("/v1/ingest/dead-letters", params={"host": host, "limit": 2}, headers=admin)
     assert answer.status_code == 200
@@ -221,13 +226,8 @@ def test_dead_letters_through_the_api_admin_only(
 
 
 def test_prune_keeps_the_newest(sessions: sessionmaker[Session]) -> None:
-    host = f"dl-{uuid.uuid4().hex[:8]}"
+    _dead_letters(sessions, 5, "2", b"")
     with sessions() as session:
-        for i in range(5):
-            dead_letters.record(
-                session, host=host, entry_id=f"2-{i}".encode(), data=b"", reason="r"
-            )
-        session.commit()
         dead_letters.prune(session, keep=2)
         session.commit()
         kept = session.scalars(select(DeadLetter.entry_id).order_by(DeadLetter.id)).all()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -14,42 +13,26 @@ from pathlib import Path
 import pytest
 import redis
 
-from controller.devstack import HostSpec, Stack, StackConfig, down
+from controller.devstack import Stack, down
 from controller.devstack.api import Api
+from controller.devstack.config import private_config
 from controller.devstack.host import agent_pidfile
 from controller.devstack.system import NETNS_DIR, cgroup_path
 from controller.keys.store import KeyStore
 from node_agent.scope import cgroup2_mount
 from node_agent.signing import parse_trusted_keys
-from tests.controller.support import wait_for
+from tests.controller.sshfleet import WEB_AND_DB
+from tests.controller.support import alive, wait_for
 
 pytestmark = pytest.mark.bcc
 
-HOSTS = (
-    HostSpec("web-1", {"role": "web"}, "web-moderate"),
-    HostSpec("db-1", {"role": "db"}, "db-io"),
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+HOSTS = WEB_AND_DB
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tag = os.getpid() % 10_000
     # Names of its own, so the test never touches a developer's `fleettrace dev up` stack.
-    config = StackConfig(
-        state_dir=tmp_path_factory.mktemp("devstack"),
-        hosts=HOSTS,
-        port=_free_port(),
-        netns_prefix=f"ftt{tag}-",
-        link_prefix=f"ftt{tag}v",
-        cgroup_parent=f"fleettrace-test-{os.getpid()}-devstack",
-        subnet=200 + tag % 50,
-    )
+    config = private_config(tmp_path_factory.mktemp("devstack"), HOSTS, kind="t", subnet=200)
     stack = Stack(config)
     stack.up(online_timeout_s=60)
     try:
@@ -138,26 +121,18 @@ def test_a_job_runs_on_every_host_with_each_hosts_own_numbers(stack: Stack) -> N
     assert web.get("fsync", 0) == 0, web
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def test_a_killed_agent_is_restarted_and_its_host_comes_back(stack: Stack) -> None:
     config, spec = stack.config, stack.config.hosts[0]
     pidfile = agent_pidfile(config, spec)
     killed = int(pidfile.read_text())
     supervisor = _pids(stack)[f"{spec.name}-agent"]
-    assert killed != supervisor and _alive(killed)
+    assert killed != supervisor and alive(killed)
     os.kill(killed, signal.SIGKILL)
     killed_at = datetime.now(timezone.utc)
 
     def restarted() -> int | None:
         pid = int(pidfile.read_text())
-        return pid if pid != killed and _alive(pid) else None
+        return pid if pid != killed and alive(pid) else None
 
     agent = wait_for(restarted, 30, f"{spec.name}'s agent to be restarted")
     assert _cgroup_of(agent) == "/" + config.agent_cgroup(spec.name)
@@ -200,6 +175,6 @@ def test_teardown_leaves_no_namespace_cgroup_link_or_process(stack: Stack) -> No
     assert root is not None
     assert not (root / config.cgroup_parent).exists()
     for name, pid in pids.items():
-        assert not _alive(pid), f"{name} ({pid}) still exists"
+        assert not alive(pid), f"{name} ({pid}) still exists"
     assert not config.state_dir.exists()
     assert not down(config.state_dir), "a second down finds nothing to do"

@@ -7,7 +7,6 @@ workloads whose answer is known.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from tests.controller.support import (
     wait_for,
     wait_job,
 )
-from tests.helpers import row_value
+from tests.helpers import cgroup_name, row_value
 
 pytestmark = pytest.mark.bcc
 
@@ -57,16 +56,10 @@ def settings_overrides() -> dict[str, Any]:
     return {"task_expiry_s": EXPIRY_S}
 
 
-def cgroup_name(host: str) -> str:
-    """The name tests/conftest.py's make_cgroup gives the group it makes for `host`."""
-    return f"fleettrace-test-{os.getpid()}-{host}"
-
-
 @pytest.fixture(scope="module")
 def fleet(agent: Agents) -> dict[str, Any]:
     """Both agents, started together; each is confined to its cgroup (made per test)."""
-    started = [agent.start(host, cgroup_name(host), wait=False) for host in HOSTS]
-    return {a.host: agent.wait_online(a) for a in started}
+    return agent.start_all(HOSTS)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db import utcnow
+from controller.devstack.harness import REDIS_SERVER, RedisServer
 from controller.jobs.models import Run, SnapshotRow
 from controller.schedules.models import ScheduleFire
 from controller.schedules.scheduler import Scheduler
@@ -30,11 +31,11 @@ from controller.settings import Settings
 from node_agent.protocol import Heartbeat
 from node_agent.wire import events_stream
 from tests.controller.conftest import Agents, IngestThread, RecordingDispatcher, Tokens
-from tests.controller.redisproc import RedisProcess
 from tests.controller.support import (
     envelope,
     get_job,
     job_final,
+    missing,
     register_host,
     runs_by_host,
     submit,
@@ -47,9 +48,13 @@ OUTAGE_S = 2.0
 
 
 @pytest.fixture(scope="module")
-def redis_proc() -> Iterator[RedisProcess]:
+def redis_proc() -> Iterator[RedisServer]:
+    """A redis-server the tests SIGKILL and start again on its socket and files: AOF on
+    (appendfsync everysec), as the dev stack runs it."""
+    if not REDIS_SERVER.exists():
+        missing(f"{REDIS_SERVER} (apt install redis-server)")
     workdir = Path(tempfile.mkdtemp(prefix="ft-redis-aof-"))  # short: a unix socket path
-    server = RedisProcess(workdir)
+    server = RedisServer(workdir, auth=False, aof=True)
     server.start()
     yield server
     server.stop()
@@ -57,7 +62,7 @@ def redis_proc() -> Iterator[RedisProcess]:
 
 
 @pytest.fixture(scope="module")
-def redis_url(redis_proc: RedisProcess) -> str:
+def redis_url(redis_proc: RedisServer) -> str:
     return redis_proc.url
 
 
@@ -81,7 +86,7 @@ def _last_heartbeat(client: TestClient, tokens: Tokens, host: str) -> str | None
 
 
 def test_ingest_makes_its_group_again_when_redis_comes_back_empty(
-    redis_proc: RedisProcess,
+    redis_proc: RedisServer,
     ingest: IngestThread,
     client: TestClient,
     tokens: Tokens,
@@ -113,7 +118,7 @@ def test_ingest_makes_its_group_again_when_redis_comes_back_empty(
 
 
 def test_entries_delivered_in_a_reply_lost_to_the_outage_are_stored(
-    redis_proc: RedisProcess, ingest: IngestThread, client: TestClient, tokens: Tokens
+    redis_proc: RedisServer, ingest: IngestThread, client: TestClient, tokens: Tokens
 ) -> None:
     assert ingest.ingest is not None
     link = ingest.ingest.link
@@ -146,7 +151,7 @@ def test_entries_delivered_in_a_reply_lost_to_the_outage_are_stored(
 
 
 def test_the_sweep_goes_on_while_redis_is_down(
-    redis_proc: RedisProcess,
+    redis_proc: RedisServer,
     ingest: IngestThread,
     client: TestClient,
     tokens: Tokens,
@@ -175,7 +180,7 @@ def test_the_sweep_goes_on_while_redis_is_down(
 
 
 def test_the_scheduler_goes_on_while_redis_is_down(
-    redis_proc: RedisProcess,
+    redis_proc: RedisServer,
     scheduler: Scheduler,
     dispatcher: RecordingDispatcher,
     client: TestClient,
@@ -231,7 +236,7 @@ def test_the_scheduler_goes_on_while_redis_is_down(
 
 @pytest.mark.bcc
 def test_a_job_survives_redis_sigkilled_mid_job_every_snapshot_once(
-    redis_proc: RedisProcess,
+    redis_proc: RedisServer,
     agent: Agents,
     client: TestClient,
     tokens: Tokens,

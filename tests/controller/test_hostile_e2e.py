@@ -6,18 +6,16 @@ Real agent, real bcc (`opens`), real ingest, Redis and database; the CLI's real 
 
 from __future__ import annotations
 
-import importlib
 import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.controller.conftest import Agents, Tokens
+from tests.controller.conftest import Agents, Cli, Tokens
 from tests.controller.support import job_final, submit, wait_job
 
 pytestmark = pytest.mark.bcc
@@ -25,34 +23,12 @@ pytestmark = pytest.mark.bcc
 HOST = "hostile-e2e"
 EVIL = "\x1b]0;PWNED\x07\x1b[2J\nrow|<img src=x onerror=alert(1)>"
 RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
-main_module = importlib.import_module("controller.cli.main")
 
 
 @pytest.fixture
-def cli(
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    client: TestClient,
-    tokens: Tokens,
-) -> Callable[..., tuple[int, str, str]]:
-    """`fleettrace ARGS...` through the real main() against the app."""
-    monkeypatch.delenv("FLEETTRACE_URL", raising=False)
-    monkeypatch.setenv("FLEETTRACE_TOKEN", tokens.token("viewer"))
-    real = main_module.build_parser
-
-    def with_test_client() -> Any:
-        parser = real()
-        parser.set_defaults(http=client)
-        return parser
-
-    monkeypatch.setattr(main_module, "build_parser", with_test_client)
-
-    def call(*argv: str) -> tuple[int, str, str]:
-        code = main_module.main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return call
+def cli(cli_for: Callable[[TestClient, str], Cli], client: TestClient, tokens: Tokens) -> Cli:
+    """`fleettrace ARGS...` against the app, as a viewer."""
+    return cli_for(client, tokens.token("viewer"))
 
 
 @pytest.fixture

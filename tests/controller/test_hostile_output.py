@@ -126,8 +126,7 @@ def run_job(
         ):
             events.append(StreamEnvelope(host=host, job_id=job["id"], event=event))
     with sessions() as session:
-        for envelope in events:
-            ingest.apply(session, envelope)
+        ingest.apply(session, events)
         session.commit()
     return str(job["id"])
 

@@ -28,6 +28,7 @@ from node_agent.protocol import RunState
 from node_agent.wire import agent_user, cancel_key, client_url, events_stream, host_queue
 from tests.controller.conftest import BIN, AgentProcess, Agents, Tokens
 from tests.controller.support import (
+    authenticates,
     capabilities,
     clean_env,
     counters,
@@ -268,16 +269,6 @@ def test_a_bad_host_name_is_refused_by_the_agent_and_the_api(
     assert answer.json()["detail"][0]["loc"] == ["body", "name"]
 
 
-def _authenticates(url: str) -> bool:
-    client = redis.Redis.from_url(client_url(url))
-    try:
-        return bool(client.ping())
-    except redis.AuthenticationError:
-        return False
-    finally:
-        client.close()
-
-
 def test_rotating_and_removing_a_host_ends_its_old_credentials(
     client: TestClient, tokens: Tokens, redis_client: redis.Redis
 ) -> None:
@@ -285,24 +276,24 @@ def test_rotating_and_removing_a_host_ends_its_old_credentials(
     created = register_host(client, admin, "gone-1")
     first = created["join"]["redis_url"]
     assert created["join"]["command"].endswith("fleettrace-agent worker --host gone-1")
-    assert _authenticates(first)
+    assert authenticates(first)
     holding = redis.Redis.from_url(client_url(first))
     assert holding.ping()
     rotated = client.post("/v1/hosts/gone-1/credential", headers=admin)
     assert rotated.status_code == 200, rotated.text
     second = rotated.json()["redis_url"]
     assert second != first
-    assert not _authenticates(first)
+    assert not authenticates(first)
     with pytest.raises(redis.ConnectionError):
         holding.ping()  # the connection made with the old secret was closed
     holding.close()
-    assert _authenticates(second)
+    assert authenticates(second)
     # The secret is shown once: nothing the API answers later carries it.
     secret = urlsplit(second).password or ""
     assert secret not in client.get("/v1/hosts/gone-1", headers=admin).text
     assert secret not in client.get("/v1/hosts", headers=admin).text
     assert client.delete("/v1/hosts/gone-1", headers=admin).status_code == 204
-    assert not _authenticates(second)
+    assert not authenticates(second)
     assert redis_client.acl_getuser(agent_user("gone-1")) is None
 
 
@@ -311,8 +302,8 @@ def test_identities_redis_lost_are_put_back_and_the_agent_comes_back(
 ) -> None:
     # As after a Redis restart without an ACL file: the user is gone, its agent cut off.
     redis_client.acl_deluser(agent_user("web-1"))
-    assert not _authenticates(web1.redis_url)
-    wait_for(lambda: _authenticates(web1.redis_url), 30, "ingest to put web-1's identity back")
+    assert not authenticates(web1.redis_url)
+    wait_for(lambda: authenticates(web1.redis_url), 30, "ingest to put web-1's identity back")
     seen = agent.wait_online(web1)["last_heartbeat"]
     wait_for(
         lambda: agent.wait_online(web1)["last_heartbeat"] != seen, 30, "web-1 heartbeating again"

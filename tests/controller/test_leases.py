@@ -71,10 +71,9 @@ class Fleet:
 
     def send(self, host: str, *events: Snapshot | StateChange | Heartbeat, job: str = "") -> None:
         with self.sessions() as session:
-            for event in events:
-                self.ingest.apply(
-                    session, StreamEnvelope(host=host, job_id=job or None, event=event)
-                )
+            for event in events:  # one at a time, in order, as separate batches would be
+                envelope = StreamEnvelope(host=host, job_id=job or None, event=event)
+                self.ingest.apply(session, [envelope])
             session.commit()
 
     def beat(self, host: str, *running: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from tests.controller.conftest import Agents, Tokens
 from tests.controller.support import job_final, submit, wait_job
+from tests.helpers import cgroup_name
 
 pytestmark = pytest.mark.bcc
 
@@ -22,14 +22,9 @@ HOSTS = ("rep-a", "rep-b", "rep-c")
 ODD = "rep-c"
 
 
-def cgroup_name(host: str) -> str:
-    return f"fleettrace-test-{os.getpid()}-{host}"
-
-
 @pytest.fixture(scope="module")
 def fleet(agent: Agents) -> dict[str, Any]:
-    started = [agent.start(host, cgroup_name(host), wait=False) for host in HOSTS]
-    return {a.host: agent.wait_online(a) for a in started}
+    return agent.start_all(HOSTS)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from controller.jobs.merge import merge_tables
-from controller.jobs.models import HostResult, JobResults, JobState
+from controller.jobs.models import JobResults, JobState
 from controller.reports import digest as dg
 from controller.reports.analysis import comparable_fields, js_divergence, project
 from controller.reports.fleet import (
@@ -40,6 +40,7 @@ from node_agent.protocol import (
     RunState,
     StackCount,
 )
+from tests.controller.support import host_result
 
 Ints = dg.Ints
 Key = tuple[KeyValue, ...]
@@ -84,20 +85,7 @@ def _host(name: str, results: Sequence[Result], seq: int = 0) -> HostInput:
 
 
 def _results(per_host: dict[str, list[Result]]) -> JobResults:
-    hosts = [
-        HostResult(
-            host=h,
-            run_id=f"run-{h}",
-            state=RunState.succeeded,
-            seq=0,
-            final=True,
-            interval_start=0.0,
-            interval_end=SPAN,
-            results=r,
-            stats=None,
-        )
-        for h, r in per_host.items()
-    ]
+    hosts = [host_result(h, r, interval_end=SPAN) for h, r in per_host.items()]
     return JobResults(job_id="j1", program="p", state=JobState.succeeded, hosts=hosts, merged=[])
 
 

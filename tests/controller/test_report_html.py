@@ -30,9 +30,9 @@ from node_agent.protocol import (
     StackCount,
 )
 from tests.controller.browser import screenshot
-from tests.controller.conftest import Tokens
-from tests.controller.test_reports import _fleet_job, feeder  # noqa: F401 (fixture)
-from tests.controller.test_storage import Feeder
+from tests.controller.conftest import Feeder, Tokens
+from tests.controller.support import host_result
+from tests.controller.test_reports import _fleet_job
 
 ODD = "web-4"
 VOID = {"meta", "br", "hr", "img", "input", "link"}
@@ -66,32 +66,8 @@ def _fleet_analysed() -> tuple[JobReport, Analysis, JobResults]:
             ),
             _stacks(cpu),
         ]
-        hosts.append(
-            HostResult(
-                host=f"web-{i}",
-                run_id=f"run-{i}",
-                state=RunState.succeeded,
-                seq=0,
-                final=True,
-                interval_start=0.0,
-                interval_end=2.0,
-                results=results,
-                stats=None,
-            )
-        )
-    hosts.append(
-        HostResult(
-            host="web-5",
-            run_id="run-5",
-            state=RunState.failed,
-            seq=None,
-            final=False,
-            interval_start=None,
-            interval_end=None,
-            results=[],
-            stats=None,
-        )
-    )
+        hosts.append(host_result(f"web-{i}", results, run_id=f"run-{i}"))
+    hosts.append(host_result("web-5", state=RunState.failed, run_id="run-5"))
     merged = merge_results([(h.host, h.results) for h in hosts if h.results])
     job = JobResults(
         job_id="j1", program="cpu_profile", state=JobState.partial, hosts=hosts, merged=merged
@@ -259,7 +235,7 @@ def test_folded_and_speedscope() -> None:
 def test_route_serves_html_and_exports(
     client: TestClient,
     tokens: Tokens,
-    feeder: Feeder,  # noqa: F811
+    feeder: Feeder,
     tmp_path: Path,
 ) -> None:
     job_id, names = _fleet_job(client, tokens, feeder, hot=5000)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from controller.jobs.merge import merge_results
-from controller.jobs.models import HostResult, JobResults, JobState
+from controller.jobs.models import JobResults, JobState
 from controller.reports.analysis import human, js_divergence, modified_z
 from controller.reports.digest import (
     decode,
@@ -22,6 +22,7 @@ from controller.reports.fleet import js_rows
 from controller.reports.models import OneHostKey
 from controller.reports.service import build_report, compare, histogram_stats
 from node_agent.protocol import CounterTable, KeyField, KeyValue, Log2Histogram, Result, RunState
+from tests.controller.support import host_result
 
 
 def _hist(buckets: list[tuple[int, int]], name: str = "runqlat") -> Log2Histogram:
@@ -43,34 +44,8 @@ def _opens(rows: list[tuple[int, str, int]]) -> CounterTable:
 def _results(
     per_host: dict[str, list[Result]], failed: dict[str, RunState] | None = None
 ) -> JobResults:
-    hosts = [
-        HostResult(
-            host=h,
-            run_id=f"run-{h}",
-            state=RunState.succeeded,
-            seq=0,
-            final=True,
-            interval_start=0.0,
-            interval_end=2.0,
-            results=r,
-            stats=None,
-        )
-        for h, r in per_host.items()
-    ]
-    hosts += [
-        HostResult(
-            host=h,
-            run_id=f"run-{h}",
-            state=s,
-            seq=None,
-            final=False,
-            interval_start=None,
-            interval_end=None,
-            results=[],
-            stats=None,
-        )
-        for h, s in (failed or {}).items()
-    ]
+    hosts = [host_result(h, r) for h, r in per_host.items()]
+    hosts += [host_result(h, state=s) for h, s in (failed or {}).items()]
     merged = merge_results([(h.host, h.results) for h in hosts if h.results])
     return JobResults(
         job_id="j1", program="runqlat", state=JobState.partial, hosts=hosts, merged=merged

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event, select, update
@@ -21,32 +20,20 @@ from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 from controller.api.deps import get_session
 from controller.cli.errors import CliError
 from controller.cli.main import build_parser
-from controller.ingest.consumer import Ingest
 from controller.jobs.models import SnapshotRow
 from controller.reports import store
 from controller.reports.digest import digest
 from controller.reports.routes import ReportFormat
 from controller.reports.store import RunDigestRow
-from controller.settings import Settings
 from node_agent.protocol import Log2Histogram, Result, Snapshot, SnapshotStats
-from tests.controller.conftest import Tokens
+from tests.controller.conftest import Feeder, Tokens
 from tests.controller.support import counters, register_host, snapshot, state, submit
-from tests.controller.test_storage import Feeder
 
 
 @pytest.fixture(scope="module")
 def database_url(db_url: str) -> str:
     """Both backends: digests are binary columns, written with a conditional UPDATE."""
     return db_url
-
-
-@pytest.fixture
-def feeder(
-    settings: Settings, sessions: sessionmaker[Session], redis_client: redis.Redis
-) -> Iterator[Feeder]:
-    feeder = Feeder(Ingest(settings, sessions, redis_client))
-    feeder.ingest.ensure_group()
-    yield feeder
 
 
 def _snap(run_id: str, seq: int, start: float, end: float, results: list[Result]) -> Snapshot:

@@ -47,7 +47,7 @@ def test_a_continuous_schedule_takes_a_snapshot_per_slot_on_real_agents(
         done = [j for j in jobs if job_final(j)]
         return done[-1] if done else None  # recent is newest first: the first horizon
 
-    job = wait_for(one_done, 20, "the first horizon to finish", every=0.2)
+    job = wait_for(one_done, 20, "the first horizon to finish", every_s=0.2)
     client.post(f"{url}/pause", headers=tokens.headers("operator"))
     assert job["state"] == "succeeded", job
     assert (job["duration_s"], job["interval_s"]) == (HORIZON_S, INTERVAL_S)

@@ -77,7 +77,7 @@ def test_a_short_interval_schedule_runs_real_traces_on_every_labelled_host(
         done = [j for j in jobs if job_final(j)]
         return done if len(done) >= 2 else None
 
-    jobs = wait_for(two_done, 20, "two scheduled jobs to finish", every=0.2)
+    jobs = wait_for(two_done, 20, "two scheduled jobs to finish", every_s=0.2)
     client.post(f"{url}/pause", headers=tokens.headers("operator"))
     for job in jobs[:2]:
         assert job["state"] == "succeeded", job

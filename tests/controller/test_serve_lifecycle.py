@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.controller.conftest import BIN, _free_port
-from tests.controller.support import clean_env, stop_process, wait_for
+from tests.controller.conftest import BIN
+from tests.controller.support import alive, clean_env, free_port, stop_process, wait_for
 
 
 def children(pid: int) -> list[int]:
@@ -37,20 +37,11 @@ def descendants(pid: int) -> set[int]:
     return seen
 
 
-def alive(pid: int) -> bool:
-    """Running, or at least not a zombie (an orphan's zombie is gone in all but its number)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 @pytest.fixture
 def serve(tmp_path: Path, redis_url: str) -> Iterator[subprocess.Popen[bytes]]:
     """`fleettrace serve` with everything: API and scheduler, ingest and bootstrap worker
     processes."""
-    port = _free_port()
+    port = free_port()
     env = clean_env(
         FLEETTRACE_DATABASE_URL=f"sqlite:///{tmp_path / 'fleettrace.db'}",
         FLEETTRACE_REDIS_URL=redis_url,

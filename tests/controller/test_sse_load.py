@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from controller.keys.store import KeyStore
-from tests.controller.conftest import BIN, Tokens, _free_port
-from tests.controller.support import clean_env, stop_process, wait_for
+from tests.controller.conftest import BIN, Tokens
+from tests.controller.support import clean_env, free_port, stop_process, wait_for
 
 pytestmark = pytest.mark.bcc
 
@@ -58,7 +58,7 @@ def served(
     """`fleettrace serve` (API, ingest, scheduler) and one real agent, on the module's database:
     the host added through the API (its own Redis identity), the agent trusting serve's key."""
     workdir = tmp_path_factory.mktemp("serve")
-    port = _free_port()
+    port = free_port()
     keys_dir = workdir / "keys"
     env = clean_env(
         FLEETTRACE_DATABASE_URL=database_url,

@@ -26,9 +26,10 @@ from controller.bootstrap.ssh import (
     Timeouts,
     Unreachable,
 )
-from controller.devstack import HostSpec, Stack, down, machine, sshd
+from controller.devstack import Stack, down, machine, sshd
 from tests.controller.sshfleet import (
     AUTH_TRACES,
+    WEB_AND_DB,
     address,
     host_public_key,
     openssh_fingerprint,
@@ -41,10 +42,7 @@ from tests.controller.sshfleet import sink as make_sink
 
 pytestmark = pytest.mark.root
 
-HOSTS = (
-    HostSpec("web-1", {"role": "web"}, "web-moderate"),
-    HostSpec("db-1", {"role": "db"}, "db-io"),
-)
+HOSTS = WEB_AND_DB
 
 
 @pytest.fixture(scope="module")

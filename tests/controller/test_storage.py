@@ -6,7 +6,6 @@ Events go through the real Redis stream into a real Ingest; jobs are made throug
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,16 +22,13 @@ from controller.settings import Settings
 from node_agent.protocol import (
     Feature,
     FoldedStacks,
-    Heartbeat,
     KeyValue,
     Log2Histogram,
     Result,
-    Snapshot,
     StackCount,
-    StateChange,
 )
 from node_agent.wire import events_stream
-from tests.controller.conftest import RecordingDispatcher, Tokens
+from tests.controller.conftest import Feeder, RecordingDispatcher, Tokens
 from tests.controller.support import (
     capabilities,
     counters,
@@ -52,52 +48,6 @@ def database_url(db_url: str) -> str:
     return db_url
 
 
-@pytest.fixture
-def feeder(
-    settings: Settings, sessions: sessionmaker[Session], redis_client: redis.Redis
-) -> Iterator[Feeder]:
-    feeder = Feeder(Ingest(settings, sessions, redis_client))
-    feeder.ingest.ensure_group()
-    yield feeder
-
-
-class Feeder:
-    """Puts agents' events on the real stream and lets a real Ingest store them."""
-
-    def __init__(self, ingest: Ingest) -> None:
-        self.ingest = ingest
-
-    def __call__(
-        self, host: str, *events: Snapshot | StateChange | Heartbeat, job_id: str | None = None
-    ) -> None:
-        for event in events:
-            self.ingest.redis.xadd(events_stream(host), {"data": envelope(host, event, job_id)})
-        self.drain()
-
-    def drain(self) -> None:
-        self.ingest.refresh_hosts(force=True)
-        for _ in range(100):
-            if self.ingest.step(block_ms=50) == 0 and self.pending() == 0 and self.lag() == 0:
-                return
-        raise AssertionError("ingest did not drain the stream")
-
-    def pending(self) -> int:
-        self.ingest.refresh_hosts()
-        total = 0
-        for host in self.ingest.hosts:
-            info: Any = self.ingest.redis.xpending(events_stream(host), self.ingest.group)
-            total += int(info["pending"])
-        return total
-
-    def lag(self) -> int:
-        total = 0
-        for host in self.ingest.hosts:
-            for group in self.ingest.redis.xinfo_groups(events_stream(host)):
-                if group["name"] in (self.ingest.group, self.ingest.group.encode()):
-                    total += int(group.get("lag") or 0)
-        return total
-
-
 def _hosts(client: TestClient, tokens: Tokens, n: int) -> list[str]:
     names = [f"h{uuid.uuid4().hex[:8]}-{i}" for i in range(n)]
     for name in names:
@@ -107,6 +57,17 @@ def _hosts(client: TestClient, tokens: Tokens, n: int) -> list[str]:
 
 def _job(client: TestClient, tokens: Tokens, hosts: list[str], **job: Any) -> dict[str, Any]:
     return submit(client, tokens.headers("operator"), targets={"hosts": hosts}, **job)
+
+
+OneRun = tuple[str, dict[str, Any], str]  # (host, job, run id)
+
+
+@pytest.fixture
+def one_run(client: TestClient, tokens: Tokens) -> OneRun:
+    """A job on one new host: its host, the job as the API shows it, its run's id."""
+    (host,) = _hosts(client, tokens, 1)
+    job = _job(client, tokens, [host])
+    return host, job, job["runs"][0]["id"]
 
 
 def _events(sessions: sessionmaker[Session], job_id: str) -> list[JobEvent]:
@@ -146,11 +107,11 @@ def test_migrations_build_the_schema_and_a_second_run_changes_nothing(
 
 
 def test_the_same_snapshot_twice_is_stored_once(
-    client: TestClient, tokens: Tokens, sessions: sessionmaker[Session], feeder: Feeder
+    one_run: OneRun,
+    sessions: sessionmaker[Session],
+    feeder: Feeder,
 ) -> None:
-    (host,) = _hosts(client, tokens, 1)
-    job = _job(client, tokens, [host])
-    run_id = job["runs"][0]["id"]
+    host, job, run_id = one_run
     snap = snapshot(run_id, 0, [counters("syscalls", {"read": 3})])
     feeder(host, state(run_id, "running"), snap, snap, job_id=job["id"])
     feeder(host, snap, job_id=job["id"])
@@ -162,16 +123,13 @@ def test_the_same_snapshot_twice_is_stored_once(
 
 
 def test_entries_stored_but_not_acked_before_a_crash_are_not_stored_twice(
-    client: TestClient,
-    tokens: Tokens,
+    one_run: OneRun,
     settings: Settings,
     sessions: sessionmaker[Session],
     redis_client: redis.Redis,
     feeder: Feeder,
 ) -> None:
-    (host,) = _hosts(client, tokens, 1)
-    job = _job(client, tokens, [host])
-    run_id = job["runs"][0]["id"]
+    host, job, run_id = one_run
     for seq in range(3):
         data = envelope(host, snapshot(run_id, seq, [counters("c", {"x": seq})]), job["id"])
         redis_client.xadd(events_stream(host), {"data": data})
@@ -190,16 +148,13 @@ def test_entries_stored_but_not_acked_before_a_crash_are_not_stored_twice(
 
 
 def test_trim_drops_only_acked_entries(
-    client: TestClient,
-    tokens: Tokens,
+    one_run: OneRun,
     settings: Settings,
     sessions: sessionmaker[Session],
     redis_client: redis.Redis,
     feeder: Feeder,
 ) -> None:
-    (host,) = _hosts(client, tokens, 1)
-    job = _job(client, tokens, [host])
-    run_id = job["runs"][0]["id"]
+    host, job, run_id = one_run
     stream = events_stream(host)
 
     def add(seq: int) -> bytes:
@@ -236,11 +191,13 @@ def test_an_event_from_another_host_for_a_run_is_ignored(
 
 
 def test_final_run_states_stick(
-    client: TestClient, tokens: Tokens, sessions: sessionmaker[Session], feeder: Feeder
+    one_run: OneRun,
+    client: TestClient,
+    tokens: Tokens,
+    sessions: sessionmaker[Session],
+    feeder: Feeder,
 ) -> None:
-    (host,) = _hosts(client, tokens, 1)
-    job = _job(client, tokens, [host])
-    run_id = job["runs"][0]["id"]
+    host, job, run_id = one_run
     feeder(host, state(run_id, "running"), state(run_id, "succeeded"), job_id=job["id"])
     feeder(host, state(run_id, "failed"), state(run_id, "running"), job_id=job["id"])
     shown = get_job(client, tokens.headers("viewer"), job["id"])
@@ -288,11 +245,11 @@ def test_expired_runs_are_overridden_by_the_hosts_real_events(
 
 
 def test_a_run_the_host_accepted_does_not_expire_while_it_compiles(
-    client: TestClient, tokens: Tokens, sessions: sessionmaker[Session], feeder: Feeder
+    one_run: OneRun,
+    sessions: sessionmaker[Session],
+    feeder: Feeder,
 ) -> None:
-    (host,) = _hosts(client, tokens, 1)
-    job = _job(client, tokens, [host])
-    run_id = job["runs"][0]["id"]
+    host, job, run_id = one_run
     feeder(host, state(run_id, "pending", reason="accepted"), job_id=job["id"])
     with sessions() as session:
         run = session.get(Run, run_id)

@@ -12,15 +12,7 @@ from pathlib import Path
 import pytest
 
 from controller.devstack import supervise
-from tests.controller.support import stop_process, wait_for
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
+from tests.controller.support import alive, stop_process, wait_for
 
 
 class Supervised:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,17 +25,10 @@ from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
 from kombu import Connection
 
+from controller.devstack import harness
 from node_agent.wire import broker_url, client_url
-from tests.controller.conftest import (
-    CONTROLLER_USER,
-    REDIS_SERVER,
-    AgentProcess,
-    Agents,
-    Tokens,
-    _free_port,
-    redis_config,
-)
-from tests.controller.support import job_final, missing, stop_process, submit, wait_for, wait_job
+from tests.controller.conftest import AgentProcess, Agents, Tokens
+from tests.controller.support import free_port, job_final, missing, submit, wait_job
 
 Key = ec.EllipticCurvePrivateKey
 
@@ -110,7 +102,7 @@ class TlsRedis:
     port: int
     password: str
 
-    def url(self, *, user: str = CONTROLLER_USER, **tls: Path) -> str:
+    def url(self, *, user: str = harness.REDIS_USER, **tls: Path) -> str:
         options = {"ssl_ca_certs": str(self.pki.ca), **{k: str(v) for k, v in tls.items()}}
         query = urlencode(options, safe="/")
         return f"rediss://{user}:{self.password}@127.0.0.1:{self.port}/0?{query}"
@@ -118,15 +110,12 @@ class TlsRedis:
 
 @pytest.fixture(scope="module")
 def tls_redis() -> Iterator[TlsRedis]:
-    if not REDIS_SERVER.exists():
-        missing(f"{REDIS_SERVER} (apt install redis-server)")
+    if not harness.REDIS_SERVER.exists():
+        missing(f"{harness.REDIS_SERVER} (apt install redis-server)")
     workdir = Path(tempfile.mkdtemp(prefix="ft-redis-tls-"))
     pki = make_pki(workdir)
-    port, password = _free_port(), "tls-" + workdir.name.rsplit("-", 1)[-1]
-    config = redis_config(
-        workdir,
-        password,
-        "port 0",
+    port = free_port()
+    tls = (
         "bind 127.0.0.1",
         f"tls-port {port}",
         f"tls-cert-file {pki.server_cert}",
@@ -134,29 +123,15 @@ def tls_redis() -> Iterator[TlsRedis]:
         f"tls-ca-cert-file {pki.ca}",
         "tls-auth-clients optional",
     )
-    proc = subprocess.Popen(
-        [str(REDIS_SERVER), str(config)],
-        stdout=(workdir / "redis.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    server = TlsRedis(pki, port, password)
+    redis_server = harness.RedisServer(workdir, unix_socket=False, extra=tls)
+    assert redis_server.password is not None
+    server = TlsRedis(pki, port, redis_server.password)
+    redis_server.ping_url = server.url()
     try:
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                log = (workdir / "redis.log").read_text(errors="replace")[-2000:]
-                raise AssertionError(f"redis-server (TLS) exited with {proc.returncode}:\n{log}")
-            try:
-                with redis.Redis.from_url(server.url()) as client:
-                    return bool(client.ping())
-            except redis.ConnectionError:
-                return False
-
-        wait_for(up, 10, "redis-server to answer over TLS")
+        redis_server.start(timeout_s=10)
         yield server
     finally:
-        stop_process(proc)
+        redis_server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -32,8 +32,7 @@ from controller.cli.main import build_parser
 from controller.cli.server import _tls
 from controller.cli.text import plural
 from controller.settings import Settings
-from tests.controller.conftest import _free_port
-from tests.controller.support import clean_env, stop_process, wait_for
+from tests.controller.support import clean_env, free_port, stop_process, wait_for
 
 BIN = Path(sys.executable).parent
 main_module = importlib.import_module("controller.cli.main")
@@ -151,7 +150,7 @@ class Served:
 def _serve(
     where: Path, redis_url: str, *flags: str, tls: Pki | None = None, **env: str
 ) -> Iterator[Served]:
-    port = _free_port()
+    port = free_port()
     scheme = "https" if tls else "http"
     environ = clean_env(
         FLEETTRACE_DATABASE_URL=f"sqlite:///{where / 'controller.db'}",

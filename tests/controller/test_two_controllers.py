@@ -29,12 +29,13 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db import make_engine
+from controller.devstack.harness import PostgresServer, free_port
 from controller.ingest import consumers
 from controller.jobs.models import Job, JobEvent, Run, SnapshotRow
 from controller.keys.store import KeyStore
 from controller.schedules.models import ScheduleFire
 from node_agent.wire import client_url, events_stream
-from tests.controller.conftest import BIN, PostgresServer, Tokens, _free_port
+from tests.controller.conftest import BIN, Tokens
 from tests.controller.emulated_fleet import EmulatedFleet, wait_idle
 from tests.controller.support import capabilities, clean_env, stop_process, wait_for
 
@@ -81,7 +82,7 @@ class Controllers:
         self.started: list[Serve] = []
 
     def start(self, name: str, port: int | None = None) -> Serve:
-        port = port or _free_port()
+        port = port or free_port()
         log = self.workdir / f"serve-{name}.log"
         with log.open("ab") as out:
             proc = subprocess.Popen(

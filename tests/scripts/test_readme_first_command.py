@@ -8,13 +8,14 @@ be as good and its setup silent.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from controller.devstack.harness import clean_env
+from tests.helpers import run_in_own_mounts
 
 pytestmark = [pytest.mark.root, pytest.mark.bcc]
 
@@ -73,15 +74,7 @@ def test_the_first_command_works_on_a_fresh_machine_twice(tmp_path: Path) -> Non
         )
         + "\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETTRACE_")}
-    done = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "bash", str(script)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr
+    run_in_own_mounts(script, clean_env(), timeout_s=900)
 
     for run in ("1", "2"):
         rc = int((out / f"{run}.rc").read_text())

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_in_own_mounts
+
 pytestmark = pytest.mark.root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,14 +93,7 @@ def run_setup(
         "FLEETTRACE_SETUP_KERNEL": kernel,
         **(env or {}),
     }
-    done = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "bash", str(script)],
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    run_in_own_mounts(script, full_env, timeout_s=120)
 
     def read(name: str) -> str | None:
         text = (out / name).read_text().strip()

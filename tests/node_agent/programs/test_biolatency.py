@@ -7,7 +7,6 @@ import mmap
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from node_agent.protocol import Scope, TraceRequest
-from tests.helpers import TraceOutcome, run_trace
+from tests.helpers import TraceOutcome, run_trace, spawn_waiting
 
 pytestmark = pytest.mark.bcc
 
@@ -110,18 +109,7 @@ def _reader(disk: Disk, name: str, reads: int) -> subprocess.Popen[str]:
         f.write(os.urandom(reads * BLOCK))
         f.flush()
         os.fsync(f.fileno())  # on the disk now: the reads cannot be served from dirty pages
-    return subprocess.Popen(
-        [sys.executable, "-c", READER, str(path), str(reads)], stdin=subprocess.PIPE, text=True
-    )
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        proc.kill()
-        proc.wait(timeout=10)
+    return spawn_waiting(READER, str(path), str(reads))
 
 
 class OneByOne:

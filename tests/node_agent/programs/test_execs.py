@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from node_agent.protocol import Limits, Scope, TraceRequest
-from tests.helpers import row_value, run_trace
+from tests.helpers import go, row_value, run_trace, spawn_waiting
 
 pytestmark = pytest.mark.bcc
 
@@ -43,17 +43,11 @@ def binary(tmp_path: Path) -> Path:
 def _launcher(
     binary: Path, runs: int, missing: Path | None = None, fails: int = 0
 ) -> subprocess.Popen[str]:
-    args = [sys.executable, "-c", LAUNCHER, str(binary), str(runs), str(missing or ""), str(fails)]
-    return subprocess.Popen(args, stdin=subprocess.PIPE, text=True)
+    return spawn_waiting(LAUNCHER, str(binary), str(runs), str(missing or ""), str(fails))
 
 
-def _go(*procs: subprocess.Popen[str]) -> None:
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-    for proc in procs:
-        assert proc.wait(timeout=30) == 0
+def _request(name: str, **fields: Any) -> TraceRequest:
+    return TraceRequest(run_id=f"execs-{name}", program="execs", duration_s=2.5, **fields)
 
 
 def test_counts_m_execs_in_cgroup_and_bounds_samples(make_cgroup, binary: Path) -> None:  # type: ignore[no-untyped-def]
@@ -62,14 +56,8 @@ def test_counts_m_execs_in_cgroup_and_bounds_samples(make_cgroup, binary: Path) 
     outside = _launcher(binary, 4)
     (group / "cgroup.procs").write_text(str(inside.pid))
 
-    request = TraceRequest(
-        run_id="execs-m",
-        program="execs",
-        duration_s=2.5,
-        scope=Scope(cgroup=group.name),
-        limits=Limits(max_samples=MAX_SAMPLES),
-    )
-    outcome = run_trace(request, lambda: _go(inside, outside))
+    request = _request("m", scope=Scope(cgroup=group.name), limits=Limits(max_samples=MAX_SAMPLES))
+    outcome = run_trace(request, lambda: go([inside, outside], succeed=True))
     assert outcome.final.state.value == "succeeded", outcome.final
     table = outcome.table("execs")
     # The outside launcher's 4 runs of the same binary are not counted.
@@ -90,14 +78,8 @@ def test_counts_m_execs_in_cgroup_and_bounds_samples(make_cgroup, binary: Path) 
 
 def test_comm_scope_matches_the_new_program_and_samples_off(binary: Path) -> None:
     launcher = _launcher(binary, M)
-    request = TraceRequest(
-        run_id="execs-comm",
-        program="execs",
-        duration_s=2.5,
-        params={"samples": False},
-        scope=Scope(comm=binary.name),
-    )
-    outcome = run_trace(request, lambda: _go(launcher))
+    request = _request("comm", params={"samples": False}, scope=Scope(comm=binary.name))
+    outcome = run_trace(request, lambda: go([launcher], succeed=True))
     table = outcome.table("execs")
     assert [keys for keys, _ in table.rows] == [[binary.name, str(binary)]]
     assert row_value(table) == M
@@ -110,14 +92,8 @@ def test_failed_execs_are_counted_by_error(make_cgroup, binary: Path, tmp_path: 
     fails = 5
     launcher = _launcher(binary, 2, missing, fails)
     (group / "cgroup.procs").write_text(str(launcher.pid))
-    request = TraceRequest(
-        run_id="execs-fail",
-        program="execs",
-        duration_s=2.5,
-        params={"failures": True},
-        scope=Scope(cgroup=group.name),
-    )
-    outcome = run_trace(request, lambda: _go(launcher))
+    request = _request("fail", params={"failures": True}, scope=Scope(cgroup=group.name))
+    outcome = run_trace(request, lambda: go([launcher], succeed=True))
     failures = outcome.table("exec_failures")
     assert row_value(failures, filename=str(missing), error="ENOENT") == fails
     assert row_value(failures) == fails

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from node_agent.protocol import CounterTable, Scope, TraceRequest
-from tests.helpers import run_trace
+from tests.helpers import go, run_trace, spawn_waiting
 
 pytestmark = pytest.mark.bcc
 
@@ -43,17 +42,7 @@ for _ in range({J}):
 
 
 def _opener(path: Path, missing: Path) -> subprocess.Popen[str]:
-    args = [sys.executable, "-c", OPENER, str(path), str(missing)]
-    return subprocess.Popen(args, stdin=subprocess.PIPE, text=True)
-
-
-def _go(*procs: subprocess.Popen[str]) -> None:
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-    for proc in procs:
-        assert proc.wait(timeout=30) == 0
+    return spawn_waiting(OPENER, str(path), str(missing))
 
 
 def _values(table: CounterTable, **key: object) -> list[int]:
@@ -80,7 +69,7 @@ def test_counts_k_opens_and_j_errors_of_one_process(files: tuple[Path, Path]) ->
     request = TraceRequest(
         run_id="opens-k", program="opens", duration_s=2.5, scope=Scope(pid=child.pid)
     )
-    outcome = run_trace(request, lambda: _go(child))
+    outcome = run_trace(request, lambda: go([child], succeed=True))
     assert outcome.final.state.value == "succeeded", outcome.final
     table = outcome.table("opens")
     assert [f.name for f in table.key_fields] == ["pid", "comm", "path"]
@@ -104,7 +93,7 @@ def test_failed_only_by_path_in_cgroup(make_cgroup, files: tuple[Path, Path]) ->
         params={"per_process": False, "failed_only": True},
         scope=Scope(cgroup=group.name),
     )
-    table = run_trace(request, lambda: _go(inside, outside)).table("opens")
+    table = run_trace(request, lambda: go([inside, outside], succeed=True)).table("opens")
     assert [f.name for f in table.key_fields] == ["path"]
     # Only the inside process's failures: successful opens and the outside process are not.
     assert _values(table, path=str(missing)) == [J, J]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from node_agent.protocol import Log2Histogram, Scope, TraceRequest
-from tests.helpers import run_trace
+from tests.helpers import go, run_trace, spawn_waiting
 
 pytestmark = pytest.mark.bcc
 
@@ -29,27 +29,8 @@ SLEEPS = 200
 SLEEPER = f"import sys, time\nsys.stdin.readline()\nfor _ in range({SLEEPS}): time.sleep(0.001)\n"
 
 
-def _spawn(script: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, text=True)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    """Processes a test starts; killed and reaped afterwards whatever happens."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
-def _go(started: list[subprocess.Popen[str]]) -> None:
-    for proc in started:
-        assert proc.stdin is not None
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-    for proc in started:
-        proc.wait(timeout=30)
+def _request(name: str, **fields: Any) -> TraceRequest:
+    return TraceRequest(run_id=f"runqlat-{name}", program="runqlat", duration_s=2, **fields)
 
 
 def _waited_at_least(hist: Log2Histogram, slot: int) -> int:
@@ -57,16 +38,10 @@ def _waited_at_least(hist: Log2Histogram, slot: int) -> int:
 
 
 def test_per_pid_shows_only_the_scoped_process(procs: list[subprocess.Popen[str]]) -> None:
-    procs += [_spawn(HOG) for _ in range(3)]
+    procs += [spawn_waiting(HOG) for _ in range(3)]
     scoped = procs[0]
-    request = TraceRequest(
-        run_id="runqlat-pid",
-        program="runqlat",
-        duration_s=2,
-        params={"per": "pid"},
-        scope=Scope(pid=scoped.pid),
-    )
-    outcome = run_trace(request, lambda: _go(procs))
+    request = _request("pid", params={"per": "pid"}, scope=Scope(pid=scoped.pid))
+    outcome = run_trace(request, lambda: go(procs))
     assert outcome.final.state.value == "succeeded", outcome.final
     hists = outcome.histograms()
     assert [h.labels["pid"] for h in hists] == [scoped.pid]
@@ -84,16 +59,10 @@ def test_per_cgroup_scoped_to_a_cgroup(
     procs: list[subprocess.Popen[str]],
 ) -> None:
     group = make_cgroup("runqlat")
-    procs += [_spawn(HOG) for _ in range(3)]
+    procs += [spawn_waiting(HOG) for _ in range(3)]
     (group / "cgroup.procs").write_text(str(procs[0].pid))
-    request = TraceRequest(
-        run_id="runqlat-cg",
-        program="runqlat",
-        duration_s=2,
-        params={"per": "cgroup"},
-        scope=Scope(cgroup=group.name),
-    )
-    outcome = run_trace(request, lambda: _go(procs))
+    request = _request("cg", params={"per": "cgroup"}, scope=Scope(cgroup=group.name))
+    outcome = run_trace(request, lambda: go(procs))
     hists = outcome.histograms()
     assert [h.labels for h in hists] == [
         {"cgroup": f"/{group.name}", "cgroup_id": os.stat(group).st_ino}
@@ -102,14 +71,9 @@ def test_per_cgroup_scoped_to_a_cgroup(
 
 
 def test_wakeups_are_charged_to_the_woken_task(procs: list[subprocess.Popen[str]]) -> None:
-    procs.append(_spawn(SLEEPER))
-    request = TraceRequest(
-        run_id="runqlat-wake",
-        program="runqlat",
-        duration_s=2,
-        scope=Scope(pid=procs[0].pid),
-    )
-    outcome = run_trace(request, lambda: _go(procs))
+    procs.append(spawn_waiting(SLEEPER))
+    request = _request("wake", scope=Scope(pid=procs[0].pid))
+    outcome = run_trace(request, lambda: go(procs))
     hists = outcome.histograms()
     assert [h.labels for h in hists] == [{}]
     # One wait per sleep's wakeup, plus the stdin wakeup and a few preemptions (a sleep
@@ -119,14 +83,9 @@ def test_wakeups_are_charged_to_the_woken_task(procs: list[subprocess.Popen[str]
 
 
 def test_unscoped_per_pid_in_msec_sees_every_hog(procs: list[subprocess.Popen[str]]) -> None:
-    procs += [_spawn(HOG) for _ in range(3)]
-    request = TraceRequest(
-        run_id="runqlat-all",
-        program="runqlat",
-        duration_s=2,
-        params={"per": "pid", "unit": "msec"},
-    )
-    outcome = run_trace(request, lambda: _go(procs))
+    procs += [spawn_waiting(HOG) for _ in range(3)]
+    request = _request("all", params={"per": "pid", "unit": "msec"})
+    outcome = run_trace(request, lambda: go(procs))
     by_pid = {h.labels["pid"]: h for h in outcome.histograms()}
     assert 0 not in by_pid  # the idle task never counts
     for proc in procs:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
-from collections.abc import Iterator
 
 import pytest
 
 from node_agent.errors import BadParameter
 from node_agent.programs.syscall_latency import SPEC
 from node_agent.protocol import Log2Histogram, Scope, TraceRequest
-from tests.helpers import run_trace
+from tests.helpers import go, run_trace, spawn_waiting
 
 pytestmark = pytest.mark.bcc
 
@@ -26,25 +24,10 @@ WORKLOAD = (
 
 
 @pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    """Two workload processes waiting for "go"; killed and reaped afterwards."""
-    started = [
-        subprocess.Popen([sys.executable, "-c", WORKLOAD], stdin=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    yield started
-    for proc in started:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
-def _go(started: list[subprocess.Popen[str]]) -> None:
-    for proc in started:
-        assert proc.stdin is not None
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-    for proc in started:
-        proc.wait(timeout=30)
+def procs(procs: list[subprocess.Popen[str]]) -> list[subprocess.Popen[str]]:
+    """Two workload processes waiting for "go" (killed and reaped by the shared fixture)."""
+    procs += [spawn_waiting(WORKLOAD) for _ in range(2)]
+    return procs
 
 
 def _share(hist: Log2Histogram, low: int, high: int) -> float:
@@ -58,7 +41,7 @@ def test_known_sleeps_and_getppids_of_the_scoped_process(
     request = TraceRequest(
         run_id="sclat-n", program="syscall_latency", duration_s=3, scope=Scope(pid=procs[0].pid)
     )
-    outcome = run_trace(request, lambda: _go(procs))
+    outcome = run_trace(request, lambda: go(procs))
     assert outcome.final.state.value == "succeeded", outcome.final
     by_name = {str(h.labels["syscall"]): h for h in outcome.histograms()}
     sleeps = by_name["clock_nanosleep"]
@@ -82,7 +65,7 @@ def test_syscall_filter_in_nsec_keeps_only_that_syscall(
         params={"syscall": "clock_nanosleep", "unit": "nsec"},
         scope=Scope(pid=procs[0].pid),
     )
-    hists = run_trace(request, lambda: _go(procs)).histograms()
+    hists = run_trace(request, lambda: go(procs)).histograms()
     assert [h.labels for h in hists] == [{"syscall": "clock_nanosleep"}]
     assert hists[0].unit == "nsec"
     assert hists[0].total == SLEEPS

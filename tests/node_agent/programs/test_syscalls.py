@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 
 from node_agent.protocol import Scope, TraceRequest
-from tests.helpers import row_value, run_trace
+from tests.helpers import go, row_value, run_trace, spawn_waiting
 
 pytestmark = pytest.mark.bcc
 
@@ -18,18 +19,8 @@ GETPPID_LOOP = f"import os\nfor _ in range({N}): os.getppid()\n"
 
 
 def test_counts_exactly_n_getppid_calls_of_one_process() -> None:
-    child = subprocess.Popen(
-        [sys.executable, "-c", f"import sys; sys.stdin.readline()\n{GETPPID_LOOP}"],
-        stdin=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdin is not None
-
-    def workload() -> None:
-        assert child.stdin is not None
-        child.stdin.write("go\n")
-        child.stdin.flush()
-        child.wait(timeout=30)
+    child = spawn_waiting(f"import sys; sys.stdin.readline()\n{GETPPID_LOOP}")
+    workload = partial(go, [child])
 
     request = TraceRequest(
         run_id="syscalls-n", program="syscalls", duration_s=3, scope=Scope(pid=child.pid)
@@ -68,17 +59,8 @@ def test_cgroup_scope_excludes_work_outside_it(make_cgroup) -> None:  # type: ig
 
 
 def test_per_process_off_counts_by_syscall_only() -> None:
-    child = subprocess.Popen(
-        [sys.executable, "-c", f"import sys; sys.stdin.readline()\n{GETPPID_LOOP}"],
-        stdin=subprocess.PIPE,
-        text=True,
-    )
-
-    def workload() -> None:
-        assert child.stdin is not None
-        child.stdin.write("go\n")
-        child.stdin.flush()
-        child.wait(timeout=30)
+    child = spawn_waiting(f"import sys; sys.stdin.readline()\n{GETPPID_LOOP}")
+    workload = partial(go, [child])
 
     request = TraceRequest(
         run_id="syscalls-flat",
