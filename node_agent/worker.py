@@ -137,8 +137,8 @@ class Agent:
 
     def cancel_requested(self, run_id: str) -> bool:
         """A cancel counts only when its value is signed by the controller for this host and run."""
-        value: bytes | None = self.redis.get(cancel_key(self.settings.host, run_id))  # type: ignore[assignment]
-        if value is None:
+        value = self.redis.get(cancel_key(self.settings.host, run_id))
+        if not isinstance(value, bytes):  # None: no cancel (this client never decodes to str)
             return False
         try:
             self.gate.check(value, action="cancel", run_id=run_id)

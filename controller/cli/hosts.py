@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from controller.cli.common import api, pair, print_json
+from controller.cli.common import api, pair, print_json, reply
 from controller.cli.errors import CliError
 from controller.cli.text import Line, Style, emit, plural, since, table_lines, when
 from controller.hosts.models import HostPublic
@@ -86,13 +86,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     params = [("selector", f"{k}={v}") for k, v in args.selector]
     with api(args) as client:
         data = client.get("/v1/hosts", params=params)
-    if args.json:
-        print_json(data)
-        return 0
-    hosts = [HostPublic.model_validate(h) for h in data["data"]]
+    return reply(args, data, lambda: hosts_lines(data["data"], selected=bool(args.selector)))
+
+
+def hosts_lines(items: list[dict[str, Any]], *, selected: bool) -> list[Line]:
+    hosts = [HostPublic.model_validate(h) for h in items]
     if not hosts:
-        emit([Line("no hosts" + (" match the selector" if args.selector else ""), "dim")])
-        return 0
+        return [Line("no hosts" + (" match the selector" if selected else ""), "dim")]
     rows = [
         [
             h.name,
@@ -105,22 +105,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         for h in hosts
     ]
     header = ["NAME", "STATE", "LABELS", "AGENT", "KERNEL", "HEARTBEAT"]
-    lines = table_lines(header, rows)
     styles: dict[str, Style] = {"offline": "bad", "never_seen": "dim"}
-    for i, host in enumerate(hosts, start=1):
-        lines[i] = Line(lines[i].text, styles.get(host.state, ""))
-    emit([*lines, Line(plural(len(hosts), "host"), "dim")])
-    return 0
+    lines = table_lines(header, rows, styles=[styles.get(h.state, "") for h in hosts])
+    return [*lines, Line(plural(len(hosts), "host"), "dim")]
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     with api(args) as client:
         data = client.get(f"/v1/hosts/{args.name}")
-    if args.json:
-        print_json(data)
-        return 0
-    emit(host_lines(HostPublic.model_validate(data)))
-    return 0
+    return reply(args, data, lambda: host_lines(HostPublic.model_validate(data)))
 
 
 def host_lines(host: HostPublic) -> list[Line]:
@@ -197,24 +190,20 @@ def cmd_add(args: argparse.Namespace) -> int:
     }
     with api(args) as client:
         data = client.post("/v1/hosts", body)
-    if args.json:
-        print_json(data)
-        return 0
-    lines = [Line(f"added host {data['name']} ({_labels(data['labels'])})")]
-    if data.get("join"):
-        lines += _join_lines(data["name"], data["join"])
-    emit([*lines, Line("it shows online once its agent sends a heartbeat", "dim")])
-    return 0
+    return reply(args, data, lambda: _added_lines(data))
+
+
+def _added_lines(host: dict[str, Any]) -> list[Line]:
+    lines = [Line(f"added host {host['name']} ({_labels(host['labels'])})")]
+    if host.get("join"):
+        lines += _join_lines(host["name"], host["join"])
+    return [*lines, Line("it shows online once its agent sends a heartbeat", "dim")]
 
 
 def cmd_credential(args: argparse.Namespace) -> int:
     with api(args) as client:
         data = client.post(f"/v1/hosts/{args.name}/credential", {})
-    if args.json:
-        print_json(data)
-        return 0
-    emit(_join_lines(args.name, data))
-    return 0
+    return reply(args, data, lambda: _join_lines(args.name, data))
 
 
 def _join_lines(name: str, join: dict[str, str]) -> list[Line]:
@@ -268,11 +257,8 @@ def _follow(client: Any, runs: dict[str, dict[str, Any]], args: argparse.Namespa
     from controller.cli.bootstrap import watch
 
     if args.no_wait:
-        if args.json:
-            print_json(list(runs.values()))
-        else:
-            emit([Line(f"{host}: {run['kind']} {run['id']} queued") for host, run in runs.items()])
-        return 0
+        queued = [Line(f"{host}: {run['kind']} {run['id']} queued") for host, run in runs.items()]
+        return reply(args, list(runs.values()), lambda: queued)
     done = watch(client, runs, live=False if args.json else None)
     states = [run["state"] for run in done.runs.values()]
     if args.json:

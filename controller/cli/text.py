@@ -51,10 +51,17 @@ def table(
 
 
 def table_lines(
-    header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] = ()
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    right: Sequence[bool] = (),
+    styles: Sequence[Style] = (),
 ) -> list[Line]:
+    """`table` as Lines: the header styled, row i styled `styles[i]` (e.g. red when it failed)."""
     head, *body = table(header, rows, right)
-    return [Line(head, "header"), *(Line(text) for text in body)]
+    return [
+        Line(head, "header"),
+        *(Line(t, styles[i] if i < len(styles) else "") for i, t in enumerate(body)),
+    ]
 
 
 def clip(text: str, width: int, *, keep: Literal["start", "end"] = "start") -> str:
