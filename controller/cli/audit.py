@@ -48,7 +48,7 @@ def when_arg(text: str) -> str:
 
 def add_commands(sub: Any) -> None:
     audit = with_example(
-        sub, "audit", help="the audit log: API calls and agents' refusals (admin)", epilog=EPILOG
+        sub, "audit", EPILOG, help="the audit log: API calls and agents' refusals (admin)"
     )
     add_api_options(audit)
     audit.add_argument("--actor", help="a token's name or a host's (for agents)")

@@ -43,8 +43,17 @@ def add_api_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def with_example(sub: Any, name: str, *, help: str, epilog: str) -> argparse.ArgumentParser:
-    """A command whose --help ends with an example of what it prints, laid out as written."""
+def command(
+    sub: Any, name: str, func: Callable[[argparse.Namespace], int], **options: Any
+) -> argparse.ArgumentParser:
+    """A subcommand that runs `func(args)`; `options` go to add_parser (help, parents, ...)."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, **options)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def with_example(sub: Any, name: str, epilog: str, *, help: str) -> argparse.ArgumentParser:
+    """A command whose --help ends with `epilog` (an example of what it prints) as written."""
     parser: argparse.ArgumentParser = sub.add_parser(
         name, help=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -24,8 +24,8 @@ def add_command(ingest_sub: Any) -> None:
     letters = with_example(
         ingest_sub,
         "dead-letters",
+        EPILOG,
         help="entries ingest could not store, with the reason (admin)",
-        epilog=EPILOG,
     )
     add_api_options(letters)
     letters.add_argument("--host", help="only entries from this host's stream")

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from controller.cli import targets
-from controller.cli.common import api, kv, pair, positive, print_json, reply
+from controller.cli.common import api, command, kv, pair, positive, print_json, reply
 from controller.cli.follow import FINAL_JOB_STATES, follow, settle
 from controller.cli.http import ApiClient
 from controller.cli.sidebyside import TOP, render_results
@@ -33,39 +33,31 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     jobs = sub.add_parser("jobs", help="run traces on hosts and read their results")
     jsub = jobs.add_subparsers(dest="jobs_command", required=True)
 
-    submit = jsub.add_parser("submit", parents=[common], help="run a program on hosts")
+    submit = command(jsub, "submit", cmd_submit, parents=[common], help="run a program on hosts")
     submit.add_argument("program", help="a catalog program (fleettrace-agent programs)")
     targets.add_options(submit)
     add_trace_options(submit)
     submit.add_argument("--param", type=pair, action="append", default=[], metavar="K=V")
     submit.add_argument("--wait", action="store_true", help="follow it, then show the results")
     submit.add_argument("--top", type=positive, default=TOP, help="rows per result (--wait)")
-    submit.add_argument("--json", action="store_true")
-    submit.set_defaults(func=cmd_submit)
 
-    listing = jsub.add_parser("list", parents=[common], help="jobs, newest first")
+    listing = command(jsub, "list", cmd_list, parents=[common], help="jobs, newest first")
     listing.add_argument("--state", choices=JOB_STATES)
     listing.add_argument("--program")
     listing.add_argument("--host", help="jobs that ran on this host")
     listing.add_argument("--limit", type=positive, default=20)
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(func=cmd_list)
 
-    show = jsub.add_parser("show", parents=[common], help="a job and its run on each host")
-    show.add_argument("id")
-    show.add_argument("--json", action="store_true")
-    show.set_defaults(func=cmd_show)
+    for name, func, help_text in (
+        ("show", cmd_show, "a job and its run on each host"),
+        ("cancel", cmd_cancel, "stop a job, keep its results"),
+    ):
+        command(jsub, name, func, parents=[common], help=help_text).add_argument("id")
 
-    cancel = jsub.add_parser("cancel", parents=[common], help="stop a job, keep its results")
-    cancel.add_argument("id")
-    cancel.add_argument("--json", action="store_true")
-    cancel.set_defaults(func=cmd_cancel)
-
-    results = jsub.add_parser("results", parents=[common], help="results, hosts side by side")
+    results = command(
+        jsub, "results", cmd_results, parents=[common], help="results, hosts side by side"
+    )
     results.add_argument("id")
     results.add_argument("--top", type=positive, default=TOP, help="rows per result")
-    results.add_argument("--json", action="store_true")
-    results.set_defaults(func=cmd_results)
 
 
 def job_body(args: argparse.Namespace) -> dict[str, Any]:

@@ -28,10 +28,7 @@ example:
 
 def add_commands(sub: Any) -> None:
     keys = with_example(
-        sub,
-        "keys",
-        help="the controller's signing keys (agents run only tasks they sign)",
-        epilog=EPILOG,
+        sub, "keys", EPILOG, help="the controller's signing keys (agents run only tasks they sign)"
     )
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     ksub.add_parser("init", help="create the signing key if there is none").set_defaults(
