@@ -160,7 +160,7 @@ class Gate:
         )
         try:
             self.seen.admit(verified.run_id, verified.envelope.expires_at + self.skew_s)
-        except VerifyError as exc:  # a replay names the run it would have run again
+        except VerifyError as exc:  # a replay (or bad id) names the run the envelope was for
             exc.run_id = verified.run_id
             raise
         return verified
