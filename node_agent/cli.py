@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import signal
 import sys
 import uuid
@@ -15,6 +14,8 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from node_agent import __version__
+from node_agent.arguments import add_trace_options
+from node_agent.arguments import parse_duration as parse_duration  # imported from here too
 from node_agent.errors import FleettraceError
 from node_agent.programs import catalog, get_program
 from node_agent.protocol import (
@@ -32,8 +33,6 @@ from node_agent.safe_text import printable_lines
 log = logging.getLogger("node_agent.cli")
 
 EXIT_USAGE = 2
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 class UsageError(Exception):
@@ -43,17 +42,6 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
-
-
-def parse_duration(text: str) -> float:
-    """'30', '30s', '500ms', '2m', '1h' -> seconds."""
-    match = _DURATION.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"bad duration {text!r} (use e.g. 30s, 500ms, 2m)")
-    seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"duration must be positive, got {text!r}")
-    return seconds
 
 
 def _param(text: str) -> tuple[str, str]:
@@ -66,7 +54,7 @@ def _param(text: str) -> tuple[str, str]:
 def _map_decl(text: str) -> MapDecl:
     name, _, kind = text.partition(":")
     try:
-        return MapDecl(name=name, kind=kind or "counter")  # type: ignore[arg-type]
+        return MapDecl.model_validate({"name": name, "kind": kind or "counter"})
     except ValidationError:
         raise argparse.ArgumentTypeError(
             f"bad map {text!r} (use NAME:counter or NAME:log2_hist)"
@@ -92,12 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run one trace on this host")
     run.add_argument("program")
-    run.add_argument("--duration", type=parse_duration, required=True, help="e.g. 10s, 2m")
-    run.add_argument("--interval", type=parse_duration, help="snapshot every interval")
+    add_trace_options(run)
     run.add_argument("--param", type=_param, action="append", default=[], metavar="K=V")
-    run.add_argument("--cgroup", help="cgroup v2 path to scope to")
-    run.add_argument("--pid", type=int, help="process id to scope to")
-    run.add_argument("--comm", help="process name to scope to")
     run.add_argument("--json", action="store_true", help="one JSON event per line")
     run.add_argument("--max-rows", type=int, default=Limits().max_rows)
     run.add_argument("--map-entries", type=int, default=Limits().map_entries)

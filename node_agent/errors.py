@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from node_agent.protocol import ErrorCode, TraceError, truncate_log
 
 
 class FleettraceError(Exception):
-    """Root of every error the agent reports about a trace."""
+    """Root of every error the agent reports about a trace; a subclass names its wire code."""
 
-    code = ErrorCode.internal
+    code: ClassVar[ErrorCode] = ErrorCode.internal
+
+    def __init_subclass__(cls, *, code: ErrorCode | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
 
     def __init__(self, message: str, *, detail: str | None = None) -> None:
         super().__init__(message)
@@ -19,47 +26,41 @@ class FleettraceError(Exception):
         return TraceError(code=self.code, message=self.message, detail=self.detail)
 
 
-class UnknownProgram(FleettraceError):
-    code = ErrorCode.unknown_program
+class UnknownProgram(FleettraceError, code=ErrorCode.unknown_program):
+    """No catalog program by that name."""
 
 
-class BadRequest(FleettraceError):
-    code = ErrorCode.bad_request
+class BadRequest(FleettraceError, code=ErrorCode.bad_request):
+    """A request the program cannot serve as written (e.g. a custom program's maps)."""
 
 
-class BadParameter(FleettraceError):
+class BadParameter(FleettraceError, code=ErrorCode.bad_parameter):
     """A parameter (or scope field) that fails validation; `field` names it."""
-
-    code = ErrorCode.bad_parameter
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
 
 
-class UnsupportedProgram(FleettraceError):
+class UnsupportedProgram(FleettraceError, code=ErrorCode.unsupported):
     """The host lacks a kernel feature or attach point the program needs."""
 
-    code = ErrorCode.unsupported
+
+class ProgramCompileError(FleettraceError, code=ErrorCode.compile_error):
+    """bcc could not compile the program's C."""
 
 
-class ProgramCompileError(FleettraceError):
-    code = ErrorCode.compile_error
+class VerifierRejected(FleettraceError, code=ErrorCode.verifier_rejected):
+    """The kernel's verifier refused to load the compiled program."""
 
 
-class VerifierRejected(FleettraceError):
-    code = ErrorCode.verifier_rejected
+class AttachError(FleettraceError, code=ErrorCode.attach_failed):
+    """The program loaded but a probe would not attach."""
 
 
-class AttachError(FleettraceError):
-    code = ErrorCode.attach_failed
+class LimitExceeded(FleettraceError, code=ErrorCode.limit_exceeded):
+    """A request past this agent's limits (duration, overhead budget)."""
 
 
-class LimitExceeded(FleettraceError):
-    code = ErrorCode.limit_exceeded
-
-
-class PolicyViolation(FleettraceError):
+class PolicyViolation(FleettraceError, code=ErrorCode.policy):
     """Work this agent's own policy refuses, whatever the sender was allowed to ask."""
-
-    code = ErrorCode.policy

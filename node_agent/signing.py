@@ -33,36 +33,11 @@ SIGNATURE_BYTES = 64
 class VerifyError(Exception):
     """Work an agent must refuse; `reason` is what its Refusal event says."""
 
-    reason: RefusalReason = RefusalReason.bad_signature
-
-    def __init__(self, detail: str, run_id: str | None = None) -> None:
+    def __init__(self, reason: RefusalReason, detail: str, run_id: str | None = None) -> None:
         super().__init__(detail)
+        self.reason = reason
         self.detail = detail
         self.run_id = run_id
-
-
-class Unreadable(VerifyError):
-    reason = RefusalReason.unreadable
-
-
-class BadSignature(VerifyError):
-    reason = RefusalReason.bad_signature
-
-
-class UnknownKey(VerifyError):
-    reason = RefusalReason.unknown_key
-
-
-class WrongHost(VerifyError):
-    reason = RefusalReason.wrong_host
-
-
-class Expired(VerifyError):
-    reason = RefusalReason.expired
-
-
-class Replay(VerifyError):
-    reason = RefusalReason.replay
 
 
 class SignedEnvelope(BaseModel):
@@ -192,18 +167,22 @@ def parse(value: object) -> SignedEnvelope:
         try:
             value = json.loads(value)
         except ValueError:
-            raise Unreadable("not JSON") from None
+            raise VerifyError(RefusalReason.unreadable, "not JSON") from None
     run_id = _claimed_run_id(value)
     if not isinstance(value, Mapping):
-        raise Unreadable(f"a {type(value).__name__}, not a signed envelope", run_id)
+        raise VerifyError(
+            RefusalReason.unreadable, f"a {type(value).__name__}, not a signed envelope", run_id
+        )
     if "signature" not in value:
-        raise BadSignature("unsigned", run_id)
+        raise VerifyError(RefusalReason.bad_signature, "unsigned", run_id)
     try:
         return SignedEnvelope.model_validate(value)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "envelope"
-        raise Unreadable(f"bad envelope: {where}: {first['msg']}", run_id) from None
+        raise VerifyError(
+            RefusalReason.unreadable, f"bad envelope: {where}: {first['msg']}", run_id
+        ) from None
 
 
 def verify(
@@ -221,27 +200,45 @@ def verify(
     public = keys.get(envelope.key_id)
     if public is None:
         trusted = ", ".join(sorted(keys)) or "none"
-        raise UnknownKey(f"signed by key {envelope.key_id}; trusted: {trusted}", run_id)
+        raise VerifyError(
+            RefusalReason.unknown_key,
+            f"signed by key {envelope.key_id}; trusted: {trusted}",
+            run_id,
+        )
     try:
         signature = base64.b64decode(envelope.signature, validate=True)
     except (ValueError, binascii.Error):
-        raise BadSignature("signature is not base64", run_id) from None
+        raise VerifyError(RefusalReason.bad_signature, "signature is not base64", run_id) from None
     if len(signature) != SIGNATURE_BYTES:
-        raise BadSignature(f"signature has {len(signature)} bytes", run_id)
+        raise VerifyError(
+            RefusalReason.bad_signature, f"signature has {len(signature)} bytes", run_id
+        )
     try:
         public.verify(signature, envelope.signed_bytes())
     except InvalidSignature:
-        raise BadSignature(f"signature does not match (key {envelope.key_id})", run_id) from None
+        raise VerifyError(
+            RefusalReason.bad_signature, f"signature does not match (key {envelope.key_id})", run_id
+        ) from None
     # Signed from here on: what it says is what the controller said.
     if envelope.host != host:
-        raise WrongHost(f"addressed to {envelope.host}, this is {host}", run_id)
+        raise VerifyError(
+            RefusalReason.wrong_host, f"addressed to {envelope.host}, this is {host}", run_id
+        )
     if envelope.action != action:
-        raise Unreadable(f"a {envelope.action} where a {action} was expected", run_id)
+        raise VerifyError(
+            RefusalReason.unreadable, f"a {envelope.action} where a {action} was expected", run_id
+        )
     at = time.time() if now is None else now
     if at > envelope.expires_at + skew_s:
-        raise Expired(f"expired {at - envelope.expires_at:.1f}s ago", run_id)
+        raise VerifyError(
+            RefusalReason.expired, f"expired {at - envelope.expires_at:.1f}s ago", run_id
+        )
     if envelope.issued_at > at + skew_s:
-        raise Expired(f"issued {envelope.issued_at - at:.1f}s in the future", run_id)
+        raise VerifyError(
+            RefusalReason.expired, f"issued {envelope.issued_at - at:.1f}s in the future", run_id
+        )
     if action == "run" and envelope.payload.get("run_id") != run_id:
-        raise Unreadable("the request's run id is not the envelope's", run_id)
+        raise VerifyError(
+            RefusalReason.unreadable, "the request's run id is not the envelope's", run_id
+        )
     return Verified(envelope)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from node_agent.signing import Action, Replay, Unreadable, Verified, parse_trusted_keys, verify
+from node_agent.protocol import RefusalReason
+from node_agent.signing import Action, Verified, VerifyError, parse_trusted_keys, verify
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY = 256
@@ -114,13 +115,17 @@ class SeenRuns:
         self._lines = len(self._seen)
 
     def admit(self, key: str, keep_until: float, now: float | None = None) -> None:
-        """Remember `key`, or raise Replay if it is remembered already."""
+        """Remember `key`, or refuse it as a replay if it is remembered already."""
         at = time.time() if now is None else now
         if not key or any(c.isspace() for c in key):
-            raise Unreadable(f"run id {key!r} is empty or holds white space", key[:128])
+            raise VerifyError(
+                RefusalReason.unreadable, f"run id {key!r} is empty or holds white space", key[:128]
+            )
         with self._lock:
             if key in self._seen:
-                raise Replay(f"run id {key} was accepted before on this host")
+                raise VerifyError(
+                    RefusalReason.replay, f"run id {key} was accepted before on this host"
+                )
             self._seen[key] = keep_until
             self._append(f"{key} {keep_until!r}\n")
             self._since_prune += 1
@@ -155,7 +160,7 @@ class Gate:
         )
         try:
             self.seen.admit(verified.run_id, verified.envelope.expires_at + self.skew_s)
-        except Replay as exc:
+        except VerifyError as exc:  # a replay (or bad id) names the run the envelope was for
             exc.run_id = verified.run_id
             raise
         return verified
@@ -166,5 +171,9 @@ class Gate:
             value, keys=self.trusted.keys(), host=self.host, action=action, skew_s=self.skew_s
         )
         if verified.run_id != run_id:
-            raise Unreadable(f"a cancel of run {verified.run_id} under run {run_id}", run_id)
+            raise VerifyError(
+                RefusalReason.unreadable,
+                f"a cancel of run {verified.run_id} under run {run_id}",
+                run_id,
+            )
         return verified

@@ -30,7 +30,7 @@ from node_agent.protocol import (
 )
 from node_agent.runner import ChildPool, TraceRunner
 from node_agent.settings import AgentSettings
-from node_agent.signing import Unreadable, VerifyError
+from node_agent.signing import VerifyError
 from node_agent.trust import Gate, SeenRuns, TrustedKeys
 from node_agent.wire import (
     EVENTS_STREAM_MAXLEN,
@@ -137,8 +137,8 @@ class Agent:
 
     def cancel_requested(self, run_id: str) -> bool:
         """A cancel counts only when its value is signed by the controller for this host and run."""
-        value: bytes | None = self.redis.get(cancel_key(self.settings.host, run_id))  # type: ignore[assignment]
-        if value is None:
+        value = self.redis.get(cancel_key(self.settings.host, run_id))
+        if not isinstance(value, bytes):  # None: no cancel (this client never decodes to str)
             return False
         try:
             self.gate.check(value, action="cancel", run_id=run_id)
@@ -275,7 +275,10 @@ def make_app(agent: Agent) -> Celery:
     def run_trace(*args: Any, **kwargs: Any) -> str:
         # Any shape is taken, so that every forged message is refused and reported, not dropped.
         if len(args) != 1 or kwargs:
-            agent.refuse(Unreadable("not one signed envelope as its argument"), "task")
+            agent.refuse(
+                VerifyError(RefusalReason.unreadable, "not one signed envelope as its argument"),
+                "task",
+            )
             return "refused"
         request = agent.accept(args[0])
         if request is None:

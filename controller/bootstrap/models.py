@@ -6,13 +6,14 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from controller.db import Base, utcnow
 from controller.hosts.models import HostName, LabelKey, LabelValue
 from controller.jobs.models import MAX_JOB_DURATION_S
+from controller.validation import exactly_one
 
 OUTPUT_TAIL = 4000
 
@@ -139,12 +140,13 @@ class BatchCreate(BaseModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> BatchCreate:
-        if (self.hosts is None) == (self.selector is None):
-            raise ValueError("give exactly one of hosts or selector")
+        exactly_one(self, "hosts", "selector")
         return self
 
 
 class StepPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     name: str
     status: StepStatus
     started_at: datetime | None
@@ -153,8 +155,11 @@ class StepPublic(BaseModel):
 
 
 class BootstrapRunPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
-    host: str
+    # Read from the table's row as it is (`model_validate(run)`), whose `host_name` this is.
+    host: str = Field(validation_alias=AliasChoices("host", "host_name"))
     kind: RunKind
     state: RunState
     batch_id: str | None
@@ -169,6 +174,8 @@ class BootstrapRunPublic(BaseModel):
 
 
 class BatchPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     parallel: int
     max_failures: int | None

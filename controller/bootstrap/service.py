@@ -20,7 +20,6 @@ from controller.bootstrap.models import (
     BootstrapStep,
     RunKind,
     RunState,
-    StepPublic,
     StepStatus,
 )
 from controller.bootstrap.runner import step_names
@@ -194,37 +193,8 @@ def start_batch(
 
 
 def to_public(run: BootstrapRun) -> BootstrapRunPublic:
-    return BootstrapRunPublic(
-        id=run.id,
-        host=run.host_name,
-        kind=RunKind(run.kind),
-        state=RunState(run.state),
-        batch_id=run.batch_id,
-        options=dict(run.options),
-        created_by=run.created_by,
-        created_at=run.created_at,
-        started_at=run.started_at,
-        finished_at=run.finished_at,
-        error=run.error,
-        agent_version=run.agent_version,
-        steps=[
-            StepPublic(
-                name=step.name,
-                status=StepStatus(step.status),
-                started_at=step.started_at,
-                duration_s=step.duration_s,
-                output=step.output,
-            )
-            for step in run.steps
-        ],
-    )
+    return BootstrapRunPublic.model_validate(run)
 
 
 def batch_to_public(batch: BootstrapBatch) -> BatchPublic:
-    return BatchPublic(
-        id=batch.id,
-        parallel=batch.parallel,
-        max_failures=batch.max_failures,
-        created_at=batch.created_at,
-        runs=[to_public(run) for run in batch.runs],
-    )
+    return BatchPublic.model_validate(batch)

@@ -7,9 +7,9 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from controller.cli.common import add_api_options, api, print_json
-from controller.cli.schedules import span
-from controller.cli.text import Line, Style, clip, emit, plural, table_lines, when
+from controller.cli.common import add_api_options, add_paging, api, page_footer, reply, with_example
+from controller.cli.text import Line, Style, clip, table_lines, when
+from node_agent.arguments import span
 
 if TYPE_CHECKING:
     from controller.audit.models import AuditRecordPublic
@@ -46,18 +46,9 @@ def when_arg(text: str) -> str:
     return (datetime.now(timezone.utc) - timedelta(seconds=ago)).isoformat()
 
 
-def _count(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 1000:
-        raise argparse.ArgumentTypeError(f"expected 1..1000, got {text!r}")
-    return int(text)
-
-
 def add_commands(sub: Any) -> None:
-    audit = sub.add_parser(
-        "audit",
-        help="the audit log: API calls and agents' refusals (admin)",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    audit = with_example(
+        sub, "audit", EPILOG, help="the audit log: API calls and agents' refusals (admin)"
     )
     add_api_options(audit)
     audit.add_argument("--actor", help="a token's name or a host's (for agents)")
@@ -65,15 +56,12 @@ def add_commands(sub: Any) -> None:
     audit.add_argument("--host", help="records about this host")
     audit.add_argument("--since", type=when_arg, metavar="TIME", help="1h, 7d or an ISO time")
     audit.add_argument("--until", type=when_arg, metavar="TIME", help="1h, 7d or an ISO time")
-    audit.add_argument("--limit", type=_count, default=50, help="records (1..1000, default 50)")
-    audit.add_argument("--offset", type=int, default=0, help="skip this many newest records")
+    add_paging(audit, "records")
     audit.add_argument("--json", action="store_true")
     audit.set_defaults(func=cmd_audit)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from controller.audit.models import AuditRecordPublic
-
     params = {
         name: getattr(args, name)
         for name in ("actor", "action", "host", "since", "until", "limit", "offset")
@@ -81,24 +69,21 @@ def cmd_audit(args: argparse.Namespace) -> int:
     }
     with api(args) as client:
         data = client.get("/v1/audit", params=params)
-    if args.json:
-        print_json(data)
-        return 0
+    return reply(args, data, lambda: audit_lines(data, filtered=len(params) > 2))
+
+
+def audit_lines(data: dict[str, Any], *, filtered: bool) -> list[Line]:
+    from controller.audit.models import AuditRecordPublic
+
     records = [AuditRecordPublic.model_validate(r) for r in data["data"]]
     if not records:
-        emit([Line("no audit records" + (" match" if len(params) > 2 else ""), "dim")])
-        return 0
+        return [Line("no audit records" + (" match" if filtered else ""), "dim")]
     lines = table_lines(
         ["TIME", "ACTOR", "ROLE", "ACTION", "STATUS", "OBJECTS", "CLIENT", "WHY"],
         [_row(r) for r in records],
+        styles=[_style(r) for r in records],
     )
-    for i, record in enumerate(records, start=1):
-        lines[i] = Line(lines[i].text, _style(record))
-    total = plural(len(records), "record")
-    if data["count"] > len(records):
-        total += f" of {data['count']} (--offset, --limit for more)"
-    emit([*lines, Line(total, "dim")])
-    return 0
+    return [*lines, page_footer(len(records), data["count"], "record")]
 
 
 def _row(record: AuditRecordPublic) -> list[str]:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TextIO
 
 from rich import box
-from rich.console import Console, Group
-from rich.live import Live
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from controller.cli.http import ApiClient
+from controller.cli.text import redrawn
 from node_agent.safe_text import printable
 
 POLL_S = 0.5
@@ -128,12 +127,7 @@ def watch(
     stream = stream or sys.stderr
     state = Watch(runs, clock)
     live = stream.isatty() if live is None else live
-    display: AbstractContextManager[Any]
-    if live:
-        display = Live(state, console=Console(file=stream), refresh_per_second=4)
-    else:
-        display = nullcontext()
-    with display:
+    with redrawn(state, stream, live):
         while True:
             for host in state.pending_hosts():
                 for line in state.apply(host, api.get(f"/v1/hosts/{host}/bootstrap")):

@@ -13,5 +13,6 @@ def add_commands(sub: Any) -> None:
     """Registers hosts and jobs commands."""
     common = argparse.ArgumentParser(add_help=False)
     add_api_options(common)
+    common.add_argument("--json", action="store_true", help="print the API's answer as JSON")
     hosts.add_commands(sub, common)
     jobs.add_commands(sub, common)

@@ -6,8 +6,8 @@ import argparse
 from datetime import datetime
 from typing import Any
 
-from controller.cli.common import add_api_options, api, print_json
-from controller.cli.text import Line, clip, emit, plural, table_lines, when
+from controller.cli.common import add_api_options, add_paging, api, page_footer, reply, with_example
+from controller.cli.text import Line, clip, table_lines, when
 from node_agent.safe_text import printable
 
 EPILOG = (
@@ -20,23 +20,16 @@ EPILOG = (
 )
 
 
-def _count(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 1000:
-        raise argparse.ArgumentTypeError(f"expected 1..1000, got {text!r}")
-    return int(text)
-
-
 def add_command(ingest_sub: Any) -> None:
-    letters = ingest_sub.add_parser(
+    letters = with_example(
+        ingest_sub,
         "dead-letters",
+        EPILOG,
         help="entries ingest could not store, with the reason (admin)",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_api_options(letters)
     letters.add_argument("--host", help="only entries from this host's stream")
-    letters.add_argument("--limit", type=_count, default=50, help="entries (1..1000, default 50)")
-    letters.add_argument("--offset", type=int, default=0, help="skip this many newest entries")
+    add_paging(letters, "entries")
     letters.add_argument("--json", action="store_true", help="with each entry's data")
     letters.set_defaults(func=cmd_dead_letters)
 
@@ -47,13 +40,13 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         params["host"] = args.host
     with api(args) as client:
         data = client.get("/v1/ingest/dead-letters", params=params)
-    if args.json:
-        print_json(data)
-        return 0
+    return reply(args, data, lambda: dead_letter_lines(data))
+
+
+def dead_letter_lines(data: dict[str, Any]) -> list[Line]:
     rows = data["data"]
     if not rows:
-        emit([Line("no dead letters", "dim")])
-        return 0
+        return [Line("no dead letters", "dim")]
     lines = table_lines(
         ["TIME", "HOST", "ENTRY", "SIZE", "REASON"],
         [
@@ -67,11 +60,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             for r in rows
         ],
     )
-    total = plural(len(rows), "dead letter")
-    if data["count"] > len(rows):
-        total += f" of {data['count']} (--offset, --limit for more)"
-    emit([*lines, Line(total, "dim")])
-    return 0
+    return [*lines, page_footer(len(rows), data["count"], "dead letter")]
 
 
 def _time(text: str) -> datetime:

@@ -5,19 +5,18 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from rich import box
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from controller.cli.errors import CliError
 from controller.cli.http import ApiClient, SseEvent
-from controller.cli.text import age
+from controller.cli.text import age, redrawn
 from node_agent.safe_text import printable
 
 POLL_S = 1.0
@@ -158,12 +157,7 @@ def follow(
     stream = stream or sys.stderr
     progress = Progress(job)
     live = stream.isatty() if live is None else live
-    display: AbstractContextManager[Any]
-    if live:
-        display = Live(progress, console=Console(file=stream), refresh_per_second=4)
-    else:
-        display = nullcontext()
-    with display as shown:
+    with redrawn(progress, stream, live) as shown:
 
         def report(line: str) -> None:
             line = printable(line)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from controller.cli.common import api, pair, print_json
+from controller.cli.common import api, command, pair, print_json, reply
 from controller.cli.errors import CliError
 from controller.cli.text import Line, Style, emit, plural, since, table_lines, when
 from controller.hosts.models import HostPublic
@@ -15,19 +15,15 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     hosts = sub.add_parser("hosts", help="list, show and register hosts")
     hsub = hosts.add_subparsers(dest="hosts_command", required=True)
 
-    listing = hsub.add_parser("list", parents=[common], help="hosts with state and labels")
+    listing = command(hsub, "list", cmd_list, parents=[common], help="hosts with state and labels")
     listing.add_argument(
         "--selector", type=pair, action="append", default=[], metavar="K=V", help="label filter"
     )
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(func=cmd_list)
 
-    show = hsub.add_parser("show", parents=[common], help="one host and its capabilities")
+    show = command(hsub, "show", cmd_show, parents=[common], help="one host and its capabilities")
     show.add_argument("name")
-    show.add_argument("--json", action="store_true")
-    show.set_defaults(func=cmd_show)
 
-    add = hsub.add_parser("add", parents=[common], help="register a host (admin)")
+    add = command(hsub, "add", cmd_add, parents=[common], help="register a host (admin)")
     add.add_argument("name")
     add.add_argument("--address", help="how to reach it (for SSH bootstrap)")
     add.add_argument("--ssh-user", default="root", help="SSH user (non-root: passwordless sudo)")
@@ -40,21 +36,24 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         help="pin whatever host key the first bootstrap sees",
     )
     add.add_argument("--cgroup", help="cgroup v2 path the agent confines every trace to")
-    add.add_argument("--json", action="store_true")
-    add.set_defaults(func=cmd_add)
 
-    credential = hsub.add_parser(
+    credential = command(
+        hsub,
         "credential",
+        cmd_credential,
         parents=[common],
         help="issue a host a new Redis identity and print its join command (admin)",
         description="The host's old identity stops working at once; the new one is shown once.",
     )
     credential.add_argument("name")
-    credential.add_argument("--json", action="store_true")
-    credential.set_defaults(func=cmd_credential)
 
-    boot = hsub.add_parser(
-        "bootstrap", parents=[common], help="install and start the agent over SSH (admin)"
+    boot = command(
+        hsub,
+        "bootstrap",
+        cmd_bootstrap,
+        parents=[common],
+        help="install and start the agent over SSH (admin)",
+        epilog="--json prints the runs as they end (with --no-wait: as they were queued).",
     )
     boot.add_argument("names", nargs="*", metavar="NAME")
     boot.add_argument(
@@ -66,16 +65,16 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     boot.add_argument("--cgroup", help="cgroup v2 path for the agents ({host} = host name)")
     boot.add_argument("--heartbeat", type=float, metavar="S", help="agent heartbeat interval")
     boot.add_argument("--no-wait", action="store_true", help="start and return")
-    boot.add_argument("--json", action="store_true", help="print the final runs as JSON")
-    boot.set_defaults(func=cmd_bootstrap)
 
-    uninstall = hsub.add_parser(
-        "uninstall", parents=[common], help="stop the agent and remove it from a host (admin)"
+    uninstall = command(
+        hsub,
+        "uninstall",
+        cmd_uninstall,
+        parents=[common],
+        help="stop the agent and remove it from a host (admin)",
     )
     uninstall.add_argument("name")
     uninstall.add_argument("--no-wait", action="store_true", help="start and return")
-    uninstall.add_argument("--json", action="store_true")
-    uninstall.set_defaults(func=cmd_uninstall)
 
 
 def _labels(labels: dict[str, str]) -> str:
@@ -86,13 +85,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     params = [("selector", f"{k}={v}") for k, v in args.selector]
     with api(args) as client:
         data = client.get("/v1/hosts", params=params)
-    if args.json:
-        print_json(data)
-        return 0
-    hosts = [HostPublic.model_validate(h) for h in data["data"]]
+    return reply(args, data, lambda: hosts_lines(data["data"], selected=bool(args.selector)))
+
+
+def hosts_lines(items: list[dict[str, Any]], *, selected: bool) -> list[Line]:
+    hosts = [HostPublic.model_validate(h) for h in items]
     if not hosts:
-        emit([Line("no hosts" + (" match the selector" if args.selector else ""), "dim")])
-        return 0
+        return [Line("no hosts" + (" match the selector" if selected else ""), "dim")]
     rows = [
         [
             h.name,
@@ -105,22 +104,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         for h in hosts
     ]
     header = ["NAME", "STATE", "LABELS", "AGENT", "KERNEL", "HEARTBEAT"]
-    lines = table_lines(header, rows)
     styles: dict[str, Style] = {"offline": "bad", "never_seen": "dim"}
-    for i, host in enumerate(hosts, start=1):
-        lines[i] = Line(lines[i].text, styles.get(host.state, ""))
-    emit([*lines, Line(plural(len(hosts), "host"), "dim")])
-    return 0
+    lines = table_lines(header, rows, styles=[styles.get(h.state, "") for h in hosts])
+    return [*lines, Line(plural(len(hosts), "host"), "dim")]
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     with api(args) as client:
         data = client.get(f"/v1/hosts/{args.name}")
-    if args.json:
-        print_json(data)
-        return 0
-    emit(host_lines(HostPublic.model_validate(data)))
-    return 0
+    return reply(args, data, lambda: host_lines(HostPublic.model_validate(data)))
 
 
 def host_lines(host: HostPublic) -> list[Line]:
@@ -197,24 +189,20 @@ def cmd_add(args: argparse.Namespace) -> int:
     }
     with api(args) as client:
         data = client.post("/v1/hosts", body)
-    if args.json:
-        print_json(data)
-        return 0
-    lines = [Line(f"added host {data['name']} ({_labels(data['labels'])})")]
-    if data.get("join"):
-        lines += _join_lines(data["name"], data["join"])
-    emit([*lines, Line("it shows online once its agent sends a heartbeat", "dim")])
-    return 0
+    return reply(args, data, lambda: _added_lines(data))
+
+
+def _added_lines(host: dict[str, Any]) -> list[Line]:
+    lines = [Line(f"added host {host['name']} ({_labels(host['labels'])})")]
+    if host.get("join"):
+        lines += _join_lines(host["name"], host["join"])
+    return [*lines, Line("it shows online once its agent sends a heartbeat", "dim")]
 
 
 def cmd_credential(args: argparse.Namespace) -> int:
     with api(args) as client:
         data = client.post(f"/v1/hosts/{args.name}/credential", {})
-    if args.json:
-        print_json(data)
-        return 0
-    emit(_join_lines(args.name, data))
-    return 0
+    return reply(args, data, lambda: _join_lines(args.name, data))
 
 
 def _join_lines(name: str, join: dict[str, str]) -> list[Line]:
@@ -268,11 +256,8 @@ def _follow(client: Any, runs: dict[str, dict[str, Any]], args: argparse.Namespa
     from controller.cli.bootstrap import watch
 
     if args.no_wait:
-        if args.json:
-            print_json(list(runs.values()))
-        else:
-            emit([Line(f"{host}: {run['kind']} {run['id']} queued") for host, run in runs.items()])
-        return 0
+        queued = [Line(f"{host}: {run['kind']} {run['id']} queued") for host, run in runs.items()]
+        return reply(args, list(runs.values()), lambda: queued)
     done = watch(client, runs, live=False if args.json else None)
     states = [run["state"] for run in done.runs.values()]
     if args.json:

@@ -167,15 +167,12 @@ class ApiClient:
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, body=body)
 
+    def text(self, path: str, params: Any = None) -> str:
+        """A GET's body as it came: the reports and pages that are not JSON."""
+        return self._send("GET", path, params=params).text
+
     def request(self, method: str, path: str, *, params: Any = None, body: Any = None) -> Any:
-        try:
-            response = self.http.request(
-                method, path, params=params, json=body, headers=self.headers
-            )
-        except httpx.TransportError as exc:
-            raise self.unreachable(exc) from None
-        if response.status_code >= 400:
-            raise self.refused(response)
+        response = self._send(method, path, params=params, body=body)
         if not response.content:
             return None
         try:
@@ -186,6 +183,19 @@ class ApiClient:
                 " that is not JSON",
                 code=1,
             ) from None
+
+    def _send(
+        self, method: str, path: str, *, params: Any = None, body: Any = None
+    ) -> httpx.Response:
+        try:
+            response = self.http.request(
+                method, path, params=params, json=body, headers=self.headers
+            )
+        except httpx.TransportError as exc:
+            raise self.unreachable(exc) from None
+        if response.status_code >= 400:
+            raise self.refused(response)
+        return response
 
     def events(self, job_id: str, *, after: str | None = None) -> Iterator[SseEvent]:
         """A job's events from the start (or after `after`) until the server ends the stream."""

@@ -3,95 +3,64 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
-from controller.cli.common import api, pair, print_json
+from controller.cli import targets
+from controller.cli.common import api, command, kv, pair, positive, print_json, reply
 from controller.cli.follow import FINAL_JOB_STATES, follow, settle
 from controller.cli.http import ApiClient
 from controller.cli.sidebyside import TOP, render_results
-from controller.cli.text import Line, emit, plural, seconds, table_lines, terminal_width, when
+from controller.cli.text import (
+    Line,
+    Style,
+    emit,
+    plural,
+    seconds,
+    table_lines,
+    terminal_width,
+    when,
+)
 from controller.jobs.models import JobPublic, JobResults
-from node_agent.cli import parse_duration
+from node_agent.arguments import add_trace_options
 
 JOB_STATES = ("pending", "running", "succeeded", "partial", "failed", "cancelled")
 # After a cancel, agents stop within about a second and send what they have.
 CANCEL_SETTLE_S = 10.0
 
 
-def _hosts(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"no host names in {text!r} (use a,b,c)")
-    return names
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     jobs = sub.add_parser("jobs", help="run traces on hosts and read their results")
     jsub = jobs.add_subparsers(dest="jobs_command", required=True)
 
-    submit = jsub.add_parser("submit", parents=[common], help="run a program on hosts")
+    submit = command(jsub, "submit", cmd_submit, parents=[common], help="run a program on hosts")
     submit.add_argument("program", help="a catalog program (fleettrace-agent programs)")
-    target = submit.add_mutually_exclusive_group(required=True)
-    target.add_argument("--hosts", type=_hosts, metavar="A,B", help="these hosts")
-    target.add_argument(
-        "--selector", type=pair, action="append", metavar="K=V", help="hosts with these labels"
-    )
-    target.add_argument("--all", action="store_true", help="every registered host")
-    submit.add_argument("--duration", type=parse_duration, required=True, help="e.g. 30s, 2m")
-    submit.add_argument("--interval", type=parse_duration, help="a snapshot every interval")
+    targets.add_options(submit)
+    add_trace_options(submit)
     submit.add_argument("--param", type=pair, action="append", default=[], metavar="K=V")
-    submit.add_argument("--cgroup", help="trace only this cgroup v2 path on every host")
-    submit.add_argument("--pid", type=int, help="trace only this process id")
-    submit.add_argument("--comm", help="trace only processes with this name")
     submit.add_argument("--wait", action="store_true", help="follow it, then show the results")
-    submit.add_argument("--top", type=_positive, default=TOP, help="rows per result (--wait)")
-    submit.add_argument("--json", action="store_true")
-    submit.set_defaults(func=cmd_submit)
+    submit.add_argument("--top", type=positive, default=TOP, help="rows per result (--wait)")
 
-    listing = jsub.add_parser("list", parents=[common], help="jobs, newest first")
+    listing = command(jsub, "list", cmd_list, parents=[common], help="jobs, newest first")
     listing.add_argument("--state", choices=JOB_STATES)
     listing.add_argument("--program")
     listing.add_argument("--host", help="jobs that ran on this host")
-    listing.add_argument("--limit", type=_positive, default=20)
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(func=cmd_list)
+    listing.add_argument("--limit", type=positive, default=20)
 
-    show = jsub.add_parser("show", parents=[common], help="a job and its run on each host")
-    show.add_argument("id")
-    show.add_argument("--json", action="store_true")
-    show.set_defaults(func=cmd_show)
+    for name, func, help_text in (
+        ("show", cmd_show, "a job and its run on each host"),
+        ("cancel", cmd_cancel, "stop a job, keep its results"),
+    ):
+        command(jsub, name, func, parents=[common], help=help_text).add_argument("id")
 
-    cancel = jsub.add_parser("cancel", parents=[common], help="stop a job, keep its results")
-    cancel.add_argument("id")
-    cancel.add_argument("--json", action="store_true")
-    cancel.set_defaults(func=cmd_cancel)
-
-    results = jsub.add_parser("results", parents=[common], help="results, hosts side by side")
+    results = command(
+        jsub, "results", cmd_results, parents=[common], help="results, hosts side by side"
+    )
     results.add_argument("id")
-    results.add_argument("--top", type=_positive, default=TOP, help="rows per result")
-    results.add_argument("--json", action="store_true")
-    results.set_defaults(func=cmd_results)
+    results.add_argument("--top", type=positive, default=TOP, help="rows per result")
 
 
 def job_body(args: argparse.Namespace) -> dict[str, Any]:
-    if args.hosts is not None:
-        targets: dict[str, Any] = {"hosts": args.hosts}
-    elif args.selector:
-        targets = {"selector": dict(args.selector)}
-    else:
-        targets = {"all": True}
     scope = {"cgroup": args.cgroup, "pid": args.pid, "comm": args.comm}
     return {
         "program": args.program,
@@ -100,7 +69,7 @@ def job_body(args: argparse.Namespace) -> dict[str, Any]:
         "scope": {k: v for k, v in scope.items() if v is not None},
         "duration_s": args.duration,
         "interval_s": args.interval,
-        "targets": targets,
+        "targets": targets.body(args),
     }
 
 
@@ -157,13 +126,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     query = {k: v for k, v in params.items() if v is not None} | {"limit": args.limit}
     with api(args) as client:
         data = client.get("/v1/jobs", params=query)
-    if args.json:
-        print_json(data)
-        return 0
+    return reply(args, data, lambda: jobs_lines(data))
+
+
+def jobs_lines(data: dict[str, Any]) -> list[Line]:
     jobs = [JobPublic.model_validate(j) for j in data["data"]]
     if not jobs:
-        emit([Line("no jobs", "dim")])
-        return 0
+        return [Line("no jobs", "dim")]
     rows = [
         [
             j.id,
@@ -180,45 +149,24 @@ def cmd_list(args: argparse.Namespace) -> int:
     footer = f"{len(jobs)} of {data['count']} jobs" + (
         " (--limit for more)" if data["count"] > len(jobs) else ""
     )
-    emit([*table_lines(header, rows, right=[False] * 3 + [True]), Line(footer, "dim")])
-    return 0
+    return [*table_lines(header, rows, right=[False] * 3 + [True]), Line(footer, "dim")]
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     with api(args) as client:
         data = client.get(f"/v1/jobs/{args.id}")
-    if args.json:
-        print_json(data)
-        return 0
-    emit(job_lines(JobPublic.model_validate(data)))
-    return 0
-
-
-def _kv(items: dict[str, Any]) -> str:
-    # JSON spelling (true, not True), as the operator would type it in --param.
-    return " ".join(f"{k}={_value(v)}" for k, v in items.items()) or "-"
-
-
-def _value(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+    return reply(args, data, lambda: job_lines(JobPublic.model_validate(data)))
 
 
 def job_lines(job: JobPublic) -> list[Line]:
-    targets = job.targets
-    if targets.hosts is not None:
-        target = "hosts " + ",".join(targets.hosts)
-    elif targets.selector is not None:
-        target = "selector " + _kv(targets.selector)
-    else:
-        target = "all hosts"
     counts = ", ".join(f"{n} {s}" for s, n in sorted(job.counts.items()))
     every = f", a snapshot every {seconds(job.interval_s)}" if job.interval_s else ""
     fields = [
         ("program", job.program),
         ("state", f"{job.state.value} ({counts})"),
-        ("params", _kv(job.params)),
-        ("scope", _kv(job.scope.model_dump(exclude_none=True))),
-        ("targets", target),
+        ("params", kv(job.params) or "-"),
+        ("scope", kv(job.scope.model_dump(exclude_none=True)) or "-"),
+        ("targets", targets.text(job.targets.model_dump(exclude_none=True))),
         ("duration", seconds(job.duration_s) + every),
         ("created", f"{when(job.created_at)} by {job.created_by or '-'}"),
         ("finished", when(job.finished_at)),
@@ -234,21 +182,18 @@ def job_lines(job: JobPublic) -> list[Line]:
         ended = run.finished_at.astimezone().strftime("%H:%M:%S") if run.finished_at else "-"
         rows.append([run.host, run.state.value, str(run.snapshots), started, ended, note])
     header = ["HOST", "STATE", "SNAPSHOTS", "STARTED", "FINISHED", "REASON"]
-    table = table_lines(header, rows, right=[False, False, True])
     bad = {"failed", "timed_out", "expired", "unsupported"}
-    for i, run in enumerate(job.runs, start=1):
-        if run.state.value in bad:
-            table[i] = Line(table[i].text, "bad")
+    styles: list[Style] = ["bad" if run.state.value in bad else "" for run in job.runs]
+    table = table_lines(header, rows, right=[False, False, True], styles=styles)
     return [*lines, Line(""), *table]
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     with api(args) as client:
         data = client.post(f"/v1/jobs/{args.id}/cancel")
-    if args.json:
-        print_json(data)
-        return 0
-    job = JobPublic.model_validate(data)
+    return reply(args, data, lambda: _cancelled_lines(JobPublic.model_validate(data)))
+
+
+def _cancelled_lines(job: JobPublic) -> list[Line]:
     still = "" if job.state.value in FINAL_JOB_STATES else "; running hosts stop within a second"
-    emit([Line(f"job {job.id}: cancel requested, now {job.state.value}{still}")])
-    return 0
+    return [Line(f"job {job.id}: cancel requested, now {job.state.value}{still}")]

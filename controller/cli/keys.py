@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from controller.cli.common import with_example
 from controller.cli.errors import CliError
 from controller.keys.store import KeysError, KeyStore
 from controller.settings import get_settings
@@ -26,11 +27,8 @@ example:
 
 
 def add_commands(sub: Any) -> None:
-    keys = sub.add_parser(
-        "keys",
-        help="the controller's signing keys (agents run only tasks they sign)",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    keys = with_example(
+        sub, "keys", EPILOG, help="the controller's signing keys (agents run only tasks they sign)"
     )
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     ksub.add_parser("init", help="create the signing key if there is none").set_defaults(

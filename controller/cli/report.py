@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from controller.cli.common import add_api_options, api
-from controller.cli.errors import CliError
-from node_agent.safe_text import printable_lines
+from controller.cli.common import add_api_options, api, write_output
 
 FORMATS = ("json", "md", "csv", "html", "openmetrics", "folded", "speedscope")
 
@@ -31,26 +26,13 @@ def add_commands(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    params = {"format": args.format, "top": args.top}
+    if args.host:
+        params["host"] = args.host
     with api(args) as client:
-        path = f"/v1/jobs/{args.job}/report"
-        params = {"format": args.format, "top": args.top}
-        if args.host:
-            params["host"] = args.host
-        try:
-            response = client.http.get(path, params=params, headers=client.headers)
-        except httpx.TransportError as exc:
-            raise client.unreachable(exc) from None
-        if response.status_code >= 400:
-            raise client.refused(response)
-    text = response.text
+        text = client.text(f"/v1/jobs/{args.job}/report", params)
     if args.format == "json":
-        text = json.dumps(response.json(), indent=2) + "\n"
-    if args.output is None:
-        # The exports escape in their own formats; this is the terminal's own guard.
-        sys.stdout.write(printable_lines(text))
-        return 0
-    try:
-        args.output.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise CliError(f"cannot write {args.output}: {exc.strerror}", code=1) from None
+        text = json.dumps(json.loads(text), indent=2) + "\n"
+    # The exports escape in their own formats; write_output is the terminal's own guard.
+    write_output(args.output, text)
     return 0

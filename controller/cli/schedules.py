@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
-import re
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from controller.cli.common import add_api_options, api, pair, print_json
+from controller.cli import targets
+from controller.cli.common import (
+    add_api_options,
+    api,
+    kv,
+    pair,
+    positive,
+    print_json,
+    reply,
+    write_output,
+)
 from controller.cli.errors import CliError
 from controller.cli.http import ApiClient
 from controller.cli.jobs import job_lines
@@ -21,36 +26,12 @@ from controller.jobs.models import JobPublic
 from controller.reports.models import CompareReport
 from controller.schedules.models import SchedulePublic
 from controller.schedules.trend import ScheduleTrend, TrendSeries
-from node_agent.cli import parse_duration
-from node_agent.safe_text import printable_lines
+from node_agent.arguments import parse_duration, span
 
 PAGE = 500
 # Trend columns shown as numbers; the sparkline covers every run.
 TREND_COLUMNS = 8
 SPARKS = "▁▂▃▄▅▆▇█"
-_SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
-_SPAN_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
-
-
-def span(text: str) -> float:
-    """'90s', '5m', '1h', '7d', '2w' -> seconds, for retention and the misfire grace."""
-    match = _SPAN.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"bad duration {text!r} (use e.g. 5m, 1h, 7d)")
-    return float(match.group(1)) * _SPAN_UNITS[match.group(2)]
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
-def _hosts(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"no host names in {text!r} (use a,b,c)")
-    return names
 
 
 def add_commands(sub: Any) -> None:
@@ -68,14 +49,9 @@ def add_commands(sub: Any) -> None:
     timing.add_argument("--every", type=parse_duration, help="a fixed interval, e.g. 1h")
     create.add_argument("--tz", default="UTC", help="the cron's time zone (default UTC)")
     create.add_argument("--duration", type=parse_duration, required=True, help="each trace")
-    target = create.add_mutually_exclusive_group(required=True)
-    target.add_argument("--hosts", type=_hosts, metavar="A,B", help="these hosts")
-    target.add_argument(
-        "--selector", type=pair, action="append", metavar="K=V", help="hosts with these labels"
-    )
-    target.add_argument("--all", action="store_true", help="every registered host")
+    targets.add_options(create)
     create.add_argument("--param", type=pair, action="append", default=[], metavar="K=V")
-    create.add_argument("--keep-runs", type=_positive, metavar="N", help="keep the last N runs")
+    create.add_argument("--keep-runs", type=positive, metavar="N", help="keep the last N runs")
     create.add_argument("--keep-for", type=span, metavar="AGE", help="keep runs this long, 7d")
     create.add_argument("--allow-overlap", action="store_true", help="fire while one runs")
     create.add_argument(
@@ -105,7 +81,7 @@ def add_commands(sub: Any) -> None:
     trend = ssub.add_parser("trend", parents=[common], help="a metric per host over the runs")
     trend.add_argument("schedule", metavar="NAME_OR_ID")
     trend.add_argument("--metric", required=True, help="p99:HIST, total:T, rate:T, key:T:K")
-    trend.add_argument("--limit", type=_positive, default=200, help="runs, newest kept")
+    trend.add_argument("--limit", type=positive, default=200, help="runs, newest kept")
     trend.add_argument(
         "--format",
         choices=("text", "html"),
@@ -124,19 +100,13 @@ def add_commands(sub: Any) -> None:
 
 
 def schedule_body(args: argparse.Namespace) -> dict[str, Any]:
-    if args.hosts is not None:
-        targets: dict[str, Any] = {"hosts": args.hosts}
-    elif args.selector:
-        targets = {"selector": dict(args.selector)}
-    else:
-        targets = {"all": True}
     body: dict[str, Any] = {
         "name": args.name,
         "template": {
             "program": args.program,
             "params": dict(args.param),
             "duration_s": args.duration,
-            "targets": targets,
+            "targets": targets.body(args),
         },
         "enabled": not args.paused,
         "retention": {"max_runs": args.keep_runs, "max_age_s": args.keep_for},
@@ -171,14 +141,6 @@ def timing_text(s: SchedulePublic) -> str:
     return f"every {seconds(s.interval_s)}"
 
 
-def _done(args: argparse.Namespace, data: Any, lines: list[Line]) -> int:
-    if args.json:
-        print_json(data)
-    else:
-        emit(lines)
-    return 0
-
-
 def cmd_create(args: argparse.Namespace) -> int:
     with api(args) as client:
         data = client.post("/v1/schedules", schedule_body(args))
@@ -187,7 +149,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         Line(f"created schedule {s.name} ({s.id}): {s.template['program']}, {timing_text(s)}"),
         Line(f"next fire: {when(s.next_fire_at) if s.enabled else 'paused'}", "dim"),
     ]
-    return _done(args, data, lines)
+    return reply(args, data, lambda: lines)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -198,33 +160,19 @@ def cmd_list(args: argparse.Namespace) -> int:
             items += page["data"]
             if not page["data"] or len(items) >= page["count"]:
                 break
-    if args.json:
-        print_json({"data": items, "count": len(items)})
-        return 0
+    return reply(args, {"data": items, "count": len(items)}, lambda: schedules_lines(items))
+
+
+def schedules_lines(items: list[dict[str, Any]]) -> list[Line]:
     if not items:
-        emit([Line("no schedules", "dim")])
-        return 0
+        return [Line("no schedules", "dim")]
     rows = []
     for s in (SchedulePublic.model_validate(i) for i in items):
         last = s.recent[0].outcome.value if s.recent else "-"
         nxt = when(s.next_fire_at) if s.enabled else "paused"
         rows.append([s.name, s.template["program"], timing_text(s), nxt, last, s.id])
     header = ["NAME", "PROGRAM", "TIMING", "NEXT", "LAST", "ID"]
-    emit([*table_lines(header, rows), Line(plural(len(rows), "schedule"), "dim")])
-    return 0
-
-
-def _kv(items: dict[str, Any]) -> str:
-    # JSON spelling (true, not True), as the operator would type it in --param.
-    return " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in items.items())
-
-
-def _targets(targets: dict[str, Any]) -> str:
-    if "hosts" in targets:
-        return "hosts " + ",".join(targets["hosts"])
-    if "selector" in targets:
-        return "selector " + _kv(targets["selector"])
-    return "all hosts"
+    return [*table_lines(header, rows), Line(plural(len(rows), "schedule"), "dim")]
 
 
 def schedule_lines(s: SchedulePublic) -> list[Line]:
@@ -235,8 +183,8 @@ def schedule_lines(s: SchedulePublic) -> list[Line]:
     template = s.template
     fields = [
         ("program", template["program"]),
-        ("params", _kv(template.get("params", {}))),
-        ("targets", _targets(template.get("targets", {}))),
+        ("params", kv(template.get("params", {}))),
+        ("targets", targets.text(template.get("targets", {}))),
         ("duration", seconds(template.get("duration_s"))),
         ("timing", timing_text(s)),
         ("mode", "continuous: a snapshot per slot" if s.continuous else "a trace per slot"),
@@ -267,7 +215,7 @@ def schedule_lines(s: SchedulePublic) -> list[Line]:
 def cmd_show(args: argparse.Namespace) -> int:
     with api(args) as client:
         data = resolve(client, args.schedule)
-    return _done(args, data, schedule_lines(SchedulePublic.model_validate(data)))
+    return reply(args, data, lambda: schedule_lines(SchedulePublic.model_validate(data)))
 
 
 def _action(args: argparse.Namespace, verb: str, said: str) -> int:
@@ -276,7 +224,7 @@ def _action(args: argparse.Namespace, verb: str, said: str) -> int:
         data = client.post(f"/v1/schedules/{found['id']}/{verb}")
     s = SchedulePublic.model_validate(data)
     nxt = f"; next fire {when(s.next_fire_at)}" if s.next_fire_at else ""
-    return _done(args, data, [Line(f"schedule {s.name}: {said}{nxt}")])
+    return reply(args, data, lambda: [Line(f"schedule {s.name}: {said}{nxt}")])
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
@@ -312,7 +260,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
         found = resolve(client, args.schedule)
         client.request("DELETE", f"/v1/schedules/{found['id']}")
     data = {"deleted": found["id"]}
-    return _done(args, data, [Line(f"deleted schedule {found['name']}; its jobs are kept")])
+    return reply(args, data, lambda: [Line(f"deleted schedule {found['name']}; its jobs are kept")])
 
 
 # -- trend and compare -----------------------------------------------------------------------
@@ -379,16 +327,6 @@ def trend_lines(trend: ScheduleTrend, name: str) -> list[Line]:
     return lines
 
 
-def _trend_page(client: ApiClient, path: str, params: dict[str, Any]) -> str:
-    try:
-        response = client.http.get(path, params=params, headers=client.headers)
-    except httpx.TransportError as exc:
-        raise client.unreachable(exc) from None
-    if response.status_code >= 400:
-        raise client.refused(response)
-    return response.text
-
-
 def cmd_trend(args: argparse.Namespace) -> int:
     if args.output is not None and args.format != "html":
         raise CliError("-o/--output needs --format html")
@@ -397,18 +335,14 @@ def cmd_trend(args: argparse.Namespace) -> int:
         params: dict[str, Any] = {"metric": args.metric, "limit": args.limit}
         path = f"/v1/schedules/{found['id']}/trend"
         if args.format == "html":
-            page = _trend_page(client, path, params | {"format": "html"})
+            page = client.text(path, params | {"format": "html"})
         else:
             data = client.get(path, params=params)
     if args.format != "html":
-        return _done(args, data, trend_lines(ScheduleTrend.model_validate(data), found["name"]))
-    if args.output is None:
-        sys.stdout.write(printable_lines(page))
-        return 0
-    try:
-        args.output.write_text(page, encoding="utf-8")
-    except OSError as exc:
-        raise CliError(f"cannot write {args.output}: {exc.strerror}", code=1) from None
+        return reply(
+            args, data, lambda: trend_lines(ScheduleTrend.model_validate(data), found["name"])
+        )
+    write_output(args.output, page)
     return 0
 
 
@@ -450,4 +384,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if args.runs:
             params = {"base_job": args.runs[0], "other_job": args.runs[1]}
         data = client.get(f"/v1/schedules/{found['id']}/compare", params=params)
-    return _done(args, data, compare_lines(CompareReport.model_validate(data), found["name"]))
+    return reply(
+        args, data, lambda: compare_lines(CompareReport.model_validate(data), found["name"])
+    )

@@ -25,6 +25,7 @@ from node_agent.wire import client_url
 if TYPE_CHECKING:
     import uvicorn
     from fastapi import FastAPI
+    from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 # How long serve waits for its worker to stop (a warm shutdown finishes running steps).
@@ -91,7 +92,7 @@ def add_commands(sub: Any) -> None:
     openapi.set_defaults(func=cmd_openapi)
 
 
-def _sessions(settings: Settings):  # type: ignore[no-untyped-def]
+def _sessions(settings: Settings) -> sessionmaker[Session]:
     from controller.db import make_engine, make_sessionmaker
 
     return make_sessionmaker(make_engine(settings.database_url))
@@ -132,6 +133,21 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def _until_signalled() -> threading.Event:
+    """Set by SIGTERM or SIGINT: the loop that watches it ends cleanly instead of dying."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _follow_parent(args: argparse.Namespace) -> None:
+    """As serve's child (`--parent PID`): end when serve ends, however it ends."""
+    if args.parent:
+        die_with_parent(args.parent)
+        watch_parent(args.parent, grace_s=CHILD_STOP_S)
+
+
 def _run_ingest(settings: Settings, stop: threading.Event) -> None:
     from controller.ingest.consumer import Ingest
 
@@ -142,17 +158,12 @@ def _run_ingest(settings: Settings, stop: threading.Event) -> None:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from controller.migrate import upgrade
 
-    if args.parent:
-        die_with_parent(args.parent)
-        watch_parent(args.parent, grace_s=CHILD_STOP_S)
+    _follow_parent(args)
     settings = get_settings()
     if args.consumer:
         settings = settings.model_copy(update={"ingest_consumer": args.consumer})
     upgrade(settings.database_url)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    _run_ingest(settings, stop)
+    _run_ingest(settings, _until_signalled())
     return 0
 
 
@@ -170,10 +181,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     upgrade(settings.database_url)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    _run_scheduler(settings, stop)
+    _run_scheduler(settings, _until_signalled())
     return 0
 
 
@@ -181,9 +189,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from controller.bootstrap.tasks import serve_worker
     from controller.migrate import upgrade
 
-    if args.parent:
-        die_with_parent(args.parent)
-        watch_parent(args.parent, grace_s=CHILD_STOP_S)
+    _follow_parent(args)
     settings = get_settings()
     upgrade(settings.database_url)
     serve_worker(settings, concurrency=args.concurrency)

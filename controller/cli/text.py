@@ -9,9 +9,10 @@ from __future__ import annotations
 import shutil
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
 from node_agent.safe_text import printable
 
@@ -51,10 +52,17 @@ def table(
 
 
 def table_lines(
-    header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] = ()
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    right: Sequence[bool] = (),
+    styles: Sequence[Style] = (),
 ) -> list[Line]:
+    """`table` as Lines: the header styled, row i styled `styles[i]` (e.g. red when it failed)."""
     head, *body = table(header, rows, right)
-    return [Line(head, "header"), *(Line(text) for text in body)]
+    return [
+        Line(head, "header"),
+        *(Line(t, styles[i] if i < len(styles) else "") for i, t in enumerate(body)),
+    ]
 
 
 def clip(text: str, width: int, *, keep: Literal["start", "end"] = "start") -> str:
@@ -145,3 +153,13 @@ def emit(lines: Sequence[Line], stream: TextIO | None = None) -> None:
 
 def emit_text(text: str, stream: TextIO | None = None) -> None:
     emit([Line(t) for t in text.splitlines()], stream)
+
+
+def redrawn(renderable: Any, stream: TextIO, live: bool) -> AbstractContextManager[Any]:
+    """`renderable` redrawn in place on a terminal (entering gives rich's Live); else nothing."""
+    if not live:
+        return nullcontext()
+    from rich.console import Console
+    from rich.live import Live
+
+    return Live(renderable, console=Console(file=stream), refresh_per_second=4)
