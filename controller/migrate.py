@@ -7,7 +7,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, pool, text
+from sqlalchemy import create_engine, func, pool, select
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -31,12 +31,12 @@ def upgrade(url: str) -> None:
     engine = create_engine(url, poolclass=pool.NullPool)
     try:
         with engine.connect() as connection:
-            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATE_LOCK})
+            connection.execute(select(func.pg_advisory_lock(MIGRATE_LOCK)))
             connection.commit()
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
             connection.commit()
-            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATE_LOCK})
+            connection.execute(select(func.pg_advisory_unlock(MIGRATE_LOCK)))
     finally:
         engine.dispose()
     log.info("database schema is current")

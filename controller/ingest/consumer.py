@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 from pydantic import ValidationError
-from sqlalchemy import select, text
+from sqlalchemy import literal, select
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
@@ -306,7 +306,7 @@ class Ingest:
             return False
         try:
             with self.sessions() as session:
-                session.execute(text("SELECT 1"))
+                session.execute(select(literal(1)))
         except Exception:
             return True
         return False

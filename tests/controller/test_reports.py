@@ -326,14 +326,20 @@ def writes(seen: list[str]) -> list[str]:
     return [s for s in seen if s.split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE")]
 
 
+def _just_used(client: TestClient, tokens: Tokens, url: str) -> dict[str, str]:
+    """A new viewer token, used once now: its use is not noted again for a minute."""
+    headers = {"Authorization": f"Bearer {tokens.make('viewer')}"}
+    assert client.get(url, headers=headers).status_code == 200
+    return headers
+
+
 def test_a_report_in_every_format_writes_nothing(
     app: FastAPI, client: TestClient, tokens: Tokens, feeder: Feeder
 ) -> None:
     """The ingest stored every digest and the token's use was noted less than a minute ago:
     the reports and a comparison send the database not one INSERT, UPDATE or DELETE."""
     job_id, _ = _fleet_job(client, tokens, feeder, hot=5000)
-    viewer = tokens.headers("viewer")
-    assert client.get(f"/v1/jobs/{job_id}", headers=viewer).status_code == 200
+    viewer = _just_used(client, tokens, f"/v1/jobs/{job_id}")
     with statements(app.state.engine) as seen:
         for format in ReportFormat:
             answer = client.get(f"/v1/jobs/{job_id}/report?format={format.value}", headers=viewer)
@@ -370,8 +376,7 @@ def test_a_report_digests_a_live_job_in_memory_and_stores_it_after_answering(
     for name in names:
         feeder(name, state(runs[name], "running"), job_id=job["id"])
         feeder(name, snapshot(runs[name], 0, [counters("opens", {"/etc/hosts": 5})]))
-    viewer = tokens.headers("viewer")
-    assert client.get(f"/v1/jobs/{job['id']}", headers=viewer).status_code == 200
+    viewer = _just_used(client, tokens, f"/v1/jobs/{job['id']}")
 
     def read_only() -> Iterator[Session]:
         with app.state.sessions() as session:
