@@ -217,6 +217,17 @@ def check_exactly_once(sessions: sessionmaker[Session], fleet: EmulatedFleet) ->
     assert dict(final_run_events) == dict.fromkeys(run_states, 1), final_run_events
 
 
+def succeeded(server: Serve, tokens: Tokens, job_ids: list[str], how: str) -> None:
+    """Until each job has succeeded, as `server` answers."""
+    for job_id in job_ids:
+        wait_for(
+            lambda j=job_id: get(server, tokens, f"/v1/jobs/{j}")["state"] == "succeeded",
+            90,
+            f"job {job_id} to succeed {how}",
+            0.2,
+        )
+
+
 def test_two_controllers_one_killed_mid_job_lose_and_double_nothing(
     controllers: Controllers,
     tokens: Tokens,
@@ -280,13 +291,7 @@ def test_two_controllers_one_killed_mid_job_lose_and_double_nothing(
             client.xreadgroup(GROUP, a.consumer, streams, count=2)
             time.sleep(0.005)
         left_pending = pending_of(client, a.consumer)
-        for job_id in jobs:
-            wait_for(
-                lambda j=job_id: get(b, tokens, f"/v1/jobs/{j}")["state"] == "succeeded",
-                90,
-                f"job {job_id} to succeed through the survivor",
-                0.2,
-            )
+        succeeded(b, tokens, jobs, "through the survivor")
         wait_for(lambda: pending_of(client, a.consumer) == 0, 30, "the survivor to claim", 0.2)
         # Then the killed one comes back (a new process: a new consumer name) and joins.
         again = controllers.start("a-again")
@@ -295,13 +300,7 @@ def test_two_controllers_one_killed_mid_job_lose_and_double_nothing(
         assert again.consumer != a.consumer
         # Both consumers now read every stream: one job's runs end through both at once.
         more = [post(s, tokens, "/v1/jobs", JOB)["id"] for s in (again, b) * 3]
-        for job_id in more:
-            wait_for(
-                lambda j=job_id: get(again, tokens, f"/v1/jobs/{j}")["state"] == "succeeded",
-                90,
-                f"job {job_id} to succeed with both controllers up",
-                0.2,
-            )
+        succeeded(again, tokens, more, "with both controllers up")
         answer = httpx.patch(
             f"{b.base}/v1/schedules/{schedule['id']}",
             json={"enabled": False},

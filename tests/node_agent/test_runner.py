@@ -109,13 +109,17 @@ STUBBORN_CHILD = textwrap.dedent(
 )
 
 
-def test_a_child_that_ignores_the_deadline_is_killed_and_leaves_nothing(tmp_path: Path) -> None:
+def _stubborn(tmp_path: Path, request: TraceRequest) -> tuple[TraceRunner, dict[int, str]]:
+    """A runner whose child ignores every request to stop, and the BPF programs loaded before."""
     script = tmp_path / "stubborn.py"
     script.write_text(STUBBORN_CHILD)
     before = loaded_bpf_programs()
+    return TraceRunner(request, lambda e: None, child_argv=[sys.executable, str(script)]), before
+
+
+def test_a_child_that_ignores_the_deadline_is_killed_and_leaves_nothing(tmp_path: Path) -> None:
     request = TraceRequest(run_id="stubborn", program="syscalls", duration_s=1, grace_s=1)
-    events: list[RunEvent] = []
-    runner = TraceRunner(request, events.append, child_argv=[sys.executable, str(script)])
+    runner, before = _stubborn(tmp_path, request)
     started = time.monotonic()
     final = runner.run()
     assert final.state is RunState.timed_out
@@ -128,12 +132,8 @@ def test_a_child_that_ignores_the_deadline_is_killed_and_leaves_nothing(tmp_path
 
 
 def test_a_child_that_ignores_cancel_is_killed_after_grace(tmp_path: Path) -> None:
-    script = tmp_path / "stubborn.py"
-    script.write_text(STUBBORN_CHILD)
-    before = loaded_bpf_programs()
     request = TraceRequest(run_id="stubborn-cancel", program="syscalls", duration_s=60, grace_s=1)
-    events: list[RunEvent] = []
-    runner = TraceRunner(request, events.append, child_argv=[sys.executable, str(script)])
+    runner, before = _stubborn(tmp_path, request)
     threading.Timer(3.0, runner.cancel).start()
     final = runner.run()
     assert final.state is RunState.cancelled
