@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -275,6 +276,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     upgrade(settings.database_url)
     ensure_keys(settings)
     app = create_app(settings)
+    gc.freeze()  # start-up's objects live forever: full collections (a report's) skip them
     server = _server(
         app,
         host,
