@@ -13,11 +13,8 @@ from controller.jobs.models import JobResults
 from controller.kinds import VIEWS
 from node_agent.kinds import KINDS, LinearHistogram
 from node_agent.protocol import Snapshot
-from tests.controller.conftest import Tokens
+from tests.controller.conftest import Feeder, Tokens
 from tests.controller.support import register_host, state, submit
-from tests.controller.test_storage import Feeder, feeder
-
-__all__ = ["feeder"]  # the fixture: snapshots through the real stream and Ingest
 
 # Five hosts alike (half their values in [0, 10), half in [10, 20)), one all at or above max.
 ALIKE = [(1, 50), (2, 50)]
