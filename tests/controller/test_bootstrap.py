@@ -183,11 +183,10 @@ def _supervisor_pid(stack: Stack, host: str) -> str:
     return (stack.config.host_dir(host) / "opt/fleettrace/run/supervisor.pid").read_text()
 
 
-def test_a_second_bootstrap_changes_nothing_and_is_quick(stack: Stack, api: httpx.Client) -> None:
+def test_a_second_bootstrap_changes_nothing(stack: Stack, api: httpx.Client) -> None:
     supervisors = {host: _supervisor_pid(stack, host) for host in NAMES}
-    started = time.monotonic()
+    # How quick a re-run is, bench/bootstrap.py measures beside a first run; here: nothing done.
     runs = _bootstrap(api, NAMES, timeout_s=60)
-    took = time.monotonic() - started
     for host, run in runs.items():
         assert run["state"] == "succeeded", (host, run["error"])
         changed = [
@@ -195,7 +194,6 @@ def test_a_second_bootstrap_changes_nothing_and_is_quick(stack: Stack, api: http
         ]
         assert changed == [], (host, changed)
         assert _supervisor_pid(stack, host) == supervisors[host], "the agent was restarted"
-    assert took < 15, took
 
 
 def test_uninstall_leaves_nothing_behind(stack: Stack, api: httpx.Client) -> None:

