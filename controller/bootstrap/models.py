@@ -13,7 +13,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from controller.db import Base, utcnow
 from controller.hosts.models import HostName, LabelKey, LabelValue
 from controller.jobs.models import MAX_JOB_DURATION_S
-from controller.validation import exactly_one
+from controller.validators import exactly_one
 
 OUTPUT_TAIL = 4000
 
