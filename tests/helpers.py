@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,11 +17,22 @@ from node_agent.protocol import (
     Log2Histogram,
     Result,
     RunEvent,
+    RunState,
     Snapshot,
     StateChange,
     TraceRequest,
 )
 from node_agent.runner import TraceRunner
+
+
+def snapshots_of(events: Iterable[object]) -> list[Snapshot]:
+    """The snapshots among a run's events, in the order sent."""
+    return [e for e in events if isinstance(e, Snapshot)]
+
+
+def is_running(event: object) -> bool:
+    """Whether an event is the run's change to running (its programs are attached)."""
+    return isinstance(event, StateChange) and event.state is RunState.running
 
 
 @dataclass
@@ -31,7 +42,13 @@ class TraceOutcome:
 
     @property
     def snapshots(self) -> list[Snapshot]:
-        return [e for e in self.events if isinstance(e, Snapshot)]
+        return snapshots_of(self.events)
+
+    @property
+    def running(self) -> StateChange:
+        change = next(e for e in self.events if is_running(e))
+        assert isinstance(change, StateChange)
+        return change
 
     @property
     def last(self) -> Snapshot:

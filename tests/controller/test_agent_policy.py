@@ -22,7 +22,6 @@ from node_agent.protocol import (
     RunEvent,
     RunState,
     Scope,
-    Snapshot,
     StateChange,
     TraceRequest,
 )
@@ -30,7 +29,7 @@ from node_agent.settings import AgentSettings
 from node_agent.worker import Agent
 from tests.controller.conftest import RecordingDispatcher, Tokens
 from tests.controller.support import field_paths, register_host
-from tests.helpers import row_value
+from tests.helpers import row_value, snapshots_of
 
 HOST = "policy-host"
 N, M = 2000, 3000  # getppid calls inside the base's sub-group, and in the base itself
@@ -169,7 +168,7 @@ def test_a_confined_agent_refuses_a_cgroup_outside_its_base_sent_past_the_api(
     assert final.state is RunState.failed, final
     assert final.error is not None and final.error.code is ErrorCode.policy, final.error
     assert final.error.message.startswith("scope.cgroup: "), final.error.message
-    assert not [e for e in events if isinstance(e, Snapshot)]
+    assert not snapshots_of(events)
     # Reported, not only returned: the run's final state, then a refusal for the audit log.
     assert events[-2] == final
     refusal = events[-1]
@@ -217,7 +216,7 @@ def test_a_confined_agent_traces_exactly_the_group_it_is_given(
     for proc in procs:
         proc.wait(timeout=30)
     assert final.state is RunState.succeeded, final
-    snapshots = [e for e in events if isinstance(e, Snapshot)]
+    snapshots = snapshots_of(events)
     table = next(r for r in snapshots[-1].results if isinstance(r, CounterTable))
     assert row_value(table, syscall="getppid", pid=in_app.pid) == N
     pids = {keys[1] for keys, _ in table.rows}

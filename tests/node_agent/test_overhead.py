@@ -23,7 +23,7 @@ from node_agent.protocol import (
 )
 from node_agent.runtime.fake import FakeRuntime
 from node_agent.trace import execute, prepare
-from tests.helpers import loaded_bpf_programs, row_value, run_trace
+from tests.helpers import loaded_bpf_programs, row_value, run_trace, snapshots_of
 
 
 class Clock:
@@ -86,7 +86,7 @@ def test_a_trace_within_budget_runs_to_its_end_and_reports_its_cost() -> None:
     events: list[RunEvent] = []
     state = execute(prepare(request), FakeRuntime(cost_pct=4), events.append, threading.Event())
     assert state is RunState.succeeded
-    last = [e for e in events if isinstance(e, Snapshot)][-1]
+    last = snapshots_of(events)[-1]
     assert last.stats.overhead_pct == pytest.approx(4, abs=0.5)
     assert last.stats.bpf_runs > 0 and last.stats.events_per_s > 0
 
@@ -145,9 +145,7 @@ def test_a_real_syscall_storm_over_budget_is_stopped_and_unloaded() -> None:
     assert outcome.final.error is not None
     assert outcome.final.error.code is ErrorCode.limit_exceeded
     assert " % of a CPU > budget 0.5 % (" in outcome.final.error.message
-    running = next(
-        e for e in outcome.events if isinstance(e, StateChange) and e.state is RunState.running
-    )
+    running = outcome.running
     assert outcome.last.final
     assert outcome.last.interval_end - running.at < 30, "stopped by the guard, not the deadline"
     assert outcome.last.stats.overhead_pct is not None and outcome.last.stats.overhead_pct > 0.5

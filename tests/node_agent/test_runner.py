@@ -17,12 +17,10 @@ from node_agent.protocol import (
     RunEvent,
     RunState,
     Scope,
-    Snapshot,
-    StateChange,
     TraceRequest,
 )
 from node_agent.runner import ChildPool, TraceRunner
-from tests.helpers import loaded_bpf_programs, row_value, run_trace
+from tests.helpers import is_running, loaded_bpf_programs, row_value, run_trace, snapshots_of
 
 pytestmark = pytest.mark.bcc
 
@@ -42,9 +40,7 @@ def test_two_second_trace_ends_at_its_deadline_and_unloads() -> None:
     request = TraceRequest(run_id="deadline", program="syscalls", duration_s=2, interval_s=0.5)
     outcome = run_trace(request)
     assert outcome.final.state is RunState.succeeded
-    running = next(
-        e for e in outcome.events if isinstance(e, StateChange) and e.state is RunState.running
-    )
+    running = outcome.running
     final = outcome.last
     assert final.final
     # The final snapshot comes at the deadline, not after the grace period.
@@ -61,7 +57,7 @@ def test_cancel_stops_quickly_and_keeps_partial_results() -> None:
 
     def on_event(event: RunEvent) -> None:
         events.append(event)
-        if isinstance(event, StateChange) and event.state is RunState.running:
+        if is_running(event):
             attached.set()
 
     request = TraceRequest(
@@ -83,7 +79,7 @@ def test_cancel_stops_quickly_and_keeps_partial_results() -> None:
     ended = time.monotonic()
     assert final.state is RunState.cancelled and final.error is None
     assert ended - cancelled_at[0] < 2.0  # well under the 60 s duration and the 5 s grace
-    last = [e for e in events if isinstance(e, Snapshot)][-1]
+    last = snapshots_of(events)[-1]
     assert last.final
     table = next(r for r in last.results if r.kind == "counter_table")
     assert row_value(table, syscall="getppid", pid=os.getpid()) >= 300  # type: ignore[arg-type]
@@ -205,7 +201,7 @@ def test_a_warm_child_from_the_pool_runs_the_trace() -> None:
 
         def on_event(event: RunEvent) -> None:
             events.append(event)
-            if isinstance(event, StateChange) and event.state is RunState.running:
+            if is_running(event):
                 for _ in range(500):
                     os.getppid()
 
@@ -213,7 +209,7 @@ def test_a_warm_child_from_the_pool_runs_the_trace() -> None:
         final = runner.run()
         assert final.state is RunState.succeeded
         assert runner.child_pid == spare.process.pid  # the spare ran it
-        last = [e for e in events if isinstance(e, Snapshot)][-1]
+        last = snapshots_of(events)[-1]
         table = next(r for r in last.results if r.kind == "counter_table")
         assert row_value(table, syscall="getppid", pid=os.getpid()) == 500  # type: ignore[arg-type]
         # Another memory limit than the spare's gets a child of its own.
