@@ -321,6 +321,14 @@ class Feeder:
             self.ingest.redis.xadd(events_stream(host), {"data": envelope(host, event, job_id)})
         self.drain()
 
+    def another(self, consumer: str | None = None) -> Ingest:
+        """A second controller's Ingest on the same stream and database (by default under the
+        same consumer name, as after a restart)."""
+        settings = self.ingest.settings
+        if consumer is not None:
+            settings = settings.model_copy(update={"ingest_consumer": consumer})
+        return Ingest(settings, self.ingest.sessions, self.ingest.redis)
+
     def drain(self) -> None:
         self.ingest.refresh_hosts(force=True)
         for _ in range(100):

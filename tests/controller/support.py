@@ -21,6 +21,7 @@ from controller.devstack.harness import wait_for as wait_for
 from node_agent.protocol import (
     CounterTable,
     Feature,
+    FoldedStacks,
     HeadersState,
     Heartbeat,
     HostCapabilities,
@@ -30,12 +31,13 @@ from node_agent.protocol import (
     Result,
     RunState,
     Snapshot,
+    StackCount,
     StateChange,
     StreamEnvelope,
 )
 
 if TYPE_CHECKING:
-    from controller.jobs.models import HostResult
+    from controller.jobs.models import HostResult, Run, SnapshotRow
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -203,6 +205,30 @@ def host_result(
     )
 
 
+def snapshot_row(
+    run: Run,
+    seq: int = 0,
+    *,
+    final: bool = True,
+    interval: tuple[float, float] = (0.0, 1.0),
+    results: Sequence[Any] = (),
+) -> SnapshotRow:
+    """A run's snapshot as the ingest stores it (results as JSON), to add to a session."""
+    from controller.jobs.models import SnapshotRow
+
+    return SnapshotRow(
+        run_id=run.id,
+        job_id=run.job_id,
+        host_name=run.host_name,
+        seq=seq,
+        final=final,
+        interval_start=interval[0],
+        interval_end=interval[1],
+        results=list(results),
+        stats={},
+    )
+
+
 # -- what agents send -------------------------------------------------------------------------
 
 
@@ -236,6 +262,14 @@ def counters(name: str, rows: dict[str, int]) -> CounterTable:
     ]
     return CounterTable(
         name=name, key_fields=[KeyField(name="key")], rows=ordered, total_rows=len(rows)
+    )
+
+
+def stacks(rows: dict[str, int], name: str = "cpu") -> FoldedStacks:
+    """Folded stacks from "a;b;c" lines and their counts, as agents send them."""
+    return FoldedStacks(
+        name=name,
+        stacks=[StackCount(frames=k.split(";"), count=v) for k, v in rows.items()],
     )
 
 

@@ -21,28 +21,19 @@ from controller.reports.service import Analysis, build, input_of
 from controller.reports.svg import diff_color
 from node_agent.protocol import (
     CounterTable,
-    FoldedStacks,
     KeyField,
     KeyValue,
     Log2Histogram,
     Result,
     RunState,
-    StackCount,
 )
 from tests.controller.browser import screenshot
 from tests.controller.conftest import Feeder, Tokens
-from tests.controller.support import host_result
+from tests.controller.support import host_result, stacks
 from tests.controller.test_reports import _fleet_job
 
 ODD = "web-4"
 VOID = {"meta", "br", "hr", "img", "input", "link"}
-
-
-def _stacks(rows: dict[str, int]) -> FoldedStacks:
-    return FoldedStacks(
-        name="cpu",
-        stacks=[StackCount(frames=k.split(";"), count=v) for k, v in rows.items()],
-    )
 
 
 def _fleet_analysed() -> tuple[JobReport, Analysis, JobResults]:
@@ -64,7 +55,7 @@ def _fleet_analysed() -> tuple[JobReport, Analysis, JobResults]:
                 rows=opens,
                 total_rows=len(opens),
             ),
-            _stacks(cpu),
+            stacks(cpu),
         ]
         hosts.append(host_result(f"web-{i}", results, run_id=f"run-{i}"))
     hosts.append(host_result("web-5", state=RunState.failed, run_id="run-5"))
@@ -148,7 +139,7 @@ def test_heatmap_cells_and_overlay_lines() -> None:
 
 
 def test_flame_layout_widths_are_counts_and_children_sit_in_parents() -> None:
-    found = layout([_stacks({"a;b": 3, "a;c": 1, "d": 4})])
+    found = layout([stacks({"a;b": 3, "a;c": 1, "d": 4})])
     assert found.total == 8
     assert found.frames == [
         Frame("a", 0, 0, 4, -1),
@@ -162,13 +153,13 @@ def test_flame_layout_widths_are_counts_and_children_sit_in_parents() -> None:
             parent = found.frames[f.parent]
             assert parent.start <= f.start and f.start + f.count <= parent.start + parent.count
     # a;c is 1/8 = 12.5% of the samples: under a 20% floor it goes.
-    floor = layout([_stacks({"a;b": 3, "a;c": 1, "d": 4})], 0.2)
+    floor = layout([stacks({"a;b": 3, "a;c": 1, "d": 4})], 0.2)
     assert [floor.path(i) for i in range(len(floor.frames))] == [("a",), ("a", "b"), ("d",)]
 
 
 def test_differential_sign_and_colour() -> None:
-    host = _stacks({"a;b": 1, "d": 3})
-    found = layout([host], baseline=[_stacks({"a;b": 4, "d": 4})])
+    host = stacks({"a;b": 1, "d": 3})
+    found = layout([host], baseline=[stacks({"a;b": 4, "d": 4})])
     delta = {found.path(i): f.delta for i, f in enumerate(found.frames)}
     assert delta == {("a",): -0.25, ("a", "b"): -0.25, ("d",): 0.25}
     assert diff_color(0.25, 0.25) == "rgb(255,55,55)"  # more time on the host: red

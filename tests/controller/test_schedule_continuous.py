@@ -14,13 +14,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from controller.jobs.models import Run as RunRow
-from controller.jobs.models import SnapshotRow
 from controller.schedules import service
 from controller.schedules.continuous import delta
 from controller.schedules.models import Schedule
 from node_agent.protocol import Log2Histogram
 from tests.controller import test_cli_client as base
-from tests.controller.support import counters, field_paths
+from tests.controller.support import counters, field_paths, snapshot_row
 
 stub, cli_app, admin, http, run = base.stub, base.cli_app, base.admin, base.http, base.run
 Run = base.Run
@@ -128,18 +127,9 @@ def test_trend_has_a_point_per_snapshot_from_the_differences(
         for row in session.scalars(select(RunRow).where(RunRow.job_id == job_id)):
             for seq, reads in enumerate(cumulative[row.host_name]):
                 results = [counters("syscalls", {"read": reads}).model_dump(mode="json")]
+                interval = (T0 + 10 * seq, T0 + 10 * (seq + 1))
                 session.add(
-                    SnapshotRow(
-                        run_id=row.id,
-                        job_id=job_id,
-                        host_name=row.host_name,
-                        seq=seq,
-                        final=seq == 2,
-                        interval_start=T0 + 10 * seq,
-                        interval_end=T0 + 10 * (seq + 1),
-                        results=results,
-                        stats={},
-                    )
+                    snapshot_row(row, seq, final=seq == 2, interval=interval, results=results)
                 )
         session.commit()
     answer = http.get(

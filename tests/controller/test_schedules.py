@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -24,7 +25,7 @@ from controller.schedules.scheduler import Scheduler
 from controller.settings import Settings
 from node_agent.protocol import TraceRequest
 from tests.controller.conftest import Tokens
-from tests.controller.support import field_paths, register_host
+from tests.controller.support import field_paths, register_host, snapshot_row
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +91,12 @@ def make(client: TestClient, tokens: Tokens, role: str, **extra: Any) -> dict[st
     assert answer.status_code == 201, answer.text
     created: dict[str, Any] = answer.json()
     return created
+
+
+@pytest.fixture
+def new_schedule(client: TestClient, tokens: Tokens, role: str) -> Callable[..., dict[str, Any]]:
+    """Creates a schedule on this module's role, its fields overridden by keyword."""
+    return functools.partial(make, client, tokens, role)
 
 
 def fires(sessions: sessionmaker[Session], schedule_id: str) -> list[ScheduleFire]:
@@ -300,11 +307,9 @@ def test_scheduler_overlap_and_misfire(
 def test_two_schedulers_racing_fire_each_slot_once(
     settings: Settings,
     sessions: sessionmaker[Session],
-    client: TestClient,
-    tokens: Tokens,
-    role: str,
+    new_schedule: Callable[..., dict[str, Any]],
 ) -> None:
-    created = make(client, tokens, role, interval_s=1, allow_overlap=True, misfire_grace_s=5)
+    created = new_schedule(interval_s=1, allow_overlap=True, misfire_grace_s=5)
     start = parse(created["next_fire_at"])
     clock = FakeClock(start)
     dispatcher = CountingDispatcher()
@@ -363,19 +368,7 @@ def _add_snapshots(sessions: sessionmaker[Session], job_id: str) -> None:
         for run in session.scalars(select(Run).where(Run.job_id == job_id)):
             digests.put(session, run_id=run.id, job_id=job_id, seq=1, results=[])
             for seq in range(2):
-                session.add(
-                    SnapshotRow(
-                        run_id=run.id,
-                        job_id=job_id,
-                        host_name=run.host_name,
-                        seq=seq,
-                        final=seq == 1,
-                        interval_start=0.0,
-                        interval_end=1.0,
-                        results=[],
-                        stats={},
-                    )
-                )
+                session.add(snapshot_row(run, seq, final=seq == 1))
         session.commit()
 
 
@@ -457,19 +450,7 @@ def _put_results(
     with sessions() as session:
         for run in session.scalars(select(Run).where(Run.job_id == job_id)):
             results = [r.model_dump(mode="json") for r in results_of[run.host_name]]
-            session.add(
-                SnapshotRow(
-                    run_id=run.id,
-                    job_id=job_id,
-                    host_name=run.host_name,
-                    seq=0,
-                    final=True,
-                    interval_start=0.0,
-                    interval_end=2.0,
-                    results=results,
-                    stats={},
-                )
-            )
+            session.add(snapshot_row(run, interval=(0.0, 2.0), results=results))
         session.commit()
 
 

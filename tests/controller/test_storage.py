@@ -15,7 +15,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, inspect, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from controller.ingest.consumer import Ingest
 from controller.jobs.models import JobEvent, Run, SnapshotRow
 from controller.migrate import alembic_config, upgrade
 from controller.settings import Settings
@@ -123,18 +122,14 @@ def test_the_same_snapshot_twice_is_stored_once(
 
 
 def test_entries_stored_but_not_acked_before_a_crash_are_not_stored_twice(
-    one_run: OneRun,
-    settings: Settings,
-    sessions: sessionmaker[Session],
-    redis_client: redis.Redis,
-    feeder: Feeder,
+    one_run: OneRun, sessions: sessionmaker[Session], redis_client: redis.Redis, feeder: Feeder
 ) -> None:
     host, job, run_id = one_run
     for seq in range(3):
         data = envelope(host, snapshot(run_id, seq, [counters("c", {"x": seq})]), job["id"])
         redis_client.xadd(events_stream(host), {"data": data})
     # The first consumer reads and commits, then dies before its XACK.
-    crashed = Ingest(settings, sessions, redis_client)
+    crashed = feeder.another()
     entries = crashed._read(block_ms=100)
     assert len(entries) == 3
     crashed._store(entries)
@@ -148,11 +143,7 @@ def test_entries_stored_but_not_acked_before_a_crash_are_not_stored_twice(
 
 
 def test_trim_drops_only_acked_entries(
-    one_run: OneRun,
-    settings: Settings,
-    sessions: sessionmaker[Session],
-    redis_client: redis.Redis,
-    feeder: Feeder,
+    one_run: OneRun, redis_client: redis.Redis, feeder: Feeder
 ) -> None:
     host, job, run_id = one_run
     stream = events_stream(host)
@@ -166,8 +157,7 @@ def test_trim_drops_only_acked_entries(
     feeder.drain()  # stored and acked
     # Read by a consumer that dies before its ack, then one nobody has read yet.
     pending = add(3)
-    other = settings.model_copy(update={"ingest_consumer": "ingest-dead"})
-    crashed = Ingest(other, sessions, redis_client)
+    crashed = feeder.another("ingest-dead")
     assert [e[1] for e in crashed._read(block_ms=100)] == [pending]
     unread = add(4)
     assert feeder.ingest.trim(keep_s=0) >= len(acked)  # and what earlier tests left acked
