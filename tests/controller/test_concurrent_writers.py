@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import Executable, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db import utcnow
@@ -59,6 +59,13 @@ def ingests(
     for ingest in pair:
         ingest.link.up()
     return pair
+
+
+def commit(sessions: sessionmaker[Session], statement: Executable) -> None:
+    """Runs one statement in a transaction of its own."""
+    with sessions() as session:
+        session.execute(statement)
+        session.commit()
 
 
 def running_job(
@@ -132,10 +139,9 @@ def test_two_sweeps_end_a_lapsed_run_once(
     a, b = ingests
     job_id, runs = running_job(client, tokens, a, sessions, hosts=1)
     (run_id,) = runs.values()
-    with sessions() as session:  # as if it had started past duration + grace + slack ago
-        started = utcnow() - timedelta(seconds=DURATION_S + TRACE_GRACE_S + SLACK_S + 1)
-        session.execute(update(Run).where(Run.id == run_id).values(started_at=started))
-        session.commit()
+    # As if it had started past duration + grace + slack ago.
+    started = utcnow() - timedelta(seconds=DURATION_S + TRACE_GRACE_S + SLACK_S + 1)
+    commit(sessions, update(Run).where(Run.id == run_id).values(started_at=started))
     since = utcnow()
 
     overlap(
@@ -227,10 +233,8 @@ def lapsed(
     a, b = ingests
     job_id, runs = running_job(client, tokens, a, sessions, hosts=1)
     ((host, run_id),) = runs.items()
-    with sessions() as session:
-        started = utcnow() - timedelta(seconds=settings.lease_unlisted_grace_s + 5)
-        session.execute(update(Run).where(Run.id == run_id).values(started_at=started))
-        session.commit()
+    started = utcnow() - timedelta(seconds=settings.lease_unlisted_grace_s + 5)
+    commit(sessions, update(Run).where(Run.id == run_id).values(started_at=started))
     b.ensure_group()
     return Lapsed(settings, sessions, redis_client, b, job_id, host, run_id)
 
@@ -266,10 +270,9 @@ def test_a_cancel_racing_a_final_state_ends_the_job_once(
     a, _ = ingests
     job_id, runs = running_job(client, tokens, a, sessions, hosts=1)
     ((host, run_id),) = runs.items()
-    with sessions() as session:  # the host looks away: cancel would end the run itself
-        silent = utcnow() - timedelta(seconds=settings.heartbeat_timeout_s + 1)
-        session.execute(update(Host).where(Host.name == host).values(last_heartbeat=silent))
-        session.commit()
+    # The host looks away: cancel would end the run itself.
+    silent = utcnow() - timedelta(seconds=settings.heartbeat_timeout_s + 1)
+    commit(sessions, update(Host).where(Host.name == host).values(last_heartbeat=silent))
     envelope = StreamEnvelope(host=host, job_id=job_id, event=state(run_id, "succeeded"))
 
     def cancel(session: Session) -> None:
@@ -290,12 +293,7 @@ def test_a_cancel_racing_a_final_state_ends_the_job_once(
 
 
 def test_a_dead_consumers_backlog_is_claimed_batch_after_batch(
-    client: TestClient,
-    tokens: Tokens,
-    settings: Settings,
-    sessions: sessionmaker[Session],
-    redis_client: redis.Redis,
-    ingests: tuple[Ingest, Ingest],
+    client: TestClient, tokens: Tokens, redis_client: redis.Redis, ingests: tuple[Ingest, Ingest]
 ) -> None:
     _, b = ingests
     host = f"duo-{uuid.uuid4().hex[:8]}"
@@ -303,6 +301,7 @@ def test_a_dead_consumers_backlog_is_claimed_batch_after_batch(
     b.ensure_group()
     stream = events_stream(host)
     backlog = 4 * b._per_stream()
+    settings = b.settings
     for _ in range(backlog):
         beat = StreamEnvelope(host=host, event=Heartbeat(host=host, agent_version="t"))
         redis_client.xadd(stream, {"data": beat.model_dump_json()})

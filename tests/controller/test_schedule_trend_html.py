@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -20,9 +19,8 @@ from controller.schedules.trend import ScheduleTrend, TrendPoint, TrendSeries
 from node_agent.protocol import Log2Histogram
 from tests.controller.browser import screenshot
 from tests.controller.conftest import Tokens
-from tests.controller.support import register_host
 from tests.controller.test_report_html import _Balance
-from tests.controller.test_schedules import _put_results, make
+from tests.controller.test_schedules import _put_results, two_host_schedule
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -112,11 +110,7 @@ def test_empty_trend_renders_a_note() -> None:
 def test_route_and_cli_serve_the_page(
     client: TestClient, tokens: Tokens, sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    label = f"trendhtml-{uuid.uuid4().hex[:6]}"
-    hosts = [f"{label}-a", f"{label}-b"]
-    for host in hosts:
-        register_host(client, tokens.headers("admin"), host, role=label)
-    created = make(client, tokens, label)
+    hosts, created = two_host_schedule(client, tokens, "trendhtml")
     url = f"/v1/schedules/{created['id']}"
     for run in range(2):
         answer = client.post(f"{url}/run", headers=tokens.headers("operator"))

@@ -93,6 +93,17 @@ def make(client: TestClient, tokens: Tokens, role: str, **extra: Any) -> dict[st
     return created
 
 
+def two_host_schedule(
+    client: TestClient, tokens: Tokens, prefix: str
+) -> tuple[list[str], dict[str, Any]]:
+    """Two new hosts under a fresh role label and a schedule over them: (hosts, schedule)."""
+    label = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    hosts = [f"{label}-a", f"{label}-b"]
+    for host in hosts:
+        register_host(client, tokens.headers("admin"), host, role=label)
+    return hosts, make(client, tokens, label)
+
+
 @pytest.fixture
 def new_schedule(client: TestClient, tokens: Tokens, role: str) -> Callable[..., dict[str, Any]]:
     """Creates a schedule on this module's role, its fields overridden by keyword."""
@@ -460,11 +471,7 @@ def test_trend_gives_one_series_per_host_over_the_runs(
     from node_agent.protocol import Log2Histogram
     from tests.controller.support import counters
 
-    label = f"trend-{uuid.uuid4().hex[:6]}"
-    hosts = [f"{label}-a", f"{label}-b"]
-    for host in hosts:
-        register_host(client, tokens.headers("admin"), host, role=label)
-    created = make(client, tokens, label)
+    hosts, created = two_host_schedule(client, tokens, "trend")
     url = f"/v1/schedules/{created['id']}"
     headers = tokens.headers("operator")
     for run in range(3):
