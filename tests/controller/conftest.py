@@ -480,14 +480,24 @@ def agent(
 
 
 @pytest.fixture
+def scheduler_tick_s() -> float:
+    """How often the scheduler fixture's loop looks for due slots (a module may override it)."""
+    return 0.2
+
+
+@pytest.fixture
 def scheduler(
-    settings: Settings, sessions: sessionmaker[Session], dispatcher: RecordingDispatcher
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    dispatcher: RecordingDispatcher,
+    scheduler_tick_s: float,
 ) -> Iterator[Scheduler]:
     """The real schedule loop in a thread, with the real dispatcher, for one test."""
-    loop = Scheduler(settings, sessions, dispatcher, tick_s=0.2)
+    loop = Scheduler(settings, sessions, dispatcher, tick_s=scheduler_tick_s)
     stop = threading.Event()
-    thread = threading.Thread(target=loop.run_forever, args=(stop,), daemon=True)
+    thread = threading.Thread(target=loop.run_forever, args=(stop,), name="scheduler", daemon=True)
     thread.start()
     yield loop
     stop.set()
     thread.join(timeout=10)
+    assert not thread.is_alive(), "scheduler did not stop"

@@ -3,7 +3,6 @@ snapshot in its trend, and the per-slot numbers adding up to the job's cumulativ
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
@@ -12,12 +11,12 @@ from fastapi.testclient import TestClient
 from controller.schedules.scheduler import Scheduler
 from tests.controller import test_schedule_e2e as e2e
 from tests.controller.conftest import Tokens
-from tests.controller.support import get_job, job_final, wait_for
+from tests.controller.support import wait_for
 
 pytestmark = pytest.mark.bcc
 
-# The fixtures of test_schedule_e2e (two labelled agents, a scheduler thread), bound here.
-fleet, scheduler = e2e.fleet, e2e.scheduler
+# The fixtures of test_schedule_e2e (two labelled agents, a fast scheduler tick), bound here.
+fleet, scheduler_tick_s = e2e.fleet, e2e.scheduler_tick_s
 INTERVAL_S = 1.0
 HORIZON_S = 3.0
 
@@ -25,26 +24,12 @@ HORIZON_S = 3.0
 def test_a_continuous_schedule_takes_a_snapshot_per_slot_on_real_agents(
     client: TestClient, tokens: Tokens, fleet: str, scheduler: Scheduler
 ) -> None:
-    body = {
-        "name": f"live-{uuid.uuid4().hex[:6]}",
-        "interval_s": INTERVAL_S,
-        "continuous": True,
-        "template": {
-            "program": "syscalls",
-            "params": {"per_process": False},
-            "duration_s": HORIZON_S,
-            "targets": {"selector": {"role": fleet}},
-        },
-    }
+    template = {"params": {"per_process": False}, "duration_s": HORIZON_S}
+    url = e2e.create(client, tokens, fleet, template, interval_s=INTERVAL_S, continuous=True)
     viewer = tokens.headers("viewer")
-    answer = client.post("/v1/schedules", json=body, headers=tokens.headers("operator"))
-    assert answer.status_code == 201, answer.text
-    url = f"/v1/schedules/{answer.json()['id']}"
 
     def one_done() -> dict[str, Any] | None:
-        fired = [f for f in client.get(url, headers=viewer).json()["recent"] if f["job_id"]]
-        jobs = [get_job(client, viewer, f["job_id"]) for f in fired]
-        done = [j for j in jobs if job_final(j)]
+        done = e2e.finished_jobs(client, viewer, url)
         return done[-1] if done else None  # recent is newest first: the first horizon
 
     job = wait_for(one_done, 20, "the first horizon to finish", every_s=0.2)

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import itertools
-import threading
 import uuid
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy.orm import Session, sessionmaker
 
 from controller.schedules.scheduler import Scheduler
-from controller.settings import Settings
-from tests.controller.conftest import Agents, RecordingDispatcher, Tokens
+from tests.controller.conftest import Agents, Tokens
 from tests.controller.support import get_job, job_final, wait_for
 
 pytestmark = pytest.mark.bcc
@@ -40,41 +36,42 @@ def fleet(agent: Agents, client: TestClient, tokens: Tokens) -> str:
 
 
 @pytest.fixture
-def scheduler(
-    settings: Settings, sessions: sessionmaker[Session], dispatcher: RecordingDispatcher
-) -> Iterator[Scheduler]:
-    loop = Scheduler(settings, sessions, dispatcher, tick_s=0.1)
-    stop = threading.Event()
-    thread = threading.Thread(target=loop.run_forever, args=(stop,), name="scheduler")
-    thread.start()
-    yield loop
-    stop.set()
-    thread.join(timeout=10)
-    assert not thread.is_alive(), "scheduler did not stop"
+def scheduler_tick_s() -> float:
+    """Slots a few seconds apart: the conftest's scheduler looks for them every 0.1 s."""
+    return 0.1
+
+
+def create(
+    client: TestClient, tokens: Tokens, fleet: str, template: dict[str, Any], **fields: Any
+) -> str:
+    """Creates a syscalls schedule over the fleet's role as an operator; returns its URL."""
+    targets = {"selector": {"role": fleet}}
+    body = {
+        "name": f"e2e-{uuid.uuid4().hex[:6]}",
+        **fields,
+        "template": {"program": "syscalls", **template, "targets": targets},
+    }
+    answer = client.post("/v1/schedules", json=body, headers=tokens.headers("operator"))
+    assert answer.status_code == 201, answer.text
+    return f"/v1/schedules/{answer.json()['id']}"
+
+
+def finished_jobs(client: TestClient, viewer: dict[str, str], url: str) -> list[dict[str, Any]]:
+    """The schedule's fired jobs that have ended, newest first."""
+    fired = [f for f in client.get(url, headers=viewer).json()["recent"] if f["job_id"]]
+    jobs = [get_job(client, viewer, f["job_id"]) for f in fired]
+    return [j for j in jobs if job_final(j)]
 
 
 def test_a_short_interval_schedule_runs_real_traces_on_every_labelled_host(
     client: TestClient, tokens: Tokens, fleet: str, scheduler: Scheduler
 ) -> None:
-    body = {
-        "name": f"every-{uuid.uuid4().hex[:6]}",
-        "interval_s": INTERVAL_S,
-        "allow_overlap": True,
-        "template": {
-            "program": "syscalls",
-            "duration_s": 2,
-            "targets": {"selector": {"role": fleet}},
-        },
-    }
+    template = {"duration_s": 2}
+    url = create(client, tokens, fleet, template, interval_s=INTERVAL_S, allow_overlap=True)
     viewer = tokens.headers("viewer")
-    answer = client.post("/v1/schedules", json=body, headers=tokens.headers("operator"))
-    assert answer.status_code == 201, answer.text
-    url = f"/v1/schedules/{answer.json()['id']}"
 
     def two_done() -> list[dict[str, Any]] | None:
-        fired = [f for f in client.get(url, headers=viewer).json()["recent"] if f["job_id"]]
-        jobs = [get_job(client, viewer, f["job_id"]) for f in fired]
-        done = [j for j in jobs if job_final(j)]
+        done = finished_jobs(client, viewer, url)
         return done if len(done) >= 2 else None
 
     jobs = wait_for(two_done, 20, "two scheduled jobs to finish", every_s=0.2)
