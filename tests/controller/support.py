@@ -229,6 +229,19 @@ def snapshot_row(
     )
 
 
+# A first bootstrap looks (ok), then installs, configures and starts the agent (changed).
+FIRST_BOOTSTRAP_STEPS = {
+    **dict.fromkeys(("preflight", "packages"), "ok"),
+    **dict.fromkeys(("upload", "install", "config", "service"), "changed"),
+    "verify": "ok",
+}
+
+
+def step_statuses(run: dict[str, Any]) -> dict[str, str]:
+    """A bootstrap run's steps as name -> status, in order."""
+    return {step["name"]: step["status"] for step in run["steps"]}
+
+
 # -- what agents send -------------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ from tests.controller.sshfleet import (
     sshd_log,
     stack_config,
 )
+from tests.controller.support import FIRST_BOOTSTRAP_STEPS, step_statuses
 
 pytestmark = pytest.mark.bcc
 
@@ -93,10 +94,6 @@ def _bootstrap(api: httpx.Client, hosts: list[str], timeout_s: float = 300) -> d
     return _wait_runs(api, {r["host"]: r["id"] for r in batch["runs"]}, timeout_s)
 
 
-def _steps(run: dict[str, Any]) -> dict[str, str]:
-    return {step["name"]: step["status"] for step in run["steps"]}
-
-
 def _agent_cgroup_commands(stack: Stack, host: str) -> list[str]:
     """The command lines of every process in the host's agent cgroup (holder, sshd, agent)."""
     procs = cgroup_path(stack.config.agent_cgroup(host)) / "cgroup.procs"
@@ -122,15 +119,7 @@ def test_three_bare_hosts_are_bootstrapped_and_trace_for_real(
 
     for host, run in runs.items():
         assert run["state"] == "succeeded", (host, run["error"], run["steps"])
-        assert _steps(run) == {
-            "preflight": "ok",
-            "packages": "ok",
-            "upload": "changed",
-            "install": "changed",
-            "config": "changed",
-            "service": "changed",
-            "verify": "ok",
-        }, run["steps"]
+        assert step_statuses(run) == FIRST_BOOTSTRAP_STEPS, run["steps"]
         assert run["agent_version"]
         # The agent's config in the host's own /etc/fleettrace: 0600, confining it to its cgroup.
         env_file = config.host_dir(host) / "etc" / "agent.env"
@@ -204,7 +193,7 @@ def test_uninstall_leaves_nothing_behind(stack: Stack, api: httpx.Client) -> Non
         runs[host] = _ok(api.post(f"/v1/hosts/{host}/uninstall"))["id"]
     for host, run in _wait_runs(api, runs, timeout_s=60).items():
         assert run["state"] == "succeeded", (host, run["error"], run["steps"])
-        assert _steps(run)["files"] == "changed"
+        assert step_statuses(run)["files"] == "changed"
         home = config.host_dir(host)
         assert sorted(p.name for p in (home / "opt").iterdir()) == ["fleettrace-demo"]
         assert list((home / "etc").iterdir()) == []
@@ -216,7 +205,7 @@ def test_uninstall_leaves_nothing_behind(stack: Stack, api: httpx.Client) -> Non
     again = _ok(api.post("/v1/hosts/web-2/uninstall"))["id"]
     run = _wait_runs(api, {"web-2": again}, timeout_s=60)["web-2"]
     assert run["state"] == "succeeded"
-    assert _steps(run)["files"] == "ok"
+    assert step_statuses(run)["files"] == "ok"
 
 
 def test_a_failing_step_is_reported_with_its_output_and_a_rerun_completes(
@@ -232,7 +221,7 @@ def test_a_failing_step_is_reported_with_its_output_and_a_rerun_completes(
         rw = inside(config, "web-2", "mount", "-o", "remount,bind,rw", "/opt")
         assert rw.returncode == 0, rw.stderr
     assert run["state"] == "failed"
-    steps = _steps(run)
+    steps = step_statuses(run)
     failed = [name for name, status in steps.items() if status == "failed"]
     assert len(failed) == 1, run["steps"]
     step = next(s for s in run["steps"] if s["name"] == failed[0])

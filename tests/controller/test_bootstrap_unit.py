@@ -61,7 +61,14 @@ from tests.controller.bootstrap_fakes import (
     connector,
     fail,
 )
-from tests.controller.support import clean_env, run_cli, stop_process, wait_for
+from tests.controller.support import (
+    FIRST_BOOTSTRAP_STEPS,
+    clean_env,
+    run_cli,
+    step_statuses,
+    stop_process,
+    wait_for,
+)
 
 SECRET = "s3cret-Pass_word"
 AGENT_URL = f"redis://agent:{SECRET}@127.0.0.1:6390/0"
@@ -221,10 +228,6 @@ def lab(sessions: sessionmaker[Session], settings: Settings, artifacts: FakeArti
     return Lab(sessions, settings, artifacts)
 
 
-def statuses(run: dict[str, Any]) -> dict[str, str]:
-    return {step["name"]: step["status"] for step in run["steps"]}
-
-
 def output(run: dict[str, Any], step: str) -> str:
     return next(s["output"] for s in run["steps"] if s["name"] == step)
 
@@ -236,15 +239,7 @@ def test_first_bootstrap_changes_everything_and_a_rerun_changes_nothing(lab: Lab
     machine = lab.add("web-1", cgroup="fleet/web-1")
     first = lab.run("web-1")
     assert first["state"] == "succeeded", first
-    assert statuses(first) == {
-        "preflight": "ok",
-        "packages": "ok",
-        "upload": "changed",
-        "install": "changed",
-        "config": "changed",
-        "service": "changed",
-        "verify": "ok",
-    }
+    assert step_statuses(first) == FIRST_BOOTSTRAP_STEPS
     assert first["agent_version"] == "0.1.0"
     assert all(s["duration_s"] is not None and s["started_at"] for s in first["steps"])
     assert len(machine.uploads) == 3 and machine.build == lab.artifacts.build_id
@@ -258,7 +253,7 @@ def test_first_bootstrap_changes_everything_and_a_rerun_changes_nothing(lab: Lab
     commands_before = len(machine.commands)
     second = lab.run("web-1")
     assert second["state"] == "succeeded", second
-    assert set(statuses(second).values()) == {"ok"}, statuses(second)
+    assert set(step_statuses(second).values()) == {"ok"}, step_statuses(second)
     later = [c for c, _ in machine.commands[commands_before:]]
     assert len(machine.uploads) == 3, "nothing is sent again"
     assert machine.starts == 1, "a running agent is left alone"
@@ -275,7 +270,7 @@ def test_the_controller_keys_are_installed_and_a_new_key_needs_no_restart(
     assert mode == 0o644 and set(parse_trusted_keys(data.decode())[0]) == {store.signing_id()}
     new = store.prepare()
     run = lab.run("web-1")
-    assert statuses(run)["config"] == "changed" and statuses(run)["service"] == "ok"
+    assert step_statuses(run)["config"] == "changed" and step_statuses(run)["service"] == "ok"
     assert machine.starts == 1, "the agent re-reads its trusted keys by itself"
     assert new in parse_trusted_keys(machine.files[TRUSTED_KEYS_FILE][0].decode())[0]
     assert f"controller keys {store.signing_id()}, {new}" in output(run, "config")
@@ -288,7 +283,7 @@ def test_bootstrap_refuses_to_install_an_agent_that_would_trust_no_key(
     for key in settings.keys_dir.iterdir():
         key.unlink()
     run = lab.run("web-1")
-    assert run["state"] == "failed" and statuses(run)["config"] == "failed"
+    assert run["state"] == "failed" and step_statuses(run)["config"] == "failed"
     assert "fleettrace keys init" in output(run, "config")
 
 
@@ -298,14 +293,14 @@ def test_a_newer_agent_is_uploaded_installed_and_restarted(lab: Lab) -> None:
     lab.artifacts.release()
     run = lab.run("web-1")
     assert run["state"] == "succeeded", run
-    assert statuses(run)["upload"] == "changed"
+    assert step_statuses(run)["upload"] == "changed"
     assert machine.uploads[3:] == [
         "/opt/fleettrace/wheels/.incoming/fleettrace-0.1.0-py3-none-any.whl"
     ]
-    assert statuses(run)["install"] == "changed" and machine.ran("--force-reinstall")
+    assert step_statuses(run)["install"] == "changed" and machine.ran("--force-reinstall")
     assert machine.build == "0.1.0+build2"
-    assert statuses(run)["config"] == "ok"
-    assert statuses(run)["service"] == "changed" and machine.starts == 2
+    assert step_statuses(run)["config"] == "ok"
+    assert step_statuses(run)["service"] == "changed" and machine.starts == 2
     assert "stopped the agent: agent upgraded" in output(run, "service")
 
 
@@ -313,7 +308,7 @@ def test_a_config_change_restarts_the_agent_and_nothing_else(lab: Lab) -> None:
     machine = lab.add("web-1")
     lab.run("web-1")
     run = lab.run("web-1", heartbeat_s=2)
-    assert statuses(run) == {
+    assert step_statuses(run) == {
         **dict.fromkeys(("preflight", "packages", "upload", "install"), "ok"),
         "config": "changed",
         "service": "changed",
@@ -329,7 +324,7 @@ def test_a_config_file_with_the_wrong_mode_is_rewritten(lab: Lab) -> None:
     data, _ = machine.files[CONFIG_FILE]
     machine.files[CONFIG_FILE] = (data, 0o644)
     run = lab.run("web-1")
-    assert statuses(run)["config"] == "changed"
+    assert step_statuses(run)["config"] == "changed"
     assert machine.files[CONFIG_FILE][1] == 0o600
 
 
@@ -338,7 +333,7 @@ def test_missing_packages_are_installed_with_apt(lab: Lab) -> None:
     machine.packages = {"python3-venv"}
     machine.facts["headers"] = "no"
     run = lab.run("web-1")
-    assert statuses(run)["packages"] == "changed", output(run, "packages")
+    assert step_statuses(run)["packages"] == "changed", output(run, "packages")
     assert {"python3-bpfcc", "linux-headers-6.1.0-18-amd64"} <= machine.packages
     assert "installing python3-bpfcc, linux-headers-6.1.0-18-amd64" in output(run, "packages")
 
@@ -348,7 +343,7 @@ def test_a_stale_wheel_is_removed(lab: Lab) -> None:
     lab.run("web-1")
     machine.wheels["old-1.0-py3-none-any.whl"] = b"old"
     run = lab.run("web-1")
-    assert statuses(run)["upload"] == "changed"
+    assert step_statuses(run)["upload"] == "changed"
     assert "old-1.0-py3-none-any.whl" not in machine.wheels
     assert len(machine.uploads) == 3
 
@@ -360,8 +355,8 @@ def test_preflight_stops_a_host_that_cannot_work_with_every_reason(lab: Lab) -> 
     )
     run = lab.run("old-1")
     assert run["state"] == "failed"
-    assert statuses(run)["preflight"] == "failed"
-    assert set(list(statuses(run).values())[1:]) == {"skipped"}
+    assert step_statuses(run)["preflight"] == "failed"
+    assert set(list(step_statuses(run).values())[1:]) == {"skipped"}
     error = run["error"]
     for reason in ("Python 3.8.10", "cannot sudo", "1 MB free", "kernel 4.4.0-210", "setsid"):
         assert reason in error, error
@@ -387,10 +382,10 @@ def test_a_failed_step_is_reported_with_its_output_and_a_rerun_completes(lab: La
     assert run["state"] == "failed"
     assert run["error"] == "install: pip install failed (exit 1)"
     assert "No matching distribution found for redis" in output(run, "install")
-    assert [statuses(run)[s] for s in ("config", "service", "verify")] == ["skipped"] * 3
+    assert [step_statuses(run)[s] for s in ("config", "service", "verify")] == ["skipped"] * 3
     again = lab.run("web-1")
     assert again["state"] == "succeeded", again
-    assert statuses(again)["upload"] == "ok" and statuses(again)["install"] == "changed"
+    assert step_statuses(again)["upload"] == "ok" and step_statuses(again)["install"] == "changed"
 
 
 def test_no_heartbeat_fails_verify_with_the_agents_log_and_no_secret(lab: Lab) -> None:
@@ -418,11 +413,11 @@ def test_a_late_heartbeat_of_the_old_agent_does_not_verify_the_new_one(lab: Lab)
     # After the restart only the old agent's last heartbeat (an older probe) reaches the DB.
     machine.on_start = lambda: lab.heartbeat("web-1", probed_ago_s=30)
     run = lab.run("web-1", heartbeat_s=3, verify_timeout_s=0.5)
-    assert statuses(run)["service"] == "changed"
-    assert statuses(run)["verify"] == "failed", run
+    assert step_statuses(run)["service"] == "changed"
+    assert step_statuses(run)["verify"] == "failed", run
     machine.on_start = lambda: lab.heartbeat("web-1")
     run = lab.run("web-1", heartbeat_s=4)
-    assert statuses(run)["verify"] == "ok", run
+    assert step_statuses(run)["verify"] == "ok", run
 
 
 def test_a_crash_inside_a_step_is_recorded_and_logged_without_the_secret(
@@ -454,7 +449,7 @@ def test_uninstall_removes_everything_and_a_second_one_is_a_noop(lab: Lab) -> No
     assert acl.acl_getuser(agent_user("web-1")) is None, "its identity went with the agent"
     acl.close()
     assert run["state"] == "succeeded", run
-    assert statuses(run) == {
+    assert step_statuses(run) == {
         "connect": "ok",
         "service": "changed",
         "files": "changed",
@@ -463,7 +458,7 @@ def test_uninstall_removes_everything_and_a_second_one_is_a_noop(lab: Lab) -> No
     }
     assert not machine.supervisor and not machine.files and not machine.wheels
     again = lab.run("web-1", RunKind.uninstall)
-    assert set(statuses(again).values()) == {"ok"}, statuses(again)
+    assert set(step_statuses(again).values()) == {"ok"}, step_statuses(again)
 
 
 # -- host keys --------------------------------------------------------------------------------
