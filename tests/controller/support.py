@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -112,6 +113,16 @@ def submit(client: TestClient, headers: dict[str, str], **job: Any) -> dict[str,
     assert answer.status_code == 201, answer.text
     body: dict[str, Any] = answer.json()
     return body
+
+
+def send_json(
+    method: str, url: str, headers: dict[str, str], body: dict[str, Any], *, expect: int
+) -> dict[str, Any]:
+    """A JSON request to a served controller (real HTTP, not the test client), status checked."""
+    answer = httpx.request(method, url, json=body, headers=headers, timeout=30)
+    assert answer.status_code == expect, f"{method} {url}: {answer.status_code} {answer.text}"
+    result: dict[str, Any] = answer.json()
+    return result
 
 
 def get_job(client: TestClient, headers: dict[str, str], job_id: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import pytest
 
 from controller.keys.store import KeyStore
 from tests.controller.conftest import BIN, Tokens
-from tests.controller.support import clean_env, free_port, stop_process, wait_for
+from tests.controller.support import clean_env, free_port, send_json, stop_process, wait_for
 
 pytestmark = pytest.mark.bcc
 
@@ -92,13 +92,8 @@ def served(
                 return False
 
         wait_for(up, 60, "fleettrace serve to answer", 0.2)
-        added = httpx.post(
-            f"{served.base}/v1/hosts",
-            json={"name": HOST},
-            headers=tokens.headers("admin"),
-            timeout=30,
-        )
-        assert added.status_code == 201, added.text
+        admin = tokens.headers("admin")
+        added = send_json("POST", f"{served.base}/v1/hosts", admin, {"name": HOST}, expect=201)
         trusted = workdir / "controller-keys.pub"
         trusted.write_text(KeyStore(keys_dir).trusted_keys_text())
         with agent_log.open("wb") as agent_out:
@@ -108,7 +103,7 @@ def served(
                 env=clean_env(
                     FLEETTRACE_HEARTBEAT_S="0.5",
                     FLEETTRACE_AGENT_CONFIG=os.devnull,
-                    FLEETTRACE_REDIS_URL=added.json()["join"]["redis_url"],
+                    FLEETTRACE_REDIS_URL=added["join"]["redis_url"],
                     FLEETTRACE_TRUSTED_KEYS=str(trusted),
                     FLEETTRACE_STATE_DIR=str(workdir / "agent-state"),
                 ),

@@ -37,7 +37,7 @@ from controller.schedules.models import ScheduleFire
 from node_agent.wire import client_url, events_stream
 from tests.controller.conftest import BIN, Tokens
 from tests.controller.emulated_fleet import EmulatedFleet, wait_idle
-from tests.controller.support import capabilities, clean_env, stop_process, wait_for
+from tests.controller.support import capabilities, clean_env, send_json, stop_process, wait_for
 
 log = logging.getLogger(__name__)
 HOSTS = [f"duo-{i}" for i in range(4)]
@@ -124,12 +124,7 @@ def controllers(
 
 
 def post(serve: Serve, tokens: Tokens, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    answer = httpx.post(
-        f"{serve.base}{path}", json=body, headers=tokens.headers("admin"), timeout=30
-    )
-    assert answer.status_code == 201, f"{serve.name} {path}: {answer.status_code} {answer.text}"
-    result: dict[str, Any] = answer.json()
-    return result
+    return send_json("POST", f"{serve.base}{path}", tokens.headers("admin"), body, expect=201)
 
 
 def get(serve: Serve, tokens: Tokens, path: str) -> dict[str, Any]:
@@ -301,13 +296,8 @@ def test_two_controllers_one_killed_mid_job_lose_and_double_nothing(
         # Both consumers now read every stream: one job's runs end through both at once.
         more = [post(s, tokens, "/v1/jobs", JOB)["id"] for s in (again, b) * 3]
         succeeded(again, tokens, more, "with both controllers up")
-        answer = httpx.patch(
-            f"{b.base}/v1/schedules/{schedule['id']}",
-            json={"enabled": False},
-            headers=tokens.headers("admin"),
-            timeout=30,
-        )
-        assert answer.status_code == 200, answer.text
+        url = f"{b.base}/v1/schedules/{schedule['id']}"
+        send_json("PATCH", url, tokens.headers("admin"), {"enabled": False}, expect=200)
         wait_idle(fleet, 30)
         # Whatever the last heartbeats and states were, both have read them.
         wait_for(
