@@ -103,6 +103,21 @@ def workloads() -> Iterator[list[Workload]]:
             w.proc.wait()
 
 
+StartWorkload = Callable[[str, int | None], Workload]
+
+
+@pytest.fixture
+def workload(cgroups: dict[str, Path], workloads: list[Workload]) -> StartWorkload:
+    """Factory: a Workload in a host's cgroup, killed after the test if it still runs."""
+
+    def start(host: str, calls: int | None) -> Workload:
+        made = Workload(cgroups[host], calls)
+        workloads.append(made)
+        return made
+
+    return start
+
+
 def all_running(job: dict[str, Any]) -> bool:
     return all(run["state"] == "running" for run in job["runs"])
 
@@ -118,16 +133,11 @@ def stored_seqs(sessions: sessionmaker[Session], run_id: str) -> list[int]:
 
 
 def test_two_hosts_show_their_own_workloads_and_the_merge_sums_them(
-    fleet: dict[str, Any],
-    cgroups: dict[str, Path],
-    workloads: list[Workload],
-    client: TestClient,
-    tokens: Tokens,
+    fleet: dict[str, Any], workload: StartWorkload, client: TestClient, tokens: Tokens
 ) -> None:
     for host in fleet.values():
         assert host["agent_version"] and host["capabilities"]["features"]["tracepoints"], host
-    alpha, beta = Workload(cgroups["alpha"], N), Workload(cgroups["beta"], M)
-    workloads += [alpha, beta]
+    alpha, beta = workload("alpha", N), workload("beta", M)
     viewer = tokens.headers("viewer")
     job = submit(
         client,
@@ -216,15 +226,10 @@ def test_a_host_that_cannot_run_a_program_gets_unsupported_and_no_task(
 
 
 def test_cancel_mid_run_stops_the_agents_quickly_and_keeps_partial_results(
-    fleet: dict[str, Any],
-    cgroups: dict[str, Path],
-    workloads: list[Workload],
-    client: TestClient,
-    tokens: Tokens,
+    fleet: dict[str, Any], workload: StartWorkload, client: TestClient, tokens: Tokens
 ) -> None:
     operator, viewer = tokens.headers("operator"), tokens.headers("viewer")
-    workloads += [Workload(cgroups[host], None) for host in HOSTS]
-    for w in workloads:
+    for w in [workload(host, None) for host in HOSTS]:  # endless: they run until killed
         w.go()
     job = submit(client, operator, duration_s=30, interval_s=0.5, targets={"hosts": list(HOSTS)})
 
