@@ -61,6 +61,19 @@ def ingests(
     return pair
 
 
+StartJob = Callable[[Ingest, int], tuple[str, dict[str, str]]]
+
+
+@pytest.fixture
+def start_job(client: TestClient, tokens: Tokens, sessions: sessionmaker[Session]) -> StartJob:
+    """Factory: running_job(ingest, hosts) on this test's client, tokens and database."""
+
+    def start(ingest: Ingest, hosts: int) -> tuple[str, dict[str, str]]:
+        return running_job(client, tokens, ingest, sessions, hosts)
+
+    return start
+
+
 def commit(sessions: sessionmaker[Session], statement: Executable) -> None:
     """Runs one statement in a transaction of its own."""
     with sessions() as session:
@@ -131,13 +144,10 @@ def events(sessions: sessionmaker[Session], job_id: str, kind: str) -> list[dict
 
 
 def test_two_sweeps_end_a_lapsed_run_once(
-    client: TestClient,
-    tokens: Tokens,
-    sessions: sessionmaker[Session],
-    ingests: tuple[Ingest, Ingest],
+    sessions: sessionmaker[Session], ingests: tuple[Ingest, Ingest], start_job: StartJob
 ) -> None:
     a, b = ingests
-    job_id, runs = running_job(client, tokens, a, sessions, hosts=1)
+    job_id, runs = start_job(a, 1)
     (run_id,) = runs.values()
     # As if it had started past duration + grace + slack ago.
     started = utcnow() - timedelta(seconds=DURATION_S + TRACE_GRACE_S + SLACK_S + 1)
@@ -159,13 +169,10 @@ def test_two_sweeps_end_a_lapsed_run_once(
 
 
 def test_two_batches_ending_one_jobs_runs_at_once_end_the_job_once(
-    client: TestClient,
-    tokens: Tokens,
-    sessions: sessionmaker[Session],
-    ingests: tuple[Ingest, Ingest],
+    sessions: sessionmaker[Session], ingests: tuple[Ingest, Ingest], start_job: StartJob
 ) -> None:
     a, b = ingests
-    job_id, runs = running_job(client, tokens, a, sessions, hosts=2)
+    job_id, runs = start_job(a, 2)
     (one, first_run), (two, second_run) = sorted(runs.items())
 
     def ended(ingest: Ingest, host: str, run_id: str) -> Callable[[Session], None]:
