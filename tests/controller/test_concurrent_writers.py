@@ -229,21 +229,14 @@ class Lapsed:
 
 
 @pytest.fixture
-def lapsed(
-    client: TestClient,
-    tokens: Tokens,
-    settings: Settings,
-    sessions: sessionmaker[Session],
-    redis_client: redis.Redis,
-    ingests: tuple[Ingest, Ingest],
-) -> Lapsed:
+def lapsed(ingests: tuple[Ingest, Ingest], start_job: StartJob) -> Lapsed:
     a, b = ingests
-    job_id, runs = running_job(client, tokens, a, sessions, hosts=1)
+    job_id, runs = start_job(a, 1)
     ((host, run_id),) = runs.items()
-    started = utcnow() - timedelta(seconds=settings.lease_unlisted_grace_s + 5)
-    commit(sessions, update(Run).where(Run.id == run_id).values(started_at=started))
+    started = utcnow() - timedelta(seconds=b.settings.lease_unlisted_grace_s + 5)
+    commit(b.sessions, update(Run).where(Run.id == run_id).values(started_at=started))
     b.ensure_group()
-    return Lapsed(settings, sessions, redis_client, b, job_id, host, run_id)
+    return Lapsed(b.settings, b.sessions, b.redis, b, job_id, host, run_id)
 
 
 def test_a_claimed_heartbeat_is_old_news_and_ends_no_run(lapsed: Lapsed) -> None:
@@ -267,15 +260,14 @@ def test_a_claimed_heartbeat_is_old_news_and_ends_no_run(lapsed: Lapsed) -> None
 
 
 def test_a_cancel_racing_a_final_state_ends_the_job_once(
-    client: TestClient,
-    tokens: Tokens,
     settings: Settings,
     sessions: sessionmaker[Session],
     dispatcher: RecordingDispatcher,
     ingests: tuple[Ingest, Ingest],
+    start_job: StartJob,
 ) -> None:
     a, _ = ingests
-    job_id, runs = running_job(client, tokens, a, sessions, hosts=1)
+    job_id, runs = start_job(a, 1)
     ((host, run_id),) = runs.items()
     # The host looks away: cancel would end the run itself.
     silent = utcnow() - timedelta(seconds=settings.heartbeat_timeout_s + 1)
