@@ -234,15 +234,16 @@ def test_labelled_histograms_group_rows_by_label_set() -> None:
     )
     lines = text(results, runs, width=200)
     start = lines.index("runqlat: log2 histogram of usecs, top 2 of 2 label sets")
-    assert lines[start + 2 : start + 9] == [
-        "SYSCALL  HOST   COUNT  P50  P90  P99   MAX",
-        "read     a         10   15   15   15  8-15",
-        "         b         30   15   15   15  8-15",
-        "         (all)     40   15   15   15  8-15",
-        "write    a          4    3    3    3   2-3",
-        "         b          0    -    -    -     -",
-        "         (all)      4    3    3    3   2-3",
-    ]
+    expected = dedent("""\
+        SYSCALL  HOST   COUNT  P50  P90  P99   MAX
+        read     a         10   15   15   15  8-15
+                 b         30   15   15   15  8-15
+                 (all)     40   15   15   15  8-15
+        write    a          4    3    3    3   2-3
+                 b          0    -    -    -     -
+                 (all)      4    3    3    3   2-3
+        """)
+    assert lines[start + 2 : start + 9] == expected.splitlines()
     # At 200 columns the two hosts' histograms stand side by side.
     assert " ".join(lines[start + 10].split()) == "a (syscall = read) b (syscall = read)"
 
