@@ -237,31 +237,16 @@ class TraceRunner:
     def _failure(
         self, stderr: IO[bytes], code: int, killed: bool, stop_sent: bool, why_killed: str
     ) -> StateChange:
-        run_id = self.request.run_id
         tail = _tail(stderr)
+        grace = f"the trace did not stop within {self.request.grace_s:g}s of"
         if killed and stop_sent:
-            error = TraceError(
-                code=ErrorCode.killed,
-                message=f"the trace did not stop within {self.request.grace_s:g}s of the cancel;"
-                " killed",
-                detail=tail,
-            )
-            return StateChange(run_id=run_id, state=RunState.cancelled, error=error)
+            return self._killed(RunState.cancelled, f"{grace} the cancel; killed", tail)
         if killed and why_killed == "compile":
-            error = TraceError(
-                code=ErrorCode.killed,
-                message=f"compile and attach took over {self.compile_timeout_s:g}s; killed",
-                detail=tail,
-            )
-            return StateChange(run_id=run_id, state=RunState.failed, error=error)
+            message = f"compile and attach took over {self.compile_timeout_s:g}s; killed"
+            return self._killed(RunState.failed, message, tail)
         if killed:
-            error = TraceError(
-                code=ErrorCode.killed,
-                message=f"the trace did not stop within {self.request.grace_s:g}s of its deadline;"
-                " killed (results up to the last snapshot are kept)",
-                detail=tail,
-            )
-            return StateChange(run_id=run_id, state=RunState.timed_out, error=error)
+            message = f"{grace} its deadline; killed (results up to the last snapshot are kept)"
+            return self._killed(RunState.timed_out, message, tail)
         if code < 0:
             message = f"the trace process died of signal {signal.Signals(-code).name}"
         else:
@@ -269,7 +254,11 @@ class TraceRunner:
         if "MemoryError" in tail or "bad_alloc" in tail:
             message += f" (memory limit {self.request.limits.memory_mb} MiB)"
         error = TraceError(code=ErrorCode.internal, message=message, detail=tail)
-        return StateChange(run_id=run_id, state=RunState.failed, error=error)
+        return StateChange(run_id=self.request.run_id, state=RunState.failed, error=error)
+
+    def _killed(self, state: RunState, message: str, tail: str) -> StateChange:
+        error = TraceError(code=ErrorCode.killed, message=message, detail=tail)
+        return StateChange(run_id=self.request.run_id, state=state, error=error)
 
 
 def _read_lines(stream: IO[str], out: queue.Queue[object]) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends
 
-from controller.api.deps import SessionDep
+from controller.api.deps import Operator, SessionDep
 from controller.api.params import HostPath, IdPath
 from controller.errors import NotFound
 from controller.hosts import service as hosts
@@ -37,6 +37,11 @@ def schedule_or_404(schedule_id: IdPath, session: SessionDep) -> Schedule:
     return schedule
 
 
+def schedule_to_change(_: Operator, schedule: ScheduleDep) -> Schedule:
+    """The schedule, for a caller who may change it: 401/403 before 404, as for every write."""
+    return schedule
+
+
 def host_or_404(name: HostPath, session: SessionDep) -> Host:
     host = hosts.get(session=session, name=name)
     if host is None:
@@ -47,3 +52,4 @@ def host_or_404(name: HostPath, session: SessionDep) -> Host:
 JobDep = Annotated[Job, Depends(job_or_404)]
 ScheduleDep = Annotated[Schedule, Depends(schedule_or_404)]
 HostDep = Annotated[Host, Depends(host_or_404)]
+ScheduleToChange = Annotated[Schedule, Depends(schedule_to_change)]

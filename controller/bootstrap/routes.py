@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request, status
-from sqlalchemy.orm import Session
 
 from controller.api.deps import Admin, SessionDep, Viewer
 from controller.api.params import HostPath
 from controller.api.responses import AUTHENTICATED, errors
-from controller.auth.models import ApiToken
 from controller.bootstrap import service
 from controller.bootstrap.models import (
     BatchCreate,
@@ -31,6 +30,27 @@ def get_bootstrap_queue(request: Request) -> BootstrapQueue:
 
 
 QueueDep = Annotated[BootstrapQueue, Depends(get_bootstrap_queue)]
+Starter = Callable[[RunKind, BootstrapOptions], BootstrapRunPublic]
+
+
+def host_starter(name: HostPath, session: SessionDep, queue: QueueDep, token: Admin) -> Starter:
+    """Starts a run of the host in the path, on behalf of the admin calling."""
+
+    def start(kind: RunKind, options: BootstrapOptions) -> BootstrapRunPublic:
+        run = service.start(
+            session=session,
+            queue=queue,
+            host_name=name,
+            kind=kind,
+            options=options,
+            created_by=token.name,
+        )
+        return service.to_public(run)
+
+    return start
+
+
+StarterDep = Annotated[Starter, Depends(host_starter)]
 OptionsBody = Annotated[BootstrapOptions | None, Body()]
 # A host's bootstrap or uninstall: accepted and queued, or no such host, one running, no broker.
 STARTED: dict[str, Any] = {"status_code": 202, "responses": errors(404, 409, 503)}
@@ -53,11 +73,9 @@ def bootstrap_hosts(
 
 
 @router.post("/{name}/bootstrap", operation_id="bootstrap_host", **STARTED)
-def bootstrap_host(
-    name: HostPath, session: SessionDep, queue: QueueDep, token: Admin, options: OptionsBody = None
-) -> BootstrapRunPublic:
+def bootstrap_host(start: StarterDep, options: OptionsBody = None) -> BootstrapRunPublic:
     """Install, configure and start the agent on a host over SSH."""
-    return _start(RunKind.bootstrap, name, session, queue, token, options or BootstrapOptions())
+    return start(RunKind.bootstrap, options or BootstrapOptions())
 
 
 @router.get("/{name}/bootstrap", operation_id="get_host_bootstrap", responses=errors(404))
@@ -70,27 +88,6 @@ def get_host_bootstrap(name: HostPath, session: SessionDep, _: Viewer) -> Bootst
 
 
 @router.post("/{name}/uninstall", operation_id="uninstall_host", **STARTED)
-def uninstall_host(
-    name: HostPath, session: SessionDep, queue: QueueDep, token: Admin
-) -> BootstrapRunPublic:
+def uninstall_host(start: StarterDep) -> BootstrapRunPublic:
     """Stop the agent and remove everything bootstrap put on the host."""
-    return _start(RunKind.uninstall, name, session, queue, token, BootstrapOptions())
-
-
-def _start(
-    kind: RunKind,
-    name: str,
-    session: Session,
-    queue: BootstrapQueue,
-    token: ApiToken,
-    options: BootstrapOptions,
-) -> BootstrapRunPublic:
-    run = service.start(
-        session=session,
-        queue=queue,
-        host_name=name,
-        kind=kind,
-        options=options,
-        created_by=token.name,
-    )
-    return service.to_public(run)
+    return start(RunKind.uninstall, BootstrapOptions())

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from controller.api.deps import DispatcherDep, Operator, SessionDep, SettingsDep, Viewer
 from controller.api.params import Offset
-from controller.api.resources import ScheduleDep
+from controller.api.resources import ScheduleDep, ScheduleToChange
 from controller.api.responses import AUTHENTICATED, DELETED, errors
 from controller.errors import InvalidRequest
 from controller.reports.models import CompareReport
@@ -70,8 +70,7 @@ def update_schedule(
     update_in: ScheduleUpdate,
     session: SessionDep,
     settings: SettingsDep,
-    _: Operator,
-    schedule: ScheduleDep,
+    schedule: ScheduleToChange,
 ) -> SchedulePublic:
     """Change a schedule's timing, template, retention or policies."""
     service.update_schedule(
@@ -81,20 +80,20 @@ def update_schedule(
 
 
 @router.delete("/{schedule_id}", operation_id="delete_schedule", **DELETED)
-def delete_schedule(session: SessionDep, _: Operator, schedule: ScheduleDep) -> Response:
+def delete_schedule(session: SessionDep, schedule: ScheduleToChange) -> Response:
     """Delete a schedule; the jobs it made are kept."""
     service.remove(session=session, schedule=schedule)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{schedule_id}/pause", operation_id="pause_schedule", responses=errors(404))
-def pause_schedule(session: SessionDep, _: Operator, schedule: ScheduleDep) -> SchedulePublic:
+def pause_schedule(session: SessionDep, schedule: ScheduleToChange) -> SchedulePublic:
     """Stop firing until resumed."""
     return _enabled(session, schedule, False)
 
 
 @router.post("/{schedule_id}/resume", operation_id="resume_schedule", responses=errors(404))
-def resume_schedule(session: SessionDep, _: Operator, schedule: ScheduleDep) -> SchedulePublic:
+def resume_schedule(session: SessionDep, schedule: ScheduleToChange) -> SchedulePublic:
     """Fire again from the next slot after now; paused slots are not replayed."""
     return _enabled(session, schedule, True)
 
@@ -109,8 +108,7 @@ def run_schedule(
     session: SessionDep,
     settings: SettingsDep,
     dispatcher: DispatcherDep,
-    _: Operator,
-    schedule: ScheduleDep,
+    schedule: ScheduleToChange,
 ) -> SchedulePublic:
     """Fire the template once now, outside the timetable."""
     service.run_now(session=session, settings=settings, dispatcher=dispatcher, schedule=schedule)

@@ -38,11 +38,10 @@ def labels_of(
     return labels
 
 
-SPEC = ProgramSpec(
-    name="biolatency",
+SPEC = ProgramSpec.beside(
+    __file__,
     summary="block I/O latency from issue to the driver until completion, per disk",
     output="log2_histogram",
-    source_path=Path(__file__).with_name("program.c"),
     decode=histogram_map("biolatency", lambda ctx: labels_of(bool(ctx.params["per_disk"]))),
     defines=_defines,
     tracepoints=("block:block_rq_issue", "block:block_rq_complete"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from node_agent.programs.decode import Row, syscall_name, table_map, text, value
@@ -45,11 +44,10 @@ def _decode(ctx: DecodeContext) -> list[Result]:
     return decoder(ctx)
 
 
-SPEC = ProgramSpec(
-    name="syscalls",
+SPEC = ProgramSpec.beside(
+    __file__,
     summary="syscalls by name and process",
     output="counter_table",
-    source_path=Path(__file__).with_name("program.c"),
     decode=_decode,
     defines=_defines,
     tracepoints=("raw_syscalls:sys_enter",),

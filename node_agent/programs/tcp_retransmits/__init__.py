@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from node_agent.programs.decode import Row, addr, table_map, value
@@ -57,11 +56,10 @@ def _row(key: Any, count: Any) -> Row:
     return keys, [value(count)]
 
 
-SPEC = ProgramSpec(
-    name="tcp_retransmits",
+SPEC = ProgramSpec.beside(
+    __file__,
     summary="TCP retransmissions by local and remote address, port and connection state",
     output="counter_table",
-    source_path=Path(__file__).with_name("program.c"),
     decode=table_map("retransmits", lambda ctx: FIELDS, lambda ctx: _row),
     defines=_defines,
     tracepoints=("tcp:tcp_retransmit_skb",),
