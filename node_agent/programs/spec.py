@@ -152,12 +152,6 @@ class ProgramSpec:
     # Set for a program whose C comes with the request (custom): how that source is checked.
     source_policy: SourcePolicy | None = None
 
-    @classmethod
-    def beside(cls, module_file: str, **fields: Any) -> ProgramSpec:
-        """The spec of the program in `module_file`'s folder: named after it, C in program.c."""
-        folder = Path(module_file).parent
-        return cls(name=folder.name, source_path=folder / "program.c", **fields)
-
     def source(self) -> str:
         if self.source_path is None:
             raise ValueError(f"{self.name} has no C source of its own")

@@ -38,10 +38,11 @@ def labels_of(
     return labels
 
 
-SPEC = ProgramSpec.beside(
-    __file__,
+SPEC = ProgramSpec(
+    name="biolatency",
     summary="block I/O latency from issue to the driver until completion, per disk",
     output="log2_histogram",
+    source_path=Path(__file__).with_name("program.c"),
     decode=histogram_map("biolatency", lambda ctx: labels_of(bool(ctx.params["per_disk"]))),
     defines=_defines,
     tracepoints=("block:block_rq_issue", "block:block_rq_complete"),

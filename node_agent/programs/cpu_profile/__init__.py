@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from node_agent.programs.decode import text, value
@@ -85,10 +86,11 @@ def _decode(ctx: DecodeContext) -> list[Result]:
     ]
 
 
-SPEC = ProgramSpec.beside(
-    __file__,
+SPEC = ProgramSpec(
+    name="cpu_profile",
     summary="sampled on-CPU stacks (user and kernel) per process, for flame graphs",
     output="folded_stacks",
+    source_path=Path(__file__).with_name("program.c"),
     decode=_decode,
     defines=_defines,
     features=frozenset({Feature.perf_events}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from node_agent.programs.decode import Row, table_map, text, value
@@ -52,10 +53,11 @@ def _sample_row(event: Any) -> list[KeyValue | float]:
     ]
 
 
-SPEC = ProgramSpec.beside(
-    __file__,
+SPEC = ProgramSpec(
+    name="execs",
     summary="which programs start: execs by name and path, with recent ones sampled",
     output="counter_table",
+    source_path=Path(__file__).with_name("program.c"),
     decode=_decode,
     defines=_defines,
     tracepoints=(

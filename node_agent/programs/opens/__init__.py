@@ -7,6 +7,7 @@ cut at 255 bytes.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from node_agent.programs.decode import Row, table_map, text
@@ -40,10 +41,11 @@ def _row(ctx: DecodeContext) -> Callable[[Any, Any], Row]:
     return _process_row if ctx.params["per_process"] else _path_row
 
 
-SPEC = ProgramSpec.beside(
-    __file__,
+SPEC = ProgramSpec(
+    name="opens",
     summary="which files are opened, by process and path (openat, openat2), with errors",
     output="counter_table",
+    source_path=Path(__file__).with_name("program.c"),
     decode=table_map("opens", _fields, _row, value_fields=("count", "errors")),
     defines=_defines,
     # openat2 exists from Linux 5.6; the legacy open(2) and creat(2) (x86 only) are not counted.

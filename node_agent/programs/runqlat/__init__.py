@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from node_agent.programs.decode import histogram_map, text
@@ -37,10 +38,11 @@ def _labels(ctx: DecodeContext) -> Callable[[Any], dict[str, KeyValue]]:
     return labels_of(per, CgroupNames(cgroup2_mount() if per == "cgroup" else None))
 
 
-SPEC = ProgramSpec.beside(
-    __file__,
+SPEC = ProgramSpec(
+    name="runqlat",
     summary="run-queue latency: time from wakeup or preemption until the task runs",
     output="log2_histogram",
+    source_path=Path(__file__).with_name("program.c"),
     decode=histogram_map("runqlat", _labels),
     defines=_defines,
     tracepoints=("sched:sched_wakeup", "sched:sched_wakeup_new", "sched:sched_switch"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from node_agent.errors import BadParameter, UnsupportedProgram
@@ -46,10 +47,11 @@ def labels_of(key: Any) -> dict[str, KeyValue]:
     return {"syscall": syscall_name(int(key.nr))}
 
 
-SPEC = ProgramSpec.beside(
-    __file__,
+SPEC = ProgramSpec(
+    name="syscall_latency",
     summary="syscall latency (entry to exit) per syscall",
     output="log2_histogram",
+    source_path=Path(__file__).with_name("program.c"),
     decode=histogram_map("latency", lambda ctx: labels_of, result="syscall_latency"),
     defines=_defines,
     tracepoints=("raw_syscalls:sys_enter", "raw_syscalls:sys_exit"),

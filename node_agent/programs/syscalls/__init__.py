@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from node_agent.programs.decode import Row, syscall_name, table_map, text, value
@@ -44,10 +45,11 @@ def _decode(ctx: DecodeContext) -> list[Result]:
     return decoder(ctx)
 
 
-SPEC = ProgramSpec.beside(
-    __file__,
+SPEC = ProgramSpec(
+    name="syscalls",
     summary="syscalls by name and process",
     output="counter_table",
+    source_path=Path(__file__).with_name("program.c"),
     decode=_decode,
     defines=_defines,
     tracepoints=("raw_syscalls:sys_enter",),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from node_agent.programs.decode import Row, addr, table_map, value
@@ -56,10 +57,11 @@ def _row(key: Any, count: Any) -> Row:
     return keys, [value(count)]
 
 
-SPEC = ProgramSpec.beside(
-    __file__,
+SPEC = ProgramSpec(
+    name="tcp_retransmits",
     summary="TCP retransmissions by local and remote address, port and connection state",
     output="counter_table",
+    source_path=Path(__file__).with_name("program.c"),
     decode=table_map("retransmits", lambda ctx: FIELDS, lambda ctx: _row),
     defines=_defines,
     tracepoints=("tcp:tcp_retransmit_skb",),
