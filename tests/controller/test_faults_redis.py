@@ -125,7 +125,17 @@ def test_entries_delivered_in_a_reply_lost_to_the_outage_are_stored(
     host = f"lostreply-{uuid.uuid4().hex[:6]}"
     register_host(client, tokens.headers("admin"), host)
     wait_for(lambda: host in ingest.ingest.hosts, 30, "ingest reading the new host's stream")
-    wait_for(lambda: link.hearing_since is not None, 30, "ingest reading (its group made)")
+    group = ingest.settings.ingest_group.encode()
+
+    def group_made() -> bool:  # hearing_since may be from an earlier host's stream
+        with redis.Redis.from_url(redis_proc.url) as probe:
+            try:
+                return group in [g["name"] for g in probe.xinfo_groups(events_stream(host))]
+            except redis.ResponseError:  # no stream yet
+                return False
+
+    wait_for(group_made, 30, "ingest's group on the new host's stream")
+    wait_for(lambda: link.hearing_since is not None, 30, "ingest reading")
     for _ in range(3):  # until Redis is back while ingest's next try is still a while off
         redis_proc.kill()
         wait_for(lambda: link.failures >= 5, 30, "ingest backing off")  # next try 3.2 s away
