@@ -6,8 +6,8 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import Response, StreamingResponse
 
 from controller.api.deps import DispatcherDep, Operator, SessionDep, SettingsDep, Viewer
-from controller.api.params import Offset
-from controller.api.resources import JobDep
+from controller.api.params import IdPath, Offset
+from controller.api.resources import JobDep, find_job
 from controller.api.responses import AUTHENTICATED, ModelResponse, errors
 from controller.auth.models import Role
 from controller.errors import TooManyRequests
@@ -113,11 +113,14 @@ def get_job_results(session: SessionDep, _: Viewer, job: JobDep) -> Response:
     },
 )
 def job_events(
-    request: Request, session: SessionDep, settings: SettingsDep, token: Viewer, job: JobDep
+    job_id: IdPath, request: Request, session: SessionDep, settings: SettingsDep, token: Viewer
 ) -> StreamingResponse:
     """Server-Sent Events: state changes and snapshots from the job's start, then live."""
-    job_id, token_id = job.id, token.id
-    session.close()  # the stream holds no connection: each poll opens and closes its own
+    # Looked up here, not by JobDep: a dependency's step would hold the connection until this
+    # one runs, and a stream must hold none (each poll opens and closes its own).
+    token_id = token.id
+    find_job(session=session, job_id=job_id)
+    session.close()
     slots: StreamSlots = request.app.state.stream_slots
     if not slots.acquire(token_id):
         raise TooManyRequests(
