@@ -56,12 +56,10 @@ def current_token(
     token = auth_service.authenticate(session=session, raw=credentials.credentials)
     if token is None:
         raise Unauthenticated("unknown or revoked API token")
-    # End the transaction either way: that gives the connection back to the pool. Sync
-    # dependencies and the route run as separate steps on the thread pool, and 200 requests
-    # each holding a connection while they wait for a thread exhaust the pool (QueuePool
-    # timeouts, 500s: test_sse_load).
-    # (a commit, not a rollback: with expire_on_commit off the token stays loaded, where a
-    # rollback would expire it and the role check would take a connection to reload it).
+    # Commit even when nothing was written: it gives the connection back to the pool. Sync
+    # dependencies and the route run as separate thread-pool steps, and 200 requests holding
+    # a connection while they wait for a thread exhaust it (test_sse_load). Not a rollback:
+    # that would expire the token, and the role check would take a connection to reload it.
     auth_service.note_use(session=session, token=token)
     session.commit()
     note_caller(request.scope, actor=token.name, role=token.role)
