@@ -47,6 +47,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from controller.app import create_app
+from controller.cli.server import GC_YOUNG, tune_gc
 from controller.db import make_engine, make_sessionmaker
 from controller.jobs.models import Job, JobState, Run, SnapshotRow
 from controller.jobs.results import job_results
@@ -215,6 +216,13 @@ def main() -> int:
         help="a new SQLite file, or a throwaway PostgreSQL cluster (as the tests use)",
     )
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument(
+        "--gc",
+        choices=["serve", "default"],
+        default="serve",
+        help="the collector as `fleettrace serve` sets it (frozen, young generation of "
+        f"{GC_YOUNG:,}), or Python's defaults",
+    )
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="ft-bench-report-") as tmp,
@@ -226,6 +234,8 @@ def main() -> int:
             job_id, spent = write_job(session, args.hosts, args.rows, args.pool, args.pid)
         token = create_token(url, "viewer")
         app = create_app(Settings(database_url=url))
+        if args.gc == "serve":
+            tune_gc()
         with TestClient(app) as client:
             runs = [once(factory, client, token, job_id) for _ in range(args.rounds)]
         base = None if args.no_baseline else baseline(factory, job_id)
@@ -240,7 +250,7 @@ def main() -> int:
     sys.stdout.write(
         f"{args.hosts} hosts x {HISTOGRAMS} hist x {BUCKETS} buckets + {args.rows} rows/host "
         f"(pool {args.pool}{', pid keys' if args.pid else ''}); {args.db}; "
-        f"median of {args.rounds}\n"
+        f"median of {args.rounds}; gc {args.gc}\n"
     )
     for k in ("read", "build", "json", "html", "json_total", "html_total", "get_json", "get_html"):
         sys.stdout.write(f"  {k:<11} {med[k]:7.3f} s\n")
