@@ -7,7 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from controller.api.responses import SafeJSONResponse
 from controller.audit.middleware import AuditMiddleware
@@ -16,6 +16,7 @@ from controller.auth.routes import router as tokens_router
 from controller.bootstrap.routes import router as bootstrap_router
 from controller.bootstrap.service import BootstrapQueue
 from controller.bootstrap.tasks import CeleryBootstrapQueue
+from controller.console.mount import console_error, mount
 from controller.db import make_engine, make_sessionmaker
 from controller.dispatch import CeleryDispatcher, Dispatcher
 from controller.errors import ControllerError
@@ -60,13 +61,17 @@ def create_app(
     app.state.identities = Identities(settings.redis_url, settings.agent_redis_url or "")
 
     @app.exception_handler(ControllerError)
-    async def _controller_error(request: Request, exc: ControllerError) -> JSONResponse:
+    async def _controller_error(request: Request, exc: ControllerError) -> Response:
+        if (shown := console_error(request, exc)) is not None:
+            return shown
         return SafeJSONResponse(
             status_code=exc.status, content={"detail": exc.detail}, headers=exc.headers
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        if (shown := console_error(request, exc)) is not None:
+            return shown
         # FastAPI's own answer, but it echoes the input: a lone surrogate there was a 500.
         return SafeJSONResponse(status_code=422, content={"detail": jsonable_encoder(exc.errors())})
 
@@ -81,5 +86,6 @@ def create_app(
     app.include_router(reports_router)
     app.include_router(audit_router)
     app.include_router(ingest_router)
+    mount(app)
     app.add_middleware(AuditMiddleware)
     return app

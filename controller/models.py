@@ -3,6 +3,7 @@
 from controller.audit.models import AuditRecord
 from controller.auth.models import ApiToken
 from controller.bootstrap.models import BootstrapBatch, BootstrapRun, BootstrapStep
+from controller.console.sessions import ConsoleSession
 from controller.db import Base
 from controller.hosts.models import Host
 from controller.ingest.dead_letters import DeadLetter
@@ -17,6 +18,7 @@ __all__ = [
     "BootstrapBatch",
     "BootstrapRun",
     "BootstrapStep",
+    "ConsoleSession",
     "DeadLetter",
     "Host",
     "Job",

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     # the threads that poll the database for all of them (one poll per followed job).
     sse_streams_per_token: int = Field(default=32, ge=1, le=10_000)
     sse_poll_threads: int = Field(default=4, ge=1, le=64)
+    # The web console: a session ends after this long without a request.
+    console_idle_minutes: int = Field(default=30, ge=1, le=7 * 24 * 60)
 
     @field_validator("database_url")
     @classmethod

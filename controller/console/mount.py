@@ -1,0 +1,54 @@
+"""The console in the application: its routers, static files and error pages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from fastapi.staticfiles import StaticFiles
+
+from controller.console import fleet, pages
+from controller.console.web import PageError, SignInNeeded, page, redirect, sign_in_url
+from controller.errors import ControllerError
+
+STATIC = Path(__file__).parent / "static"
+ROUTERS = (pages.router, fleet.router)
+
+
+def is_console(request: Request) -> bool:
+    """Pages, not the API: errors there are pages too."""
+    path = request.url.path
+    return not (path.startswith("/v1/") or path == "/v1" or path == "/healthz")
+
+
+def error_page(request: Request, status: int, message: str) -> Response:
+    return page(request, "error.html", None, status=status, message=message)
+
+
+def mount(app: FastAPI) -> None:
+    for router in ROUTERS:
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(SignInNeeded)
+    async def _sign_in(request: Request, exc: SignInNeeded) -> Response:
+        return redirect(sign_in_url(exc.back))
+
+    @app.exception_handler(PageError)
+    async def _page_error(request: Request, exc: PageError) -> Response:
+        return error_page(request, exc.status, exc.message)
+
+
+def console_error(request: Request, exc: Exception) -> Response | None:
+    """The page for an error the API would answer as JSON; None on API paths."""
+    if not is_console(request):
+        return None
+    if isinstance(exc, ControllerError):
+        return error_page(request, exc.status, exc.message)
+    if isinstance(exc, RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_page(request, 422, f"{where}: {first.get('msg', 'invalid')}")
+    return None
