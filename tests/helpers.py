@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from node_agent.kinds.histogram import Buckets, Scale, summarize
+from node_agent.kinds.log2_histogram import LOG2
 from node_agent.protocol import (
     CounterTable,
     EventSamples,
@@ -180,3 +182,8 @@ def go(started: list[subprocess.Popen[str]], *, succeed: bool = False) -> None:
     for proc in started:
         code = proc.wait(timeout=30)
         assert code == 0 or not succeed, f"{proc.args} exited with {code}"
+
+
+def percentile(buckets: Buckets, p: float, scale: Scale = LOG2) -> int | None:
+    """One percentile of a histogram, through the kinds' own summary."""
+    return summarize(buckets, scale, (p,)).percentiles[p]

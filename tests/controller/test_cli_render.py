@@ -12,7 +12,8 @@ from controller.cli.sidebyside import aligned_histogram, render_results, short_s
 from controller.cli.text import Line, emit, side_by_side
 from controller.jobs.merge import merge_results
 from controller.jobs.models import HostResult, JobResults, JobState, RunPublic
-from controller.jobs.stats import max_slot, percentile, summarize
+from node_agent.kinds.histogram import summarize
+from node_agent.kinds.log2_histogram import LOG2
 from node_agent.protocol import (
     CounterTable,
     EventSamples,
@@ -25,6 +26,7 @@ from node_agent.protocol import (
     StackCount,
 )
 from node_agent.render import histogram_lines
+from tests.helpers import percentile
 
 T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
 
@@ -58,12 +60,12 @@ def test_percentile_edges() -> None:
 
 
 def test_summary() -> None:
-    summary = summarize(SPREAD)
+    summary = summarize(SPREAD, LOG2)
     assert summary.count == 100
     assert summary.percentiles == {50.0: 31, 90.0: 31, 99.0: 31}
-    assert summary.max_slot == 5 == max_slot(SPREAD)
+    assert summary.max_slot == 5
     assert summary.max_bounds == (16, 31)
-    empty = summarize([])
+    empty = summarize([], LOG2)
     assert (empty.count, empty.max_slot, empty.max_bounds) == (0, None, None)
 
 

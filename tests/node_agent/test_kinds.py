@@ -10,13 +10,13 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from controller.jobs.merge import merge_results
-from controller.jobs.stats import percentile, summarize
 from controller.schedules.continuous import delta
 from node_agent.kinds import KINDS, LinearHistogram, Log2Histogram, Result
-from node_agent.kinds.histogram import IncompatibleHistograms, combine
+from node_agent.kinds.histogram import IncompatibleHistograms, combine, summarize
 from node_agent.kinds.linear_histogram import MAX_LINEAR_BUCKETS, LinearScale
 from node_agent.protocol import Snapshot, StreamEnvelope
 from node_agent.render import result_lines
+from tests.helpers import percentile
 
 
 def lhist(buckets: list[tuple[int, int]], **bounds: Any) -> LinearHistogram:
@@ -44,7 +44,7 @@ def test_percentiles_are_bucket_upper_bounds_and_max_for_overflow() -> None:
     assert percentile(hist.buckets, 50, scale) == 9
     assert percentile(hist.buckets, 80, scale) == 29
     assert percentile(hist.buckets, 90, scale) == 100
-    summary = summarize(hist.buckets, (50.0, 99.0), scale)
+    summary = summarize(hist.buckets, scale, (50.0, 99.0))
     assert (summary.count, summary.percentiles, summary.max_slot) == (10, {50.0: 9, 99.0: 100}, 11)
     assert percentile([], 50, scale) is None
 
