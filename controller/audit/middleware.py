@@ -102,11 +102,16 @@ class AuditMiddleware:
 
     async def _write(self, scope: Scope, caller: Caller, seen: _Exchange) -> None:
         route = scope.get("route")
-        action = getattr(route, "operation_id", None)
-        if action is None or scope["method"] not in getattr(route, "methods", ()):
+        action: str | None = getattr(route, "operation_id", None)
+        if action is None and not scope["path"].startswith("/v1/"):
+            action = f"console_{getattr(route, 'name', '')}"  # the web console's forms
+        if route is None or action is None or scope["method"] not in getattr(route, "methods", ()):
             return  # no route matched (404/405 from routing): not a call of the API
         sessions: sessionmaker[Session] = scope["app"].state.sessions
-        request = _json(seen.request, seen.request_size, MAX_REQUEST_BYTES)
+        if _is_form(scope):
+            request = _form(seen.request, seen.request_size, MAX_REQUEST_BYTES)
+        else:
+            request = _json(seen.request, seen.request_size, MAX_REQUEST_BYTES)
         answer = None
         if "json" in seen.answer_type:
             answer = _json(seen.answer, seen.answer_size, MAX_ANSWER_BYTES)
@@ -149,6 +154,23 @@ def _store(sessions: sessionmaker[Session], entry: dict[str, Any]) -> None:
             entry["actor"],
             entry["status"],
         )
+
+
+def _is_form(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":
+            return bool(value.split(b";")[0].strip() == b"application/x-www-form-urlencoded")
+    return False
+
+
+def _form(raw: bytearray, size: int, limit: int) -> Any:
+    """A console form's fields; its CSRF token is not kept (secrets are masked by name)."""
+    if size == 0:
+        return None
+    if size > limit:
+        return f"[{size} bytes, not kept]"
+    fields = parse_qs(bytes(raw).decode("utf-8", "replace"), keep_blank_values=True)
+    return {k: v[0] if len(v) == 1 else v for k, v in fields.items() if k != "csrf"}
 
 
 def _json(raw: bytearray, size: int, limit: int) -> Any:

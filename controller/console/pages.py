@@ -10,6 +10,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 
 from controller.api.deps import SessionDep
+from controller.audit.middleware import note_caller
 from controller.console import sessions
 from controller.console.web import FormDep, VisitorDep, page, redirect, safe_back
 
@@ -71,7 +72,8 @@ def signin(
             back=safe_back(back),
             error="Unknown or revoked API token.",
         )
-    raw, _ = made
+    raw, who = made
+    note_caller(request.scope, actor=who.name, role=who.role.value)
     response = redirect(safe_back(back))
     response.set_cookie(sessions.COOKIE, raw, **_cookie_args(request))  # type: ignore[arg-type]
     response.delete_cookie(SIGNIN_COOKIE, path="/")

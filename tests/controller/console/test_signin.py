@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import timedelta
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from controller.audit.models import AuditRecord
 from controller.auth import service as auth_service
 from controller.console.sessions import ConsoleSession
 from controller.db import utcnow
@@ -154,3 +156,33 @@ def test_what_a_host_says_about_itself_is_shown_as_text(
     assert page.status_code == 200
     assert "<script>alert(1)" not in page.text and "<img src=x" not in page.text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+
+
+def test_console_forms_are_audited_without_their_secrets(
+    app: FastAPI, tokens: Tokens, sessions: sessionmaker[Session]
+) -> None:
+    raw = tokens.make("operator")
+    with TestClient(app) as client:
+        form = client.get("/signin")
+        csrf = csrf_of(form.text)
+        client.post("/signin", data={"token": "ft_wrong", "csrf": csrf})
+        client.post("/signin", data={"token": raw, "csrf": csrf})
+        session_csrf = csrf_of(client.get("/fleet").text)
+        client.post("/signout", data={"csrf": session_csrf})
+    with sessions() as session:
+        rows = session.scalars(
+            select(AuditRecord)
+            .where(AuditRecord.action.in_(["console_signin", "console_signout"]))
+            .order_by(AuditRecord.id.desc())
+            .limit(3)
+        ).all()
+    seen = [(r.action, r.actor, r.status) for r in reversed(rows)]
+    assert seen == [
+        ("console_signin", None, 401),
+        ("console_signin", "test-operator", 303),
+        ("console_signout", "test-operator", 303),
+    ]
+    for row in rows:
+        text = json.dumps(row.summary)
+        assert raw not in text and "ft_wrong" not in text
+        assert csrf not in text and session_csrf not in text
