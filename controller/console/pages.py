@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 
-from controller.api.deps import SessionDep
+from controller.api.deps import SessionDep, SettingsDep
 from controller.audit.middleware import note_caller
 from controller.console import sessions
 from controller.console.web import FormDep, VisitorDep, page, redirect, safe_back
@@ -46,6 +47,7 @@ def signin_form(request: Request, next: str = "/") -> Response:
 def signin(
     request: Request,
     session: SessionDep,
+    settings: SettingsDep,
     token: Annotated[str, Form(max_length=256)] = "",
     csrf: Annotated[str, Form(max_length=128)] = "",
     back: Annotated[str, Form(alias="next", max_length=2048)] = "/",
@@ -61,7 +63,8 @@ def signin(
             back=safe_back(back),
             error="The form expired or came from another site: sign in again.",
         )
-    made = sessions.sign_in(session=session, raw_token=token)
+    idle = timedelta(minutes=settings.console_idle_minutes)
+    made = sessions.sign_in(session=session, raw_token=token, idle=idle)
     if made is None:
         return page(
             request,

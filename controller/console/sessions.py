@@ -51,11 +51,13 @@ def _hash(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def sign_in(*, session: Session, raw_token: str) -> tuple[str, Visitor] | None:
-    """A new session for a valid token: (cookie value, visitor); None for a bad token."""
+def sign_in(*, session: Session, raw_token: str, idle: timedelta) -> tuple[str, Visitor] | None:
+    """A new session for a valid token: (cookie value, visitor); None for a bad token. Sessions
+    left to expire (a browser closed without signing out) are deleted here."""
     token = auth_service.authenticate(session=session, raw=raw_token.strip())
     if token is None:
         return None
+    session.execute(delete(ConsoleSession).where(ConsoleSession.last_seen_at < utcnow() - idle))
     raw = secrets.token_urlsafe(32)
     row = ConsoleSession(id_hash=_hash(raw), token_id=token.id, csrf=secrets.token_urlsafe(32))
     session.add(row)
@@ -92,12 +94,3 @@ def visitor(*, session: Session, raw: str, idle: timedelta) -> Visitor | None:
 def sign_out(*, session: Session, raw: str) -> None:
     session.execute(delete(ConsoleSession).where(ConsoleSession.id_hash == _hash(raw)))
     session.commit()
-
-
-def expire_idle(*, session: Session, idle: timedelta) -> int:
-    """Delete sessions idle longer than `idle`; how many."""
-    done = session.execute(
-        delete(ConsoleSession).where(ConsoleSession.last_seen_at < utcnow() - idle)
-    )
-    session.commit()
-    return int(getattr(done, "rowcount", 0))

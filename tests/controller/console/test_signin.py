@@ -120,6 +120,19 @@ def test_an_idle_session_expires(browser: Browser, sessions: sessionmaker[Sessio
     assert client.get("/fleet", follow_redirects=False).status_code == 303
 
 
+def test_signing_in_deletes_sessions_left_to_expire(
+    browser: Browser, sessions: sessionmaker[Session]
+) -> None:
+    browser("viewer")
+    with sessions() as session:
+        session.execute(update(ConsoleSession).values(last_seen_at=utcnow() - timedelta(days=2)))
+        session.commit()
+    browser("viewer")
+    with sessions() as session:
+        left = session.scalars(select(ConsoleSession.last_seen_at)).all()
+    assert len(left) == 1 and left[0] > utcnow() - timedelta(minutes=1)
+
+
 def test_revoking_the_token_ends_its_sessions(
     app: FastAPI, tokens: Tokens, sessions: sessionmaker[Session]
 ) -> None:
