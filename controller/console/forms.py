@@ -186,6 +186,9 @@ def _param_field(param: Param, raw: str | None, error: str | None) -> dict[str, 
     else:
         control = "number" if param.type in ("int", "float") else "text"
         options = []
+    value = _shown(param.default) if raw is None else raw
+    if control == "select" and value not in options:
+        options.append(value)  # what the visitor sent, kept to be corrected
     return {
         "name": f"params.{param.name}",
         "id": f"param-{param.name}",
@@ -198,7 +201,7 @@ def _param_field(param: Param, raw: str | None, error: str | None) -> dict[str, 
         "max": described.get("maximum"),
         "step": "1" if param.type == "int" else "any",
         "default": _shown(param.default),
-        "value": _shown(param.default) if raw is None else raw,
+        "value": value,
         "error": error,
     }
 
