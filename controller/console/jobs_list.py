@@ -13,14 +13,15 @@ from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
 from controller.api.deps import DispatcherDep, SessionDep, SettingsDep
+from controller.api.resources import find_job
 from controller.auth.models import Role
-from controller.console.forms import errors_of, job_from_form, template_context
+from controller.console.forms import errors_of, form_values, job_from_form, template_context
 from controller.console.sessions import Visitor
 from controller.console.web import FormDep, OperatorDep, PageError, VisitorDep, page, redirect
 from controller.errors import ControllerError
 from controller.hosts import service as hosts
 from controller.jobs import service
-from controller.jobs.models import Job, JobState, Targets
+from controller.jobs.models import Job, JobCreate, JobState, Targets
 from node_agent.programs import catalog
 from node_agent.protocol import RunState
 
@@ -130,10 +131,27 @@ def _form_page(
     return page(request, "job_new.html", who, status=status, **context)
 
 
+def template_of(job: Job) -> JobCreate:
+    """What a job ran, as the form's starting point for running it again."""
+    fields = ("program", "params", "scope", "limits", "targets", "duration_s", "interval_s")
+    return JobCreate.model_validate(
+        {name: getattr(job, name) for name in (*fields, "source", "maps")}
+    )
+
+
 @router.get("/jobs/new")
-def new_job(request: Request, who: OperatorDep, session: SessionDep) -> Response:
-    # The query fills the form: a shared link, or the program select asking for its fields.
-    return _form_page(request, who, session, values=request.query_params, errors={})
+def new_job(
+    request: Request,
+    who: OperatorDep,
+    session: SessionDep,
+    again: Annotated[str, Query(alias="from", max_length=36)] = "",
+) -> Response:
+    # The query fills the form: a shared link, the program select asking for its fields, or
+    # `from=<job id>` to run a job again.
+    values: Mapping[str, Any] = request.query_params
+    if again:
+        values = form_values(template_of(find_job(session=session, job_id=again)))
+    return _form_page(request, who, session, values=values, errors={})
 
 
 @router.post("/jobs/new")

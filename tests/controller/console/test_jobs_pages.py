@@ -355,3 +355,15 @@ def test_hostile_values_are_escaped_never_a_500(browser: Browser, fleet: list[st
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
     assert raw.status_code < 500
+
+
+def test_a_job_runs_again_from_its_own_form(browser: Browser, paged: list[str]) -> None:
+    client, _ = browser("operator")
+    again = client.get(f"/jobs/new?from={paged[-1]}")  # the oldest: runqlat, every 5 s
+    assert again.status_code == 200
+    assert '<option value="runqlat" selected>' in again.text
+    assert 'name="targets.names" type="text" value="page-host"' in again.text
+    assert 'id="duration" name="duration" type="text" value="30s"' in again.text
+    assert 'id="interval" name="interval" type="text" value="5s"' in again.text
+    missing = client.get("/jobs/new", params={"from": "<b>nope</b>"})
+    assert missing.status_code == 404 and "no job &lt;b&gt;nope&lt;/b&gt;" in missing.text
