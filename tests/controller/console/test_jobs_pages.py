@@ -15,9 +15,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from controller.app import create_app
 from controller.db import utcnow
+from controller.dispatch import CeleryDispatcher
 from controller.jobs.models import Job, Run, Targets
+from controller.keys.store import KeyStore
+from controller.settings import Settings
 from tests.controller.conftest import RecordingDispatcher, Tokens
+from tests.controller.console.conftest import sign_in
 from tests.controller.support import register_host
 
 Browser = Callable[[str], tuple[TestClient, str]]
@@ -367,3 +372,20 @@ def test_a_job_runs_again_from_its_own_form(browser: Browser, paged: list[str]) 
     assert 'id="interval" name="interval" type="text" value="5s"' in again.text
     missing = client.get("/jobs/new", params={"from": "<b>nope</b>"})
     assert missing.status_code == 404 and "no job &lt;b&gt;nope&lt;/b&gt;" in missing.text
+
+
+def test_with_redis_away_the_job_says_its_runs_were_not_queued(
+    settings: Settings, engine: Any, tokens: Tokens, fleet: list[str], sessions: Any
+) -> None:
+    """As the API: the job is made, and each run fails saying the broker was away."""
+    away = settings.model_copy(update={"redis_url": "redis://127.0.0.1:9/0"})
+    app = create_app(away, CeleryDispatcher(away.redis_url, KeyStore(away.keys_dir)))
+    with TestClient(app) as client:
+        csrf = sign_in(client, tokens.token("operator"))
+        got = client.post("/jobs/new", data={"csrf": csrf, **GOOD_FORM}, follow_redirects=False)
+    app.state.engine.dispose()
+    assert got.status_code == 303, got.text[:300]
+    with sessions() as session:
+        job = session.get(Job, got.headers["location"].removeprefix("/jobs/"))
+        assert job is not None and job.state == "failed"
+        assert all((r.reason or "").startswith("not queued: the broker") for r in job.runs)
