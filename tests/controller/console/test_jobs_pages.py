@@ -7,6 +7,7 @@ import html
 import re
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -389,3 +390,24 @@ def test_with_redis_away_the_job_says_its_runs_were_not_queued(
         job = session.get(Job, got.headers["location"].removeprefix("/jobs/"))
         assert job is not None and job.state == "failed"
         assert all((r.reason or "").startswith("not queued: the broker") for r in job.runs)
+
+
+def test_operators_submitting_at_once_each_get_their_job(
+    browser: Browser, fleet: list[str], sessions: sessionmaker[Session]
+) -> None:
+    signed_in = [browser("operator") for _ in range(6)]
+
+    def submit(i: int) -> str:
+        client, csrf = signed_in[i]
+        form = {"csrf": csrf, **GOOD_FORM, "scope.comm": f"at-once-{i}"}
+        got = client.post("/jobs/new", data=form, follow_redirects=False)
+        assert got.status_code == 303, got.text[:300]
+        return got.headers["location"].removeprefix("/jobs/")
+
+    with ThreadPoolExecutor(len(signed_in)) as pool:
+        made = list(pool.map(submit, range(len(signed_in))))
+    assert len(set(made)) == len(signed_in)
+    with sessions() as session:
+        jobs = [session.get(Job, job_id) for job_id in made]
+        comms = {job.scope.comm for job in jobs if job is not None}
+    assert comms == {f"at-once-{i}" for i in range(len(signed_in))}
