@@ -41,11 +41,14 @@ def field_of(loc: Sequence[Any]) -> str:
     return parts[0] if parts else ""
 
 
-def errors_of(exc: ControllerError) -> dict[str, str]:
-    """A service's refusal, next to the body field it names ('' when it names none)."""
+def errors_of(exc: ControllerError, *, under: str = "") -> dict[str, str]:
+    """A service's refusal, next to the body field it names ('' when it names none).
+    `under="template"`: a schedule's `template.params.x` is the template form's `params.x`."""
     loc = exc.loc or ()
-    field = field_of(loc[1:]) if loc[:1] == ("body",) and len(loc) > 1 else ""
-    return {field: exc.message}
+    path = [str(p) for p in loc[1:]] if loc[:1] == ("body",) else []
+    if under and path[:1] == [under]:
+        path = path[1:]
+    return {field_of(path): exc.message}
 
 
 def _text(form: Mapping[str, Any], key: str) -> str:

@@ -181,6 +181,10 @@ def test_service_errors_land_on_their_field() -> None:
     }
     assert errors_of(InvalidRequest("bad", loc=("query", "x"))) == {"": "bad"}
     assert errors_of(Unavailable("the broker is unavailable")) == {"": "the broker is unavailable"}
+    bad_param = InvalidRequest("params.x: no", field="template.params.x")
+    assert errors_of(bad_param, under="template") == {"params.x": "params.x: no"}
+    assert errors_of(InvalidRequest("bad", field="cron"), under="template") == {"cron": "bad"}
+    assert errors_of(InvalidRequest("bad", field="template"), under="template") == {"": "bad"}
 
 
 def test_a_template_round_trips_through_the_form() -> None:
