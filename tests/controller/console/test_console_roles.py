@@ -23,6 +23,9 @@ PAGES: dict[tuple[str, str], tuple[str, str]] = {
     ("GET", "/"): ("viewer", "/"),
     ("GET", "/fleet"): ("viewer", "/fleet"),
     ("POST", "/signout"): ("viewer", "/signout"),
+    ("GET", "/jobs"): ("viewer", "/jobs"),
+    ("GET", "/jobs/new"): ("operator", "/jobs/new"),
+    ("POST", "/jobs/new"): ("operator", "/jobs/new"),
 }
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
 
