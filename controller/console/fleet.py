@@ -1,15 +1,70 @@
-"""The fleet: every host, whether it answers, and what it can trace."""
+"""The fleet: every host, whether it answers, and what it can trace; one host in full."""
 
 from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from controller.api.deps import SessionDep, SettingsDep
+from controller.api.resources import HostDep
+from controller.bootstrap import service as bootstrap
 from controller.console.web import VisitorDep, page
+from controller.errors import InvalidRequest
 from controller.hosts import service as hosts
+from controller.hosts.models import Host, HostPublic, HostState
+from controller.jobs import service as jobs
+from node_agent.programs import catalog
 
 router = APIRouter(include_in_schema=False)
+
+STATES: tuple[HostState, ...] = ("online", "offline", "never_seen")
+SHORT = 32
+RECENT_JOBS = 20
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One host and program: `yes`, or why not in a few words (the whole reason in `why`)."""
+
+    word: str
+    why: str
+    ok: bool
+
+
+def short_reason(reason: str, program: str) -> str:
+    """'runqlat needs tracepoint sched:sched_wakeup, missing on this kernel' -> 'needs
+    tracepoint sched:sched_wakeup': the words that fit a matrix cell."""
+    text = reason.removeprefix(f"{program} ")
+    text = re.split(r"[,;(]|: ", text, maxsplit=1)[0].strip() or reason
+    return text if len(text) <= SHORT else text[: SHORT - 1] + "…"
+
+
+def support(host: Host, program: str) -> Cell:
+    """What the host's capability probe says, judged as job dispatch judges it."""
+    if not host.capabilities:
+        return Cell("not probed", "no heartbeat with a capability probe yet", False)
+    reason = jobs.unsupported_reason(host, program)
+    if reason is None:
+        return Cell("yes", f"{host.name} can run {program}", True)
+    return Cell(short_reason(reason, program), reason, False)
+
+
+def parse_selector(raw: str) -> tuple[dict[str, str], str | None]:
+    """'k=v,k2=v2' as the API reads `selector`: (the selector, or {} and the API's message)."""
+    items = [item.strip() for item in raw.split(",") if item.strip()]
+    try:
+        return hosts.parse_selector(items), None
+    except InvalidRequest as exc:
+        return {}, exc.message
+
+
+def kernel(public: HostPublic) -> str:
+    caps = public.capabilities or {}
+    return f"{caps.get('kernel_release') or '—'} {caps.get('arch') or ''}".strip()
 
 
 @router.get("/fleet")
@@ -20,6 +75,38 @@ def fleet(
     settings: SettingsDep,
     selector: str = Query(default="", max_length=512),
 ) -> Response:
-    found = hosts.list_hosts(session=session)
-    rows = [hosts.to_public(h, timeout_s=settings.heartbeat_timeout_s) for h in found]
-    return page(request, "fleet.html", who, hosts=rows, selector=selector)
+    chosen, error = parse_selector(selector)
+    found = hosts.list_hosts(session=session, selector=chosen)
+    rows = [(hosts.to_public(h, timeout_s=settings.heartbeat_timeout_s), h) for h in found]
+    programs = list(catalog())
+    counts = Counter(public.state for public, _ in rows)
+    return page(
+        request,
+        "fleet.html",
+        who,
+        rows=[(public, kernel(public), [support(h, p) for p in programs]) for public, h in rows],
+        programs=programs,
+        counts=[(state, counts[state]) for state in STATES],
+        selector=selector,
+        selector_error=error,
+    )
+
+
+@router.get("/hosts/{name}")
+def host_page(
+    request: Request, who: VisitorDep, session: SessionDep, settings: SettingsDep, host: HostDep
+) -> Response:
+    public = hosts.to_public(host, timeout_s=settings.heartbeat_timeout_s)
+    recent, total = jobs.list_jobs(session=session, host=host.name, limit=RECENT_JOBS)
+    runs = [(job, next((r for r in job.runs if r.host_name == host.name), None)) for job in recent]
+    return page(
+        request,
+        "host.html",
+        who,
+        host=public,
+        kernel=kernel(public),
+        cells=[(p, support(host, p)) for p in catalog()],
+        jobs=runs,
+        jobs_total=total,
+        bootstrap=bootstrap.latest_run(session=session, host_name=host.name),
+    )
