@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
 
 from controller.api.deps import IdentitiesDep, SessionDep, SettingsDep
 from controller.api.params import IdPath
@@ -100,6 +102,31 @@ def hosts_in_page(
     )
 
 
+@dataclass(frozen=True)
+class Desk:
+    """An admin's Hosts in form, posted: what was sent, and the page to show it again."""
+
+    request: Request
+    who: Visitor
+    form: FormData
+    session: Session
+    settings: Settings
+
+    def again(self, status: int, **context: Any) -> Response:
+        return hosts_in_page(
+            self.request, self.who, self.session, self.settings, status=status, **context
+        )
+
+
+def admin_desk(
+    request: Request, who: AdminDep, form: FormDep, session: SessionDep, settings: SettingsDep
+) -> Desk:
+    return Desk(request, who, form, session, settings)
+
+
+DeskDep = Annotated[Desk, Depends(admin_desk)]
+
+
 @router.get("/hosts-in")
 def hosts_in(
     request: Request, who: VisitorDep, session: SessionDep, settings: SettingsDep
@@ -108,157 +135,126 @@ def hosts_in(
 
 
 @router.post("/hosts-in/hosts")
-def add_host(
-    request: Request,
-    who: AdminDep,
-    form: FormDep,
-    session: SessionDep,
-    settings: SettingsDep,
-    identities: IdentitiesDep,
-) -> Response:
-    values = add_values(form)
+def add_host(desk: DeskDep, identities: IdentitiesDep) -> Response:
+    values = add_values(desk.form)
     host_in, errors = host_in_of(values)
     status = 422
     if host_in is not None:
         try:
-            host, credential = hosts.register(
-                session=session, identities=identities, host_in=host_in
+            host, join = hosts.register(
+                session=desk.session, identities=identities, host_in=host_in
             )
         except ControllerError as exc:
-            session.rollback()
+            desk.session.rollback()
             errors, status = {exc.field or "name": exc.message}, exc.status
         else:
             # The identity's secret is shown here once: this page is the answer, not a redirect.
-            return page(request, "hosts_in_added.html", who, status=201, host=host, join=credential)
-    return hosts_in_page(
-        request, who, session, settings, status=status, values=values, errors=errors
-    )
+            return page(
+                desk.request, "hosts_in_added.html", desk.who, status=201, host=host, join=join
+            )
+    return desk.again(status, values=values, errors=errors)
 
 
 @router.post("/hosts-in/bootstrap")
-def bootstrap_hosts(
-    request: Request,
-    who: AdminDep,
-    form: FormDep,
-    session: SessionDep,
-    settings: SettingsDep,
-    queue: QueueDep,
-) -> Response:
+def bootstrap_hosts(desk: DeskDep, queue: QueueDep) -> Response:
+    form = desk.form
     names = tuple(str(n) for n in form.getlist("host"))
-    body: dict[str, Any] = {"hosts": list(names) or None, "selector": None}
+    if not names:
+        return desk.again(422, boot_errors={"host": "choose at least one host"})
+    body: dict[str, Any] = {
+        "hosts": list(names),
+        "options": {"trust_on_first_use": bool(form.get("trust_on_first_use"))},
+    }
     for name in ("parallel", "max_failures"):
         if str(form.get(name) or "").strip():
             body[name] = str(form.get(name)).strip()
-    body["options"] = {"trust_on_first_use": bool(form.get("trust_on_first_use"))}
-    errors: dict[str, str] = {}
-    status = 422
-    if not names:
-        errors["host"] = "choose at least one host"
-    else:
-        try:
-            batch = bootstrap.start_batch(
-                session=session,
-                queue=queue,
-                batch_in=BatchCreate.model_validate(body),
-                created_by=who.name,
-            )
-            return redirect(f"/hosts-in/batches/{batch.id}")
-        except ValidationError as exc:
-            errors = errors_of(exc, rename=BOOT_FIELD)
-        except ControllerError as exc:
-            session.rollback()
-            errors = {BOOT_FIELD.get(exc.field or "", exc.field or "host"): exc.message}
-            status = exc.status
-    return hosts_in_page(
-        request, who, session, settings, status=status, chosen=names, boot_errors=errors
-    )
+    try:
+        batch = bootstrap.start_batch(
+            session=desk.session,
+            queue=queue,
+            batch_in=BatchCreate.model_validate(body),
+            created_by=desk.who.name,
+        )
+    except ValidationError as exc:
+        return desk.again(422, chosen=names, boot_errors=errors_of(exc, rename=BOOT_FIELD))
+    except ControllerError as exc:
+        desk.session.rollback()
+        field = BOOT_FIELD.get(exc.field or "", exc.field or "host")
+        return desk.again(exc.status, chosen=names, boot_errors={field: exc.message})
+    return redirect(f"/hosts-in/batches/{batch.id}")
 
 
 @router.post("/hosts-in/uninstall")
-def uninstall_host(
-    request: Request,
-    who: AdminDep,
-    form: FormDep,
-    session: SessionDep,
-    settings: SettingsDep,
-    queue: QueueDep,
-) -> Response:
-    name = str(form.get("host") or "")
+def uninstall_host(desk: DeskDep, queue: QueueDep) -> Response:
     try:
         run = bootstrap.start(
-            session=session,
+            session=desk.session,
             queue=queue,
-            host_name=name,
+            host_name=str(desk.form.get("host") or ""),
             kind=RunKind.uninstall,
             options=BootstrapOptions(),
-            created_by=who.name,
+            created_by=desk.who.name,
         )
     except ControllerError as exc:
-        session.rollback()
-        return hosts_in_page(
-            request,
-            who,
-            session,
-            settings,
-            status=exc.status,
-            uninstall_errors={"host": exc.message},
-        )
+        desk.session.rollback()
+        return desk.again(exc.status, uninstall_errors={"host": exc.message})
     return redirect(f"/hosts-in/runs/{run.id}")
 
 
-def progress(runs: list[BootstrapRun], url: str) -> dict[str, Any]:
-    """What the progress fragment shows; final once every run is."""
-    return {
+def watch(request: Request, who: Visitor, runs: list[BootstrapRun], title: str | None) -> Response:
+    """The progress page (with a title), or the fragment its script polls at `<page>/progress`
+    until it says final."""
+    context: dict[str, Any] = {
         "runs": runs,
-        "steps": [s.name for s in runs[0].steps] if runs else [],
+        "steps": [s.name for s in runs[0].steps],
         "final": all(RunState(r.state).final for r in runs),
-        "progress_url": url,
         "counts": {s.value: sum(r.state == s.value for r in runs) for s in RunState},
     }
+    if title is None:
+        return page(
+            request, "hosts_in_progress.html", who, progress_url=request.url.path, **context
+        )
+    url = f"{request.url.path}/progress"
+    return page(request, "hosts_in_batch.html", who, title=title, progress_url=url, **context)
 
 
-def batch_runs(session: Session, batch_id: IdPath) -> list[BootstrapRun]:
-    batch = bootstrap.get_batch(session=session, batch_id=batch_id)
-    if batch is None:
-        raise PageError(404, f"no bootstrap batch {batch_id}")
-    return list(batch.runs)
-
-
-def one_run(session: Session, run_id: IdPath) -> list[BootstrapRun]:
-    run = bootstrap.get_run(session=session, run_id=run_id)
-    if run is None:
-        raise PageError(404, f"no bootstrap run {run_id}")
-    return [run]
+def runs_of(
+    session: Session, *, batch_id: str | None = None, run_id: str = ""
+) -> list[BootstrapRun]:
+    """A batch's runs, or one run; a 404 page when there is no such thing."""
+    if batch_id is not None:
+        batch = bootstrap.get_batch(session=session, batch_id=batch_id)
+        runs = list(batch.runs) if batch is not None else []
+    else:
+        run = bootstrap.get_run(session=session, run_id=run_id)
+        runs = [run] if run is not None else []
+    if not runs:
+        raise PageError(404, f"no bootstrap {'batch' if batch_id else 'run'} {batch_id or run_id}")
+    return runs
 
 
 @router.get("/hosts-in/batches/{batch_id}")
 def batch_page(
     request: Request, who: VisitorDep, session: SessionDep, batch_id: IdPath
 ) -> Response:
-    runs = batch_runs(session, batch_id)
-    shown = progress(runs, f"/hosts-in/batches/{batch_id}/progress")
-    return page(request, "hosts_in_batch.html", who, title="Bootstrap batch", **shown)
+    return watch(request, who, runs_of(session, batch_id=batch_id), "Bootstrap batch")
 
 
 @router.get("/hosts-in/batches/{batch_id}/progress")
 def batch_progress(
-    request: Request, who: VisitorDep, session: SessionDep, batch_id: str
+    request: Request, who: VisitorDep, session: SessionDep, batch_id: IdPath
 ) -> Response:
-    shown = progress(batch_runs(session, batch_id), request.url.path)
-    return page(request, "hosts_in_progress.html", who, **shown)
+    return watch(request, who, runs_of(session, batch_id=batch_id), None)
 
 
 @router.get("/hosts-in/runs/{run_id}")
 def run_page(request: Request, who: VisitorDep, session: SessionDep, run_id: IdPath) -> Response:
-    runs = one_run(session, run_id)
-    shown = progress(runs, f"/hosts-in/runs/{run_id}/progress")
-    title = f"{runs[0].kind.capitalize()} of {runs[0].host_name}"
-    return page(request, "hosts_in_batch.html", who, title=title, **shown)
+    runs = runs_of(session, run_id=run_id)
+    return watch(request, who, runs, f"{runs[0].kind.capitalize()} of {runs[0].host_name}")
 
 
 @router.get("/hosts-in/runs/{run_id}/progress")
 def run_progress(
     request: Request, who: VisitorDep, session: SessionDep, run_id: IdPath
 ) -> Response:
-    shown = progress(one_run(session, run_id), request.url.path)
-    return page(request, "hosts_in_progress.html", who, **shown)
+    return watch(request, who, runs_of(session, run_id=run_id), None)

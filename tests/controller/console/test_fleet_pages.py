@@ -125,6 +125,14 @@ def fleet(sessions: sessionmaker[Session]) -> dict[str, str]:
     return jobs
 
 
+def view(browser: Browser, path: str, **params: str) -> Node:
+    """The page as a viewer sees it."""
+    client, _ = browser("viewer")
+    got = client.get(path, params=params)
+    assert got.status_code == 200, got.text[:300]
+    return parse(got.text)
+
+
 def matrix(page: Node) -> dict[tuple[str, str], tuple[str, str]]:
     """(host, program) -> (the cell's text, its title)."""
     table = page.one("table", id="matrix")
@@ -139,10 +147,7 @@ def matrix(page: Node) -> dict[tuple[str, str], tuple[str, str]]:
 def test_the_fleet_shows_each_state_counts_and_the_matrix(
     browser: Browser, fleet: dict[str, str]
 ) -> None:
-    client, _ = browser("viewer")
-    got = client.get("/fleet")
-    assert got.status_code == 200
-    page = parse(got.text)
+    page = view(browser, "/fleet")
     counts = {s.attrs["data-state"]: s.text for s in page.all("span") if "data-state" in s.attrs}
     assert counts == {"online": "1 online", "offline": "1 offline", "never_seen": "2 never seen"}
     hosts = page.one("table", id="hosts")
@@ -229,10 +234,7 @@ def test_a_bad_selector_is_named_next_to_the_filter(
 def test_a_host_page_shows_what_the_api_shows_and_its_jobs(
     browser: Browser, fleet: dict[str, str]
 ) -> None:
-    client, _ = browser("viewer")
-    got = client.get("/hosts/web-2")
-    assert got.status_code == 200
-    page = parse(got.text)
+    page = view(browser, "/hosts/web-2")
     assert page.one(id="host-state").text == "offline"
     assert page.one(id="ssh").text == "deploy@web-2.test:2222"
     key = page.one(id="host-key").text
@@ -248,7 +250,7 @@ def test_a_host_page_shows_what_the_api_shows_and_its_jobs(
     assert jobs.one("a").attrs["href"] == f"/jobs/{fleet['web-2']}"
     assert not page.has("form", action="/hosts-in/uninstall"), "a viewer gets no controls"
 
-    never = parse(client.get("/hosts/db-1").text)
+    never = view(browser, "/hosts/db-1")
     assert "Not reported yet" in never.text and never.one(id="host-key").text == "from known_hosts"
     assert "No job has run here yet." in never.text
 
