@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from markupsafe import Markup
 
 from controller.api.deps import SessionDep, SettingsDep
 from controller.api.resources import HostDep
 from controller.bootstrap import service as bootstrap
 from controller.console.web import VisitorDep, page
+from controller.db import utcnow
 from controller.errors import InvalidRequest
 from controller.hosts import service as hosts
-from controller.hosts.models import Host, HostPublic, HostState
+from controller.hosts.models import Host, HostState
 from controller.jobs import service as jobs
 from node_agent.programs import catalog
 
@@ -49,7 +55,7 @@ def support(host: Host, program: str) -> Cell:
         return Cell("not probed", "no heartbeat with a capability probe yet", False)
     reason = jobs.unsupported_reason(host, program)
     if reason is None:
-        return Cell("yes", f"{host.name} can run {program}", True)
+        return Cell("yes", f"can run {program}", True)
     return Cell(short_reason(reason, program), reason, False)
 
 
@@ -62,9 +68,48 @@ def parse_selector(raw: str) -> tuple[dict[str, str], str | None]:
         return {}, exc.message
 
 
-def kernel(public: HostPublic) -> str:
-    caps = public.capabilities or {}
+def kernel(caps: dict[str, Any] | None) -> str:
+    caps = caps or {}
     return f"{caps.get('kernel_release') or '—'} {caps.get('arch') or ''}".strip()
+
+
+def probe_key(caps: dict[str, Any] | None) -> str:
+    """What a host's matrix row depends on: hosts with the same probe share one row."""
+    if not caps:
+        return ""
+    return json.dumps([caps.get("programs"), caps.get("features")], sort_keys=True, default=str)
+
+
+CELL = Markup('<td data-program="{}" class="{}" title="{}">{}</td>')
+
+
+def matrix_cells(found: Sequence[Host], programs: Sequence[str]) -> list[Markup]:
+    """Each host's matrix cells, escaped, worked out once per distinct probe: a fleet is a few
+    kinds of machine, and 1,000 hosts x 10 programs is too many cells to template one by one."""
+    made: dict[str, Markup] = {}
+    rows = []
+    for host in found:
+        key = probe_key(host.capabilities)
+        if key not in made:
+            cells = ((p, support(host, p)) for p in programs)
+            made[key] = Markup("").join(
+                CELL.format(p, "can" if c.ok else "cannot", c.why, c.word) for p, c in cells
+            )
+        rows.append(made[key])
+    return rows
+
+
+@dataclass(frozen=True)
+class Row:
+    host: Host
+    state: HostState
+    kernel: str
+    cells: Markup
+
+    @property
+    def href(self) -> str:
+        # quote(), not Jinja's urlencode filter: a tenth of the cost on a 1,000-row page.
+        return "/hosts/" + quote(self.host.name, safe="")
 
 
 @router.get("/fleet")
@@ -77,14 +122,23 @@ def fleet(
 ) -> Response:
     chosen, error = parse_selector(selector)
     found = hosts.list_hosts(session=session, selector=chosen)
-    rows = [(hosts.to_public(h, timeout_s=settings.heartbeat_timeout_s), h) for h in found]
     programs = list(catalog())
-    counts = Counter(public.state for public, _ in rows)
+    now = utcnow()
+    rows = [
+        Row(
+            h,
+            hosts.state(h, timeout_s=settings.heartbeat_timeout_s, now=now),
+            kernel(h.capabilities),
+            cells,
+        )
+        for h, cells in zip(found, matrix_cells(found, programs), strict=True)
+    ]
+    counts = Counter(row.state for row in rows)
     return page(
         request,
         "fleet.html",
         who,
-        rows=[(public, kernel(public), [support(h, p) for p in programs]) for public, h in rows],
+        rows=rows,
         programs=programs,
         counts=[(state, counts[state]) for state in STATES],
         selector=selector,
@@ -104,8 +158,9 @@ def host_page(
         "host.html",
         who,
         host=public,
-        kernel=kernel(public),
-        cells=[(p, support(host, p)) for p in catalog()],
+        kernel=kernel(host.capabilities),
+        programs=list(catalog()),
+        cells=matrix_cells([host], list(catalog()))[0],
         jobs=runs,
         jobs_total=total,
         bootstrap=bootstrap.latest_run(session=session, host_name=host.name),
