@@ -23,6 +23,7 @@ from controller.bootstrap.models import (
     RunState,
 )
 from controller.bootstrap.routes import QueueDep
+from controller.console import format as fmt
 from controller.console.sessions import Visitor
 from controller.console.web import AdminDep, FormDep, PageError, VisitorDep, page, redirect
 from controller.errors import ControllerError, InvalidRequest
@@ -201,7 +202,9 @@ def uninstall_host(desk: DeskDep, queue: QueueDep) -> Response:
     return redirect(f"/hosts-in/runs/{run.id}")
 
 
-def watch(request: Request, who: Visitor, runs: list[BootstrapRun], title: str | None) -> Response:
+def watch(
+    request: Request, who: Visitor, runs: list[BootstrapRun], title: str | None, about: str = ""
+) -> Response:
     """The progress page (with a title), or the fragment its script polls at `<page>/progress`
     until it says final."""
     context: dict[str, Any] = {
@@ -215,7 +218,9 @@ def watch(request: Request, who: Visitor, runs: list[BootstrapRun], title: str |
             request, "hosts_in_progress.html", who, progress_url=request.url.path, **context
         )
     url = f"{request.url.path}/progress"
-    return page(request, "hosts_in_batch.html", who, title=title, progress_url=url, **context)
+    return page(
+        request, "hosts_in_batch.html", who, title=title, about=about, progress_url=url, **context
+    )
 
 
 def runs_of(
@@ -237,7 +242,15 @@ def runs_of(
 def batch_page(
     request: Request, who: VisitorDep, session: SessionDep, batch_id: IdPath
 ) -> Response:
-    return watch(request, who, runs_of(session, batch_id=batch_id), "Bootstrap batch")
+    runs = runs_of(session, batch_id=batch_id)
+    batch = runs[0].batch
+    assert batch is not None
+    stop = f", none started after {batch.max_failures} failed" if batch.max_failures else ""
+    about = (
+        f"{len(runs)} hosts, {batch.parallel} at once{stop}; started by"
+        f" {batch.created_by or 'unknown'} at {fmt.utc(batch.created_at)}"
+    )
+    return watch(request, who, runs, "Bootstrap batch", about)
 
 
 @router.get("/hosts-in/batches/{batch_id}/progress")
@@ -249,8 +262,9 @@ def batch_progress(
 
 @router.get("/hosts-in/runs/{run_id}")
 def run_page(request: Request, who: VisitorDep, session: SessionDep, run_id: IdPath) -> Response:
-    runs = runs_of(session, run_id=run_id)
-    return watch(request, who, runs, f"{runs[0].kind.capitalize()} of {runs[0].host_name}")
+    run = runs_of(session, run_id=run_id)[0]
+    about = f"started by {run.created_by or 'unknown'} at {fmt.utc(run.created_at)}"
+    return watch(request, who, [run], f"{run.kind.capitalize()} of {run.host_name}", about)
 
 
 @router.get("/hosts-in/runs/{run_id}/progress")

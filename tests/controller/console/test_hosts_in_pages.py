@@ -265,6 +265,7 @@ def test_bootstrapping_a_selection_makes_a_batch_whose_page_shows_each_step(
     assert section.attrs["data-final"] == "false"
     assert section.attrs["data-progress"] == f"/hosts-in/batches/{batch_id}/progress"
     assert shown.has("script", src="/static/bootstrap.js")
+    assert shown.one(id="about").text.startswith("2 hosts, 2 at once; started by test-admin at")
     steps = step_names(RunKind.bootstrap)
     pending = dict.fromkeys(steps, "pending")
     assert progress_of(shown) == {"boot-1": ("pending", pending), "boot-2": ("pending", pending)}
@@ -359,6 +360,7 @@ def test_a_host_already_bootstrapping_is_refused_and_uninstall_has_a_live_page(
     assert found, done.headers["location"]
     shown = parse(client.get(done.headers["location"]).text)
     assert shown.one("h1").text == "Uninstall of busy-1"
+    assert shown.one(id="about").text.startswith("started by test-admin at")
     steps = progress_of(shown)["busy-1"][1]
     assert list(steps) == step_names(RunKind.uninstall)
     assert shown.one(id="progress").attrs["data-progress"] == (
