@@ -147,7 +147,8 @@ def add_host(desk: DeskDep, identities: IdentitiesDep) -> Response:
             )
         except ControllerError as exc:
             desk.session.rollback()
-            errors, status = {exc.field or "name": exc.message}, exc.status
+            # No field (Redis away after the host was saved): said above the form.
+            errors, status = {exc.field or "": exc.message}, exc.status
         else:
             # The identity's secret is shown here once: this page is the answer, not a redirect.
             return page(

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
+from controller.bootstrap.models import BootstrapRun, BootstrapStep
 from controller.db import session_scope, utcnow
 from controller.hosts import service as hosts_service
 from controller.hosts.models import Host, HostCreate
@@ -291,8 +292,22 @@ def test_what_hosts_say_about_themselves_is_shown_as_text(
         host.agent_version = HOSTILE
         host.host_key_rejected = {"fingerprint": HOSTILE, "at": utcnow().isoformat()}
         add_job(session, "hostile-2")
+        run_id = str(uuid.uuid4())
+        session.add(
+            BootstrapRun(
+                id=run_id,
+                host_name="hostile-2",
+                kind="bootstrap",
+                state="failed",
+                error=HOSTILE,
+                created_at=utcnow(),
+                steps=[
+                    BootstrapStep(position=0, name="preflight", status="failed", output=HOSTILE)
+                ],
+            )
+        )
     client, _ = browser("viewer")
-    for path in ("/fleet", "/hosts/hostile-2"):
+    for path in ("/fleet", "/hosts/hostile-2", "/hosts-in", f"/hosts-in/runs/{run_id}"):
         got = client.get(path)
         assert got.status_code == 200, path
         assert "<script>alert(1)" not in got.text and "<img src=x" not in got.text, path

@@ -22,6 +22,7 @@ from controller.bootstrap.models import BootstrapRun, RunKind
 from controller.bootstrap.runner import Executor, step_names
 from controller.db import session_scope, utcnow
 from controller.hosts import service as hosts_service
+from controller.hosts.identity import Identities
 from controller.hosts.models import Host, HostCreate
 from controller.settings import Settings
 from tests.controller.bootstrap_fakes import FakeArtifacts, FakeHost, connector
@@ -165,6 +166,23 @@ def test_each_add_host_error_is_shown_next_to_its_field_with_the_values_kept(
         )
         assert api.status_code == status
         assert message in api.text
+
+
+def test_redis_away_when_adding_a_host_is_said_above_the_form(
+    app: FastAPI, browser: Browser, sessions: sessionmaker[Session]
+) -> None:
+    client, csrf = browser("admin")
+    kept = app.state.identities
+    app.state.identities = Identities("redis://127.0.0.1:1/0", "redis://127.0.0.1:1/0")
+    try:
+        got = client.post("/hosts-in/hosts", data={"csrf": csrf, **add_form(name="unlucky-1")})
+    finally:
+        app.state.identities = kept
+    assert got.status_code == 503
+    page = parse(got.text)
+    assert "Redis unavailable for unlucky-1's identity" in page.one(id="add-host-error").text
+    assert not field_errors(page)
+    assert page.one("input", name="name").attrs["value"] == "unlucky-1"
 
 
 def test_a_viewer_and_an_operator_get_no_controls_and_their_posts_are_refused(
