@@ -7,6 +7,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
@@ -99,6 +100,14 @@ def matrix_cells(found: Sequence[Host], programs: Sequence[str]) -> list[Markup]
     return rows
 
 
+def probed_at(caps: dict[str, Any] | None) -> datetime | None:
+    """When the agent last probed (epoch seconds in the probe); None if unknown or garbled."""
+    try:
+        return datetime.fromtimestamp(float((caps or {})["probed_at"]), timezone.utc)
+    except (KeyError, TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
 @dataclass(frozen=True)
 class Row:
     host: Host
@@ -159,6 +168,7 @@ def host_page(
         who,
         host=public,
         kernel=kernel(host.capabilities),
+        probed_at=probed_at(host.capabilities),
         programs=list(catalog()),
         cells=matrix_cells([host], list(catalog()))[0],
         jobs=runs,

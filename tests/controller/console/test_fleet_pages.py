@@ -241,6 +241,7 @@ def test_a_host_page_shows_what_the_api_shows_and_its_jobs(
     key = page.one(id="host-key").text
     assert f"REJECTED {OFFERED}" in key and f"pinned: {FINGERPRINT}" in key
     assert "fleet/web-2" in page.text and "5.10.0-26-amd64 x86_64" in page.text
+    assert page.one(id="probed").attrs["title"].endswith("UTC")
     perf = page.one("tr", data_feature="perf_events").text
     assert "no" in perf and "perf_events probe refused" in perf
     cells = matrix(page)
