@@ -39,7 +39,9 @@ ADD_FIELDS = ("name", "address", "labels", "ssh_user", "ssh_port", "host_key_fin
 BOOT_FIELD = {"hosts": "host", "selector": "host", "address": "host"}
 
 
-def errors_of(exc: ValidationError, rename: Mapping[str, str] | None = None) -> dict[str, str]:
+def validation_errors(
+    exc: ValidationError, rename: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """Pydantic's errors by their top-level field (first message per field)."""
     found: dict[str, str] = {}
     for error in exc.errors():
@@ -67,7 +69,7 @@ def host_in_of(values: Mapping[str, str]) -> tuple[HostCreate | None, dict[str, 
     try:
         return HostCreate.model_validate(body), {}
     except ValidationError as exc:
-        return None, errors_of(exc)
+        return None, validation_errors(exc)
 
 
 def hosts_in_page(
@@ -178,7 +180,7 @@ def bootstrap_hosts(desk: DeskDep, queue: QueueDep) -> Response:
             created_by=desk.who.name,
         )
     except ValidationError as exc:
-        return desk.again(422, chosen=names, boot_errors=errors_of(exc, rename=BOOT_FIELD))
+        return desk.again(422, chosen=names, boot_errors=validation_errors(exc, rename=BOOT_FIELD))
     except ControllerError as exc:
         desk.session.rollback()
         field = BOOT_FIELD.get(exc.field or "", exc.field or "host")
