@@ -7,7 +7,7 @@ import uuid
 from datetime import timedelta
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from controller.bootstrap.models import (
@@ -53,6 +53,33 @@ def latest_run(*, session: Session, host_name: str) -> BootstrapRun | None:
         .order_by(BootstrapRun.created_at.desc(), BootstrapRun.id)
         .limit(1)
     )
+
+
+def latest_runs(*, session: Session) -> dict[str, BootstrapRun]:
+    """Every host's latest run, by host name, in one query (a page of 1,000 hosts)."""
+    newest = (
+        select(BootstrapRun.host_name, func.max(BootstrapRun.created_at).label("at"))
+        .group_by(BootstrapRun.host_name)
+        .subquery()
+    )
+    runs = session.scalars(
+        select(BootstrapRun)
+        .join(
+            newest,
+            (BootstrapRun.host_name == newest.c.host_name)
+            & (BootstrapRun.created_at == newest.c.at),
+        )
+        .order_by(BootstrapRun.id)
+    )
+    return {run.host_name: run for run in runs}
+
+
+def get_run(*, session: Session, run_id: str) -> BootstrapRun | None:
+    return session.get(BootstrapRun, run_id)
+
+
+def get_batch(*, session: Session, batch_id: str) -> BootstrapBatch | None:
+    return session.get(BootstrapBatch, batch_id)
 
 
 def active_run(*, session: Session, host_name: str) -> BootstrapRun | None:

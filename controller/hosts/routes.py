@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
@@ -18,12 +17,9 @@ from controller.api.deps import (
 )
 from controller.api.resources import HostDep
 from controller.api.responses import AUTHENTICATED, DELETED, errors
-from controller.errors import InvalidRequest
 from controller.hosts import service
 from controller.hosts.identity import Credential
 from controller.hosts.models import (
-    LABEL_KEY_PATTERN,
-    LABEL_VALUE_PATTERN,
     MAX_LABELS,
     HostCreate,
     HostCreated,
@@ -34,22 +30,6 @@ from controller.hosts.models import (
 )
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"], responses=AUTHENTICATED)
-
-
-_KEY = re.compile(LABEL_KEY_PATTERN)
-_VALUE = re.compile(LABEL_VALUE_PATTERN)
-
-
-def _selector(raw: list[str]) -> dict[str, str]:
-    selector: dict[str, str] = {}
-    for item in raw:
-        key, sep, value = item.partition("=")
-        if not sep or not _KEY.match(key) or not _VALUE.match(value):
-            raise InvalidRequest(
-                f"bad {item!r}, want k=v with a label key and value", loc=("query", "selector")
-            )
-        selector[key] = value
-    return selector
 
 
 @router.get("", operation_id="list_hosts")
@@ -63,7 +43,7 @@ def list_hosts(
     ] = None,
 ) -> HostsPublic:
     """List hosts with their state, labels and capabilities."""
-    hosts = service.list_hosts(session=session, selector=_selector(selector or []))
+    hosts = service.list_hosts(session=session, selector=service.parse_selector(selector or []))
     data = [service.to_public(h, timeout_s=settings.heartbeat_timeout_s) for h in hosts]
     return HostsPublic(data=data, count=len(data))
 
@@ -79,11 +59,7 @@ def create_host(
     _: Admin,
 ) -> HostCreated:
     """Register a host by name, address and labels; its Redis identity is shown once."""
-    host = service.create(session=session, host_in=host_in)
-    credential = service.issue_identity(host=host, identities=identities)
-    session.commit()
-    identities.hosts_changed()
-    identities.apply(host.name, host.agent_secret_sha256 or "")
+    host, credential = service.register(session=session, identities=identities, host_in=host_in)
     public = service.to_public(host, timeout_s=settings.heartbeat_timeout_s)
     return HostCreated(**public.model_dump(), join=_join(credential))
 

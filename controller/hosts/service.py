@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.db import utcnow
-from controller.errors import Conflict
+from controller.errors import Conflict, InvalidRequest
 from controller.hosts.identity import Credential, Identities
 from controller.hosts.models import (
+    LABEL_KEY_PATTERN,
+    LABEL_VALUE_PATTERN,
     Host,
     HostCreate,
     HostKeyRejection,
@@ -20,6 +23,22 @@ from controller.hosts.models import (
     HostUpdate,
 )
 from node_agent.protocol import Heartbeat
+
+_KEY = re.compile(LABEL_KEY_PATTERN)
+_VALUE = re.compile(LABEL_VALUE_PATTERN)
+
+
+def parse_selector(items: Iterable[str]) -> dict[str, str]:
+    """['k=v', ...] -> {k: v}; a bad item is a 422 naming the query's `selector`."""
+    selector: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not _KEY.match(key) or not _VALUE.match(value):
+            raise InvalidRequest(
+                f"bad {item!r}, want k=v with a label key and value", loc=("query", "selector")
+            )
+        selector[key] = value
+    return selector
 
 
 def get(*, session: Session, name: str) -> Host | None:
@@ -104,6 +123,18 @@ def issue_identity(*, host: Host, identities: Identities) -> Credential:
     """A new Redis secret for the host (the caller commits, then `identities.apply`)."""
     host.agent_secret_sha256, credential = identities.new_secret(host.name)
     return credential
+
+
+def register(
+    *, session: Session, identities: Identities, host_in: HostCreate
+) -> tuple[Host, Credential]:
+    """create() with the host's first Redis identity, committed and applied (API and console)."""
+    host = create(session=session, host_in=host_in)
+    credential = issue_identity(host=host, identities=identities)
+    session.commit()
+    identities.hosts_changed()
+    identities.apply(host.name, host.agent_secret_sha256 or "")
+    return host, credential
 
 
 def record_heartbeat(*, session: Session, beat: Heartbeat) -> Host | None:

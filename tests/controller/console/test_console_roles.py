@@ -26,6 +26,15 @@ PAGES: dict[tuple[str, str], tuple[str, str]] = {
     ("GET", "/jobs"): ("viewer", "/jobs"),
     ("GET", "/jobs/new"): ("operator", "/jobs/new"),
     ("POST", "/jobs/new"): ("operator", "/jobs/new"),
+    ("GET", "/hosts/{name}"): ("viewer", "/hosts/web-1"),
+    ("GET", "/hosts-in"): ("viewer", "/hosts-in"),
+    ("POST", "/hosts-in/hosts"): ("admin", "/hosts-in/hosts"),
+    ("POST", "/hosts-in/bootstrap"): ("admin", "/hosts-in/bootstrap"),
+    ("POST", "/hosts-in/uninstall"): ("admin", "/hosts-in/uninstall"),
+    ("GET", "/hosts-in/batches/{batch_id}"): ("viewer", "/hosts-in/batches/b-1"),
+    ("GET", "/hosts-in/batches/{batch_id}/progress"): ("viewer", "/hosts-in/batches/b-1/progress"),
+    ("GET", "/hosts-in/runs/{run_id}"): ("viewer", "/hosts-in/runs/r-1"),
+    ("GET", "/hosts-in/runs/{run_id}/progress"): ("viewer", "/hosts-in/runs/r-1/progress"),
 }
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
 
