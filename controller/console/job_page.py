@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import uuid
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -33,9 +33,9 @@ from controller.reports.routes import Later, ReportFormat, report_as
 log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 
-# The differential flame graph's host, as the API's report takes it.
-DiffHost = Query(default=None, pattern=NAME_PATTERN, max_length=128)
-JobQuery = Query(default="", max_length=64)
+# The differential flame graph's host (and the folded download's), as the API's report takes it.
+DiffHost = Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=128)]
+JobQuery = Annotated[str, Query(max_length=64)]
 
 
 class Download(str, Enum):
@@ -82,8 +82,8 @@ def compare(
     who: VisitorDep,
     session: SessionDep,
     later: Later,
-    a: str = JobQuery,
-    b: str = JobQuery,
+    a: JobQuery = "",
+    b: JobQuery = "",
 ) -> Response:
     if not a or not b:
         return page(request, "compare.html", who, a=a, b=b, found=None, human=human)
@@ -102,7 +102,7 @@ def job_page(
     session: SessionDep,
     later: Later,
     job_id: uuid.UUID,
-    host: str | None = DiffHost,
+    host: DiffHost = None,
 ) -> Response:
     after = _last_event(session, str(job_id))
     job = find_job(session=session, job_id=str(job_id))
@@ -119,7 +119,7 @@ def job_report(
     session: SessionDep,
     later: Later,
     job_id: uuid.UUID,
-    host: str | None = DiffHost,
+    host: DiffHost = None,
 ) -> Response:
     """The report as a fragment (section#report), for the job page to insert when it ends."""
     job = find_job(session=session, job_id=str(job_id))
@@ -135,7 +135,7 @@ def download(
     later: Later,
     job_id: uuid.UUID,
     kind: Download,
-    host: str | None = DiffHost,
+    host: DiffHost = None,
 ) -> Response:
     job = find_job(session=session, job_id=str(job_id))
     answer = report_as(ReportFormat(kind.value), session=session, job=job, later=later, host=host)
