@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,10 +14,9 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from node_agent.protocol import Log2Histogram, Result
 from tests.controller.conftest import Feeder, Tokens
-from tests.controller.support import counters, free_port, register_host, state, submit, wait_for
-from tests.controller.test_reports import _snap
+from tests.controller.support import free_port, state, wait_for
+from tests.controller.test_reports import _fleet_fed, _fleet_submitted
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -64,16 +62,7 @@ def _text(driver: Any, css: str) -> str:
 def test_the_page_follows_the_job_and_shows_its_report_without_reloading(
     served: str, chrome: Any, client: TestClient, tokens: Tokens, feeder: Feeder
 ) -> None:
-    names = [f"live{uuid.uuid4().hex[:6]}-{i}" for i in range(5)]
-    for name in names:
-        register_host(client, tokens.headers("admin"), name)
-    job = submit(
-        client,
-        tokens.headers("operator"),
-        targets={"hosts": names},
-        program="runqlat",
-        duration_s=2,
-    )
+    job, names = _fleet_submitted(client, tokens)
     runs = {r["host"]: r["id"] for r in job["runs"]}
 
     chrome.get(f"{served}/signin?next=/jobs/{job['id']}")
@@ -87,24 +76,15 @@ def test_the_page_follows_the_job_and_shows_its_report_without_reloading(
     row = f'tr[data-host="{first}"]'
     wait_for(lambda: _text(chrome, f"{row} td.state") == "running", 20, "running, live", 0.1)
     assert _text(chrome, "#job-state") == "running"
-    for i, name in enumerate(names):
-        results: list[Result] = [
-            Log2Histogram(name="runqlat", unit="usec", buckets=[(12 if i == 4 else 8, 100)]),
-            counters("opens", {"/etc/hosts": 20}),
-        ]
-        feeder(
-            name,
-            state(runs[name], "running"),
-            _snap(runs[name], 0, 10.0, 11.0, []),
-            _snap(runs[name], 1, 11.0, 12.0, results),
-            state(runs[name], "succeeded"),
-            job_id=job["id"],
-        )
+    _fleet_fed(feeder, job, names, hot=5000)
 
-    wait_for(lambda: _text(chrome, "#job-state") == "succeeded", 30, "the job's end, live", 0.1)
+    wait_for(lambda: _text(chrome, "#job-state") == "partial", 30, "the job's end, live", 0.1)
     states = {n: _text(chrome, f'tr[data-host="{n}"] td.state') for n in names}
-    assert set(states.values()) == {"succeeded"}, states
-    assert {_text(chrome, f'tr[data-host="{n}"] td.snapshots') for n in names} == {"2"}
+    assert states == {**dict.fromkeys(names[:5], "succeeded"), names[5]: "failed"}, states
+    snapshots = [_text(chrome, f'tr[data-host="{n}"] td.snapshots') for n in names]
+    assert snapshots == ["2"] * 5 + ["0"]
+    assert "compile error: no such map" in _text(chrome, f'tr[data-host="{names[5]}"] td.why')
+    assert not chrome.find_elements(By.ID, "report-pending")
     wait_for(
         lambda: bool(chrome.find_elements(By.CSS_SELECTOR, "section#report ul#outliers li")),
         30,
