@@ -110,10 +110,17 @@ def _runs(job: dict[str, Any]) -> dict[str, str]:
 def test_the_page_shows_every_run_state_and_why(
     client: TestClient, tokens: Tokens, feeder: Feeder, browser: Browser
 ) -> None:
-    names = _hosts(client, tokens, 5)
+    names = _hosts(client, tokens, 8)
     job = submit(client, tokens.headers("operator"), targets={"hosts": names}, duration_s=30)
     runs = _runs(job)
-    pending, running, done, failed, timed = names
+    pending, running, done, failed, timed, unsupported, cancelled, expired = names
+    feeder(
+        unsupported,
+        state(runs[unsupported], "unsupported", "needs perf_events: <not here>"),
+        job_id=job["id"],
+    )
+    feeder(cancelled, state(runs[cancelled], "cancelled", "cancelled by agent"), job_id=job["id"])
+    feeder(expired, state(runs[expired], "expired", "never started"), job_id=job["id"])
     feeder(running, state(runs[running], "running"), job_id=job["id"])
     feeder(
         done,
@@ -137,7 +144,11 @@ def test_the_page_shows_every_run_state_and_why(
         done: "succeeded",
         failed: "failed",
         timed: "timed_out",
+        unsupported: "unsupported",
+        cancelled: "cancelled",
+        expired: "expired",
     }
+    assert {state.value for state in RunState} == set(states_on(page.text).values())
     tree = parse(page.text)
     assert tree.one("span", id="job-state").text() == "running"
     done_row = tree.one("tr", **{"data-host": done})
@@ -148,6 +159,8 @@ def test_the_page_shows_every_run_state_and_why(
     # The text is there as text: never as markup.
     assert HOSTILE not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
     assert "<b>" not in page.text
+    unsupported_why = tree.one("tr", **{"data-host": unsupported}).one("td", class_="why")
+    assert unsupported_why.text().strip() == "needs perf_events: <not here>"
     assert not tree.all("section", id="report")  # not final: the page waits for it
     summary = tree.one("table", class_="summary").text()
     assert "syscalls" in summary and "30 s" in summary and "test-operator" in summary
