@@ -13,7 +13,10 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
 
+from controller.auth import service as auth_service
+from controller.jobs.streams import StreamSlots
 from node_agent.protocol import ErrorCode, RunState, StateChange, TraceError
 from tests.controller.conftest import Feeder, RecordingDispatcher, Tokens
 from tests.controller.support import counters, register_host, snapshot, stacks, state, submit
@@ -405,3 +408,31 @@ def test_compare_bounds_its_ids(browser: Browser, query: str) -> None:
     viewer, _ = browser("viewer")
     got = viewer.get(f"/jobs/compare?{query}")
     assert got.status_code == 422 and got.headers["content-type"].startswith("text/html")
+
+
+def test_a_sessions_streams_count_against_its_tokens_cap(
+    app: FastAPI,
+    client: TestClient,
+    tokens: Tokens,
+    browser: Browser,
+    sessions: sessionmaker[Session],
+) -> None:
+    """The console's streams and the API's share one cap per token: a browser cannot open more."""
+    job = submit(client, tokens.headers("operator"), targets={"hosts": _hosts(client, tokens, 1)})
+    viewer, _ = browser("viewer")
+    with sessions() as session:
+        token = auth_service.authenticate(session=session, raw=tokens.token("viewer"))
+        assert token is not None
+        token_id = token.id
+    slots: StreamSlots = app.state.stream_slots
+    taken = 0
+    try:
+        while slots.acquire(token_id):  # as if the API held them all
+            taken += 1
+        refused = viewer.get(f"/jobs/{job['id']}/events")
+        assert refused.status_code == 429 and "event streams open" in refused.text
+        assert refused.headers["content-type"].startswith("text/html")
+    finally:
+        for _ in range(taken):
+            slots.release(token_id)
+    assert slots.open(token_id) == 0
