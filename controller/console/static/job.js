@@ -69,6 +69,7 @@
     function jobIs(state) {
       setState(jobState, state);
       if (FINAL_JOB.has(state)) {
+        document.getElementById("job-finished").textContent = utc(new Date());
         const cancel = document.getElementById("cancel");
         if (cancel) cancel.remove();
         showReport();

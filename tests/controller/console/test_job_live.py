@@ -85,6 +85,7 @@ def test_the_page_follows_the_job_and_shows_its_report_without_reloading(
     assert snapshots == ["2"] * 5 + ["0"]
     assert "compile error: no such map" in _text(chrome, f'tr[data-host="{names[5]}"] td.why')
     assert not chrome.find_elements(By.ID, "report-pending")
+    assert _text(chrome, "#job-finished").endswith(" UTC")
     wait_for(
         lambda: bool(chrome.find_elements(By.CSS_SELECTOR, "section#report ul#outliers li")),
         30,
