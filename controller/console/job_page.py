@@ -39,7 +39,7 @@ JobQuery = Annotated[str, Query(max_length=64)]
 
 
 class Download(str, Enum):
-    """The report files a job page offers, by the file name's extension."""
+    """The report files a job page offers."""
 
     html = "html"
     csv = "csv"
@@ -47,13 +47,14 @@ class Download(str, Enum):
     folded = "folded"
     speedscope = "speedscope"
 
-    @property
-    def filename_ext(self) -> str:
-        return {
-            "openmetrics": "om.txt",
-            "folded": "folded.txt",
-            "speedscope": "speedscope.json",
-        }.get(self.value, self.value)
+
+FILE_EXT = {
+    Download.html: "html",
+    Download.csv: "csv",
+    Download.openmetrics: "om.txt",
+    Download.folded: "folded.txt",
+    Download.speedscope: "speedscope.json",
+}
 
 
 def _last_event(session: Session, job_id: str) -> int:
@@ -95,6 +96,8 @@ def compare(
     return page(request, "compare.html", who, a=a, b=b, found=found, human=human)
 
 
+# Job ids are uuids: a `uuid` path never takes /jobs/new or /jobs/compare for a job's id,
+# whichever order the console's routers are mounted in.
 @router.get("/jobs/{job_id:uuid}")
 def job_page(
     request: Request,
@@ -141,7 +144,7 @@ def download(
     answer = report_as(ReportFormat(kind.value), session=session, job=job, later=later, host=host)
     answer.headers.update(HEADERS)
     answer.headers["Content-Disposition"] = (
-        f'attachment; filename="fleettrace-{job.id}.{kind.filename_ext}"'
+        f'attachment; filename="fleettrace-{job.id}.{FILE_EXT[kind]}"'
     )
     return answer
 
