@@ -66,10 +66,11 @@ def test_the_page_follows_the_job_and_shows_its_report_without_reloading(
     runs = {r["host"]: r["id"] for r in job["runs"]}
 
     chrome.get(f"{served}/signin?next=/jobs/{job['id']}")
-    chrome.find_element(By.NAME, "token").send_keys(tokens.token("viewer"))
+    chrome.find_element(By.NAME, "token").send_keys(tokens.token("operator"))
     chrome.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
     wait_for(lambda: _text(chrome, "#job-state") == "pending", 20, "the job page", 0.1)
     chrome.execute_script("window.sameDocument = true;")  # gone if the page reloads
+    assert chrome.find_elements(By.CSS_SELECTOR, "form#cancel")  # an operator's, while it runs
 
     first = names[0]
     feeder(first, state(runs[first], "running"), job_id=job["id"])
@@ -86,6 +87,7 @@ def test_the_page_follows_the_job_and_shows_its_report_without_reloading(
     assert "compile error: no such map" in _text(chrome, f'tr[data-host="{names[5]}"] td.why')
     assert not chrome.find_elements(By.ID, "report-pending")
     assert _text(chrome, "#job-finished").endswith(" UTC")
+    assert not chrome.find_elements(By.CSS_SELECTOR, "form#cancel")  # nothing left to cancel
     wait_for(
         lambda: bool(chrome.find_elements(By.CSS_SELECTOR, "section#report ul#outliers li")),
         30,
