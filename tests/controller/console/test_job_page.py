@@ -234,7 +234,7 @@ def test_operator_cancels_viewer_cannot(
     runs = _runs(job)
     viewer, viewer_csrf = browser("viewer")
     seen = parse(viewer.get(f"/jobs/{job['id']}").text)
-    assert not seen.all("form", id="cancel")
+    assert not seen.all("form", id="cancel") and not seen.all("a", id="run-again")
     refused = viewer.post(
         f"/jobs/{job['id']}/cancel", data={"csrf": viewer_csrf}, follow_redirects=False
     )
@@ -245,7 +245,9 @@ def test_operator_cancels_viewer_cannot(
     )
 
     operator, _ = browser("operator")
-    form = parse(operator.get(f"/jobs/{job['id']}").text).one("form", id="cancel")
+    mine = parse(operator.get(f"/jobs/{job['id']}").text)
+    assert mine.one("a", id="run-again").attrs["href"] == f"/jobs/new?from={job['id']}"
+    form = mine.one("form", id="cancel")
     assert form.attrs["action"] == f"/jobs/{job['id']}/cancel"
     csrf = form.one("input", name="csrf").attrs["value"]
     done = operator.post(form.attrs["action"], data={"csrf": csrf}, follow_redirects=False)
