@@ -164,7 +164,7 @@ def job_events(
 
 
 @router.post("/jobs/{job_id:uuid}/cancel")
-def cancel(
+def cancel_job(
     who: OperatorDep,
     _: FormDep,
     session: SessionDep,
