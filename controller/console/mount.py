@@ -9,12 +9,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
-from controller.console import fleet, hosts, jobs_list, pages
+from controller.console import fleet, hosts, job_page, jobs_list, pages
 from controller.console.web import PageError, SignInNeeded, page, redirect, sign_in_url
 from controller.errors import ControllerError
 
 STATIC = Path(__file__).parent / "static"
-ROUTERS = (pages.router, fleet.router, jobs_list.router, hosts.router)
+# jobs_list before job_page: /jobs/new is not a job id.
+ROUTERS = (pages.router, fleet.router, jobs_list.router, job_page.router, hosts.router)
 
 
 def is_console(request: Request) -> bool:

@@ -10,13 +10,11 @@ from controller.api.params import IdPath, Offset
 from controller.api.resources import JobDep, find_job
 from controller.api.responses import AUTHENTICATED, ModelResponse, errors
 from controller.auth.models import Role
-from controller.errors import TooManyRequests
 from controller.hosts.models import NAME_PATTERN
 from controller.jobs import locks, service
-from controller.jobs.events import EventHub
 from controller.jobs.models import JobCreate, JobPublic, JobResults, JobsPublic, JobState
 from controller.jobs.results import job_results
-from controller.jobs.streams import EventStreamResponse, StreamSlots
+from controller.jobs.streams import open_stream
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTHENTICATED)
 
@@ -113,7 +111,7 @@ def get_job_results(session: SessionDep, _: Viewer, job: JobDep) -> Response:
     },
 )
 def job_events(
-    job_id: IdPath, request: Request, session: SessionDep, settings: SettingsDep, token: Viewer
+    job_id: IdPath, request: Request, session: SessionDep, token: Viewer
 ) -> StreamingResponse:
     """Server-Sent Events: state changes and snapshots from the job's start, then live."""
     # Looked up here, not by JobDep: a dependency's step would hold the connection until this
@@ -121,13 +119,4 @@ def job_events(
     token_id = token.id
     find_job(session=session, job_id=job_id)
     session.close()
-    slots: StreamSlots = request.app.state.stream_slots
-    if not slots.acquire(token_id):
-        raise TooManyRequests(
-            f"this token has {settings.sse_streams_per_token} event streams open, the most it may"
-            " (FLEETTRACE_SSE_STREAMS_PER_TOKEN); close one first",
-        )
-    last = request.headers.get("last-event-id", "0")
-    after = int(last) if last.isdigit() and len(last) < 19 else 0
-    hub: EventHub = request.app.state.events
-    return EventStreamResponse(hub.stream(job_id, after), release=lambda: slots.release(token_id))
+    return open_stream(request, job_id=job_id, holder=token_id)

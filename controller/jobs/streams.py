@@ -7,8 +7,12 @@ from collections import Counter
 from collections.abc import AsyncGenerator, Callable
 
 import anyio
+from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
+
+from controller.errors import TooManyRequests
+from controller.jobs.events import EventHub
 
 
 class StreamSlots:
@@ -60,3 +64,21 @@ class EventStreamResponse(StreamingResponse):
             with anyio.CancelScope(shield=True):
                 await self._events.aclose()
             self._release()
+
+
+def open_stream(
+    request: Request, *, job_id: str, holder: int, after: int = 0
+) -> EventStreamResponse:
+    """A job's events for one more stream of `holder` (a token id), from the client's
+    Last-Event-ID (or `after`): the API's and the console's live views alike."""
+    slots: StreamSlots = request.app.state.stream_slots
+    if not slots.acquire(holder):
+        raise TooManyRequests(
+            f"this token has {slots.per_token} event streams open, the most it may"
+            " (FLEETTRACE_SSE_STREAMS_PER_TOKEN); close one first",
+        )
+    last = request.headers.get("last-event-id", "")
+    if last.isdigit() and len(last) < 19:
+        after = int(last)
+    hub: EventHub = request.app.state.events
+    return EventStreamResponse(hub.stream(job_id, after), release=lambda: slots.release(holder))

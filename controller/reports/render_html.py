@@ -200,10 +200,11 @@ def _flame_section(report: JobReport, analysis: Analysis, diff_host: str | None)
     return "".join(parts)
 
 
-def render_html(
+def report_sections(
     report: JobReport, analysis: Analysis, *, top: int = 10, diff_host: str | None = None
-) -> str:
-    title = f"Report: job {report.job_id} ({report.program}, {report.state.value})"
+) -> list[tuple[str, str]]:
+    """The report's body as (kind, HTML) parts, outliers first: the page below, and the
+    console's job page, show the same sections."""
     items = [f"<li>{_e(o.sentence)}</li>" for o in report.outliers] or ["<li>none</li>"]
     sentences = "".join(items[:MAX_SENTENCES])
     if len(items) > MAX_SENTENCES:
@@ -213,15 +214,7 @@ def render_html(
             f"<li><details><summary>{len(items) - MAX_SENTENCES} more</summary>"
             f"<ul>{rest}</ul></details></li>"
         )
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8"/>',
-        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
-        f"<h1>{_e(title)}</h1>",
-        f"<p class='note'>{len(report.hosts)} hosts with data, {len(report.missing)} without "
-        "complete results.</p>",
-        f"<h2>Outliers</h2><ul class='outliers'>{sentences}</ul>",
-    ]
+    parts = [("outliers", f"<h2>Outliers</h2><ul class='outliers' id='outliers'>{sentences}</ul>")]
     if report.missing:
         missing = "".join(
             f"<li>{_e(m.host)}: {_e(m.state.value)}"
@@ -230,28 +223,53 @@ def render_html(
             + "</li>"
             for m in report.missing
         )
-        parts.append(f"<h2>Hosts without complete results</h2><ul class='missing'>{missing}</ul>")
-    for s in analysis.series:
-        parts.append(_histogram_section(report, s))
-    for t in report.fleet.tables:
-        parts.append(_table_section(report, t, top))
-    parts.append(_flame_section(report, analysis, diff_host))
-    if costs := cost_rows(report):
-        parts.append("<h2>What the trace cost each host</h2>")
-        parts.append(_table(COST_HEADER, costs))
-    if report.one_host_keys:
-        parts.append("<h2>Keys seen on one host only</h2>")
         parts.append(
-            _table(
-                ["table", "host", "key", "count"],
-                [
-                    [k.table, k.host, " ".join(f"{f}={v}" for f, v in k.key.items()), k.values[0]]
-                    for k in report.one_host_keys
-                ],
+            (
+                "missing",
+                f"<h2>Hosts without complete results</h2><ul class='missing'>{missing}</ul>",
             )
         )
+    for s in analysis.series:
+        parts.append(("histogram", _histogram_section(report, s)))
+    for t in report.fleet.tables:
+        parts.append(("table", _table_section(report, t, top)))
+    if flame := _flame_section(report, analysis, diff_host):
+        parts.append(("flame", flame))
+    if costs := cost_rows(report):
+        parts.append(
+            ("costs", "<h2>What the trace cost each host</h2>" + _table(COST_HEADER, costs))
+        )
+    if report.one_host_keys:
+        keys = _table(
+            ["table", "host", "key", "count"],
+            [
+                [k.table, k.host, " ".join(f"{f}={v}" for f, v in k.key.items()), k.values[0]]
+                for k in report.one_host_keys
+            ],
+        )
+        parts.append(("one-host-keys", "<h2>Keys seen on one host only</h2>" + keys))
     parts.append(
-        f"<p class='note'>Percentiles: {_e(report.percentile_method)}. "
-        f"Outliers: {_e(report.outlier_method)}.</p></body></html>"
+        (
+            "methods",
+            f"<p class='note'>Percentiles: {_e(report.percentile_method)}. "
+            f"Outliers: {_e(report.outlier_method)}.</p>",
+        )
     )
+    return parts
+
+
+def render_html(
+    report: JobReport, analysis: Analysis, *, top: int = 10, diff_host: str | None = None
+) -> str:
+    title = f"Report: job {report.job_id} ({report.program}, {report.state.value})"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8"/>',
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        f"<p class='note'>{len(report.hosts)} hosts with data, {len(report.missing)} without "
+        "complete results.</p>",
+        *(html for _, html in report_sections(report, analysis, top=top, diff_host=diff_host)),
+        "</body></html>",
+    ]
     return "".join(parts) + "\n"

@@ -84,6 +84,19 @@ def get_job_report(
     Also as Markdown, CSV, a self-contained HTML page, OpenMetrics (histograms), folded stacks
     and speedscope JSON (one sampled profile per host).
     """
+    return report_as(format, session=session, job=job, later=later, top=top, host=host)
+
+
+def report_as(
+    format: ReportFormat,
+    *,
+    session: Session,
+    job: Job,
+    later: store.Later,
+    top: int = service.TOP,
+    host: str | None = None,
+) -> Response:
+    """A job's report in one format (the API's report route and the console's downloads)."""
     if format in (ReportFormat.openmetrics, ReportFormat.folded, ReportFormat.speedscope):
         data = store.report_input(session=session, job=job, later=later)
         return _export(job, data, format, host)

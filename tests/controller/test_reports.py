@@ -51,6 +51,13 @@ def _fleet_job(
     client: TestClient, tokens: Tokens, feeder: Feeder, hot: int
 ) -> tuple[str, list[str]]:
     """Five hosts: four alike, web-4 with slow run-queue waits and `hot` opens of /tmp/hot."""
+    job, names = _fleet_submitted(client, tokens)
+    _fleet_fed(feeder, job, names, hot)
+    return job["id"], names
+
+
+def _fleet_submitted(client: TestClient, tokens: Tokens) -> tuple[dict[str, Any], list[str]]:
+    """_fleet_job's job, submitted: its six hosts have not answered yet."""
     names = [f"web{uuid.uuid4().hex[:6]}-{i}" for i in range(6)]
     for name in names:
         register_host(client, tokens.headers("admin"), name)
@@ -61,6 +68,11 @@ def _fleet_job(
         program="runqlat",
         duration_s=2,
     )
+    return job, names
+
+
+def _fleet_fed(feeder: Feeder, job: dict[str, Any], names: list[str], hot: int) -> None:
+    """What _fleet_job's hosts send: web-5 fails, the others succeed with two snapshots."""
     runs = {r["host"]: r["id"] for r in job["runs"]}
     for i, name in enumerate(names[:5]):
         slot = 12 if i == 4 else 8
@@ -82,7 +94,6 @@ def _fleet_job(
     feeder(
         names[5], state(runs[names[5]], "failed", "compile error: no such map"), job_id=job["id"]
     )
-    return job["id"], names
 
 
 def test_report_json_names_the_odd_host_and_the_missing_one(

@@ -19,6 +19,7 @@ Browser = Callable[[str], tuple[TestClient, str]]
 
 # (method, path) -> (role needed, a concrete path to call). Open routes need no session.
 OPEN = {("GET", "/signin"), ("POST", "/signin")}
+A_JOB = "/jobs/00000000-0000-4000-8000-000000000000"  # no such job: the session and role come first
 PAGES: dict[tuple[str, str], tuple[str, str]] = {
     ("GET", "/"): ("viewer", "/"),
     ("GET", "/fleet"): ("viewer", "/fleet"),
@@ -35,6 +36,12 @@ PAGES: dict[tuple[str, str], tuple[str, str]] = {
     ("GET", "/hosts-in/batches/{batch_id}/progress"): ("viewer", "/hosts-in/batches/b-1/progress"),
     ("GET", "/hosts-in/runs/{run_id}"): ("viewer", "/hosts-in/runs/r-1"),
     ("GET", "/hosts-in/runs/{run_id}/progress"): ("viewer", "/hosts-in/runs/r-1/progress"),
+    ("GET", "/jobs/compare"): ("viewer", "/jobs/compare"),
+    ("GET", "/jobs/{job_id:uuid}"): ("viewer", A_JOB),
+    ("GET", "/jobs/{job_id:uuid}/report"): ("viewer", f"{A_JOB}/report"),
+    ("GET", "/jobs/{job_id:uuid}/download/{kind}"): ("viewer", f"{A_JOB}/download/csv"),
+    ("GET", "/jobs/{job_id:uuid}/events"): ("viewer", f"{A_JOB}/events"),
+    ("POST", "/jobs/{job_id:uuid}/cancel"): ("operator", f"{A_JOB}/cancel"),
 }
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
 
