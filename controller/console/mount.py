@@ -9,12 +9,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
-from controller.console import fleet, pages
+from controller.console import fleet, pages, schedules
 from controller.console.web import PageError, SignInNeeded, page, redirect, sign_in_url
 from controller.errors import ControllerError
 
 STATIC = Path(__file__).parent / "static"
-ROUTERS = (pages.router, fleet.router)
+ROUTERS = (pages.router, fleet.router, schedules.router)
 
 
 def is_console(request: Request) -> bool:

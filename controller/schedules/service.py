@@ -204,6 +204,12 @@ def get(*, session: Session, schedule_id: str) -> Schedule | None:
     return session.get(Schedule, schedule_id)
 
 
+def find(*, session: Session, ref: str) -> Schedule | None:
+    """A schedule by id or, failing that, by name (names are unique)."""
+    found = session.get(Schedule, ref)
+    return found or session.scalar(select(Schedule).where(Schedule.name == ref))
+
+
 def list_schedules(
     *, session: Session, limit: int = 50, offset: int = 0
 ) -> tuple[list[Schedule], int]:

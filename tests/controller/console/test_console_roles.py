@@ -23,6 +23,13 @@ PAGES: dict[tuple[str, str], tuple[str, str]] = {
     ("GET", "/"): ("viewer", "/"),
     ("GET", "/fleet"): ("viewer", "/fleet"),
     ("POST", "/signout"): ("viewer", "/signout"),
+    ("GET", "/schedules"): ("viewer", "/schedules"),
+    ("GET", "/schedules/{ref}"): ("viewer", "/schedules/nightly"),
+    ("GET", "/schedules/{ref}/trend"): ("viewer", "/schedules/nightly/trend?metric=p99:lat"),
+    ("POST", "/schedules/{ref}/pause"): ("operator", "/schedules/nightly/pause"),
+    ("POST", "/schedules/{ref}/resume"): ("operator", "/schedules/nightly/resume"),
+    ("POST", "/schedules/{ref}/run"): ("operator", "/schedules/nightly/run"),
+    ("POST", "/schedules/{ref}/delete"): ("operator", "/schedules/nightly/delete"),
 }
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
 
