@@ -56,7 +56,7 @@ def table(found: ScheduleTrend) -> dict[str, Any]:
             cells[(s.host, utc(p.slot), p.job_id)] = shown
     slots = sorted({(utc(p.slot), p.job_id) for s in series for p in s.points}, reverse=True)
     rows = [
-        {"slot": at, "job": job, "values": [cells.get((s.host, at, job), "—") for s in series]}
+        {"slot": at, "job": job, "cells": [cells.get((s.host, at, job), "—") for s in series]}
         for at, job in slots
     ]
     return {"hosts": [s.host for s in series], "rows": rows}

@@ -54,7 +54,9 @@ def value_text(value: float, unit: str | None) -> str:
     """A value exactly, with its unit, and in people's units for a time: 2,500 us (2.5 ms)."""
     if not unit:
         return exact(value)
-    return f"{exact(value)} {unit}" + (f" ({human(value, unit)})" if unit in NS_PER else "")
+    said = f"{exact(value)} {unit}"
+    spoken = human(value, unit) if unit in NS_PER else said
+    return said if spoken == said else f"{said} ({spoken})"
 
 
 def nice_step(span: float, ticks: int = 4) -> float:
