@@ -218,13 +218,16 @@ def test_hostile_template_text_is_escaped(
 # -- the trend ------------------------------------------------------------------------------------
 
 
+@pytest.fixture
 def two_fires(
     browser: Browser,
     schedule: dict[str, Any],
     sessions: sessionmaker[Session],
-    hosts: list[str],
+    fleet: tuple[str, list[str]],
 ) -> list[str]:
-    """Two slots run now through the console, each host's results stored: the job ids."""
+    """Two slots of `schedule` run now through the console, each host's results stored: the
+    job ids."""
+    hosts = fleet[1]
     operator, csrf = browser("operator")
     jobs = []
     for run in range(2):
@@ -260,13 +263,9 @@ def dots(chart: Node) -> dict[str, list[str]]:
 
 
 def test_the_trend_has_a_linked_dot_per_host_per_fire(
-    browser: Browser,
-    schedule: dict[str, Any],
-    sessions: sessionmaker[Session],
-    fleet: tuple[str, list[str]],
+    browser: Browser, schedule: dict[str, Any], fleet: tuple[str, list[str]], two_fires: list[str]
 ) -> None:
-    _, hosts = fleet
-    jobs = two_fires(browser, schedule, sessions, hosts)
+    hosts, jobs = fleet[1], two_fires
     viewer, _ = browser("viewer")
     base = f"/schedules/{schedule['name']}/trend"
     first = viewer.get(base, follow_redirects=False)  # no metric: the first offered one
@@ -309,12 +308,9 @@ def test_the_trend_has_a_linked_dot_per_host_per_fire(
 
 
 def test_a_bad_or_hostile_metric_is_named_next_to_its_field(
-    browser: Browser,
-    schedule: dict[str, Any],
-    sessions: sessionmaker[Session],
-    fleet: tuple[str, list[str]],
+    browser: Browser, schedule: dict[str, Any], fleet: tuple[str, list[str]], two_fires: list[str]
 ) -> None:
-    jobs = two_fires(browser, schedule, sessions, fleet[1])
+    jobs = two_fires
     viewer, _ = browser("viewer")
     base = f"/schedules/{schedule['name']}/trend"
     bad = viewer.get(base, params={"metric": "p200:lat<i>"})
