@@ -52,6 +52,9 @@ ScheduleDep = Annotated[Schedule, Depends(find)]
 def timing(schedule: SchedulePublic) -> str:
     if schedule.cron is not None:
         return f"cron {schedule.cron} ({schedule.time_zone})"
+    if schedule.continuous:  # a job per horizon, a slot per snapshot
+        horizon = seconds(schedule.template.get("duration_s"))
+        return f"every {seconds(schedule.interval_s)} (a job per {horizon})"
     return f"every {seconds(schedule.interval_s)}"
 
 
@@ -78,7 +81,7 @@ def row(public: SchedulePublic) -> dict[str, Any]:
 
 
 @router.get("/schedules")
-def schedules(
+def schedule_list(
     request: Request, who: VisitorDep, session: SessionDep, offset: Offset = 0
 ) -> Response:
     found, total = service.list_schedules(session=session, limit=PAGE_SIZE, offset=offset)
@@ -104,21 +107,25 @@ def schedule_page(
 
 
 @router.post("/schedules/{ref}/pause")
-def pause(who: OperatorDep, _: FormDep, session: SessionDep, schedule: ScheduleDep) -> Response:
+def schedule_pause(
+    who: OperatorDep, _: FormDep, session: SessionDep, schedule: ScheduleDep
+) -> Response:
     service.set_enabled(session=session, schedule=schedule, enabled=False)
     log.info("schedule %s paused by %s", schedule.name, who.name)
     return redirect(f"/schedules/{ref(schedule)}")
 
 
 @router.post("/schedules/{ref}/resume")
-def resume(who: OperatorDep, _: FormDep, session: SessionDep, schedule: ScheduleDep) -> Response:
+def schedule_resume(
+    who: OperatorDep, _: FormDep, session: SessionDep, schedule: ScheduleDep
+) -> Response:
     service.set_enabled(session=session, schedule=schedule, enabled=True)
     log.info("schedule %s resumed by %s", schedule.name, who.name)
     return redirect(f"/schedules/{ref(schedule)}")
 
 
 @router.post("/schedules/{ref}/run")
-def run_now(
+def schedule_run_now(
     who: OperatorDep,
     _: FormDep,
     session: SessionDep,
@@ -134,7 +141,9 @@ def run_now(
 
 
 @router.post("/schedules/{ref}/delete")
-def delete(who: OperatorDep, _: FormDep, session: SessionDep, schedule: ScheduleDep) -> Response:
+def schedule_delete(
+    who: OperatorDep, _: FormDep, session: SessionDep, schedule: ScheduleDep
+) -> Response:
     name = schedule.name
     service.remove(session=session, schedule=schedule)
     log.info("schedule %s deleted by %s", name, who.name)
@@ -142,7 +151,7 @@ def delete(who: OperatorDep, _: FormDep, session: SessionDep, schedule: Schedule
 
 
 @router.get("/schedules/{ref}/trend")
-def trend(
+def schedule_trend_page(
     request: Request,
     who: VisitorDep,
     session: SessionDep,

@@ -102,6 +102,9 @@ def test_a_continuous_schedule_is_flagged(
     viewer, _ = browser("viewer")
     name_cell = row_of(get(viewer, "/schedules"), made["name"]).all("td")[0]
     assert name_cell.one("span", class_="label").text == "continuous"
+    assert row_of(get(viewer, "/schedules"), made["name"]).all("td")[1].text == (
+        "every 10 s (a job per 1 min)"
+    )
 
 
 # -- a schedule's page and its controls -----------------------------------------------------------
