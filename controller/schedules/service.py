@@ -323,7 +323,9 @@ def fire(
         )
     except ControllerError as exc:
         session.rollback()
-        row = _record(session, schedule, slot, FireOutcome.failed, reason=exc.message)
+        row = _record(
+            session, schedule, slot, FireOutcome.failed, reason=exc.message, manual=manual
+        )
         session.commit()
         log.warning("schedule %s slot %s failed: %s", schedule.name, slot, exc.message)
         return row

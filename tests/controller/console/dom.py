@@ -6,14 +6,16 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
 VOID = {"area", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"}
+# Elements whose end tag HTML lets a page leave out before a sibling of the same kind.
+SIBLINGS = {"option", "li", "p", "tr", "td", "th"}
 
 
 @dataclass
 class Node:
     tag: str
     attrs: dict[str, str]
-    children: list[Node] = field(default_factory=list)
-    parts: list[str] = field(default_factory=list)
+    children: list[Node] = field(default_factory=list, repr=False)
+    content: list[str | Node] = field(default_factory=list, repr=False)  # text and children
 
     @property
     def text(self) -> str:
@@ -21,10 +23,14 @@ class Node:
         return " ".join("".join(self._texts()).split())
 
     def _texts(self) -> list[str]:
-        out = list(self.parts)
-        for child in self.children:
-            out += child._texts()
+        out: list[str] = []
+        for part in self.content:
+            out += [part] if isinstance(part, str) else part._texts()
         return out
+
+    def add(self, child: Node) -> None:
+        self.children.append(child)
+        self.content.append(child)
 
     def all(self, tag: str = "*", **attrs: str) -> list[Node]:
         """Descendants of `tag` whose attributes hold the given values (`class_` for class;
@@ -58,12 +64,14 @@ class _Builder(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         node = Node(tag, {k: v or "" for k, v in attrs})
-        self.stack[-1].children.append(node)
+        if tag in SIBLINGS and self.stack[-1].tag == tag:
+            self.stack.pop()
+        self.stack[-1].add(node)
         if tag not in VOID:
             self.stack.append(node)
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.stack[-1].children.append(Node(tag, {k: v or "" for k, v in attrs}))
+        self.stack[-1].add(Node(tag, {k: v or "" for k, v in attrs}))
 
     def handle_endtag(self, tag: str) -> None:
         for i in range(len(self.stack) - 1, 0, -1):
@@ -72,7 +80,7 @@ class _Builder(HTMLParser):
                 return
 
     def handle_data(self, data: str) -> None:
-        self.stack[-1].parts.append(data)
+        self.stack[-1].content.append(data)
 
 
 def parse(html: str) -> Node:

@@ -335,3 +335,21 @@ def test_a_trend_without_results_says_so(browser: Browser, schedule: dict[str, A
     page = get(viewer, f"/schedules/{schedule['name']}/trend")
     assert "No results yet" in page.one("p", id="no-results").text
     assert not page.all("svg", id="trend")
+
+
+def test_a_slot_that_cannot_fire_says_why(
+    browser: Browser, client: TestClient, tokens: Tokens, sessions: sessionmaker[Session]
+) -> None:
+    nobody = f"none-{uuid.uuid4().hex[:6]}"  # a label no host carries
+    made = make(client, tokens, nobody, interval_s=300)
+    operator, csrf = browser("operator")
+    url = f"/schedules/{made['name']}"
+    done = operator.post(f"{url}/run", data={"csrf": csrf}, follow_redirects=False)
+    assert done.status_code == 303
+    [fire] = fires(sessions, made["id"])
+    assert fire.outcome == "failed" and fire.job_id is None and fire.reason
+    slot = get(operator, url).one("table", id="fires").all("tr")[1]
+    cells = [td.text for td in slot.all("td")]
+    assert cells[1] == "failed run now" and cells[2] == "—" and cells[4] == fire.reason
+    listed = row_of(get(operator, "/schedules"), made["name"]).all("td")
+    assert listed[7].text == "failed"
