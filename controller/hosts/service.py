@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -31,6 +31,15 @@ def list_hosts(*, session: Session, selector: dict[str, str] | None = None) -> l
     if not selector:
         return list(hosts)
     return [h for h in hosts if all(h.labels.get(k) == v for k, v in selector.items())]
+
+
+def label_values(hosts: Iterable[Host]) -> dict[str, list[str]]:
+    """Each label key the hosts carry and its values, sorted: hints beside a selector."""
+    values: dict[str, set[str]] = {}
+    for host in hosts:
+        for key, value in host.labels.items():
+            values.setdefault(key, set()).add(value)
+    return {key: sorted(found) for key, found in sorted(values.items())}
 
 
 def create(*, session: Session, host_in: HostCreate) -> Host:
