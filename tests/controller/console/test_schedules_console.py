@@ -353,3 +353,25 @@ def test_a_slot_that_cannot_fire_says_why(
     assert cells[1] == "failed run now" and cells[2] == "—" and cells[4] == fire.reason
     listed = row_of(get(operator, "/schedules"), made["name"]).all("td")
     assert listed[7].text == "failed"
+
+
+def test_the_list_pages_by_fifty(
+    browser: Browser, client: TestClient, tokens: Tokens, fleet: tuple[str, list[str]]
+) -> None:
+    for _ in range(51):
+        make(client, tokens, fleet[0], interval_s=600)
+    viewer, _ = browser("viewer")
+    first = get(viewer, "/schedules")
+    total = int(first.one("h1").one("span").text)
+    assert (
+        total >= 51 and len(first.one("table", id="schedules").all("tr", data_schedule="*")) == 50
+    )
+    step = first.one("nav", class_="pager").one("a", rel="next").attrs["href"]
+    assert step == "/schedules?offset=50"
+    second = get(viewer, step)
+    names = second.one("table", id="schedules").all("tr", data_schedule="*")
+    assert len(names) == min(50, total - 50)
+    assert (
+        second.one("nav", class_="pager").one("a", rel="prev").attrs["href"]
+        == "/schedules?offset=0"
+    )
