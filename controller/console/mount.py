@@ -9,13 +9,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
-from controller.console import fleet, hosts, job_page, jobs_list, pages
+from controller.console import fleet, hosts, job_page, jobs_list, pages, schedules
 from controller.console.web import PageError, SignInNeeded, page, redirect, sign_in_url
 from controller.errors import ControllerError
 
 STATIC = Path(__file__).parent / "static"
 # jobs_list before job_page: /jobs/new is not a job id.
-ROUTERS = (pages.router, fleet.router, jobs_list.router, job_page.router, hosts.router)
+ROUTERS = (
+    pages.router,
+    fleet.router,
+    jobs_list.router,
+    job_page.router,
+    hosts.router,
+    schedules.router,
+)
 
 
 def is_console(request: Request) -> bool:

@@ -52,6 +52,15 @@ def list_hosts(*, session: Session, selector: dict[str, str] | None = None) -> l
     return [h for h in hosts if all(h.labels.get(k) == v for k, v in selector.items())]
 
 
+def label_values(hosts: Iterable[Host]) -> dict[str, list[str]]:
+    """Each label key the hosts carry and its values, sorted: hints beside a selector."""
+    values: dict[str, set[str]] = {}
+    for host in hosts:
+        for key, value in host.labels.items():
+            values.setdefault(key, set()).add(value)
+    return {key: sorted(found) for key, found in sorted(values.items())}
+
+
 def create(*, session: Session, host_in: HostCreate) -> Host:
     if get(session=session, name=host_in.name) is not None:
         raise Conflict(f"host {host_in.name!r} exists", field="name")

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from html import escape
 
 from controller.reports.flame import Layout
@@ -24,9 +25,17 @@ def _n(x: float) -> str:
 
 
 class Svg:
-    def __init__(self, width: float, height: float, label: str) -> None:
-        self.width, self.height, self.label = width, height, label
+    def __init__(self, width: float, height: float, label: str, svg_id: str | None = None) -> None:
+        self.width, self.height, self.label, self.svg_id = width, height, label, svg_id
         self.parts: list[str] = []
+
+    @contextmanager
+    def link(self, href: str, **data: str) -> Iterator[None]:
+        """What is drawn inside is a link (the console's charts lead to the job behind a dot)."""
+        attrs = "".join(f' data-{k}="{_text(v)}"' for k, v in data.items())
+        self.parts.append(f'<a href="{_text(href)}"{attrs}>')
+        yield
+        self.parts.append("</a>")
 
     def rect(
         self, x: float, y: float, w: float, h: float, fill: str, title: str | None = None
@@ -67,9 +76,10 @@ class Svg:
             self.parts.append(f"{dot}><title>{_text(title)}</title></circle>")
 
     def render(self) -> str:
+        ident = f' id="{_text(self.svg_id)}"' if self.svg_id else ""
         head = (
             # No xmlns: the HTML parser puts inline <svg> in the SVG namespace; no URL in the page.
-            f'<svg width="{_n(self.width)}" '
+            f'<svg{ident} width="{_n(self.width)}" '
             f'height="{_n(self.height)}" viewBox="0 0 {_n(self.width)} {_n(self.height)}" '
             f'role="img" aria-label="{_text(self.label)}" style="{FONT}">'
         )

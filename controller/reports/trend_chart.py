@@ -4,7 +4,8 @@ HTML page around it: inline CSS and SVG only, no script, no URL."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from html import escape as _html_escape
 
@@ -49,6 +50,15 @@ def tick_text(value: float, unit: str | None) -> str:
     return f"{value:.3g} {unit}".rstrip()
 
 
+def value_text(value: float, unit: str | None) -> str:
+    """A value exactly, with its unit, and in people's units for a time: 2,500 us (2.5 ms)."""
+    if not unit:
+        return exact(value)
+    said = f"{exact(value)} {unit}"
+    spoken = human(value, unit) if unit in NS_PER else said
+    return said if spoken == said else f"{said} ({spoken})"
+
+
 def nice_step(span: float, ticks: int = 4) -> float:
     """The smallest 1, 2, 2.5 or 5 times a power of ten that splits span in at most `ticks`."""
     raw = span / ticks
@@ -71,13 +81,23 @@ def time_text(at: datetime, span_s: float) -> str:
     return at.strftime("%H:%M:%S" if span_s < 120 else "%H:%M")
 
 
-def line_chart(trend: ScheduleTrend, label: str) -> str:
+def line_chart(
+    trend: ScheduleTrend,
+    label: str,
+    *,
+    link: Callable[[str], str] | None = None,
+    palette: Sequence[str] = HOST_COLORS,
+    svg_id: str | None = None,
+) -> str:
     """x = slot time (UTC), y = the metric; a polyline per host through its known values, a dot
-    per value with its numbers as a tooltip, a grey dot on the axis where a host has no value."""
+    per value with its numbers as a tooltip, a grey dot on the axis where a host has no value.
+    With `link`, each dot is a link to link(job id) (the console's chart); `palette` colours
+    the hosts in turn."""
     series = trend.series[:MAX_CHART_HOSTS]
     values = [p.value for s in series for p in s.points if p.value is not None]
     times = [utc(p.slot) for s in series for p in s.points]
-    svg = Svg(LEFT + WIDTH + 200, max(TOP + HEIGHT + 48, TOP + 16 * len(series) + 8), label)
+    height = max(TOP + HEIGHT + 48, TOP + 16 * len(series) + 8)
+    svg = Svg(LEFT + WIDTH + 200, height, label, svg_id)
     if not times:
         svg.text(LEFT, TOP, "no runs with results yet")
         return svg.render()
@@ -109,20 +129,19 @@ def line_chart(trend: ScheduleTrend, label: str) -> str:
     when = t0.strftime("%Y-%m-%d") if span_s < 86400 else f"{t0:%Y-%m-%d} to {t1:%Y-%m-%d}"
     svg.text(LEFT + WIDTH / 2, TOP + HEIGHT + 36, f"slot time, UTC ({when})", "middle")
     for k, s in enumerate(series):
-        color, dash = HOST_COLORS[k % len(HOST_COLORS)], DASHES[k // len(HOST_COLORS) % 3]
+        color, dash = palette[k % len(palette)], DASHES[k // len(palette) % 3]
         known = [p for p in s.points if p.value is not None]
         if known:
             line = [(x(p.slot), y(p.value)) for p in known if p.value is not None]
             svg.polyline(line, color, dash, s.host)
         for p in s.points:
             stamp = f"{utc(p.slot):%Y-%m-%d %H:%M:%S} UTC"
-            if p.value is None:
-                svg.circle(x(p.slot), base, 2.5, MISSING, f"{s.host} {stamp}: no value")
-            else:
-                said = exact(p.value) + (f" {trend.unit}" if trend.unit else "")
-                if trend.unit in NS_PER:
-                    said += f" ({human(p.value, trend.unit)})"
-                svg.circle(x(p.slot), y(p.value), 3, color, f"{s.host} {stamp}: {said}")
+            with svg.link(link(p.job_id), job=p.job_id) if link else nullcontext():
+                if p.value is None:
+                    svg.circle(x(p.slot), base, 2.5, MISSING, f"{s.host} {stamp}: no value")
+                else:
+                    said = value_text(p.value, trend.unit)
+                    svg.circle(x(p.slot), y(p.value), 3, color, f"{s.host} {stamp}: {said}")
         ly = TOP + k * 16
         svg.polyline([(LEFT + WIDTH + 16, ly + 5), (LEFT + WIDTH + 36, ly + 5)], color, dash)
         svg.text(LEFT + WIDTH + 42, ly + 9, s.host + ("" if known else " (no values)"))

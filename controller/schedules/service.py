@@ -204,6 +204,12 @@ def get(*, session: Session, schedule_id: str) -> Schedule | None:
     return session.get(Schedule, schedule_id)
 
 
+def find(*, session: Session, ref: str) -> Schedule | None:
+    """A schedule by id or, failing that, by name (names are unique)."""
+    found = session.get(Schedule, ref)
+    return found or session.scalar(select(Schedule).where(Schedule.name == ref))
+
+
 def list_schedules(
     *, session: Session, limit: int = 50, offset: int = 0
 ) -> tuple[list[Schedule], int]:
@@ -317,7 +323,9 @@ def fire(
         )
     except ControllerError as exc:
         session.rollback()
-        row = _record(session, schedule, slot, FireOutcome.failed, reason=exc.message)
+        row = _record(
+            session, schedule, slot, FireOutcome.failed, reason=exc.message, manual=manual
+        )
         session.commit()
         log.warning("schedule %s slot %s failed: %s", schedule.name, slot, exc.message)
         return row

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from controller.jobs.models import Job, Run
+from controller.jobs.models import Job, Run, SnapshotRow
 from controller.jobs.results import latest_snapshots, parse_results
 from controller.kinds import VIEWS
 from controller.schedules import continuous
@@ -95,6 +95,35 @@ def fired(schedule: Schedule, *columns: Any) -> Select[Any]:
         )
         .order_by(ScheduleFire.slot.desc(), ScheduleFire.id.desc())
     )
+
+
+# What a picker offers for each result found; any other metric the route parses works too.
+OFFERED = ("p50", "p90", "p99", "count", "total", "rate")
+_LOOKED_AT = 8  # snapshots read to learn the results' names: every host runs the same program
+
+
+def offered(*, session: Session, schedule: Schedule) -> list[str]:
+    """The metrics with an answer in the newest fired job's results, each kind asked."""
+    job_id = session.scalar(fired(schedule, ScheduleFire.job_id).limit(1))
+    if job_id is None:
+        return []
+    rows = session.scalars(
+        select(SnapshotRow)
+        .where(SnapshotRow.job_id == job_id)
+        .order_by(SnapshotRow.seq.desc())
+        .limit(_LOOKED_AT)
+    )
+    metrics: list[str] = []
+    for row in rows:
+        by_name: dict[tuple[str, str], list[Result]] = {}
+        for result in parse_results(row.results):
+            by_name.setdefault((result.kind, result.name), []).append(result)
+        for (kind, name), results in sorted(by_name.items()):
+            for metric in OFFERED:
+                found = f"{metric}:{name}"
+                if found not in metrics and VIEWS[kind].metric(metric, None, results, 1.0):
+                    metrics.append(found)
+    return metrics
 
 
 def trend(

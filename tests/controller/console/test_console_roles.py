@@ -42,6 +42,13 @@ PAGES: dict[tuple[str, str], tuple[str, str]] = {
     ("GET", "/jobs/{job_id:uuid}/download/{kind}"): ("viewer", f"{A_JOB}/download/csv"),
     ("GET", "/jobs/{job_id:uuid}/events"): ("viewer", f"{A_JOB}/events"),
     ("POST", "/jobs/{job_id:uuid}/cancel"): ("operator", f"{A_JOB}/cancel"),
+    ("GET", "/schedules"): ("viewer", "/schedules"),
+    ("GET", "/schedules/{ref}"): ("viewer", "/schedules/nightly"),
+    ("GET", "/schedules/{ref}/trend"): ("viewer", "/schedules/nightly/trend?metric=p99:lat"),
+    ("POST", "/schedules/{ref}/pause"): ("operator", "/schedules/nightly/pause"),
+    ("POST", "/schedules/{ref}/resume"): ("operator", "/schedules/nightly/resume"),
+    ("POST", "/schedules/{ref}/run"): ("operator", "/schedules/nightly/run"),
+    ("POST", "/schedules/{ref}/delete"): ("operator", "/schedules/nightly/delete"),
 }
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
 
