@@ -9,6 +9,7 @@ ASGI app (TestClient: a session signed in through /signin for the pages, the vie
 token for the API), median per pair and their ratio:
 
   /fleet                    GET /v1/hosts
+  /fleet?selector=role=web  GET /v1/hosts?selector=role=web
   /jobs                     GET /v1/jobs
   /jobs?offset=5000         GET /v1/jobs?offset=5000   (half of --jobs)
   /jobs?program=runqlat     GET /v1/jobs?program=runqlat
@@ -24,6 +25,7 @@ with its status instead of a time.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -139,6 +141,7 @@ def pairs(hosts: int, jobs: int) -> list[tuple[str, str]]:
     host = f"host-{min(42, hosts - 1):04d}"
     return [
         ("/fleet", "/v1/hosts"),
+        ("/fleet?selector=role%3Dweb", "/v1/hosts?selector=role%3Dweb"),
         ("/jobs", "/v1/jobs"),
         (f"/jobs?offset={offset}", f"/v1/jobs?offset={offset}"),
         ("/jobs?program=runqlat", "/v1/jobs?program=runqlat"),
@@ -191,9 +194,9 @@ def print_table(summary: dict[str, Any]) -> None:
     print(
         f"{run['hosts']} hosts, {run['jobs']} jobs ({run['runs']} runs), {run['db']}; "
         f"median of {run['rounds']}; written in {run['write_s']:.1f} s; "
-        f"{run['cpus']} CPUs, kernel {run['kernel']}, {run['at']}"
+        f"{run['cpus']} CPUs (load {run['load']:.1f}), kernel {run['kernel']}, {run['at']}"
     )
-    head = f"{'page':<24} {'ms':>7} {'KB':>7}   {'API twin':<26} {'ms':>7} {'KB':>7}"
+    head = f"{'page':<28} {'ms':>7} {'KB':>7}   {'API twin':<26} {'ms':>7} {'KB':>7}"
     print(f"{head} {'page/API':>9}")
     for r in summary["pages"]:
         if r["page_ms"] is None:
@@ -202,7 +205,7 @@ def print_table(summary: dict[str, Any]) -> None:
             shown = f"{r['page_ms']:7.1f} {r['page_kb']:7.0f}"
         ratio = "" if r["ratio"] is None else f"{r['ratio']:9.2f}"
         twin = f"{r['api']:<26} {r['api_ms']:7.1f} {r['api_kb']:7.0f}"
-        print(f"{r['page']:<24} {shown}   {twin} {ratio}")
+        print(f"{r['page']:<28} {shown}   {twin} {ratio}")
     print(f"target: every page under {1000 * TARGET_S:.0f} ms")
 
 
@@ -230,7 +233,13 @@ def main() -> int:
             rows = measure(page, api, token, args, log)
         app.state.engine.dispose()
     run = _main.machine(
-        hosts=args.hosts, jobs=args.jobs, runs=runs, db=args.db, rounds=args.rounds, write_s=write_s
+        hosts=args.hosts,
+        jobs=args.jobs,
+        runs=runs,
+        db=args.db,
+        rounds=args.rounds,
+        write_s=write_s,
+        load=os.getloadavg()[0],  # the machine may be shared: say how busy it was
     )
     return _main.finish(args, {"run": run, "pages": rows}, print_table)
 
