@@ -24,7 +24,6 @@ from tests.controller.conftest import Agents, Tokens
 from tests.controller.console.chrome import Chrome, chrome_at
 from tests.controller.console.served import served
 from tests.controller.support import get_job, job_final, wait_for, wait_job
-from tests.helpers import cgroup_name
 
 pytestmark = pytest.mark.bcc
 
@@ -41,14 +40,6 @@ OpenChrome = Callable[[str], Chrome]
 @pytest.fixture(scope="module")
 def fleet(agent: Agents) -> dict[str, Any]:
     return agent.start_all(HOSTS)
-
-
-@pytest.fixture
-def cgroups(make_cgroup: Callable[[str], Path]) -> dict[str, Path]:
-    """Each agent's cgroup, which it traces; made per test and removed after."""
-    groups = {host: make_cgroup(host) for host in HOSTS}
-    assert all(path.name == cgroup_name(host) for host, path in groups.items())
-    return groups
 
 
 STEADY = "while True:\n    os.getppid()\n    time.sleep(0.01)\n"
@@ -86,10 +77,20 @@ class Workloads:
 
 
 @pytest.fixture
-def workloads(cgroups: dict[str, Path]) -> Iterator[Workloads]:
-    made = Workloads(cgroups)
+def workloads(make_cgroup: Callable[[str], Path]) -> Iterator[Workloads]:
+    """Each agent's cgroup (which it traces, so a test that traces needs this) made for the
+    test, and the processes the test starts in them."""
+    made = Workloads({host: make_cgroup(host) for host in HOSTS})
     yield made
     made.kill()
+
+
+@pytest.fixture
+def steady(workloads: Workloads) -> None:
+    """br-a and br-b make a syscall every 10 ms for the whole test."""
+    for host in ("br-a", "br-b"):
+        workloads.start(host, STEADY)
+    workloads.go()
 
 
 def sign_in(chrome: Chrome, raw_token: str, start: str = "/fleet") -> None:
@@ -103,10 +104,27 @@ def sign_in(chrome: Chrome, raw_token: str, start: str = "/fleet") -> None:
     assert chrome.path() == start, chrome.path()
 
 
-def as_role(chrome_at: OpenChrome, served: str, tokens: Tokens, role: str) -> Chrome:
-    chrome = chrome_at(served)
-    sign_in(chrome, tokens.token(role))
-    return chrome
+SignedIn = Callable[[str], Chrome]
+
+
+@pytest.fixture
+def signed_in(
+    fleet: dict[str, Any], served: str, chrome_at: OpenChrome, tokens: Tokens
+) -> SignedIn:
+    """signed_in(role) -> a new browser on the stack, signed in with that role's token."""
+
+    def open_as(role: str) -> Chrome:
+        chrome = chrome_at(served)
+        sign_in(chrome, tokens.token(role))
+        return chrome
+
+    return open_as
+
+
+def fill(chrome: Chrome, css: str, value: str) -> None:
+    field = chrome.wait_for(css)
+    field.clear()
+    field.send_keys(value)
 
 
 def expect_refused(chrome: Chrome, status: int) -> None:
@@ -158,12 +176,8 @@ def submit_job(chrome: Chrome, program: str, hosts: tuple[str, ...], duration: s
     chrome.open("/jobs/new")
     Select(chrome.wait_for("select#program")).select_by_value(program)
     chrome.wait_for('input[name="targets"][value="names"]').click()
-    names = chrome.wait_for("#targets-names")
-    names.clear()
-    names.send_keys(", ".join(hosts))
-    duration_input = chrome.wait_for("#duration")
-    duration_input.clear()
-    duration_input.send_keys(duration)
+    fill(chrome, "#targets-names", ", ".join(hosts))
+    fill(chrome, "#duration", duration)
     chrome.wait_for("button#submit-job").click()
     wait_for(lambda: JOB_PAGE.match(chrome.path()), 20, "the job's page", 0.1)
     found = JOB_PAGE.match(chrome.path())
@@ -220,18 +234,14 @@ def test_a_bad_token_is_told_on_the_sign_in_page(served: str, chrome_at: OpenChr
 
 
 def test_fleet_rows_matrix_and_label_filter(
-    fleet: dict[str, Any],
-    served: str,
-    chrome_at: OpenChrome,
-    tokens: Tokens,
-    client: TestClient,
+    signed_in: SignedIn, tokens: Tokens, client: TestClient
 ) -> None:
     role = f"odd-{uuid.uuid4().hex[:6]}"
     answer = client.patch(
         f"/v1/hosts/{ODD}", json={"labels": {"role": role}}, headers=tokens.headers("admin")
     )
     assert answer.status_code == 200, answer.text
-    chrome = as_role(chrome_at, served, tokens, "viewer")
+    chrome = signed_in("viewer")
     chrome.open("/fleet")
     for host in HOSTS:
         state = chrome.wait_for(f'table#hosts tr[data-host="{host}"] td.state')
@@ -258,16 +268,9 @@ def test_fleet_rows_matrix_and_label_filter(
 
 
 def test_a_syscalls_job_submitted_on_two_hosts_goes_live_to_succeeded(
-    fleet: dict[str, Any],
-    served: str,
-    chrome_at: OpenChrome,
-    tokens: Tokens,
-    workloads: Workloads,
+    signed_in: SignedIn, steady: None
 ) -> None:
-    for host in ("br-a", "br-b"):
-        workloads.start(host, STEADY)
-    workloads.go()
-    chrome = as_role(chrome_at, served, tokens, "operator")
+    chrome = signed_in("operator")
     chrome.open("/jobs/new")
     chrome.wait_for("button#submit-job")
     chrome.screenshot("job-new")
@@ -298,17 +301,12 @@ def test_a_syscalls_job_submitted_on_two_hosts_goes_live_to_succeeded(
 
 
 def test_the_report_names_the_host_made_to_differ_first(
-    fleet: dict[str, Any],
-    served: str,
-    chrome_at: OpenChrome,
-    tokens: Tokens,
-    client: TestClient,
-    workloads: Workloads,
+    signed_in: SignedIn, tokens: Tokens, client: TestClient, workloads: Workloads
 ) -> None:
     calls = {"br-a": 2000, "br-b": 2600, ODD: 40000}
     for host, n in calls.items():
         workloads.start(host, f"for _ in range({n}): os.getppid()\n")
-    chrome = as_role(chrome_at, served, tokens, "operator")
+    chrome = signed_in("operator")
     job_id = submit_job(chrome, "syscalls", HOSTS, "4s")
     mark_page(chrome)
     viewer = tokens.headers("viewer")
@@ -342,16 +340,11 @@ def test_the_report_names_the_host_made_to_differ_first(
 
 
 def test_a_cpu_profile_job_opens_its_flame_graph(
-    fleet: dict[str, Any],
-    served: str,
-    chrome_at: OpenChrome,
-    tokens: Tokens,
-    client: TestClient,
-    workloads: Workloads,
+    signed_in: SignedIn, tokens: Tokens, client: TestClient, workloads: Workloads
 ) -> None:
     workloads.start("br-a", "end = time.time() + 6\nwhile time.time() < end: pass\n")
     workloads.go()
-    chrome = as_role(chrome_at, served, tokens, "operator")
+    chrome = signed_in("operator")
     job_id = submit_job(chrome, "cpu_profile", ("br-a",), "3s")
     done = wait_job(client, tokens.headers("viewer"), job_id, job_final, 40, "the profile")
     assert done["state"] == "succeeded", done
@@ -364,13 +357,11 @@ def test_a_cpu_profile_job_opens_its_flame_graph(
 
 
 def test_a_bad_duration_is_shown_next_to_its_field_with_the_apis_message(
-    fleet: dict[str, Any], served: str, chrome_at: OpenChrome, tokens: Tokens, settings: Settings
+    signed_in: SignedIn, settings: Settings
 ) -> None:
-    chrome = as_role(chrome_at, served, tokens, "operator")
+    chrome = signed_in("operator")
     chrome.open("/jobs/new")
-    duration = chrome.wait_for("#duration")
-    duration.clear()
-    duration.send_keys("20m")
+    fill(chrome, "#duration", "20m")
     chrome.wait_for("button#submit-job").click()
     error = chrome.wait_for('p.field-error[data-field="duration_s"]')
     assert error.text == f"1200s is above the limit of {settings.max_duration_s:g}s", error.text
@@ -383,30 +374,19 @@ def test_a_bad_duration_is_shown_next_to_its_field_with_the_apis_message(
 
 
 def test_a_schedule_made_in_the_form_shows_its_trend_linking_to_jobs(
-    fleet: dict[str, Any],
-    served: str,
-    chrome_at: OpenChrome,
-    tokens: Tokens,
-    client: TestClient,
-    workloads: Workloads,
+    signed_in: SignedIn, tokens: Tokens, client: TestClient, steady: None
 ) -> None:
     from selenium.webdriver.support.ui import Select
 
-    for host in ("br-a", "br-b"):
-        workloads.start(host, STEADY)
-    workloads.go()
-
-    chrome = as_role(chrome_at, served, tokens, "operator")
+    chrome = signed_in("operator")
     chrome.open("/schedules/new")
     name = f"br-{uuid.uuid4().hex[:6]}"
     chrome.wait_for("#schedule-name").send_keys(name)
     chrome.wait_for("#schedule-interval").send_keys("4s")
     Select(chrome.wait_for("select#program")).select_by_value("syscalls")
     chrome.wait_for('input[name="targets"][value="names"]').click()
-    chrome.wait_for("#targets-names").send_keys("br-a br-b")
-    duration = chrome.wait_for("#duration")
-    duration.clear()
-    duration.send_keys("1s")
+    fill(chrome, "#targets-names", "br-a br-b")
+    fill(chrome, "#duration", "1s")
     chrome.screenshot("schedule-new")
     chrome.wait_for("button#submit-schedule").click()
     wait_for(lambda: SCHEDULE_PAGE.match(chrome.path()), 20, "the schedule's page", 0.1)
@@ -447,9 +427,9 @@ def test_a_schedule_made_in_the_form_shows_its_trend_linking_to_jobs(
 
 
 def test_a_viewer_sees_no_submit_button_and_forged_posts_are_refused(
-    fleet: dict[str, Any], served: str, chrome_at: OpenChrome, tokens: Tokens, client: TestClient
+    signed_in: SignedIn, tokens: Tokens, client: TestClient
 ) -> None:
-    viewer = as_role(chrome_at, served, tokens, "viewer")
+    viewer = signed_in("viewer")
     viewer.open("/jobs")
     viewer.wait_for("table#jobs")
     assert not viewer.texts("button#submit-job")
@@ -478,17 +458,15 @@ def test_a_viewer_sees_no_submit_button_and_forged_posts_are_refused(
     expect_refused(viewer, 403)
 
     # An operator's session without the CSRF token (what a cross-site form sends): refused.
-    operator = as_role(chrome_at, served, tokens, "operator")
+    operator = signed_in("operator")
     assert post_form(operator, "/jobs/new", form) == 403
     assert post_form(operator, "/jobs/new", {**form, "csrf": "forged"}) == 403
     expect_refused(operator, 403)
     assert job_ids() == before, "a refused form made a job"
 
 
-def test_the_hosts_in_page_offers_adding_a_host_to_an_admin(
-    fleet: dict[str, Any], served: str, chrome_at: OpenChrome, tokens: Tokens
-) -> None:
-    chrome = as_role(chrome_at, served, tokens, "admin")
+def test_the_hosts_in_page_offers_adding_a_host_to_an_admin(signed_in: SignedIn) -> None:
+    chrome = signed_in("admin")
     chrome.open("/hosts-in")
     chrome.wait_for("form#add-host")
     chrome.wait_for("form#bootstrap")
