@@ -43,6 +43,8 @@ def fleet(agent: Agents) -> dict[str, Any]:
 
 
 STEADY = "while True:\n    os.getppid()\n    time.sleep(0.01)\n"
+# On CPU until killed after the test (bounded anyway): compiling the profiler takes seconds.
+BUSY = "end = time.time() + 120\nwhile time.time() < end: pass\n"
 
 
 class Workloads:
@@ -342,12 +344,16 @@ def test_the_report_names_the_host_made_to_differ_first(
 def test_a_cpu_profile_job_opens_its_flame_graph(
     signed_in: SignedIn, tokens: Tokens, client: TestClient, workloads: Workloads
 ) -> None:
-    workloads.start("br-a", "end = time.time() + 6\nwhile time.time() < end: pass\n")
+    workloads.start("br-a", BUSY)
     workloads.go()
     chrome = signed_in("operator")
     job_id = submit_job(chrome, "cpu_profile", ("br-a",), "3s")
     done = wait_job(client, tokens.headers("viewer"), job_id, job_final, 40, "the profile")
     assert done["state"] == "succeeded", done
+    folded = client.get(
+        f"/v1/jobs/{job_id}/report", params={"format": "folded"}, headers=tokens.headers("viewer")
+    )
+    assert folded.text.startswith("python;"), f"no samples of the busy loop: {folded.text!r}"
     chrome.wait_for("a#flame", timeout=30).click()
     flame = chrome.wait_for("section#flame", timeout=20)
     frames = flame.find_elements("css selector", "svg rect, svg g")
