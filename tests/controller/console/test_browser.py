@@ -398,11 +398,14 @@ def test_a_schedule_made_in_the_form_shows_its_trend_linking_to_jobs(
     wait_for(lambda: SCHEDULE_PAGE.match(chrome.path()), 20, "the schedule's page", 0.1)
     found = SCHEDULE_PAGE.match(chrome.path())
     assert found and found.group(1) != "new", chrome.path()
-    schedule_id = found.group(1)
+    ref = found.group(1)  # the console names a schedule by its name (or id)
     chrome.wait_for("form#pause")
     chrome.screenshot("schedule")
 
     viewer = tokens.headers("viewer")
+    listed = client.get("/v1/schedules", params={"limit": 500}, headers=viewer).json()["data"]
+    (schedule_id,) = [s["id"] for s in listed if s["name"] == name]
+    assert ref in (name, schedule_id), ref
 
     def two_done() -> list[str] | None:
         shown = client.get(f"/v1/schedules/{schedule_id}", headers=viewer).json()
@@ -414,7 +417,7 @@ def test_a_schedule_made_in_the_form_shows_its_trend_linking_to_jobs(
     chrome.wait_for("form#pause button").click()
     chrome.wait_for("form#resume")
 
-    chrome.open(f"/schedules/{schedule_id}/trend?metric=rate%3Asyscalls")
+    chrome.open(f"/schedules/{ref}/trend?metric=rate%3Asyscalls")
     chrome.wait_for("svg#trend", timeout=20)
     linked = chrome.driver.execute_script(
         "return [...document.querySelectorAll('svg#trend a[data-job]')]"
@@ -424,8 +427,7 @@ def test_a_schedule_made_in_the_form_shows_its_trend_linking_to_jobs(
     assert all(href == f"/jobs/{j}" for j, href in linked), linked
     chrome.screenshot("trend")
     chrome.open("/schedules")
-    rows = f'tr[data-schedule="{name}"], tr[data-schedule="{schedule_id}"]'
-    chrome.wait_for(f"table#schedules :is({rows})")
+    chrome.wait_for(f'table#schedules tr[data-schedule="{ref}"]')
     chrome.screenshot("schedules")
 
 
