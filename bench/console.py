@@ -129,7 +129,10 @@ def signed_in(client: TestClient, raw_token: str) -> None:
     assert done.status_code == 303, done.text[:500]
 
 
-def timed(get: Callable[[], Any]) -> tuple[float, int, int]:
+Sample = tuple[float, int, int]  # seconds, status, bytes
+
+
+def timed(get: Callable[[], Any]) -> Sample:
     """Seconds, status and body size of one request."""
     t0 = time.perf_counter()
     answer = get()
@@ -153,22 +156,19 @@ def measure(
     page: TestClient, api: TestClient, token: str, args: Any, log: Any
 ) -> list[dict[str, Any]]:
     auth = {"Authorization": f"Bearer {token}"}
-    out = []
+    out: list[dict[str, Any]] = []
     for path, twin in pairs(args.hosts, args.jobs):
 
-        def ours(path: str = path) -> tuple[float, int, int]:
+        def ours(path: str = path) -> Sample:
             return timed(lambda: page.get(path, follow_redirects=False))
 
-        def base(twin: str = twin) -> tuple[float, int, int]:
+        def base(twin: str = twin) -> Sample:
             return timed(lambda: api.get(twin, headers=auth))
 
-        mine, theirs = _main.side_by_side(
-            args.rounds,
-            ours,
-            base,
-            log,
-            lambda m, b, path=path: f"{path} {1000 * m[0]:.0f} ms ({m[1]}), API {1000 * b[0]:.0f}",
-        )
+        def line(m: Sample, b: Sample, path: str = path) -> str:
+            return f"{path} {1000 * m[0]:.0f} ms ({m[1]}), API {1000 * b[0]:.0f} ms"
+
+        mine, theirs = _main.side_by_side(args.rounds, ours, base, log, line)
         status = mine[-1][1]
         page_s = _main.median(m[0] for m in mine) if status == 200 else None
         api_s = _main.median(b[0] for b in theirs)
