@@ -6,6 +6,7 @@ never runs, and the browser only ever opens the loopback address of the stack un
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import time
@@ -23,6 +24,7 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts" / "console"
 # A drawn page has text, borders and backgrounds; a blank one a colour or two.
 MIN_COLOURS = 8
+MAX_HEIGHT = 10_000  # CSS pixels of a page kept as an artifact
 
 
 @dataclass
@@ -81,16 +83,26 @@ class Chrome:
         assert not severe, f"console errors on {self.path()}: {severe}"
 
     def screenshot(self, name: str) -> Path:
-        """Save the window as test-artifacts/console/<name>.png; it must show a drawn page and
+        """Save the whole page as test-artifacts/console/<name>.png; the window must show a
+        drawn page (checked on the window alone: decoding a long page in Python is slow) and
         the console must have no errors."""
         shot = self.artifacts / f"{name}.png"
+        shot.write_bytes(self.whole_page_png())
         data: bytes = self.driver.get_screenshot_as_png()
-        shot.write_bytes(data)
         width, height, colours = png_pixels(data)
         assert (width, height) > (0, 0)
         assert len(colours) > MIN_COLOURS, f"{shot} looks blank ({len(colours)} colours)"
         self.assert_no_console_errors()
         return shot
+
+    def whole_page_png(self) -> bytes:
+        size = self.driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], MAX_HEIGHT)}
+        shot = self.driver.execute_cdp_cmd(
+            "Page.captureScreenshot",
+            {"format": "png", "captureBeyondViewport": True, "clip": {**clip, "scale": 1}},
+        )
+        return base64.b64decode(shot["data"])
 
 
 def missing_browser() -> str | None:
