@@ -5,15 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controller.console import fleet, hosts, job_page, jobs_list, pages, schedules
 from controller.console.web import PageError, SignInNeeded, page, redirect, sign_in_url
 from controller.errors import ControllerError
 
 STATIC = Path(__file__).parent / "static"
+_ROUTING = {404: "no such page", 405: "this page does not take that method"}
 # jobs_list before job_page: /jobs/new is not a job id.
 ROUTERS = (
     pages.router,
@@ -47,6 +50,13 @@ def mount(app: FastAPI) -> None:
     @app.exception_handler(PageError)
     async def _page_error(request: Request, exc: PageError) -> Response:
         return error_page(request, exc.status, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # Routing's own 404/405: a page on the console's paths, FastAPI's JSON on the API's.
+        if is_console(request) and not request.url.path.startswith("/static/"):
+            return error_page(request, exc.status_code, _ROUTING.get(exc.status_code, exc.detail))
+        return await http_exception_handler(request, exc)
 
 
 def console_error(request: Request, exc: Exception) -> Response | None:

@@ -199,3 +199,15 @@ def test_console_forms_are_audited_without_their_secrets(
         text = json.dumps(row.summary)
         assert raw not in text and "ft_wrong" not in text
         assert csrf not in text and session_csrf not in text
+
+
+def test_a_page_that_does_not_exist_is_a_page_and_the_api_stays_json(browser: Browser) -> None:
+    client, _ = browser("viewer")
+    for path in ("/no-such-page", "/jobs/not-a-uuid", "/hosts-in/nothing/here"):
+        got = client.get(path)
+        assert got.status_code == 404, path
+        assert got.headers["content-type"].startswith("text/html") and "no such page" in got.text
+    api = client.get("/v1/no-such-route")
+    assert api.status_code == 404 and api.json() == {"detail": "Not Found"}
+    assert client.get("/static/no-such.css").status_code == 404
+    assert client.put("/fleet").status_code == 405
