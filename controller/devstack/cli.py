@@ -117,6 +117,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         services = [Sshd()] if args.ssh else []
         Stack(config, services=services, agents=args.agents, progress=_say).up()
         _say(f"for the client commands: . {config.env_file}")
+        _say(f"the web console: {config.api_url}/ (sign in with FLEETTRACE_TOKEN from that file)")
         return 0
 
     return _guarded(run)
