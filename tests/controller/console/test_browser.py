@@ -370,6 +370,9 @@ def test_a_bad_duration_is_shown_next_to_its_field_with_the_apis_message(
 ) -> None:
     chrome = signed_in("operator")
     chrome.open("/jobs/new")
+    # Everything else valid, so the duration is what the service refuses.
+    chrome.wait_for('input[name="targets"][value="names"]').click()
+    fill(chrome, "#targets-names", "br-a")
     fill(chrome, "#duration", "20m")
     chrome.wait_for("button#submit-job").click()
     error = chrome.wait_for('p.field-error[data-field="duration_s"]')
