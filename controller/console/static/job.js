@@ -64,6 +64,22 @@
       const waiting = document.getElementById("report-pending");
       if (waiting) waiting.replaceWith(made.content);
       else article.append(made.content);
+      await refreshRuns();
+    }
+
+    // Once the job is final, the hosts' rows as the server has them: a run's last snapshot can
+    // be stored after the stream ended (results and states travel on different streams), and
+    // the times the page filled in were the browser's clock.
+    async function refreshRuns() {
+      const answer = await fetch(window.location.pathname, {
+        credentials: "same-origin",
+        headers: { Accept: "text/html" },
+      });
+      if (!answer.ok) return;
+      const page = new DOMParser().parseFromString(await answer.text(), "text/html");
+      const fresh = page.querySelector("#runs tbody");
+      const here = document.querySelector("#runs tbody");
+      if (fresh && here) here.replaceWith(document.adoptNode(fresh));
     }
 
     function jobIs(state) {

@@ -68,8 +68,15 @@ class Chrome:
             time.sleep(0.1)
 
     def texts(self, css: str) -> list[str]:
+        """The texts of what matches `css`, read again if the page replaced it meanwhile."""
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.common.by import By
 
+        for _ in range(4):
+            try:
+                return [e.text for e in self.driver.find_elements(By.CSS_SELECTOR, css)]
+            except StaleElementReferenceException:
+                time.sleep(0.1)
         return [e.text for e in self.driver.find_elements(By.CSS_SELECTOR, css)]
 
     def log(self) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from tests.controller.support import free_port, state, wait_for
 from tests.controller.test_reports import _fleet_fed, _fleet_submitted
 
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
 
@@ -55,6 +57,14 @@ def chrome() -> Iterator[Any]:
 
 
 def _text(driver: Any, css: str) -> str:
+    """The first match's text; read again when the page replaced it meanwhile (job.js swaps
+    the hosts' rows for the server's once the job is final)."""
+    for _ in range(4):
+        try:
+            found = driver.find_elements(By.CSS_SELECTOR, css)
+            return str(found[0].text) if found else ""
+        except StaleElementReferenceException:
+            time.sleep(0.1)
     found = driver.find_elements(By.CSS_SELECTOR, css)
     return str(found[0].text) if found else ""
 
