@@ -2,9 +2,9 @@
 through the job form's fields (console/forms.py). Read back into the API's ScheduleCreate or
 ScheduleUpdate; every error is keyed by the field the API names, with the API's message.
 
-The schedule's `interval` is its timing (as in the contract the browser tests use); the
-template's own snapshot interval is not on this form: a continuous schedule's snapshots come
-every schedule interval, and the others keep a template's stored one when edited.
+The form's `interval` (#schedule-interval) is the schedule's timing; the template's own
+snapshot interval is not on this form: a continuous schedule's snapshots come every schedule
+interval, and the others keep a template's stored one when edited.
 """
 
 from __future__ import annotations

@@ -68,11 +68,11 @@ def test_the_new_form_has_the_fields_the_browser_tests_use(browser: Browser) -> 
     page = parse(operator.get("/schedules/new").text)
     form_ = page.one("form", id="schedule-form")
     assert form_.attrs["action"] == "/schedules/new" and form_.attrs["method"] == "post"
-    for ident in ("schedule-name", "cron", "time_zone", "interval", "program", "duration"):
+    for ident in ("schedule-name", "cron", "time_zone", "schedule-interval", "program", "duration"):
         assert form_.one(id=ident)
     assert value_of(page, "time_zone") == "UTC"
     assert form_.one("button", id="submit-schedule").attrs["type"] == "submit"
-    assert len(form_.all("input", name="interval")) == 1  # the schedule's, not a job's
+    assert len(form_.all("input", name="interval")) == 1 and not form_.all(id="interval")
     assert form_.one("input", name="csrf").attrs["value"] == csrf
     assert "Europe/Berlin" in {o.attrs["value"] for o in page.one("datalist").all("option")}
 
@@ -172,7 +172,7 @@ def test_each_error_is_beside_its_field_with_the_values_kept(
     assert message in said[0].text
     for ident, name in [("schedule-name", "name"), ("cron", "cron"), ("time_zone", "time_zone")]:
         assert value_of(page, ident) == fields[name]
-    assert value_of(page, "interval") == fields["interval"]
+    assert value_of(page, "schedule-interval") == fields["interval"]
     assert value_of(page, "targets-selector") == fields["targets.selector"]
     assert value_of(page, "duration") == fields["duration"]
     assert by_name(sessions, fields["name"]) is None
@@ -198,7 +198,7 @@ def test_edit_changes_the_stored_schedule(
     url = f"/schedules/{fields['name']}/edit"
     page = parse(operator.get(url).text)
     assert page.one("form", id="schedule-form").attrs["action"] == url
-    assert value_of(page, "interval") == "90s" and value_of(page, "cron") == ""
+    assert value_of(page, "schedule-interval") == "90s" and value_of(page, "cron") == ""
     assert value_of(page, "targets-selector") == f"role={role}"
     assert value_of(page, "duration") == "2s"
     assert "disabled" in page.one(id="schedule-name").attrs
@@ -240,7 +240,7 @@ def test_edit_keeps_a_templates_snapshot_interval_the_form_does_not_show(
     made = make(client, tokens, role, interval_s=120, template=template)
     operator, csrf = browser("operator")
     url = f"/schedules/{made['name']}/edit"
-    assert value_of(parse(operator.get(url).text), "interval") == "2m"
+    assert value_of(parse(operator.get(url).text), "schedule-interval") == "2m"
     done = post(operator, url, csrf, form(role, interval="3m", duration="4s", misfire_grace=""))
     assert done.status_code == 303, done.text[:2000]
     stored = by_name(sessions, made["name"])
