@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from controller.schedules.models import Schedule
 from tests.controller.conftest import Tokens
-from tests.controller.console.dom_tree import Node, parse
+from tests.controller.console.dom import Node, parse
 from tests.controller.support import register_host
 from tests.controller.test_schedules import make
 
@@ -72,7 +72,7 @@ def test_the_new_form_has_the_fields_the_browser_tests_use(browser: Browser) -> 
         assert form_.one(id=ident)
     assert value_of(page, "time_zone") == "UTC"
     assert form_.one("button", id="submit-schedule").attrs["type"] == "submit"
-    assert len(form_.all("input", name="interval")) == 1 and not form_.all(id="interval")
+    assert len(list(form_.all("input", name="interval"))) == 1 and not form_.has(id="interval")
     assert form_.one("input", name="csrf").attrs["value"] == csrf
     assert "Europe/Berlin" in {o.attrs["value"] for o in page.one("datalist").all("option")}
 
@@ -93,7 +93,7 @@ def test_create_by_interval(browser: Browser, role: str, sessions: sessionmaker[
     assert "interval_s" not in made.template  # the schedule's interval is not the job's
     assert made.created_by == "test-operator" and made.next_fire_at is not None
     page = parse(operator.get(done.headers["location"]).text)
-    assert page.one("table", id="timing").all("td")[0].text == "every 5 min"
+    assert next(page.one("table", id="timing").all("td")).text == "every 5 min"
 
 
 def test_create_by_cron_in_a_time_zone(
@@ -167,7 +167,7 @@ def test_each_error_is_beside_its_field_with_the_values_kept(
     answer = post(operator, "/schedules/new", csrf, fields)
     assert answer.status_code == 422, answer.text[:500]
     page = parse(answer.text)
-    said = page.all("p", class_="field-error")
+    said = list(page.all("p", cls="field-error"))
     assert [p.attrs["data-field"] for p in said] == [field], [p.text for p in said]
     assert message in said[0].text
     for ident, name in [("schedule-name", "name"), ("cron", "cron"), ("time_zone", "time_zone")]:
@@ -185,7 +185,7 @@ def test_a_taken_name_is_a_conflict_on_the_name(browser: Browser, role: str) -> 
     assert post(operator, "/schedules/new", csrf, fields).status_code == 303
     again = post(operator, "/schedules/new", csrf, form(role, name=fields["name"]))
     assert again.status_code == 409
-    error = parse(again.text).one("p", class_="field-error")
+    error = parse(again.text).one("p", cls="field-error")
     assert error.attrs["data-field"] == "name" and "exists" in error.text
 
 
@@ -206,7 +206,7 @@ def test_edit_changes_the_stored_schedule(
     bad = post(operator, url, csrf, form(role, cron="0 25 * * *", interval="", duration="3s"))
     assert bad.status_code == 422
     shown = parse(bad.text)
-    assert shown.one("p", class_="field-error").attrs["data-field"] == "cron"
+    assert shown.one("p", cls="field-error").attrs["data-field"] == "cron"
     assert value_of(shown, "cron") == "0 25 * * *" and value_of(shown, "duration") == "3s"
     kept = by_name(sessions, fields["name"])
     assert kept is not None and kept.interval_s == 90 and kept.template["duration_s"] == 2
