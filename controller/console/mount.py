@@ -11,19 +11,29 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from controller.console import fleet, hosts, job_page, jobs_list, pages, schedules
+from controller.console import (
+    fleet,
+    hosts,
+    job_page,
+    jobs_list,
+    pages,
+    schedule_edit,
+    schedules,
+)
 from controller.console.web import PageError, SignInNeeded, page, redirect, sign_in_url
 from controller.errors import ControllerError
 
 STATIC = Path(__file__).parent / "static"
 _ROUTING = {404: "no such page", 405: "this page does not take that method"}
-# jobs_list before job_page: /jobs/new is not a job id.
+# jobs_list before job_page: /jobs/new is not a job id; schedule_edit before schedules for
+# the same reason (/schedules/new).
 ROUTERS = (
     pages.router,
     fleet.router,
     jobs_list.router,
     job_page.router,
     hosts.router,
+    schedule_edit.router,
     schedules.router,
 )
 

@@ -11,13 +11,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
+from pydantic import ValidationError
 
 from controller.api.deps import DispatcherDep, SessionDep, SettingsDep
 from controller.api.params import IdPath, Offset
 from controller.console import schedule_trend
 from controller.console.format import seconds
+from controller.console.jobs_list import targets_text
 from controller.console.web import FormDep, OperatorDep, VisitorDep, page, redirect
 from controller.errors import NotFound
+from controller.jobs.models import Targets
 from controller.schedules import service
 from controller.schedules.models import Schedule, SchedulePublic
 from controller.schedules.trend import offered
@@ -27,7 +30,6 @@ router = APIRouter(include_in_schema=False)
 
 PAGE_SIZE = 50
 RECENT = 20
-NAMES_SHOWN = 5
 MAX_HOSTS = 64  # hosts picked for a trend in one address
 # Paths under /schedules/ that are pages, not schedules: a schedule so named is linked by id.
 RESERVED = frozenset({"new"})
@@ -59,15 +61,11 @@ def timing(schedule: SchedulePublic) -> str:
 
 
 def targets(template: dict[str, Any]) -> str:
-    """A template's targets in a few words: names (the first few), a selector, or all."""
-    given = template.get("targets") or {}
-    if given.get("hosts"):
-        names: list[str] = list(given["hosts"])
-        more = f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else ""
-        return ", ".join(names[:NAMES_SHOWN]) + more
-    if given.get("selector"):
-        return ",".join(f"{k}={v}" for k, v in given["selector"].items())
-    return "all hosts"
+    """A template's targets in a few words, as the jobs list says a job's."""
+    try:
+        return targets_text(Targets.model_validate(template.get("targets") or {}))
+    except ValidationError:  # stored under older bounds: its page says what is wrong
+        return "—"
 
 
 def row(public: SchedulePublic) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from controller.jobs.models import Job
 from controller.schedules.models import Schedule, ScheduleFire
 from node_agent.protocol import Log2Histogram
 from tests.controller.conftest import RecordingDispatcher, Tokens
-from tests.controller.console.dom_tree import Node, parse
+from tests.controller.console.dom import Node, parse
 from tests.controller.support import counters, register_host
 from tests.controller.test_schedules import _put_results, make
 
@@ -59,6 +59,15 @@ def get(client: TestClient, url: str, status: int = 200) -> Node:
     return parse(answer.text)
 
 
+def having(node: Node, tag: str, attribute: str) -> list[Node]:
+    """The `tag` elements inside that carry `attribute`, whatever its value."""
+    return [n for n in node.all(tag) if attribute in n.attrs]
+
+
+def cells_of(row: Node) -> list[Node]:
+    return list(row.all("td"))
+
+
 def row_of(page: Node, name: str) -> Node:
     return page.one("table", id="schedules").one("tr", data_schedule=name)
 
@@ -83,12 +92,12 @@ def test_the_list_says_each_schedules_timing_targets_state_and_last_job(
     assert cells[5].endswith("UTC") and re.fullmatch(r"\d+ s ago", cells[6])
     link = row_of(page, every["name"]).one("a", data_job=job_id)
     assert link.attrs["href"] == f"/jobs/{job_id}"
-    name_cell = row_of(page, every["name"]).all("td")[0]
+    name_cell = cells_of(row_of(page, every["name"]))[0]
     assert name_cell.one("a").attrs["href"] == f"/schedules/{every['name']}"
     cells = [td.text for td in row_of(page, nightly["name"]).all("td")]
     assert cells[1] == "cron 0 3 * * * (Asia/Tokyo)" and cells[6] == "never"
     assert [td.text for td in row_of(page, paused["name"]).all("td")][4:6] == ["paused", "—"]
-    assert not page.all("a", id="new-schedule")  # a viewer gets no control it may not use
+    assert not page.has("a", id="new-schedule")  # a viewer gets no control it may not use
     operator, _ = browser("operator")
     assert get(operator, "/schedules").one("a", id="new-schedule").attrs["href"] == "/schedules/new"
 
@@ -100,9 +109,9 @@ def test_a_continuous_schedule_is_flagged(
     template = {"program": "syscalls", "duration_s": 60, "targets": {"selector": {"role": role}}}
     made = make(client, tokens, role, interval_s=10, continuous=True, template=template)
     viewer, _ = browser("viewer")
-    name_cell = row_of(get(viewer, "/schedules"), made["name"]).all("td")[0]
-    assert name_cell.one("span", class_="label").text == "continuous"
-    assert row_of(get(viewer, "/schedules"), made["name"]).all("td")[1].text == (
+    name_cell = cells_of(row_of(get(viewer, "/schedules"), made["name"]))[0]
+    assert name_cell.one("span", cls="label").text == "continuous"
+    assert cells_of(row_of(get(viewer, "/schedules"), made["name"]))[1].text == (
         "every 10 s (a job per 1 min)"
     )
 
@@ -120,7 +129,7 @@ def test_pause_resume_run_now_and_delete_change_the_stored_schedule(
     url = f"/schedules/{schedule['name']}"
     page = get(operator, url)
     assert page.one("span", id="schedule-state").text == "enabled"
-    assert not page.all("form", id="resume")
+    assert not page.has("form", id="resume")
     for form in ("pause", "run-now", "delete"):
         assert page.one("form", id=form).one("input", name="csrf").attrs["value"] == csrf
     assert "Delete schedule" in page.one("form", id="delete").attrs["data-confirm"]
@@ -131,7 +140,7 @@ def test_pause_resume_run_now_and_delete_change_the_stored_schedule(
     assert paused is not None and not paused.enabled and paused.next_fire_at is None
     page = get(operator, url)
     assert page.one("span", id="schedule-state").text == "paused"
-    assert page.all("form", id="resume") and not page.all("form", id="pause")
+    assert page.has("form", id="resume") and not page.has("form", id="pause")
 
     done = operator.post(f"{url}/resume", data={"csrf": csrf}, follow_redirects=False)
     assert done.status_code == 303
@@ -171,8 +180,8 @@ def test_a_viewer_sees_no_control_and_its_posts_change_nothing(
     url = f"/schedules/{schedule['name']}"
     page = get(viewer, url)
     for form in ("pause", "resume", "run-now", "delete"):
-        assert not page.all("form", id=form), form
-    assert not page.all("a", id="edit")
+        assert not page.has("form", id=form), form
+    assert not page.has("a", id="edit")
     for action in ("pause", "resume", "run", "delete"):
         refused = viewer.post(f"{url}/{action}", data={"csrf": csrf}, follow_redirects=False)
         assert refused.status_code == 403, action
@@ -191,7 +200,7 @@ def test_an_unknown_schedule_is_a_404_page(browser: Browser, ref: str) -> None:
         answer = viewer.get(url)
         assert answer.status_code == 404 and answer.headers["content-type"].startswith("text/html")
         assert "<img" not in answer.text
-        assert "no schedule" in parse(answer.text).one("p", class_="error").text
+        assert "no schedule" in parse(answer.text).one("p", cls="error").text
     operator, csrf = browser("operator")
     answer = operator.post(f"/schedules/{ref}/run", data={"csrf": csrf})
     assert answer.status_code == 404
@@ -213,9 +222,8 @@ def test_hostile_template_text_is_escaped(
     answer = viewer.get(f"/schedules/{made['name']}")
     assert answer.status_code == 200
     assert "comm=&lt;b id=&#34;x&#34;&gt;&amp;" in answer.text and '<b id="x">' not in answer.text
-    assert parse(answer.text).one("table", id="template").all("span", class_="label")[-1].text == (
-        f"comm={comm}"
-    )
+    labels = parse(answer.text).one("table", id="template").all("span", cls="label")
+    assert [label.text for label in labels][-1] == f"comm={comm}"
 
 
 # -- the trend ------------------------------------------------------------------------------------
@@ -258,7 +266,7 @@ def two_fires(
 def dots(chart: Node) -> dict[str, list[str]]:
     """Each linked dot's job id, by the dot's title (host, slot, value)."""
     found: dict[str, list[str]] = {}
-    for link in chart.all("a", data_job="*"):
+    for link in having(chart, "a", "data-job"):
         assert link.attrs["href"] == f"/jobs/{link.attrs['data-job']}"
         title = link.one("circle").one("title").text
         found.setdefault(title.split(" ")[0], []).append(link.attrs["data-job"])
@@ -276,7 +284,7 @@ def test_the_trend_has_a_linked_dot_per_host_per_fire(
     assert parse_qs(urlsplit(first.headers["location"]).query) == {"metric": ["total:syscalls"]}
 
     page = get(viewer, f"{base}?metric=count:lat")
-    offered = [a.text for a in page.one("p", class_="metrics").all("a", class_="metric")]
+    offered = [a.text for a in page.one("p", cls="metrics").all("a", cls="metric")]
     assert offered == [
         "total:syscalls",
         "rate:syscalls",
@@ -294,9 +302,9 @@ def test_the_trend_has_a_linked_dot_per_host_per_fire(
     for i, host in enumerate(hosts):
         figure = page.one("figure", data_host=host)
         assert dots(figure) == {host: jobs}
-        assert figure.one("span", class_="num").text == f"{110 + 1000 * i:,} events"
+        assert figure.one("span", cls="num").text == f"{110 + 1000 * i:,} events"
     values = page.one("table", id="trend-values")
-    assert [r.attrs["data-job"] for r in values.all("tr", data_job="*")] == jobs[::-1]
+    assert [r.attrs["data-job"] for r in having(values, "tr", "data-job")] == jobs[::-1]
     newest = values.one("tr", data_job=jobs[1])
     assert [td.text for td in newest.all("td")][2:] == ["110 events", "1,110 events"]
 
@@ -304,7 +312,7 @@ def test_the_trend_has_a_linked_dot_per_host_per_fire(
     page = get(viewer, f"{base}?metric=p99:lat&host={hosts[1]}")
     chart = page.one("svg", id="trend")
     assert dots(chart) == {hosts[1]: jobs}
-    assert page.one("figure", data_host=hosts[1]).one("span", class_="num").text == (
+    assert page.one("figure", data_host=hosts[1]).one("span", cls="num").text == (
         "1,023 us (1.0 ms)"
     )
     assert page.one("input", name="host", value=hosts[1]).attrs.get("checked") is not None
@@ -320,7 +328,7 @@ def test_a_bad_or_hostile_metric_is_named_next_to_its_field(
     assert bad.status_code == 422 and "<i>" not in bad.text
     page = parse(bad.text)
     assert page.one("input", id="metric").attrs["value"] == "p200:lat<i>"  # kept
-    assert "bad" in page.one("p", class_="field-error", data_field="metric").text
+    assert "bad" in page.one("p", cls="field-error", data_field="metric").text
     # A key an agent reported (a process could name itself so) is a metric, shown escaped.
     hostile = "key:syscalls:<script>alert(1)</script>"
     answer = viewer.get(base, params={"metric": hostile})
@@ -334,7 +342,7 @@ def test_a_trend_without_results_says_so(browser: Browser, schedule: dict[str, A
     viewer, _ = browser("viewer")
     page = get(viewer, f"/schedules/{schedule['name']}/trend")
     assert "No results yet" in page.one("p", id="no-results").text
-    assert not page.all("svg", id="trend")
+    assert not page.has("svg", id="trend")
 
 
 def test_a_slot_that_cannot_fire_says_why(
@@ -348,10 +356,10 @@ def test_a_slot_that_cannot_fire_says_why(
     assert done.status_code == 303
     [fire] = fires(sessions, made["id"])
     assert fire.outcome == "failed" and fire.job_id is None and fire.reason
-    slot = get(operator, url).one("table", id="fires").all("tr")[1]
+    slot = list(get(operator, url).one("table", id="fires").all("tr"))[1]
     cells = [td.text for td in slot.all("td")]
     assert cells[1] == "failed run now" and cells[2] == "—" and cells[4] == fire.reason
-    listed = row_of(get(operator, "/schedules"), made["name"]).all("td")
+    listed = cells_of(row_of(get(operator, "/schedules"), made["name"]))
     assert listed[7].text == "failed"
 
 
@@ -364,14 +372,13 @@ def test_the_list_pages_by_fifty(
     first = get(viewer, "/schedules")
     total = int(first.one("h1").one("span").text)
     assert (
-        total >= 51 and len(first.one("table", id="schedules").all("tr", data_schedule="*")) == 50
+        total >= 51 and len(having(first.one("table", id="schedules"), "tr", "data-schedule")) == 50
     )
-    step = first.one("nav", class_="pager").one("a", rel="next").attrs["href"]
+    step = first.one("nav", cls="pager").one("a", rel="next").attrs["href"]
     assert step == "/schedules?offset=50"
     second = get(viewer, step)
-    names = second.one("table", id="schedules").all("tr", data_schedule="*")
+    names = having(second.one("table", id="schedules"), "tr", "data-schedule")
     assert len(names) == min(50, total - 50)
     assert (
-        second.one("nav", class_="pager").one("a", rel="prev").attrs["href"]
-        == "/schedules?offset=0"
+        second.one("nav", cls="pager").one("a", rel="prev").attrs["href"] == "/schedules?offset=0"
     )
