@@ -51,12 +51,12 @@ def errors_of(exc: ControllerError, *, under: str = "") -> dict[str, str]:
     return {field_of(path): exc.message}
 
 
-def _text(form: Mapping[str, Any], key: str) -> str:
+def field_text(form: Mapping[str, Any], key: str) -> str:
     value = form.get(key)
     return value.strip() if isinstance(value, str) else ""
 
 
-def _duration(text: str, field: str, errors: dict[str, str]) -> float | str | None:
+def duration_field(text: str, field: str, errors: dict[str, str]) -> float | str | None:
     """Seconds in the agent's grammar; a bad text is an error on `field` (left to the model,
     which then says nothing more about it)."""
     if not text:
@@ -73,7 +73,7 @@ def _params(spec: ProgramSpec, form: Mapping[str, Any], errors: dict[str, str]) 
     that every bad one is named, not only the first."""
     given: dict[str, Any] = {}
     for key in form:
-        if not key.startswith("params.") or not (raw := _text(form, key)):
+        if not key.startswith("params.") or not (raw := field_text(form, key)):
             continue
         name = key.removeprefix("params.")
         try:
@@ -84,12 +84,12 @@ def _params(spec: ProgramSpec, form: Mapping[str, Any], errors: dict[str, str]) 
 
 
 def _targets(form: Mapping[str, Any], errors: dict[str, str]) -> dict[str, Any] | None:
-    mode = _text(form, "targets")
+    mode = field_text(form, "targets")
     if mode == "names":
-        return {"hosts": [n for n in _SPLIT.split(_text(form, "targets.names")) if n]}
+        return {"hosts": [n for n in _SPLIT.split(field_text(form, "targets.names")) if n]}
     if mode == "selector":
         selector: dict[str, str] = {}
-        for item in (i for i in _SPLIT.split(_text(form, "targets.selector")) if i):
+        for item in (i for i in _SPLIT.split(field_text(form, "targets.selector")) if i):
             key, sep, value = item.partition("=")
             if not sep:
                 errors["targets.selector"] = f"bad {item!r}, want k=v with a label key and value"
@@ -109,7 +109,7 @@ def _maps(text: str) -> list[dict[str, str]]:
 def job_from_form(form: Mapping[str, Any]) -> tuple[JobCreate | None, dict[str, str]]:
     """The job the form describes, or None and every error by the API's field name."""
     errors: dict[str, str] = {}
-    program = _text(form, "program")
+    program = field_text(form, "program")
     spec: ProgramSpec | None = None
     try:
         spec = get_program(program)
@@ -118,15 +118,15 @@ def job_from_form(form: Mapping[str, Any]) -> tuple[JobCreate | None, dict[str, 
     data: dict[str, Any] = {
         "program": program,
         "params": _params(spec, form, errors) if spec else {},
-        "scope": {f: v for f, _, _ in SCOPE_FIELDS if (v := _text(form, f"scope.{f}"))},
-        "duration_s": _duration(_text(form, "duration"), "duration_s", errors),
-        "interval_s": _duration(_text(form, "interval"), "interval_s", errors),
+        "scope": {f: v for f, _, _ in SCOPE_FIELDS if (v := field_text(form, f"scope.{f}"))},
+        "duration_s": duration_field(field_text(form, "duration"), "duration_s", errors),
+        "interval_s": duration_field(field_text(form, "interval"), "interval_s", errors),
     }
     if (targets := _targets(form, errors)) is not None:
         data["targets"] = targets
     if spec is not None and spec.source_policy is not None:
         data["source"] = form.get("source") or None
-        data["maps"] = _maps(_text(form, "maps"))
+        data["maps"] = _maps(field_text(form, "maps"))
     if data["duration_s"] is None:
         del data["duration_s"]  # required: the model names it
     try:
@@ -144,7 +144,7 @@ def job_from_form(form: Mapping[str, Any]) -> tuple[JobCreate | None, dict[str, 
     return job, {}
 
 
-def _span(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
     """Seconds back in the duration grammar: 0.5 -> '500ms', 120 -> '2m', 10 -> '10s'."""
     if seconds < 1 and float(seconds * 1000).is_integer():
         return f"{seconds * 1000:.0f}ms"
@@ -162,8 +162,8 @@ def _shown(value: Any) -> str:
 
 def form_values(job: JobCreate) -> dict[str, str]:
     """A template as the form's fields, for editing it (a schedule's) or starting from it."""
-    values = {"program": job.program, "duration": _span(job.duration_s)}
-    values["interval"] = _span(job.interval_s) if job.interval_s else ""
+    values = {"program": job.program, "duration": duration_text(job.duration_s)}
+    values["interval"] = duration_text(job.interval_s) if job.interval_s else ""
     values |= {f"params.{k}": _shown(v) for k, v in job.params.items()}
     values |= {f"scope.{k}": _shown(v) for k, v in job.scope.model_dump(exclude_none=True).items()}
     targets = job.targets

@@ -75,7 +75,7 @@ class Read:
 
 def _seconds(form: Mapping[str, Any], key: str, read: Read) -> float | str | None:
     """A duration field in the agent's grammar, or its error under the API's name."""
-    return forms._duration(forms._text(form, key), DURATIONS[key], read.errors)
+    return forms.duration_field(forms.field_text(form, key), DURATIONS[key], read.errors)
 
 
 def _template(form: Mapping[str, Any], read: Read) -> JobCreate | None:
@@ -89,8 +89,8 @@ def _template(form: Mapping[str, Any], read: Read) -> JobCreate | None:
 
 def _timing(form: Mapping[str, Any], read: Read) -> dict[str, Any]:
     return {
-        "cron": forms._text(form, "cron") or None,
-        "time_zone": forms._text(form, "time_zone") or "UTC",
+        "cron": forms.field_text(form, "cron") or None,
+        "time_zone": forms.field_text(form, "time_zone") or "UTC",
         "interval_s": _seconds(form, "interval", read),
     }
 
@@ -98,7 +98,7 @@ def _timing(form: Mapping[str, Any], read: Read) -> dict[str, Any]:
 def _policies(form: Mapping[str, Any], read: Read) -> dict[str, Any]:
     policies = {
         "retention": {
-            "max_runs": forms._text(form, "retention.max_runs") or None,
+            "max_runs": forms.field_text(form, "retention.max_runs") or None,
             "max_age_s": _seconds(form, "retention.max_age", read),
         },
         "allow_overlap": "allow_overlap" in form,
@@ -124,7 +124,7 @@ def _validate(
 def read_create(form: Mapping[str, Any]) -> Read:
     read = Read()
     job = _template(form, read)
-    data = {"name": forms._text(form, "name"), **_timing(form, read), **_policies(form, read)}
+    data = {"name": forms.field_text(form, "name"), **_timing(form, read), **_policies(form, read)}
     data |= {"continuous": "continuous" in form, "enabled": "enabled" in form}
     _validate(ScheduleCreate, data, read, job)
     return read
@@ -144,7 +144,7 @@ def read_update(form: Mapping[str, Any], schedule: Schedule) -> Read:
 
 def span(seconds: float | None) -> str:
     """Seconds in the duration grammar, for a field's value: 300 -> '5m'; None -> ''."""
-    return forms._span(seconds) if seconds else ""
+    return forms.duration_text(seconds) if seconds else ""
 
 
 def stored_values(schedule: Schedule) -> dict[str, str]:
