@@ -2,7 +2,7 @@
 
 Every context manager stops what it started, on unix sockets or 127.0.0.1 only.
 Not a benchmark itself: the controller benchmarks import it. Polling, stopping, ports,
-Redis and PostgreSQL are the dev stack's harness (controller/devstack/harness.py), shared
+Redis and PostgreSQL are the dev stack's harness (tools/devstack/harness.py), shared
 with the tests.
 """
 
@@ -21,8 +21,8 @@ import httpx
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from controller.devstack import harness
-from controller.devstack.harness import clean_env, free_port, stop_process, wait_for
+from devstack import harness
+from devstack.harness import clean_env, free_port, stop_process, wait_for
 from node_agent.wire import client_url
 
 BIN = Path(sys.executable).parent

@@ -32,8 +32,8 @@ from fastapi import FastAPI
 
 from controller.app import create_app
 from controller.audit.middleware import AuditMiddleware
-from controller.devstack.harness import free_port, wait_for
 from controller.settings import Settings
+from devstack.harness import free_port, wait_for
 
 
 def _app(database_url: str, audited: bool) -> FastAPI:

@@ -29,9 +29,9 @@ import _main
 import httpx
 
 from controller.bootstrap.artifacts import Artifacts, TargetPlatform
-from controller.devstack import HostSpec, Stack, down, sshd
-from controller.devstack.config import private_config
-from controller.devstack.stack import artifacts_dir
+from devstack import HostSpec, Stack, down, sshd
+from devstack.config import private_config
+from devstack.stack import artifacts_dir
 
 FINAL = {"succeeded", "failed", "cancelled"}
 STEPS = ("preflight", "packages", "upload", "install", "config", "service", "verify")

@@ -45,8 +45,8 @@ from _stack import BIN, add_host, controller, trusted_keys_file, wait_online
 from sqlalchemy import func, select
 
 from controller.cli.http import parse_sse
-from controller.devstack.harness import stop_process, task_envelope
 from controller.jobs.models import Job, Run
+from devstack.harness import stop_process, task_envelope
 from node_agent.protocol import (
     CounterTable,
     Heartbeat,

@@ -45,12 +45,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db import make_engine, make_sessionmaker
-from controller.devstack.harness import PG_BIN
 from controller.hosts.models import Host
 from controller.ingest.consumer import Ingest
 from controller.jobs.models import Job, Run, SnapshotRow
 from controller.migrate import upgrade
 from controller.settings import Settings
+from devstack.harness import PG_BIN
 from node_agent.protocol import Log2Histogram, RunState, Snapshot, SnapshotStats, StreamEnvelope
 from node_agent.wire import client_url, events_stream
 

@@ -39,8 +39,8 @@ from _baselines import bare_child
 from _stack import add_host, agent_worker, controller, wait_online
 from sqlalchemy import select
 
-from controller.devstack.harness import wait_for
 from controller.jobs.models import Run, SnapshotRow
+from devstack.harness import wait_for
 from node_agent.protocol import StreamEnvelope, TraceRequest
 from node_agent.trace import prepare
 from node_agent.wire import events_stream

@@ -1,4 +1,4 @@
-"""Write node_agent/runtime/helper_ids.py from the kernel's enum bpf_func_id.
+"""Write agent/node_agent/runtime/helper_ids.py from the kernel's enum bpf_func_id.
 
 Run at build time (`python scripts/gen_helper_ids.py [/usr/include/linux/bpf.h]`): a traced
 host needs no kernel headers to name the helpers a program calls.
@@ -10,7 +10,7 @@ import re
 import sys
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent.parent / "node_agent" / "runtime" / "helper_ids.py"
+OUT = Path(__file__).resolve().parent.parent / "agent" / "node_agent" / "runtime" / "helper_ids.py"
 # `FN(name)` in the older mapper (ids by position), `FN(name, id, ##ctx)` in the newer one.
 ENTRY = re.compile(r"FN\(\s*([a-z0-9_]+)\s*(?:,\s*(\d+)\s*)?(?:,[^)]*)?\)")
 

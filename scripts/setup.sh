@@ -244,13 +244,14 @@ make_venv() {
     "$venv/bin/python" -c "import bcc" 2>/dev/null \
         || die "bcc does not import in $venv: python3-bpfcc must be installed for /usr/bin/python3 (delete $venv and rerun)"
     local stamp=$venv/.fleettrace-installed want
-    want=$(sha256sum "$here/pyproject.toml" | cut -d' ' -f1)
+    want=$(cat "$here/pyproject.toml" "$here/agent/pyproject.toml" "$here/tools/pyproject.toml" | sha256sum | cut -d' ' -f1)
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         say "installing fleettrace into $venv"
         local log
         log=$(mktemp)
         if ! { "$venv/bin/pip" install -q --disable-pip-version-check --upgrade pip \
-            && "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[dev,controller]"; } >"$log" 2>&1; then
+            && "$venv/bin/pip" install -q --disable-pip-version-check \
+                -e "$here/agent" -e "$here[dev]" -e "$here/tools"; } >"$log" 2>&1; then
             tail -n 20 "$log" >&2
             die "pip install failed (last lines above; full log $log): check access to PyPI, then rerun"
         fi

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from controller.errors import ControllerError
 
 log = logging.getLogger(__name__)
-PACKAGES = ("node_agent", "controller")
+PACKAGES = ("node_agent",)  # the agent's distribution: the controller never ships
 TOP_FILES = ("pyproject.toml", "README.md", "LICENSE")
 _SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", "*.egg-info")
 BUILD_TIMEOUT_S = 600.0
@@ -115,6 +115,16 @@ def source_root() -> Path | None:
     return root if (root / "pyproject.toml").exists() else None
 
 
+def agent_source() -> Path | None:
+    """The agent distribution's tree in this checkout (what a host's wheel is built from)."""
+    root = source_root()
+    return (
+        root / "agent"
+        if root is not None and (root / "agent" / "pyproject.toml").exists()
+        else None
+    )
+
+
 def source_files(root: Path) -> list[Path]:
     """The files a wheel of `root` is built from (what the source hash covers)."""
     files = [root / name for name in TOP_FILES if (root / name).is_file()]
@@ -188,7 +198,7 @@ class Artifacts:
         self, cache_dir: Path, *, source: Path | None = None, python: str = sys.executable
     ) -> None:
         self.cache_dir = cache_dir.resolve()
-        self.source = source or source_root()
+        self.source = source or agent_source()
         self.python = python
         self._lock = threading.Lock()
 
@@ -233,9 +243,9 @@ class Artifacts:
             digest = source_hash(tree)
             out = work / "out"
             self._pip("wheel", "--no-deps", "--wheel-dir", str(out), str(tree))
-            wheels = list(out.glob("fleettrace-*.whl"))
+            wheels = list(out.glob("fleettrace_agent-*.whl"))
             if len(wheels) != 1:
-                raise ArtifactError(f"pip wheel made {len(wheels)} fleettrace wheels, not one")
+                raise ArtifactError(f"pip wheel made {len(wheels)} agent wheels, not one")
             version, requirements = wheel_metadata(wheels[0])
             _manifest(
                 out, version=version, build_id=f"{version}+{digest}", requirements=requirements

@@ -9,7 +9,6 @@ from typing import NoReturn
 
 from controller.cli import audit, client, keys, report, schedules, server
 from controller.cli.errors import CliError
-from controller.devstack import cli as devstack_cli
 from node_agent.safe_text import printable
 
 
@@ -28,8 +27,27 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_commands(sub)
     schedules.add_commands(sub)
     audit.add_commands(sub)
-    devstack_cli.add_commands(sub)
+    _dev_commands(sub)
     return parser
+
+
+def _dev_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """`fleettrace dev ...` from a checkout: the local test fleet is not in the shipped package."""
+    try:
+        from devstack import cli as devstack_cli
+    except ImportError:
+        dev = sub.add_parser("dev", help="a local fleet (needs a fleettrace checkout)")
+        dev.add_argument("rest", nargs=argparse.REMAINDER)
+        dev.set_defaults(func=_no_devstack)
+        return
+    devstack_cli.add_commands(sub)
+
+
+def _no_devstack(args: argparse.Namespace) -> int:
+    raise CliError(
+        "`fleettrace dev` is a checkout's tool and is not installed here: "
+        "from a fleettrace checkout, run `bash scripts/setup.sh`"
+    )
 
 
 def _client_command(args: argparse.Namespace) -> bool:

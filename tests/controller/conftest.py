@@ -29,14 +29,14 @@ from controller.app import create_app
 from controller.auth import service as auth_service
 from controller.auth.models import Role
 from controller.db import make_engine, make_sessionmaker
-from controller.devstack import harness
-from controller.devstack.harness import PostgresServer
 from controller.dispatch import CeleryDispatcher
 from controller.ingest.consumer import Ingest
 from controller.keys.store import KeyStore
 from controller.migrate import upgrade
 from controller.schedules.scheduler import Scheduler
 from controller.settings import Settings
+from devstack import harness
+from devstack.harness import PostgresServer
 from node_agent.protocol import Heartbeat, Snapshot, StateChange, TraceRequest
 from node_agent.wire import AGENT_USER_PREFIX, client_url, events_stream
 from tests.controller.support import (

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from controller.devstack.harness import task_envelope
+from devstack.harness import task_envelope
 from node_agent.protocol import Heartbeat, HostCapabilities, RunState, StateChange, TraceRequest
 from node_agent.trust import Gate, SeenRuns, TrustedKeys
 from node_agent.wire import client_url, host_queue

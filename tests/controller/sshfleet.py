@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller.bootstrap.ssh import SshTarget, Timeouts
-from controller.devstack import HostSpec, Stack, StackConfig, down, sshd
-from controller.devstack.config import private_config
-from controller.devstack.system import make_netns, remove_netns
+from devstack import HostSpec, Stack, StackConfig, down, sshd
+from devstack.config import private_config
+from devstack.system import make_netns, remove_netns
 
 # A web host and a database host, each with its workload.
 WEB_AND_DB = (

@@ -15,10 +15,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from controller.devstack.harness import clean_env as clean_env
-from controller.devstack.harness import free_port as free_port
-from controller.devstack.harness import stop_process as stop_process
-from controller.devstack.harness import wait_for as wait_for
+from devstack.harness import clean_env as clean_env
+from devstack.harness import free_port as free_port
+from devstack.harness import stop_process as stop_process
+from devstack.harness import wait_for as wait_for
 from node_agent.protocol import (
     CounterTable,
     Feature,

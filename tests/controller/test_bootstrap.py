@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from controller.devstack import HostSpec, Stack, sshd
-from controller.devstack.system import cgroup_path
+from devstack import HostSpec, Stack, sshd
+from devstack.system import cgroup_path
 from tests.controller.sshfleet import (
     AUTH_TRACES,
     inside,

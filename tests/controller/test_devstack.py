@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from controller.devstack import Stack, down
-from controller.devstack.api import Api
-from controller.devstack.config import private_config
-from controller.devstack.host import agent_pidfile
-from controller.devstack.system import NETNS_DIR, cgroup_path
 from controller.keys.store import KeyStore
+from devstack import Stack, down
+from devstack.api import Api
+from devstack.config import private_config
+from devstack.host import agent_pidfile
+from devstack.system import NETNS_DIR, cgroup_path
 from node_agent.scope import cgroup2_mount
 from node_agent.signing import parse_trusted_keys
 from tests.controller.sshfleet import WEB_AND_DB

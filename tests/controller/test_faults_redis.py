@@ -23,11 +23,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db import utcnow
-from controller.devstack.harness import REDIS_SERVER, RedisServer
 from controller.jobs.models import Run, SnapshotRow
 from controller.schedules.models import ScheduleFire
 from controller.schedules.scheduler import Scheduler
 from controller.settings import Settings
+from devstack.harness import REDIS_SERVER, RedisServer
 from node_agent.protocol import Heartbeat
 from node_agent.wire import events_stream
 from tests.controller.conftest import Agents, IngestThread, RecordingDispatcher, Tokens

@@ -26,7 +26,7 @@ from controller.bootstrap.ssh import (
     Timeouts,
     Unreachable,
 )
-from controller.devstack import Stack, down, machine, sshd
+from devstack import Stack, down, machine, sshd
 from tests.controller.sshfleet import (
     AUTH_TRACES,
     WEB_AND_DB,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.devstack import supervise
+from devstack import supervise
 from tests.controller.support import alive, stop_process, wait_for
 
 

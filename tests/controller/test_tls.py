@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
 from kombu import Connection
 
-from controller.devstack import harness
+from devstack import harness
 from node_agent.wire import broker_url, client_url
 from tests.controller.conftest import AgentProcess, Agents, Tokens
 from tests.controller.support import free_port, job_final, missing, submit, wait_job

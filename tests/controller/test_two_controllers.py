@@ -29,11 +29,11 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db import make_engine
-from controller.devstack.harness import PostgresServer, free_port
 from controller.ingest import consumers
 from controller.jobs.models import Job, JobEvent, Run, SnapshotRow
 from controller.keys.store import KeyStore
 from controller.schedules.models import ScheduleFire
+from devstack.harness import PostgresServer, free_port
 from node_agent.wire import client_url, events_stream
 from tests.controller.conftest import BIN, Tokens
 from tests.controller.emulated_fleet import EmulatedFleet, wait_idle

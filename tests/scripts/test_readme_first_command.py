@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.devstack.harness import clean_env
+from devstack.harness import clean_env
 from tests.helpers import run_in_own_mounts
 
 pytestmark = [pytest.mark.root, pytest.mark.bcc]

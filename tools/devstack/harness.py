@@ -1,7 +1,7 @@
 """Processes and throwaway services for the dev stack, the tests and the benchmarks.
 
 Polling, stopping a process group, a free port, a private redis-server and a PostgreSQL
-cluster: written once here and imported by `controller.devstack`, `tests/` and `bench/`.
+cluster: written once here and imported by `devstack`, `tests/` and `bench/`.
 It depends on nothing else in the repository (stdlib, redis, psycopg when asked for a
 cluster), so it moves as it is wherever the dev stack goes.
 """

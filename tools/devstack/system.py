@@ -12,8 +12,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from controller.devstack.config import DevstackError
-from controller.devstack.harness import wait_for
+from devstack.config import DevstackError
+from devstack.harness import wait_for
 from node_agent.scope import cgroup2_mount
 
 log = logging.getLogger(__name__)

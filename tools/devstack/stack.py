@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from controller.bootstrap.artifacts import source_root
-from controller.devstack import harness, host, system
-from controller.devstack.api import Api
-from controller.devstack.config import DevstackError, HostSpec, StackConfig, load
-from controller.devstack.teardown import down
 from controller.keys.store import KeyStore
+from devstack import harness, host, system
+from devstack.api import Api
+from devstack.config import DevstackError, HostSpec, StackConfig, load
+from devstack.teardown import down
 
 log = logging.getLogger(__name__)
 NEEDED = ("redis-server", "ip", "nsenter", "unshare", "mount", "sh")

@@ -9,10 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from controller.devstack.config import StackConfig
-from controller.devstack.render import show
-from controller.devstack.stack import Stack
-from controller.devstack.workload import MODES
+from devstack.config import StackConfig
+from devstack.render import show
+from devstack.stack import Stack
+from devstack.workload import MODES
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 from typing import Protocol
 
-from controller.devstack import supervise, system, workload
-from controller.devstack.config import HostSpec, StackConfig
 from controller.keys.store import KeyStore
+from devstack import supervise, system, workload
+from devstack.config import HostSpec, StackConfig
 
 # Inside the host's namespace this is /etc/fleettrace/controller-keys.pub, the agent's default.
 TRUSTED_KEYS_NAME = "controller-keys.pub"

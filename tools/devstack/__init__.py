@@ -4,10 +4,10 @@ Redis on a unix socket, the controller, and hosts made of network, mount and UTS
 each with its own cgroup holding a workload and an agent confined to that cgroup.
 """
 
-from controller.devstack.config import DevstackError, HostSpec, StackConfig, demo_hosts
-from controller.devstack.host import HostService
-from controller.devstack.stack import Stack
-from controller.devstack.teardown import down, status
+from devstack.config import DevstackError, HostSpec, StackConfig, demo_hosts
+from devstack.host import HostService
+from devstack.stack import Stack
+from devstack.teardown import down, status
 
 __all__ = [
     "DevstackError",

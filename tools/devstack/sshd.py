@@ -20,9 +20,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from controller.devstack import machine, system
-from controller.devstack.config import DevstackError, HostSpec, StackConfig
-from controller.devstack.machine import Shared
+from devstack import machine, system
+from devstack.config import DevstackError, HostSpec, StackConfig
+from devstack.machine import Shared
 
 SSHD = Path("/usr/sbin/sshd")
 SUDO_USER = "ftdeploy"

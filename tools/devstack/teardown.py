@@ -10,9 +10,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from controller.devstack import sshd, system
-from controller.devstack.api import Api
-from controller.devstack.config import DevstackError, StackConfig, load
+from devstack import sshd, system
+from devstack.api import Api
+from devstack.config import DevstackError, StackConfig, load
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Keep one command running the way its systemd unit would: Restart=always with a backoff,
 StartLimitBurst starts per StartLimitIntervalSec at most, TERM then KILL to stop it.
 
-A local host's agent runs under this (`python -m controller.devstack.supervise -- AGENT...`),
+A local host's agent runs under this (`python -m devstack.supervise -- AGENT...`),
 so an agent that dies comes back as it would on a real host. The child gets SIGTERM if this
 process dies (PR_SET_PDEATHSIG): killing the supervisor never leaves an agent behind.
 """
@@ -117,7 +117,7 @@ class Supervisor:
 
 def command(pidfile: Path | None = None) -> list[str]:
     """The supervisor's command line, to put before `--` and the supervised command."""
-    cmd = [sys.executable, "-m", "controller.devstack.supervise"]
+    cmd = [sys.executable, "-m", "devstack.supervise"]
     return [*cmd, "--pidfile", str(pidfile)] if pidfile is not None else cmd
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 
-from controller.devstack.config import DevstackError, HostSpec
-from controller.devstack.harness import wait_for
+from devstack.config import DevstackError, HostSpec
+from devstack.harness import wait_for
 
 FINAL_JOB_STATES = {"succeeded", "partial", "failed", "cancelled"}
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from controller.devstack.config import DEFAULT_STATE_DIR, DevstackError, StackConfig, demo_hosts
-from node_agent.cli import parse_duration
+from devstack.config import DEFAULT_STATE_DIR, DevstackError, StackConfig, demo_hosts
+from node_agent.arguments import parse_duration
 
 
 def add_commands(sub: Any) -> None:
@@ -109,8 +109,8 @@ def _guarded(run: Any) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from controller.devstack.sshd import Sshd
-    from controller.devstack.stack import Stack
+    from devstack.sshd import Sshd
+    from devstack.stack import Stack
 
     def run() -> int:
         config = _config(args)
@@ -124,7 +124,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from controller.devstack.teardown import down
+    from devstack.teardown import down
 
     def run() -> int:
         if not down(args.state_dir, purge=args.purge, progress=_say):
@@ -135,7 +135,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from controller.devstack.demo import run_demo
+    from devstack.demo import run_demo
 
     return _guarded(
         lambda: run_demo(
@@ -150,7 +150,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from controller.devstack.teardown import status
+    from devstack.teardown import status
 
     def run() -> int:
         report = status(args.state_dir)

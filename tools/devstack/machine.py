@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from controller.devstack import system
-from controller.devstack.config import DevstackError
+from devstack import system
+from devstack.config import DevstackError
 
 RECORD = Path("/run/fleettrace-dev-shared.json")
 

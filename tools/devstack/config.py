@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from controller.devstack.harness import REDIS_USER, free_port
-from controller.devstack.workload import MODES
+from devstack.harness import REDIS_USER, free_port
+from devstack.workload import MODES
 
 DEFAULT_STATE_DIR = Path("/run/fleettrace-dev")
 STATE_FILE = "stack.json"
