@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from node_agent.wire import HOST_NAME_PATTERN
 
@@ -24,6 +24,11 @@ MAX_STACK_DEPTH = 1024  # bcc gives at most 127 kernel + 127 user frames
 MAX_BUCKETS = 128
 MAX_FIELDS = 32
 MAX_RUNNING = 1024
+# An agent's own cost and record (its heartbeat's `agent`): far above any real value.
+MAX_BYTES = 2**50  # 1 PiB of memory
+MAX_CPU_S = 1e12  # 30,000 years of one CPU
+MAX_TOTAL = 2**53  # traces ever run: still exact as a float (Prometheus, JavaScript)
+MAX_LAST_ERROR = 500
 # The names the API accepts for hosts: an envelope from any host it lets in must be readable.
 HOST_PATTERN = HOST_NAME_PATTERN
 
@@ -49,3 +54,11 @@ KeyValue = (
 
 class WireModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
+
+
+def first_error(exc: ValidationError, within: str = "") -> str:
+    """A validation error's first problem in one line: `where: what`, without the input;
+    `within` names the field the validated value came from."""
+    error = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(part) for part in (within, *error["loc"]) if part) or "data"
+    return f"{where}: {error['msg']}"

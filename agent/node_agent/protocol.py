@@ -6,17 +6,30 @@ No bcc import here: the controller imports this module.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from node_agent.bounds import (
     HOST_PATTERN,
     MAX_BUCKETS,
+    MAX_BYTES,
     MAX_COUNT,
+    MAX_CPU_S,
     MAX_FIELDS,
     MAX_ID,
+    MAX_LAST_ERROR,
     MAX_NAME,
     MAX_ROWS,
     MAX_RUNNING,
@@ -24,6 +37,7 @@ from node_agent.bounds import (
     MAX_SEQ,
     MAX_STACK_DEPTH,
     MAX_TEXT,
+    MAX_TOTAL,
     Clipped,
     Count,
     HostName,
@@ -31,6 +45,7 @@ from node_agent.bounds import (
     KeyValue,
     Name,
     Text,
+    first_error,
 )
 from node_agent.bounds import WireModel as _Model
 from node_agent.kinds import (
@@ -43,6 +58,7 @@ from node_agent.kinds import (
     Result,
     StackCount,
 )
+from node_agent.safe_text import printable
 
 PROTOCOL_VERSION = 1
 MAX_ERROR_DETAIL = 8192
@@ -321,8 +337,58 @@ class HostCapabilities(_Model):
         return sorted((f for f in needed if not self.features.get(f, False)), key=lambda f: f.value)
 
 
+def _last_error(value: Any) -> Any:
+    """An error names what a traced host chose (paths, symbols): one printable line, cut."""
+    if not isinstance(value, str):
+        return value
+    text = printable(value)
+    if len(text) > MAX_LAST_ERROR:
+        mark = " [... cut]"
+        text = text[: MAX_LAST_ERROR - len(mark)] + mark
+    return text
+
+
+def _utc(value: datetime) -> datetime:
+    """Stored and compared as UTC: a time without a zone is taken as UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Bytes = Annotated[int, Field(ge=0, le=MAX_BYTES)]
+Total = Annotated[int, Field(ge=0, le=MAX_TOTAL)]
+UtcTime = Annotated[datetime, AfterValidator(_utc)]
+LastError = Annotated[str, BeforeValidator(_last_error), Field(max_length=MAX_LAST_ERROR)]
+
+
+class AgentStats(_Model):
+    """What the agent itself costs its host and how its traces went, since it started: all its
+    processes (the worker and every descendant: spare, zygote, trace children)."""
+
+    rss_bytes: Bytes = Field(description="resident memory, summed over the agent's processes")
+    pss_bytes: Bytes | None = Field(
+        default=None, description="proportional set size (shared pages split); None: unreadable"
+    )
+    cpu_seconds_total: float = Field(
+        ge=0, le=MAX_CPU_S, description="user + system CPU, exited children included"
+    )
+    programs_loaded: int = Field(ge=0, le=MAX_RUNNING, description="traces running now")
+    traces_run_total: Total
+    traces_failed_total: Total
+    last_error: LastError | None = None
+    last_error_at: UtcTime | None = None
+    started_at: UtcTime
+
+    @model_validator(mode="after")
+    def _failed_among_run(self) -> AgentStats:
+        if self.traces_failed_total > self.traces_run_total:
+            raise ValueError("traces_failed_total exceeds traces_run_total")
+        return self
+
+
 class Heartbeat(_Model):
-    """An agent's periodic sign of life, with what it can run."""
+    """An agent's periodic sign of life, with what it can run and what it costs.
+
+    Its `agent` stats are an extra: ones that do not validate are dropped (`agent_refused`
+    says why), never the beat, whose arrival alone keeps the host online."""
 
     type: Literal["heartbeat"] = "heartbeat"
     host: HostName
@@ -332,6 +398,27 @@ class Heartbeat(_Model):
     running: list[Id] = Field(
         default_factory=list, description="run ids in progress", max_length=MAX_RUNNING
     )
+    agent: AgentStats | None = Field(default=None, description="None from agents before stats")
+    _agent_refused: str | None = PrivateAttr(default=None)
+
+    @property
+    def agent_refused(self) -> str | None:
+        """Why the beat's stats were dropped, if they were."""
+        return self._agent_refused
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _stats_apart(cls, data: Any, handler: ModelWrapValidatorHandler[Heartbeat]) -> Heartbeat:
+        stats = data.get("agent") if isinstance(data, dict) else None
+        if stats is None or isinstance(stats, AgentStats):
+            return handler(data)
+        try:
+            AgentStats.model_validate(stats)
+        except ValidationError as exc:
+            beat = handler({**data, "agent": None})
+            beat._agent_refused = first_error(exc, within="agent")
+            return beat
+        return handler(data)
 
 
 class StreamEnvelope(_Model):

@@ -17,6 +17,7 @@ from celery import Celery
 from node_agent import __version__
 from node_agent.outbox import Outbox, OutboxFull
 from node_agent.protocol import (
+    AgentStats,
     ErrorCode,
     Heartbeat,
     HostCapabilities,
@@ -29,6 +30,7 @@ from node_agent.protocol import (
     TraceRequest,
 )
 from node_agent.runner import ChildPool, TraceRunner
+from node_agent.selfstats import SelfStats
 from node_agent.settings import AgentSettings
 from node_agent.signing import VerifyError
 from node_agent.trust import Gate, SeenRuns, TrustedKeys
@@ -81,6 +83,7 @@ class Agent:
         self.running: dict[str, TraceRunner] = {}
         self.capabilities: HostCapabilities | None = None
         self.pool = ChildPool()
+        self.stats = SelfStats()
         self.gate = Gate(
             host=settings.host,
             keys=TrustedKeys(settings.trusted_keys),
@@ -125,14 +128,13 @@ class Agent:
         except ValueError as exc:
             log.error("run %s: signed request does not validate: %s", verified.run_id, exc)
             job_id = verified.payload.get("job_id")
-            self.publisher.publish(
-                StateChange(
-                    run_id=verified.run_id,
-                    state=RunState.failed,
-                    reason=f"unreadable request: {str(exc)[:500]}",
-                ),
-                job_id=job_id if isinstance(job_id, str) else None,
+            final = StateChange(
+                run_id=verified.run_id,
+                state=RunState.failed,
+                reason=f"unreadable request: {str(exc)[:500]}",
             )
+            self.stats.trace_ended(final)
+            self.publisher.publish(final, job_id=job_id if isinstance(job_id, str) else None)
             return None
 
     def cancel_requested(self, run_id: str) -> bool:
@@ -168,6 +170,7 @@ class Agent:
             final = StateChange(
                 run_id=run_id, state=RunState.cancelled, reason="cancelled before start"
             )
+            self.stats.trace_ended(final)
             publish(final)
             return final
         # Tells the controller the host has the run, so it is not expired while it compiles.
@@ -190,7 +193,15 @@ class Agent:
         watcher.start()
         try:
             log.info("run %s (job %s): starting %s", run_id, job_id, request.program)
-            final = runner.run()
+            try:
+                final = runner.run()
+            except Exception as exc:
+                reason = f"the agent failed running it: {type(exc).__name__}: {exc}"
+                self.stats.trace_ended(
+                    StateChange(run_id=run_id, state=RunState.failed, reason=reason)
+                )
+                raise
+            self.stats.trace_ended(final)
             log.info("run %s (job %s): %s", run_id, job_id, final.state.value)
             if final.error is not None and final.error.code is ErrorCode.policy:
                 detail = final.error.message[:1024]  # also a refusal, for the audit log
@@ -251,11 +262,19 @@ class Agent:
             agent_version=__version__,
             capabilities=self.capabilities,
             running=running,
+            agent=self.own_stats(programs_loaded=len(running)),
         )
         try:
             self.publisher.publish(beat)
         except OutboxFull as exc:
             log.warning("host %s: heartbeat not queued: %s", self.settings.host, exc)
+
+    def own_stats(self, *, programs_loaded: int) -> AgentStats | None:
+        try:
+            return self.stats.collect(programs_loaded=programs_loaded)
+        except Exception:  # the beat says the host is alive: it goes without its stats
+            log.exception("host %s: cannot read the agent's own stats", self.settings.host)
+            return None
 
     def stop(self) -> None:
         self._stop.set()

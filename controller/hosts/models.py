@@ -10,6 +10,7 @@ from sqlalchemy import String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from controller.db import Base, utcnow
+from node_agent.protocol import AgentStats
 from node_agent.wire import HOST_NAME_PATTERN
 
 NAME_PATTERN = HOST_NAME_PATTERN
@@ -41,6 +42,8 @@ class Host(Base):
     last_heartbeat: Mapped[datetime | None]
     agent_version: Mapped[str | None] = mapped_column(String(64))
     capabilities: Mapped[dict[str, Any] | None]
+    # AgentStats of the latest heartbeat as JSON; None: an agent too old to send them.
+    agent_stats: Mapped[dict[str, Any] | None]
     # How the controller reaches the host over SSH; keys never live here, only fingerprints.
     ssh_user: Mapped[str] = mapped_column(String(32), default="root", server_default="root")
     ssh_port: Mapped[int] = mapped_column(default=22, server_default="22")
@@ -105,6 +108,9 @@ class HostPublic(BaseModel):
     last_heartbeat: datetime | None
     agent_version: str | None
     capabilities: dict[str, Any] | None
+    agent_stats: AgentStats | None = Field(
+        default=None, description="what the agent costs and how its traces went, last heartbeat"
+    )
     created_at: datetime
     ssh_user: str = "root"
     ssh_port: int = 22

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -22,8 +24,9 @@ from controller.hosts.models import (
     HostState,
     HostUpdate,
 )
-from node_agent.protocol import Heartbeat
+from node_agent.protocol import AgentStats, Heartbeat
 
+log = logging.getLogger(__name__)
 _KEY = re.compile(LABEL_KEY_PATTERN)
 _VALUE = re.compile(LABEL_VALUE_PATTERN)
 
@@ -114,6 +117,7 @@ def to_public(host: Host, *, timeout_s: float) -> HostPublic:
         last_heartbeat=host.last_heartbeat,
         agent_version=host.agent_version,
         capabilities=host.capabilities,
+        agent_stats=agent_stats(host),
         created_at=host.created_at,
         ssh_user=host.ssh_user,
         ssh_port=host.ssh_port,
@@ -126,6 +130,18 @@ def to_public(host: Host, *, timeout_s: float) -> HostPublic:
         ),
         cgroup=host.cgroup,
     )
+
+
+def agent_stats(host: Host) -> AgentStats | None:
+    """The stats the host's agent sent last; None if none (or, stored before a change of the
+    model, unreadable now: a host is still shown)."""
+    if host.agent_stats is None:
+        return None
+    try:
+        return AgentStats.model_validate(host.agent_stats)
+    except ValidationError as exc:
+        log.warning("host %s: stored agent stats unreadable: %s", host.name, exc)
+        return None
 
 
 def issue_identity(*, host: Host, identities: Identities) -> Credential:
@@ -169,3 +185,5 @@ def _beat(host: Host, beat: Heartbeat) -> None:
     host.agent_version = beat.agent_version
     if beat.capabilities is not None:
         host.capabilities = beat.capabilities.model_dump(mode="json")
+    # Each beat's own: none (an old agent, or stats refused) is not the last ones kept stale.
+    host.agent_stats = None if beat.agent is None else beat.agent.model_dump(mode="json")

@@ -35,6 +35,7 @@ from controller.jobs import service as jobs_service
 from controller.jobs.models import Run, SnapshotRow
 from controller.reports import store as digests
 from controller.settings import Settings
+from node_agent.bounds import first_error
 from node_agent.protocol import (
     Heartbeat,
     Refusal,
@@ -319,7 +320,7 @@ class Ingest:
             try:
                 envelope = StreamEnvelope.model_validate_json(raw)
             except ValidationError as exc:
-                reason = f"unreadable: {_first_error(exc)}"
+                reason = f"unreadable: {first_error(exc)}"
                 dead_letters.record(session, host=host, entry_id=entry_id, data=raw, reason=reason)
                 continue
             claimed = _claimed_host(envelope)
@@ -378,6 +379,13 @@ class Ingest:
                 self._snapshot_event(session, *new_rows[i])
             elif isinstance(event, Heartbeat):
                 beats[envelope.host] = event  # a host's latest beat says it all
+                if event.agent_refused:
+                    log.warning(
+                        "ingest: host %s sent agent stats that do not validate (%s):"
+                        " heartbeat kept without them",
+                        envelope.host,
+                        event.agent_refused,
+                    )
             elif isinstance(event, Refusal):
                 self._refusal(session, envelope.host, event)
             elif isinstance(event, StateChange):
@@ -565,12 +573,6 @@ def _why(exc: Exception) -> str:
     parameters are the entry itself)."""
     cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
     return f"{type(cause).__name__}: {cause}".splitlines()[0][: dead_letters.REASON_CHARS]
-
-
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors(include_url=False, include_input=False)[0]
-    where = ".".join(str(part) for part in error["loc"]) or "data"
-    return f"{where}: {error['msg']}"
 
 
 def _first_unacked(pending: Any, groups: Any, group: str) -> tuple[int, int]:
