@@ -6,7 +6,7 @@ No bcc import here: the controller imports this module.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any, Literal
 
@@ -349,8 +349,14 @@ def _last_error(value: Any) -> Any:
 
 
 def _utc(value: datetime) -> datetime:
-    """Stored and compared as UTC: a time without a zone is taken as UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    """Stored and compared as UTC: a time without a zone is taken as UTC; none before 1970."""
+    try:
+        value = value.astimezone(timezone.utc) if value.tzinfo else value
+    except OverflowError:  # 9999-12-31T23:00-05:00 has no UTC time
+        raise ValueError("time out of range") from None
+    if value.year < 1970:
+        raise ValueError("time before 1970")
+    return value.replace(tzinfo=timezone.utc)
 
 
 Bytes = Annotated[int, Field(ge=0, le=MAX_BYTES)]

@@ -14,7 +14,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from node_agent.protocol import AgentStats, RunState, StateChange
@@ -134,7 +134,7 @@ class SelfStats:
 
     def __init__(self, root: int | None = None) -> None:
         self.root = os.getpid() if root is None else root
-        self.started_at = datetime.now(UTC)
+        self.started_at = datetime.now(timezone.utc)
         self._lock = threading.Lock()
         self._run = 0
         self._failed = 0
@@ -148,7 +148,7 @@ class SelfStats:
             if final.state not in NOT_FAILED:
                 self._failed += 1
                 self._last_error = f"run {final.run_id}: {failure_text(final)}"
-                self._last_error_at = datetime.now(UTC)
+                self._last_error_at = datetime.now(timezone.utc)
 
     def collect(self, *, programs_loaded: int) -> AgentStats:
         costs = list(family_costs(self.root))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from datetime import datetime, timezone
 from typing import Any
 
 from controller.cli.common import api, command, pair, print_json, reply
 from controller.cli.errors import CliError
 from controller.cli.text import Line, Style, emit, plural, since, table_lines, when
+from controller.hosts import agent_view
 from controller.hosts.models import HostPublic
 
 
@@ -124,6 +126,7 @@ def host_lines(host: HostPublic) -> list[Line]:
         ("host key", _host_key(host)),
         ("labels", _labels(host.labels)),
         ("agent", host.agent_version or "-"),
+        *agent_view.facts(host.agent_stats, now=datetime.now(timezone.utc), moment=_moment),
         ("registered", when(host.created_at)),
     ]
     caps = host.capabilities
@@ -133,6 +136,10 @@ def host_lines(host: HostPublic) -> list[Line]:
         fields.append(("capabilities", "not reported yet (no heartbeat with a probe)"))
     width = max(len(k) for k, _ in fields) + 2
     return [Line(f"{k + ':':<{width}}{v}", "title" if k == "name" else "") for k, v in fields]
+
+
+def _moment(at: datetime) -> str:
+    return f"{when(at)}, {since(at)}"
 
 
 def _host_key(host: HostPublic) -> str:

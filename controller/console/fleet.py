@@ -18,9 +18,11 @@ from markupsafe import Markup
 from controller.api.deps import SessionDep, SettingsDep
 from controller.api.resources import HostDep
 from controller.bootstrap import service as bootstrap
+from controller.console import format as fmt
 from controller.console.web import VisitorDep, page
 from controller.db import utcnow
 from controller.errors import InvalidRequest
+from controller.hosts import agent_view
 from controller.hosts import service as hosts
 from controller.hosts.models import Host, HostState
 from controller.jobs import service as jobs
@@ -167,6 +169,7 @@ def host_page(
         "host.html",
         who,
         host=public,
+        agent=agent_view.facts(public.agent_stats, now=utcnow(), moment=_moment),
         kernel=kernel(host.capabilities),
         probed_at=probed_at(host.capabilities),
         programs=list(catalog()),
@@ -175,3 +178,7 @@ def host_page(
         jobs_total=total,
         bootstrap=bootstrap.latest_run(session=session, host_name=host.name),
     )
+
+
+def _moment(at: datetime) -> str:
+    return f"{fmt.utc(at)}, {fmt.ago(at)}"
