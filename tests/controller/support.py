@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.orm import Session, sessionmaker
 
+from controller.hosts.agent_metrics import agent_families
 from devstack.harness import clean_env as clean_env
 from devstack.harness import free_port as free_port
 from devstack.harness import stop_process as stop_process
@@ -320,3 +325,22 @@ def capabilities(*, without: Sequence[Feature] = (), programs: bool = True) -> H
 
 def heartbeat(host: str, caps: HostCapabilities | None) -> Heartbeat:
     return Heartbeat(host=host, agent_version="0.1.0", capabilities=caps)
+
+
+def agent_samples(sessions: sessionmaker[Session]) -> dict[tuple[str, str], float]:
+    """agent_families() as a scrape sees them: exposed by prometheus_client, parsed back by its
+    text parser; {(sample name, host): value}."""
+
+    class Agents:
+        def collect(self) -> Iterator[Metric]:
+            with sessions() as session:
+                yield from agent_families(session)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Agents())  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    return {
+        (sample.name, sample.labels["host"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
