@@ -158,3 +158,20 @@ def test_a_hostile_failure_message_is_one_printable_bounded_line() -> None:
     assert error is not None and len(error) <= 500
     assert error.startswith("run r1: internal: \\x1b]0;PWNED\\x07\\nsecond line")
     assert error.isprintable()
+
+
+def test_pss_is_read_at_most_once_per_period_and_reported_in_between(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with tree([(8, 0), (8, 0)]) as root:
+        stats = SelfStats(root=root.pid, pss_every_s=3600)
+        first = stats.collect(programs_loaded=0).pss_bytes
+        assert first is not None and first >= 16 * MIB
+
+        def walked(pid: int) -> int:
+            raise AssertionError("PSS read again within its period")
+
+        monkeypatch.setattr(selfstats, "pss_bytes", walked)
+        assert stats.collect(programs_loaded=0).pss_bytes == first
+        with pytest.raises(AssertionError, match="PSS read again"):
+            SelfStats(root=root.pid, pss_every_s=0).collect(programs_loaded=0)
