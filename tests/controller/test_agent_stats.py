@@ -60,6 +60,21 @@ def beat(feeder: Feeder, host: str, agent: Any = None, *, with_agent: bool = Tru
     feeder.drain()
 
 
+@pytest.fixture
+def hosts_show(
+    client: TestClient, tokens: Tokens, cli_for: Callable[[TestClient, str], Cli]
+) -> Callable[[str], str]:
+    """`fleettrace hosts show NAME` as a viewer: what it prints (it must exit 0)."""
+    cli = cli_for(client, tokens.token("viewer"))
+
+    def show(name: str) -> str:
+        code, out, err = cli("hosts", "show", name)
+        assert code == 0, err
+        return out
+
+    return show
+
+
 def shown(client: TestClient, tokens: Tokens, host: str) -> dict[str, Any]:
     answer = client.get(f"/v1/hosts/{host}", headers=tokens.headers("viewer"))
     assert answer.status_code == 200, answer.text
@@ -72,7 +87,7 @@ def test_sane_stats_are_stored_shown_by_the_api_and_the_cli_and_exported(
     tokens: Tokens,
     feeder: Feeder,
     sessions: sessionmaker[Session],
-    cli_for: Callable[[TestClient, str], Cli],
+    hosts_show: Callable[[str], str],
 ) -> None:
     host = new_host(client, tokens)
     beat(feeder, host, SANE)
@@ -86,8 +101,7 @@ def test_sane_stats_are_stored_shown_by_the_api_and_the_cli_and_exported(
     }
     assert stats["last_error"] == SANE["last_error"]
 
-    code, out, err = cli_for(client, tokens.token("viewer"))("hosts", "show", host)
-    assert code == 0, err
+    out = hosts_show(host)
     assert "150.0 MiB resident, 90.0 MiB proportional" in out
     assert "36.00 s (1.00 % of one CPU since start)" in out
     assert "1 running; 12 run, 3 failed" in out
@@ -111,14 +125,14 @@ def test_an_old_agent_without_stats_is_online_shown_as_such_and_only_its_beat_ex
     tokens: Tokens,
     feeder: Feeder,
     sessions: sessionmaker[Session],
-    cli_for: Callable[[TestClient, str], Cli],
+    hosts_show: Callable[[str], str],
 ) -> None:
     host = new_host(client, tokens)
     beat(feeder, host, with_agent=False)
     body = shown(client, tokens, host)
     assert body["state"] == "online" and body["agent_stats"] is None
-    code, out, _ = cli_for(client, tokens.token("viewer"))("hosts", "show", host)
-    assert code == 0 and "agent stats:" in out and "not reported" in out
+    out = hosts_show(host)
+    assert "agent stats:" in out and "not reported" in out
     exported = {name for name, h in agent_samples(sessions) if h == host}
     assert exported == {"fleettrace_agent_last_heartbeat_timestamp_seconds"}
 
@@ -193,7 +207,7 @@ def test_a_hostile_last_error_is_stored_one_printable_bounded_line(
     client: TestClient,
     tokens: Tokens,
     feeder: Feeder,
-    cli_for: Callable[[TestClient, str], Cli],
+    hosts_show: Callable[[str], str],
     error: str,
     stored: Callable[[str], bool],
 ) -> None:
@@ -201,8 +215,8 @@ def test_a_hostile_last_error_is_stored_one_printable_bounded_line(
     beat(feeder, host, {**SANE, "last_error": error})
     kept = shown(client, tokens, host)["agent_stats"]["last_error"]
     assert stored(kept), kept[:200]
-    code, out, _ = cli_for(client, tokens.token("viewer"))("hosts", "show", host)
-    assert code == 0 and "\x1b" not in out and "\u202e" not in out
+    out = hosts_show(host)
+    assert "\x1b" not in out and "\u202e" not in out
     assert len(max(out.splitlines(), key=len)) < 700
 
 
