@@ -371,7 +371,9 @@ class AgentStats(_Model):
 
     rss_bytes: Bytes = Field(description="resident memory, summed over the agent's processes")
     pss_bytes: Bytes | None = Field(
-        default=None, description="proportional set size (shared pages split); None: unreadable"
+        default=None,
+        description="proportional set size (shared pages split), read at most once a minute;"
+        " None: unreadable",
     )
     cpu_seconds_total: float = Field(
         ge=0, le=MAX_CPU_S, description="user + system CPU, exited children included"

@@ -178,7 +178,6 @@ class SelfStats:
                 started_at=self.started_at,
             )
 
-
     def _pss_of(self, costs: list[ProcessCost]) -> int | None:
         if time.monotonic() - self._pss_at >= self.pss_every_s:
             found = [pss_bytes(c.pid) for c in costs]

@@ -48,8 +48,8 @@ def facts(
         error = stats.last_error + at
     return [
         ("agent memory", memory_text(stats)),
-        ("agent cpu", cpu_text(stats, now=now)),
-        ("agent since", moment(stats.started_at)),
+        ("agent CPU", cpu_text(stats, now=now)),
+        ("agent started", moment(stats.started_at)),
         ("traces", traces_text(stats)),
         ("last error", error),
     ]
