@@ -327,9 +327,8 @@ def heartbeat(host: str, caps: HostCapabilities | None) -> Heartbeat:
     return Heartbeat(host=host, agent_version="0.1.0", capabilities=caps)
 
 
-def agent_samples(sessions: sessionmaker[Session]) -> dict[tuple[str, str], float]:
-    """agent_families() as a scrape sees them: exposed by prometheus_client, parsed back by its
-    text parser; {(sample name, host): value}."""
+def agent_exposition(sessions: sessionmaker[Session]) -> str:
+    """agent_families() as a scrape gets them: a registry's text exposition."""
 
     class Agents:
         def collect(self) -> Iterator[Metric]:
@@ -338,9 +337,14 @@ def agent_samples(sessions: sessionmaker[Session]) -> dict[tuple[str, str], floa
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Agents())  # type: ignore[arg-type]
-    text = generate_latest(registry).decode()
+    return generate_latest(registry).decode()
+
+
+def agent_samples(sessions: sessionmaker[Session]) -> dict[tuple[str, str], float]:
+    """agent_exposition() parsed back by prometheus_client's text parser:
+    {(sample name, host): value}."""
     return {
         (sample.name, sample.labels["host"]): sample.value
-        for family in text_string_to_metric_families(text)
+        for family in text_string_to_metric_families(agent_exposition(sessions))
         for sample in family.samples
     }

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import subprocess
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -23,7 +25,7 @@ from node_agent.bounds import MAX_BYTES
 from node_agent.wire import events_stream
 from tests.controller.conftest import Cli, Feeder, Tokens
 from tests.controller.console.conftest import sign_in
-from tests.controller.support import agent_samples, register_host
+from tests.controller.support import agent_exposition, agent_samples, missing, register_host
 
 STARTED = datetime.now(timezone.utc) - timedelta(hours=1)
 SANE: dict[str, Any] = {
@@ -118,6 +120,23 @@ def test_sane_stats_are_stored_shown_by_the_api_and_the_cli_and_exported(
     assert samples[("fleettrace_agent_last_error_timestamp_seconds", host)] == error_at
     beat_at = datetime.fromisoformat(body["last_heartbeat"]).timestamp()
     assert samples[("fleettrace_agent_last_heartbeat_timestamp_seconds", host)] == beat_at
+
+
+def test_the_families_pass_promtool_check_metrics(
+    client: TestClient, tokens: Tokens, feeder: Feeder, sessions: sessionmaker[Session]
+) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        missing("promtool (Debian's prometheus package)")
+    beat(feeder, new_host(client, tokens), SANE)
+    beat(feeder, new_host(client, tokens), with_agent=False)
+    text = agent_exposition(sessions)
+    assert "fleettrace_agent_cpu_seconds_total{" in text
+    checked = subprocess.run(
+        [str(promtool), "check", "metrics"], input=text, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout + checked.stderr == "", checked.stdout + checked.stderr
 
 
 def test_an_old_agent_without_stats_is_online_shown_as_such_and_only_its_beat_exported(
