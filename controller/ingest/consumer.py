@@ -82,6 +82,7 @@ class Ingest:
         self.link = RedisLink("ingest")
         self._group_ready = False
         self.leases = Leases(LeaseRules.of(settings), in_flight=self._others_pending)
+        self._refused_stats: dict[str, str] = {}  # host -> why its last beat's stats were dropped
 
     def _others_pending(self, host: str) -> bool:
         return consumers.others_pending(self.redis, host, group=self.group, me=self.consumer)
@@ -379,13 +380,7 @@ class Ingest:
                 self._snapshot_event(session, *new_rows[i])
             elif isinstance(event, Heartbeat):
                 beats[envelope.host] = event  # a host's latest beat says it all
-                if event.agent_refused:
-                    log.warning(
-                        "ingest: host %s sent agent stats that do not validate (%s):"
-                        " heartbeat kept without them",
-                        envelope.host,
-                        event.agent_refused,
-                    )
+                self._stats_refused(envelope.host, event.agent_refused)
             elif isinstance(event, Refusal):
                 self._refusal(session, envelope.host, event)
             elif isinstance(event, StateChange):
@@ -400,6 +395,20 @@ class Ingest:
         # Once per job and batch: a job's state walks all its runs (1,000 hosts, 2,000 state
         # changes in a batch: 2 million steps if done per change).
         locks.refresh_jobs(session, changed)
+
+    def _stats_refused(self, host: str, why: str | None) -> None:
+        """Logged once per host until the reason changes: a beat every few seconds each."""
+        if why is not None and self._refused_stats.get(host) != why:
+            log.warning(
+                "ingest: host %s sent agent stats that do not validate (%s):"
+                " heartbeat kept without them",
+                host,
+                why,
+            )
+        if why is None:
+            self._refused_stats.pop(host, None)
+        else:
+            self._refused_stats[host] = why
 
     def _refusal(self, session: Session, host: str, event: Refusal) -> None:
         log.warning(

@@ -206,6 +206,9 @@ def test_hostile_stats_are_dropped_the_heartbeat_is_kept_and_the_host_named_in_t
     assert len(logged) == 1 and why in logged[0] and "heartbeat kept" in logged[0], logged
     exported = {name for name, h in agent_samples(sessions) if h == host}
     assert exported == {"fleettrace_agent_last_heartbeat_timestamp_seconds"}
+    with caplog.at_level(logging.WARNING, logger="controller.ingest.consumer"):
+        beat(feeder, host, agent)  # the same again: not logged again
+    assert len([r for r in caplog.records if host in r.getMessage()]) == 1
 
 
 CLIPPED: list[tuple[str, str, Callable[[str], bool]]] = [
