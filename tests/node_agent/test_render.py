@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from node_agent.protocol import CounterTable, KeyField, Log2Histogram
 from node_agent.kinds.log2_histogram import slot_bounds
+from node_agent.protocol import CounterTable, KeyField, Log2Histogram
 from node_agent.render import histogram_lines, table_lines
 
 
