@@ -228,6 +228,15 @@ class Artifacts:
             _, files = _read_manifest(self._agent_dir())
         return files[0]
 
+    def wheelhouse(
+        self, target: TargetPlatform, requirements: list[str]
+    ) -> tuple[ArtifactFile, ...]:
+        """The wheels of `requirements` for `target`, downloaded (or found in the cache) as a
+        bundle's dependencies are."""
+        with self._locked():
+            _, files = _read_manifest(self._wheelhouse(target, requirements))
+        return files
+
     def _agent_dir(self) -> Path:
         if self.source is None:
             raise ArtifactError("no source checkout to build the agent wheel from")

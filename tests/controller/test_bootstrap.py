@@ -1,7 +1,8 @@
 """SSH bootstrap against real OpenSSH servers in bare local hosts (no agent until bootstrap).
 
 One stack for the module; the tests run in order and build on each other: three hosts are
-bootstrapped (one through a non-root user with sudo) and trace for real; a second bootstrap
+bootstrapped (one through a non-root user with sudo) and trace for real; what they got is the
+agent's distribution and nothing of the controller's or the dev tools'; a second bootstrap
 changes nothing; uninstall leaves nothing; a step that fails is reported and a re-run
 completes; a changed host key is refused before any credential; a dead address times out.
 """
@@ -16,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from controller.bootstrap.ssh import SshSession
+from controller.bootstrap.steps import VENV
 from devstack import HostSpec, Stack, sshd
 from devstack.system import cgroup_path
 from tests.controller.sshfleet import (
@@ -26,6 +29,7 @@ from tests.controller.sshfleet import (
     ssh_stack,
     sshd_log,
     stack_config,
+    target,
 )
 from tests.controller.support import FIRST_BOOTSTRAP_STEPS, step_statuses
 
@@ -166,6 +170,27 @@ def test_three_bare_hosts_are_bootstrapped_and_trace_for_real(
     assert db.get("fsync", 0) > 10, db
     assert web.get("fsync", 0) == 0, web
     assert db.get("getppid", 0) * 100 < web["getppid"], db
+
+
+def test_a_bootstrapped_host_has_the_agent_and_no_controller(stack: Stack) -> None:
+    """Asked over SSH, as an operator would: the host's venv imports node_agent, and neither
+    controller nor devstack; its only fleettrace distribution is the agent's."""
+    python = f"cd / && {VENV}/bin/python"
+    probe = "import importlib.util as u; print(u.find_spec('controller'), u.find_spec('devstack'))"
+    dists = (
+        "import importlib.metadata as m; "
+        "print(sorted(d.name for d in m.distributions() if d.name.startswith('fleettrace')))"
+    )
+    for host in NAMES:
+        with SshSession(target(stack.config, host)) as session:
+            agent = session.run(f"{python} -c 'import node_agent.worker, node_agent.cli'")
+            assert agent.code == 0, (host, agent.output)
+            controller = session.run(f"{python} -c 'import controller'")
+            assert controller.code == 1, (host, controller.output)
+            assert "No module named 'controller'" in controller.stderr, controller.output
+            assert session.run(f'{python} -c "{probe}"').stdout.split() == ["None", "None"]
+            installed = session.run(f'{python} -c "{dists}"')
+            assert installed.stdout.strip() == "['fleettrace-agent']", (host, installed.output)
 
 
 def _supervisor_pid(stack: Stack, host: str) -> str:
