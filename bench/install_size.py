@@ -39,7 +39,9 @@ BEFORE = "78979e2"
 OLD_BUILD = (
     "import sys; from pathlib import Path; import controller.bootstrap.artifacts as a\n"
     "assert a.__file__.startswith(sys.argv[2]), a.__file__\n"
-    "print(a.Artifacts(Path(sys.argv[1]))._agent_dir())\n"
+    "builder = a.Artifacts(Path(sys.argv[1]))\n"
+    "with builder._locked():\n"
+    "    print(builder._agent_dir())\n"
 )
 
 
@@ -47,6 +49,7 @@ OLD_BUILD = (
 class Shipped:
     label: str
     wheel: Path
+    wheel_bytes: int
     dependencies: tuple[ArtifactFile, ...]
     requirements: list[str]
 
@@ -84,7 +87,8 @@ def build_before(repo: Path, commit: str, workdir: Path) -> Path:
 
 def shipped(label: str, wheel: Path, artifacts: Artifacts, target: TargetPlatform) -> Shipped:
     requirements = wheel_metadata(wheel)[1]
-    return Shipped(label, wheel, artifacts.wheelhouse(target, requirements), requirements)
+    deps = artifacts.wheelhouse(target, requirements)
+    return Shipped(label, wheel, wheel.stat().st_size, deps, requirements)
 
 
 def tree_bytes(root: Path) -> tuple[int, int]:
@@ -171,7 +175,7 @@ def main() -> int:
         last = samples[item.label][-1]
         summary[item.label] = {
             "wheel": item.wheel.name,
-            "wheel_bytes": item.wheel.stat().st_size,
+            "wheel_bytes": item.wheel_bytes,
             "dependencies": len(item.dependencies),
             "dependency_bytes": sum(d.size for d in item.dependencies),
             "requirements": item.requirements,
