@@ -15,7 +15,6 @@ interleaved. Sizes are bytes on disk (file sizes; the .pyc files pip compiles in
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import _main
+from bootstrap import local_target  # bench/bootstrap.py: this machine as the host
 
 from controller.bootstrap.artifacts import (
     ArtifactFile,
@@ -52,12 +52,6 @@ class Shipped:
     wheel_bytes: int
     dependencies: tuple[ArtifactFile, ...]
     requirements: list[str]
-
-
-def local_target() -> TargetPlatform:
-    """The host is this machine: its Python and platform."""
-    python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    return TargetPlatform(python=python, arch=platform.machine(), glibc=platform.libc_ver()[1])
 
 
 def run(*argv: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
