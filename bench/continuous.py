@@ -30,7 +30,7 @@ from typing import Any
 
 import _main
 
-from node_agent.cli import parse_duration
+from node_agent.arguments import parse_duration
 from node_agent.protocol import RunEvent, RunState, Snapshot, StateChange, TraceRequest
 from node_agent.runner import ChildPool, TraceRunner
 

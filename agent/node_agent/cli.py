@@ -14,8 +14,7 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from node_agent import __version__
-from node_agent.arguments import add_trace_options
-from node_agent.arguments import parse_duration as parse_duration  # imported from here too
+from node_agent.arguments import add_trace_options, parse_duration
 from node_agent.errors import FleettraceError
 from node_agent.programs import catalog, get_program
 from node_agent.protocol import (

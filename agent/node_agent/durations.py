@@ -14,3 +14,13 @@ def parse(text: str) -> float | None:
     if not match:
         return None
     return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def text(seconds: float) -> str:
+    """Seconds back in the grammar, in its largest whole unit: 0.5 -> '500ms', 120 -> '2m'."""
+    if seconds < 1 and float(seconds * 1000).is_integer():
+        return f"{seconds * 1000:.0f}ms"
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and float(seconds / size).is_integer():
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:g}s"

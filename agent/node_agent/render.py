@@ -9,8 +9,8 @@ from node_agent.kinds import kind_of
 from node_agent.kinds.counter_table import table_lines
 from node_agent.kinds.event_samples import samples_lines
 from node_agent.kinds.histogram import BAR_WIDTH, histogram_lines
-from node_agent.kinds.log2_histogram import slot_bounds
-from node_agent.protocol import Result, Snapshot, SnapshotStats
+from node_agent.notes import stats_notes
+from node_agent.protocol import Result, Snapshot
 
 __all__ = [
     "BAR_WIDTH",
@@ -18,9 +18,7 @@ __all__ = [
     "join_blocks",
     "result_lines",
     "samples_lines",
-    "slot_bounds",
     "snapshot_text",
-    "stats_notes",
     "table_lines",
 ]
 
@@ -40,21 +38,6 @@ def snapshot_text(snapshot: Snapshot) -> str:
     if notes:
         lines += ["", "note: " + "; ".join(notes)]
     return "\n".join(lines)
-
-
-def stats_notes(stats: SnapshotStats, *, hints: bool = True) -> list[str]:
-    """What a snapshot's stats say is missing from it; `hints`: the `run` flag to raise."""
-    notes = []
-    if stats.events_lost:
-        notes.append(f"{stats.events_lost} events lost")
-    if stats.map_full_drops:
-        hint = " (raise --map-entries)" if hints else ""
-        notes.append(f"{stats.map_full_drops} drops on full maps{hint}")
-    if stats.rows_truncated:
-        notes.append(
-            "output truncated (raise --max-rows)" if hints else "output truncated at max_rows"
-        )
-    return notes
 
 
 def join_blocks(blocks: Iterable[str]) -> str:

@@ -1,4 +1,4 @@
-"""What a host installs: a wheel of this checkout plus a wheelhouse of the agent's dependencies.
+"""What a host installs: the agent's wheel (agent/ of this checkout) and its dependencies.
 
 Both are built once and cached under the artifacts dir: the wheel by version and a hash of
 the source tree (var/artifacts/agent/<version>-<hash>), the wheelhouse by its requirements
@@ -221,6 +221,21 @@ class Artifacts:
             deps_dir = self._wheelhouse(target, requirements)
             _, deps = _read_manifest(deps_dir)
         return Bundle(version=version, build_id=build_id, wheel=files[0], dependencies=deps)
+
+    def agent_wheel(self) -> ArtifactFile:
+        """The agent's wheel alone, built (or found in the cache) as a bundle's is."""
+        with self._locked():
+            _, files = _read_manifest(self._agent_dir())
+        return files[0]
+
+    def wheelhouse(
+        self, target: TargetPlatform, requirements: list[str]
+    ) -> tuple[ArtifactFile, ...]:
+        """The wheels of `requirements` for `target`, downloaded (or found in the cache) as a
+        bundle's dependencies are."""
+        with self._locked():
+            _, files = _read_manifest(self._wheelhouse(target, requirements))
+        return files
 
     def _agent_dir(self) -> Path:
         if self.source is None:

@@ -26,6 +26,9 @@ PIP = (
     " --disable-pip-version-check --no-cache-dir --no-input"
 )
 BUILD_MARKER = f"{VENV}/.fleettrace-build"
+# Hosts bootstrapped before the split hold one `fleettrace` wheel (node_agent and controller):
+# it goes first, or its controller package would stay importable beside the agent's wheel.
+SINGLE_WHEEL = "fleettrace"
 _SAFE_VALUE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./:@%+=,~")
 
 
@@ -162,13 +165,15 @@ def install(ctx: StepContext) -> StepStatus:
             what="creating the venv",
         )
     elif found.get("build") == bundle.build_id and found.get("agent") == "yes":
-        ctx.log(f"fleettrace {bundle.build_id} is installed")
+        ctx.log(f"fleettrace-agent {bundle.build_id} is installed")
         return StepStatus.ok
     wheel = f"{WHEELS}/{bundle.wheel.name}"
     before = found.get("build") or "nothing"
-    ctx.log(f"installing fleettrace {bundle.build_id} (was {before})")
+    ctx.log(f"installing fleettrace-agent {bundle.build_id} (was {before})")
     command = f"{PIP} install -q --no-index --find-links {WHEELS} {wheel}"
     if not fresh:
+        remove = f"{PIP} uninstall -q -y {SINGLE_WHEEL}"
+        command = f"if {PIP} show -q {SINGLE_WHEEL} >/dev/null 2>&1; then {remove}; fi && {command}"
         # The same version number with other code: pip would call it satisfied.
         command += f" && {PIP} install -q --no-index --no-deps --force-reinstall {wheel}"
     ctx.sh(command, what="pip install", timeout_s=max(ctx.settings.ssh_command_timeout_s, 600.0))

@@ -13,8 +13,8 @@ from controller.jobs.models import HostResult, JobResults, RunPublic
 from controller.kinds import Column, view_of
 from controller.kinds.folded_stacks import short_stack
 from controller.kinds.histogram import aligned_histogram
+from node_agent.notes import stats_notes
 from node_agent.protocol import Result, RunState
-from node_agent.render import stats_notes
 
 TOP = 20
 PARTIAL_MARK = "*"

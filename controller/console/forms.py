@@ -144,16 +144,6 @@ def job_from_form(form: Mapping[str, Any]) -> tuple[JobCreate | None, dict[str, 
     return job, {}
 
 
-def duration_text(seconds: float) -> str:
-    """Seconds back in the duration grammar: 0.5 -> '500ms', 120 -> '2m', 10 -> '10s'."""
-    if seconds < 1 and float(seconds * 1000).is_integer():
-        return f"{seconds * 1000:.0f}ms"
-    for unit, size in (("h", 3600), ("m", 60)):
-        if seconds >= size and float(seconds / size).is_integer():
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:g}s"
-
-
 def _shown(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -162,8 +152,8 @@ def _shown(value: Any) -> str:
 
 def form_values(job: JobCreate) -> dict[str, str]:
     """A template as the form's fields, for editing it (a schedule's) or starting from it."""
-    values = {"program": job.program, "duration": duration_text(job.duration_s)}
-    values["interval"] = duration_text(job.interval_s) if job.interval_s else ""
+    values = {"program": job.program, "duration": durations.text(job.duration_s)}
+    values["interval"] = durations.text(job.interval_s) if job.interval_s else ""
     values |= {f"params.{k}": _shown(v) for k, v in job.params.items()}
     values |= {f"scope.{k}": _shown(v) for k, v in job.scope.model_dump(exclude_none=True).items()}
     targets = job.targets

@@ -27,6 +27,7 @@ from controller.errors import ControllerError
 from controller.hosts import service as hosts_service
 from controller.jobs.models import JobCreate
 from controller.schedules.models import Schedule, ScheduleCreate, ScheduleUpdate
+from node_agent import durations
 
 # Form fields of the schedule itself, and the API field each one is.
 DURATIONS = {
@@ -144,7 +145,7 @@ def read_update(form: Mapping[str, Any], schedule: Schedule) -> Read:
 
 def span(seconds: float | None) -> str:
     """Seconds in the duration grammar, for a field's value: 300 -> '5m'; None -> ''."""
-    return forms.duration_text(seconds) if seconds else ""
+    return durations.text(seconds) if seconds else ""
 
 
 def stored_values(schedule: Schedule) -> dict[str, str]:

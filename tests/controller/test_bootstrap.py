@@ -1,14 +1,17 @@
 """SSH bootstrap against real OpenSSH servers in bare local hosts (no agent until bootstrap).
 
 One stack for the module; the tests run in order and build on each other: three hosts are
-bootstrapped (one through a non-root user with sudo) and trace for real; a second bootstrap
-changes nothing; uninstall leaves nothing; a step that fails is reported and a re-run
+bootstrapped (one through a non-root user with sudo) and trace for real; what they got is the
+agent's distribution and nothing of the controller's or the dev tools'; a second bootstrap
+changes nothing; a host holding the single wheel of before the split keeps only the agent's
+after a bootstrap; uninstall leaves nothing; a step that fails is reported and a re-run
 completes; a changed host key is refused before any credential; a dead address times out.
 """
 
 from __future__ import annotations
 
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
+from controller.bootstrap.install import BUILD_MARKER
+from controller.bootstrap.ssh import SshSession
+from controller.bootstrap.steps import VENV
 from devstack import HostSpec, Stack, sshd
 from devstack.system import cgroup_path
 from tests.controller.sshfleet import (
@@ -26,6 +32,7 @@ from tests.controller.sshfleet import (
     ssh_stack,
     sshd_log,
     stack_config,
+    target,
 )
 from tests.controller.support import FIRST_BOOTSTRAP_STEPS, step_statuses
 
@@ -168,6 +175,33 @@ def test_three_bare_hosts_are_bootstrapped_and_trace_for_real(
     assert db.get("getppid", 0) * 100 < web["getppid"], db
 
 
+PYTHON = f"cd / && {VENV}/bin/python"
+FLEETTRACE_DISTS = (
+    "import importlib.metadata as m; "
+    "print(sorted(d.name for d in m.distributions() if d.name.startswith('fleettrace')))"
+)
+
+
+def _what_the_host_has(stack: Stack, host: str) -> None:
+    """Asked over SSH, as an operator would: the host's venv imports the agent, and neither
+    controller nor devstack; its only fleettrace distribution is the agent's."""
+    probe = "import importlib.util as u; print(u.find_spec('controller'), u.find_spec('devstack'))"
+    with SshSession(target(stack.config, host)) as session:
+        agent = session.run(f"{PYTHON} -c 'import node_agent.worker, node_agent.cli'")
+        assert agent.code == 0, (host, agent.output)
+        controller = session.run(f"{PYTHON} -c 'import controller'")
+        assert controller.code == 1, (host, controller.output)
+        assert "No module named 'controller'" in controller.stderr, controller.output
+        assert session.run(f'{PYTHON} -c "{probe}"').stdout.split() == ["None", "None"]
+        installed = session.run(f'{PYTHON} -c "{FLEETTRACE_DISTS}"')
+        assert installed.stdout.strip() == "['fleettrace-agent']", (host, installed.output)
+
+
+def test_a_bootstrapped_host_has_the_agent_and_no_controller(stack: Stack) -> None:
+    for host in NAMES:
+        _what_the_host_has(stack, host)
+
+
 def _supervisor_pid(stack: Stack, host: str) -> str:
     return (stack.config.host_dir(host) / "opt/fleettrace/run/supervisor.pid").read_text()
 
@@ -183,6 +217,52 @@ def test_a_second_bootstrap_changes_nothing(stack: Stack, api: httpx.Client) -> 
         ]
         assert changed == [], (host, changed)
         assert _supervisor_pid(stack, host) == supervisors[host], "the agent was restarted"
+
+
+def _single_wheel(directory: Path) -> Path:
+    """A stand-in for the one wheel hosts got before the split: distribution `fleettrace`,
+    owning a `controller` package and the agent's `node_agent/__init__.py`."""
+    wheel = directory / "fleettrace-0.0.1-py3-none-any.whl"
+    files = {
+        "controller/__init__.py": b"",
+        "node_agent/__init__.py": b'__version__ = "0.0.1"\n',
+        "fleettrace-0.0.1.dist-info/METADATA": b"Metadata-Version: 2.1\nName: fleettrace\n"
+        b"Version: 0.0.1\n",
+        "fleettrace-0.0.1.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\n"
+        b"Root-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(f"{name},,\n" for name in files) + "fleettrace-0.0.1.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+        archive.writestr("fleettrace-0.0.1.dist-info/RECORD", record)
+    return wheel
+
+
+def test_a_host_with_the_single_wheel_of_before_the_split_is_left_with_the_agents_only(
+    stack: Stack, api: httpx.Client, tmp_path: Path
+) -> None:
+    """A host bootstrapped before the split: its venv holds `fleettrace` (controller and
+    node_agent). Bootstrapping it again removes that distribution and installs the agent's."""
+    wheel = _single_wheel(tmp_path)
+    pip = f"{PYTHON} -m pip --isolated --disable-pip-version-check -q"
+    with SshSession(target(stack.config, "web-1")) as session:
+        old = session.run(f"{pip} install --no-deps --no-index --force-reinstall {wheel}")
+        assert old.code == 0, old.output
+        session.run(f"echo 0.0.1+single > {BUILD_MARKER}")
+        assert session.run(f"{PYTHON} -c 'import controller'").code == 0
+        before = session.run(f'{PYTHON} -c "{FLEETTRACE_DISTS}"').stdout.strip()
+        assert before == "['fleettrace', 'fleettrace-agent']", before
+
+    run = _bootstrap(api, ["web-1"])["web-1"]
+
+    assert run["state"] == "succeeded", (run["error"], run["steps"])
+    assert step_statuses(run)["install"] == "changed", run["steps"]
+    _what_the_host_has(stack, "web-1")
+    with SshSession(target(stack.config, "web-1")) as session:
+        version = session.run(f"{PYTHON} -c 'import node_agent; print(node_agent.__version__)'")
+    assert version.stdout.strip() == run["agent_version"] != "0.0.1"
+    assert _ok(api.get("/v1/hosts/web-1"))["state"] == "online"
 
 
 def test_uninstall_leaves_nothing_behind(stack: Stack, api: httpx.Client) -> None:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from node_agent.cli import parse_duration
+from node_agent.arguments import parse_duration
 
 
 def agent(*args: str) -> subprocess.CompletedProcess[str]:

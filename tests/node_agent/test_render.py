@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from node_agent.kinds.log2_histogram import slot_bounds
 from node_agent.protocol import CounterTable, KeyField, Log2Histogram
-from node_agent.render import histogram_lines, slot_bounds, table_lines
+from node_agent.render import histogram_lines, table_lines
 
 
 def test_slot_bounds_match_bcc_print_log2_hist() -> None:

@@ -53,7 +53,7 @@ def run_demo(
             for job in jobs:
                 final = api.wait_job(job["id"], timeout_s=duration_s + 120)
                 stack.check()
-                show(final, api.results(job["id"]), out)
+                show(final, api.results(job["id"]))
                 out(report_text(api.report(job["id"])))
                 if report_dir is not None:
                     page = report_dir / f"report-{final['program']}.html"
