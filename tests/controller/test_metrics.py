@@ -1,0 +1,191 @@
+"""`GET /metrics` on the real app, database and Redis: access, format, hostile callers, outages.
+
+The job-level behaviour (counts moved by a real job's runs, ingest lag) is in
+test_metrics_e2e.py; `fleettrace serve` with its open port in test_metrics_serve.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from controller.app import create_app
+from controller.db import make_engine, make_sessionmaker
+from controller.metrics.collector import FleetCollector
+from controller.metrics.http import UNMATCHED
+from controller.settings import Settings
+from tests.controller.conftest import RecordingDispatcher, Tokens
+from tests.controller.metrics_support import promtool_check, samples, total, value
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+def scrape(client: TestClient, tokens: Tokens, accept: str | None = None) -> str:
+    headers = tokens.headers("viewer")
+    if accept:
+        headers["Accept"] = accept
+    answer = client.get("/metrics", headers=headers)
+    assert answer.status_code == 200, answer.text
+    return answer.text
+
+
+@pytest.mark.parametrize(
+    ("who", "status"),
+    [("nobody", 401), ("revoked", 401), ("garbage", 401), ("viewer", 200), ("admin", 200)],
+)
+def test_metrics_need_a_viewer_token(
+    client: TestClient, tokens: Tokens, who: str, status: int
+) -> None:
+    if who in ("viewer", "admin"):
+        headers = tokens.headers(who)
+    else:
+        raw = {"nobody": None, "revoked": tokens.make("viewer", revoked=True), "garbage": "ft_x"}
+        headers = {"Authorization": f"Bearer {raw[who]}"} if raw[who] else {}
+    answer = client.get("/metrics", headers=headers)
+    assert answer.status_code == status, answer.text
+    if status == 401:
+        assert answer.headers["content-type"].startswith("application/json")  # not a page
+        assert "fleettrace_" not in answer.text
+
+
+def test_a_scrape_passes_promtool_in_both_formats(client: TestClient, tokens: Tokens) -> None:
+    client.get("/v1/hosts", headers=tokens.headers("viewer"))  # a request for the histogram
+    text = scrape(client, tokens)
+    checked = promtool_check(text)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    for name in (
+        "fleettrace_build_info",
+        "fleettrace_up",
+        "fleettrace_jobs",
+        "fleettrace_hosts",
+        "fleettrace_ingest_lag_entries",
+        "fleettrace_ingest_lag_seconds",
+        "fleettrace_dispatch_accept_seconds_count",
+        "fleettrace_first_snapshot_seconds_count",
+        "fleettrace_http_request_duration_seconds_count",
+        "fleettrace_db_pool_connections_in_use",
+        "fleettrace_sse_streams_open",
+        "fleettrace_ingest_dead_letters",
+    ):
+        assert any(s.name == name for s in samples(text)), name
+    assert value(text, "fleettrace_up", {"source": "database"}) == 1
+    assert value(text, "fleettrace_up", {"source": "redis"}) == 1
+
+    answer = client.get("/metrics", headers={**tokens.headers("viewer"), "Accept": OPENMETRICS})
+    assert answer.headers["content-type"].startswith("application/openmetrics-text")
+    assert answer.text.endswith("# EOF\n")
+    assert "# TYPE fleettrace_schedule_fires counter" in answer.text
+
+
+def test_latency_is_labelled_by_route_template_and_hostile_paths_add_no_series(
+    client: TestClient, tokens: Tokens
+) -> None:
+    viewer = tokens.headers("viewer")
+    for _ in range(3):
+        client.get(f"/v1/jobs/{uuid.uuid4()}", headers=viewer)  # 404s, one template
+    client.get("/v1/hosts", headers=viewer)
+    before = scrape(client, tokens)
+    routes_before = _series(before)
+    assert ("/v1/jobs/{job_id}", "GET", "4xx") in routes_before
+    assert ("/v1/hosts", "GET", "2xx") in routes_before
+    hostile = [
+        f"/v1/jobs/{uuid.uuid4()}",
+        f"/no/such/{uuid.uuid4()}",
+        f"/v1/{'x' * 2000}",
+        "/v1/hosts/%2e%2e%2fetc%2fpasswd",
+        f"/static/{uuid.uuid4()}.js",
+        "/v1/jobs/%E2%80%AE%00evil",
+    ]
+    for path in hostile * 5:
+        client.get(path, headers=viewer)
+    for method in ("PROPFIND", "BREW", "X" * 200):
+        client.request(method, f"/v1/jobs/{uuid.uuid4()}", headers=viewer)
+    after = scrape(client, tokens)
+    routes_after = _series(after)
+    # Only known templates, the one "unmatched" and the one "other" method: however many paths.
+    app: FastAPI = client.app  # type: ignore[assignment]
+    app_routes = {getattr(r, "path", None) for r in app.routes} | set(app.openapi()["paths"])
+    assert {route for route, _, _ in routes_after} <= app_routes | {UNMATCHED}
+    assert {method for _, method, _ in routes_after} <= {"GET", "POST", "other", "HEAD"}
+    new = routes_after - routes_before
+    assert len(new) <= 6, new
+    assert not any("evil" in line or "passwd" in line for line in after.splitlines())
+
+
+def _series(text: str) -> set[tuple[str, str, str]]:
+    return {
+        (s.labels["route"], s.labels["method"], s.labels["status_class"])
+        for s in samples(text)
+        if s.name == "fleettrace_http_request_duration_seconds_count"
+    }
+
+
+def test_fifty_concurrent_scrapes_read_the_sources_a_few_times_and_the_api_answers(
+    app: FastAPI, client: TestClient, tokens: Tokens
+) -> None:
+    fleet: FleetCollector = app.state.metrics.fleet
+    headers = tokens.headers("viewer")
+    reads = fleet.reads
+
+    def one(i: int) -> int:
+        path = "/metrics" if i % 5 else "/v1/hosts"  # the API keeps answering meanwhile
+        return client.get(path, headers=headers).status_code
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        statuses = list(pool.map(one, range(60)))
+    assert statuses == [200] * 60
+    # Shared, not read once per scrape: at most one read per second of the burst.
+    assert fleet.reads - reads < 48, fleet.reads - reads
+
+
+def test_redis_away_the_scrape_still_answers_and_says_so(
+    settings: Settings,
+    engine: Engine,
+    dispatcher: RecordingDispatcher,
+    tokens: Tokens,
+    tmp_path: Path,
+) -> None:
+    away = settings.model_copy(update={"redis_url": f"unix://{tmp_path / 'no-redis.sock'}"})
+    app = create_app(away, dispatcher)
+    try:
+        with TestClient(app) as client:
+            for _ in range(2):
+                text = scrape(client, tokens)
+                app.state.metrics.fleet.ttl_s = 0  # the second scrape reads again
+        assert value(text, "fleettrace_up", {"source": "redis"}) == 0
+        assert value(text, "fleettrace_up", {"source": "database"}) == 1
+        assert total(text, "fleettrace_scrape_errors_total", {"source": "redis"}) == 2
+        assert value(text, "fleettrace_jobs", {"state": "succeeded"}) is not None
+        # Redis' families are left out, not shown as zeros.
+        assert value(text, "fleettrace_ingest_lag_entries") is None
+        assert value(text, "fleettrace_schedule_fires_total") is None
+        checked = promtool_check(text)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    finally:
+        app.state.engine.dispose()
+
+
+def test_database_away_the_fleet_collector_leaves_its_families_out(redis_url: str) -> None:
+    # A PostgreSQL that is not there (nothing listens on that socket).
+    engine = make_engine("postgresql+psycopg://postgres@/none?host=/nonexistent&port=1")
+    collector = FleetCollector(
+        sessions=make_sessionmaker(engine),
+        redis_url=redis_url,
+        heartbeat_timeout_s=30,
+        ingest_group="controller",
+    )
+    try:
+        found = {m.name: m for m in collector.collect()}
+    finally:
+        collector.close()
+        engine.dispose()
+    up = {s.labels["source"]: s.value for s in found["fleettrace_up"].samples}
+    assert up == {"database": 0, "redis": 1}
+    assert "fleettrace_jobs" not in found and "fleettrace_runs" not in found
+    assert "fleettrace_ingest_lag_entries" in found
