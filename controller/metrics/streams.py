@@ -23,14 +23,14 @@ SCAN_COUNT = 1000
 def families(client: redis.Redis, *, group: str) -> list[Metric]:
     """Every consumer group found, `group` (ingest's) always, at 0 when it has no stream
     yet; raises redis.RedisError when Redis is away."""
-    streams = sorted(
+    streams: list[Any] = sorted(
         client.scan_iter(match=f"{EVENTS_STREAM_PREFIX}*", count=SCAN_COUNT, _type="STREAM")
     )
     pipe = client.pipeline(transaction=False)
     for stream in streams:
         pipe.xinfo_groups(stream)
         pipe.xlen(stream)
-    replies = pipe.execute(raise_on_error=False) if streams else []
+    replies: list[Any] = pipe.execute(raise_on_error=False) if streams else []
     lag: dict[str, int] = defaultdict(int, {group: 0})
     pending: dict[str, int] = defaultdict(int, {group: 0})
     length = 0
@@ -43,16 +43,17 @@ def families(client: redis.Redis, *, group: str) -> list[Metric]:
         if isinstance(groups, Exception) or isinstance(xlen, Exception):
             continue  # the stream went away between the scan and the read
         length += int(xlen)
-        for group in groups:
-            name = _text(group["name"])
-            pending[name] += int(group.get("pending") or 0)
-            group_lag: Any = group.get("lag")
+        info: dict[str, Any]
+        for info in groups:
+            name = _text(info["name"])
+            pending[name] += int(info.get("pending") or 0)
+            group_lag: Any = info.get("lag")
             lag[name] += int(group_lag or 0)
-            if int(group.get("pending") or 0) > 0:
-                pipe.xpending(stream, group["name"])
+            if int(info.get("pending") or 0) > 0:
+                pipe.xpending(stream, info["name"])
                 asked.append(name)
             if group_lag is None or int(group_lag) > 0:
-                delivered = _text(group["last-delivered-id"])
+                delivered = _text(info["last-delivered-id"])
                 pipe.xrange(stream, min=f"({delivered}", max="+", count=1)
                 asked.append(name)
     oldest_ms: dict[str, int] = {}  # per group: the oldest entry it has not stored yet
