@@ -6,20 +6,24 @@ test_metrics_e2e.py; `fleettrace serve` with its open port in test_metrics_serve
 
 from __future__ import annotations
 
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import redis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from controller.app import create_app
 from controller.db import make_engine, make_sessionmaker
+from controller.metrics import streams
 from controller.metrics.collector import FleetCollector
 from controller.metrics.http import UNMATCHED
 from controller.settings import Settings
+from node_agent.wire import events_stream
 from tests.controller.conftest import RecordingDispatcher, Tokens
 from tests.controller.metrics_support import promtool_check, samples, total, value
 
@@ -189,3 +193,40 @@ def test_database_away_the_fleet_collector_leaves_its_families_out(redis_url: st
     assert up == {"database": 0, "redis": 1}
     assert "fleettrace_jobs" not in found and "fleettrace_runs" not in found
     assert "fleettrace_ingest_lag_entries" in found
+
+
+def test_lag_counts_unread_and_pending_entries_and_ages_the_oldest(
+    redis_client: redis.Redis,
+) -> None:
+    """On the real Redis: a stream with three entries from 30, 20 and 10 s ago."""
+    stream, group = events_stream("lag-probe"), "lag-probe-group"
+    redis_client.xgroup_create(stream, group, id="0", mkstream=True)
+    now_ms = int(time.time() * 1000)
+    for age_s in (30, 20, 10):
+        redis_client.xadd(stream, {"data": b"{}"}, id=f"{now_ms - 1000 * age_s}-0")
+
+    def read() -> dict[str, float]:
+        found = {m.name: m.samples[0].value for m in streams.families(redis_client, group=group)}
+        return {k.removeprefix("fleettrace_ingest_"): v for k, v in found.items()}
+
+    try:
+        first = read()
+        assert (first["lag_entries"], first["pending_entries"]) == (3, 0)
+        assert 30 <= first["lag_seconds"] < 40
+        redis_client.xreadgroup(group, "c1", {stream: ">"}, count=1)
+        held = read()
+        assert (held["lag_entries"], held["pending_entries"]) == (2, 1)
+        assert 30 <= held["lag_seconds"] < 40  # the pending one is still the oldest
+        (entry,) = redis_client.xrange(stream, count=1)
+        redis_client.xack(stream, group, entry[0])
+        acked = read()
+        assert (acked["lag_entries"], acked["pending_entries"]) == (2, 0)
+        assert 20 <= acked["lag_seconds"] < 30
+        redis_client.xreadgroup(group, "c1", {stream: ">"})
+        for entry_id, _ in redis_client.xrange(stream):
+            redis_client.xack(stream, group, entry_id)
+        done = read()
+        assert (done["lag_entries"], done["pending_entries"], done["lag_seconds"]) == (0, 0, 0)
+        assert done["stream_entries"] >= 3 and done["streams"] >= 1
+    finally:
+        redis_client.delete(stream)
