@@ -9,23 +9,28 @@ from __future__ import annotations
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 import redis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from controller.app import create_app
 from controller.db import make_engine, make_sessionmaker
 from controller.metrics import streams
 from controller.metrics.collector import FleetCollector
 from controller.metrics.http import UNMATCHED
+from controller.schedules.models import ScheduleFire
+from controller.schedules.scheduler import Scheduler
 from controller.settings import Settings
 from node_agent.wire import events_stream
 from tests.controller.conftest import RecordingDispatcher, Tokens
 from tests.controller.metrics_support import promtool_check, samples, total, value
+from tests.controller.support import register_host
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
@@ -230,3 +235,48 @@ def test_lag_counts_unread_and_pending_entries_and_ages_the_oldest(
         assert done["stream_entries"] >= 3 and done["streams"] >= 1
     finally:
         redis_client.delete(stream)
+
+
+def test_schedule_fires_and_misfires_count_each_recorded_slot_once(
+    app: FastAPI,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    dispatcher: RecordingDispatcher,
+    client: TestClient,
+    tokens: Tokens,
+) -> None:
+    """The real scheduler (on a clock of the test's) and the real dispatcher: the counter
+    moves by exactly the slots the scheduler recorded, per outcome."""
+    app.state.metrics.fleet.ttl_s = 0
+    label = f"metrics-{uuid.uuid4().hex[:6]}"
+    register_host(client, tokens.headers("admin"), f"{label}-1", role=label)
+    template = {"program": "syscalls", "duration_s": 2, "targets": {"selector": {"role": label}}}
+    answer = client.post(
+        "/v1/schedules",
+        json={"name": label, "interval_s": 60, "misfire_grace_s": 10, "template": template},
+        headers=tokens.headers("operator"),
+    )
+    assert answer.status_code == 201, answer.text
+    created = answer.json()
+    start = datetime.fromisoformat(created["next_fire_at"].replace("Z", "+00:00"))
+    outcomes = ("fired", "skipped_overlap", "skipped_misfire")
+    before = {o: _fires(scrape(client, tokens), o) for o in outcomes}
+    now = [start]
+    scheduler = Scheduler(settings, sessions, dispatcher, clock=lambda: now[0])
+    scheduler.step()  # fires slot 0
+    now[0] = start + timedelta(seconds=61)
+    scheduler.step()  # slot 1: the first job still runs (overlap)
+    now[0] = start + timedelta(seconds=5 * 60 + 3)
+    scheduler.step()  # slots 2-4 missed their grace, slot 5 is blocked by slot 0's job again
+    with sessions() as session:
+        rows = session.scalars(
+            select(ScheduleFire.outcome).where(ScheduleFire.schedule_id == created["id"])
+        ).all()
+    recorded = {o: rows.count(o) for o in outcomes}
+    assert recorded["skipped_misfire"] == 3 and recorded["fired"] == 1, rows
+    after = scrape(client, tokens)
+    assert {o: _fires(after, o) - before[o] for o in outcomes} == recorded
+
+
+def _fires(text: str, outcome: str) -> float:
+    return total(text, "fleettrace_schedule_fires_total", {"outcome": outcome})
