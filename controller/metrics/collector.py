@@ -8,6 +8,7 @@ because Redis or the database is away.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
@@ -22,13 +23,21 @@ from sqlalchemy.orm import Session, sessionmaker
 from controller.metrics import database, streams, tally
 from node_agent.wire import client_url
 
-try:  # lane m2's per-host families of the agents' own costs (controller/hosts/agent_metrics.py)
-    from controller.hosts.agent_metrics import agent_families  # type: ignore[import-not-found]
-except ImportError:  # not merged yet: no per-host agent families
-    agent_families = None
-
 log = logging.getLogger(__name__)
-SOURCES = ("database", "redis", "agents")
+AgentFamilies = Callable[[Session], "list[Metric]"]
+
+
+def _agent_families() -> AgentFamilies | None:
+    """The agents' own costs per host (controller/hosts/agent_metrics.py), where present."""
+    try:
+        module = importlib.import_module("controller.hosts.agent_metrics")
+    except ImportError:  # a controller without it: no per-host agent families
+        return None
+    found: AgentFamilies | None = getattr(module, "agent_families", None)
+    return found
+
+
+agent_families = _agent_families()
 
 
 class FleetCollector(Collector):

@@ -16,12 +16,14 @@ import pytest
 import redis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.app import create_app
 from controller.db import make_engine, make_sessionmaker
-from controller.metrics import streams
+from controller.hosts.models import Host
+from controller.metrics import collector, streams
 from controller.metrics.collector import FleetCollector
 from controller.metrics.http import UNMATCHED
 from controller.schedules.models import ScheduleFire
@@ -280,3 +282,35 @@ def test_schedule_fires_and_misfires_count_each_recorded_slot_once(
 
 def _fires(text: str, outcome: str) -> float:
     return total(text, "fleettrace_schedule_fires_total", {"outcome": outcome})
+
+
+def test_the_agents_families_join_the_scrape_and_their_failure_is_theirs_alone(
+    app: FastAPI, client: TestClient, tokens: Tokens, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where controller/hosts/agent_metrics.py is (lane m2's), its families are called with a
+    session of the scrape's; here a stand-in of the same signature reads the real hosts."""
+    app.state.metrics.fleet.ttl_s = 0
+
+    def per_host(session: Session) -> list[Metric]:
+        loaded = GaugeMetricFamily(
+            "fleettrace_agent_programs_loaded", "Traces running now.", labels=("host",)
+        )
+        for name in session.scalars(select(Host.name)):
+            loaded.add_metric([name], 0)
+        return [loaded]
+
+    def broken(session: Session) -> list[Metric]:
+        raise ValueError("a stored agent_stats the code cannot read")
+
+    register_host(client, tokens.headers("admin"), f"agent-{uuid.uuid4().hex[:6]}")
+    monkeypatch.setattr(collector, "agent_families", per_host)
+    text = scrape(client, tokens)
+    assert value(text, "fleettrace_up", {"source": "agents"}) == 1
+    assert total(text, "fleettrace_agent_programs_loaded") == 0
+    assert value(text, "fleettrace_agent_programs_loaded") is not None
+    monkeypatch.setattr(collector, "agent_families", broken)
+    text = scrape(client, tokens)
+    assert value(text, "fleettrace_up", {"source": "agents"}) == 0
+    assert value(text, "fleettrace_up", {"source": "database"}) == 1
+    assert value(text, "fleettrace_agent_programs_loaded") is None
+    assert total(text, "fleettrace_scrape_errors_total", {"source": "agents"}) >= 1
