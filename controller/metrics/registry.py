@@ -5,8 +5,9 @@ from __future__ import annotations
 import platform
 from collections.abc import Iterator
 
+import anyio
 from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
@@ -27,13 +28,11 @@ class ProcessFamilies(Collector):
         self.slots = slots
 
     def collect(self) -> Iterator[Metric]:
-        build = GaugeMetricFamily(
-            "fleettrace_build_info",
-            "The controller's version and Python (always 1).",
-            labels=("version", "python"),
+        yield InfoMetricFamily(
+            "fleettrace_build",
+            "The controller's version and Python.",
+            value={"version": __version__, "python": platform.python_version()},
         )
-        build.add_metric([__version__, platform.python_version()], 1)
-        yield build
         pool = self.engine.pool
         checked_out = getattr(pool, "checkedout", None)
         if callable(checked_out):
@@ -83,6 +82,8 @@ class Metrics:
         self.registry.register(ProcessFamilies(engine, slots))
         ProcessCollector(registry=self.registry)  # process_* : this process's CPU, memory, fds
         self.requests = request_histogram(self.registry)
+        # Scrapes are encoded on two threads of their own: many at once never take the API's.
+        self.encoders = anyio.CapacityLimiter(2)
 
     def exposition(self, accept: str) -> tuple[bytes, str]:
         """The registry in the format the scraper asks for (OpenMetrics or Prometheus text)."""

@@ -17,8 +17,6 @@ from controller.metrics.registry import Metrics
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["meta"], responses=AUTHENTICATED)
-# Scrapes are encoded on their own two threads: fifty at once never take the API's pool.
-_encoders = anyio.CapacityLimiter(2)
 TEXT = {"text/plain": {"schema": {"type": "string"}}}
 
 
@@ -32,7 +30,9 @@ async def metrics(request: Request, _: Viewer) -> Response:
     """The controller's own metrics: fleet state, ingest lag, latencies (Prometheus text)."""
     found: Metrics = request.app.state.metrics
     accept = request.headers.get("accept", "")
-    body, content_type = await anyio.to_thread.run_sync(found.exposition, accept, limiter=_encoders)
+    body, content_type = await anyio.to_thread.run_sync(
+        found.exposition, accept, limiter=found.encoders
+    )
     return Response(content=body, media_type=content_type)
 
 

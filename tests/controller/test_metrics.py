@@ -17,6 +17,9 @@ import redis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -91,6 +94,9 @@ def test_a_scrape_passes_promtool_in_both_formats(client: TestClient, tokens: To
     answer = client.get("/metrics", headers={**tokens.headers("viewer"), "Accept": OPENMETRICS})
     assert answer.headers["content-type"].startswith("application/openmetrics-text")
     assert answer.text.endswith("# EOF\n")
+    parsed = {f.name: f.type for f in openmetrics_families(answer.text)}  # a strict parser
+    assert parsed["fleettrace_build"] == "info"
+    assert parsed["fleettrace_http_request_duration_seconds"] == "histogram"
     assert "# TYPE fleettrace_schedule_fires counter" in answer.text
 
 
