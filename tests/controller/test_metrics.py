@@ -26,12 +26,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from controller.app import create_app
 from controller.db import make_engine, make_sessionmaker
 from controller.hosts.models import Host
-from controller.metrics import collector, streams
+from controller.metrics import collector, streams, tally
 from controller.metrics.collector import FleetCollector
 from controller.metrics.http import UNMATCHED
 from controller.schedules.models import ScheduleFire
 from controller.schedules.scheduler import Scheduler
 from controller.settings import Settings
+from devstack import harness
 from node_agent.wire import events_stream
 from tests.controller.conftest import RecordingDispatcher, Tokens
 from tests.controller.metrics_support import promtool_check, samples, total, value
@@ -320,3 +321,47 @@ def test_the_agents_families_join_the_scrape_and_their_failure_is_theirs_alone(
     assert value(text, "fleettrace_up", {"source": "database"}) == 1
     assert value(text, "fleettrace_agent_programs_loaded") is None
     assert total(text, "fleettrace_scrape_errors_total", {"source": "agents"}) >= 1
+
+
+def test_a_redis_that_dies_and_comes_back(
+    settings: Settings,
+    engine: Engine,
+    dispatcher: RecordingDispatcher,
+    tokens: Tokens,
+    tmp_path: Path,
+) -> None:
+    """A private redis-server, SIGKILLed between scrapes and started again: each scrape
+    answers, saying whether Redis was read; a count noted while it is down is lost, and the
+    commit that noted it goes through."""
+    server = harness.RedisServer(tmp_path, aof=True)
+    server.start()
+    app = create_app(settings.model_copy(update={"redis_url": server.url}), dispatcher)
+    app.state.metrics.fleet.ttl_s = 0
+    noting = make_sessionmaker(engine)
+    tally.attach(noting, server.url)
+
+    def note_a_fire() -> None:
+        with noting() as session:
+            tally.count(session, "schedule_fires", "failed")
+            session.commit()
+
+    try:
+        with TestClient(app) as client:
+            note_a_fire()
+            text = scrape(client, tokens)
+            assert value(text, "fleettrace_up", {"source": "redis"}) == 1
+            assert _fires(text, "failed") == 1
+            server.kill()
+            note_a_fire()  # no exception: the work's commit does not wait for metrics
+            text = scrape(client, tokens)
+            assert value(text, "fleettrace_up", {"source": "redis"}) == 0
+            assert value(text, "fleettrace_jobs", {"state": "pending"}) is not None
+            server.start()
+            note_a_fire()
+            text = scrape(client, tokens)
+            assert value(text, "fleettrace_up", {"source": "redis"}) == 1
+            assert _fires(text, "failed") == 2  # the AOF kept the first; the second was lost
+    finally:
+        app.state.metrics.close()
+        app.state.engine.dispose()
+        server.stop()
