@@ -157,3 +157,28 @@ def test_a_metrics_port_in_use_stops_serve_with_one_line(served: Served, tmp_pat
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert f"cannot serve metrics on 127.0.0.1:{taken}" in last, done.stderr
+
+
+def test_open_live_streams_are_counted_while_open(served: Served) -> None:
+    answer = httpx.post(f"{served.api}/v1/hosts", json={"name": "watched"}, headers=served.admin)
+    assert answer.status_code == 201, answer.text
+    job = httpx.post(
+        f"{served.api}/v1/jobs",
+        json={"program": "syscalls", "duration_s": 2, "targets": {"hosts": ["watched"]}},
+        headers=served.admin,
+    ).json()
+
+    def streams_open() -> float:
+        text = httpx.get(f"{served.metrics}/metrics").text
+        found = value(text, "fleettrace_sse_streams_open")
+        assert found is not None
+        return found
+
+    assert streams_open() == 0
+    url = f"{served.api}/v1/jobs/{job['id']}/events"
+    with httpx.stream("GET", url, headers=served.viewer, timeout=30) as live:
+        assert live.status_code == 200
+        chunks = live.iter_bytes()  # kept: a dropped iterator may close the stream
+        assert next(chunks)  # the job's first events: the stream is open
+        wait_for(lambda: streams_open() == 1, 10, "one open stream counted", 0.2)
+    wait_for(lambda: streams_open() == 0, 10, "the closed stream no longer counted", 0.2)
