@@ -27,6 +27,10 @@ from controller.jobs.events import EventHub
 from controller.jobs.routes import router as jobs_router
 from controller.jobs.streams import StreamSlots
 from controller.keys.store import KeyStore
+from controller.metrics import tally
+from controller.metrics.http import LatencyMiddleware
+from controller.metrics.registry import Metrics
+from controller.metrics.routes import router as metrics_router
 from controller.programs_routes import router as programs_router
 from controller.reports.routes import router as reports_router
 from controller.schedules.routes import router as schedules_router
@@ -59,6 +63,10 @@ def create_app(
     )
     app.state.bootstrap_queue = bootstrap_queue or CeleryBootstrapQueue(settings.redis_url)
     app.state.identities = Identities(settings.redis_url, settings.agent_redis_url or "")
+    tally.attach(app.state.sessions, settings.redis_url)
+    app.state.metrics = Metrics(
+        settings=settings, sessions=app.state.sessions, engine=engine, slots=app.state.stream_slots
+    )
 
     @app.exception_handler(ControllerError)
     async def _controller_error(request: Request, exc: ControllerError) -> Response:
@@ -86,6 +94,9 @@ def create_app(
     app.include_router(reports_router)
     app.include_router(audit_router)
     app.include_router(ingest_router)
+    app.include_router(metrics_router)
     mount(app)
     app.add_middleware(AuditMiddleware)
+    # Outermost: the time includes the audit record's write.
+    app.add_middleware(LatencyMiddleware, histogram=app.state.metrics.requests)
     return app

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     # the threads that poll the database for all of them (one poll per followed job).
     sse_streams_per_token: int = Field(default=32, ge=1, le=10_000)
     sse_poll_threads: int = Field(default=4, ge=1, le=64)
+    # /metrics without a token on a port of its own (e.g. reached only by Prometheus); unset:
+    # only the API's /metrics, with a viewer token.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
     # The web console: a session ends after this long without a request.
     console_idle_minutes: int = Field(default=30, ge=1, le=7 * 24 * 60)
 

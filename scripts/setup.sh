@@ -59,6 +59,8 @@ arch=$(dpkg --print-architecture)
 # "a|b" means the first of them that the distro has (Debian and Ubuntu name some differently).
 packages=(python3-bpfcc python3-venv "bpftool|linux-tools-common" gcc iproute2 redis-server util-linux mount)
 [ "$purpose" = tests ] && packages+=(postgresql openssh-server sudo "chromium|chromium-browser" "chromium-driver|chromium-chromedriver")
+# promtool (`promtool check metrics`) for the tests of the controller's /metrics.
+[ "$purpose" = tests ] && packages+=(prometheus)
 packages+=("${extra[@]}")
 
 # Not `cmd | grep -q`: under pipefail, grep -q exiting at the first match can kill the writer

@@ -55,6 +55,15 @@ def add_commands(sub: Any) -> None:
         metavar="IPS",
         help="proxies trusted for X-Forwarded-For/-Proto (comma-separated; default: none)",
     )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="also serve /metrics without a token on this port (default: none; see --metrics-host)",
+    )
+    serve.add_argument(
+        "--metrics-host", metavar="ADDR", help="the open metrics port's address (127.0.0.1)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     ingest = sub.add_parser(
@@ -241,6 +250,23 @@ def _tls(args: argparse.Namespace, settings: Settings) -> tuple[Path | None, Pat
     return cert, key
 
 
+def _open_metrics(args: argparse.Namespace, settings: Settings, app: FastAPI) -> Any:
+    """The open /metrics port when one is configured (checked before anything starts)."""
+    from controller.metrics.routes import serve_open_port
+
+    port = args.metrics_port or settings.metrics_port
+    if port is None:
+        return None
+    host = args.metrics_host or settings.metrics_host
+    if not 1 <= port <= 65535:
+        raise CliError(f"--metrics-port must be 1-65535, not {port}")
+    try:
+        server, _ = serve_open_port(app.state.metrics, host=host, port=port)
+    except OSError as exc:
+        raise CliError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
+    return server
+
+
 def ensure_keys(settings: Settings) -> None:
     """The first `serve` makes the signing key (as `fleettrace keys init` would)."""
     from controller.keys.store import KeyStore
@@ -289,6 +315,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     upgrade(settings.database_url)
     ensure_keys(settings)
     app = create_app(settings)
+    metrics_server = _open_metrics(args, settings, app)
     tune_gc()
     server = _server(
         app,
@@ -325,6 +352,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.run()
     finally:
         stop.set()
+        if metrics_server is not None:
+            metrics_server.shutdown()
         for child in children:
             child.stop()
         for thread in threads:

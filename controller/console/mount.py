@@ -41,7 +41,7 @@ ROUTERS = (
 def is_console(request: Request) -> bool:
     """Pages, not the API: errors there are pages too."""
     path = request.url.path
-    return not (path.startswith("/v1/") or path == "/v1" or path == "/healthz")
+    return not (path.startswith("/v1/") or path in ("/v1", "/healthz", "/metrics"))
 
 
 def error_page(request: Request, status: int, message: str) -> Response:

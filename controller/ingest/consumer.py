@@ -24,6 +24,7 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.audit import service as audit
+from controller.db import utcnow
 from controller.hosts import identity
 from controller.hosts import service as hosts_service
 from controller.hosts.models import Host
@@ -33,6 +34,7 @@ from controller.ingest.link import TRANSIENT, RedisLink, is_nogroup
 from controller.jobs import locks
 from controller.jobs import service as jobs_service
 from controller.jobs.models import Run, SnapshotRow
+from controller.metrics import tally
 from controller.reports import store as digests
 from controller.settings import Settings
 from node_agent.bounds import first_error
@@ -83,6 +85,7 @@ class Ingest:
         self._group_ready = False
         self.leases = Leases(LeaseRules.of(settings), in_flight=self._others_pending)
         self._refused_stats: dict[str, str] = {}  # host -> why its last beat's stats were dropped
+        tally.attach(sessions, settings.redis_url)  # latencies noted below reach /metrics
 
     def _others_pending(self, host: str) -> bool:
         return consumers.others_pending(self.redis, host, group=self.group, me=self.consumer)
@@ -365,6 +368,9 @@ class Ingest:
             if run is None or (run.id, snap.seq) in stored:
                 continue  # a redelivery after a crash (or twice in one batch): stored already
             stored.add((run.id, snap.seq))
+            if run.last_seq < 0:  # the run's first snapshot stored: how long since submit
+                since_submit = (utcnow() - run.created_at).total_seconds()
+                tally.observe(session, "first_snapshot", since_submit)
             new_rows[i] = (run, self._snapshot_row(session, run, snap))
             if snap.final and snap.seq > finals.get(run.id, (-1, run, snap))[0]:
                 finals[run.id] = (snap.seq, run, snap)
@@ -482,6 +488,11 @@ class Ingest:
 
     def _state(self, session: Session, run: Run, change: StateChange) -> bool:
         """Apply a state change; True when the run's state changed (its job's may have)."""
+        # The first word from the host about this run (whatever it says): it has the task.
+        heard_first = run.expires_at is not None and run.state == RunState.pending.value
+        if heard_first and run.dispatched_at is not None:
+            waited = (utcnow() - run.dispatched_at).total_seconds()
+            tally.observe(session, "dispatch_accept", waited)
         if change.state is RunState.pending:
             # The host has the run ("accepted"): it can no longer expire for want of a host.
             if run.state not in (RunState.pending.value, RunState.expired.value):

@@ -40,6 +40,11 @@ class StreamSlots:
         with self._lock:
             return self._open[token_id]
 
+    def total(self) -> int:
+        """Open streams of all tokens."""
+        with self._lock:
+            return sum(self._open.values())
+
 
 class EventStreamResponse(StreamingResponse):
     """text/event-stream that releases its slot however it ends, even if it never started."""

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from controller.audit import service as audit
 from controller.db import utcnow
 from controller.dispatch import Dispatcher
+from controller.metrics import tally
 from controller.schedules import service
 from controller.settings import Settings
 
@@ -41,6 +42,7 @@ class Scheduler:
         self.clock = clock
         self.tick_s = tick_s
         self._last_audit_prune = float("-inf")
+        tally.attach(sessions, settings.redis_url)  # slots' outcomes reach /metrics
 
     def step(self) -> int:
         """One pass over due schedules; returns how many slots this scheduler claimed."""

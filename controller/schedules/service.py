@@ -17,6 +17,7 @@ from controller.dispatch import Dispatcher
 from controller.errors import Conflict, ControllerError, InvalidRequest
 from controller.jobs import service as jobs_service
 from controller.jobs.models import Job, JobCreate, JobState
+from controller.metrics import tally
 from controller.schedules import continuous, retention
 from controller.schedules.models import (
     FireOutcome,
@@ -380,6 +381,7 @@ def _record(
         created_at=utcnow(),
     )
     session.add(row)
+    tally.count(session, "schedule_fires", outcome.value)
     return row
 
 

@@ -119,6 +119,7 @@ RULES: dict[tuple[str, str], tuple[str | None, Builder]] = {
     ("GET", "/docs/oauth2-redirect"): (PUBLIC, lambda c: Call("GET", "/docs/oauth2-redirect")),
     ("GET", "/redoc"): (PUBLIC, lambda c: Call("GET", "/redoc")),
     ("GET", "/v1/programs"): ("viewer", lambda c: Call("GET", "/v1/programs")),
+    ("GET", "/metrics"): ("viewer", lambda c: Call("GET", "/metrics")),
     ("GET", "/v1/hosts"): ("viewer", lambda c: Call("GET", "/v1/hosts?selector=team=a")),
     ("GET", "/v1/hosts/{name}"): ("viewer", lambda c: Call("GET", f"/v1/hosts/{c.host}")),
     ("POST", "/v1/hosts"): (
@@ -247,7 +248,7 @@ def app_routes() -> dict[tuple[str, str], int]:
     found: dict[tuple[str, str], int] = {}
     for route in routes:
         if isinstance(route, Mount) or not route.path.startswith(
-            ("/v1", "/healthz", "/docs", "/redoc", "/openapi")
+            ("/v1", "/healthz", "/metrics", "/docs", "/redoc", "/openapi")
         ):
             continue
         assert isinstance(route, Route), f"unexpected route type {route!r}"

@@ -69,7 +69,7 @@ def console_routes() -> set[tuple[str, str]]:
     for route in routes:
         if isinstance(route, Mount) or not isinstance(route, Route):
             continue
-        if route.path.startswith(("/v1", "/healthz", "/docs", "/redoc", "/openapi")):
+        if route.path.startswith(("/v1", "/healthz", "/metrics", "/docs", "/redoc", "/openapi")):
             continue
         found |= {(m, route.path) for m in route.methods or () if m != "HEAD"}
     return found
