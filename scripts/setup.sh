@@ -59,8 +59,6 @@ arch=$(dpkg --print-architecture)
 # "a|b" means the first of them that the distro has (Debian and Ubuntu name some differently).
 packages=(python3-bpfcc python3-venv "bpftool|linux-tools-common" gcc iproute2 redis-server util-linux mount)
 [ "$purpose" = tests ] && packages+=(postgresql openssh-server sudo "chromium|chromium-browser" "chromium-driver|chromium-chromedriver")
-# promtool (`promtool check metrics`) for the tests of the controller's /metrics.
-[ "$purpose" = tests ] && packages+=(prometheus)
 packages+=("${extra[@]}")
 
 # Not `cmd | grep -q`: under pipefail, grep -q exiting at the first match can kill the writer
@@ -262,6 +260,27 @@ make_venv() {
     fi
 }
 
+# promtool alone, for the tests of the controller's /metrics (`promtool check metrics`): taken
+# out of Debian's prometheus package, which, installed, would start a Prometheus server.
+install_promtool() {
+    step="promtool"
+    local bin=$here/.venv/bin/promtool
+    { [ "$purpose" = tests ] && [ ! -x "$bin" ]; } || return 0
+    if command -v promtool >/dev/null; then ln -sf "$(command -v promtool)" "$bin" && return 0; fi
+    [ "$offline" = 1 ] && die "no promtool and FLEETTRACE_SETUP_OFFLINE=1: put one at $bin"
+    available prometheus || die "the distro's package lists have no prometheus (for promtool): put a promtool at $bin"
+    say "fetching promtool from the distro's prometheus package"
+    local tmp
+    tmp=$(mktemp -d)
+    if ! { (cd "$tmp" && apt-get download -q prometheus) \
+        && dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$tmp" ./usr/bin/promtool; } >"$tmp/log" 2>&1; then
+        tail -n 10 "$tmp/log" >&2
+        die "could not take promtool out of the prometheus package (last lines above)"
+    fi
+    install -m 755 "$tmp/usr/bin/promtool" "$bin"
+    rm -rf "$tmp"
+}
+
 if [ "$only" = headers ]; then
     setup_headers
     exit 0
@@ -270,3 +289,4 @@ install_packages
 setup_headers
 mount_tracefs
 make_venv
+install_promtool

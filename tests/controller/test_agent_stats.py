@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
-import subprocess
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -26,7 +24,8 @@ from node_agent.bounds import MAX_BYTES
 from node_agent.wire import events_stream
 from tests.controller.conftest import Cli, Feeder, Tokens
 from tests.controller.console.conftest import sign_in
-from tests.controller.support import agent_exposition, agent_samples, missing, register_host
+from tests.controller.metrics_support import promtool_check
+from tests.controller.support import agent_exposition, agent_samples, register_host
 
 STARTED = datetime.now(timezone.utc) - timedelta(hours=1)
 SANE: dict[str, Any] = {
@@ -128,16 +127,11 @@ def test_sane_stats_are_stored_shown_by_the_api_and_the_cli_and_exported(
 def test_the_families_pass_promtool_check_metrics(
     client: TestClient, tokens: Tokens, feeder: Feeder, sessions: sessionmaker[Session]
 ) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        missing("promtool (Debian's prometheus package)")
     beat(feeder, new_host(client, tokens), SANE)
     beat(feeder, new_host(client, tokens), with_agent=False)
     text = agent_exposition(sessions)
     assert "fleettrace_agent_cpu_seconds_total{" in text
-    checked = subprocess.run(
-        [str(promtool), "check", "metrics"], input=text, capture_output=True, text=True
-    )
+    checked = promtool_check(text)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout + checked.stderr == "", checked.stdout + checked.stderr
 
