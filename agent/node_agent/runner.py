@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Protocol
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -26,7 +26,6 @@ from node_agent.child import ChildStart
 from node_agent.errors import FleettraceError
 from node_agent.protocol import (
     ErrorCode,
-    Limits,
     RunEvent,
     RunState,
     Snapshot,
@@ -36,6 +35,7 @@ from node_agent.protocol import (
     truncate_log,
 )
 from node_agent.trace import prepare
+from node_agent.zygote import Zygote, ZygoteGone
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,23 @@ STDERR_TAIL = 4096
 DEFAULT_CHILD = (sys.executable, "-m", "node_agent.child")
 
 
+class Process(Protocol):
+    """What the runner uses of a child process: a Popen, or a child the zygote forked."""
+
+    pid: int
+    stdin: IO[str] | None
+    stdout: IO[str] | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self) -> int: ...
+
+
 @dataclass
 class Child:
     """A started child process and the file its stderr goes to."""
 
-    process: subprocess.Popen[str]
+    process: Process
     stderr: IO[bytes]
 
     @classmethod
@@ -74,40 +86,55 @@ class Child:
 
 
 class ChildPool:
-    """Keeps one child started and warmed up (interpreter, pydantic, bcc imported) under the
-    default memory limit, so that a trace does not pay for process start-up: about 100 ms of
-    the time to attach. A request with another memory limit gets a cold child."""
+    """Trace children forked by the zygote (node_agent.zygote), so that a trace pays neither
+    for process start-up nor for the imports: about 100 ms of the time to attach. While the
+    zygote is down, a child is spawned cold and a new zygote is started beside."""
 
-    def __init__(self, memory_mb: int = Limits().memory_mb) -> None:
-        self.memory_mb = memory_mb
-        self.argv = [*DEFAULT_CHILD, "--warm", str(memory_mb)]
+    def __init__(self, zygote: Zygote | None = None) -> None:
+        self._zygote = zygote
         self._lock = threading.Lock()
-        self._spare: Child | None = None
+        self._replacing = False
         self._closed = False
 
     def take(self, request: TraceRequest) -> Child:
-        if request.limits.memory_mb != self.memory_mb:
-            return Child.spawn(DEFAULT_CHILD)
-        with self._lock:
-            spare, self._spare = self._spare, None
-        if spare is None or spare.process.poll() is not None:
-            if spare is not None:
-                spare.stderr.close()
-            spare = Child.spawn(self.argv)
-        threading.Thread(target=self.refill, name="child-pool", daemon=True).start()
-        return spare
+        zygote = self._zygote
+        if zygote is not None and zygote.alive():
+            try:
+                process, stderr = zygote.start_child()
+                return Child(process, stderr)
+            except ZygoteGone as exc:
+                log.warning("run %s: %s; spawning its child cold", request.run_id, exc)
+        self._replace()
+        return Child.spawn(DEFAULT_CHILD)
 
-    def refill(self) -> None:
+    def _replace(self) -> None:
+        """A new zygote, started beside (a fresh process: this one has threads by now)."""
         with self._lock:
-            if self._spare is None and not self._closed:
-                self._spare = Child.spawn(self.argv)
+            if self._replacing or self._closed:
+                return
+            self._replacing = True
+        threading.Thread(target=self._start_zygote, name="zygote-start", daemon=True).start()
+
+    def _start_zygote(self) -> None:
+        try:
+            zygote = Zygote.spawn()
+        except OSError as exc:
+            log.error("cannot start a new zygote: %s", exc)
+            zygote = None
+        with self._lock:
+            self._replacing = False
+            if self._closed and zygote is not None:
+                zygote.close()
+                return
+            if zygote is not None:
+                self._zygote = zygote
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            spare, self._spare = self._spare, None
-        if spare is not None:
-            spare.discard()
+            zygote, self._zygote = self._zygote, None
+        if zygote is not None:
+            zygote.close()
 
 
 class TraceRunner:
@@ -274,7 +301,7 @@ def _send(stdin: IO[str], line: str) -> None:
         stdin.flush()
 
 
-def _kill(child: subprocess.Popen[str]) -> None:
+def _kill(child: Process) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(child.pid, signal.SIGKILL)
 
