@@ -6,6 +6,8 @@ stdout: one RunEvent per line. Anything else the child or bcc prints goes to std
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import resource
@@ -34,6 +36,14 @@ class ChildStart(BaseModel):
 def _limit_memory(megabytes: int) -> None:
     limit = megabytes * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _open_libbcc_lazily() -> None:
+    """libbcc (with LLVM and clang) loaded with lazy binding before bcc loads it with
+    RTLD_NOW: bcc then gets this handle, and a trace attaches ~15 ms sooner."""
+    # Not there, or no room under the memory limit: bcc's own load reports it.
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libbcc.so.0", mode=os.RTLD_LAZY)
 
 
 def _sandbox(request: TraceRequest) -> None:
@@ -102,6 +112,7 @@ def main() -> int:
 
         _sandbox(request)
         _limit_memory(request.limits.memory_mb)
+        _open_libbcc_lazily()
         prepared = prepare(
             request,
             allow_custom=start.allow_custom,

@@ -289,10 +289,10 @@ def make_app(agent: Agent) -> Celery:
     return app
 
 
-def serve(settings: AgentSettings) -> None:
-    """Join the fleet: heartbeat, then consume this host's queue until stopped."""
-    # First, while this process has one thread: the zygote forks every trace child.
-    agent = Agent(settings, pool=ChildPool(Zygote.fork()))
+def serve(settings: AgentSettings, zygote: Zygote | None = None) -> None:
+    """Join the fleet: heartbeat, then consume this host's queue until stopped; trace
+    children come from `zygote` (forked here if not given, before any thread starts)."""
+    agent = Agent(settings, pool=ChildPool(zygote or Zygote.fork()))
     app = make_app(agent)
     trusted = agent.gate.trusted.keys()
     if not trusted:

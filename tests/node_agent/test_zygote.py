@@ -69,7 +69,19 @@ class Traced:
 
 @pytest.fixture
 def forked() -> Iterator[tuple[ChildPool, Zygote]]:
+    """A zygote forked from this process, as the worker forks it."""
     zygote = Zygote.fork()
+    pool = ChildPool(zygote)
+    try:
+        yield pool, zygote
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def spawned() -> Iterator[tuple[ChildPool, Zygote]]:
+    """A zygote without bcc loaded, as the worker's is (this test process has loaded it)."""
+    zygote = Zygote.spawn()
     pool = ChildPool(zygote)
     try:
         yield pool, zygote
@@ -91,8 +103,10 @@ def test_a_forked_child_counts_exactly_and_is_the_zygotes_child(
     assert again.runner.child_pid != traced.runner.child_pid
 
 
-def test_each_child_gets_its_own_requests_memory_limit(forked: tuple[ChildPool, Zygote]) -> None:
-    pool, zygote = forked
+def test_each_child_gets_its_own_requests_memory_limit(
+    spawned: tuple[ChildPool, Zygote],
+) -> None:
+    pool, zygote = spawned
     traced = Traced(pool, "bigger", Limits(memory_mb=4096))
     assert traced.run() == CALLS
     assert traced.parent == zygote.pid
