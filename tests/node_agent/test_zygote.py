@@ -3,6 +3,7 @@ zygote that dies (the trace still runs, cold, and a new zygote takes over)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -67,26 +68,27 @@ class Traced:
         return count
 
 
-@pytest.fixture
-def forked() -> Iterator[tuple[ChildPool, Zygote]]:
-    """A zygote forked from this process, as the worker forks it."""
-    zygote = Zygote.fork()
+@contextlib.contextmanager
+def _pool(zygote: Zygote) -> Iterator[tuple[ChildPool, Zygote]]:
     pool = ChildPool(zygote)
     try:
         yield pool, zygote
     finally:
         pool.close()
+
+
+@pytest.fixture
+def forked() -> Iterator[tuple[ChildPool, Zygote]]:
+    """A zygote forked from this process, as the worker forks it."""
+    with _pool(Zygote.fork()) as pair:
+        yield pair
 
 
 @pytest.fixture
 def spawned() -> Iterator[tuple[ChildPool, Zygote]]:
     """A zygote without bcc loaded, as the worker's is (this test process has loaded it)."""
-    zygote = Zygote.spawn()
-    pool = ChildPool(zygote)
-    try:
-        yield pool, zygote
-    finally:
-        pool.close()
+    with _pool(Zygote.spawn()) as pair:
+        yield pair
 
 
 def test_a_forked_child_counts_exactly_and_is_the_zygotes_child(
