@@ -86,8 +86,15 @@ def _watch_stdin(stdin: IO[str], stop: threading.Event) -> None:
     stop.set()  # the parent went away: stop too, rather than trace unattended
 
 
-def main() -> int:
-    """`python -m node_agent.child`, or a child the zygote forked (node_agent.zygote)."""
+def _warm_limit(argv: list[str]) -> int | None:
+    """`--warm MB`: load bcc now, under a memory limit of MB, before the request comes."""
+    if len(argv) == 2 and argv[0] == "--warm" and argv[1].isdigit():
+        return int(argv[1])
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m node_agent.child [--warm MB]`, or a child the zygote forked (its argv)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     # Keep a private copy of stdout for events; fd 1 then points at stderr for stray output.
     events = os.fdopen(os.dup(1), "w", buffering=1)
@@ -97,6 +104,13 @@ def main() -> int:
         events.write(event.model_dump_json() + "\n")
         events.flush()
 
+    warm_mb = _warm_limit(sys.argv[1:] if argv is None else argv)
+    if warm_mb is not None:
+        _limit_memory(warm_mb)  # first: it must cover bcc's own load
+        _open_libbcc_lazily()
+        # A missing bcc is reported by the trace itself, with the request's run id.
+        with contextlib.suppress(ImportError, OSError):
+            import bcc  # noqa: F401
     line = sys.stdin.readline()
     if not line.strip():
         return 0  # the runner went away before sending the request

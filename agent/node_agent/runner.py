@@ -26,6 +26,7 @@ from node_agent.child import ChildStart
 from node_agent.errors import FleettraceError
 from node_agent.protocol import (
     ErrorCode,
+    Limits,
     RunEvent,
     RunState,
     Snapshot,
@@ -45,6 +46,7 @@ STDERR_TAIL = 4096
 
 
 DEFAULT_CHILD = (sys.executable, "-m", "node_agent.child")
+KEEP_WARM_S = 60.0  # a warm child (bcc loaded) outlives the last trace by this long
 
 
 class Process(Protocol):
@@ -87,12 +89,24 @@ class Child:
 
 class ChildPool:
     """Trace children forked by the zygote (node_agent.zygote), so that a trace pays neither
-    for process start-up nor for the imports: about 100 ms of the time to attach. While the
-    zygote is down, a child is spawned cold and a new zygote is started beside."""
+    for process start-up nor for our imports: about 100 ms of the time to attach. While the
+    agent is busy, one child forked ahead also has bcc loaded under the default memory limit
+    (another ~40 ms), until `keep_warm_s` pass without a trace: an idle agent keeps no bcc
+    loaded. While the zygote is down, a child is spawned cold and a new zygote started."""
 
-    def __init__(self, zygote: Zygote | None = None) -> None:
+    def __init__(
+        self,
+        zygote: Zygote | None = None,
+        *,
+        memory_mb: int = Limits().memory_mb,
+        keep_warm_s: float = KEEP_WARM_S,
+    ) -> None:
+        self.memory_mb = memory_mb
+        self.keep_warm_s = keep_warm_s
         self._zygote = zygote
         self._lock = threading.Lock()
+        self._spare: Child | None = None
+        self._last_take = 0.0
         self._replacing = False
         self._closed = False
 
@@ -100,12 +114,49 @@ class ChildPool:
         zygote = self._zygote
         if zygote is not None and zygote.alive():
             try:
-                process, stderr = zygote.start_child()
-                return Child(process, stderr)
+                child = self._warm(request) or Child(*zygote.start_child())
+                threading.Thread(target=self._refill, name="child-pool", daemon=True).start()
+                return child
             except ZygoteGone as exc:
                 log.warning("run %s: %s; spawning its child cold", request.run_id, exc)
         self._replace()
         return Child.spawn(DEFAULT_CHILD)
+
+    def _warm(self, request: TraceRequest) -> Child | None:
+        """The warm spare, if it fits the request's memory limit and is still alive."""
+        if request.limits.memory_mb != self.memory_mb:
+            return None
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None and spare.process.poll() is not None:
+            spare.stderr.close()
+            return None
+        return spare
+
+    def _refill(self) -> None:
+        with self._lock:
+            self._last_take = time.monotonic()
+            zygote = self._zygote
+            if self._closed or zygote is None:
+                return
+            if self._spare is None:
+                try:
+                    self._spare = Child(*zygote.start_child(warm_mb=self.memory_mb))
+                except ZygoteGone as exc:
+                    log.warning("no warm child: %s", exc)
+                    return
+        timer = threading.Timer(self.keep_warm_s, self._cool_down)
+        timer.daemon = True
+        timer.start()
+
+    def _cool_down(self) -> None:
+        """Drop the spare once `keep_warm_s` passed since the last trace began."""
+        with self._lock:
+            if time.monotonic() - self._last_take < self.keep_warm_s * 0.99:
+                return  # a later take's timer will decide
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.discard()
 
     def _replace(self) -> None:
         """A new zygote, started beside (a fresh process: this one has threads by now)."""
@@ -133,6 +184,9 @@ class ChildPool:
         with self._lock:
             self._closed = True
             zygote, self._zygote = self._zygote, None
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.discard()
         if zygote is not None:
             zygote.close()
 

@@ -3,13 +3,14 @@
 The worker forks it first thing, before Celery, the outbox or the heartbeat start a thread,
 so that what the worker imported (interpreter, pydantic, the protocol, the catalog) is shared
 copy-on-write by the worker, the zygote and each trace child instead of being loaded again.
-bcc (libbcc, LLVM, clang: ~55 MB once loaded) is loaded by each trace child under its
-request's memory limit, never kept loaded by an idle agent.
+bcc (libbcc, LLVM, clang: ~55 MB once loaded) is loaded by each trace child, or by the
+one warm child runner.ChildPool keeps while the agent is busy: never by an idle agent.
 
-Worker -> zygote, on a SOCK_SEQPACKET socket pair: b"fork" carrying the child's stdin,
-stdout and stderr fds; the child then is node_agent.child (which applies the request's
-memory limit itself, before bcc loads). Zygote -> worker: b"pid PID" once forked, then
-b"exit PID RETURNCODE" once reaped (RETURNCODE as subprocess gives it: -N for signal N).
+Worker -> zygote, on a SOCK_SEQPACKET socket pair: b"fork" (or b"fork MB": a warm child,
+`node_agent.child --warm MB`) carrying the child's stdin, stdout and stderr fds; the child
+then is node_agent.child (which applies the request's memory limit before bcc loads).
+Zygote -> worker: b"pid PID" once forked, then b"exit PID RETURNCODE" once reaped
+(RETURNCODE as subprocess gives it: -N for signal N).
 A zygote that dies takes its children with it (they die with their parent, SIGKILL), and
 the worker replaces it with a fresh `python -m node_agent.zygote FD` (no pages shared).
 """
@@ -127,15 +128,17 @@ class Zygote:
         with self._cond:
             return self._alive
 
-    def start_child(self) -> tuple[ForkedProcess, IO[bytes]]:
-        """A new trace child, and the file its stderr goes to."""
+    def start_child(self, warm_mb: int | None = None) -> tuple[ForkedProcess, IO[bytes]]:
+        """A new trace child, and the file its stderr goes to; with `warm_mb`, one that
+        loads bcc now under a memory limit of that many MiB (node_agent.child --warm)."""
+        message = b"fork" if warm_mb is None else b"fork %d" % warm_mb
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         stderr = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 - closed by the runner
         try:
             with self._lock:
                 try:
-                    socket.send_fds(self._sock, [b"fork"], [stdin_r, stdout_w, stderr.fileno()])
+                    socket.send_fds(self._sock, [message], [stdin_r, stdout_w, stderr.fileno()])
                 except OSError as exc:
                     self._died()
                     raise ZygoteGone(f"cannot reach the zygote: {exc}") from exc
@@ -261,12 +264,14 @@ def _serve(sock: socket.socket) -> None:
                 if not message:
                     return  # the worker closed its end
                 try:
-                    if message != b"fork" or len(fds) != 3:
+                    kind, _, warm_mb = message.partition(b" ")
+                    if kind != b"fork" or len(fds) != 3 or not (warm_mb or b"0").isdigit():
                         log.error("zygote: bad request %r with %d fds", message[:64], len(fds))
                         continue
+                    argv = ["--warm", warm_mb.decode()] if warm_mb else []
                     pid = os.fork()
                     if pid == 0:
-                        _child_main(fds, (sock.fileno(), wake_r, wake_w))
+                        _child_main(fds, argv, (sock.fileno(), wake_r, wake_w))
                     sock.send(b"pid %d" % pid)
                 finally:
                     for fd in fds:
@@ -284,7 +289,7 @@ def _reap_children(sock: socket.socket) -> None:
         sock.send(b"exit %d %d" % (pid, os.waitstatus_to_exitcode(status)))
 
 
-def _child_main(fds: list[int], zygote_fds: tuple[int, ...]) -> NoReturn:
+def _child_main(fds: list[int], argv: list[str], zygote_fds: tuple[int, ...]) -> NoReturn:
     """A trace child, just forked: its own session and stdio, then child.main's protocol."""
     code = 1
     try:
@@ -304,7 +309,7 @@ def _child_main(fds: list[int], zygote_fds: tuple[int, ...]) -> NoReturn:
         logging.getLogger().handlers.clear()
         from node_agent.child import main
 
-        code = main()
+        code = main(argv)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:

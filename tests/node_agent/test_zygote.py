@@ -156,3 +156,30 @@ def test_a_dead_zygote_is_replaced_and_traces_still_run(forked: tuple[ChildPool,
     again = Traced(pool, "new-zygote")
     assert again.run() == CALLS
     assert again.parent == new.pid and _ppid(new.pid) == os.getpid()
+
+
+def test_a_busy_pool_keeps_one_warm_child_then_lets_it_go() -> None:
+    with _pool(Zygote.spawn()) as (pool, zygote):
+        pool.keep_warm_s = 20.0  # from the last take: longer than these traces take here
+        assert Traced(pool, "first").run() == CALLS
+        _wait(lambda: pool._spare is not None)
+        spare = pool._spare
+        assert spare is not None
+        # It loads bcc ahead, under the default memory limit.
+        maps = Path(f"/proc/{spare.process.pid}/maps")
+        _wait(lambda: "libLLVM" in maps.read_text())
+        assert _address_limit(spare.process.pid) == str(Limits().memory_mb * 1024 * 1024)
+        warm = Traced(pool, "warm")
+        assert warm.run() == CALLS
+        assert warm.runner.child_pid == spare.process.pid and warm.parent == zygote.pid
+        # Another memory limit is not served by the warm child (its limit is the default).
+        other = Traced(pool, "other-limit", Limits(memory_mb=4096))
+        assert other.run() == CALLS
+        assert other.limit == str(4096 * 1024 * 1024)
+        _wait(lambda: pool._spare is not None)
+        last = pool._spare
+        assert last is not None
+        # No trace for keep_warm_s: the warm child (bcc and all) is gone.
+        _wait(lambda: pool._spare is None, timeout_s=60)
+        _wait(lambda: last.process.poll() is not None)
+        assert zygote.alive()
