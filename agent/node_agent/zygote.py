@@ -95,6 +95,7 @@ class Zygote:
         self._pids: deque[int] = deque()
         self._exits: dict[int, int] = {}
         self._alive = True
+        self._closing = False
         threading.Thread(target=self._read, name="zygote", daemon=True).start()
 
     @classmethod
@@ -195,7 +196,8 @@ class Zygote:
                 return
             self._alive = False
             self._cond.notify_all()
-        log.warning("the zygote (pid %d) is gone", self.pid)
+        if not self._closing:
+            log.warning("the zygote (pid %d) is gone", self.pid)
         self._sock.close()
         self._reap()
 
@@ -208,6 +210,7 @@ class Zygote:
 
     def close(self) -> None:
         """The zygote exits when its socket closes (its children then die with it)."""
+        self._closing = True
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
 
