@@ -151,17 +151,28 @@ def add_host(base: str, token: str, name: str, **fields: object) -> str:
 
 
 @contextlib.contextmanager
-def agent_worker(host: str, redis_url: str, log: IO[bytes], workdir: Path) -> Iterator[None]:
+def agent_worker(
+    host: str,
+    redis_url: str,
+    log: IO[bytes],
+    workdir: Path,
+    pythonpath: Path | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
     """A real agent: `fleettrace-agent worker --host NAME`, consuming host.NAME with the
-    host's own Redis identity (`redis_url` from add_host)."""
+    host's own Redis identity (`redis_url` from add_host); with `pythonpath`, the agent
+    (node_agent) found there instead of this checkout's."""
     env = clean_env(
         FLEETTRACE_AGENT_CONFIG=str(workdir / "agent.env"),  # no host config file
         FLEETTRACE_TRUSTED_KEYS=str(trusted_keys_file(workdir)),
         FLEETTRACE_STATE_DIR=str(workdir / "agent-state"),
         FLEETTRACE_REDIS_URL=redis_url,
     )
+    argv = [str(BIN / "fleettrace-agent"), "worker", "--host", host]
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+        argv = [sys.executable, "-m", "node_agent.cli", *argv[1:]]
     proc = subprocess.Popen(
-        [str(BIN / "fleettrace-agent"), "worker", "--host", host],
+        argv,
         cwd=workdir,
         env=env,
         stdout=log,
@@ -169,7 +180,7 @@ def agent_worker(host: str, redis_url: str, log: IO[bytes], workdir: Path) -> It
         start_new_session=True,
     )
     try:
-        yield
+        yield proc
     finally:
         stop_process(proc, timeout_s=30)
 

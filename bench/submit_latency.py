@@ -116,10 +116,10 @@ def received_times(log_path: Path) -> dict[str, float]:
     return found
 
 
-def stream_times(client: redis.Redis, run_id: str) -> dict[str, Any]:
+def stream_times(client: redis.Redis, run_id: str, host: str = HOST) -> dict[str, Any]:
     """The agent's own clocks for a run, from the events stream: running.at and XADD times."""
     out: dict[str, Any] = {}
-    for entry_id, fields in client.xrange(events_stream(HOST)):
+    for entry_id, fields in client.xrange(events_stream(host)):
         envelope = StreamEnvelope.model_validate_json(fields[b"data"])
         event = envelope.event
         if getattr(event, "run_id", None) != run_id:
@@ -139,12 +139,13 @@ def one_job(
     agent_log: Path,
     duration: float,
     interval: float,
+    host: str = HOST,
 ) -> JobSample:
     body = {
         "program": PROGRAM,
         "duration_s": duration,
         "interval_s": interval,
-        "targets": {"hosts": [HOST]},
+        "targets": {"hosts": [host]},
     }
     t0 = time.time()
     resp = api.post("/v1/jobs", json=body)
@@ -174,7 +175,7 @@ def one_job(
         stored = snap.received_at.timestamp()
         compile_s = float(snap.stats["compile_s"]) + float(snap.stats["attach_s"])
         attached, taken = snap.interval_start, snap.interval_end
-    agent = stream_times(client, run_id)
+    agent = stream_times(client, run_id, host)
     received = received_times(agent_log).get(run_id)
     load_begin = attached - compile_s
     total = stored - t0

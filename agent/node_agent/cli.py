@@ -9,7 +9,7 @@ import signal
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import ValidationError
 
@@ -28,6 +28,9 @@ from node_agent.protocol import (
 )
 from node_agent.render import snapshot_text
 from node_agent.safe_text import printable_lines
+
+if TYPE_CHECKING:
+    from node_agent.zygote import Zygote
 
 log = logging.getLogger("node_agent.cli")
 
@@ -131,6 +134,18 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from node_agent.zygote import Zygote
+
+    # Before the worker imports Celery, Redis and cryptography (the zygote needs none of
+    # them, and would keep stale copies of their pages) and before any thread starts.
+    zygote = Zygote.fork()
+    try:
+        return _worker(args, zygote)
+    finally:
+        zygote.close()
+
+
+def _worker(args: argparse.Namespace, zygote: Zygote) -> int:
     from node_agent.settings import AgentSettings
     from node_agent.worker import serve
 
@@ -146,7 +161,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         first = exc.errors()[0]
         raise UsageError(f"--{first['loc'][0]}: {first['msg']}") from None
     logging.getLogger().setLevel(logging.INFO)
-    serve(settings)
+    serve(settings, zygote)
     return 0
 
 

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Protocol
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -36,6 +36,7 @@ from node_agent.protocol import (
     truncate_log,
 )
 from node_agent.trace import prepare
+from node_agent.zygote import Zygote, ZygoteGone
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +46,26 @@ STDERR_TAIL = 4096
 
 
 DEFAULT_CHILD = (sys.executable, "-m", "node_agent.child")
+KEEP_WARM_S = 60.0  # a warm child (bcc loaded) outlives the last trace by this long
+
+
+class Process(Protocol):
+    """What the runner uses of a child process: a Popen, or a child the zygote forked."""
+
+    pid: int
+    stdin: IO[str] | None
+    stdout: IO[str] | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self) -> int: ...
 
 
 @dataclass
 class Child:
     """A started child process and the file its stderr goes to."""
 
-    process: subprocess.Popen[str]
+    process: Process
     stderr: IO[bytes]
 
     @classmethod
@@ -74,40 +88,107 @@ class Child:
 
 
 class ChildPool:
-    """Keeps one child started and warmed up (interpreter, pydantic, bcc imported) under the
-    default memory limit, so that a trace does not pay for process start-up: about 100 ms of
-    the time to attach. A request with another memory limit gets a cold child."""
+    """Trace children forked by the zygote (node_agent.zygote), so that a trace pays neither
+    for process start-up nor for our imports: about 100 ms of the time to attach. While the
+    agent is busy, one child forked ahead also has bcc loaded under the default memory limit
+    (another ~40 ms), until `keep_warm_s` pass without a trace: an idle agent keeps no bcc
+    loaded. While the zygote is down, a child is spawned cold and a new zygote started."""
 
-    def __init__(self, memory_mb: int = Limits().memory_mb) -> None:
+    def __init__(
+        self,
+        zygote: Zygote | None = None,
+        *,
+        memory_mb: int = Limits().memory_mb,
+        keep_warm_s: float = KEEP_WARM_S,
+    ) -> None:
         self.memory_mb = memory_mb
-        self.argv = [*DEFAULT_CHILD, "--warm", str(memory_mb)]
+        self.keep_warm_s = keep_warm_s
+        self._zygote = zygote
         self._lock = threading.Lock()
         self._spare: Child | None = None
+        self._last_take = 0.0
+        self._replacing = False
         self._closed = False
 
     def take(self, request: TraceRequest) -> Child:
+        zygote = self._zygote
+        if zygote is not None and zygote.alive():
+            try:
+                child = self._warm(request) or Child(*zygote.start_child())
+                threading.Thread(target=self._refill, name="child-pool", daemon=True).start()
+                return child
+            except ZygoteGone as exc:
+                log.warning("run %s: %s; spawning its child cold", request.run_id, exc)
+        self._replace()
+        return Child.spawn(DEFAULT_CHILD)
+
+    def _warm(self, request: TraceRequest) -> Child | None:
+        """The warm spare, if it fits the request's memory limit and is still alive."""
         if request.limits.memory_mb != self.memory_mb:
-            return Child.spawn(DEFAULT_CHILD)
+            return None
         with self._lock:
             spare, self._spare = self._spare, None
-        if spare is None or spare.process.poll() is not None:
-            if spare is not None:
-                spare.stderr.close()
-            spare = Child.spawn(self.argv)
-        threading.Thread(target=self.refill, name="child-pool", daemon=True).start()
+        if spare is not None and spare.process.poll() is not None:
+            spare.stderr.close()
+            return None
         return spare
 
-    def refill(self) -> None:
+    def _refill(self) -> None:
         with self._lock:
-            if self._spare is None and not self._closed:
-                self._spare = Child.spawn(self.argv)
+            self._last_take = time.monotonic()
+            zygote = self._zygote
+            if self._closed or zygote is None:
+                return
+            if self._spare is None:
+                try:
+                    self._spare = Child(*zygote.start_child(warm_mb=self.memory_mb))
+                except ZygoteGone as exc:
+                    log.warning("no warm child: %s", exc)
+                    return
+        timer = threading.Timer(self.keep_warm_s, self._cool_down)
+        timer.daemon = True
+        timer.start()
+
+    def _cool_down(self) -> None:
+        """Drop the spare once `keep_warm_s` passed since the last trace began."""
+        with self._lock:
+            if time.monotonic() - self._last_take < self.keep_warm_s * 0.99:
+                return  # a later take's timer will decide
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.discard()
+
+    def _replace(self) -> None:
+        """A new zygote, started beside (a fresh process: this one has threads by now)."""
+        with self._lock:
+            if self._replacing or self._closed:
+                return
+            self._replacing = True
+        threading.Thread(target=self._start_zygote, name="zygote-start", daemon=True).start()
+
+    def _start_zygote(self) -> None:
+        try:
+            zygote = Zygote.spawn()
+        except OSError as exc:
+            log.error("cannot start a new zygote: %s", exc)
+            zygote = None
+        with self._lock:
+            self._replacing = False
+            if self._closed and zygote is not None:
+                zygote.close()
+                return
+            if zygote is not None:
+                self._zygote = zygote
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            zygote, self._zygote = self._zygote, None
             spare, self._spare = self._spare, None
         if spare is not None:
             spare.discard()
+        if zygote is not None:
+            zygote.close()
 
 
 class TraceRunner:
@@ -274,7 +355,7 @@ def _send(stdin: IO[str], line: str) -> None:
         stdin.flush()
 
 
-def _kill(child: subprocess.Popen[str]) -> None:
+def _kill(child: Process) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(child.pid, signal.SIGKILL)
 

@@ -43,6 +43,7 @@ from node_agent.wire import (
     events_stream,
     host_queue,
 )
+from node_agent.zygote import Zygote
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_S = 0.2
@@ -76,13 +77,13 @@ class EventPublisher:
 class Agent:
     """One host's agent: settings, a Redis client, the traces in progress."""
 
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(self, settings: AgentSettings, pool: ChildPool | None = None) -> None:
         self.settings = settings
         self.redis = redis.Redis.from_url(client_url(settings.redis_url))
         self.publisher = Outbox(self.redis, settings.host)
         self.running: dict[str, TraceRunner] = {}
         self.capabilities: HostCapabilities | None = None
-        self.pool = ChildPool()
+        self.pool = pool or ChildPool()
         self.stats = SelfStats()
         self.gate = Gate(
             host=settings.host,
@@ -307,9 +308,10 @@ def make_app(agent: Agent) -> Celery:
     return app
 
 
-def serve(settings: AgentSettings) -> None:
-    """Join the fleet: heartbeat, then consume this host's queue until stopped."""
-    agent = Agent(settings)
+def serve(settings: AgentSettings, zygote: Zygote | None = None) -> None:
+    """Join the fleet: heartbeat, then consume this host's queue until stopped; trace
+    children come from `zygote` (forked here if not given, before any thread starts)."""
+    agent = Agent(settings, pool=ChildPool(zygote or Zygote.fork()))
     app = make_app(agent)
     trusted = agent.gate.trusted.keys()
     if not trusted:
@@ -320,7 +322,6 @@ def serve(settings: AgentSettings) -> None:
         )
     beat = threading.Thread(target=agent.heartbeat_forever, name="heartbeat", daemon=True)
     beat.start()
-    threading.Thread(target=agent.pool.refill, name="child-pool", daemon=True).start()
     log.info("agent %s joining via %s", settings.host, _redact(settings.redis_url))
     try:
         app.worker_main(

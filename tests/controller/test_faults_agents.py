@@ -6,6 +6,7 @@ and the controller calls a host silent after HEARTBEAT_TIMEOUT_S.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -71,25 +72,32 @@ def _running(client: TestClient, tokens: Tokens, job_id: str) -> dict[str, Any]:
 
 
 def _prog_holders(agent: AgentProcess) -> dict[int, set[int]]:
-    """The agent's children that hold BPF programs: pid -> the program ids."""
-    held: dict[int, set[int]] = {}
+    """The agent's descendants (trace children are the zygote's) that hold BPF programs:
+    pid -> the program ids."""
+    parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if entry.name.isdigit():
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree, grew = {agent.proc.pid}, True
+    while grew:
+        below = {pid for pid, ppid in parents.items() if ppid in tree} - tree
+        tree |= below
+        grew = bool(below)
+    held: dict[int, set[int]] = {}
+    for pid in tree - {agent.proc.pid}:
         try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid != agent.proc.pid:
-                continue
             ids = {
                 int(line.split()[1])
-                for info in (entry / "fdinfo").iterdir()
+                for info in Path(f"/proc/{pid}/fdinfo").iterdir()
                 for line in info.read_text().splitlines()
                 if line.startswith("prog_id:")
             }
         except (OSError, ValueError, IndexError):
             continue
         if ids:
-            held[int(entry.name)] = ids
+            held[pid] = ids
     return held
 
 

@@ -19,7 +19,7 @@ from node_agent.protocol import (
     Scope,
     TraceRequest,
 )
-from node_agent.runner import ChildPool, TraceRunner
+from node_agent.runner import TraceRunner
 from tests.helpers import is_running, loaded_bpf_programs, row_value, run_trace, snapshots_of
 
 pytestmark = pytest.mark.bcc
@@ -186,39 +186,3 @@ def test_output_rows_are_truncated_to_the_limit() -> None:
     table = outcome.table("syscalls")
     assert len(table.rows) == 3 and table.truncated and table.total_rows > 3
     assert outcome.last.stats.rows_truncated
-
-
-def test_a_warm_child_from_the_pool_runs_the_trace() -> None:
-    pool = ChildPool()
-    try:
-        pool.refill()
-        spare = pool._spare
-        assert spare is not None and spare.process.poll() is None
-        request = TraceRequest(
-            run_id="pooled", program="syscalls", duration_s=1, scope=Scope(pid=os.getpid())
-        )
-        events: list[RunEvent] = []
-
-        def on_event(event: RunEvent) -> None:
-            events.append(event)
-            if is_running(event):
-                for _ in range(500):
-                    os.getppid()
-
-        runner = TraceRunner(request, on_event, pool=pool)
-        final = runner.run()
-        assert final.state is RunState.succeeded
-        assert runner.child_pid == spare.process.pid  # the spare ran it
-        last = snapshots_of(events)[-1]
-        table = next(r for r in last.results if r.kind == "counter_table")
-        assert row_value(table, syscall="getppid", pid=os.getpid()) == 500  # type: ignore[arg-type]
-        # Another memory limit than the spare's gets a child of its own.
-        other = TraceRequest(
-            run_id="cold", program="syscalls", duration_s=0.5, limits=Limits(memory_mb=4096)
-        )
-        cold = TraceRunner(other, lambda e: None, pool=pool)
-        assert cold.run().state is RunState.succeeded
-        assert cold.child_pid != (pool._spare.process.pid if pool._spare else None)
-    finally:
-        pool.close()
-    assert pool._spare is None

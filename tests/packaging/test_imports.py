@@ -31,6 +31,8 @@ AGENT_ONLY = (
     "node_agent.capabilities",
     "node_agent.runtime.bcc_runtime",  # runtime.base, the interface catalog specs name, is shared
     "node_agent.runtime.sandbox",
+    "node_agent.zygote",
+    "node_agent.selfstats",
 )
 # (importing file, module): `fleettrace dev` from a checkout, behind an ImportError.
 DEVSTACK_DOORS = {("controller/cli/main.py", "devstack")}

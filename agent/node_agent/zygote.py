@@ -1,0 +1,336 @@
+"""The zygote: a small process that forks every trace child after the imports.
+
+The worker forks it first thing, before Celery, the outbox or the heartbeat start a thread,
+so that what the worker imported (interpreter, pydantic, the protocol, the catalog) is shared
+copy-on-write by the worker, the zygote and each trace child instead of being loaded again.
+bcc (libbcc, LLVM, clang: ~55 MB once loaded) is loaded by each trace child, or by the
+one warm child runner.ChildPool keeps while the agent is busy: never by an idle agent.
+
+Worker -> zygote, on a SOCK_SEQPACKET socket pair: b"fork" (or b"fork MB": a warm child,
+`node_agent.child --warm MB`) carrying the child's stdin, stdout and stderr fds; the child
+then is node_agent.child (which applies the request's memory limit before bcc loads).
+Zygote -> worker: b"pid PID" once forked, then b"exit PID RETURNCODE" once reaped
+(RETURNCODE as subprocess gives it: -N for signal N).
+A zygote that dies takes its children with it (they die with their parent, SIGKILL), and
+the worker replaces it with a fresh `python -m node_agent.zygote FD` (no pages shared).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import logging
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import traceback
+from collections import deque
+from typing import IO, NoReturn
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+REPLY_TIMEOUT_S = 10.0
+# The returncode the worker reports for a child whose zygote died before reaping it: its
+# children are sent SIGKILL when it dies (PR_SET_PDEATHSIG).
+LOST = -signal.SIGKILL
+
+
+class ZygoteGone(Exception):
+    """The zygote is dead or does not answer: no child was forked."""
+
+
+def preload() -> None:
+    """What every trace child needs, bcc aside: imported once, shared by all of them."""
+    import node_agent.child
+    import node_agent.programs
+    import node_agent.runtime.bcc_runtime
+    import node_agent.runtime.sandbox
+    import node_agent.trace
+
+    node_agent.programs.catalog()
+
+
+class ForkedProcess:
+    """A trace child forked by the zygote: the part of a Popen the runner uses."""
+
+    def __init__(self, pid: int, stdin: IO[str], stdout: IO[str], zygote: Zygote) -> None:
+        self.pid = pid
+        self.stdin: IO[str] | None = stdin
+        self.stdout: IO[str] | None = stdout
+        self.returncode: int | None = None
+        self._zygote = zygote
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self._zygote.returncode(self.pid, block=False)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            self.returncode = self._zygote.returncode(self.pid, block=True)
+        assert self.returncode is not None
+        for stream in (self.stdin, self.stdout):
+            with contextlib.suppress(OSError, ValueError):
+                assert stream is not None
+                stream.close()
+        return self.returncode
+
+
+class Zygote:
+    """The worker's end: asks for children, learns their pids and how they ended."""
+
+    def __init__(self, sock: socket.socket, pid: int, process: subprocess.Popen[bytes] | None):
+        self.pid = pid
+        self._sock = sock
+        self._process = process  # None: forked, reaped with waitpid
+        self._lock = threading.Lock()  # one fork request at a time
+        self._cond = threading.Condition()
+        self._pids: deque[int] = deque()
+        self._exits: dict[int, int] = {}
+        self._alive = True
+        self._closing = False
+        threading.Thread(target=self._read, name="zygote", daemon=True).start()
+
+    @classmethod
+    def fork(cls) -> Zygote:
+        """Fork the zygote from this process: call it before this process starts a thread."""
+        preload()
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        gc.freeze()  # the collector of either side then leaves the shared objects' pages alone
+        pid = os.fork()
+        if pid == 0:
+            parent.close()
+            _zygote_main(child)
+        child.close()
+        return cls(parent, pid, None)
+
+    @classmethod
+    def spawn(cls) -> Zygote:
+        """A fresh zygote, for when this process has threads: it shares no pages with it."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "node_agent.zygote", str(child.fileno())],
+            pass_fds=(child.fileno(),),
+            stdin=subprocess.DEVNULL,
+        )
+        child.close()
+        return cls(parent, process.pid, process)
+
+    def alive(self) -> bool:
+        with self._cond:
+            return self._alive
+
+    def start_child(self, warm_mb: int | None = None) -> tuple[ForkedProcess, IO[bytes]]:
+        """A new trace child, and the file its stderr goes to; with `warm_mb`, one that
+        loads bcc now under a memory limit of that many MiB (node_agent.child --warm)."""
+        message = b"fork" if warm_mb is None else b"fork %d" % warm_mb
+        stdin_r, stdin_w = os.pipe()
+        stdout_r, stdout_w = os.pipe()
+        stderr = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 - closed by the runner
+        try:
+            with self._lock:
+                try:
+                    socket.send_fds(self._sock, [message], [stdin_r, stdout_w, stderr.fileno()])
+                except OSError as exc:
+                    self._died()
+                    raise ZygoteGone(f"cannot reach the zygote: {exc}") from exc
+                pid = self._next_pid()
+        except BaseException:
+            for fd in (stdin_w, stdout_r):
+                os.close(fd)
+            stderr.close()
+            raise
+        finally:
+            os.close(stdin_r)
+            os.close(stdout_w)
+        stdin = os.fdopen(stdin_w, "w")
+        stdout = os.fdopen(stdout_r, "r")
+        return ForkedProcess(pid, stdin, stdout, self), stderr
+
+    def _next_pid(self) -> int:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._pids or not self._alive, REPLY_TIMEOUT_S):
+                raise ZygoteGone("the zygote did not answer in time")
+            if not self._pids:
+                raise ZygoteGone("the zygote died")
+            return self._pids.popleft()
+
+    def returncode(self, pid: int, *, block: bool) -> int | None:
+        with self._cond:
+            if block:
+                self._cond.wait_for(lambda: pid in self._exits or not self._alive)
+            if pid in self._exits:
+                return self._exits.pop(pid)
+            # Its zygote died first: the child got SIGKILL with it, its status went with it.
+            return None if self._alive else LOST
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._sock.recv(64)
+            except OSError:
+                message = b""
+            if not message:
+                break
+            kind, *fields = message.split()
+            with self._cond:
+                if kind == b"pid":
+                    self._pids.append(int(fields[0]))
+                elif kind == b"exit":
+                    self._exits[int(fields[0])] = int(fields[1])
+                self._cond.notify_all()
+        self._died()
+
+    def _died(self) -> None:
+        with self._cond:
+            if not self._alive:
+                return
+            self._alive = False
+            self._cond.notify_all()
+        if not self._closing:
+            log.warning("the zygote (pid %d) is gone", self.pid)
+        self._sock.close()
+        self._reap()
+
+    def _reap(self) -> None:
+        if self._process is not None:
+            self._process.wait()
+            return
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+    def close(self) -> None:
+        """The zygote exits when its socket closes (its children then die with it)."""
+        self._closing = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+
+def _die_with_parent() -> None:
+    """SIGKILL when the parent dies: nothing of an agent outlives it or runs unsupervised."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+
+
+def _zygote_main(sock: socket.socket) -> NoReturn:
+    """The zygote's life: serve fork requests until the worker closes its end."""
+    code = 0
+    try:
+        parent = os.getppid()
+        _die_with_parent()
+        if os.getppid() != parent:
+            os._exit(0)  # the worker died before the guard was set
+        _close_inherited(keep=sock.fileno())
+        gc.freeze()
+        _serve(sock)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _close_inherited(keep: int) -> None:
+    """Only stdio and the socket: no fd of the worker's reaches a trace child."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd != keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _serve(sock: socket.socket) -> None:
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_READ)
+        selector.register(wake_r, selectors.EVENT_READ)
+        while True:
+            for key, _ in selector.select():
+                if key.fileobj == wake_r:
+                    os.read(wake_r, 512)
+                    _reap_children(sock)
+                    continue
+                message, fds, _flags, _addr = socket.recv_fds(sock, 64, 3)
+                if not message:
+                    return  # the worker closed its end
+                try:
+                    kind, _, warm_mb = message.partition(b" ")
+                    if kind != b"fork" or len(fds) != 3 or not (warm_mb or b"0").isdigit():
+                        log.error("zygote: bad request %r with %d fds", message[:64], len(fds))
+                        continue
+                    argv = ["--warm", warm_mb.decode()] if warm_mb else []
+                    pid = os.fork()
+                    if pid == 0:
+                        _child_main(fds, argv, (sock.fileno(), wake_r, wake_w))
+                    sock.send(b"pid %d" % pid)
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+
+
+def _reap_children(sock: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        sock.send(b"exit %d %d" % (pid, os.waitstatus_to_exitcode(status)))
+
+
+def _child_main(fds: list[int], argv: list[str], zygote_fds: tuple[int, ...]) -> NoReturn:
+    """A trace child, just forked: its own session and stdio, then child.main's protocol."""
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in zygote_fds:
+            os.close(fd)
+        os.setsid()  # its own process group: the runner kills the group
+        _die_with_parent()
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the process's own stdio
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        # The forking process's log handlers write to its files: dropped, not closed.
+        logging.getLogger().handlers.clear()
+        from node_agent.child import main
+
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def main() -> int:
+    """`python -m node_agent.zygote FD`: a replacement zygote on the inherited socket FD."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    preload()
+    _zygote_main(sock)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
