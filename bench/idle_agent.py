@@ -36,48 +36,17 @@ from _stack import add_host, agent_worker, controller, wait_online
 from submit_latency import JobSample, one_job
 
 from devstack.harness import wait_for
+from node_agent.selfstats import family, process_cost, pss_bytes
 
 BEFORE_COMMIT = "5353300"
 AGENTS = ("before", "after")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 REPO = Path(__file__).resolve().parent.parent
 
 
-def descendants(pid: int) -> list[int]:
-    """`pid` and every process below it (children of all its threads), parents first."""
-    found = [pid]
-    for tid in _listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError):
-            for child in Path(f"/proc/{pid}/task/{tid}/children").read_text().split():
-                found += descendants(int(child))
-    return found
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
-
-
-def pss_kb(pid: int) -> int | None:
-    """The process's proportional set size, or None if it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def cpu_ticks(pid: int) -> int | None:
-    """utime+stime+cutime+cstime: its own CPU and that of the children it reaped."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return sum(int(fields[i]) for i in (11, 12, 13, 14))
+def cpu_s(pid: int) -> float | None:
+    """Its own CPU and that of the children it reaped; None once it is gone."""
+    cost = process_cost(pid)
+    return cost.cpu_s if cost is not None else None
 
 
 def role(pid: int, root: int) -> str:
@@ -115,16 +84,16 @@ class Idle:
 def measure_idle(agent: str, root: int, seconds: float, every: float) -> Idle:
     """PSS per role sampled every `every` s, CPU per role over `seconds`, of `root`'s tree."""
     out = Idle(agent=agent, seconds=seconds)
-    start_cpu = {p: (role(p, root), cpu_ticks(p) or 0) for p in descendants(root)}
+    start_cpu = {p: cpu_s(p) or 0.0 for p in family(root)}
     sums: dict[str, float] = {}
     began = time.monotonic()
     while True:
         totals: dict[str, float] = {}
-        for pid in descendants(root):
-            kb = pss_kb(pid)
-            if kb is not None:
+        for pid in family(root):
+            pss = pss_bytes(pid)
+            if pss is not None:
                 name = role(pid, root)
-                totals[name] = totals.get(name, 0.0) + kb / 1024
+                totals[name] = totals.get(name, 0.0) + pss / 2**20
         totals["total"] = sum(totals.values())
         for name, mb in totals.items():
             sums[name] = sums.get(name, 0.0) + mb
@@ -134,17 +103,16 @@ def measure_idle(agent: str, root: int, seconds: float, every: float) -> Idle:
             break
         time.sleep(min(every, max(0.0, began + seconds - time.monotonic())))
     elapsed = time.monotonic() - began
-    ticks: dict[str, float] = {}
-    for pid in descendants(root):
+    spent: dict[str, float] = {}
+    for pid in family(root):
         name = role(pid, root)
         out.processes[name] = out.processes.get(name, 0) + 1
-        now = cpu_ticks(pid)
+        now = cpu_s(pid)
         if now is not None:
-            before = start_cpu.get(pid, (name, 0))[1]
-            ticks[name] = ticks.get(name, 0.0) + now - before
-    ticks["total"] = sum(ticks.values())
+            spent[name] = spent.get(name, 0.0) + now - start_cpu.get(pid, 0.0)
+    spent["total"] = sum(spent.values())
     out.pss_mb = {name: total / out.samples for name, total in sums.items()}
-    out.cpu_pct = {name: 100 * t / CLK_TCK / elapsed for name, t in ticks.items()}
+    out.cpu_pct = {name: 100 * t / elapsed for name, t in spent.items()}
     return out
 
 
