@@ -28,6 +28,7 @@ log = logging.getLogger("node_agent.child")
 class ChildStart(BaseModel):
     request: TraceRequest
     allow_custom: bool = False
+    allow_bpftrace: bool = False
     max_duration_s: float = 3600.0
     max_overhead_pct: float = 400.0
     cgroup_base: str | None = None
@@ -130,11 +131,17 @@ def main(argv: list[str] | None = None) -> int:
         prepared = prepare(
             request,
             allow_custom=start.allow_custom,
+            allow_bpftrace=start.allow_bpftrace,
             max_duration_s=start.max_duration_s,
             max_overhead_pct=start.max_overhead_pct,
             cgroup_base=start.cgroup_base,
         )
-        state = execute(prepared, BccRuntime(), emit, stop)
+        if prepared.spec.engine == "bpftrace":
+            from node_agent.bpftrace.run import run_script
+
+            state = run_script(prepared, emit, stop, cgroup_base=start.cgroup_base)
+        else:
+            state = execute(prepared, BccRuntime(), emit, stop)
     except FleettraceError as exc:
         emit(StateChange(run_id=request.run_id, state=RunState.failed, error=exc.to_error()))
         return 1

@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--redis-url", help="the broker (default from settings)")
     worker.add_argument("--cgroup", help="confine every trace to this cgroup v2 path")
     worker.add_argument("--allow-custom", action="store_true", default=None)
+    worker.add_argument("--allow-bpftrace", action="store_true", default=None)
 
     run = sub.add_parser("run", help="run one trace on this host")
     run.add_argument("program")
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--source", type=Path, help="custom: bcc C file")
     run.add_argument("--map", type=_map_decl, action="append", default=[], metavar="NAME:KIND")
     run.add_argument("--allow-custom", action="store_true", help="allow the custom program")
+    run.add_argument("--allow-bpftrace", action="store_true", help="allow the bpftrace program")
     run.add_argument("--max-duration", type=parse_duration, default=3600.0)
     return parser
 
@@ -154,6 +156,7 @@ def _worker(args: argparse.Namespace, zygote: Zygote) -> int:
         "redis_url": args.redis_url,
         "cgroup": args.cgroup,
         "allow_custom": args.allow_custom,
+        "allow_bpftrace": args.allow_bpftrace,
     }
     try:
         settings = AgentSettings(**{k: v for k, v in overrides.items() if v is not None})
@@ -209,7 +212,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     request = _request(args)
     try:
-        prepare(request, allow_custom=args.allow_custom, max_duration_s=args.max_duration)
+        prepare(
+            request,
+            allow_custom=args.allow_custom,
+            allow_bpftrace=args.allow_bpftrace,
+            max_duration_s=args.max_duration,
+        )
     except FleettraceError as exc:
         usage = ("unknown_program", "bad_parameter", "limit_exceeded", "bad_request", "policy")
         if exc.code.value in usage:
@@ -233,6 +241,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         request,
         on_event,
         allow_custom=args.allow_custom,
+        allow_bpftrace=args.allow_bpftrace,
         max_duration_s=args.max_duration,
     )
     signal.signal(signal.SIGINT, lambda *_: runner.cancel())

@@ -307,6 +307,7 @@ class Feature(str, Enum):
     uprobes = "uprobes"
     perf_events = "perf_events"
     btf = "btf"
+    bpftrace = "bpftrace"  # the bpftrace tool itself, for the bpftrace program
 
 
 class HeadersState(str, Enum):
@@ -325,6 +326,7 @@ class HostCapabilities(_Model):
     kernel_release: Name
     arch: Name
     bcc_version: Name | None
+    bpftrace_version: Name | None = None
     headers: HeadersState
     headers_detail: Clipped | None = None
     lockdown: Clipped | None = None

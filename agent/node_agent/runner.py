@@ -200,6 +200,7 @@ class TraceRunner:
         on_event: Callable[[RunEvent], None],
         *,
         allow_custom: bool = False,
+        allow_bpftrace: bool = False,
         max_duration_s: float = 3600.0,
         max_overhead_pct: float = 400.0,
         compile_timeout_s: float = 120.0,
@@ -210,6 +211,7 @@ class TraceRunner:
         self.request = request
         self.on_event = on_event
         self.allow_custom = allow_custom
+        self.allow_bpftrace = allow_bpftrace
         self.max_duration_s = max_duration_s
         self.max_overhead_pct = max_overhead_pct
         self.compile_timeout_s = compile_timeout_s
@@ -229,6 +231,7 @@ class TraceRunner:
             prepare(
                 self.request,
                 allow_custom=self.allow_custom,
+                allow_bpftrace=self.allow_bpftrace,
                 max_duration_s=self.max_duration_s,
                 max_overhead_pct=self.max_overhead_pct,
                 cgroup_base=self.cgroup_base,
@@ -254,6 +257,7 @@ class TraceRunner:
         start = ChildStart(
             request=request,
             allow_custom=self.allow_custom,
+            allow_bpftrace=self.allow_bpftrace,
             max_duration_s=self.max_duration_s,
             max_overhead_pct=self.max_overhead_pct,
             cgroup_base=self.cgroup_base,

@@ -26,6 +26,7 @@ class AgentSettings(BaseSettings):
     # redis://ft-host-<host>:<secret>@redis:6379/0, or rediss://...?ssl_ca_certs=/path/ca.pem
     redis_url: str = "redis://127.0.0.1:6379/0"
     allow_custom: bool = False
+    allow_bpftrace: bool = False  # run bpftrace scripts (the bpftrace program)
     max_duration_s: float = Field(default=3600.0, gt=0)
     # The most a job may set its overhead budget to (limits.overhead_pct), % of one CPU.
     max_overhead_pct: float = Field(default=50.0, gt=0, le=400)

@@ -59,6 +59,7 @@ def prepare(
     request: TraceRequest,
     *,
     allow_custom: bool = False,
+    allow_bpftrace: bool = False,
     max_duration_s: float = 3600.0,
     max_overhead_pct: float = 400.0,
     cgroup_base: str | None = None,
@@ -70,6 +71,8 @@ def prepare(
     spec = get_program(request.program)
     if spec.source_policy is not None and not allow_custom:
         raise UnsupportedProgram("this agent does not run custom programs (allow_custom is off)")
+    if spec.engine == "bpftrace" and not allow_bpftrace:
+        raise UnsupportedProgram("this agent does not run bpftrace scripts (allow_bpftrace is off)")
     if request.duration_s > max_duration_s:
         raise LimitExceeded(
             f"duration_s: {request.duration_s:g}s is above this agent's limit"
@@ -87,6 +90,8 @@ def prepare(
             f" limit of {max_overhead_pct:g} % of a CPU"
         )
     params = spec.check(request, confined=cgroup_base is not None)
+    if spec.engine == "bpftrace":  # no C: the script and its scope are the engine's
+        return PreparedTrace(request, spec, params, str(params["script"]), [])
     defines: dict[str, str | int] = {"FT_MAP_ENTRIES": request.limits.map_entries}
     defines.update(scope_defines(request.scope, cgroup_base))
     defines.update(spec.defines(params))

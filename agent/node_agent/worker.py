@@ -180,6 +180,7 @@ class Agent:
             request,
             publish,
             allow_custom=self.settings.allow_custom,
+            allow_bpftrace=self.settings.allow_bpftrace,
             max_duration_s=self.settings.max_duration_s,
             max_overhead_pct=self.settings.max_overhead_pct,
             cgroup_base=self.settings.cgroup,  # resolved and enforced in trace.prepare

@@ -15,6 +15,7 @@ from node_agent.scope import cgroup_path_problem
 
 ParamType = Literal["int", "float", "bool", "str"]
 OutputKind = Literal["counter_table", "log2_histogram", "folded_stacks", "event_samples"]
+Engine = Literal["bcc", "bpftrace"]
 ALL_SCOPES = frozenset({"cgroup", "pid", "comm"})
 
 
@@ -39,6 +40,7 @@ class Param:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] | None = None
+    max_length: int | None = None  # for str: the most characters a value may have
 
     def coerce(self, raw: Any) -> Any:
         """Turn a JSON value or a CLI string into this parameter's type, within bounds."""
@@ -79,6 +81,11 @@ class Param:
             raise BadParameter(
                 f"params.{self.name}", f"{value} is above the maximum {self.maximum:g}"
             )
+        if self.max_length is not None and isinstance(value, str) and len(value) > self.max_length:
+            raise BadParameter(
+                f"params.{self.name}",
+                f"{len(value)} characters, above the maximum {self.max_length}",
+            )
         if self.choices is not None and value not in self.choices:
             raise BadParameter(
                 f"params.{self.name}", f"{value!r} is not one of {', '.join(self.choices)}"
@@ -94,6 +101,8 @@ class Param:
             out["maximum"] = self.maximum
         if self.choices is not None:
             out["choices"] = list(self.choices)
+        if self.max_length is not None:
+            out["max_length"] = self.max_length
         return out
 
 
@@ -110,6 +119,8 @@ class DecodeContext:
 Decoder = Callable[[DecodeContext], list[Result]]
 Defines = Callable[[Mapping[str, Any]], dict[str, str | int]]
 SourcePolicy = Callable[[str], None]  # raises PolicyViolation for source it refuses
+# Checks validated parameters beyond their types (a bpftrace script): raises RefusedField.
+ParamPolicy = Callable[[Mapping[str, Any]], None]
 
 
 def no_defines(params: Mapping[str, Any]) -> dict[str, str | int]:
@@ -151,6 +162,15 @@ class ProgramSpec:
     samples: SampleSpec | None = None
     # Set for a program whose C comes with the request (custom): how that source is checked.
     source_policy: SourcePolicy | None = None
+    # What runs it: bcc compiles the C above; bpftrace runs the script in params.script.
+    engine: Engine = "bcc"
+    param_policy: ParamPolicy | None = None
+
+    @property
+    def admin_only(self) -> bool:
+        """Code that comes with the request (custom C, a bpftrace script): admins only, and
+        only on agents that allow it."""
+        return self.source_policy is not None or self.engine == "bpftrace"
 
     def source(self) -> str:
         if self.source_path is None:
@@ -179,6 +199,8 @@ class ProgramSpec:
         """
         self._check_source(trace)
         params = self.validate_params(trace.params)
+        if self.param_policy is not None:  # the agents check again, whatever they are sent
+            self.param_policy(params)
         kinds = trace.scope.kinds() | ({"cgroup"} if confined else set())
         for kind in sorted(kinds - self.scopes):
             note = f" ({self.scope_note})" if self.scope_note else ""
@@ -215,4 +237,6 @@ class ProgramSpec:
             "tracepoints": list(self.tracepoints),
             "scopes": sorted(self.scopes),
             "scope_note": self.scope_note,
+            "engine": self.engine,
+            "admin_only": self.admin_only,
         }
