@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
-import select
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -94,10 +95,24 @@ def child() -> Iterator[subprocess.Popen[str]]:
         proc.wait()
 
 
-def _line(stream: Any, timeout_s: float) -> str:
-    ready, _, _ = select.select([stream], [], [], timeout_s)
-    assert ready, "bpftrace printed nothing in time"
-    return str(stream.readline())
+def _lines(stream: IO[str]) -> queue.Queue[str]:
+    """The stream's lines as they come (select() cannot see lines already buffered)."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put("")
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def _line(lines: queue.Queue[str], timeout_s: float) -> str:
+    try:
+        return lines.get(timeout=timeout_s)
+    except queue.Empty:
+        raise AssertionError("bpftrace printed nothing in time") from None
 
 
 def run_traced() -> list[dict[str, Any]]:
@@ -112,21 +127,26 @@ def run_traced() -> list[dict[str, Any]]:
             text=True,
         )
         try:
-            first = _line(tracer.stdout, 60)
+            assert tracer.stdout is not None
+            out = _lines(tracer.stdout)
+            first = _line(out, 60)
             assert json.loads(first)["type"] == "attached_probes"
-            ready = _line(tracer.stdout, 60)
+            ready = _line(out, 60)
             assert json.loads(ready) == {"type": "printf", "data": "ready\n"}
             assert work.stdin is not None and work.stdout is not None
             work.stdin.write("go\n")
             work.stdin.flush()
             assert work.stdout.readline().strip() == "done"
+            # printf lines still in the perf buffer at SIGINT are lost: wait for them first
+            calls = [_line(out, 60) for _ in range(CALLS)]
             tracer.send_signal(signal.SIGINT)
-            rest, _ = tracer.communicate(timeout=60)
+            tracer.wait(timeout=60)
+            rest = list(iter(lambda: _line(out, 60), ""))
         finally:
             if tracer.poll() is None:
                 tracer.kill()
                 tracer.wait()
-    lines = [first, ready, *rest.splitlines()]
+    lines = [first, ready, *calls, *rest]
     return [json.loads(line) for line in lines if line.startswith("{")]
 
 
