@@ -84,3 +84,11 @@ def test_a_result_from_before_aggregations_reads_as_sums() -> None:
     parsed = CounterTable.model_validate(old)
     assert parsed.aggregations is None and parsed.aggregation(0) == "sum"
     assert merge_tables([parsed, parsed]).rows == [([], [6])]
+
+
+def test_negative_values_only_where_the_table_says_what_they_are() -> None:
+    with pytest.raises(ValidationError, match="negative value in a table of counts"):
+        table([(["a"], [-1])], ["count"], None)
+    signed = table([(["a"], [-6])], ["sum"], ["sum"])
+    # a sum() of negative values falls: its delta is not clamped the way a count's is
+    assert delta(signed, table([(["a"], [-2])], ["sum"], ["sum"])).rows == [(["a"], [-4])]

@@ -57,7 +57,12 @@ class CounterTable(WireModel):
 
     @model_validator(mode="after")
     def _one_aggregation_per_field(self) -> CounterTable:
-        if self.aggregations is not None and len(self.aggregations) != len(self.value_fields):
+        if self.aggregations is None:
+            # a table of counts (every bcc program's): a negative one is a lie
+            if any(v < 0 for _, values in self.rows for v in values):
+                raise ValueError("a negative value in a table of counts (no aggregations)")
+            return self
+        if len(self.aggregations) != len(self.value_fields):
             raise ValueError(
                 f"{len(self.aggregations)} aggregations for {len(self.value_fields)} value fields"
             )
@@ -147,7 +152,7 @@ def _row_key(keys: list[KeyValue]) -> str:
 
 
 def delta(current: CounterTable, previous: CounterTable | None) -> CounterTable:
-    """Sum fields are differenced; negative differences are clamped to 0: a key cut by
+    """Sum fields are differenced; negative differences of counts are clamped to 0: a key cut by
     max_rows in the earlier snapshot reappears with its full count, which we cannot tell
     apart (table.truncated says so). min/max fields pass through (the extreme so far), a
     mean field becomes the interval's mean where the table has count and total fields.
@@ -161,7 +166,9 @@ def delta(current: CounterTable, previous: CounterTable | None) -> CounterTable:
         diff = list(values)
         for i in sums:
             if i < len(prior):
-                diff[i] = max(0, values[i] - prior[i])
+                moved = values[i] - prior[i]
+                # clamped for counts only: a sum() of negative values may fall
+                diff[i] = max(0, moved) if values[i] >= 0 and prior[i] >= 0 else moved
         if weights is not None and diff[weights[0]] > 0:
             interval_mean = _divide(diff[weights[1]], diff[weights[0]])
             diff = [
