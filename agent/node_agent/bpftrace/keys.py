@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from node_agent import bounds
 from node_agent.bounds import MAX_COUNT, MAX_TEXT
 from node_agent.errors import BadParameter
 from node_agent.kinds import KeyField
@@ -135,11 +136,7 @@ def stack_frames(text: str) -> list[str]:
 
 def clip(text: str) -> str:
     """Host text made printable and cut to one key value's bound."""
-    safe = printable(text[: MAX_TEXT + 1])  # a 1 MB printf is cut before it is escaped
-    if len(safe) > MAX_TEXT:
-        mark = " [... cut]"
-        safe = safe[: MAX_TEXT - len(mark)] + mark
-    return safe
+    return bounds.clip(printable(text[: MAX_TEXT + 1]))  # a 1 MB printf: cut, then escaped
 
 
 def integer(value: object) -> int | None:

@@ -22,14 +22,9 @@ import pytest
 
 from node_agent.bpftrace.keys import parse_keys
 from node_agent.bpftrace.output import SKIPPED, Maps
-from node_agent.kinds import (
-    CounterTable,
-    EventSamples,
-    FoldedStacks,
-    LinearHistogram,
-    Log2Histogram,
-    Result,
-)
+from node_agent.kinds import CounterTable, EventSamples, FoldedStacks, Result
+from node_agent.kinds.linear_histogram import LinearHistogram
+from node_agent.kinds.log2_histogram import Log2Histogram
 from node_agent.protocol import Limits
 
 BPFTRACE = shutil.which("bpftrace")
