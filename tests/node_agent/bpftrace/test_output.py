@@ -382,3 +382,25 @@ def test_parse_keys_refuses_naming_the_field(text: str, problem: str) -> None:
         parse_keys(text)
     assert caught.value.field == "params.keys"
     assert problem in str(caught.value)
+
+
+def test_a_u64_count_near_2_64_is_kept_exactly() -> None:
+    got = read([{"type": "map", "data": {"@": {"a": 2**64 - 1, "b": 1}}}], {"@": "count"})
+    assert table(got, "@").rows == [(["a"], [2**64 - 1]), (["b"], [1])]
+
+
+def test_a_keyed_hist_labels_each_key_field() -> None:
+    buckets = [{"min": 4, "max": 7, "count": 2}, {"max": -1, "count": 1}]
+    message = {"type": "hist", "data": {"@h": {"a,b,7": buckets}}}
+    got = read([message], {"@h": "hist"}, keys="@h=comm,pid", key_kinds={"@h": ["str", "int"]})
+    hist = got["@h[('comm', 'a,b'), ('pid', 7)]"]
+    assert isinstance(hist, Log2Histogram) and hist.buckets == [(3, 2)]
+    negative = table(got, "@h.negative")
+    assert [f.name for f in negative.key_fields] == ["comm", "pid"]
+    assert negative.rows == [(["a,b", 7], [1])]
+
+
+def test_messages_that_are_not_ours_are_not_taken() -> None:
+    maps = Maps(limits=Limits(), functions={}, keys=KeyNames())
+    assert not maps.take({"type": "attached_probes", "data": {"probes": 2}})
+    assert maps.results() == []
