@@ -4,15 +4,17 @@ that must never raise, and the key split. test_output_real.py runs real bpftrace
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import TypeAdapter
 
-from node_agent.bpftrace.keys import KeyNames, parse_keys, split_key
+from node_agent.bpftrace.keys import KeyNames, fits, parse_keys, split_key
 from node_agent.bpftrace.output import SKIPPED, Maps
 from node_agent.errors import BadParameter
 from node_agent.kinds import (
@@ -404,3 +406,23 @@ def test_messages_that_are_not_ours_are_not_taken() -> None:
     maps = Maps(limits=Limits(), functions={}, keys=KeyNames())
     assert not maps.take({"type": "attached_probes", "data": {"probes": 2}})
     assert maps.results() == []
+
+
+def _brute_split(text: str, kinds: list[Any]) -> list[str] | None:
+    pieces = text.split(",")
+    found = []
+    for cuts in itertools.combinations(range(1, len(pieces)), len(kinds) - 1):
+        bounds = [0, *cuts, len(pieces)]
+        fields = [",".join(pieces[a:b]) for a, b in itertools.pairwise(bounds)]
+        if all(fits(f, k) for f, k in zip(fields, kinds, strict=True)):
+            found.append(fields)
+    return found[0] if len(found) == 1 else None
+
+
+def test_split_key_agrees_with_trying_every_split() -> None:
+    rng = random.Random(16)
+    alphabet = ["a", "7", "-2", "", "\n  f+1\n", "\n  g", "h\n"]
+    for _ in range(3000):
+        kinds = [rng.choice(["int", "str", "stack", "any"]) for _ in range(rng.randint(1, 4))]
+        text = ",".join(rng.choice(alphabet) for _ in range(rng.randint(1, 7)))
+        assert split_key(text, kinds) == _brute_split(text, kinds), (text, kinds)
