@@ -426,3 +426,12 @@ def test_split_key_agrees_with_trying_every_split() -> None:
         kinds = [rng.choice(["int", "str", "stack", "any"]) for _ in range(rng.randint(1, 4))]
         text = ",".join(rng.choice(alphabet) for _ in range(rng.randint(1, 7)))
         assert split_key(text, kinds) == _brute_split(text, kinds), (text, kinds)
+
+
+def test_keyed_histograms_are_bounded_keeping_the_busiest() -> None:
+    data = {f"k{i}": [{"min": 1, "max": 1, "count": i + 1}] for i in range(50)}
+    got = read([{"type": "hist", "data": {"@h": data}}], {"@h": "hist"}, limits=Limits(max_rows=3))
+    hists = [r for r in got.values() if isinstance(r, Log2Histogram)]
+    assert sorted(h.total for h in hists) == [48, 49, 50]
+    skipped = table(got, SKIPPED)
+    assert skipped.rows == [(["@h", "histograms beyond max_rows (the busiest kept)"], [47])]

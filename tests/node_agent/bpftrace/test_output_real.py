@@ -61,6 +61,8 @@ tracepoint:syscalls:sys_enter_lseek /pid == {pid}/ {{
   @h = hist(args->offset); @l = lhist(args->offset, 0, 95, 10);
   @s = sum(args->offset); @mn = min(args->offset); @mx = max(args->offset);
   @a = avg(args->offset); @stat = stats(args->offset); @w[args->whence] = hist(args->offset);
+  @ka[comm, pid] = avg(args->offset); @ks[comm] = stats(args->offset);
+  @kl[comm, args->whence] = lhist(args->offset, 0, 95, 10); @kmx[pid, comm] = max(args->offset);
 }}
 """
 FUNCTIONS = {
@@ -74,6 +76,10 @@ FUNCTIONS = {
     "@a": "avg",
     "@stat": "stats",
     "@w": "hist",
+    "@ka": "avg",
+    "@ks": "stats",
+    "@kl": "lhist",
+    "@kmx": "max",
 }
 
 
@@ -151,8 +157,15 @@ def results() -> dict[str, Result]:
         limits=Limits(max_samples=10),
         functions=FUNCTIONS,
         keys=parse_keys("@calls=comm,pid;@w=whence"),
-        lhist={"@l": (0, 95, 10)},
-        key_kinds={"@calls": ["str", "int"], "@st": ["str", "stack"]},
+        lhist={"@l": (0, 95, 10), "@kl": (0, 95, 10)},
+        key_kinds={
+            "@calls": ["str", "int"],
+            "@st": ["str", "stack"],
+            "@ka": ["str", "int"],
+            "@ks": ["str"],
+            "@kl": ["str", "int"],  # args->whence: an int, as its tracepoint format says
+            "@kmx": ["int", "str"],
+        },
     )
     for message in run_traced():
         maps.take(message)
@@ -234,3 +247,21 @@ def test_sum_min_max_avg_stats_are_exact(results: dict[str, Result]) -> None:
         table = results[name]
         assert isinstance(table, CounterTable)
         assert table.rows == [([], row)], name
+
+
+def test_keyed_maps_under_a_hostile_process_name(results: dict[str, Result]) -> None:
+    values = EDGES + NEGATIVE
+    total = sum(values)
+    mean = abs(total) // len(values) * (1 if total >= 0 else -1)
+    comm = "ev,il\\n1"
+    keyed = {name: results[name] for name in ("@ka", "@ks", "@kmx")}
+    assert all(isinstance(t, CounterTable) for t in keyed.values())
+    ka, ks, kmx = (t for t in keyed.values() if isinstance(t, CounterTable))
+    (((ka_comm, ka_pid), ka_values),) = ka.rows
+    assert (ka_comm, isinstance(ka_pid, int), ka_values) == (comm, True, [mean])
+    assert ks.rows == [([comm], [len(values), mean, total])]
+    (((kmx_pid, kmx_comm), kmx_values),) = kmx.rows
+    assert (kmx_pid, kmx_comm, kmx_values) == (ka_pid, comm, [max(values)])
+    linear, everything = results[f"@kl[('key0', {comm!r}), ('key1', 0)]"], results["@l"]
+    assert isinstance(linear, LinearHistogram) and isinstance(everything, LinearHistogram)
+    assert linear.buckets == everything.buckets
