@@ -297,8 +297,10 @@ class Maps:
 
 def _scalar_stats(payload: object) -> bool:
     """stats() of a scalar map prints {"count", "average", "total"}; keyed, a dict of those."""
-    return isinstance(payload, Mapping) and not any(
-        isinstance(v, Mapping) for v in payload.values()
+    return (
+        isinstance(payload, Mapping)
+        and "count" in payload
+        and not any(isinstance(v, Mapping) for v in payload.values())
     )
 
 

@@ -435,3 +435,8 @@ def test_keyed_histograms_are_bounded_keeping_the_busiest() -> None:
     assert sorted(h.total for h in hists) == [48, 49, 50]
     skipped = table(got, SKIPPED)
     assert skipped.rows == [(["@h", "histograms beyond max_rows (the busiest kept)"], [47])]
+
+
+def test_an_empty_keyed_map_is_an_empty_table() -> None:
+    got = read([{"type": "stats", "data": {"@s": {}}}], {"@s": "stats"})
+    assert table(got, "@s").rows == [] and SKIPPED not in got
