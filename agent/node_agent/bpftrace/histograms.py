@@ -1,7 +1,9 @@
 """bpftrace's hist() and lhist() buckets as our log2 and linear histogram slots, exactly.
 
 hist(): bpftrace's buckets are (..., 0), 0, 1, [2, 4), [4, 8), ...; our log2 slot 0 holds 0,
-slot s >= 1 holds [2**(s-1), 2**s - 1], so [2**k, 2**(k+1)) is slot k+1. Negative values
+slot s >= 1 holds [2**(s-1), 2**s - 1], so [2**k, 2**(k+1)) is slot k+1, the slot bcc's
+bpf_log2l gives the same values (bcc counts 0 in slot 1, "0 -> 1"; bpftrace's 0 stays apart
+in slot 0, which merges with bcc's correctly since slot 1's bounds cover 0). Negative values
 have no log2 slot: they are counted in a `<map>.negative` counter table beside the histogram
 (one row per key), so no value is lost and the histogram's percentiles stay those of the
 values >= 0. bpftrace 0.17's log2 stops at 2**31: every value >= 2**31 lands in its top
