@@ -42,10 +42,12 @@ def section(
         cells = [_key_cell(k, f.type) for k, f in zip(keys, merged.key_fields, strict=False)]
         for column in columns:
             host_rows = per_host.get(column.host)
-            if host_rows is None:
-                cells.append("-")
-            else:
-                cells.append(str(host_rows.get(tuple(keys), [0])[0]))
+            found = host_rows.get(tuple(keys)) if host_rows is not None else None
+            if found:
+                cells.append(str(found[0]))
+            else:  # a host without the key counted 0 of it, but has no min, max or mean
+                counted = host_rows is not None and merged.aggregation(0) == "sum"
+                cells.append("0" if counted else "-")
         cells += [str(v) for v in values]
         rows.append(cells)
     by = "total" if merged.aggregation(0) == "sum" else f"fleet {merged.aggregation(0)}"

@@ -103,6 +103,10 @@ def test_the_side_by_side_view_names_the_fleet_min() -> None:
     assert "FLEET MIN" in lines[1] and "TOTAL" not in lines[1]
     rows = {line.split()[0]: line.split()[1:] for line in lines[2:4]}
     assert rows == {"sh": ["6", "17", "6"], "bash": ["-4", "7", "-4"]}
+    # a host without a key has no min of it (a count would be 0)
+    partial = [Column(host="h3", header="H3", results=[table("@mn", [], ["min"], ["min"])])]
+    lines = [line.text for line in view_of(merged).section([merged], partial, 10, 120)]
+    assert lines[2].split()[1] == "-"
 
 
 def test_the_stored_digest_keeps_the_aggregations() -> None:
