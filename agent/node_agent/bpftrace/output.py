@@ -230,18 +230,17 @@ class Maps:
         if splitter.has_stack():
             return [self._stacks(name, function, splitter, rows, skipped)]
         columns = TABLE_FIELDS[function]
-        table_rows = [(splitter.values(f), v) for f, v in rows]
-        table_rows.sort(key=lambda row: (-row[1][0], [str(k) for k in row[0]]))
-        kept = table_rows[: self.limits.max_rows]
+        rows.sort(key=lambda row: (-row[1][0], row[0]))
+        kept = rows[: self.limits.max_rows]  # only the kept keys are made safe and typed
         return [
             CounterTable(
                 name=name,
                 key_fields=splitter.fields(),
                 value_fields=[f for f, _ in columns],
                 aggregations=[a for _, a in columns],
-                rows=kept,
-                total_rows=len(table_rows),
-                truncated=len(kept) < len(table_rows),
+                rows=[(splitter.values(f), v) for f, v in kept],
+                total_rows=len(rows),
+                truncated=len(kept) < len(rows),
             )
         ]
 
