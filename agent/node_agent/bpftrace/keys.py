@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from node_agent import bounds
-from node_agent.bounds import MAX_COUNT, MAX_TEXT
+from node_agent.bounds import MAX_COUNT, MAX_FIELDS, MAX_TEXT
 from node_agent.errors import BadParameter
 from node_agent.kinds import KeyField
 from node_agent.protocol import KeyValue
@@ -43,7 +43,13 @@ class KeyNames:
 
     def names(self, map_name: str, arity: int) -> list[str]:
         given = self.declared(map_name)
-        return [given[i] if i < len(given) else f"key{i}" for i in range(arity)]
+        out = list(given[:arity])
+        for i in range(len(out), arity):
+            name = f"key{i}"
+            while name in given:  # a declared `key1` keeps its name
+                name += "_"
+            out.append(name)
+        return out
 
 
 def _names(text: str, entry: str) -> tuple[str, ...]:
@@ -55,6 +61,8 @@ def _names(text: str, entry: str) -> tuple[str, ...]:
             )
     if len(set(names)) != len(names):
         raise BadParameter("params.keys", f"{entry!r}: a name repeats")
+    if len(names) > MAX_FIELDS:
+        raise BadParameter("params.keys", f"{entry!r}: more than {MAX_FIELDS} names")
     return names
 
 

@@ -375,6 +375,7 @@ BAD_KEYS = {
     "no equals": ("@a", "expected @map=name1,name2"),
     "bad map": ("@a-b=x", "expected @map=name1,name2"),
     "too long": ("a" * 33, "is not a name"),
+    "too many": (",".join(f"k{i}" for i in range(33)), "more than 32 names"),
 }
 
 
@@ -440,3 +441,7 @@ def test_keyed_histograms_are_bounded_keeping_the_busiest() -> None:
 def test_an_empty_keyed_map_is_an_empty_table() -> None:
     got = read([{"type": "stats", "data": {"@s": {}}}], {"@s": "stats"})
     assert table(got, "@s").rows == [] and SKIPPED not in got
+
+
+def test_key_names_beyond_the_declared_ones_do_not_collide() -> None:
+    assert parse_keys("key1").names("@", 3) == ["key1", "key1_", "key2"]
