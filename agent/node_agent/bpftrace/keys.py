@@ -233,5 +233,7 @@ class KeySplitter:
         out: list[KeyValue] = []
         for text, kind in zip(fields, self.kinds, strict=True):
             number = _int(text) if kind == "int" else None
+            if kind == "stack":  # folded, root first, as a flame graph line names it
+                text = ";".join(stack_frames(text))
             out.append(number if number is not None else clip(text))
         return out

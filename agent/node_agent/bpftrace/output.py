@@ -227,7 +227,7 @@ class Maps:
                 skipped[f"{function}() value that is not an integer"] += 1
             else:
                 rows.append((fields, values))
-        if splitter.has_stack():
+        if splitter.has_stack() and function in ("count", "sum"):  # they add up in a flame
             return [self._stacks(name, function, splitter, rows, skipped)]
         columns = TABLE_FIELDS[function]
         rows.sort(key=lambda row: (-row[1][0], row[0]))

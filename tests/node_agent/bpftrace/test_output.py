@@ -445,3 +445,9 @@ def test_an_empty_keyed_map_is_an_empty_table() -> None:
 
 def test_key_names_beyond_the_declared_ones_do_not_collide() -> None:
     assert parse_keys("key1").names("@", 3) == ["key1", "key1_", "key2"]
+
+
+def test_a_stack_keyed_min_or_avg_is_a_table_of_folded_stacks() -> None:
+    message = {"type": "stats", "data": {"@a": {"x,\n    leaf+1\n    root+2\n": 7}}}
+    got = read([message], {"@a": "avg"}, key_kinds={"@a": ["str", "stack"]})
+    assert table(got, "@a").rows == [(["x", "root+2;leaf+1"], [7])]
