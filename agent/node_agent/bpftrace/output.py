@@ -4,8 +4,9 @@ Each printed map replaces what an earlier print of it said (prints are cumulativ
 count/sum/min/max/avg maps become counter tables (value field named after the function,
 aggregated as the function says), stats() a table of count, average and total, hist() log2
 histograms, lhist() linear histograms, a count()/sum() map keyed by a stack folded stacks
-(other key fields as root frames), and printf lines and plain values bounded samples. Nothing a traced host prints raises out of `take`: what
-cannot be read is counted by reason, per map, and sent as the `bpftrace.skipped` table.
+(other key fields as root frames), and printf lines and plain values bounded samples.
+Nothing a traced host prints raises out of `take`: what cannot be read is counted by reason,
+per map, and sent as the `bpftrace.skipped` table.
 """
 
 from __future__ import annotations
