@@ -9,7 +9,9 @@ count()` map becomes. The real bpftrace runs in lane c's end-to-end tests.
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -214,3 +216,12 @@ def test_schedules_create_takes_a_bpftrace_script(run: Run, tmp_path: Path) -> N
     code, out, err = run("schedules", "create", "x", "bpftrace", "--every", "1h",
                          "--duration", "30s", "--all", "--file", "/nonexistent")  # fmt: skip
     _one_line_error(code, out, err, "cannot read /nonexistent")
+
+
+def test_file_dash_reads_the_script_from_stdin(
+    run: Run, stub: BpftraceStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(MULTI.encode())))
+    code, _, err = run("jobs", "submit", "bpftrace", "--file", "-", "--all", "--duration", "5s")
+    assert code == 0, err
+    assert {r.params["script"] for _, r in stub.sent} == {MULTI}
