@@ -15,9 +15,11 @@ import pytest
 from fastapi.testclient import TestClient
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.jobs.models import Job
+from controller.schedules.models import Schedule
 from node_agent.bpftrace.script import check_script
 from node_agent.errors import PolicyViolation
 from node_agent.kinds.counter_table import CounterTable, KeyField
@@ -189,3 +191,48 @@ def test_chromium_submits_a_bpftrace_script_from_the_form(
     assert "@[comm] = count();" in shown and "// opens per process" in shown
     scripts = [e for e in chrome.get_log("browser") if e.get("source") != "network"]
     assert scripts == []  # no CSP refusal, no script error
+
+
+def _schedule_form(hosts: list[str], **change: str) -> dict[str, str]:
+    return {
+        "name": f"bt-{uuid.uuid4().hex[:8]}",
+        "time_zone": "UTC",
+        "interval": "1h",
+        "misfire_grace": "1m",
+        "enabled": "on",
+        "program": "bpftrace",
+        "params.script": MULTI,
+        "targets": "names",
+        "targets.names": ", ".join(hosts),
+        "duration": "30s",
+        **change,
+    }
+
+
+def test_schedules_of_bpftrace_in_the_console_are_for_admins(
+    browser: Browser, client: TestClient, tokens: Tokens, sessions: sessionmaker[Session]
+) -> None:
+    hosts = _hosts(client, tokens)
+    operator, op_csrf = browser("operator")
+    admin, csrf = browser("admin")
+    offered = re.findall(r'<option value="([a-z_]+)"', admin.get("/schedules/new").text)
+    assert "bpftrace" in offered and "custom" not in offered  # schedules run no custom C
+    offered = re.findall(r'<option value="([a-z_]+)"', operator.get("/schedules/new").text)
+    assert "bpftrace" not in offered and "custom" not in offered
+
+    fields = _schedule_form(hosts)
+    refused = operator.post("/schedules/new", data={**fields, "csrf": op_csrf})
+    assert refused.status_code == 403
+    assert "needs the admin role" in (field_error(refused.text, "program") or "")
+    made = admin.post("/schedules/new", data={**fields, "csrf": csrf}, follow_redirects=False)
+    assert made.status_code == 303, made.text[:1000]
+    with sessions() as session:
+        schedule = session.scalar(select(Schedule).where(Schedule.name == fields["name"]))
+        assert schedule is not None and schedule.template["params"]["script"] == MULTI
+    # Its edit form keeps the script exactly; an operator may not change it.
+    edit = admin.get(f"/schedules/{fields['name']}/edit").text
+    assert _textarea(edit, "params.script") == MULTI
+    changed = _schedule_form(hosts, name=fields["name"], interval="2h")
+    got = operator.post(f"/schedules/{fields['name']}/edit", data={**changed, "csrf": op_csrf})
+    assert got.status_code == 403, got.text[:1000]
+    assert "needs the admin role" in got.text
