@@ -18,6 +18,10 @@ import pytest
 from devstack import HostSpec, Stack
 from tests.controller.sshfleet import ssh_stack, stack_config
 from tests.controller.support import step_statuses
+from tests.controller.test_bootstrap import _ok
+from tests.controller.test_bootstrap import api as api_fixture
+
+api = api_fixture  # test_bootstrap's client fixture, over this module's stack
 
 pytestmark = pytest.mark.bcc
 
@@ -32,18 +36,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     settings = {"FLEETTRACE_SSH_USE_AGENT": "false", "FLEETTRACE_BOOTSTRAP_VERIFY_TIMEOUT_S": "60"}
     with ssh_stack(config, settings=settings) as stack:
         yield stack
-
-
-@pytest.fixture(scope="module")
-def api(stack: Stack) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {stack.token}"}
-    with httpx.Client(base_url=stack.config.api_url, headers=headers, timeout=30) as client:
-        yield client
-
-
-def _ok(response: httpx.Response) -> Any:
-    assert response.status_code < 300, (response.status_code, response.text)
-    return response.json()
 
 
 def _bootstrap(api: httpx.Client, options: dict[str, Any]) -> dict[str, Any]:
