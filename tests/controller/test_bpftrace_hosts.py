@@ -136,8 +136,8 @@ def test_the_console_host_page_shows_the_version_and_why_not(
     with TestClient(app, base_url="http://testserver") as browser:
         sign_in(browser, tokens.token("viewer"))
         page = parse(browser.get(f"/hosts/{WITH}").text)
-        assert page.one(id="bpftrace-version").text().strip() == _installed_version()
+        assert page.one(id="bpftrace-version").text.strip() == _installed_version()
         page = parse(browser.get(f"/hosts/{WITHOUT}").text)
-        assert page.one(id="bpftrace-version").text().strip() == "—"
-        row = page.one("tr", **{"data-feature": "bpftrace"}).text()
+        assert page.one(id="bpftrace-version").text.strip() == "—"
+        row = page.one("tr", **{"data-feature": "bpftrace"}).text
         assert "no bpftrace on PATH (apt-get install bpftrace)" in row
