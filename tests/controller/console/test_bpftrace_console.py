@@ -229,6 +229,8 @@ def test_schedules_of_bpftrace_in_the_console_are_for_admins(
     with sessions() as session:
         schedule = session.scalar(select(Schedule).where(Schedule.name == fields["name"]))
         assert schedule is not None and schedule.template["params"]["script"] == MULTI
+    shown = parse(admin.get(f"/schedules/{fields['name']}").text)
+    assert shown.one("pre", id="schedule-script").text().removeprefix("\n") == MULTI
     # Its edit form keeps the script exactly; an operator may not change it.
     edit = admin.get(f"/schedules/{fields['name']}/edit").text
     assert _textarea(edit, "params.script") == MULTI
