@@ -72,7 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     programs = sub.add_parser("programs", help="list the program catalog")
     programs.add_argument("--json", action="store_true")
 
-    sub.add_parser("probe", help="print this host's capabilities as JSON")
+    probe = sub.add_parser("probe", help="print this host's capabilities as JSON")
+    # As the worker's own flags: a program the agent's settings refuse is reported unsupported.
+    probe.add_argument("--allow-custom", action="store_true", help="as an agent allowing custom")
+    probe.add_argument(
+        "--allow-bpftrace", action="store_true", help="as an agent allowing bpftrace"
+    )
 
     worker = sub.add_parser("worker", help="join the fleet: consume this host's queue")
     worker.add_argument("--host", help="this host's name in the fleet (default: hostname)")
@@ -131,7 +136,8 @@ def cmd_programs(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     from node_agent.capabilities import probe
 
-    _out(probe().model_dump_json(indent=2))
+    capabilities = probe(allow_custom=args.allow_custom, allow_bpftrace=args.allow_bpftrace)
+    _out(capabilities.model_dump_json(indent=2))
     return 0
 
 

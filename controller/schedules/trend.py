@@ -2,7 +2,8 @@
 
 Metrics: `p99:HIST` (any pNN or pNN.N; all label sets of HIST merged; log2 or linear),
 `count:HIST`, `total:TABLE` and `rate:TABLE` (first value column summed; rate per second of
-the snapshot's span), `key:TABLE:KEY` (one key's count; a multi-field key is its values
+the snapshot's span), `count:TABLE` (its total: `count:@` of a bpftrace `@[comm] = count()`
+job is every event counted), `key:TABLE:KEY` (one key's count; a multi-field key is its values
 joined by ","). Each kind answers its own metrics (controller/kinds).
 """
 
@@ -42,7 +43,7 @@ class Metric:
         match = _METRIC.match(raw)
         if match is None:
             raise BadMetric(
-                f"bad metric {raw!r}: want pNN:HIST, count:HIST, total:T, rate:T, key:T:K"
+                f"bad metric {raw!r}: want pNN:HIST, count:HIST|T, total:T, rate:T, key:T:K"
             )
         if match.group(3):
             return cls("key", match.group(3), match.group(4))
@@ -60,6 +61,9 @@ class Metric:
                 by_kind.setdefault(r.kind, []).append(r)
         for kind, found in by_kind.items():
             answer = VIEWS[kind].metric(self.kind, self.key, found, span_s)
+            if answer is None and self.kind == "count":
+                # A table of counts has no count of its own: the sum of its counts is.
+                answer = VIEWS[kind].metric("total", None, found, span_s)
             if answer is not None:
                 return answer
         return None, None

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -391,13 +391,18 @@ class Agents:
         *,
         wait: bool = True,
         trusted_keys: Path | None = None,
+        allow_bpftrace: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> AgentProcess:
         """Start an agent with its host's own Redis identity (the host is added if it is not
-        known); with wait, return once its host is online with capabilities."""
+        known); with wait, return once its host is online with capabilities. `env`: more
+        variables for it (a PATH without bpftrace)."""
         argv = [str(BIN / "fleettrace-agent"), "worker", "--host", host]
         redis_url = self.identity(host)
         if cgroup is not None:
             argv += ["--cgroup", str(cgroup)]
+        if allow_bpftrace:
+            argv.append("--allow-bpftrace")
         log = self.logs / f"agent-{host}.log"
         env = clean_env(
             FLEETTRACE_HEARTBEAT_S="0.5",
@@ -405,6 +410,7 @@ class Agents:
             FLEETTRACE_TRUSTED_KEYS=str(trusted_keys or self.trusted_keys_file()),
             FLEETTRACE_STATE_DIR=str(self.state_dir(host)),
             FLEETTRACE_REDIS_URL=redis_url,
+            **(env or {}),
         )
         with log.open("ab") as out:
             proc = subprocess.Popen(
@@ -420,10 +426,15 @@ class Agents:
             self.wait_online(agent)
         return agent
 
-    def start_all(self, hosts: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def start_all(
+        self, hosts: Sequence[str], *, allow_bpftrace: bool = False
+    ) -> dict[str, dict[str, Any]]:
         """Agents for `hosts`, started together, each confined to the cgroup make_cgroup makes
         for its host; returns each host once online."""
-        started = [self.start(host, cgroup_name(host), wait=False) for host in hosts]
+        started = [
+            self.start(host, cgroup_name(host), wait=False, allow_bpftrace=allow_bpftrace)
+            for host in hosts
+        ]
         return {a.host: self.wait_online(a) for a in started}
 
     def identity(self, host: str) -> str:
