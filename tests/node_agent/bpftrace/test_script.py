@@ -199,7 +199,7 @@ def test_scope_predicates() -> None:
     assert scope_predicate(Scope(), None) is None
     assert scope_predicate(Scope(pid=12), None) == "pid == 12"
     assert scope_predicate(Scope(pid=3, comm='ev"il'), None) == 'pid == 3 && comm == "ev\\x22il"'
-    with pytest.raises(BadParameter, match="scope.comm"):
+    with pytest.raises(BadParameter, match=r"scope\.comm"):
         scope_predicate(Scope(comm="éééééééé"), None)
 
 
