@@ -53,6 +53,7 @@ LOG_SIZE = 256 * 1024  # verifier log bytes (BPFTRACE_LOG_SIZE)
 STDERR_KEEP = 64 * 1024  # characters of bpftrace's stderr kept for the error
 POLL_S = 0.1  # how often the loop looks at stop, deadline and budget
 KILL_SHARE = 0.6  # of the grace: SIGKILL then, leaving the rest for the final snapshot
+QUEUE_LINES = 10_000  # a full queue stalls bpftrace's reads: its own buffers then count losses
 PR_SET_PDEATHSIG = 1
 _EOF = object()
 
@@ -176,7 +177,7 @@ class _Session:
         )
         log.info("run %s: bpftrace started (pid %d)", run_id, process.pid)
         self.cost = BpftraceCost(process.pid)
-        lines: queue.Queue[object] = queue.Queue()
+        lines: queue.Queue[object] = queue.Queue(maxsize=QUEUE_LINES)
         stderr: list[str] = []
         assert process.stdout is not None and process.stderr is not None
         readers = [
@@ -301,39 +302,46 @@ class _Session:
     def _finish(self, code: int, stderr: str) -> RunState:
         run_id = self.request.run_id
         why = self.interrupted
-        grace = f"{self.request.grace_s * KILL_SHARE:g}s"
         error: TraceError | None = None
         if self.killed:
-            kept_before = self.kept
+            state, error = self._killed(stderr)
+        elif why == "stop":  # whatever bpftrace made of the SIGINT (before attach: it died)
             if self.attach_s is not None:
-                self.emit(self._snapshot(final=True, results=self.kept or []))
-            self.kept = kept_before
-            if why == "stop":
-                state = RunState.cancelled
-                message = f"bpftrace did not stop within {grace} of the cancel; killed"
-            elif why == "deadline":
-                state = RunState.timed_out
-                kept = "the last snapshot's results are kept" if self.kept else "no results"
-                message = f"bpftrace did not stop within {grace} of its deadline; killed ({kept})"
-            else:
-                state, message = RunState.failed, f"{why}; bpftrace killed after {grace}"
-            error = TraceError(code=ErrorCode.killed, message=message, detail=stderr[-4000:])
+                self.emit(self._snapshot(final=True, results=self._final_results(code)))
+            state = RunState.cancelled
         elif code != 0:
             if self.kept is not None:
                 self.emit(self._snapshot(final=True, results=self.kept))
-            state, error = (
-                RunState.failed,
-                diagnose(stderr, self.prepared.source, exit_code=code).to_error(),
-            )
+            state = RunState.failed
+            error = diagnose(stderr, self.prepared.source, exit_code=code).to_error()
         else:
             self.emit(self._snapshot(final=True))
-            if why is not None and why not in ("stop", "deadline"):
+            state = RunState.succeeded
+            if why is not None and why != "deadline":  # the overhead guard stopped it
                 state, error = (
                     RunState.failed,
                     TraceError(code=ErrorCode.limit_exceeded, message=why),
                 )
-            else:
-                state = RunState.cancelled if why == "stop" else RunState.succeeded
         log.info("run %s: bpftrace exited (code %d): %s", run_id, code, state.value)
         self.emit(StateChange(run_id=run_id, state=state, error=error))
         return state
+
+    def _final_results(self, code: int) -> list[Result]:
+        """After a clean exit every map was printed; otherwise the last snapshot stands."""
+        return self.maps.results() if code == 0 else (self.kept or [])
+
+    def _killed(self, stderr: str) -> tuple[RunState, TraceError]:
+        """The last snapshot becomes the final one; the state says why bpftrace was stopped."""
+        grace = f"{self.request.grace_s * KILL_SHARE:g}s"
+        kept = "the last snapshot's results are kept" if self.kept else "no results"
+        if self.attach_s is not None:
+            self.emit(self._snapshot(final=True, results=self.kept or []))
+        why = self.interrupted
+        if why == "stop":
+            state, when = RunState.cancelled, "the cancel"
+        elif why == "deadline":
+            state, when = RunState.timed_out, "its deadline"
+        else:
+            state, when = RunState.failed, f"the overhead guard's stop ({why})"
+        message = f"bpftrace did not stop within {grace} of {when}; killed ({kept})"
+        return state, TraceError(code=ErrorCode.killed, message=message, detail=stderr[-4000:])

@@ -3,6 +3,7 @@ errors, a bpftrace that overruns its deadline, and scopes (pid, comm, cgroup sub
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -343,3 +344,34 @@ def test_cgroup_scope_counts_the_group_and_its_children_only(
             for pid in (worker_group / "cgroup.procs").read_text().split():
                 (group.parent / "cgroup.procs").write_text(pid)
             worker_group.rmdir()
+
+
+def test_cancel_before_attach_leaves_nothing_running() -> None:
+    run = Run(_request(COUNT_BY_COMM, duration_s=60))
+    bpftrace = None
+    deadline = time.monotonic() + 60
+    while bpftrace is None and time.monotonic() < deadline:
+        with contextlib.suppress(AssertionError):
+            bpftrace = run.bpftrace_pid()
+        time.sleep(0.005)
+    assert bpftrace is not None and not run.attached.is_set()  # bpftrace still compiling
+    run.runner.cancel()
+    outcome = run.result()
+    assert outcome.final.state is RunState.cancelled, outcome.final
+    assert not any(is_running(e) for e in outcome.events)
+    assert not Path(f"/proc/{bpftrace}").exists()
+
+
+def test_overhead_guard_stops_a_trace_over_its_budget(workers: Callable[..., Worker]) -> None:
+    worker = workers("ft-bt-busy")
+    limits = {"overhead_pct": 0.01}  # bpftrace's own polling costs more than this
+    run = Run(_request(COUNT_BY_COMM, duration_s=60, interval_s=1, limits=limits))
+    run.wait_running()
+    worker.calls(1000)
+    outcome = run.result(timeout=30)
+    assert outcome.final.state is RunState.failed
+    error = outcome.final.error
+    assert error is not None and error.code is ErrorCode.limit_exceeded
+    assert "overhead" in error.message
+    assert outcome.last.final and _count(outcome, key0="ft-bt-busy") == 1000
+    assert (outcome.last.stats.overhead_pct or 0) > 0.01
