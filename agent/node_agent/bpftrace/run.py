@@ -32,8 +32,8 @@ from node_agent.bpftrace.diagnostics import diagnose
 from node_agent.bpftrace.instrument import instrument, scope_predicate
 from node_agent.bpftrace.keys import parse_keys
 from node_agent.bpftrace.output import Maps
-from node_agent.bpftrace.script import lhist_args, map_functions
-from node_agent.errors import FleettraceError, UnsupportedProgram
+from node_agent.bpftrace.script import lhist_args, map_functions, minimum_probes
+from node_agent.errors import AttachError, FleettraceError, UnsupportedProgram
 from node_agent.protocol import (
     ErrorCode,
     Limits,
@@ -133,14 +133,21 @@ def run_script(
     with tempfile.TemporaryDirectory(prefix="fleettrace-bpftrace-") as tmp:
         path = Path(tmp) / "script.bt"  # the directory is private (0700)
         path.write_text(text)
-        return _Session(prepared, emit, stop, maps, marker).run(binary, path)
+        session = _Session(prepared, emit, stop, maps, marker, minimum_probes(text))
+        return session.run(binary, path)
 
 
 class _Session:
     """One bpftrace process, from spawn to its final state."""
 
     def __init__(
-        self, prepared: PreparedTrace, emit: Emit, stop: threading.Event, maps: Maps, marker: str
+        self,
+        prepared: PreparedTrace,
+        emit: Emit,
+        stop: threading.Event,
+        maps: Maps,
+        marker: str,
+        minimum_probes: int,
     ) -> None:
         self.prepared = prepared
         self.request = prepared.request
@@ -155,6 +162,9 @@ class _Session:
         self.interrupted: str | None = None  # why SIGINT was sent: "deadline", "stop", a budget
         self.kill_at = float("inf")
         self.killed = False
+        self.minimum_probes = minimum_probes
+        self.missing: str | None = None  # attach points that matched nothing
+        self.process: subprocess.Popen[str] | None = None
         self.seq = 0
         self.last_wall = time.time()
         self.kept: list[Result] | None = None  # the last snapshot's results
@@ -175,6 +185,7 @@ class _Session:
             start_new_session=True,  # our SIGINT only: not a terminal's, not the runner's kill
             preexec_fn=_die_with_parent(os.getpid()),  # prctl only: safe after fork
         )
+        self.process = process
         log.info("run %s: bpftrace started (pid %d)", run_id, process.pid)
         self.cost = BpftraceCost(process.pid)
         lines: queue.Queue[object] = queue.Queue(maxsize=QUEUE_LINES)
@@ -226,7 +237,9 @@ class _Session:
         if not isinstance(message, dict):
             return
         kind, data = message.get("type"), message.get("data")
-        if kind == "printf" and data == self.attached and self.attach_s is None:
+        if kind == "attached_probes":
+            self._count_probes(data)
+        elif kind == "printf" and data == self.attached and self.attach_s is None:
             self._attached()
         elif kind == "printf" and data == self.begin:
             self.maps.reset()
@@ -234,6 +247,15 @@ class _Session:
             self.emit(self._snapshot(final=False))
         else:
             self.maps.take(message)
+
+    def _count_probes(self, data: object) -> None:
+        probes = data.get("probes") if isinstance(data, dict) else None
+        if isinstance(probes, int) and probes < self.minimum_probes and self.process:
+            self.missing = (
+                f"bpftrace attached {probes} probes where the script names at least"
+                f" {self.minimum_probes}: a function, symbol or tracepoint matched nothing"
+            )
+            self._interrupt(self.process, "missing")
 
     def _attached(self) -> None:
         now = time.monotonic()
@@ -303,7 +325,9 @@ class _Session:
         run_id = self.request.run_id
         why = self.interrupted
         error: TraceError | None = None
-        if self.killed:
+        if self.missing is not None:  # stopped at once, before BEGIN: nothing to report
+            state, error = RunState.failed, AttachError(self.missing).to_error()
+        elif self.killed:
             state, error = self._killed(stderr)
         elif why == "stop":  # whatever bpftrace made of the SIGINT (before attach: it died)
             if self.attach_s is not None:

@@ -245,6 +245,11 @@ def test_a_script_that_does_not_parse_fails_with_its_line() -> None:
         ),
         ("BEGIN { @x = nosuch(1); }", ErrorCode.compile_error, "line 1: Unknown function: nosuch"),
         (
+            "uprobe:/bin/sh:ft_no_such_function { @ = count(); }",
+            ErrorCode.attach_failed,
+            "matched nothing",
+        ),
+        (
             "BEGIN { $a = 0; while (1) { $a++; } }",
             ErrorCode.verifier_rejected,
             "Error loading program: BEGIN",
@@ -375,3 +380,19 @@ def test_overhead_guard_stops_a_trace_over_its_budget(workers: Callable[..., Wor
     assert "overhead" in error.message
     assert outcome.last.final and _count(outcome, key0="ft-bt-busy") == 1000
     assert (outcome.last.stats.overhead_pct or 0) > 0.01
+
+
+def test_bpftrace_dies_with_the_trace_process() -> None:
+    run = Run(_request(COUNT_BY_COMM, duration_s=60))
+    run.wait_running()
+    bpftrace = run.bpftrace_pid()
+    ids = _program_ids(bpftrace)
+    assert run.runner.child_pid is not None
+    os.kill(run.runner.child_pid, signal.SIGKILL)  # as if the agent's child were OOM-killed
+    outcome = run.result()
+    assert outcome.final.state is RunState.failed
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{bpftrace}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{bpftrace}").exists()  # PR_SET_PDEATHSIG, though not our child
+    assert ids and _still_loaded(ids) == set()
