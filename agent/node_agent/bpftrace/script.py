@@ -33,8 +33,13 @@ _INT = re.compile(r"-?(?:0[xX][0-9a-fA-F]+|[0-9]+)")
 def _check_preprocessor(line: int, text: str) -> None:
     include = _INCLUDE.match(text)
     if include:
-        if ".." in include.group(1).split("/"):
-            raise PolicyViolation(f"line {line}: #include may not contain '..': {text!r}")
+        name = include.group(1)
+        if ".." in name.split("/") or name.startswith("/"):
+            # clang would read any file as root, and echo its lines in the error messages
+            raise PolicyViolation(
+                f"line {line}: #include names a header below the system include directories"
+                f" (no absolute path, no '..'): {text!r}"
+            )
         return
     if text.lstrip("# \t").startswith("include"):
         raise PolicyViolation(

@@ -396,3 +396,29 @@ def test_bpftrace_dies_with_the_trace_process() -> None:
         time.sleep(0.05)
     assert not Path(f"/proc/{bpftrace}").exists()  # PR_SET_PDEATHSIG, though not our child
     assert ids and _still_loaded(ids) == set()
+
+
+def test_a_tricky_script_runs_scoped_with_exact_counts(workers: Callable[..., Worker]) -> None:
+    # Braces and slashes in strings, a dividing predicate over two lines with a comment,
+    # `system(` in a comment: the scope still lands in the predicate, on the same lines.
+    script = """// system("id") is only a comment
+tracepoint:syscalls:sys_enter_getppid,
+tracepoint:syscalls:sys_enter_getpgrp
+/ pid / 1 > 0 // "}{"
+/
+{
+    $s = "}{ /* not a comment */ \\" /";
+    @[comm, probe] = count();
+}
+END { printf("%s\\n", "} done {"); }
+"""
+    inside, outside = workers("ft-bt-tricky"), workers("ft-bt-tricky")
+    run = Run(_request(script, scope=Scope(pid=inside.proc.pid), interval_s=0.5))
+    run.wait_running()
+    inside.calls(21)
+    outside.calls(8)
+    outcome = run.result()
+    assert outcome.final.state is RunState.succeeded, outcome.final
+    table = outcome.table("@")
+    assert sum(values[0] for _, values in table.rows) == 21
+    assert "} done {" in str(outcome.samples().events)
