@@ -26,8 +26,9 @@ from node_agent.protocol import (
     Snapshot,
     TraceRequest,
 )
-from node_agent.runner import TraceRunner
+from node_agent.runner import ChildPool, TraceRunner
 from node_agent.selfstats import family
+from node_agent.zygote import Zygote
 from tests.helpers import TraceOutcome, is_running, row_value, snapshots_of
 
 pytestmark = [
@@ -91,10 +92,10 @@ def _request(script: str, **fields: object) -> TraceRequest:
 class Run:
     """A trace in a thread: wait for it to be running, act, then take its outcome."""
 
-    def __init__(self, request: TraceRequest) -> None:
+    def __init__(self, request: TraceRequest, pool: ChildPool | None = None) -> None:
         self.events: list[RunEvent] = []
         self.attached = threading.Event()
-        self.runner = TraceRunner(request, self._on_event, allow_bpftrace=True)
+        self.runner = TraceRunner(request, self._on_event, allow_bpftrace=True, pool=pool)
         self.outcome: TraceOutcome | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -422,3 +423,19 @@ END { printf("%s\\n", "} done {"); }
     table = outcome.table("@")
     assert sum(values[0] for _, values in table.rows) == 21
     assert "} done {" in str(outcome.samples().events)
+
+
+def test_the_workers_zygote_children_run_bpftrace(workers: Callable[..., Worker]) -> None:
+    zygote = Zygote.spawn()
+    pool = ChildPool(zygote)
+    try:
+        for n in (31, 32):  # the warm spare (bcc loaded) and the next one
+            worker = workers(f"ft-bt-zyg{n}")
+            run = Run(_request(COUNT_BY_COMM, duration_s=1), pool=pool)
+            run.wait_running()
+            worker.calls(n)
+            outcome = run.result()
+            assert outcome.final.state is RunState.succeeded, outcome.final
+            assert _count(outcome, key0=f"ft-bt-zyg{n}") == n
+    finally:
+        pool.close()
