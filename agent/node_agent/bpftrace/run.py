@@ -32,7 +32,7 @@ from node_agent.bpftrace.diagnostics import diagnose
 from node_agent.bpftrace.instrument import instrument, scope_predicate
 from node_agent.bpftrace.keys import parse_keys
 from node_agent.bpftrace.output import Maps
-from node_agent.bpftrace.script import lhist_args, map_functions, minimum_probes
+from node_agent.bpftrace.script import key_kinds, lhist_args, map_functions, minimum_probes
 from node_agent.errors import AttachError, FleettraceError, UnsupportedProgram
 from node_agent.protocol import (
     ErrorCode,
@@ -125,6 +125,7 @@ def run_script(
             functions=map_functions(source),
             keys=parse_keys(str(prepared.params.get("keys") or "")),
             lhist=lhist_args(source),
+            key_kinds=key_kinds(source),
         )
     except FleettraceError as exc:
         state = RunState.unsupported if isinstance(exc, UnsupportedProgram) else RunState.failed

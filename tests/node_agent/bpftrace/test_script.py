@@ -13,6 +13,7 @@ from node_agent.bpftrace.script import (
     MAX_LINES,
     MAX_PROBES,
     check_script,
+    key_kinds,
     lhist_args,
     map_functions,
 )
@@ -80,6 +81,25 @@ def test_tool_passes_policy_and_its_maps_are_named() -> None:
         "@task": "value",
     }
     assert lhist_args(TOOL) == {"@l": (-10, 256, 5)}
+
+
+def test_key_kinds_say_how_keys_split() -> None:
+    assert key_kinds(TOOL) == {
+        "@": ["str"],
+        "@lat": ["int", "str"],
+        "@last": ["int"],
+    }
+    script = (
+        "kprobe:f { @s[kstack] = count(); @u[ustack(3), tid] = count();"
+        ' @x[str(arg0), args->y, $v, 5, "lit", pid / 2] = sum(1); @d[comm] += 1;'
+        " if (@y[comm]) { } }"
+    )
+    assert key_kinds(script) == {
+        "@s": ["stack"],
+        "@u": ["stack", "int"],
+        "@x": ["str", "any", "any", "int", "str", "any"],
+        "@d": ["str"],
+    }
 
 
 def test_lhist_without_literal_bounds_is_left_out() -> None:
