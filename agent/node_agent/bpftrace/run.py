@@ -267,7 +267,12 @@ class _Session:
             self.cost.start_meter()
             self.next_cost = now + COST_EVERY_S
         self.emit(StateChange(run_id=self.request.run_id, state=RunState.running))
-        log.info("run %s: bpftrace attached in %.2fs", self.request.run_id, self.attach_s)
+        log.info(
+            "run %s: bpftrace attached in %.2fs (BPF programs %s)",
+            self.request.run_id,
+            self.attach_s,
+            self.program_ids,
+        )
 
     def _supervise(self, process: subprocess.Popen[str]) -> None:
         now = time.monotonic()
