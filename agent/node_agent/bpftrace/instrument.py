@@ -11,15 +11,21 @@ import os
 from pathlib import Path
 
 from node_agent.bpftrace.script import map_functions, read_script
-from node_agent.bpftrace.syntax import Probe
-from node_agent.errors import BadParameter
+from node_agent.bpftrace.syntax import Kind, Probe
+from node_agent.errors import BadParameter, PolicyViolation
 from node_agent.protocol import Scope
 from node_agent.scope import resolve_cgroup
 
 log = logging.getLogger(__name__)
 
 BTF = Path("/sys/kernel/btf/vmlinux")
-UNSCOPED = ("BEGIN", "END", "interval:", "i:")  # run in bpftrace's own context
+# Not scoped: BEGIN and END run in bpftrace's own process, interval probes on a timer tick.
+UNSCOPED = ("BEGIN", "END", "interval:", "i:")
+# The current task's identity and memory: in an interval probe, a task outside the scope.
+TASK_BUILTINS = frozenset(
+    {"pid", "tid", "uid", "gid", "comm", "curtask", "cgroup", "username"}
+    | {"kstack", "ustack", "reg", "uptr", "usym", "uaddr"}
+)
 MAX_CGROUP_IDS = 512  # groups in a scope without BTF (ids listed in the predicate)
 _COMM_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 _.-:+/")
 
@@ -82,6 +88,21 @@ def _scoped(probe: Probe) -> bool:
     return not all(a.startswith(UNSCOPED) for a in probe.attach)
 
 
+def _check_timer_probe(probe: Probe) -> None:
+    """An interval probe runs on whatever task its timer interrupts, in scope or not: with a
+    scope, it may not look at that task (the scope's predicate would not hold there)."""
+    if not any(a.startswith(("interval:", "i:")) for a in probe.attach):
+        return
+    for i, token in enumerate(probe.tokens):
+        if token.kind is Kind.ident and token.text in TASK_BUILTINS:
+            if i and probe.tokens[i - 1].text in (".", "->"):
+                continue
+            raise PolicyViolation(
+                f"line {token.line}: {token.text} in an interval probe is the task its timer"
+                " interrupts, in the scope or not (a scoped trace samples with profile:hz:N)"
+            )
+
+
 def instrument(
     script: str, *, scope_predicate: str | None, interval_s: float | None, marker: str
 ) -> str:
@@ -99,6 +120,7 @@ def instrument(
     if scope_predicate is not None:
         for probe in parsed.probes:
             if not _scoped(probe):
+                _check_timer_probe(probe)
                 continue
             if probe.predicate is None:
                 body = probe.body[0]

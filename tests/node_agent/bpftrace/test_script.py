@@ -203,6 +203,22 @@ def test_instrument_appends_the_interval_print_and_a_begin() -> None:
     assert instrument(script, scope_predicate=None, interval_s=None, marker="m").startswith(script)
 
 
+@pytest.mark.parametrize(
+    "body", ["@[comm] = count();", "@[kstack] = count();", 'printf("%d", pid);', "@ = curtask;"]
+)
+def test_a_scoped_interval_probe_may_not_look_at_the_interrupted_task(body: str) -> None:
+    script = f"interval:ms:10 {{ {body} }}\ntracepoint:a:b {{ @n = count(); }}"
+    with pytest.raises(PolicyViolation, match=r"line 1: .* in an interval probe is the task"):
+        instrument(script, scope_predicate="pid == 1", interval_s=None, marker="m")
+    instrument(script, scope_predicate=None, interval_s=None, marker="m")  # unconfined: as is
+
+
+def test_a_scoped_interval_probe_may_print_and_clear() -> None:
+    script = "tracepoint:a:b { @[comm] = count(); }\ni:s:1 { print(@); clear(@); @x = nsecs; }"
+    out = instrument(script, scope_predicate="pid == 1", interval_s=None, marker="m")
+    assert out.split("\n")[1] == "i:s:1 { print(@); clear(@); @x = nsecs; }"
+
+
 def test_a_predicate_with_a_comment_before_its_end_keeps_working() -> None:
     script = "kprobe:f\n/pid == 1 // the one\n/\n{ @ = count(); }"
     out = instrument(script, scope_predicate='comm == "x"', interval_s=None, marker="m")
