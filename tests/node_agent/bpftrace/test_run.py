@@ -92,10 +92,14 @@ def _request(script: str, **fields: object) -> TraceRequest:
 class Run:
     """A trace in a thread: wait for it to be running, act, then take its outcome."""
 
-    def __init__(self, request: TraceRequest, pool: ChildPool | None = None) -> None:
+    def __init__(
+        self, request: TraceRequest, pool: ChildPool | None = None, cgroup_base: str | None = None
+    ) -> None:
         self.events: list[RunEvent] = []
         self.attached = threading.Event()
-        self.runner = TraceRunner(request, self._on_event, allow_bpftrace=True, pool=pool)
+        self.runner = TraceRunner(
+            request, self._on_event, allow_bpftrace=True, pool=pool, cgroup_base=cgroup_base
+        )
         self.outcome: TraceOutcome | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -439,3 +443,18 @@ def test_the_workers_zygote_children_run_bpftrace(workers: Callable[..., Worker]
             assert _count(outcome, key0=f"ft-bt-zyg{n}") == n
     finally:
         pool.close()
+
+
+def test_a_confined_agent_counts_only_its_own_cgroup(
+    workers: Callable[..., Worker], make_cgroup: Callable[[str], Path]
+) -> None:
+    base, other = make_cgroup("bt-agent"), make_cgroup("bt-other")
+    mine, theirs = workers("ft-bt-conf", base), workers("ft-bt-conf", other)
+    run = Run(_request(COUNT_BY_PID), cgroup_base=f"/{base.name}")  # no scope in the request
+    run.wait_running()
+    mine.calls(6)
+    theirs.calls(4)
+    outcome = run.result()
+    assert outcome.final.state is RunState.succeeded, outcome.final
+    assert _count(outcome, key0=mine.proc.pid) == 6
+    assert _count(outcome, key0=theirs.proc.pid) == 0
