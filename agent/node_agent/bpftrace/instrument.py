@@ -110,13 +110,13 @@ def instrument(
     printing `marker attached`, and when interval_s is set an appended probe printing every
     map between `marker begin` and `marker end` lines."""
     parsed = read_script(script)
-    edits: list[tuple[int, int, str]] = []  # (start, end, replacement), applied back to front
+    edits: list[tuple[int, str]] = []  # (offset, text to insert there), applied back to front
     # BEGIN runs once every probe is attached (bpftrace's own "attached_probes" comes before
     # the programs even load): it says when the trace is really running.
     attached = f'printf("{marker} attached\\n");'
     begin = [p for p in parsed.probes if p.attach == ("BEGIN",)]
     if begin:
-        edits.append((begin[0].body[0] + 1, begin[0].body[0] + 1, f" {attached}"))
+        edits.append((begin[0].body[0] + 1, f" {attached}"))
     if scope_predicate is not None:
         for probe in parsed.probes:
             if not _scoped(probe):
@@ -124,14 +124,16 @@ def instrument(
                 continue
             if probe.predicate is None:
                 body = probe.body[0]
-                edits.append((body, body, f"/{scope_predicate}/ "))
+                # `kprobe:f/x/` would read as one path: a space before the predicate
+                space = "" if script[body - 1].isspace() else " "
+                edits.append((body, f"{space}/{scope_predicate}/ "))
             else:
                 opening, closing = probe.predicate
-                edits.append((closing, closing, ")"))
-                edits.append((opening + 1, opening + 1, f"({scope_predicate}) && ("))
+                edits.append((closing, ")"))
+                edits.append((opening + 1, f"({scope_predicate}) && ("))
     text = script
-    for start, end, replacement in sorted(edits, reverse=True):
-        text = text[:start] + replacement + text[end:]
+    for offset, insert in sorted(edits, reverse=True):
+        text = text[:offset] + insert + text[offset:]
     if not begin:
         text += f"\nBEGIN {{ {attached} }}"
     if interval_s:

@@ -219,6 +219,13 @@ def test_a_scoped_interval_probe_may_print_and_clear() -> None:
     assert out.split("\n")[1] == "i:s:1 { print(@); clear(@); @x = nsecs; }"
 
 
+def test_a_body_right_after_the_attach_point_gets_a_spaced_predicate() -> None:
+    out = instrument(
+        "kprobe:f{ @ = count(); }", scope_predicate="pid == 1", interval_s=None, marker="m"
+    )
+    assert out.startswith("kprobe:f /pid == 1/ { @ = count(); }")
+
+
 def test_a_predicate_with_a_comment_before_its_end_keeps_working() -> None:
     script = "kprobe:f\n/pid == 1 // the one\n/\n{ @ = count(); }"
     out = instrument(script, scope_predicate='comm == "x"', interval_s=None, marker="m")
