@@ -47,6 +47,13 @@ def test_bad_bpftrace_input_is_one_line_and_exit_2(args: list[str], needle: str)
     assert lines[0].startswith("fleettrace-agent: error:") and needle in lines[0]
 
 
+def test_bpftrace_needs_the_operators_allow() -> None:
+    code, lines = _fail("run", "bpftrace", "--duration", "1s", "--script", "BEGIN { }")
+    assert code == 2 and lines == [
+        "fleettrace-agent: error: bpftrace scripts run as root: add --allow-bpftrace to run one"
+    ]
+
+
 def test_script_flags_belong_to_bpftrace_only() -> None:
     code, lines = _fail("run", "syscalls", "--duration", "1s", "--script", "BEGIN { }")
     assert code == 2 and lines == [
