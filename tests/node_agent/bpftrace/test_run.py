@@ -458,3 +458,16 @@ def test_a_confined_agent_counts_only_its_own_cgroup(
     assert outcome.final.state is RunState.succeeded, outcome.final
     assert _count(outcome, key0=mine.proc.pid) == 6
     assert _count(outcome, key0=theirs.proc.pid) == 0
+
+
+def test_a_script_that_exits_by_itself_ends_with_its_maps(workers: Callable[..., Worker]) -> None:
+    worker = workers("ft-bt-exit")
+    script = COUNT_BY_COMM + "\ninterval:ms:1500 { exit(); }"
+    run = Run(_request(script, duration_s=60))
+    run.wait_running()
+    worker.calls(14)
+    outcome = run.result()
+    assert outcome.final.state is RunState.succeeded, outcome.final
+    assert outcome.last.final and _count(outcome, key0="ft-bt-exit") == 14
+    running = outcome.running
+    assert outcome.last.interval_end - running.at < 10  # long before its 60 s
