@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.1  # how often the loop looks at stop, deadline and budget
 KILL_SHARE = 0.6  # of the grace: SIGKILL then, leaving the rest for the final snapshot
+RESEND_S = 0.5  # SIGINT again this often until bpftrace exits
 
 
 def run_script(
@@ -93,6 +94,7 @@ class _Session:
         self.deadline = float("inf")
         self.interrupted: str | None = None  # why SIGINT was sent: "deadline", "stop", a budget
         self.kill_at = float("inf")
+        self.resend_at = float("inf")
         self.minimum_probes = minimum_probes
         self.missing: str | None = None  # attach points that matched nothing
         self.bpftrace: Bpftrace | None = None
@@ -200,10 +202,17 @@ class _Session:
         elif not bpftrace.killed and now >= self.kill_at:
             log.warning("run %s: bpftrace did not stop in time; killing it", self.request.run_id)
             bpftrace.kill()
+        elif not bpftrace.killed and now >= self.resend_at:
+            # bpftrace 0.17 can miss a SIGINT that lands between its flag check and
+            # epoll_wait (it then sleeps until the next event): another one wakes it.
+            self.resend_at = now + RESEND_S
+            bpftrace.interrupt()
 
     def _interrupt(self, bpftrace: Bpftrace, why: str) -> None:
         self.interrupted = why
-        self.kill_at = time.monotonic() + self.request.grace_s * KILL_SHARE
+        now = time.monotonic()
+        self.kill_at = now + self.request.grace_s * KILL_SHARE
+        self.resend_at = now + RESEND_S
         bpftrace.interrupt()
 
     def _snapshot(self, *, final: bool, results: list[Result] | None = None) -> Snapshot:
