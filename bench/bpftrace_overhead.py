@@ -1,0 +1,340 @@
+"""What a bpftrace job adds to bare bpftrace: per event, and from launch to attached.
+
+One run measures, interleaved round by round so drift hits every configuration alike, a
+pinned loop of N getppid() calls (syscall_overhead.py's) under the same script:
+  untraced   the loop alone
+  bare       `bpftrace -f json -e SCRIPT`, started fresh each round
+  ours       the `bpftrace` program with the same script through the real TraceRunner, its
+             child forked by a zygote as the agent's worker does (allow_bpftrace on)
+
+The script counts getppid() by comm; its BEGIN probe, which bpftrace fires once every other
+probe is attached, tells when bare bpftrace is really attached. Ours starts the loop at the
+run's `running` state. Each traced round checks the tracer counted every call of the loop
+(a tracer that missed them would look free). Start-up: bare from launch to its
+`attached_probes` line and to BEGIN's output; ours from TraceRunner.run() to `running`, and
+the run's attach_s (start of bpftrace to attached).
+
+    sudo .venv/bin/python bench/bpftrace_overhead.py [--n 5000000] [--rounds 5] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import _main
+from syscall_overhead import LOOP_COMM, WARMUP, build_loop, host_facts, run_loop
+
+from node_agent.protocol import (
+    CounterTable,
+    RunEvent,
+    RunState,
+    StateChange,
+    TraceRequest,
+)
+from node_agent.runner import ChildPool, TraceRunner
+from node_agent.zygote import Zygote
+
+READY = "ft-ready"
+SCRIPT = (
+    f'BEGIN {{ printf("{READY}\\n"); }}\n'
+    "tracepoint:syscalls:sys_enter_getppid { @[comm] = count(); }\n"
+)
+
+
+@dataclass
+class Config:
+    name: str
+    label: str
+    ns_per_call: list[float] = field(default_factory=list)
+    counted: list[int] = field(default_factory=list)  # the loop's getppid calls it saw
+    # start-up, seconds: bare: to attached_probes, to BEGIN; ours: to running, attach_s
+    startup: dict[str, list[float]] = field(default_factory=dict)
+
+    def started(self, what: str, seconds: float) -> None:
+        self.startup.setdefault(what, []).append(seconds)
+
+
+Tracer = contextlib.AbstractContextManager[Callable[[], int]]
+
+
+# -- bare bpftrace --------------------------------------------------------------------------
+
+
+def _json_until(
+    stream: IO[str], wanted: Callable[[dict[str, Any]], bool], timeout_s: float
+) -> None:
+    """Reads bpftrace's JSON lines until one is `wanted`; raises if the deadline passes."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([stream], [], [], 0.1)
+        if not ready:
+            continue
+        line = stream.readline()
+        if not line:
+            break
+        seen.append(line)
+        with contextlib.suppress(ValueError):
+            if wanted(json.loads(line)):
+                return
+    raise RuntimeError(f"bpftrace stopped short: {''.join(seen)[-2000:]}")
+
+
+def _comm_count(out: str) -> int:
+    """The loop's count in the maps bpftrace printed at exit."""
+    for line in out.splitlines():
+        with contextlib.suppress(ValueError):
+            message = json.loads(line)
+            if message.get("type") == "map" and "@" in message.get("data", {}):
+                return int(message["data"]["@"].get(LOOP_COMM, 0))
+    return 0
+
+
+@contextlib.contextmanager
+def bare_attached(bpftrace: str, config: Config, workdir: Path) -> Iterator[Callable[[], int]]:
+    """Bare bpftrace with SCRIPT until the block ends; yields a getter of the loop's count."""
+    script = workdir / "bare.bt"
+    script.write_text(SCRIPT)
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [bpftrace, "-f", "json", str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # it warns about RLIMIT_MEMLOCK on memcg-accounted kernels
+        text=True,
+    )
+    assert proc.stdout is not None
+    result: dict[str, int] = {}
+    try:
+        _json_until(proc.stdout, lambda m: m.get("type") == "attached_probes", 60)
+        config.started("attached_probes", time.monotonic() - started)
+        _json_until(proc.stdout, lambda m: READY in str(m.get("data")), 60)
+        config.started("begin", time.monotonic() - started)
+        yield lambda: result["count"]
+    finally:
+        proc.send_signal(2)  # SIGINT: bpftrace prints its maps and exits
+        out, _ = proc.communicate(timeout=30)
+        result["count"] = _comm_count(out)
+
+
+# -- ours -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def ours_attached(pool: ChildPool, config: Config, round_no: int) -> Iterator[Callable[[], int]]:
+    """The bpftrace program with SCRIPT through TraceRunner until the block ends."""
+    running = threading.Event()
+    at: dict[str, float] = {}
+
+    def on_event(event: RunEvent) -> None:
+        # a final state also wakes the waiter, so a failed start is not a long hang
+        if isinstance(event, StateChange) and (
+            event.state is RunState.running or event.state.final
+        ):
+            at.setdefault("running", time.monotonic())
+            running.set()
+
+    request = TraceRequest(
+        run_id=f"bench-bpftrace-{round_no}",
+        program="bpftrace",
+        params={"script": SCRIPT},
+        duration_s=600,
+    )
+    runner = TraceRunner(request, on_event, allow_bpftrace=True, pool=pool)
+    finals: list[StateChange] = []
+    started = time.monotonic()
+    thread = threading.Thread(target=lambda: finals.append(runner.run()), daemon=True)
+    thread.start()
+    result: dict[str, int] = {}
+    try:
+        if not running.wait(timeout=120) or finals:
+            raise RuntimeError(f"our bpftrace run did not start: {finals}")
+        config.started("running", at["running"] - started)
+        yield lambda: result["count"]
+    finally:
+        runner.cancel()
+        thread.join(timeout=60)
+        snapshot = runner.last_snapshot
+        if snapshot is not None:
+            config.started("attach_s", snapshot.stats.attach_s)
+        result["count"] = _loop_rows(snapshot.results if snapshot else [])
+        if finals and finals[0].state is not RunState.cancelled:
+            raise RuntimeError(f"our run ended {finals[0].state.value}: {finals[0].error}")
+
+
+def _loop_rows(results: list[Any]) -> int:
+    """The loop's count in the `@` counter table of the final snapshot."""
+    for table in results:
+        if isinstance(table, CounterTable) and table.name == "@":
+            return sum(values[0] for keys, values in table.rows if keys == [LOOP_COMM])
+    return 0
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def measure(
+    args: argparse.Namespace,
+    loop: Path,
+    workdir: Path,
+    pool: ChildPool,
+    configs: list[Config],
+    log: Callable[[str], None],
+) -> None:
+    for round_no in range(args.rounds):
+        for config in configs:
+            tracer: Tracer | None = None
+            if config.name == "bare":
+                tracer = bare_attached(args.bpftrace, config, workdir)
+            elif config.name == "ours":
+                tracer = ours_attached(pool, config, round_no)
+            if tracer is None:
+                config.ns_per_call.append(run_loop(loop, args.n, args.cpu))
+            else:
+                with tracer as count:
+                    config.ns_per_call.append(run_loop(loop, args.n, args.cpu))
+                config.counted.append(count())
+            seen = f"  counted {config.counted[-1]}" if config.counted else ""
+            log(
+                f"round {round_no + 1}/{args.rounds} {config.name:9} "
+                f"{config.ns_per_call[-1]:7.1f} ns/call{seen}"
+            )
+
+
+def _ratio(ours: float, base: float) -> float | None:
+    return round(ours / base, 3) if base > 0 else None
+
+
+def summarize(args: argparse.Namespace, configs: list[Config]) -> dict[str, Any]:
+    untraced = configs[0]
+    expected = args.n + WARMUP
+    rows: list[dict[str, Any]] = []
+    for c in configs:
+        traced = c is not untraced
+        rows.append(
+            {
+                "config": c.name,
+                "label": c.label,
+                "median_ns_per_call": round(statistics.median(c.ns_per_call), 2),
+                "min_ns_per_call": round(min(c.ns_per_call), 2),
+                "max_ns_per_call": round(max(c.ns_per_call), 2),
+                # noise only ever adds time: min - min is the estimate least disturbed by it
+                "overhead_ns_per_event": round(
+                    statistics.median(c.ns_per_call) - statistics.median(untraced.ns_per_call), 2
+                )
+                if traced
+                else 0.0,
+                "overhead_min_ns_per_event": round(
+                    min(c.ns_per_call) - min(untraced.ns_per_call), 2
+                )
+                if traced
+                else 0.0,
+                "samples_ns_per_call": [round(x, 2) for x in c.ns_per_call],
+                "counted": c.counted,
+                # the loop's calls, plus whatever else it called getppid for (nothing)
+                "counts_ok": all(x == expected for x in c.counted) if traced else None,
+                "startup_s": {k: [round(x, 4) for x in v] for k, v in c.startup.items()},
+                "startup_median_s": {
+                    k: round(statistics.median(v), 4) for k, v in c.startup.items()
+                },
+            }
+        )
+    by = {r["config"]: r for r in rows}
+    return {
+        "benchmark": "bpftrace_overhead",
+        "script": SCRIPT,
+        "n": args.n,
+        "rounds": args.rounds,
+        "cpu": args.cpu,
+        "expected_count": expected,
+        "host": host_facts(),
+        "results": rows,
+        "ratio_ours_over_bare": {
+            "overhead_per_event": _ratio(
+                by["ours"]["overhead_ns_per_event"], by["bare"]["overhead_ns_per_event"]
+            ),
+            "overhead_per_event_min": _ratio(
+                by["ours"]["overhead_min_ns_per_event"], by["bare"]["overhead_min_ns_per_event"]
+            ),
+            "ns_per_call": _ratio(
+                by["ours"]["median_ns_per_call"], by["bare"]["median_ns_per_call"]
+            ),
+            "startup": _ratio(
+                by["ours"]["startup_median_s"].get("running", 0.0),
+                by["bare"]["startup_median_s"].get("begin", 0.0),
+            ),
+        },
+    }
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    print(
+        f"\nbpftrace overhead: {summary['n']:,} getppid() per run, pinned to CPU {summary['cpu']}, "
+        f"median of {summary['rounds']} interleaved rounds; kernel {summary['host']['kernel']}"
+    )
+    print(
+        f"{'configuration':40} {'ns/call':>7} {'min':>6} {'max':>6} "
+        f"{'ovh ns/ev':>9} {'(min)':>6}  counts"
+    )
+    for r in summary["results"]:
+        ok = {None: "-", True: "ok", False: "WRONG"}[r["counts_ok"]]
+        print(
+            f"{r['label']:40} {r['median_ns_per_call']:7.1f} {r['min_ns_per_call']:6.1f} "
+            f"{r['max_ns_per_call']:6.1f} {r['overhead_ns_per_event']:9.1f} "
+            f"{r['overhead_min_ns_per_event']:6.1f}  {ok}"
+        )
+    print("start-up, median s:")
+    for r in summary["results"]:
+        for what, seconds in r["startup_median_s"].items():
+            print(f"  {r['config']:5} {what:16} {seconds:7.3f}")
+    ratios = summary["ratio_ours_over_bare"]
+    print(
+        f"ours/bare: overhead per event {ratios['overhead_per_event']} (median), "
+        f"{ratios['overhead_per_event_min']} (min); ns/call {ratios['ns_per_call']}; "
+        f"start-up (running / BEGIN) {ratios['startup']}"
+    )
+    bad = [r["config"] for r in summary["results"] if r["counts_ok"] is False]
+    if bad:
+        print(f"WARNING: counts off (expected {summary['expected_count']}) for: {', '.join(bad)}")
+
+
+def main() -> int:
+    parser = _main.options(__doc__, rounds=5, rounds_help="interleaved rounds (median taken)")
+    parser.add_argument("--n", type=int, default=5_000_000, help="timed getppid() calls per run")
+    parser.add_argument("--cpu", type=int, default=(os.cpu_count() or 1) - 1, help="CPU to pin to")
+    parser.add_argument("--bpftrace", default=shutil.which("bpftrace") or "/usr/bin/bpftrace")
+    args = parser.parse_args()
+    if _main.not_root():
+        return 2
+    log = _main.progress(args)
+    pool = ChildPool(Zygote.fork())  # before any thread, as the agent's worker does
+    configs = [
+        Config("untraced", "untraced"),
+        Config("bare", "bare bpftrace -f json"),
+        Config("ours", "ours: bpftrace program (TraceRunner)"),
+    ]
+    try:
+        with tempfile.TemporaryDirectory(prefix="ft-bench-bt-") as tmp:
+            loop = build_loop(Path(tmp))
+            measure(args, loop, Path(tmp), pool, configs, log)
+    finally:
+        pool.close()
+    return _main.finish(args, summarize(args, configs), print_table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
