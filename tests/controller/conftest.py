@@ -391,13 +391,10 @@ class Agents:
         *,
         wait: bool = True,
         trusted_keys: Path | None = None,
-        allow_bpftrace: bool = False,
     ) -> AgentProcess:
         """Start an agent with its host's own Redis identity (the host is added if it is not
         known); with wait, return once its host is online with capabilities."""
         argv = [str(BIN / "fleettrace-agent"), "worker", "--host", host]
-        if allow_bpftrace:
-            argv.append("--allow-bpftrace")
         redis_url = self.identity(host)
         if cgroup is not None:
             argv += ["--cgroup", str(cgroup)]
