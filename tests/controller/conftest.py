@@ -391,6 +391,7 @@ class Agents:
         *,
         wait: bool = True,
         trusted_keys: Path | None = None,
+        allow_bpftrace: bool = False,
     ) -> AgentProcess:
         """Start an agent with its host's own Redis identity (the host is added if it is not
         known); with wait, return once its host is online with capabilities."""
@@ -398,6 +399,8 @@ class Agents:
         redis_url = self.identity(host)
         if cgroup is not None:
             argv += ["--cgroup", str(cgroup)]
+        if allow_bpftrace:
+            argv.append("--allow-bpftrace")
         log = self.logs / f"agent-{host}.log"
         env = clean_env(
             FLEETTRACE_HEARTBEAT_S="0.5",
@@ -420,10 +423,15 @@ class Agents:
             self.wait_online(agent)
         return agent
 
-    def start_all(self, hosts: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def start_all(
+        self, hosts: Sequence[str], *, allow_bpftrace: bool = False
+    ) -> dict[str, dict[str, Any]]:
         """Agents for `hosts`, started together, each confined to the cgroup make_cgroup makes
         for its host; returns each host once online."""
-        started = [self.start(host, cgroup_name(host), wait=False) for host in hosts]
+        started = [
+            self.start(host, cgroup_name(host), wait=False, allow_bpftrace=allow_bpftrace)
+            for host in hosts
+        ]
         return {a.host: self.wait_online(a) for a in started}
 
     def identity(self, host: str) -> str:

@@ -32,7 +32,9 @@ HOSTS = WEB_AND_DB
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # Names of its own, so the test never touches a developer's `fleettrace dev up` stack.
-    config = private_config(tmp_path_factory.mktemp("devstack"), HOSTS, kind="t", subnet=200)
+    config = private_config(
+        tmp_path_factory.mktemp("devstack"), HOSTS, kind="t", subnet=200, allow_bpftrace=True
+    )
     stack = Stack(config)
     stack.up(online_timeout_s=60)
     try:
@@ -75,6 +77,9 @@ def test_each_host_has_its_own_namespaces_and_cgroup(stack: Stack) -> None:
         assert _inside(agent, "hostname").strip() == host.name
         agent_env = _inside(agent, "cat", "/etc/fleettrace/agent.env")
         assert f"FLEETTRACE_HOST={host.name}\n" in agent_env
+        running = int(agent_pidfile(config, host).read_text())
+        argv = Path(f"/proc/{running}/cmdline").read_bytes().split(b"\0")
+        assert b"--allow-bpftrace" in argv, argv  # `fleettrace dev up --allow-bpftrace`
         trusted = _inside(agent, "cat", "/etc/fleettrace/controller-keys.pub")
         assert set(parse_trusted_keys(trusted)[0]) == {KeyStore(config.keys_dir).signing_id()}
         assert _inside(agent, "ls", "/opt").split() == ["fleettrace-demo"]

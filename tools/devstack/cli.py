@@ -60,6 +60,11 @@ def _stack_args(parser: argparse.ArgumentParser) -> None:
     _state_dir_arg(parser)
     parser.add_argument("--hosts", type=int, default=3, help="how many local hosts (3)")
     parser.add_argument("--port", type=int, default=8700, help="the API's port on 127.0.0.1")
+    parser.add_argument(
+        "--allow-bpftrace",
+        action="store_true",
+        help="the hosts' agents run bpftrace scripts (the admin-only bpftrace program)",
+    )
 
 
 def _up_args(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +82,12 @@ def _up_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> StackConfig:
-    return StackConfig(state_dir=args.state_dir, hosts=demo_hosts(args.hosts), port=args.port)
+    return StackConfig(
+        state_dir=args.state_dir,
+        hosts=demo_hosts(args.hosts),
+        port=args.port,
+        allow_bpftrace=args.allow_bpftrace,
+    )
 
 
 def _say(text: str) -> None:

@@ -65,6 +65,8 @@ class StackConfig:
     subnet: int = 0
     heartbeat_s: float = 2.0
     heartbeat_timeout_s: float = 10.0
+    # Agents run bpftrace scripts (`fleettrace-agent worker --allow-bpftrace`): off, as on a host.
+    allow_bpftrace: bool = False
     created_dirs: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:

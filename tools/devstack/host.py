@@ -124,4 +124,5 @@ def agent_command(config: StackConfig, host: HostSpec, holder: int) -> list[str]
         *(*system.enter(holder), *supervise.command(agent_pidfile(config, host)), "--"),
         *(*agent, "worker", "--host", host.name),
         *("--cgroup", config.host_cgroup(host.name)),
+        *(("--allow-bpftrace",) if config.allow_bpftrace else ()),
     ]

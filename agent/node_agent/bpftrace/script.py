@@ -1,13 +1,176 @@
-"""A bpftrace script as the agent sees it before running it: what it may do (policy)."""
+"""A bpftrace script as the agent sees it before running it: what it may do (policy), and
+what fills each of its maps (for reading bpftrace's output)."""
 
 from __future__ import annotations
 
+import re
+
+from node_agent.bpftrace.syntax import Kind, Script, Token, parse
 from node_agent.errors import PolicyViolation
 
 MAX_SCRIPT = 65_536  # characters
+MAX_LINES = 4_000
+MAX_PROBES = 200  # probe blocks written in the script; BPFTRACE_MAX_PROBES bounds wildcards
+
+# Builtins that change the system or read the host beyond the traced events. bpftrace 0.17
+# itself refuses the first three without --unsafe (man bpftrace: "unsafe"); `cat` reads any
+# file on the host as root.
+REFUSED_CALLS = {
+    "system": "runs a command on the host",
+    "signal": "sends signals to traced processes",
+    "override": "changes a kernel function's return value",
+    "cat": "reads files on the host",
+}
+AGGREGATIONS = ("count", "sum", "min", "max", "avg", "stats", "hist", "lhist")
+_INCLUDE = re.compile(r"#\s*include\s*<([A-Za-z0-9_./+-]+)>\s*$")
+_DEFINE = re.compile(r"#\s*define\s+[A-Za-z_][A-Za-z0-9_]*\s+-?(?:0[xX][0-9a-fA-F]+|[0-9]+)\s*$")
+_INT = re.compile(r"-?(?:0[xX][0-9a-fA-F]+|[0-9]+)")
+
+
+def _check_preprocessor(line: int, text: str) -> None:
+    include = _INCLUDE.match(text)
+    if include:
+        if ".." in include.group(1).split("/"):
+            raise PolicyViolation(f"line {line}: #include may not contain '..': {text!r}")
+        return
+    if text.lstrip("# \t").startswith("include"):
+        raise PolicyViolation(
+            f"line {line}: only system headers may be included (#include <name.h>): {text!r}"
+        )
+    if not _DEFINE.match(text):
+        raise PolicyViolation(
+            f"line {line}: only #include <header> and #define NAME <integer> are allowed:"
+            f" {text[:80]!r}"
+        )
+
+
+def _check_calls(tokens: tuple[Token, ...]) -> None:
+    for i, token in enumerate(tokens):
+        if token.kind is not Kind.ident or token.text not in REFUSED_CALLS:
+            continue
+        if i and tokens[i - 1].text in (".", "->"):
+            continue  # a struct field, e.g. curtask->signal
+        why = REFUSED_CALLS[token.text]
+        raise PolicyViolation(f"line {token.line}: {token.text}() is not allowed: it {why}")
+
+
+def read_script(script: str) -> Script:
+    """The script's structure, within the size bounds; PolicyViolation if not."""
+    if not script.strip():
+        raise PolicyViolation("the script is empty")
+    if len(script) > MAX_SCRIPT:
+        raise PolicyViolation(f"the script is {len(script)} characters, above {MAX_SCRIPT}")
+    lines = script.count("\n") + 1
+    if lines > MAX_LINES:
+        raise PolicyViolation(f"the script has {lines} lines, above {MAX_LINES}")
+    parsed = parse(script)
+    if not parsed.probes:
+        raise PolicyViolation("the script has no probe")
+    if len(parsed.probes) > MAX_PROBES:
+        raise PolicyViolation(f"the script has {len(parsed.probes)} probes, above {MAX_PROBES}")
+    return parsed
 
 
 def check_script(script: str) -> None:
-    """Refuse a script that must not run, naming why; PolicyViolation."""
-    if not script.strip():
-        raise PolicyViolation("the script is empty")
+    """Refuse a script that must not run, naming why and where; PolicyViolation."""
+    parsed = read_script(script)
+    for line, text in parsed.preprocessor:
+        _check_preprocessor(line, text)
+    for probe in parsed.probes:
+        _check_calls(probe.tokens)
+
+
+def _assignments(script: str) -> list[tuple[str, list[Token]]]:
+    """Each `@map[...] = rhs` in the script: the map's name and the tokens of the rhs."""
+    found: list[tuple[str, list[Token]]] = []
+    for probe in parse(script).probes:
+        tokens = probe.tokens
+        for i, token in enumerate(tokens):
+            if token.kind is not Kind.map:
+                continue
+            j = i + 1
+            if j < len(tokens) and tokens[j].text == "[":
+                depth = 0
+                while j < len(tokens):
+                    depth += {"[": 1, "]": -1}.get(tokens[j].text, 0)
+                    j += 1
+                    if depth == 0:
+                        break
+            if j < len(tokens) and tokens[j].text in ("=", "+=", "-=", "++", "--"):
+                rhs = list(tokens[j + 1 : j + 3]) if tokens[j].text == "=" else []
+                found.append((token.text, rhs))
+    return found
+
+
+def map_functions(script: str) -> dict[str, str]:
+    """Each assigned map (`@`, `@name`) → what fills it: an aggregation's name ("count",
+    "hist", ...) or "value" for a plain assignment. The first assignment of a map names it."""
+    functions: dict[str, str] = {}
+    for name, rhs in _assignments(script):
+        function = "value"
+        if len(rhs) == 2 and rhs[0].text in AGGREGATIONS and rhs[1].text == "(":
+            function = rhs[0].text
+        functions.setdefault(name, function)
+    return functions
+
+
+def lhist_args(script: str) -> dict[str, tuple[int, int, int]]:
+    """Each lhist() map whose min, max and step are integer literals → (min, max, step)."""
+    found: dict[str, tuple[int, int, int]] = {}
+    for probe in parse(script).probes:
+        tokens = probe.tokens
+        for i, token in enumerate(tokens):
+            if token.kind is not Kind.ident or token.text != "lhist" or i < 2:
+                continue
+            if tokens[i - 1].text != "=" or i + 1 >= len(tokens) or tokens[i + 1].text != "(":
+                continue
+            args = _call_arguments(tokens, i + 1)
+            map_name = _assigned_map(tokens, i - 1)
+            literals = [_literal(arg) for arg in args[1:]]
+            if map_name is None or len(args) != 4 or None in literals:
+                continue
+            low, high, step = (int(v) for v in literals if v is not None)
+            found.setdefault(map_name, (low, high, step))
+    return found
+
+
+def _call_arguments(tokens: tuple[Token, ...], open_paren: int) -> list[list[Token]]:
+    args: list[list[Token]] = [[]]
+    depth = 0
+    for token in tokens[open_paren:]:
+        if token.text in ("(", "[", "{"):
+            depth += 1
+            if depth == 1:
+                continue
+        elif token.text in (")", "]", "}"):
+            depth -= 1
+            if depth == 0:
+                break
+        if depth == 1 and token.text == ",":
+            args.append([])
+        else:
+            args[-1].append(token)
+    return args
+
+
+def _assigned_map(tokens: tuple[Token, ...], equals: int) -> str | None:
+    """The map on the left of the `=` at index equals (`@m = ...`, `@m[k] = ...`)."""
+    i = equals - 1
+    depth = 0
+    while i >= 0:
+        text = tokens[i].text
+        if text == "]":
+            depth += 1
+        elif text == "[":
+            depth -= 1
+        elif depth == 0:
+            return text if tokens[i].kind is Kind.map else None
+        i -= 1
+    return None
+
+
+def _literal(arg: list[Token]) -> int | None:
+    text = "".join(t.text for t in arg)
+    if not _INT.fullmatch(text):
+        return None
+    return int(text, 16 if "x" in text.lower() else 10)
