@@ -6,6 +6,8 @@ import logging
 import os
 import platform
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,11 @@ int ft_probe_kprobe(struct pt_regs *ctx) { return 0; }
 int ft_probe_uprobe(struct pt_regs *ctx) { return 0; }
 """
 _FENTRY_SOURCE = "KFUNC_PROBE(do_nanosleep) { return 0; }"
+# The oldest bpftrace whose `-f json` map output and cgroup builtins the engine relies on
+# (Ubuntu 22.04 ships 0.14, Debian 12 0.17).
+MIN_BPFTRACE = (0, 13)
+BPFTRACE_TIMEOUT_S = 10.0
+_BPFTRACE_VERSION = re.compile(r"\bv?(\d+)\.(\d+)(?:\.(\d+))?")
 
 
 def headers_state(release: str | None = None) -> tuple[HeadersState, str]:
@@ -78,6 +85,40 @@ def _try(errors: dict[Feature, str], feature: Feature, action: Any) -> bool:
     return True
 
 
+def bpftrace_version(timeout_s: float = BPFTRACE_TIMEOUT_S) -> tuple[str | None, str | None]:
+    """(version, None) when the bpftrace on PATH runs and is recent enough, else (version or
+    None, why not): `bpftrace --version`, bounded in time, no shell."""
+    path = shutil.which("bpftrace")
+    if path is None:
+        return None, "no bpftrace on PATH (apt-get install bpftrace)"
+    try:
+        done = subprocess.run(
+            [path, "--version"],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            stdin=subprocess.DEVNULL,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return None, f"{path} --version did not answer within {timeout_s:g} s"
+    except OSError as exc:
+        return None, f"{path} does not run: {exc.strerror or exc}"
+    output = (done.stdout + done.stderr).strip()
+    last = output.splitlines()[-1] if output else "no output"
+    if done.returncode != 0:
+        return None, f"{path} --version failed with status {done.returncode}: {last}"
+    match = _BPFTRACE_VERSION.search(done.stdout)
+    if match is None:
+        return None, f"{path} --version printed no version: {last}"
+    version = ".".join(g for g in match.groups() if g is not None)
+    if (int(match.group(1)), int(match.group(2))) < MIN_BPFTRACE:
+        oldest = ".".join(map(str, MIN_BPFTRACE))
+        return version, f"bpftrace {version} is older than {oldest} (upgrade it from the distro)"
+    return version, None
+
+
 def probe_features() -> tuple[dict[Feature, bool], dict[Feature, str]]:
     """Load and attach one tiny program per feature; a feature is there only if that works."""
     features = dict.fromkeys(Feature, False)
@@ -89,7 +130,7 @@ def probe_features() -> tuple[dict[Feature, bool], dict[Feature, str]]:
         from bcc import BPF, PerfSWConfig, PerfType
     except ImportError as exc:
         for feature in Feature:
-            if feature is not Feature.btf:
+            if feature not in (Feature.btf, Feature.bpftrace):  # neither needs bcc
                 errors[feature] = f"bcc is not importable: {exc}"
         return features, errors
 
@@ -137,10 +178,35 @@ def probe_features() -> tuple[dict[Feature, bool], dict[Feature, str]]:
     return features, errors
 
 
-def program_support(spec: ProgramSpec, features: dict[Feature, bool]) -> ProgramSupport:
-    missing = sorted(f.value for f in spec.features if not features.get(f, False))
-    if missing:
-        reason = f"needs {', '.join(missing)}, which this host lacks"
+def _policy_refusal(spec: ProgramSpec, *, allow_custom: bool, allow_bpftrace: bool) -> str | None:
+    """Why this agent's own settings refuse the program (as trace.prepare would), if they do."""
+    if spec.source_policy is not None and not allow_custom:
+        return "this agent does not run custom programs (allow_custom is off)"
+    if spec.engine == "bpftrace" and not allow_bpftrace:
+        return "this agent does not run bpftrace scripts (allow_bpftrace is off)"
+    return None
+
+
+def program_support(
+    spec: ProgramSpec,
+    features: dict[Feature, bool],
+    errors: dict[Feature, str] | None = None,
+    *,
+    allow_custom: bool = True,
+    allow_bpftrace: bool = True,
+) -> ProgramSupport:
+    """Whether this host runs the program; when not, the reason names what to change."""
+    refusal = _policy_refusal(spec, allow_custom=allow_custom, allow_bpftrace=allow_bpftrace)
+    if refusal is not None:
+        return ProgramSupport(program=spec.name, supported=False, reason=refusal)
+    lacking = sorted(
+        (f for f in spec.features if not features.get(f, False)), key=lambda f: f.value
+    )
+    if lacking:
+        reason = f"needs {', '.join(f.value for f in lacking)}, which this host lacks"
+        why = [f"{f.value}: {errors[f]}" for f in lacking if errors and errors.get(f)]
+        if why:
+            reason += f" ({'; '.join(why)})"
         return ProgramSupport(program=spec.name, supported=False, reason=reason)
     for tp in spec.tracepoints:
         category, _, event = tp.partition(":")
@@ -150,8 +216,13 @@ def program_support(spec: ProgramSpec, features: dict[Feature, bool]) -> Program
     return ProgramSupport(program=spec.name, supported=True)
 
 
-def probe() -> HostCapabilities:
+def probe(*, allow_custom: bool = False, allow_bpftrace: bool = False) -> HostCapabilities:
+    """The host's capabilities as an agent with these settings sees them."""
     features, errors = probe_features()
+    version, bpftrace_error = bpftrace_version()
+    features[Feature.bpftrace] = bpftrace_error is None
+    if bpftrace_error is not None:
+        errors[Feature.bpftrace] = bpftrace_error
     headers, headers_detail = headers_state()
     try:
         import bcc
@@ -163,12 +234,18 @@ def probe() -> HostCapabilities:
         kernel_release=platform.release(),
         arch=platform.machine(),
         bcc_version=bcc_version,
+        bpftrace_version=version,
         headers=headers,
         headers_detail=headers_detail,
         lockdown=lockdown_mode(),
         features=features,
         feature_errors=errors,
-        programs=[program_support(spec, features) for spec in catalog().values()],
+        programs=[
+            program_support(
+                spec, features, errors, allow_custom=allow_custom, allow_bpftrace=allow_bpftrace
+            )
+            for spec in catalog().values()
+        ],
     )
     log.info(
         "probed host %s: %s",

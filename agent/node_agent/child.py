@@ -122,12 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     threading.Thread(target=_watch_stdin, args=(sys.stdin, stop), daemon=True).start()
     try:
-        from node_agent.runtime.bcc_runtime import BccRuntime
         from node_agent.trace import execute, prepare
 
         _sandbox(request)
+        # bpftrace inherits the limit too: its LLVM fits in the default 2048 MiB (and in 256).
         _limit_memory(request.limits.memory_mb)
-        _open_libbcc_lazily()
         prepared = prepare(
             request,
             allow_custom=start.allow_custom,
@@ -141,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
 
             state = run_script(prepared, emit, stop, cgroup_base=start.cgroup_base)
         else:
+            from node_agent.runtime.bcc_runtime import BccRuntime
+
+            _open_libbcc_lazily()
             state = execute(prepared, BccRuntime(), emit, stop)
     except FleettraceError as exc:
         emit(StateChange(run_id=request.run_id, state=RunState.failed, error=exc.to_error()))

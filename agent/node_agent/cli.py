@@ -72,7 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     programs = sub.add_parser("programs", help="list the program catalog")
     programs.add_argument("--json", action="store_true")
 
-    sub.add_parser("probe", help="print this host's capabilities as JSON")
+    probe = sub.add_parser("probe", help="print this host's capabilities as JSON")
+    # As the worker's own flags: a program the agent's settings refuse is reported unsupported.
+    probe.add_argument("--allow-custom", action="store_true", help="as an agent allowing custom")
+    probe.add_argument(
+        "--allow-bpftrace", action="store_true", help="as an agent allowing bpftrace"
+    )
 
     worker = sub.add_parser("worker", help="join the fleet: consume this host's queue")
     worker.add_argument("--host", help="this host's name in the fleet (default: hostname)")
@@ -99,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--grace", type=parse_duration, default=5.0, help="kill after this long")
     run.add_argument("--source", type=Path, help="custom: bcc C file")
     run.add_argument("--map", type=_map_decl, action="append", default=[], metavar="NAME:KIND")
+    script = run.add_mutually_exclusive_group()
+    script.add_argument("--script", help="bpftrace: the script's text")
+    script.add_argument("--file", type=Path, help="bpftrace: a script file")
+    run.add_argument("--keys", help="bpftrace: key field names, e.g. '@=comm;@lat=pid,comm'")
     run.add_argument("--allow-custom", action="store_true", help="allow the custom program")
     run.add_argument("--allow-bpftrace", action="store_true", help="allow the bpftrace program")
     run.add_argument("--max-duration", type=parse_duration, default=3600.0)
@@ -131,7 +140,8 @@ def cmd_programs(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     from node_agent.capabilities import probe
 
-    _out(probe().model_dump_json(indent=2))
+    capabilities = probe(allow_custom=args.allow_custom, allow_bpftrace=args.allow_bpftrace)
+    _out(capabilities.model_dump_json(indent=2))
     return 0
 
 
@@ -186,6 +196,7 @@ def _request(args: argparse.Namespace) -> TraceRequest:
         },
         "maps": [m.model_dump() for m in args.map],
     }
+    fields["params"].update(_bpftrace_params(args))
     if args.source is not None:
         try:
             fields["source"] = args.source.read_text()
@@ -197,6 +208,28 @@ def _request(args: argparse.Namespace) -> TraceRequest:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "request"
         raise UsageError(f"{_flag(where)}: {first['msg']}") from None
+
+
+def _bpftrace_params(args: argparse.Namespace) -> dict[str, str]:
+    """--script/--file and --keys: the bpftrace program's params (for it only)."""
+    given = args.script is not None or args.file is not None or args.keys is not None
+    if args.program != "bpftrace":
+        if given:
+            raise UsageError("--script, --file and --keys are for the bpftrace program")
+        return {}
+    params: dict[str, str] = {}
+    if args.file is not None:
+        try:
+            params["script"] = args.file.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--file: cannot read {args.file}: {exc}") from None
+    elif args.script is not None:
+        params["script"] = args.script
+    elif "script" not in dict(args.param):
+        raise UsageError("bpftrace needs --script TEXT or --file F")
+    if args.keys is not None:
+        params["keys"] = args.keys
+    return params
 
 
 def _flag(location: str) -> str:

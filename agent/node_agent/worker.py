@@ -228,9 +228,13 @@ class Agent:
 
     def probe(self) -> HostCapabilities | None:
         """Probe in a child process: a probe that crashes must not take the worker down."""
+        allow = [
+            *(["--allow-custom"] if self.settings.allow_custom else []),
+            *(["--allow-bpftrace"] if self.settings.allow_bpftrace else []),
+        ]
         try:
             out = subprocess.run(
-                [sys.executable, "-m", "node_agent.cli", "probe"],
+                [sys.executable, "-m", "node_agent.cli", "probe", *allow],
                 capture_output=True,
                 text=True,
                 timeout=120,

@@ -173,6 +173,7 @@ def _capabilities(caps: dict[str, Any]) -> list[tuple[str, str]]:
     out = [
         ("kernel", f"{caps.get('kernel_release', '?')} {caps.get('arch', '')}".strip()),
         ("bcc", str(caps.get("bcc_version") or "-")),
+        ("bpftrace", str(caps.get("bpftrace_version") or "-")),
         ("headers", headers),
         ("lockdown", str(caps.get("lockdown") or "-")),
         ("features", ", ".join(features) or "-"),

@@ -30,6 +30,9 @@ SCOPE_FIELDS = (
 _GROUPS = ("params", "scope", "targets", "limits")
 _SPLIT = re.compile(r"[\s,]+")
 _HINT_HOSTS = 30
+# A str parameter this long (a bpftrace script) is a textarea, sent as typed: not stripped,
+# so the script's line numbers stay those of bpftrace's errors.
+_TEXTAREA_LENGTH = 4096
 
 
 def field_of(loc: Sequence[Any]) -> str:
@@ -72,10 +75,13 @@ def _params(spec: ProgramSpec, form: Mapping[str, Any], errors: dict[str, str]) 
     """The parameters given (empty: the default), each checked by the spec on its own so
     that every bad one is named, not only the first."""
     given: dict[str, Any] = {}
+    long_text = {f"params.{p.name}" for p in spec.params if _textarea(p)}
     for key in form:
         if not key.startswith("params.") or not (raw := field_text(form, key)):
             continue
         name = key.removeprefix("params.")
+        if key in long_text:
+            raw = form[key]
         try:
             given[name] = spec.validate_params({name: raw})[name]
         except BadParameter as exc:
@@ -171,14 +177,20 @@ def form_values(job: JobCreate) -> dict[str, str]:
     return values
 
 
+def _textarea(param: Param) -> bool:
+    return param.type == "str" and (param.max_length or 0) >= _TEXTAREA_LENGTH
+
+
 def _param_field(param: Param, raw: str | None, error: str | None) -> dict[str, Any]:
     described = param.describe()
+    options: list[str] = []
     if param.type == "bool" or param.choices is not None:
         control = "select"
         options = list(param.choices) if param.choices else ["true", "false"]
+    elif _textarea(param):
+        control = "textarea"
     else:
         control = "number" if param.type in ("int", "float") else "text"
-        options = []
     value = _shown(param.default) if raw is None else raw
     if control == "select" and value not in options:
         options.append(value)  # what the visitor sent, kept to be corrected
@@ -192,6 +204,7 @@ def _param_field(param: Param, raw: str | None, error: str | None) -> dict[str, 
         "help": param.help,
         "min": described.get("minimum"),
         "max": described.get("maximum"),
+        "max_length": param.max_length,
         "step": "1" if param.type == "int" else "any",
         "default": _shown(param.default),
         "value": value,
@@ -205,14 +218,20 @@ def template_context(
     errors: Mapping[str, str],
     hosts: Sequence[str],
     labels: Mapping[str, Sequence[str]],
-    may_run_custom: bool = True,
+    may_run_admin_only: bool = True,
+    schedulable: bool = False,
 ) -> dict[str, Any]:
     """What `_template_form.html` shows, under `tf`: the catalog's programs, the chosen one's
     parameters with their bounds, scope, targets, duration and interval, the visitor's values
     kept and each error beside its field (errors with no field of their own on top)."""
     raw = form_values(values) if isinstance(values, JobCreate) else dict(values or {})
     got = {k: v for k, v in raw.items() if isinstance(v, str)}
-    programs = [s for s in catalog().values() if may_run_custom or s.source_policy is None]
+    programs = [
+        s
+        for s in catalog().values()
+        if (may_run_admin_only or not s.admin_only)
+        and not (schedulable and s.source_policy is not None)  # schedules run no custom C
+    ]
     chosen = got.get("program", "")
     spec = next((s for s in programs if s.name == chosen), None)
     if spec is None:

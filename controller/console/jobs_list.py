@@ -126,7 +126,7 @@ def _form_page(
         errors=errors,
         hosts=[h.name for h in known],
         labels={k: sorted(v) for k, v in labels.items()},
-        may_run_custom=who.may(Role.admin),
+        may_run_admin_only=who.may(Role.admin),
     )
     return page(request, "job_new.html", who, status=status, **context)
 
@@ -174,7 +174,7 @@ def submit_job(
                 dispatcher=dispatcher,
                 job_in=job_in,
                 created_by=who.name,
-                may_run_custom=who.may(Role.admin),
+                may_run_admin_only=who.may(Role.admin),
             )
         except ControllerError as exc:
             session.rollback()

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from controller.api.deps import SessionDep, SettingsDep
+from controller.auth.models import Role
 from controller.console import schedule_form
 from controller.console.schedules import ScheduleDep, ref
 from controller.console.web import FormDep, OperatorDep, redirect
@@ -45,7 +46,11 @@ def schedule_create(
     if read.ok and isinstance(read.body, ScheduleCreate):
         try:
             made = service.create(
-                session=session, settings=settings, schedule_in=read.body, created_by=who.name
+                session=session,
+                settings=settings,
+                schedule_in=read.body,
+                created_by=who.name,
+                admin=who.may(Role.admin),
             )
         except ControllerError as exc:
             session.rollback()
@@ -95,7 +100,11 @@ def schedule_edit(
     if read.ok and isinstance(read.body, ScheduleUpdate):
         try:
             service.update_schedule(
-                session=session, settings=settings, schedule=schedule, update_in=read.body
+                session=session,
+                settings=settings,
+                schedule=schedule,
+                update_in=read.body,
+                admin=who.may(Role.admin),
             )
         except ControllerError as exc:
             session.rollback()

@@ -20,6 +20,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
+from controller.auth.models import Role
 from controller.console import forms
 from controller.console.sessions import Visitor
 from controller.console.web import page
@@ -170,6 +171,7 @@ def context(
     read: Read | None,
     hosts: Sequence[str],
     labels: Mapping[str, Sequence[str]],
+    admin: bool = False,
 ) -> dict[str, Any]:
     """What schedule_form.html shows: the schedule's fields, their errors, and the template's
     fields (`tf`) with theirs; an error with no field of its own goes on top."""
@@ -178,7 +180,12 @@ def context(
     if not isinstance(template, JobCreate) and template is not None:
         template = {k: v for k, v in template.items() if k != "interval"}
     tf = forms.template_context(
-        values=template, errors=read.template_errors, hosts=hosts, labels=labels
+        values=template,
+        errors=read.template_errors,
+        hosts=hosts,
+        labels=labels,
+        may_run_admin_only=admin,
+        schedulable=True,
     )
     tf["tf"]["snapshot_interval"] = False
     placed = {"name", "cron", "time_zone", "interval_s", "continuous", "enabled"}
@@ -212,7 +219,14 @@ def show(
 ) -> Response:
     """The new-schedule form, or with `to` (the schedule, its URL name) the edit form."""
     hosts, labels = known_hosts(session)
-    shown = context(values=values, template=template, read=read, hosts=hosts, labels=labels)
+    shown = context(
+        values=values,
+        template=template,
+        read=read,
+        hosts=hosts,
+        labels=labels,
+        admin=who.may(Role.admin),
+    )
     schedule, ref = to or (None, "")
     back = f"/schedules/{ref}" if ref else "/schedules"
     action = f"{back}/edit" if ref else "/schedules/new"

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from controller.api.deps import DispatcherDep, SessionDep, SettingsDep
 from controller.api.params import IdPath, Offset
+from controller.auth.models import Role
 from controller.console import schedule_trend
 from controller.console.format import seconds
 from controller.console.jobs_list import targets_text
@@ -132,7 +133,11 @@ def schedule_run_now(
     schedule: ScheduleDep,
 ) -> Response:
     fired = service.run_now(
-        session=session, settings=settings, dispatcher=dispatcher, schedule=schedule
+        session=session,
+        settings=settings,
+        dispatcher=dispatcher,
+        schedule=schedule,
+        admin=who.may(Role.admin),
     )
     log.info("schedule %s run now by %s: job %s", schedule.name, who.name, fired.job_id)
     return redirect(f"/schedules/{ref(schedule)}")

@@ -39,7 +39,7 @@ def create_job(
         dispatcher=dispatcher,
         job_in=job_in,
         created_by=token.name,
-        may_run_custom=Role(token.role).allows(Role.admin),
+        may_run_admin_only=Role(token.role).allows(Role.admin),
     )
     return ModelResponse(service.to_public(job), status_code=status.HTTP_201_CREATED)
 

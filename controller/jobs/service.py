@@ -29,15 +29,15 @@ from node_agent.protocol import RunState, TraceRequest
 log = logging.getLogger(__name__)
 
 
-def validate(job_in: JobCreate, *, settings: Settings, may_run_custom: bool) -> dict[str, Any]:
+def validate(job_in: JobCreate, *, settings: Settings, may_run_admin_only: bool) -> dict[str, Any]:
     """Check a job against this deployment's limits and the program's spec (`ProgramSpec.check`,
     which the agents run again); returns the validated parameters."""
     try:
         spec = get_program(job_in.program)
     except UnknownProgram as exc:
         raise InvalidRequest(exc.message, field="program") from None
-    if spec.source_policy is not None and not may_run_custom:
-        raise Forbidden("custom programs need the admin role", field="program")
+    if spec.admin_only and not may_run_admin_only:
+        raise Forbidden(f"the {spec.name} program needs the admin role", field="program")
     if job_in.duration_s > settings.max_duration_s:
         raise InvalidRequest(
             f"{job_in.duration_s:g}s is above the limit of {settings.max_duration_s:g}s",
@@ -95,7 +95,11 @@ def unsupported_reason(host: Host, program: str) -> str | None:
     # An agent older than the program does not list it: judge by the features it reported.
     lacking = sorted(f.value for f in get_program(program).features if not features.get(f.value))
     if lacking:
-        return f"needs {', '.join(lacking)}, which this host lacks"
+        errors = caps.get("feature_errors", {})
+        why = [f"{f}: {errors[f]}" for f in lacking if errors.get(f)]
+        return f"needs {', '.join(lacking)}, which this host lacks" + (
+            f" ({'; '.join(why)})" if why else ""
+        )
     return None
 
 
@@ -106,9 +110,9 @@ def create(
     dispatcher: Dispatcher,
     job_in: JobCreate,
     created_by: str | None,
-    may_run_custom: bool,
+    may_run_admin_only: bool,
 ) -> Job:
-    params = validate(job_in, settings=settings, may_run_custom=may_run_custom)
+    params = validate(job_in, settings=settings, may_run_admin_only=may_run_admin_only)
     hosts = resolve_targets(session=session, job_in=job_in)
     check_budget(job_in, hosts=len(hosts), settings=settings)
     now = utcnow()

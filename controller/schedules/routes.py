@@ -12,6 +12,7 @@ from controller.api.deps import DispatcherDep, Operator, SessionDep, SettingsDep
 from controller.api.params import Offset
 from controller.api.resources import ScheduleDep, ScheduleToChange
 from controller.api.responses import AUTHENTICATED, DELETED, errors
+from controller.auth.models import ApiToken, Role
 from controller.errors import InvalidRequest
 from controller.reports.models import CompareReport
 from controller.reports.trend_chart import render_trend_html
@@ -29,6 +30,10 @@ from controller.schedules.trend import BadMetric, Metric, ScheduleTrend, trend
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"], responses=AUTHENTICATED)
 
 
+def _admin(token: ApiToken) -> bool:
+    return Role(token.role).allows(Role.admin)
+
+
 class TrendFormat(str, Enum):
     json = "json"
     html = "html"
@@ -42,7 +47,11 @@ def create_schedule(
 ) -> SchedulePublic:
     """Create a schedule that fires its job template by cron or interval."""
     schedule = service.create(
-        session=session, settings=settings, schedule_in=schedule_in, created_by=token.name
+        session=session,
+        settings=settings,
+        schedule_in=schedule_in,
+        created_by=token.name,
+        admin=_admin(token),
     )
     return service.to_public(session, schedule)
 
@@ -71,10 +80,16 @@ def update_schedule(
     session: SessionDep,
     settings: SettingsDep,
     schedule: ScheduleToChange,
+    token: Operator,
 ) -> SchedulePublic:
-    """Change a schedule's timing, template, retention or policies."""
+    """Change a schedule's timing, template, retention or policies; one running an admin-only
+    program (bpftrace) is changed by admins only."""
     service.update_schedule(
-        session=session, settings=settings, schedule=schedule, update_in=update_in
+        session=session,
+        settings=settings,
+        schedule=schedule,
+        update_in=update_in,
+        admin=_admin(token),
     )
     return service.to_public(session, schedule)
 
@@ -109,9 +124,16 @@ def run_schedule(
     settings: SettingsDep,
     dispatcher: DispatcherDep,
     schedule: ScheduleToChange,
+    token: Operator,
 ) -> SchedulePublic:
-    """Fire the template once now, outside the timetable."""
-    service.run_now(session=session, settings=settings, dispatcher=dispatcher, schedule=schedule)
+    """Fire the template once now, outside the timetable (an admin-only program's: admins)."""
+    service.run_now(
+        session=session,
+        settings=settings,
+        dispatcher=dispatcher,
+        schedule=schedule,
+        admin=_admin(token),
+    )
     return service.to_public(session, schedule)
 
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from controller.db import utcnow
 from controller.dispatch import Dispatcher
-from controller.errors import Conflict, ControllerError, InvalidRequest
+from controller.errors import Conflict, ControllerError, Forbidden, InvalidRequest
 from controller.jobs import service as jobs_service
 from controller.jobs.models import Job, JobCreate, JobState
 from controller.metrics import tally
@@ -31,6 +31,8 @@ from controller.schedules.models import (
 )
 from controller.schedules.timing import Plan, Timing, TimingError, blocked_by_overlap, plan_due
 from controller.settings import Settings
+from node_agent.errors import UnknownProgram
+from node_agent.programs import get_program
 
 log = logging.getLogger(__name__)
 RECENT = 10
@@ -59,17 +61,39 @@ def _check_timing(*, cron: str | None, time_zone: str, interval_s: float | None)
         raise InvalidRequest(exc.message, field=exc.field) from None
 
 
-def _check_template(template: JobCreate, *, settings: Settings) -> dict[str, Any]:
-    """The job checks, with fields under `template.`; targets are resolved only when firing."""
-    if template.program == "custom":
-        raise InvalidRequest("schedules run catalog programs only", field="template.program")
+def _admin_only(program: str) -> bool:
     try:
-        params = jobs_service.validate(template, settings=settings, may_run_custom=False)
+        return get_program(program).admin_only
+    except UnknownProgram:
+        return False  # validate() names the unknown program
+
+
+def _check_template(template: JobCreate, *, settings: Settings, admin: bool) -> dict[str, Any]:
+    """The job checks, with fields under `template.`; targets are resolved only when firing.
+    An admin-only program (bpftrace) is scheduled by an admin only, and fires as theirs."""
+    if template.program == "custom":
+        # Its bcc C and maps would be stored and compiled at every slot, on every host.
+        raise InvalidRequest(
+            "schedules run catalog programs and bpftrace scripts, not custom bcc C",
+            field="template.program",
+        )
+    try:
+        params = jobs_service.validate(template, settings=settings, may_run_admin_only=admin)
     except ControllerError as exc:
         raise type(exc)(exc.message, field=f"template.{exc.field or 'program'}") from None
     stored: dict[str, Any] = template.model_dump(mode="json", exclude_none=True)
     stored["params"] = params
     return stored
+
+
+def require_may_change(schedule: Schedule, *, admin: bool) -> None:
+    """A schedule that runs an admin-only program is changed or run by admins only."""
+    program = str(schedule.template.get("program", ""))
+    if _admin_only(program) and not admin:
+        raise Forbidden(
+            f"this schedule runs the {program} program: changing it needs the admin role",
+            field="template.program",
+        )
 
 
 def stored_template(schedule: Schedule) -> JobCreate:
@@ -111,7 +135,12 @@ _AS_GIVEN = {
 
 
 def create(
-    *, session: Session, settings: Settings, schedule_in: ScheduleCreate, created_by: str | None
+    *,
+    session: Session,
+    settings: Settings,
+    schedule_in: ScheduleCreate,
+    created_by: str | None,
+    admin: bool,
 ) -> Schedule:
     _check_timing(
         cron=schedule_in.cron, time_zone=schedule_in.time_zone, interval_s=schedule_in.interval_s
@@ -119,7 +148,7 @@ def create(
     job_in = schedule_in.template
     if schedule_in.continuous:
         job_in = _horizon_job(job_in, schedule_in.interval_s)
-    template = _check_template(job_in, settings=settings)
+    template = _check_template(job_in, settings=settings, admin=admin)
     if session.scalar(select(Schedule.id).where(Schedule.name == schedule_in.name)):
         raise Conflict(f"a schedule named {schedule_in.name!r} exists", field="name")
     now = utcnow()
@@ -147,8 +176,14 @@ def create(
 
 
 def update_schedule(
-    *, session: Session, settings: Settings, schedule: Schedule, update_in: ScheduleUpdate
+    *,
+    session: Session,
+    settings: Settings,
+    schedule: Schedule,
+    update_in: ScheduleUpdate,
+    admin: bool,
 ) -> Schedule:
+    require_may_change(schedule, admin=admin)
     cron, interval_s = schedule.cron, schedule.interval_s
     if update_in.cron is not None:
         cron, interval_s = update_in.cron, None
@@ -159,12 +194,16 @@ def update_schedule(
     horizon = schedule.template.get("duration_s")
     if schedule.continuous and (update_in.template is not None or cron is not None):
         job_in = update_in.template or stored_template(schedule)
-        schedule.template = _check_template(_horizon_job(job_in, interval_s), settings=settings)
+        schedule.template = _check_template(
+            _horizon_job(job_in, interval_s), settings=settings, admin=admin
+        )
     elif schedule.continuous and interval_s != schedule.interval_s:
         job_in = stored_template(schedule)
-        schedule.template = _check_template(_horizon_job(job_in, interval_s), settings=settings)
+        schedule.template = _check_template(
+            _horizon_job(job_in, interval_s), settings=settings, admin=admin
+        )
     elif update_in.template is not None:
-        schedule.template = _check_template(update_in.template, settings=settings)
+        schedule.template = _check_template(update_in.template, settings=settings, admin=admin)
     retiming = (cron, interval_s, time_zone, horizon) != (
         schedule.cron,
         schedule.interval_s,
@@ -320,7 +359,8 @@ def fire(
             dispatcher=dispatcher,
             job_in=stored_template(schedule),
             created_by=f"schedule:{schedule.name}",
-            may_run_custom=False,
+            # Its template passed _check_template, as an admin's when its program needs one.
+            may_run_admin_only=True,
         )
     except ControllerError as exc:
         session.rollback()
@@ -339,9 +379,15 @@ def fire(
 
 
 def run_now(
-    *, session: Session, settings: Settings, dispatcher: Dispatcher, schedule: Schedule
+    *,
+    session: Session,
+    settings: Settings,
+    dispatcher: Dispatcher,
+    schedule: Schedule,
+    admin: bool,
 ) -> ScheduleFire:
     """An extra, manual slot: it ignores the overlap policy and leaves the timetable alone."""
+    require_may_change(schedule, admin=admin)
     return fire(
         session=session,
         settings=settings,

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -392,9 +392,11 @@ class Agents:
         wait: bool = True,
         trusted_keys: Path | None = None,
         allow_bpftrace: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> AgentProcess:
         """Start an agent with its host's own Redis identity (the host is added if it is not
-        known); with wait, return once its host is online with capabilities."""
+        known); with wait, return once its host is online with capabilities. `env`: more
+        variables for it (a PATH without bpftrace)."""
         argv = [str(BIN / "fleettrace-agent"), "worker", "--host", host]
         redis_url = self.identity(host)
         if cgroup is not None:
@@ -408,6 +410,7 @@ class Agents:
             FLEETTRACE_TRUSTED_KEYS=str(trusted_keys or self.trusted_keys_file()),
             FLEETTRACE_STATE_DIR=str(self.state_dir(host)),
             FLEETTRACE_REDIS_URL=redis_url,
+            **(env or {}),
         )
         with log.open("ab") as out:
             proc = subprocess.Popen(

@@ -6,10 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from node_agent.arguments import parse_duration
+from node_agent.capabilities import bpftrace_version
 
 
 def agent(*args: str) -> subprocess.CompletedProcess[str]:
@@ -59,7 +62,7 @@ def test_programs_json_lists_the_catalog() -> None:
 
 @pytest.mark.bcc
 def test_probe_reports_features_and_why_programs_cannot_run() -> None:
-    result = agent("probe")
+    result = agent("probe", "--allow-custom", "--allow-bpftrace")
     assert result.returncode == 0, result.stderr
     caps = json.loads(result.stdout)
     assert caps["kernel_release"] == os.uname().release
@@ -76,6 +79,107 @@ def test_probe_reports_features_and_why_programs_cannot_run() -> None:
         assert program["supported"] is (not lacking)
         if lacking:
             assert all(f in program["reason"] for f in lacking)
+
+
+def _installed_bpftrace() -> str:
+    """The version the host's own bpftrace prints, as `bpftrace v0.17.0` says it."""
+    out = subprocess.run(["bpftrace", "--version"], capture_output=True, text=True, check=True)
+    return out.stdout.split()[-1].removeprefix("v")
+
+
+@pytest.mark.bcc
+def test_probe_reports_the_installed_bpftrace_and_its_version() -> None:
+    caps = json.loads(agent("probe", "--allow-bpftrace").stdout)
+    assert caps["bpftrace_version"] == _installed_bpftrace()
+    assert caps["features"]["bpftrace"] is True
+    assert "bpftrace" not in caps["feature_errors"]
+    support = {p["program"]: p for p in caps["programs"]}
+    assert support["bpftrace"] == {"program": "bpftrace", "supported": True, "reason": None}
+
+
+@pytest.mark.bcc
+def test_an_agent_that_does_not_allow_them_reports_bpftrace_and_custom_unsupported() -> None:
+    caps = json.loads(agent("probe").stdout)
+    support = {p["program"]: p for p in caps["programs"]}
+    # bpftrace is there and works: only the agent's own setting stops it.
+    assert caps["features"]["bpftrace"] is True
+    assert support["bpftrace"]["supported"] is False
+    assert "allow_bpftrace is off" in support["bpftrace"]["reason"]
+    assert support["custom"]["supported"] is False
+    assert "allow_custom is off" in support["custom"]["reason"]
+    assert support["syscalls"]["supported"] is True
+
+
+def _probe_with_path(path: str) -> dict[str, Any]:
+    env = {**os.environ, "PATH": path}
+    result = subprocess.run(
+        [sys.executable, "-m", "node_agent.cli", "probe", "--allow-bpftrace"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    caps: dict[str, Any] = json.loads(result.stdout)
+    return caps
+
+
+def _fake_bpftrace(directory: Path, body: str) -> str:
+    """A `bpftrace` on a PATH of its own (only for what a real one cannot be made to do here)."""
+    script = directory / "bpftrace"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(0o755)
+    return str(directory)
+
+
+@pytest.mark.bcc
+def test_a_host_without_bpftrace_says_how_to_get_it(tmp_path: Path) -> None:
+    caps = _probe_with_path(str(tmp_path))  # an empty PATH: no bpftrace anywhere on it
+    assert caps["bpftrace_version"] is None
+    assert caps["features"]["bpftrace"] is False
+    reason = "no bpftrace on PATH (apt-get install bpftrace)"
+    assert caps["feature_errors"]["bpftrace"] == reason
+    (bpftrace,) = [p for p in caps["programs"] if p["program"] == "bpftrace"]
+    assert bpftrace["supported"] is False
+    assert "needs bpftrace" in bpftrace["reason"] and reason in bpftrace["reason"]
+    # Everything else is unaffected.
+    assert {p["program"]: p["supported"] for p in caps["programs"]}["syscalls"] is True
+
+
+@pytest.mark.parametrize(
+    ("body", "version", "reason"),
+    [
+        ('echo "bpftrace v0.11.3"', "0.11.3", "bpftrace 0.11.3 is older than 0.13"),
+        (
+            'echo "bpftrace: error while loading shared libraries: libbcc.so.0" >&2; exit 127',
+            None,
+            "failed with status 127: bpftrace: error while loading shared libraries",
+        ),
+        ('echo "something else"', None, "printed no version: something else"),
+        ("exec /bin/sleep 30", None, "did not answer within 0.5 s"),
+    ],
+    ids=["too old", "fails to run", "no version", "hangs"],
+)
+def test_a_bpftrace_that_cannot_serve_is_reported_with_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str, version: str | None, reason: str
+) -> None:
+    monkeypatch.setenv("PATH", _fake_bpftrace(tmp_path, body))
+    got, why = bpftrace_version(timeout_s=0.5)
+    assert got == version
+    assert why is not None and reason in why, why
+
+
+def test_the_probe_reads_bpftrace_versions_as_their_builds_print_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for printed, version in [
+        ("bpftrace v0.17.0", "0.17.0"),
+        ("bpftrace v0.14.0-vanilla", "0.14.0"),
+        ("bpftrace 0.20.1", "0.20.1"),
+        ("bpftrace v1.0", "1.0"),
+    ]:
+        monkeypatch.setenv("PATH", _fake_bpftrace(tmp_path, f'echo "{printed}"'))
+        assert bpftrace_version() == (version, None), printed
 
 
 @pytest.mark.bcc

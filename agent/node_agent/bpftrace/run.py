@@ -1,21 +1,339 @@
-"""Run a prepared bpftrace trace: the host's bpftrace under the trace's deadline."""
+"""Run a prepared bpftrace trace: the host's bpftrace under the trace's deadline, grace, cancel,
+memory limit and overhead budget; its printed maps become snapshots.
+
+`bpftrace -v -f json FILE` (never --unsafe) in its own process group, SIGKILLed if this child
+dies (PR_SET_PDEATHSIG). stdout is one JSON object per line plus, with -v, the ids and
+verifier logs of the programs it loads (so a verifier rejection comes back with its log).
+A snapshot is taken at each interval marker's end and one after bpftrace exits, from the
+maps it prints on SIGINT. A bpftrace that does not stop within part of the grace is
+SIGKILLed; the last snapshot then stands as the final one.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import os
+import queue
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
 import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
 
-from node_agent.errors import UnsupportedProgram
-from node_agent.protocol import RunEvent, RunState, StateChange
-from node_agent.trace import Emit, PreparedTrace
+from node_agent.bpftrace.cost import BpftraceCost
+from node_agent.bpftrace.diagnostics import diagnose
+from node_agent.bpftrace.instrument import instrument, scope_predicate
+from node_agent.bpftrace.keys import parse_keys
+from node_agent.bpftrace.output import Maps
+from node_agent.bpftrace.script import lhist_args, map_functions
+from node_agent.errors import FleettraceError, UnsupportedProgram
+from node_agent.protocol import (
+    ErrorCode,
+    Limits,
+    Result,
+    RunState,
+    Snapshot,
+    StateChange,
+    TraceError,
+)
+from node_agent.trace import COST_EVERY_S, Emit, PreparedTrace
+
+log = logging.getLogger(__name__)
+
+MAX_PROBES = 512  # attach points after wildcards (BPFTRACE_MAX_PROBES)
+STRLEN = 64  # bytes per str() on the BPF stack (BPFTRACE_STRLEN, bpftrace's default)
+LOG_SIZE = 256 * 1024  # verifier log bytes (BPFTRACE_LOG_SIZE)
+STDERR_KEEP = 64 * 1024  # characters of bpftrace's stderr kept for the error
+POLL_S = 0.1  # how often the loop looks at stop, deadline and budget
+KILL_SHARE = 0.6  # of the grace: SIGKILL then, leaving the rest for the final snapshot
+PR_SET_PDEATHSIG = 1
+_EOF = object()
+
+
+def find_bpftrace() -> str:
+    path = shutil.which("bpftrace")
+    if path is None:
+        raise UnsupportedProgram("bpftrace is not installed: no bpftrace on PATH")
+    return path
+
+
+def bpftrace_env(limits: Limits) -> dict[str, str]:
+    """A small environment: the PATH and bpftrace's own bounds, nothing else of ours."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "LANG": "C.UTF-8",
+        "BPFTRACE_MAP_KEYS_MAX": str(limits.map_entries),
+        "BPFTRACE_MAX_PROBES": str(MAX_PROBES),
+        "BPFTRACE_MAX_BPF_PROGS": str(MAX_PROBES),
+        "BPFTRACE_STRLEN": str(STRLEN),
+        "BPFTRACE_LOG_SIZE": str(LOG_SIZE),
+        "BPFTRACE_CAT_BYTES_MAX": "0",
+    }
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    import ctypes  # resolved before the fork: the forked child only calls it
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def setup() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl
+            os._exit(1)
+
+    return setup
+
+
+def _read_lines(stream: IO[str], out: queue.Queue[object]) -> None:
+    for line in stream:
+        out.put(line)
+    out.put(_EOF)
+
+
+def _read_stderr(stream: IO[str], keep: list[str]) -> None:
+    size = 0
+    for line in stream:
+        size += len(line)
+        keep.append(line)
+        while size > STDERR_KEEP and len(keep) > 1:
+            size -= len(keep.pop(len(keep) // 2))  # keep the first errors and the last lines
 
 
 def run_script(
     prepared: PreparedTrace, emit: Emit, stop: threading.Event, *, cgroup_base: str | None
 ) -> RunState:
     """Run the script to its deadline or until stop is set; emit snapshots and states."""
-    error = UnsupportedProgram("the bpftrace engine is not built yet").to_error()
-    event: RunEvent = StateChange(
-        run_id=prepared.request.run_id, state=RunState.unsupported, error=error
-    )
-    emit(event)
-    return RunState.unsupported
+    request = prepared.request
+    source = prepared.source
+    try:
+        binary = find_bpftrace()
+        marker = f"fleettrace-{secrets.token_hex(8)}"
+        predicate = scope_predicate(request.scope, cgroup_base)
+        text = instrument(
+            source, scope_predicate=predicate, interval_s=request.interval_s, marker=marker
+        )
+        maps = Maps(
+            limits=request.limits,
+            functions=map_functions(source),
+            keys=parse_keys(str(prepared.params.get("keys") or "")),
+            lhist=lhist_args(source),
+        )
+    except FleettraceError as exc:
+        state = RunState.unsupported if isinstance(exc, UnsupportedProgram) else RunState.failed
+        emit(StateChange(run_id=request.run_id, state=state, error=exc.to_error()))
+        return state
+    with tempfile.TemporaryDirectory(prefix="fleettrace-bpftrace-") as tmp:
+        path = Path(tmp) / "script.bt"  # the directory is private (0700)
+        path.write_text(text)
+        return _Session(prepared, emit, stop, maps, marker).run(binary, path)
+
+
+class _Session:
+    """One bpftrace process, from spawn to its final state."""
+
+    def __init__(
+        self, prepared: PreparedTrace, emit: Emit, stop: threading.Event, maps: Maps, marker: str
+    ) -> None:
+        self.prepared = prepared
+        self.request = prepared.request
+        self.emit = emit
+        self.stop = stop
+        self.maps = maps
+        self.attached = f"{marker} attached\n"
+        self.begin, self.end = f"{marker} begin\n", f"{marker} end\n"
+        self.started = time.monotonic()
+        self.attach_s: float | None = None
+        self.deadline = float("inf")
+        self.interrupted: str | None = None  # why SIGINT was sent: "deadline", "stop", a budget
+        self.kill_at = float("inf")
+        self.killed = False
+        self.seq = 0
+        self.last_wall = time.time()
+        self.kept: list[Result] | None = None  # the last snapshot's results
+        self.program_ids: list[int] = []
+        self.cost: BpftraceCost | None = None
+        self.next_cost = float("inf")
+
+    def run(self, binary: str, path: Path) -> RunState:
+        run_id = self.request.run_id
+        process = subprocess.Popen(
+            [binary, "-v", "-f", "json", str(path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=bpftrace_env(self.request.limits),
+            text=True,
+            errors="replace",
+            start_new_session=True,  # our SIGINT only: not a terminal's, not the runner's kill
+            preexec_fn=_die_with_parent(os.getpid()),  # prctl only: safe after fork
+        )
+        log.info("run %s: bpftrace started (pid %d)", run_id, process.pid)
+        self.cost = BpftraceCost(process.pid)
+        lines: queue.Queue[object] = queue.Queue()
+        stderr: list[str] = []
+        assert process.stdout is not None and process.stderr is not None
+        readers = [
+            threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True),
+            threading.Thread(target=_read_stderr, args=(process.stderr, stderr), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
+        try:
+            eof = False
+            while not (eof and process.poll() is not None):
+                try:
+                    item = lines.get(timeout=POLL_S)
+                except queue.Empty:
+                    item = None
+                if item is _EOF:
+                    eof = True
+                elif isinstance(item, str):
+                    self._line(item)
+                self._supervise(process)
+        finally:
+            if process.poll() is None:  # only on an exception of ours: nothing outlives us
+                self._kill(process)
+            process.wait()
+            for reader in readers:
+                reader.join(timeout=1)
+        self.cost.reaped()
+        try:
+            return self._finish(process.returncode, "".join(stderr))
+        finally:
+            self.cost.close()
+
+    def _line(self, line: str) -> None:
+        if not line.strip():
+            # Raw blank lines come before bpftrace's exit print of every map (and in -v's
+            # attach output): what follows is a full print, so the maps start afresh.
+            self.maps.reset()
+            return
+        try:
+            message: Any = json.loads(line)
+        except ValueError:
+            if line.startswith("Program ID:"):
+                with contextlib.suppress(ValueError):
+                    self.program_ids.append(int(line.split(":", 1)[1]))
+            return
+        if not isinstance(message, dict):
+            return
+        kind, data = message.get("type"), message.get("data")
+        if kind == "printf" and data == self.attached and self.attach_s is None:
+            self._attached()
+        elif kind == "printf" and data == self.begin:
+            self.maps.reset()
+        elif kind == "printf" and data == self.end:
+            self.emit(self._snapshot(final=False))
+        else:
+            self.maps.take(message)
+
+    def _attached(self) -> None:
+        now = time.monotonic()
+        self.attach_s = now - self.started
+        self.deadline = now + self.request.duration_s
+        assert self.cost is not None
+        if self.request.limits.overhead_pct is not None:
+            self.cost.start_meter()
+            self.next_cost = now + COST_EVERY_S
+        self.emit(StateChange(run_id=self.request.run_id, state=RunState.running))
+        log.info("run %s: bpftrace attached in %.2fs", self.request.run_id, self.attach_s)
+
+    def _supervise(self, process: subprocess.Popen[str]) -> None:
+        now = time.monotonic()
+        if process.poll() is not None:
+            return
+        if self.interrupted is None:
+            if self.stop.is_set():
+                self._interrupt(process, "stop")
+            elif now >= self.deadline:
+                self._interrupt(process, "deadline")
+            elif now >= self.next_cost and self.cost is not None:
+                self.next_cost = now + COST_EVERY_S
+                budget = self.request.limits.overhead_pct
+                over = self.cost.over_budget(budget) if budget else None
+                if over:
+                    log.warning(
+                        "run %s: stopped by the overhead guard: %s", self.request.run_id, over
+                    )
+                    self._interrupt(process, over)
+        elif not self.killed and now >= self.kill_at:
+            log.warning("run %s: bpftrace did not stop in time; killing it", self.request.run_id)
+            self._kill(process)
+
+    def _interrupt(self, process: subprocess.Popen[str], why: str) -> None:
+        self.interrupted = why
+        self.kill_at = time.monotonic() + self.request.grace_s * KILL_SHARE
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGINT)
+
+    def _kill(self, process: subprocess.Popen[str]) -> None:
+        self.killed = True
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+    def _snapshot(self, *, final: bool, results: list[Result] | None = None) -> Snapshot:
+        assert self.cost is not None
+        now = time.time()
+        results = self.maps.results() if results is None else results
+        snapshot = Snapshot(
+            run_id=self.request.run_id,
+            seq=self.seq,
+            interval_start=self.last_wall,
+            interval_end=now,
+            final=final,
+            results=results,
+            stats=self.cost.stats(
+                results, attach_s=self.attach_s or 0.0, events_lost=self.maps.lost
+            ),
+        )
+        self.seq += 1
+        self.last_wall = now
+        self.kept = results
+        return snapshot
+
+    def _finish(self, code: int, stderr: str) -> RunState:
+        run_id = self.request.run_id
+        why = self.interrupted
+        grace = f"{self.request.grace_s * KILL_SHARE:g}s"
+        error: TraceError | None = None
+        if self.killed:
+            kept_before = self.kept
+            if self.attach_s is not None:
+                self.emit(self._snapshot(final=True, results=self.kept or []))
+            self.kept = kept_before
+            if why == "stop":
+                state = RunState.cancelled
+                message = f"bpftrace did not stop within {grace} of the cancel; killed"
+            elif why == "deadline":
+                state = RunState.timed_out
+                kept = "the last snapshot's results are kept" if self.kept else "no results"
+                message = f"bpftrace did not stop within {grace} of its deadline; killed ({kept})"
+            else:
+                state, message = RunState.failed, f"{why}; bpftrace killed after {grace}"
+            error = TraceError(code=ErrorCode.killed, message=message, detail=stderr[-4000:])
+        elif code != 0:
+            if self.kept is not None:
+                self.emit(self._snapshot(final=True, results=self.kept))
+            state, error = (
+                RunState.failed,
+                diagnose(stderr, self.prepared.source, exit_code=code).to_error(),
+            )
+        else:
+            self.emit(self._snapshot(final=True))
+            if why is not None and why not in ("stop", "deadline"):
+                state, error = (
+                    RunState.failed,
+                    TraceError(code=ErrorCode.limit_exceeded, message=why),
+                )
+            else:
+                state = RunState.cancelled if why == "stop" else RunState.succeeded
+        log.info("run %s: bpftrace exited (code %d): %s", run_id, code, state.value)
+        self.emit(StateChange(run_id=run_id, state=state, error=error))
+        return state

@@ -21,9 +21,11 @@ REFUSED_CALLS = {
     "override": "changes a kernel function's return value",
     "cat": "reads files on the host",
 }
+# The kernel types the scope's cgroup predicate reads (instrument.py): never redefined.
+SCOPE_TYPES = frozenset({"struct cgroup", "struct kernfs_node", "struct css_set"})
 AGGREGATIONS = ("count", "sum", "min", "max", "avg", "stats", "hist", "lhist")
 _INCLUDE = re.compile(r"#\s*include\s*<([A-Za-z0-9_./+-]+)>\s*$")
-_DEFINE = re.compile(r"#\s*define\s+[A-Za-z_][A-Za-z0-9_]*\s+-?(?:0[xX][0-9a-fA-F]+|[0-9]+)\s*$")
+_DEFINE = re.compile(r"#\s*define\s+[A-Z_][A-Z0-9_]*\s+-?(?:0[xX][0-9a-fA-F]+|[0-9]+)\s*$")
 _INT = re.compile(r"-?(?:0[xX][0-9a-fA-F]+|[0-9]+)")
 
 
@@ -39,7 +41,7 @@ def _check_preprocessor(line: int, text: str) -> None:
         )
     if not _DEFINE.match(text):
         raise PolicyViolation(
-            f"line {line}: only #include <header> and #define NAME <integer> are allowed:"
+            f"line {line}: only #include <header> and #define UPPER_CASE <integer> are allowed:"
             f" {text[:80]!r}"
         )
 
@@ -76,7 +78,15 @@ def check_script(script: str) -> None:
     parsed = read_script(script)
     for line, text in parsed.preprocessor:
         _check_preprocessor(line, text)
+    for line, name in parsed.definitions:
+        if name in SCOPE_TYPES:
+            raise PolicyViolation(f"line {line}: {name} may not be redefined (the scope reads it)")
     for probe in parsed.probes:
+        if "BEGIN" in probe.attach and (len(probe.attach) > 1 or probe.predicate is not None):
+            raise PolicyViolation(
+                f"line {probe.line}: BEGIN must be a probe of its own, without a predicate"
+                " (the agent learns from it that every probe is attached)"
+            )
         _check_calls(probe.tokens)
 
 

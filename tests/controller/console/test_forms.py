@@ -224,5 +224,8 @@ def test_context_keeps_values_and_places_errors() -> None:
 def test_context_of_an_unknown_program_shows_the_default() -> None:
     tf = template_context(values={"program": "<b>x</b>"}, errors={}, hosts=[], labels={})["tf"]
     assert tf["program"] == "syscalls"
-    no_custom = template_context(values=None, errors={}, hosts=[], labels={}, may_run_custom=False)
-    assert "custom" not in [p["name"] for p in no_custom["tf"]["programs"]]
+    operator = template_context(
+        values=None, errors={}, hosts=[], labels={}, may_run_admin_only=False
+    )
+    offered = [p["name"] for p in operator["tf"]["programs"]]
+    assert "custom" not in offered and "bpftrace" not in offered  # admin-only programs
