@@ -42,14 +42,13 @@ def _clip(value: Any) -> Any:
 
 
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Signed = Annotated[int, Field(ge=-(2**63), le=MAX_COUNT)]  # a sum or min of signed values
 Clipped = Annotated[str, BeforeValidator(_clip), Field(max_length=MAX_TEXT)]
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID)]
 Name = Annotated[str, Field(max_length=MAX_NAME)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
 HostName = Annotated[str, Field(pattern=HOST_PATTERN)]
-KeyValue = (
-    Annotated[str, Field(max_length=MAX_TEXT)] | Annotated[int, Field(ge=-(2**63), le=MAX_COUNT)]
-)
+KeyValue = Annotated[str, Field(max_length=MAX_TEXT)] | Signed
 
 
 class WireModel(BaseModel):

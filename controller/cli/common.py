@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from controller.cli.errors import CliError
 from controller.cli.text import Line, emit, plural
+from node_agent.arguments import script_params
 from node_agent.safe_text import printable_lines
 
 if TYPE_CHECKING:
@@ -76,6 +77,34 @@ def positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def template_params(args: argparse.Namespace) -> dict[str, str]:
+    """--param pairs and the bpftrace flags (--script/--file, --keys) as a template's params;
+    values stay strings: the program's spec coerces and bounds-checks them."""
+    params = dict(args.param)
+    try:
+        return params | script_params(args, params)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+SCRIPT_LINES = 40  # of a bpftrace script shown by `jobs show` / `schedules show`
+
+
+def script_lines(params: dict[str, Any], indent: int) -> tuple[dict[str, Any], list[Line]]:
+    """A template's params without its script, and the script as lines under a `script:`
+    label (the first SCRIPT_LINES of them): a script is text of many lines, not a value."""
+    script = params.get("script")
+    if not isinstance(script, str):
+        return params, []
+    rest = {k: v for k, v in params.items() if k != "script"}
+    lines = script.splitlines() or [""]
+    shown = [Line(f"{'script:':<{indent}}{lines[0]}")]
+    shown += [Line(" " * indent + line) for line in lines[1:SCRIPT_LINES]]
+    if len(lines) > SCRIPT_LINES:
+        shown.append(Line(" " * indent + f"... {len(lines) - SCRIPT_LINES} more lines", "dim"))
+    return rest, shown
 
 
 def kv(items: dict[str, Any]) -> str:

@@ -7,7 +7,17 @@ import sys
 from typing import Any
 
 from controller.cli import targets
-from controller.cli.common import api, command, kv, pair, positive, print_json, reply
+from controller.cli.common import (
+    api,
+    command,
+    kv,
+    pair,
+    positive,
+    print_json,
+    reply,
+    script_lines,
+    template_params,
+)
 from controller.cli.follow import FINAL_JOB_STATES, follow, settle
 from controller.cli.http import ApiClient
 from controller.cli.sidebyside import TOP, render_results
@@ -22,7 +32,7 @@ from controller.cli.text import (
     when,
 )
 from controller.jobs.models import JobPublic, JobResults
-from node_agent.arguments import add_trace_options
+from node_agent.arguments import add_script_options, add_trace_options
 
 JOB_STATES = ("pending", "running", "succeeded", "partial", "failed", "cancelled")
 # After a cancel, agents stop within about a second and send what they have.
@@ -38,6 +48,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     targets.add_options(submit)
     add_trace_options(submit)
     submit.add_argument("--param", type=pair, action="append", default=[], metavar="K=V")
+    add_script_options(submit)
     submit.add_argument("--wait", action="store_true", help="follow it, then show the results")
     submit.add_argument("--top", type=positive, default=TOP, help="rows per result (--wait)")
 
@@ -64,8 +75,7 @@ def job_body(args: argparse.Namespace) -> dict[str, Any]:
     scope = {"cgroup": args.cgroup, "pid": args.pid, "comm": args.comm}
     return {
         "program": args.program,
-        # Values stay strings: the program's spec coerces and bounds-checks them.
-        "params": dict(args.param),
+        "params": template_params(args),
         "scope": {k: v for k, v in scope.items() if v is not None},
         "duration_s": args.duration,
         "interval_s": args.interval,
@@ -161,10 +171,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 def job_lines(job: JobPublic) -> list[Line]:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(job.counts.items()))
     every = f", a snapshot every {seconds(job.interval_s)}" if job.interval_s else ""
+    params, script = script_lines(job.params, 10)
     fields = [
         ("program", job.program),
         ("state", f"{job.state.value} ({counts})"),
-        ("params", kv(job.params) or "-"),
+        ("params", kv(params) or "-"),
         ("scope", kv(job.scope.model_dump(exclude_none=True)) or "-"),
         ("targets", targets.text(job.targets.model_dump(exclude_none=True))),
         ("duration", seconds(job.duration_s) + every),
@@ -173,6 +184,7 @@ def job_lines(job: JobPublic) -> list[Line]:
     ]
     lines = [Line(f"job {job.id}", "title")]
     lines += [Line(f"{k + ':':<10}{v}") for k, v in fields]
+    lines[4:4] = script  # after params
     rows = []
     for run in job.runs:
         note = run.reason or ""

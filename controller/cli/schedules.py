@@ -16,6 +16,8 @@ from controller.cli.common import (
     positive,
     print_json,
     reply,
+    script_lines,
+    template_params,
     write_output,
 )
 from controller.cli.errors import CliError
@@ -26,7 +28,7 @@ from controller.jobs.models import JobPublic
 from controller.reports.models import CompareReport
 from controller.schedules.models import SchedulePublic
 from controller.schedules.trend import ScheduleTrend, TrendSeries
-from node_agent.arguments import parse_duration, span
+from node_agent.arguments import add_script_options, parse_duration, span
 
 PAGE = 500
 # Trend columns shown as numbers; the sparkline covers every run.
@@ -43,7 +45,7 @@ def add_commands(sub: Any) -> None:
 
     create = ssub.add_parser("create", parents=[common], help="fire a program by cron or interval")
     create.add_argument("name")
-    create.add_argument("program", help="a catalog program")
+    create.add_argument("program", help="a catalog program, or bpftrace (admins)")
     timing = create.add_mutually_exclusive_group(required=True)
     timing.add_argument("--cron", help='five fields, e.g. "*/5 * * * *"')
     timing.add_argument("--every", type=parse_duration, help="a fixed interval, e.g. 1h")
@@ -51,6 +53,7 @@ def add_commands(sub: Any) -> None:
     create.add_argument("--duration", type=parse_duration, required=True, help="each trace")
     targets.add_options(create)
     create.add_argument("--param", type=pair, action="append", default=[], metavar="K=V")
+    add_script_options(create)
     create.add_argument("--keep-runs", type=positive, metavar="N", help="keep the last N runs")
     create.add_argument("--keep-for", type=span, metavar="AGE", help="keep runs this long, 7d")
     create.add_argument("--allow-overlap", action="store_true", help="fire while one runs")
@@ -104,7 +107,7 @@ def schedule_body(args: argparse.Namespace) -> dict[str, Any]:
         "name": args.name,
         "template": {
             "program": args.program,
-            "params": dict(args.param),
+            "params": template_params(args),
             "duration_s": args.duration,
             "targets": targets.body(args),
         },
@@ -181,9 +184,10 @@ def schedule_lines(s: SchedulePublic) -> list[Line]:
         f"{seconds(s.retention.max_age_s)}" if s.retention.max_age_s else "",
     ]
     template = s.template
+    params, script = script_lines(template.get("params", {}), 11)
     fields = [
         ("program", template["program"]),
-        ("params", kv(template.get("params", {}))),
+        ("params", kv(params)),
         ("targets", targets.text(template.get("targets", {}))),
         ("duration", seconds(template.get("duration_s"))),
         ("timing", timing_text(s)),
@@ -196,6 +200,7 @@ def schedule_lines(s: SchedulePublic) -> list[Line]:
     ]
     lines = [Line(f"schedule {s.name} ({s.id})", "title")]
     lines += [Line(f"{k + ':':<11}{v}") for k, v in fields]
+    lines[3:3] = script  # after params
     if not s.recent:
         return [*lines, Line(""), Line("no runs yet", "dim")]
     rows = [

@@ -2,7 +2,8 @@
 
 Metrics: `p99:HIST` (any pNN or pNN.N; all label sets of HIST merged; log2 or linear),
 `count:HIST`, `total:TABLE` and `rate:TABLE` (first value column summed; rate per second of
-the snapshot's span), `key:TABLE:KEY` (one key's count; a multi-field key is its values
+the snapshot's span), `count:TABLE` (its total: `count:@` of a bpftrace `@[comm] = count()`
+job is every event counted), `key:TABLE:KEY` (one key's count; a multi-field key is its values
 joined by ","). Each kind answers its own metrics (controller/kinds).
 """
 
@@ -60,6 +61,9 @@ class Metric:
                 by_kind.setdefault(r.kind, []).append(r)
         for kind, found in by_kind.items():
             answer = VIEWS[kind].metric(self.kind, self.key, found, span_s)
+            if answer is None and self.kind == "count":
+                # A table of counts has no count of its own: the sum of its counts is.
+                answer = VIEWS[kind].metric("total", None, found, span_s)
             if answer is not None:
                 return answer
         return None, None

@@ -92,7 +92,8 @@ def diagnose(stderr: str, script: str, *, exit_code: int | None) -> FleettraceEr
     if not messages:
         code = "killed by a signal" if exit_code is not None and exit_code < 0 else "failed"
         tail = [line for line in stderr.splitlines() if not any(n in line for n in _NOISE)]
-        messages.append(f"bpftrace {code} (exit code {exit_code})")
+        messages.append(f"{code} (exit code {exit_code})")
+        kind = FleettraceError  # nothing said why: internal
         detail.extend(tail[-20:])
     message = printable("bpftrace: " + "; ".join(dict.fromkeys(messages)))
     if len(message) > MAX_MESSAGE:

@@ -32,8 +32,8 @@ from node_agent.bpftrace.diagnostics import diagnose
 from node_agent.bpftrace.instrument import instrument, scope_predicate
 from node_agent.bpftrace.keys import parse_keys
 from node_agent.bpftrace.output import Maps
-from node_agent.bpftrace.script import lhist_args, map_functions
-from node_agent.errors import FleettraceError, UnsupportedProgram
+from node_agent.bpftrace.script import lhist_args, map_functions, minimum_probes
+from node_agent.errors import AttachError, FleettraceError, UnsupportedProgram
 from node_agent.protocol import (
     ErrorCode,
     Limits,
@@ -53,6 +53,7 @@ LOG_SIZE = 256 * 1024  # verifier log bytes (BPFTRACE_LOG_SIZE)
 STDERR_KEEP = 64 * 1024  # characters of bpftrace's stderr kept for the error
 POLL_S = 0.1  # how often the loop looks at stop, deadline and budget
 KILL_SHARE = 0.6  # of the grace: SIGKILL then, leaving the rest for the final snapshot
+QUEUE_LINES = 10_000  # a full queue stalls bpftrace's reads: its own buffers then count losses
 PR_SET_PDEATHSIG = 1
 _EOF = object()
 
@@ -132,14 +133,21 @@ def run_script(
     with tempfile.TemporaryDirectory(prefix="fleettrace-bpftrace-") as tmp:
         path = Path(tmp) / "script.bt"  # the directory is private (0700)
         path.write_text(text)
-        return _Session(prepared, emit, stop, maps, marker).run(binary, path)
+        session = _Session(prepared, emit, stop, maps, marker, minimum_probes(text))
+        return session.run(binary, path)
 
 
 class _Session:
     """One bpftrace process, from spawn to its final state."""
 
     def __init__(
-        self, prepared: PreparedTrace, emit: Emit, stop: threading.Event, maps: Maps, marker: str
+        self,
+        prepared: PreparedTrace,
+        emit: Emit,
+        stop: threading.Event,
+        maps: Maps,
+        marker: str,
+        minimum_probes: int,
     ) -> None:
         self.prepared = prepared
         self.request = prepared.request
@@ -154,6 +162,9 @@ class _Session:
         self.interrupted: str | None = None  # why SIGINT was sent: "deadline", "stop", a budget
         self.kill_at = float("inf")
         self.killed = False
+        self.minimum_probes = minimum_probes
+        self.missing: str | None = None  # attach points that matched nothing
+        self.process: subprocess.Popen[str] | None = None
         self.seq = 0
         self.last_wall = time.time()
         self.kept: list[Result] | None = None  # the last snapshot's results
@@ -174,9 +185,10 @@ class _Session:
             start_new_session=True,  # our SIGINT only: not a terminal's, not the runner's kill
             preexec_fn=_die_with_parent(os.getpid()),  # prctl only: safe after fork
         )
+        self.process = process
         log.info("run %s: bpftrace started (pid %d)", run_id, process.pid)
         self.cost = BpftraceCost(process.pid)
-        lines: queue.Queue[object] = queue.Queue()
+        lines: queue.Queue[object] = queue.Queue(maxsize=QUEUE_LINES)
         stderr: list[str] = []
         assert process.stdout is not None and process.stderr is not None
         readers = [
@@ -225,7 +237,9 @@ class _Session:
         if not isinstance(message, dict):
             return
         kind, data = message.get("type"), message.get("data")
-        if kind == "printf" and data == self.attached and self.attach_s is None:
+        if kind == "attached_probes":
+            self._count_probes(data)
+        elif kind == "printf" and data == self.attached and self.attach_s is None:
             self._attached()
         elif kind == "printf" and data == self.begin:
             self.maps.reset()
@@ -233,6 +247,15 @@ class _Session:
             self.emit(self._snapshot(final=False))
         else:
             self.maps.take(message)
+
+    def _count_probes(self, data: object) -> None:
+        probes = data.get("probes") if isinstance(data, dict) else None
+        if isinstance(probes, int) and probes < self.minimum_probes and self.process:
+            self.missing = (
+                f"bpftrace attached {probes} probes where the script names at least"
+                f" {self.minimum_probes}: a function, symbol or tracepoint matched nothing"
+            )
+            self._interrupt(self.process, "missing")
 
     def _attached(self) -> None:
         now = time.monotonic()
@@ -301,39 +324,48 @@ class _Session:
     def _finish(self, code: int, stderr: str) -> RunState:
         run_id = self.request.run_id
         why = self.interrupted
-        grace = f"{self.request.grace_s * KILL_SHARE:g}s"
         error: TraceError | None = None
-        if self.killed:
-            kept_before = self.kept
+        if self.missing is not None:  # stopped at once, before BEGIN: nothing to report
+            state, error = RunState.failed, AttachError(self.missing).to_error()
+        elif self.killed:
+            state, error = self._killed(stderr)
+        elif why == "stop":  # whatever bpftrace made of the SIGINT (before attach: it died)
             if self.attach_s is not None:
-                self.emit(self._snapshot(final=True, results=self.kept or []))
-            self.kept = kept_before
-            if why == "stop":
-                state = RunState.cancelled
-                message = f"bpftrace did not stop within {grace} of the cancel; killed"
-            elif why == "deadline":
-                state = RunState.timed_out
-                kept = "the last snapshot's results are kept" if self.kept else "no results"
-                message = f"bpftrace did not stop within {grace} of its deadline; killed ({kept})"
-            else:
-                state, message = RunState.failed, f"{why}; bpftrace killed after {grace}"
-            error = TraceError(code=ErrorCode.killed, message=message, detail=stderr[-4000:])
+                self.emit(self._snapshot(final=True, results=self._final_results(code)))
+            state = RunState.cancelled
         elif code != 0:
             if self.kept is not None:
                 self.emit(self._snapshot(final=True, results=self.kept))
-            state, error = (
-                RunState.failed,
-                diagnose(stderr, self.prepared.source, exit_code=code).to_error(),
-            )
+            state = RunState.failed
+            error = diagnose(stderr, self.prepared.source, exit_code=code).to_error()
         else:
             self.emit(self._snapshot(final=True))
-            if why is not None and why not in ("stop", "deadline"):
+            state = RunState.succeeded
+            if why is not None and why != "deadline":  # the overhead guard stopped it
                 state, error = (
                     RunState.failed,
                     TraceError(code=ErrorCode.limit_exceeded, message=why),
                 )
-            else:
-                state = RunState.cancelled if why == "stop" else RunState.succeeded
         log.info("run %s: bpftrace exited (code %d): %s", run_id, code, state.value)
         self.emit(StateChange(run_id=run_id, state=state, error=error))
         return state
+
+    def _final_results(self, code: int) -> list[Result]:
+        """After a clean exit every map was printed; otherwise the last snapshot stands."""
+        return self.maps.results() if code == 0 else (self.kept or [])
+
+    def _killed(self, stderr: str) -> tuple[RunState, TraceError]:
+        """The last snapshot becomes the final one; the state says why bpftrace was stopped."""
+        grace = f"{self.request.grace_s * KILL_SHARE:g}s"
+        kept = "the last snapshot's results are kept" if self.kept else "no results"
+        if self.attach_s is not None:
+            self.emit(self._snapshot(final=True, results=self.kept or []))
+        why = self.interrupted
+        if why == "stop":
+            state, when = RunState.cancelled, "the cancel"
+        elif why == "deadline":
+            state, when = RunState.timed_out, "its deadline"
+        else:
+            state, when = RunState.failed, f"the overhead guard's stop ({why})"
+        message = f"bpftrace did not stop within {grace} of {when}; killed ({kept})"
+        return state, TraceError(code=ErrorCode.killed, message=message, detail=stderr[-4000:])

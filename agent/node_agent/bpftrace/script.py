@@ -23,6 +23,7 @@ REFUSED_CALLS = {
 }
 # The kernel types the scope's cgroup predicate reads (instrument.py): never redefined.
 SCOPE_TYPES = frozenset({"struct cgroup", "struct kernfs_node", "struct css_set"})
+WILDCARDS = "*?[{"
 AGGREGATIONS = ("count", "sum", "min", "max", "avg", "stats", "hist", "lhist")
 _INCLUDE = re.compile(r"#\s*include\s*<([A-Za-z0-9_./+-]+)>\s*$")
 _DEFINE = re.compile(r"#\s*define\s+[A-Z_][A-Z0-9_]*\s+-?(?:0[xX][0-9a-fA-F]+|[0-9]+)\s*$")
@@ -32,8 +33,13 @@ _INT = re.compile(r"-?(?:0[xX][0-9a-fA-F]+|[0-9]+)")
 def _check_preprocessor(line: int, text: str) -> None:
     include = _INCLUDE.match(text)
     if include:
-        if ".." in include.group(1).split("/"):
-            raise PolicyViolation(f"line {line}: #include may not contain '..': {text!r}")
+        name = include.group(1)
+        if ".." in name.split("/") or name.startswith("/"):
+            # clang would read any file as root, and echo its lines in the error messages
+            raise PolicyViolation(
+                f"line {line}: #include names a header below the system include directories"
+                f" (no absolute path, no '..'): {text!r}"
+            )
         return
     if text.lstrip("# \t").startswith("include"):
         raise PolicyViolation(
@@ -88,6 +94,17 @@ def check_script(script: str) -> None:
                 " (the agent learns from it that every probe is attached)"
             )
         _check_calls(probe.tokens)
+
+
+def minimum_probes(script: str) -> int:
+    """How many probes bpftrace must attach at least: one per attach point without a
+    wildcard (bpftrace 0.17 skips a named function or symbol that is missing, silently)."""
+    return sum(
+        1
+        for probe in parse(script).probes
+        for attach in probe.attach
+        if not any(c in attach for c in WILDCARDS)
+    )
 
 
 def _assignments(script: str) -> list[tuple[str, list[Token]]]:

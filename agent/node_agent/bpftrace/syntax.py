@@ -57,7 +57,7 @@ class Script:
 
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_NUMBER = re.compile(r"0[xX][0-9a-fA-F_]+|[0-9][0-9_]*(?:[eE][0-9]+)?(?:ns|us|ms|s|m|h|d)?")
+_NUMBER = re.compile(r"0[xX][0-9a-fA-F_]+|[0-9][0-9_]*(?:[eE][0-9]+)?")
 _PUNCT = re.compile(r"->|<<=|>>=|<<|>>|<=|>=|==|!=|&&|\|\||\+\+|--|[-+*/%&|^]=|[^\s]")
 _MAP = re.compile(r"@[A-Za-z0-9_]*")
 _VAR = re.compile(r"\$[A-Za-z0-9_]+")

@@ -1,4 +1,9 @@
-"""Counter tables: rows of counts keyed by typed fields, largest first."""
+"""Counter tables: rows of counts keyed by typed fields, largest first.
+
+A value field is a count or a sum unless the table's `aggregations` says otherwise: a min()
+or max() column merges over hosts as the min or max, a mean column (bpftrace's avg(), or
+stats()'s average) as the mean, and none of them is differenced between snapshots.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,22 @@ import json
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from node_agent.bounds import MAX_FIELDS, MAX_ROWS, Count, KeyValue, Name, WireModel
+from node_agent.bounds import (
+    MAX_COUNT,
+    MAX_FIELDS,
+    MAX_ROWS,
+    Count,
+    KeyValue,
+    Name,
+    Signed,
+    WireModel,
+)
 from node_agent.kinds.base import Kind, name_only
+
+Aggregation = Literal["sum", "min", "max", "mean"]
+Row = tuple[list[KeyValue], list[int]]
 
 
 class KeyField(WireModel):
@@ -24,34 +41,100 @@ class CounterTable(WireModel):
     name: Name
     key_fields: list[KeyField] = Field(max_length=MAX_FIELDS)
     value_fields: list[Name] = Field(default_factory=lambda: ["count"], max_length=MAX_FIELDS)
+    aggregations: list[Aggregation] | None = Field(
+        default=None,
+        max_length=MAX_FIELDS,
+        description="per value field, how it merges over hosts; null: every field is a sum",
+    )
     rows: list[
         tuple[
             Annotated[list[KeyValue], Field(max_length=MAX_FIELDS)],
-            Annotated[list[Count], Field(max_length=MAX_FIELDS)],
+            Annotated[list[Signed], Field(max_length=MAX_FIELDS)],
         ]
     ] = Field(default_factory=list, max_length=MAX_ROWS)
     total_rows: Count = 0
     truncated: bool = False
+
+    @model_validator(mode="after")
+    def _one_aggregation_per_field(self) -> CounterTable:
+        if self.aggregations is not None and len(self.aggregations) != len(self.value_fields):
+            raise ValueError(
+                f"{len(self.aggregations)} aggregations for {len(self.value_fields)} value fields"
+            )
+        return self
+
+    def aggregation(self, field: int) -> Aggregation:
+        return self.aggregations[field] if self.aggregations is not None else "sum"
 
 
 def merge(items: Sequence[tuple[str, CounterTable]]) -> list[CounterTable]:
     return [merge_tables([t for _, t in items])]
 
 
+def _divide(total: int, count: int) -> int:
+    """total / count truncated toward zero, as bpftrace computes its averages."""
+    quotient = abs(total) // count
+    return quotient if total >= 0 else -quotient
+
+
+def _weights(table: CounterTable) -> tuple[int, int] | None:
+    """The (count, total) fields a mean field is total / count of (stats()), if any."""
+    fields = table.value_fields
+    if "count" in fields and "total" in fields:
+        return fields.index("count"), fields.index("total")
+    return None
+
+
+def _means(table: CounterTable, values: list[int], seen: list[list[int]]) -> list[int]:
+    """Each mean field: total / count when the table has both, else the mean of the hosts'."""
+    weights = _weights(table)
+    out = list(values)
+    for i in range(len(out)):
+        if table.aggregation(i) != "mean":
+            continue
+        if weights is not None and values[weights[0]] > 0:
+            out[i] = _divide(values[weights[1]], values[weights[0]])
+        else:
+            out[i] = _divide(sum(seen[i]), len(seen[i]))
+    return out
+
+
 def merge_tables(tables: Sequence[CounterTable]) -> CounterTable:
-    """Counts summed by key, largest first value first."""
+    """Values combined by key as each field's aggregation says, largest first value first."""
     first = tables[0]
-    sums: dict[tuple[KeyValue, ...], list[int]] = {}
+    combined: dict[tuple[KeyValue, ...], list[int]] = {}
+    seen: dict[tuple[KeyValue, ...], list[list[int]]] = {}
     for table in tables:
         for keys, values in table.rows:
-            have = sums.setdefault(tuple(keys), [0] * len(values))
-            for i, v in enumerate(values):
-                have[i] += v
-    rows = sorted(sums.items(), key=lambda kv: (-kv[1][0], [str(k) for k in kv[0]]))
+            key = tuple(keys)
+            have = combined.get(key)
+            seen.setdefault(key, [[] for _ in values])
+            for i, v in enumerate(values[: len(seen[key])]):
+                seen[key][i].append(v)
+            if have is None:
+                combined[key] = list(values)
+                continue
+            for i, v in enumerate(values[: len(have)]):
+                how = first.aggregation(i) if i < len(first.value_fields) else "sum"
+                have[i] = (
+                    min(have[i], v)
+                    if how == "min"
+                    else max(have[i], v)
+                    if how == "max"
+                    else have[i] + v
+                )
+    rows = sorted(
+        (
+            (k, [min(v, MAX_COUNT) for v in _means(first, vs, seen[k])])
+            for k, vs in combined.items()
+        ),
+        key=lambda kv: (-kv[1][0] if kv[1] else 0, [str(k) for k in kv[0]]),
+    )
     return CounterTable(
         name=first.name,
         key_fields=first.key_fields,
         value_fields=first.value_fields,
+        aggregations=first.aggregations,
         rows=[(list(k), v) for k, v in rows],
         total_rows=len(rows),
         truncated=any(t.truncated for t in tables),
@@ -63,14 +146,27 @@ def _row_key(keys: list[KeyValue]) -> str:
 
 
 def delta(current: CounterTable, previous: CounterTable | None) -> CounterTable:
-    """Negative differences are clamped to 0: a key cut by max_rows in the earlier snapshot
-    reappears with its full count, which we cannot tell apart (table.truncated says so)."""
+    """Sum fields are differenced; negative differences are clamped to 0: a key cut by
+    max_rows in the earlier snapshot reappears with its full count, which we cannot tell
+    apart (table.truncated says so). min/max fields pass through (the extreme so far), a
+    mean field becomes the interval's mean where the table has count and total fields.
+    A row stays when one of its sum fields moved (every row when there are none)."""
     rows_before = {_row_key(list(k)): v for k, v in previous.rows} if previous else {}
-    rows = []
+    sums = [i for i in range(len(current.value_fields)) if current.aggregation(i) == "sum"]
+    weights = _weights(current)
+    rows: list[Row] = []
     for keys, values in current.rows:
         prior = rows_before.get(_row_key(list(keys)), [0] * len(values))
-        diff = [max(0, v - p) for v, p in zip(values, prior, strict=False)]
-        if any(diff):
+        diff = list(values)
+        for i in sums:
+            if i < len(prior):
+                diff[i] = max(0, values[i] - prior[i])
+        if weights is not None and diff[weights[0]] > 0:
+            interval_mean = _divide(diff[weights[1]], diff[weights[0]])
+            diff = [
+                interval_mean if current.aggregation(i) == "mean" else v for i, v in enumerate(diff)
+            ]
+        if not sums or any(diff[i] for i in sums):
             rows.append((keys, diff))
     rows.sort(key=lambda row: -row[1][0] if row[1] else 0)
     return current.model_copy(update={"rows": rows, "total_rows": len(rows)})

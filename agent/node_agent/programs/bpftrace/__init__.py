@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from node_agent.bpftrace.keys import parse_keys
 from node_agent.bpftrace.script import MAX_SCRIPT, check_script
 from node_agent.errors import BadRequest, PolicyViolation
 from node_agent.programs.spec import DecodeContext, Param, ProgramSpec, RefusedField
@@ -16,6 +17,7 @@ def _no_decoder(ctx: DecodeContext) -> list[Result]:
 
 
 def _policy(params: Mapping[str, Any]) -> None:
+    parse_keys(str(params.get("keys", "")))  # BadParameter("params.keys", ...)
     try:
         check_script(str(params["script"]))
     except PolicyViolation as exc:
