@@ -22,9 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import select
-import shutil
 import statistics
 import subprocess
 import sys
@@ -34,10 +31,20 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import _main
-from syscall_overhead import LOOP_COMM, WARMUP, build_loop, host_facts, run_loop
+from syscall_overhead import (
+    LOOP_COMM,
+    WARMUP,
+    build_loop,
+    host_facts,
+    loop_options,
+    print_timings,
+    read_until,
+    run_loop,
+    timing_row,
+)
 
 from node_agent.protocol import (
     CounterTable,
@@ -76,24 +83,17 @@ Tracer = contextlib.AbstractContextManager[Callable[[], int]]
 # -- bare bpftrace --------------------------------------------------------------------------
 
 
-def _json_until(
-    stream: IO[str], wanted: Callable[[dict[str, Any]], bool], timeout_s: float
-) -> None:
-    """Reads bpftrace's JSON lines until one is `wanted`; raises if the deadline passes."""
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([stream], [], [], 0.1)
-        if not ready:
-            continue
-        line = stream.readline()
-        if not line:
-            break
-        seen.append(line)
-        with contextlib.suppress(ValueError):
-            if wanted(json.loads(line)):
-                return
-    raise RuntimeError(f"bpftrace stopped short: {''.join(seen)[-2000:]}")
+def _json(wanted: Callable[[dict[str, Any]], bool]) -> Callable[[str], bool]:
+    """A read_until() test of one line of bpftrace's JSON output."""
+
+    def test(line: str) -> bool:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return False
+        return isinstance(message, dict) and wanted(message)
+
+    return test
 
 
 def _comm_count(out: str) -> int:
@@ -121,9 +121,9 @@ def bare_attached(bpftrace: str, config: Config, workdir: Path) -> Iterator[Call
     assert proc.stdout is not None
     result: dict[str, int] = {}
     try:
-        _json_until(proc.stdout, lambda m: m.get("type") == "attached_probes", 60)
+        read_until(proc.stdout, _json(lambda m: m.get("type") == "attached_probes"), 60)
         config.started("attached_probes", time.monotonic() - started)
-        _json_until(proc.stdout, lambda m: READY in str(m.get("data")), 60)
+        read_until(proc.stdout, _json(lambda m: READY in str(m.get("data"))), 60)
         config.started("begin", time.monotonic() - started)
         yield lambda: result["count"]
     finally:
@@ -226,32 +226,16 @@ def _ratio(ours: float, base: float) -> float | None:
 
 
 def summarize(args: argparse.Namespace, configs: list[Config]) -> dict[str, Any]:
-    untraced = configs[0]
+    untraced = configs[0].ns_per_call
     expected = args.n + WARMUP
     rows: list[dict[str, Any]] = []
     for c in configs:
-        traced = c is not untraced
+        traced = c.ns_per_call is not untraced
         rows.append(
             {
-                "config": c.name,
-                "label": c.label,
-                "median_ns_per_call": round(statistics.median(c.ns_per_call), 2),
-                "min_ns_per_call": round(min(c.ns_per_call), 2),
-                "max_ns_per_call": round(max(c.ns_per_call), 2),
-                # noise only ever adds time: min - min is the estimate least disturbed by it
-                "overhead_ns_per_event": round(
-                    statistics.median(c.ns_per_call) - statistics.median(untraced.ns_per_call), 2
-                )
-                if traced
-                else 0.0,
-                "overhead_min_ns_per_event": round(
-                    min(c.ns_per_call) - min(untraced.ns_per_call), 2
-                )
-                if traced
-                else 0.0,
-                "samples_ns_per_call": [round(x, 2) for x in c.ns_per_call],
+                **timing_row(c.name, c.label, c.ns_per_call, untraced),
                 "counted": c.counted,
-                # the loop's calls, plus whatever else it called getppid for (nothing)
+                # the loop's calls exactly: it calls getppid for nothing else
                 "counts_ok": all(x == expected for x in c.counted) if traced else None,
                 "startup_s": {k: [round(x, 4) for x in v] for k, v in c.startup.items()},
                 "startup_median_s": {
@@ -295,17 +279,7 @@ def print_table(summary: dict[str, Any]) -> None:
         f"\nbpftrace overhead: {summary['n']:,} getppid() per run, pinned to CPU {summary['cpu']}, "
         f"median of {summary['rounds']} interleaved rounds; kernel {summary['host']['kernel']}"
     )
-    print(
-        f"{'configuration':40} {'ns/call':>7} {'min':>6} {'max':>6} "
-        f"{'ovh ns/ev':>9} {'(min)':>6}  counts"
-    )
-    for r in summary["results"]:
-        ok = {None: "-", True: "ok", False: "WRONG"}[r["counts_ok"]]
-        print(
-            f"{r['label']:40} {r['median_ns_per_call']:7.1f} {r['min_ns_per_call']:6.1f} "
-            f"{r['max_ns_per_call']:6.1f} {r['overhead_ns_per_event']:9.1f} "
-            f"{r['overhead_min_ns_per_event']:6.1f}  {ok}"
-        )
+    print_timings(summary["results"], 40)
     print("start-up, median s:")
     for r in summary["results"]:
         for what, seconds in r["startup_median_s"].items():
@@ -322,11 +296,7 @@ def print_table(summary: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    parser = _main.options(__doc__, rounds=5, rounds_help="interleaved rounds (median taken)")
-    parser.add_argument("--n", type=int, default=5_000_000, help="timed getppid() calls per run")
-    parser.add_argument("--cpu", type=int, default=(os.cpu_count() or 1) - 1, help="CPU to pin to")
-    parser.add_argument("--bpftrace", default=shutil.which("bpftrace") or "/usr/bin/bpftrace")
-    args = parser.parse_args()
+    args = loop_options(__doc__).parse_args()
     if _main.not_root():
         return 2
     log = _main.progress(args)

@@ -109,8 +109,8 @@ def run_loop(loop: Path, n: int, cpu: int) -> float:
 # -- bpftrace -------------------------------------------------------------------------------
 
 
-def _read_until(stream: IO[str], marker: str, timeout_s: float) -> str:
-    """Lines read until one contains marker; raises if the deadline passes first."""
+def read_until(stream: IO[str], wanted: Callable[[str], bool], timeout_s: float) -> str:
+    """Lines read until one is `wanted`; raises if the deadline passes first."""
     seen = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -121,9 +121,9 @@ def _read_until(stream: IO[str], marker: str, timeout_s: float) -> str:
         if not line:
             break
         seen.append(line)
-        if marker in line:
+        if wanted(line):
             return "".join(seen)
-    raise RuntimeError(f"bpftrace did not print {marker!r}: {''.join(seen)[-2000:]}")
+    raise RuntimeError(f"bpftrace stopped short: {''.join(seen)[-2000:]}")
 
 
 @contextlib.contextmanager
@@ -138,8 +138,8 @@ def bpftrace_attached(bpftrace: str) -> Iterator[Callable[[], int]]:
     assert proc.stdout is not None
     result: dict[str, int] = {}
     try:
-        _read_until(proc.stdout, "Attaching", 60)
-        _read_until(proc.stdout, "ft-ready", 60)
+        read_until(proc.stdout, lambda line: "Attaching" in line, 60)
+        read_until(proc.stdout, lambda line: "ft-ready" in line, 60)
         yield lambda: result["count"]
     finally:
         proc.send_signal(2)  # SIGINT: bpftrace prints its maps and exits
@@ -237,26 +237,33 @@ def measure(
             )
 
 
+def timing_row(name: str, label: str, ns: list[float], untraced: list[float]) -> dict[str, Any]:
+    """One configuration's ns per call against the untraced loop's (the same list: untraced)."""
+    traced = ns is not untraced
+    return {
+        "config": name,
+        "label": label,
+        "median_ns_per_call": round(statistics.median(ns), 2),
+        "min_ns_per_call": round(min(ns), 2),
+        "max_ns_per_call": round(max(ns), 2),
+        "overhead_ns_per_event": round(statistics.median(ns) - statistics.median(untraced), 2)
+        if traced
+        else 0.0,
+        # noise from other work only ever adds time: min - min is the low-noise estimate
+        "overhead_min_ns_per_event": round(min(ns) - min(untraced), 2) if traced else 0.0,
+        "samples_ns_per_call": [round(x, 2) for x in ns],
+    }
+
+
 def summarize(args: argparse.Namespace, configs: list[Config]) -> dict[str, Any]:
-    base = configs[0].median
-    base_min = min(configs[0].ns_per_call)
+    untraced = configs[0].ns_per_call
     expected = args.n + WARMUP
     rows: list[dict[str, Any]] = []
     for c in configs:
-        overhead = c.median - base if c.name != "untraced" else 0.0
-        # noise from other work only ever adds time: min - min is the low-noise estimate
-        overhead_min = min(c.ns_per_call) - base_min if c.name != "untraced" else 0.0
         sane = all(expected <= x <= expected * 1.01 + 100 for x in c.counted)
         rows.append(
             {
-                "config": c.name,
-                "label": c.label,
-                "median_ns_per_call": round(c.median, 2),
-                "min_ns_per_call": round(min(c.ns_per_call), 2),
-                "max_ns_per_call": round(max(c.ns_per_call), 2),
-                "overhead_ns_per_event": round(overhead, 2),
-                "overhead_min_ns_per_event": round(overhead_min, 2),
-                "samples_ns_per_call": [round(x, 2) for x in c.ns_per_call],
+                **timing_row(c.name, c.label, c.ns_per_call, untraced),
                 "counted": c.counted,
                 "counts_ok": sane if c.name != "untraced" else None,
                 "attach_wait_s": [round(x, 2) for x in c.attach_wait_s],
@@ -299,17 +306,7 @@ def print_table(summary: dict[str, Any]) -> None:
         f"\nsyscall overhead: {summary['n']:,} getppid() per run, pinned to CPU {summary['cpu']}, "
         f"median of {summary['rounds']} interleaved rounds; kernel {summary['host']['kernel']}"
     )
-    print(
-        f"{'configuration':46} {'ns/call':>7} {'min':>6} {'max':>6} "
-        f"{'ovh ns/ev':>9} {'(min)':>6}  counts"
-    )
-    for r in summary["results"]:
-        ok = {None: "-", True: "ok", False: "WRONG"}[r["counts_ok"]]
-        print(
-            f"{r['label']:46} {r['median_ns_per_call']:7.1f} {r['min_ns_per_call']:6.1f} "
-            f"{r['max_ns_per_call']:6.1f} {r['overhead_ns_per_event']:9.1f} "
-            f"{r['overhead_min_ns_per_event']:6.1f}  {ok}"
-        )
+    print_timings(summary["results"], 46)
     ratios = summary["ratio_ours_over_bpftrace"]
     print(
         "overhead ratio ours/bpftrace (median; min): "
@@ -325,12 +322,32 @@ def print_table(summary: dict[str, Any]) -> None:
         print(f"WARNING: counts off (expected {summary['expected_count']}) for: {', '.join(bad)}")
 
 
-def main() -> int:
-    parser = _main.options(__doc__, rounds=5, rounds_help="interleaved rounds (median taken)")
+def print_timings(rows: list[dict[str, Any]], width: int) -> None:
+    """The table of timing_row()s, each with its count check (counts_ok)."""
+    print(
+        f"{'configuration':{width}} {'ns/call':>7} {'min':>6} {'max':>6} "
+        f"{'ovh ns/ev':>9} {'(min)':>6}  counts"
+    )
+    for r in rows:
+        ok = {None: "-", True: "ok", False: "WRONG"}[r["counts_ok"]]
+        print(
+            f"{r['label']:{width}} {r['median_ns_per_call']:7.1f} {r['min_ns_per_call']:6.1f} "
+            f"{r['max_ns_per_call']:6.1f} {r['overhead_ns_per_event']:9.1f} "
+            f"{r['overhead_min_ns_per_event']:6.1f}  {ok}"
+        )
+
+
+def loop_options(doc: str | None) -> argparse.ArgumentParser:
+    """The options of a benchmark of the pinned loop under tracers."""
+    parser = _main.options(doc, rounds=5, rounds_help="interleaved rounds (median taken)")
     parser.add_argument("--n", type=int, default=5_000_000, help="timed getppid() calls per run")
     parser.add_argument("--cpu", type=int, default=(os.cpu_count() or 1) - 1, help="CPU to pin to")
     parser.add_argument("--bpftrace", default=shutil.which("bpftrace") or "/usr/bin/bpftrace")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = loop_options(__doc__).parse_args()
     if _main.not_root():
         return 2
     log = _main.progress(args)
