@@ -23,12 +23,9 @@ import argparse
 import contextlib
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,28 +33,28 @@ from typing import Any
 import _main
 from syscall_overhead import (
     LOOP_COMM,
+    READY,
     WARMUP,
+    Tracer,
     build_loop,
     host_facts,
     loop_options,
     print_timings,
-    read_until,
+    process_attached,
     run_loop,
+    runner_attached,
     timing_row,
 )
 
 from node_agent.protocol import (
     CounterTable,
     Limits,
-    RunEvent,
-    RunState,
-    StateChange,
+    Snapshot,
     TraceRequest,
 )
-from node_agent.runner import ChildPool, TraceRunner
+from node_agent.runner import ChildPool
 from node_agent.zygote import Zygote
 
-READY = "ft-ready"
 SCRIPT = (
     f'BEGIN {{ printf("{READY}\\n"); }}\n'
     "tracepoint:syscalls:sys_enter_getppid { @[comm] = count(); }\n"
@@ -75,9 +72,6 @@ class Config:
 
     def started(self, what: str, seconds: float) -> None:
         self.startup.setdefault(what, []).append(seconds)
-
-
-Tracer = contextlib.AbstractContextManager[Callable[[], int]]
 
 
 # -- bare bpftrace --------------------------------------------------------------------------
@@ -106,53 +100,26 @@ def _comm_count(out: str) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def bare_attached(bpftrace: str, config: Config, workdir: Path) -> Iterator[Callable[[], int]]:
+def bare_attached(bpftrace: str, config: Config, workdir: Path) -> Tracer:
     """Bare bpftrace with SCRIPT until the block ends; yields a getter of the loop's count."""
     script = workdir / "bare.bt"
     script.write_text(SCRIPT)
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [bpftrace, "-f", "json", str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,  # it warns about RLIMIT_MEMLOCK on memcg-accounted kernels
-        text=True,
+    steps = [
+        ("attached_probes", _json(lambda m: m.get("type") == "attached_probes")),
+        ("begin", _json(lambda m: READY in str(m.get("data")))),
+    ]
+    return process_attached(
+        [bpftrace, "-f", "json", str(script)], steps, _comm_count, config.started
     )
-    assert proc.stdout is not None
-    result: dict[str, int] = {}
-    try:
-        read_until(proc.stdout, _json(lambda m: m.get("type") == "attached_probes"), 60)
-        config.started("attached_probes", time.monotonic() - started)
-        read_until(proc.stdout, _json(lambda m: READY in str(m.get("data"))), 60)
-        config.started("begin", time.monotonic() - started)
-        yield lambda: result["count"]
-    finally:
-        proc.send_signal(2)  # SIGINT: bpftrace prints its maps and exits
-        out, _ = proc.communicate(timeout=30)
-        result["count"] = _comm_count(out)
 
 
 # -- ours -----------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def ours_attached(
-    pool: ChildPool, config: Config, round_no: int, guard: bool
-) -> Iterator[Callable[[], int]]:
+def ours_attached(pool: ChildPool, config: Config, round_no: int, guard: bool) -> Tracer:
     """The bpftrace program with SCRIPT through TraceRunner until the block ends; with
     `guard`, the overhead guard reads the kernel's BPF stats (budget high enough never to
     stop: a job's default 10 % would stop this loop, which is all events)."""
-    running = threading.Event()
-    at: dict[str, float] = {}
-
-    def on_event(event: RunEvent) -> None:
-        # a final state also wakes the waiter, so a failed start is not a long hang
-        if isinstance(event, StateChange) and (
-            event.state is RunState.running or event.state.final
-        ):
-            at.setdefault("running", time.monotonic())
-            running.set()
-
     request = TraceRequest(
         run_id=f"bench-{config.name}-{round_no}",
         program="bpftrace",
@@ -160,26 +127,17 @@ def ours_attached(
         duration_s=600,
         limits=Limits(overhead_pct=400 if guard else None),
     )
-    runner = TraceRunner(request, on_event, allow_bpftrace=True, pool=pool)
-    finals: list[StateChange] = []
-    started = time.monotonic()
-    thread = threading.Thread(target=lambda: finals.append(runner.run()), daemon=True)
-    thread.start()
-    result: dict[str, int] = {}
-    try:
-        if not running.wait(timeout=120) or finals:
-            raise RuntimeError(f"our bpftrace run did not start: {finals}")
-        config.started("running", at["running"] - started)
-        yield lambda: result["count"]
-    finally:
-        runner.cancel()
-        thread.join(timeout=60)
-        snapshot = runner.last_snapshot
-        if snapshot is not None:
-            config.started("attach_s", snapshot.stats.attach_s)
-        result["count"] = _loop_rows(snapshot.results if snapshot else [])
-        if finals and finals[0].state is not RunState.cancelled:
-            raise RuntimeError(f"our run ended {finals[0].state.value}: {finals[0].error}")
+
+    def count(snapshot: Snapshot | None) -> int:
+        if snapshot is None:
+            return 0
+        config.started("attach_s", snapshot.stats.attach_s)
+        return _loop_rows(snapshot.results)
+
+    def running(seconds: float) -> None:
+        config.started("running", seconds)
+
+    return runner_attached(request, count, running, allow_bpftrace=True, pool=pool)
 
 
 def _loop_rows(results: list[Any]) -> int:

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -44,11 +44,13 @@ from node_agent.protocol import (
 )
 from node_agent.runner import TraceRunner
 
+Tracer = contextlib.AbstractContextManager[Callable[[], int]]  # yields a getter of its count
 LOOP_COMM = "ft_sysloop"  # the loop binary's name: what bpftrace and we see as comm
 WARMUP = 1000  # getppid() calls before the timed ones; counted by the tracers too
 BPFTRACE_PROG = "tracepoint:raw_syscalls:sys_enter { @[comm] = count(); }"
 # A BEGIN probe fires only after every other probe is attached: our "attached" marker.
-BPFTRACE_READY = 'BEGIN { printf("ft-ready\\n"); }'
+READY = "ft-ready"
+BPFTRACE_READY = f'BEGIN {{ printf("{READY}\\n"); }}'
 
 LOOP_C = r"""
 #define _GNU_SOURCE
@@ -127,10 +129,18 @@ def read_until(stream: IO[str], wanted: Callable[[str], bool], timeout_s: float)
 
 
 @contextlib.contextmanager
-def bpftrace_attached(bpftrace: str) -> Iterator[Callable[[], int]]:
-    """Runs bpftrace until the block ends; yields a getter of the loop's count, read at exit."""
+def process_attached(
+    argv: Sequence[str],
+    steps: Sequence[tuple[str, Callable[[str], bool]]],
+    count: Callable[[str], int],
+    on_step: Callable[[str, float], None] | None = None,
+) -> Iterator[Callable[[], int]]:
+    """Runs a tracer process until the block ends, entered once each of `steps` (a name, a
+    test of an output line) has been seen in order (`on_step` gets the name and the seconds
+    since the start); yields a getter of `count` of its output after SIGINT."""
+    started = time.monotonic()
     proc = subprocess.Popen(
-        [bpftrace, "-e", f"{BPFTRACE_READY} {BPFTRACE_PROG}"],
+        list(argv),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,  # it warns about RLIMIT_MEMLOCK on memcg-accounted kernels
         text=True,
@@ -138,32 +148,75 @@ def bpftrace_attached(bpftrace: str) -> Iterator[Callable[[], int]]:
     assert proc.stdout is not None
     result: dict[str, int] = {}
     try:
-        read_until(proc.stdout, lambda line: "Attaching" in line, 60)
-        read_until(proc.stdout, lambda line: "ft-ready" in line, 60)
+        for name, wanted in steps:
+            read_until(proc.stdout, wanted, 60)
+            if on_step is not None:
+                on_step(name, time.monotonic() - started)
         yield lambda: result["count"]
     finally:
         proc.send_signal(2)  # SIGINT: bpftrace prints its maps and exits
         out, _ = proc.communicate(timeout=30)
+        result["count"] = count(out)
+
+
+def bpftrace_attached(bpftrace: str) -> Tracer:
+    """Runs bpftrace until the block ends; yields a getter of the loop's count, read at exit."""
+
+    def count(out: str) -> int:
         m = re.search(rf"^@\[{LOOP_COMM}\]: (\d+)$", out, re.M)
-        result["count"] = int(m.group(1)) if m else 0
+        return int(m.group(1)) if m else 0
+
+    steps = [("Attaching", lambda line: "Attaching" in line), (READY, lambda line: READY in line)]
+    return process_attached([bpftrace, "-e", f"{BPFTRACE_READY} {BPFTRACE_PROG}"], steps, count)
 
 
 # -- ours -----------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def ours_attached(per_process: bool, round_no: int, guard: bool) -> Iterator[Callable[[], int]]:
-    """Runs our syscalls program through the real TraceRunner until the block ends; with
-    `guard`, the overhead guard reads the kernel's BPF stats (budget high enough never to stop)."""
+def runner_attached(
+    request: TraceRequest,
+    count: Callable[[Snapshot | None], int],
+    on_running: Callable[[float], None] | None = None,
+    **options: Any,
+) -> Iterator[Callable[[], int]]:
+    """Runs `request` through the real TraceRunner (with `options`) until the block ends;
+    yields a getter of `count` of its last snapshot, read once cancelled. `on_running` gets
+    the seconds from run() to the running state."""
     running = threading.Event()
+    at: list[float] = []
 
     def on_event(event: RunEvent) -> None:
         # a final state also wakes the waiter, so a failed start is not a 120 s hang
         if isinstance(event, StateChange) and (
             event.state is RunState.running or event.state.final
         ):
+            at.append(time.monotonic())
             running.set()
 
+    runner = TraceRunner(request, on_event, **options)
+    finals: list[StateChange] = []
+    started = time.monotonic()
+    thread = threading.Thread(target=lambda: finals.append(runner.run()), daemon=True)
+    thread.start()
+    result: dict[str, int] = {}
+    try:
+        if not running.wait(timeout=120) or finals:
+            raise RuntimeError(f"our {request.program} program did not start: {finals}")
+        if on_running is not None:
+            on_running(at[0] - started)
+        yield lambda: result["count"]
+    finally:
+        runner.cancel()
+        thread.join(timeout=60)
+        result["count"] = count(runner.last_snapshot)
+        if finals and finals[0].state is not RunState.cancelled:
+            raise RuntimeError(f"our run ended {finals[0].state.value}: {finals[0].error}")
+
+
+def ours_attached(per_process: bool, round_no: int, guard: bool) -> Tracer:
+    """Our syscalls program through the real TraceRunner until the block ends; with `guard`,
+    the overhead guard reads the kernel's BPF stats (budget high enough never to stop)."""
     request = TraceRequest(
         run_id=f"bench-syscalls-{int(per_process)}-{round_no}",
         program="syscalls",
@@ -171,21 +224,7 @@ def ours_attached(per_process: bool, round_no: int, guard: bool) -> Iterator[Cal
         duration_s=600,
         limits=Limits(overhead_pct=400 if guard else None),
     )
-    runner = TraceRunner(request, on_event)
-    finals: list[StateChange] = []
-    thread = threading.Thread(target=lambda: finals.append(runner.run()), daemon=True)
-    thread.start()
-    result: dict[str, int] = {}
-    try:
-        if not running.wait(timeout=120) or finals:
-            raise RuntimeError(f"our syscalls program did not start: {finals}")
-        yield lambda: result["count"]
-    finally:
-        runner.cancel()
-        thread.join(timeout=60)
-        result["count"] = _getppid_count(runner.last_snapshot, per_process)
-        if finals and finals[0].state is not RunState.cancelled:
-            raise RuntimeError(f"our run ended {finals[0].state.value}: {finals[0].error}")
+    return runner_attached(request, lambda snapshot: _getppid_count(snapshot, per_process))
 
 
 def _getppid_count(snapshot: Snapshot | None, per_process: bool) -> int:
@@ -219,7 +258,7 @@ def measure(
                     f"{config.ns_per_call[-1]:7.1f} ns/call"
                 )
                 continue
-            tracer: contextlib.AbstractContextManager[Callable[[], int]]
+            tracer: Tracer
             if config.name == "bpftrace":
                 tracer = bpftrace_attached(args.bpftrace)
             else:

@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from controller.schedules.scheduler import Scheduler
 from node_agent.safe_text import printable
 from tests.controller.conftest import Agents, Cli, RecordingDispatcher, Tokens
 from tests.controller.support import (
+    Workload,
     field_paths,
     get_job,
     job_final,
@@ -58,27 +58,6 @@ def fleet(agent: Agents) -> dict[str, dict[str, Any]]:
 @pytest.fixture
 def cgroups(make_cgroup: Callable[[str], Path]) -> dict[str, Path]:
     return {host: make_cgroup(host) for host in (*ON, OFF)}
-
-
-class Workload:
-    """A process in a host's cgroup, named `comm`, that runs `body` once told to go."""
-
-    def __init__(self, group: Path, body: str, comm: bytes) -> None:
-        script = (
-            "import os, sys, time\n"
-            f"open('/proc/self/comm', 'wb').write({comm!r})\n"
-            f"sys.stdin.readline()\n{body}"
-        )
-        self.proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE)
-        (group / "cgroup.procs").write_text(str(self.proc.pid))
-
-    def go(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(b"go\n")
-        self.proc.stdin.close()
-
-    def wait(self) -> None:
-        assert self.proc.wait(timeout=60) == 0
 
 
 StartWorkload = Callable[..., Workload]
