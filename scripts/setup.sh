@@ -57,7 +57,8 @@ arch=$(dpkg --print-architecture)
 # -- packages -------------------------------------------------------------------------------
 
 # "a|b" means the first of them that the distro has (Debian and Ubuntu name some differently).
-packages=(python3-bpfcc python3-venv "bpftool|linux-tools-common" gcc iproute2 redis-server util-linux mount)
+# bpftrace: the bpftrace program's engine (Debian 12 ships 0.17, Ubuntu 22.04 0.14, universe).
+packages=(python3-bpfcc bpftrace python3-venv "bpftool|linux-tools-common" gcc iproute2 redis-server util-linux mount)
 [ "$purpose" = tests ] && packages+=(postgresql openssh-server sudo "chromium|chromium-browser" "chromium-driver|chromium-chromedriver")
 packages+=("${extra[@]}")
 

@@ -33,12 +33,17 @@ MAX_LAST_ERROR = 500
 HOST_PATTERN = HOST_NAME_PATTERN
 
 
+def clip(text: str) -> str:
+    """Text cut to MAX_TEXT, saying so."""
+    if len(text) > MAX_TEXT:
+        mark = " [... cut]"
+        return text[: MAX_TEXT - len(mark)] + mark
+    return text
+
+
 def _clip(value: Any) -> Any:
     """Free text an agent writes (reasons, messages, probe errors) is cut, not refused."""
-    if isinstance(value, str) and len(value) > MAX_TEXT:
-        mark = " [... cut]"
-        return value[: MAX_TEXT - len(mark)] + mark
-    return value
+    return clip(value) if isinstance(value, str) else value
 
 
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]

@@ -14,6 +14,7 @@ from typing import Any
 from node_agent.programs import catalog
 from node_agent.programs.spec import ProgramSpec
 from node_agent.protocol import Feature, HeadersState, HostCapabilities, ProgramSupport
+from node_agent.safe_text import printable
 from node_agent.trace import TRACEFS
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ _FENTRY_SOURCE = "KFUNC_PROBE(do_nanosleep) { return 0; }"
 # (Ubuntu 22.04 ships 0.14, Debian 12 0.17).
 MIN_BPFTRACE = (0, 13)
 BPFTRACE_TIMEOUT_S = 10.0
-_BPFTRACE_VERSION = re.compile(r"\bv?(\d+)\.(\d+)(?:\.(\d+))?")
+_BPFTRACE_VERSION = re.compile(r"\bv?(\d{1,6})\.(\d{1,6})(?:\.(\d{1,6}))?\b")
+_SHOWN = 200  # characters of bpftrace's own output quoted in a reason
 
 
 def headers_state(release: str | None = None) -> tuple[HeadersState, str]:
@@ -106,7 +108,7 @@ def bpftrace_version(timeout_s: float = BPFTRACE_TIMEOUT_S) -> tuple[str | None,
     except OSError as exc:
         return None, f"{path} does not run: {exc.strerror or exc}"
     output = (done.stdout + done.stderr).strip()
-    last = output.splitlines()[-1] if output else "no output"
+    last = printable(output.splitlines()[-1][:_SHOWN]) if output else "no output"
     if done.returncode != 0:
         return None, f"{path} --version failed with status {done.returncode}: {last}"
     match = _BPFTRACE_VERSION.search(done.stdout)

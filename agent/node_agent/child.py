@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         from node_agent.trace import execute, prepare
 
         _sandbox(request)
-        # bpftrace inherits the limit too: its LLVM fits in the default 2048 MiB (and in 256).
+        # bpftrace inherits the limit (its own address space): LLVM fits in the default 2048 MiB.
         _limit_memory(request.limits.memory_mb)
         prepared = prepare(
             request,

@@ -244,6 +244,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from node_agent.trace import prepare
 
     request = _request(args)
+    if args.program == "bpftrace" and not args.allow_bpftrace:
+        raise UsageError("bpftrace scripts run as root: add --allow-bpftrace to run one")
     try:
         prepare(
             request,

@@ -38,17 +38,21 @@ def _facts(ctx: StepContext) -> Facts:
     return ctx.facts
 
 
-def wanted_packages(facts: Facts) -> list[str]:
-    """Distro packages the agent needs on this host (bcc, venv, matching headers)."""
+def wanted_packages(facts: Facts, *, with_bpftrace: bool = False) -> list[str]:
+    """Distro packages the agent needs on this host (bcc, venv, matching headers; bpftrace
+    when asked)."""
     wanted = ["python3-bpfcc", "python3-venv"]
     if facts.get("headers") == "no":
         wanted.append(f"linux-headers-{facts.get('kernel')}")
+    if with_bpftrace:
+        wanted.append("bpftrace")
     return wanted
 
 
 def packages(ctx: StepContext) -> StepStatus:
     facts = _facts(ctx)
-    wanted = wanted_packages(facts)
+    with_bpftrace = ctx.options.with_bpftrace
+    wanted = wanted_packages(facts, with_bpftrace=with_bpftrace)
     if facts.get("dpkg-query") == "yes":
         names = " ".join(shlex.quote(p) for p in wanted)
         listed = ctx.sh(
@@ -61,10 +65,12 @@ def packages(ctx: StepContext) -> StepStatus:
         }
         missing = [p for p in wanted if p not in present]
     else:
-        checks = {"python3-bpfcc": "bcc", "python3-venv": "venv"}
+        checks = {"python3-bpfcc": "bcc", "python3-venv": "venv", "bpftrace": "bpftrace"}
         missing = [p for p in wanted if facts.get(checks.get(p, "headers")) == "no"]
     if not missing:
         ctx.log(f"present: {', '.join(wanted)}")
+        if with_bpftrace:
+            _check_bpftrace(ctx)
         return StepStatus.ok
     if facts.get("apt-get") != "yes":
         raise StepFailed(f"missing {', '.join(missing)} and no apt-get to install them")
@@ -81,7 +87,18 @@ def packages(ctx: StepContext) -> StepStatus:
     )
     if check.code != 0:
         raise StepFailed("bcc or venv still not importable by /usr/bin/python3 after install")
+    if with_bpftrace:
+        _check_bpftrace(ctx)
     return StepStatus.changed
+
+
+def _check_bpftrace(ctx: StepContext) -> None:
+    """The installed bpftrace runs: what the agent's probe will ask of it."""
+    ran = ctx.sh("bpftrace --version", sudo=False, check=False, show=False)
+    last = ran.output.strip().splitlines()[-1] if ran.output.strip() else "no output"
+    if ran.code != 0:
+        raise StepFailed(f"bpftrace is installed but `bpftrace --version` fails: {last}")
+    ctx.log(f"bpftrace: {last}")
 
 
 def _remote_hashes(ctx: StepContext) -> dict[str, str]:
@@ -198,6 +215,7 @@ def config_text(ctx: StepContext, redis_url: str) -> bytes:
         "FLEETTRACE_HEARTBEAT_S": _number(options.heartbeat_s),
         "FLEETTRACE_MAX_DURATION_S": _number(options.max_duration_s),
         "FLEETTRACE_CONCURRENCY": _number(options.concurrency),
+        "FLEETTRACE_ALLOW_BPFTRACE": "true" if options.with_bpftrace else None,
     }
     lines = ["# Written by fleettrace bootstrap: changes here are overwritten."]
     for key, value in values.items():

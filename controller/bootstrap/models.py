@@ -123,6 +123,11 @@ class BootstrapOptions(BaseModel):
     max_duration_s: float | None = Field(default=None, gt=0, le=MAX_JOB_DURATION_S)
     concurrency: int | None = Field(default=None, ge=1, le=64)
     verify_timeout_s: float | None = Field(default=None, gt=0, le=3600)
+    with_bpftrace: bool = Field(
+        default=False,
+        description="install the distro's bpftrace and let the agent run bpftrace scripts"
+        " (FLEETTRACE_ALLOW_BPFTRACE): the admin-only bpftrace program",
+    )
 
 
 class BatchCreate(BaseModel):

@@ -39,7 +39,7 @@ print("venv=" + ("yes" if u.find_spec("venv") and u.find_spec("ensurepip") else 
 PY
 else echo python=; fi
 if [ -d /run/systemd/system ]; then echo init=systemd; else echo init=other; fi
-for tool in setsid apt-get dpkg-query; do
+for tool in setsid apt-get dpkg-query bpftrace; do
   if command -v "$tool" >/dev/null 2>&1; then echo "$tool=yes"; else echo "$tool=no"; fi
 done
 where=/opt; [ -d "$where" ] || where=/
@@ -78,7 +78,7 @@ def target_platform(facts: Facts) -> TargetPlatform:
     )
 
 
-def problems(facts: Facts, *, user: str) -> list[str]:
+def problems(facts: Facts, *, user: str, with_bpftrace: bool = False) -> list[str]:
     """Every reason this host cannot run the agent (empty: it can)."""
     found = []
     python = _version(facts.get("python"), 3)
@@ -100,6 +100,8 @@ def problems(facts: Facts, *, user: str) -> list[str]:
         found.append("Python's venv/ensurepip is missing and there is no apt to install it")
     if facts.get("headers") == "no" and not apt:
         found.append("no kernel headers and no apt to install them")
+    if with_bpftrace and facts.get("bpftrace") != "yes" and not apt:
+        found.append("no bpftrace on PATH and no apt to install it (--with-bpftrace)")
     if not facts.systemd and facts.get("setsid") != "yes":
         found.append("neither systemd nor setsid: cannot keep the agent running")
     if facts.get("sudo") == "no":
@@ -143,9 +145,10 @@ def preflight(ctx: StepContext) -> StepStatus:
     ctx.log(f"btf: {facts.get('btf')}; headers: {headers.get(facts.get('headers'), '?')}")
     ctx.log(f"python: {python} ({facts.get('python_impl') or '-'}) at /usr/bin/python3")
     ctx.log(f"bcc module: {facts.get('bcc') or '-'}; venv: {facts.get('venv') or '-'}")
+    ctx.log(f"bpftrace on PATH: {facts.get('bpftrace') or '-'}")
     ctx.log(f"init: {init}; sudo: {facts.get('sudo')}")
     ctx.log(f"free in /opt: {int(facts.get('disk_kb') or 0) // 1024} MB; clock skew: {skew}")
-    found = problems(facts, user=ctx.host.ssh_user)
+    found = problems(facts, user=ctx.host.ssh_user, with_bpftrace=ctx.options.with_bpftrace)
     if found:
         for reason in found:
             ctx.log(f"cannot bootstrap: {reason}")

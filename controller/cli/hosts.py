@@ -66,6 +66,11 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     boot.add_argument("--trust-on-first-use", action="store_true", help="pin unknown host keys")
     boot.add_argument("--cgroup", help="cgroup v2 path for the agents ({host} = host name)")
     boot.add_argument("--heartbeat", type=float, metavar="S", help="agent heartbeat interval")
+    boot.add_argument(
+        "--with-bpftrace",
+        action="store_true",
+        help="install the distro's bpftrace and let the agent run bpftrace scripts",
+    )
     boot.add_argument("--no-wait", action="store_true", help="start and return")
 
     uninstall = command(
@@ -229,6 +234,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         options["cgroup"] = args.cgroup
     if args.heartbeat:
         options["heartbeat_s"] = args.heartbeat
+    if args.with_bpftrace:
+        options["with_bpftrace"] = True
     return options
 
 

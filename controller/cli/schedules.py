@@ -83,7 +83,7 @@ def add_commands(sub: Any) -> None:
 
     trend = ssub.add_parser("trend", parents=[common], help="a metric per host over the runs")
     trend.add_argument("schedule", metavar="NAME_OR_ID")
-    trend.add_argument("--metric", required=True, help="p99:HIST, total:T, rate:T, key:T:K")
+    trend.add_argument("--metric", required=True, help="p99:HIST, count:HIST|T, total:T, key:T:K")
     trend.add_argument("--limit", type=positive, default=200, help="runs, newest kept")
     trend.add_argument(
         "--format",

@@ -30,8 +30,8 @@ SCOPE_FIELDS = (
 _GROUPS = ("params", "scope", "targets", "limits")
 _SPLIT = re.compile(r"[\s,]+")
 _HINT_HOSTS = 30
-# A str parameter this long (a bpftrace script) is a textarea, sent as typed: not stripped,
-# so the script's line numbers stay those of bpftrace's errors.
+# A str parameter this long (a bpftrace script) is a textarea, taken as typed (not stripped):
+# the script's line numbers stay those of bpftrace's errors.
 _TEXTAREA_LENGTH = 4096
 
 
@@ -80,8 +80,8 @@ def _params(spec: ProgramSpec, form: Mapping[str, Any], errors: dict[str, str]) 
         if not key.startswith("params.") or not (raw := field_text(form, key)):
             continue
         name = key.removeprefix("params.")
-        if key in long_text:
-            raw = form[key]
+        if key in long_text:  # as typed, but a browser sends its lines ending in CRLF
+            raw = form[key].replace("\r\n", "\n")
         try:
             given[name] = spec.validate_params({name: raw})[name]
         except BadParameter as exc:

@@ -7,6 +7,7 @@ import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 
+from node_agent.kinds.counter_table import combine
 from node_agent.protocol import CounterTable, KeyValue
 
 Z_THRESHOLD = 3.5
@@ -63,14 +64,15 @@ def comparable_fields(table: CounterTable) -> list[int]:
 
 
 def project(table: CounterTable) -> dict[tuple[KeyValue, ...], list[int]]:
-    """Rows summed over their non-pid key fields."""
+    """Rows combined over their non-pid key fields (summed, or min/max/mean as the table's
+    fields say)."""
     keep = comparable_fields(table)
-    out: dict[tuple[KeyValue, ...], list[int]] = {}
+    groups: dict[tuple[KeyValue, ...], list[list[int]]] = {}
     for keys, values in table.rows:
-        have = out.setdefault(tuple(keys[i] for i in keep), [0] * len(values))
-        for i, v in enumerate(values):
-            have[i] += v
-    return out
+        groups.setdefault(tuple(keys[i] for i in keep), []).append(values)
+    return {
+        key: combine(rows, table.value_fields, table.aggregations) for key, rows in groups.items()
+    }
 
 
 def human(value: float, unit: str) -> str:

@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from controller.reports.analysis import comparable_fields, project
 from node_agent.kinds import CounterTable, FoldedStacks, KeyField, Result
+from node_agent.kinds.counter_table import Aggregation, combine
 from node_agent.kinds.histogram import BucketHistogram, Scale, summarize
 from node_agent.kinds.linear_histogram import LinearScale
 from node_agent.kinds.log2_histogram import LOG2
@@ -69,6 +70,7 @@ class TableDigest:
     top: list[Row]  # the largest raw rows (pid fields kept), up to KEEP_TOP
     hashes: Ints  # projected keys' hashes, sorted, unique
     values: Ints  # shape (len(hashes), len(value_fields)), the projected sums
+    aggregations: list[Aggregation] | None = None  # per value field; None: all sums
 
 
 @dataclass
@@ -170,10 +172,9 @@ def table(t: CounterTable) -> tuple[TableDigest, TableDetail]:
         np.add.at(summed, inverse, table)
         table, keys = summed, [keys[i] for i in first]
     top = [(list(k), list(v)) for k, v in t.rows[:MAX_TOP]]
-    totals = [0] * width  # Python ints: exact whatever the counters' size
-    for _, values in t.rows:
-        for i, v in enumerate(values[:width]):
-            totals[i] += v
+    # Python ints: exact whatever the counters' size
+    totals = combine([v[:width] for _, v in t.rows], t.value_fields, t.aggregations)
+    totals += [0] * (width - len(totals))
     digest = TableDigest(
         name=t.name,
         key_fields=list(t.key_fields),
@@ -185,6 +186,7 @@ def table(t: CounterTable) -> tuple[TableDigest, TableDetail]:
         top=top[:KEEP_TOP],
         hashes=hashes,
         values=table,
+        aggregations=t.aggregations,
     )
     return digest, TableDetail(keys=keys, top=top)
 
@@ -268,6 +270,7 @@ def encode(run: RunDigest) -> tuple[dict[str, Any], bytes]:
                 "top": t.top,
                 "hashes": put(t.hashes),
                 "values": put(t.values),
+                **({"aggregations": t.aggregations} if t.aggregations else {}),
             }
             for t in run.tables
         ],
@@ -314,6 +317,7 @@ def decode(body: dict[str, Any], blob: bytes) -> RunDigest:
                 top=[(list(k), list(v)) for k, v in t["top"]],
                 hashes=hashes,
                 values=get(t["values"]).reshape(len(hashes), width),
+                aggregations=t.get("aggregations"),
             )
         )
     stacks = [FoldedStacks.model_validate(s) for s in body["stacks"]]

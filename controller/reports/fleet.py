@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from controller.jobs.models import JobState
 from controller.reports.digest import I64_MAX, Ints, RunDigest, TableDetail, TableDigest, key_hash
+from node_agent.kinds.counter_table import Aggregation
 from node_agent.kinds.histogram import LabelSet, Scale
 from node_agent.protocol import KeyValue, RunState, SnapshotStats
 
@@ -136,9 +137,10 @@ class FleetTable:
     tables: list[TableDigest]  # theirs, aligned with members
     indexes: list[int]  # where each is in its host's digest
     hashes: Ints  # the union, sorted
-    sums: Ints  # (keys, value fields)
+    sums: Ints  # (keys, value fields): summed, or min/max/mean as `aggregations` says
     hosts: Ints  # how many members have each key
     owner: Ints  # index into members of the (last) member having each key
+    aggregations: list[Aggregation] | None = None
 
     def order(self) -> Ints:
         """Key indexes, largest first value first (ties by hash, so stable across calls)."""
@@ -234,6 +236,7 @@ def fleet_table(members: Sequence[HostInput], name: str) -> FleetTable | None:
         sums[ids, :cols] += part if exact else part.astype(object)
         hosts[ids] += 1
         owner[ids] = n
+    _combine_columns(sums, hosts, have, positions, first)
     return FleetTable(
         name=name,
         comparable=list(first.comparable),
@@ -246,7 +249,39 @@ def fleet_table(members: Sequence[HostInput], name: str) -> FleetTable | None:
         sums=sums,
         hosts=hosts,
         owner=owner,
+        aggregations=first.aggregations,
     )
+
+
+def _combine_columns(
+    sums: Ints,
+    hosts: Ints,
+    have: Sequence[tuple[HostInput, TableDigest, int]],
+    positions: Sequence[Ints],
+    first: TableDigest,
+) -> None:
+    """Columns that are no sums (bpftrace's min/max/avg) redone in place: the hosts' min or
+    max, and a mean as total / count where the table has both, else the hosts' mean."""
+    how = first.aggregations or []
+    fields = first.value_fields
+    for i, aggregation in enumerate(how[: sums.shape[1]]):
+        if aggregation in ("min", "max"):
+            pick = np.minimum if aggregation == "min" else np.maximum
+            column = np.full(len(sums), None, dtype=object)
+            for (_, t, _), ids in zip(have, positions, strict=True):
+                if t.values.ndim == 2 and i < t.values.shape[1]:
+                    for at, v in zip(ids.tolist(), t.values[:, i].tolist(), strict=True):
+                        column[at] = v if column[at] is None else pick(column[at], v)
+            sums[:, i] = [0 if v is None else v for v in column]
+        elif aggregation == "mean":
+            if "count" in fields and "total" in fields:
+                count, total = sums[:, fields.index("count")], sums[:, fields.index("total")]
+            else:
+                count, total = hosts, sums[:, i]
+            sums[:, i] = [
+                0 if c <= 0 else (abs(int(t)) // int(c)) * (1 if t >= 0 else -1)
+                for t, c in zip(total.tolist(), count.tolist(), strict=True)
+            ]
 
 
 def values_on(table: TableDigest, hashes: Ints) -> Ints:

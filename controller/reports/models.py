@@ -46,9 +46,10 @@ class TableStats(BaseModel):
     value_fields: list[str]
     rows: int
     totals: list[int]
-    rates_per_s: list[float] | None
+    rates_per_s: list[float | None] | None  # None for a min/max/mean field: no rate
     top: list[TopKey]
     truncated: bool
+    aggregations: list[Literal["sum", "min", "max", "mean"]] | None = None  # None: all sums
 
 
 MetricSource = Literal["hist", "table", "key"]

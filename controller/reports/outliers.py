@@ -52,14 +52,16 @@ def table_metrics(
     """Totals per value field and the fleet's busiest keys (text, this host's first value),
     per second if the span is known."""
     per, unit = (span_s, "/s") if span_s else (1.0, "")
-    out = [
+    how = list(stats.aggregations or [])
+    sums = [i >= len(how) or how[i] == "sum" for i in range(len(stats.value_fields))]
+    out = [  # a min, max or mean compares as it is, never per second
         Metric(
             id=f"table:{stats.name}:{field}",
             label=f"{stats.name} {field}",
-            value=float(total / per),
-            unit=unit,
+            value=float(total / per) if is_sum else float(total),
+            unit=unit if is_sum else "",
         )
-        for field, total in zip(stats.value_fields, stats.totals, strict=True)
+        for field, total, is_sum in zip(stats.value_fields, stats.totals, sums, strict=True)
     ]
     out += [
         Metric(

@@ -58,7 +58,7 @@ def _hist_row(who: str, h: HistogramStats) -> list[object]:
 
 
 def _table_row(who: str, t: TableStats) -> list[object]:
-    rates = ", ".join(f"{r:,.1f}/s" for r in t.rates_per_s) if t.rates_per_s else "-"
+    rates = ", ".join("-" if r is None else f"{r:,.1f}/s" for r in t.rates_per_s or []) or "-"
     return [who, t.rows, ", ".join(str(v) for v in t.totals), rates]
 
 

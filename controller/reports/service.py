@@ -39,6 +39,7 @@ from controller.reports.models import (
     TopKey,
 )
 from controller.reports.outliers import key_text, series_name
+from node_agent.kinds.counter_table import combine
 from node_agent.protocol import FoldedStacks, KeyValue, RunState, SnapshotStats
 
 TOP = 10
@@ -117,10 +118,21 @@ def _table_stats(
         value_fields=t.value_fields,
         rows=t.rows,
         totals=t.totals,
-        rates_per_s=[v / span for v in t.totals] if span else None,
+        rates_per_s=_rates(t.totals, t.aggregations, span),
         top=[TopKey(key=k, values=v) for k, v in rows[:top]],
         truncated=t.truncated,
+        aggregations=t.aggregations,
     )
+
+
+def _rates(
+    totals: Sequence[int], aggregations: Sequence[str] | None, span: float | None
+) -> list[float | None] | None:
+    """Per second for sums; a min, max or mean has no rate."""
+    if not span:
+        return None
+    how = list(aggregations or [])
+    return [v / span if i >= len(how) or how[i] == "sum" else None for i, v in enumerate(totals)]
 
 
 def _fleet_table_stats(
@@ -131,13 +143,14 @@ def _fleet_table_stats(
         key_fields=ft.comparable,
         value_fields=ft.value_fields,
         rows=len(ft.hashes),
-        totals=[sum(col) for col in zip(*(t.totals for t in ft.tables), strict=False)],
+        totals=combine([list(t.totals) for t in ft.tables], ft.value_fields, ft.aggregations),
         rates_per_s=None,
         top=[
             TopKey(key=key, values=[int(v) for v in ft.sums[i]])
             for i, key in zip(top, names, strict=True)
         ],
         truncated=ft.truncated,
+        aggregations=ft.aggregations,
     )
 
 

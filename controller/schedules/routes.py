@@ -148,7 +148,8 @@ def get_schedule_trend(
     _: Viewer,
     schedule: ScheduleDep,
     metric: str = Query(
-        description="p99:HIST, count:HIST, total:TABLE, rate:TABLE, key:TABLE:KEY", max_length=256
+        description="p99:HIST, count:HIST|TABLE, total:TABLE, rate:TABLE, key:TABLE:KEY",
+        max_length=256,
     ),
     limit: int = Query(default=200, ge=1, le=2000),
     format: TrendFormat = TrendFormat.json,

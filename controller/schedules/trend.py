@@ -43,7 +43,7 @@ class Metric:
         match = _METRIC.match(raw)
         if match is None:
             raise BadMetric(
-                f"bad metric {raw!r}: want pNN:HIST, count:HIST, total:T, rate:T, key:T:K"
+                f"bad metric {raw!r}: want pNN:HIST, count:HIST|T, total:T, rate:T, key:T:K"
             )
         if match.group(3):
             return cls("key", match.group(3), match.group(4))

@@ -124,6 +124,10 @@ class FakeSession:
             return ok("Setting up packages")
         if "import bcc, venv, ensurepip" in command:
             return ok()
+        if command == "bpftrace --version":
+            if "bpftrace" in host.packages:
+                return ok("bpftrace v0.17.0")
+            return fail("sh: 1: bpftrace: not found", 127)
         if 'sha256sum -- "$f"' in command:
             return ok(
                 "".join(

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from controller.bootstrap.ssh import SshTarget, Timeouts
 from devstack import HostSpec, Stack, StackConfig, down, sshd
@@ -30,10 +31,11 @@ WEB_AND_DB = (
 
 
 def stack_config(
-    state_dir: Path, hosts: tuple[HostSpec, ...], kind: str, subnet: int
+    state_dir: Path, hosts: tuple[HostSpec, ...], kind: str, subnet: int, **fields: Any
 ) -> StackConfig:
-    """This module's own names (see private_config); agents heartbeat every second."""
-    return private_config(state_dir, hosts, kind=kind, subnet=subnet, heartbeat_s=1.0)
+    """This module's own names (see private_config); agents heartbeat every second. `fields`:
+    more of StackConfig's (allow_bpftrace=True)."""
+    return private_config(state_dir, hosts, kind=kind, subnet=subnet, heartbeat_s=1.0, **fields)
 
 
 @contextmanager

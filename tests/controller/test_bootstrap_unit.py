@@ -45,6 +45,8 @@ from controller.bootstrap.ssh import HostKeyRejected, SshTarget, Unreachable
 from controller.bootstrap.steps import CONFIG_FILE, SUPERVISOR, TRUSTED_KEYS_FILE
 from controller.bootstrap.tasks import ThreadQueue
 from controller.cli.bootstrap import Watch
+from controller.cli.hosts import _options
+from controller.cli.main import build_parser
 from controller.db import make_engine, make_sessionmaker, session_scope, utcnow
 from controller.hosts import service as hosts_service
 from controller.hosts.models import Host, HostCreate
@@ -898,3 +900,76 @@ def test_redact_is_linear_in_hostile_text(shape: str) -> None:
     out = redact(text)
     assert out.endswith(" redis://u:***@h PASSWORD=***")
     assert out.startswith(shape * 10_000)  # nothing in the hostile part looked like a secret
+
+
+# -- bpftrace -------------------------------------------------------------------------------------
+
+
+def _agent_env(machine: FakeHost) -> str:
+    return machine.files[CONFIG_FILE][0].decode()
+
+
+def test_with_bpftrace_installs_it_checks_it_runs_and_allows_it(lab: Lab) -> None:
+    machine = lab.add("web-1")
+    run = lab.run("web-1", with_bpftrace=True)
+    assert run["state"] == "succeeded", run
+    assert "bpftrace" in machine.packages
+    packages = output(run, "packages")
+    assert "installing bpftrace" in packages and "bpftrace: bpftrace v0.17.0" in packages
+    assert machine.ran("apt-get install -y -q --no-install-recommends bpftrace")
+    assert "FLEETTRACE_ALLOW_BPFTRACE=true\n" in _agent_env(machine)
+    again = lab.run("web-1", with_bpftrace=True)
+    assert step_statuses(again)["packages"] == "ok" and step_statuses(again)["config"] == "ok"
+    # Without the option the agent no longer runs scripts (the package stays: it is the distro's).
+    without = lab.run("web-1")
+    assert step_statuses(without)["config"] == "changed"
+    assert "FLEETTRACE_ALLOW_BPFTRACE" not in _agent_env(machine)
+
+
+def test_without_the_option_bpftrace_is_neither_installed_nor_asked_for(lab: Lab) -> None:
+    machine = lab.add("web-1")
+    run = lab.run("web-1")
+    assert run["state"] == "succeeded", run
+    assert "bpftrace" not in machine.packages and not machine.ran("bpftrace --version")
+    assert "FLEETTRACE_ALLOW_BPFTRACE" not in _agent_env(machine)
+
+
+def test_a_failed_bpftrace_install_is_one_line_with_apts_output(lab: Lab) -> None:
+    machine = lab.add("web-1")
+    machine.fail_once["apt-get install"] = fail("E: Unable to locate package bpftrace", 100)
+    run = lab.run("web-1", with_bpftrace=True)
+    assert run["state"] == "failed"
+    assert run["error"] == "packages: apt-get install bpftrace failed (exit 100)"
+    assert "E: Unable to locate package bpftrace" in output(run, "packages")
+    assert not machine.uploads, "nothing after the failed step"
+
+
+def test_a_bpftrace_that_does_not_run_fails_the_step_saying_why(lab: Lab) -> None:
+    machine = lab.add("web-1")
+    machine.packages.add("bpftrace")
+    machine.fail_once["bpftrace --version"] = fail(
+        "bpftrace: error while loading shared libraries: libbcc.so.0", 127
+    )
+    run = lab.run("web-1", with_bpftrace=True)
+    assert run["state"] == "failed"
+    assert run["error"] == (
+        "packages: bpftrace is installed but `bpftrace --version` fails:"
+        " bpftrace: error while loading shared libraries: libbcc.so.0"
+    )
+
+
+def test_preflight_says_when_bpftrace_cannot_be_had(lab: Lab) -> None:
+    machine = lab.add("web-1")
+    machine.facts.update({"apt-get": "no", "dpkg-query": "no", "bpftrace": "no"})
+    run = lab.run("web-1", with_bpftrace=True)
+    assert run["state"] == "failed"
+    assert "no bpftrace on PATH and no apt to install it (--with-bpftrace)" in run["error"]
+    # The same host without the option is fine: bpftrace is not needed.
+    assert lab.run("web-1")["state"] == "succeeded"
+
+
+def test_the_cli_asks_for_bpftrace_with_with_bpftrace() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["hosts", "bootstrap", "web-1", "--with-bpftrace"])
+    assert _options(args) == {"with_bpftrace": True}
+    assert _options(parser.parse_args(["hosts", "bootstrap", "web-1"])) == {}

@@ -17,8 +17,15 @@ from node_agent.bpftrace.script import MAX_SCRIPT, check_script
 from node_agent.errors import PolicyViolation
 from node_agent.kinds.counter_table import CounterTable, KeyField
 from node_agent.programs import get_program
-from tests.controller.conftest import RecordingDispatcher, Tokens
-from tests.controller.support import field_paths, register_host, snapshot_row
+from node_agent.protocol import Feature
+from tests.controller.conftest import Feeder, RecordingDispatcher, Tokens
+from tests.controller.support import (
+    capabilities,
+    field_paths,
+    heartbeat,
+    register_host,
+    snapshot_row,
+)
 
 SCRIPT = "tracepoint:syscalls:sys_enter_openat { @[comm] = count(); }"
 
@@ -235,3 +242,33 @@ def test_trend_of_count_at_is_each_hosts_total(
     assert series == {f"{label}-a": [10, 70], f"{label}-b": [0, 1]}
     assert trend["unit"] == "count"
     assert get_program("bpftrace").admin_only
+
+
+def test_a_host_whose_stored_capabilities_lack_bpftrace_gets_unsupported_with_why(
+    client: TestClient, tokens: Tokens, feeder: Feeder, dispatcher: RecordingDispatcher
+) -> None:
+    """Dispatch reads what each host reported: an agent that lists the program gives its own
+    reason; one older than the program (no line for it) is judged by its features, with the
+    feature's error."""
+    listed, older = f"bpft-listed-{uuid.uuid4().hex[:6]}", f"bpft-older-{uuid.uuid4().hex[:6]}"
+    why = "no bpftrace on PATH (apt-get install bpftrace)"
+    for name in (listed, older):
+        register_host(client, tokens.headers("admin"), name)
+    caps = capabilities(without=[Feature.bpftrace]).model_copy(
+        update={"feature_errors": {Feature.bpftrace: why}}
+    )
+    feeder(listed, heartbeat(listed, caps))
+    bare = caps.model_copy(
+        update={"programs": [p for p in caps.programs if p.program != "bpftrace"]}
+    )
+    feeder(older, heartbeat(older, bare))
+    sent = len(dispatcher.sent)
+    body = {**_job("x", script=SCRIPT), "targets": {"hosts": [listed, older]}}
+    answer = client.post("/v1/jobs", json=body, headers=tokens.headers("admin"))
+    assert answer.status_code == 201, answer.text
+    runs = {r["host"]: r for r in answer.json()["runs"]}
+    assert {r["state"] for r in runs.values()} == {"unsupported"}
+    assert runs[listed]["reason"] == "needs bpftrace, which this host lacks"
+    assert runs[older]["reason"] == f"needs bpftrace, which this host lacks (bpftrace: {why})"
+    assert len(dispatcher.sent) == sent
+    assert answer.json()["state"] == "failed"

@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from tests.controller.conftest import Agents, RecordingDispatcher, Tokens
+from tests.controller.console.conftest import sign_in
+from tests.controller.console.dom import parse
 
 pytestmark = pytest.mark.bcc
 
@@ -125,3 +128,16 @@ def test_a_bpftrace_job_is_unsupported_where_it_cannot_run_and_sent_where_it_can
     assert "allow_bpftrace is off" in runs[OFF]["reason"]
     assert runs[WITH]["state"] != "unsupported"
     assert [host for host, _ in dispatcher.sent[sent:]] == [WITH]
+
+
+def test_the_console_host_page_shows_the_version_and_why_not(
+    hosts: dict[str, dict[str, Any]], app: FastAPI, tokens: Tokens
+) -> None:
+    with TestClient(app, base_url="http://testserver") as browser:
+        sign_in(browser, tokens.token("viewer"))
+        page = parse(browser.get(f"/hosts/{WITH}").text)
+        assert page.one(id="bpftrace-version").text.strip() == _installed_version()
+        page = parse(browser.get(f"/hosts/{WITHOUT}").text)
+        assert page.one(id="bpftrace-version").text.strip() == "—"
+        row = page.one("tr", **{"data-feature": "bpftrace"}).text
+        assert "no bpftrace on PATH (apt-get install bpftrace)" in row

@@ -9,7 +9,9 @@ count()` map becomes. The real bpftrace runs in lane c's end-to-end tests.
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -214,3 +216,33 @@ def test_schedules_create_takes_a_bpftrace_script(run: Run, tmp_path: Path) -> N
     code, out, err = run("schedules", "create", "x", "bpftrace", "--every", "1h",
                          "--duration", "30s", "--all", "--file", "/nonexistent")  # fmt: skip
     _one_line_error(code, out, err, "cannot read /nonexistent")
+
+
+def test_file_dash_reads_the_script_from_stdin(
+    run: Run, stub: BpftraceStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(MULTI.encode())))
+    code, _, err = run("jobs", "submit", "bpftrace", "--file", "-", "--all", "--duration", "5s")
+    assert code == 0, err
+    assert {r.params["script"] for _, r in stub.sent} == {MULTI}
+
+
+def test_the_report_of_a_bpftrace_job_names_its_map_and_the_odd_host(
+    run: Run,
+    stub: BpftraceStub,
+    cli_app: FastAPI,  # noqa: F811
+) -> None:
+    for name in ("web-3", "web-4"):
+        assert run("hosts", "add", name)[0] == 0
+    stub.finish = {"web-1", "web-2", "web-3", "web-4"}
+    calls = {"web-1": 100, "web-2": 110, "web-3": 5000, "web-4": 120}
+    stub.rows = {host: {"nginx": n, "bash": 10} for host, n in calls.items()}
+    code, out, err = run("jobs", "submit", "bpftrace", "--script", SCRIPT, "--all",
+                         "--duration", "2s", "--json")  # fmt: skip
+    assert code == 0, err
+    job_id = json.loads(out)["id"]
+    code, out, err = run("report", job_id)
+    assert code == 0, err
+    assert "## @" in out and "| nginx | 5330 |" in out, out
+    outliers = out.split("Outliers", 1)[1].split("## ", 1)[0]
+    assert "web-3" in outliers and "@" in outliers, out

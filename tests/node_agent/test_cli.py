@@ -157,8 +157,15 @@ def test_a_host_without_bpftrace_says_how_to_get_it(tmp_path: Path) -> None:
         ),
         ('echo "something else"', None, "printed no version: something else"),
         ("exec /bin/sleep 30", None, "did not answer within 0.5 s"),
+        ('echo "bpftrace v1234567.1"', None, "printed no version: bpftrace v1234567.1"),
+        (r'printf "\033]0;pwned\007 no version\n"', None, r"printed no version: \x1b]0;pwned"),
+        (
+            "/usr/bin/head -c 100000 /dev/zero | /usr/bin/tr '\\0' x; exit 3",
+            None,
+            "failed with status 3: xxx",
+        ),
     ],
-    ids=["too old", "fails to run", "no version", "hangs"],
+    ids=["too old", "fails to run", "no version", "hangs", "huge", "escapes", "endless line"],
 )
 def test_a_bpftrace_that_cannot_serve_is_reported_with_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str, version: str | None, reason: str
@@ -167,6 +174,7 @@ def test_a_bpftrace_that_cannot_serve_is_reported_with_why(
     got, why = bpftrace_version(timeout_s=0.5)
     assert got == version
     assert why is not None and reason in why, why
+    assert len(why) < 500 and why.isprintable(), why  # one bounded line, whatever it printed
 
 
 def test_the_probe_reads_bpftrace_versions_as_their_builds_print_them(

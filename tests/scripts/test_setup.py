@@ -232,3 +232,34 @@ def test_a_non_root_user_is_told_how_to_run_it() -> None:
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("setup: checking the user: must run as root")
     assert "sudo bash" in line
+
+
+def test_a_machine_without_bpftrace_is_given_it(tmp_path: Path) -> None:
+    """bpftrace is one of the packages setup.sh installs (demo and tests alike): on a machine
+    where dpkg says it is missing, the offline run stops naming it, and the distro this runs
+    on has it to install (`apt-cache policy`: a candidate version)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    # dpkg-query answering "not installed" for bpftrace only; everything else asks the real one.
+    (fake / "dpkg-query").write_text(
+        '#!/bin/sh\nfor a; do [ "$a" = bpftrace ] && exit 1; done\nexec /usr/bin/dpkg-query "$@"\n'
+    )
+    (fake / "dpkg-query").chmod(0o755)
+    env = {
+        "PATH": f"{fake}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "FLEETTRACE_SETUP_OFFLINE": "1",
+    }
+    done = subprocess.run(
+        ["bash", str(SETUP)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 1, done
+    (line,) = done.stderr.strip().splitlines()
+    assert line == (
+        "setup: installing packages: missing bpftrace and FLEETTRACE_SETUP_OFFLINE=1:"
+        " install them first"
+    )
+    policy = subprocess.run(
+        ["apt-cache", "policy", "bpftrace"], capture_output=True, text=True, check=True
+    ).stdout
+    assert re.search(r"Candidate: [0-9]", policy), policy
+    assert subprocess.run(["bpftrace", "--version"], capture_output=True).returncode == 0

@@ -9,8 +9,11 @@ user's own lines, so a line number is the user's line, shown from the user's tex
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import re
 
+from node_agent.bpftrace.syntax import parse
 from node_agent.errors import AttachError, FleettraceError, ProgramCompileError, VerifierRejected
 from node_agent.protocol import truncate_log
 from node_agent.safe_text import printable, printable_lines
@@ -49,6 +52,18 @@ def _quoted(script_lines: list[str], line: int) -> str:
     return f" (in: {text[:77] + '...' if len(text) > 80 else text})"
 
 
+def _probe_line(script: str, text: str) -> int | None:
+    """The line of the probe an attach or load error names (`... probe: 'kprobe:f'`)."""
+    named = re.search(r"(?:Error loading program|Error attaching probe): '?([^'\s]+)'?", text)
+    if named is None:
+        return None
+    with contextlib.suppress(FleettraceError):
+        for probe in parse(script).probes:
+            if any(fnmatch.fnmatchcase(named.group(1), a) for a in probe.attach):
+                return probe.line
+    return None
+
+
 def _verifier_log(stderr: str) -> str:
     """The verifier's log bpftrace -v printed for the program that failed to load."""
     start = stderr.rfind("Error log:")
@@ -79,8 +94,11 @@ def diagnose(stderr: str, script: str, *, exit_code: int | None) -> FleettraceEr
                 kind = AttachError
         elif plain:
             text = plain.group("text")
-            messages.append(text)
+            line = _probe_line(script, text)
+            messages.append(f"line {line}: {text}" if line else text)
             detail.append(text)
+            if line:
+                detail.extend(_shown(script_lines, line, line))
             if "Error loading program" in text:
                 kind = VerifierRejected
                 detail.append(_verifier_log(stderr))

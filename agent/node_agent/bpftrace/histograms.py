@@ -1,7 +1,9 @@
 """bpftrace's hist() and lhist() buckets as our log2 and linear histogram slots, exactly.
 
 hist(): bpftrace's buckets are (..., 0), 0, 1, [2, 4), [4, 8), ...; our log2 slot 0 holds 0,
-slot s >= 1 holds [2**(s-1), 2**s - 1], so [2**k, 2**(k+1)) is slot k+1. Negative values
+slot s >= 1 holds [2**(s-1), 2**s - 1], so [2**k, 2**(k+1)) is slot k+1, the slot bcc's
+bpf_log2l gives the same values (bcc counts 0 in slot 1, "0 -> 1"; bpftrace's 0 stays apart
+in slot 0, which merges with bcc's correctly since slot 1's bounds cover 0). Negative values
 have no log2 slot: they are counted in a `<map>.negative` counter table beside the histogram
 (one row per key), so no value is lost and the histogram's percentiles stay those of the
 values >= 0. bpftrace 0.17's log2 stops at 2**31: every value >= 2**31 lands in its top
@@ -20,13 +22,13 @@ min than one that did, and the two do not merge: pass the script's arguments).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from node_agent.bounds import MAX_COUNT
 from node_agent.bpftrace.keys import KeySplitter, integer
 from node_agent.kinds import CounterTable, LinearHistogram, Log2Histogram
-from node_agent.kinds.histogram import BucketHistogram
 from node_agent.kinds.linear_histogram import MAX_LINEAR_BUCKETS
 from node_agent.protocol import KeyValue, Result
 
@@ -47,7 +49,7 @@ def read_buckets(payload: object) -> list[Bucket] | None:
         return None
     out = []
     for item in payload:
-        if not isinstance(item, Mapping):
+        if not isinstance(item, dict):  # decoded JSON: a dict (an ABC check costs 10x)
             return None
         count = integer(item.get("count"))
         low, high = integer(item.get("min")), integer(item.get("max"))
@@ -62,7 +64,11 @@ def read_buckets(payload: object) -> list[Bucket] | None:
 def log2_slot(bucket: Bucket) -> int | None:
     """Our log2 slot for a bpftrace hist() bucket; -1 for its negative bucket; None if the
     bucket is no hist() bucket."""
-    low, high = bucket.low, bucket.high
+    return _log2_slot(bucket.low, bucket.high)
+
+
+@lru_cache(maxsize=1024)  # a map prints the same few dozen bounds over and over
+def _log2_slot(low: int | None, high: int | None) -> int | None:
     if low is None:
         return -1 if high == -1 else None
     if (low, high) == (0, 0):
@@ -157,9 +163,36 @@ class HistogramReader:
             return []
         return self._log2(name, splitter, parsed, skipped)
 
-    def _busiest(self, hists: Sequence[Result]) -> list[Result]:
-        ordered = sorted(hists, key=lambda h: -h.total if isinstance(h, BucketHistogram) else 0)
-        return ordered[: self.max_rows]
+    def _counted(
+        self,
+        parsed: list[tuple[dict[str, KeyValue], list[Bucket]]],
+        slot_of: Callable[[Bucket], int | None],
+        skipped: Counter[str],
+        bad: str,
+    ) -> list[tuple[dict[str, KeyValue], Counter[int]]]:
+        out = []
+        for labels, buckets in parsed:
+            slots: Counter[int] = Counter()
+            for bucket in buckets:
+                slot = slot_of(bucket)
+                if slot is None:
+                    skipped[bad] += 1
+                elif bucket.count:
+                    slots[slot] += bucket.count
+            out.append((labels, slots))
+        return out
+
+    def _busiest(
+        self, counted: list[tuple[dict[str, KeyValue], Counter[int]]], skipped: Counter[str]
+    ) -> list[tuple[dict[str, KeyValue], list[tuple[int, int]]]]:
+        """The max_rows busiest, their buckets sorted and bounded: only they become models."""
+        ordered = sorted(counted, key=lambda entry: -sum(entry[1].values()))
+        if len(ordered) > self.max_rows:
+            skipped["histograms beyond max_rows (the busiest kept)"] += len(ordered) - self.max_rows
+        return [
+            (labels, sorted((s, min(c, MAX_COUNT)) for s, c in slots.items()))
+            for labels, slots in ordered[: self.max_rows]
+        ]
 
     def _log2(
         self,
@@ -168,22 +201,16 @@ class HistogramReader:
         parsed: list[tuple[dict[str, KeyValue], list[Bucket]]],
         skipped: Counter[str],
     ) -> list[Result]:
-        hists: list[Log2Histogram] = []
-        negative: list[tuple[list[KeyValue], list[int]]] = []
-        for labels, buckets in parsed:
-            slots: Counter[int] = Counter()
-            for bucket in buckets:
-                slot = log2_slot(bucket)
-                if slot is not None and bucket.count:
-                    slots[slot] += bucket.count
-            below = slots.pop(-1, 0)
-            if below:
-                negative.append((list(labels.values()), [min(below, MAX_COUNT)]))
-            buckets_ = sorted((s, min(c, MAX_COUNT)) for s, c in slots.items())
-            hists.append(Log2Histogram(name=name, unit=UNIT, labels=labels, buckets=buckets_))
-        out = self._busiest(hists)
-        if len(hists) > self.max_rows:
-            skipped["histograms beyond max_rows (the busiest kept)"] += len(hists) - self.max_rows
+        counted = self._counted(parsed, log2_slot, skipped, "hist() bucket that is no log2 one")
+        negative = [
+            (list(labels.values()), [min(below, MAX_COUNT)])
+            for labels, slots in counted
+            if (below := slots.pop(-1, 0))
+        ]
+        out: list[Result] = [
+            Log2Histogram(name=name, unit=UNIT, labels=labels, buckets=buckets)
+            for labels, buckets in self._busiest(counted, skipped)
+        ]
         if negative:
             negative.sort(key=lambda row: -row[1][0])
             out.append(
@@ -209,26 +236,17 @@ class HistogramReader:
         if scale is None:
             skipped["lhist() whose min, max and step cannot be known"] += 1
             return []
-        hists: list[LinearHistogram] = []
-        for labels, buckets in parsed:
-            slots: Counter[int] = Counter()
-            for bucket in buckets:
-                slot = scale.slot(bucket)
-                if slot is None:
-                    skipped["lhist() bucket outside its min, max and step"] += 1
-                elif bucket.count:
-                    slots[slot] += bucket.count
-            hists.append(
-                LinearHistogram(
-                    name=name,
-                    unit=UNIT,
-                    labels=labels,
-                    min=scale.min,
-                    max=scale.max,
-                    step=scale.step,
-                    buckets=sorted((s, min(c, MAX_COUNT)) for s, c in slots.items()),
-                )
+        bad = "lhist() bucket outside its min, max and step"
+        counted = self._counted(parsed, scale.slot, skipped, bad)
+        return [
+            LinearHistogram(
+                name=name,
+                unit=UNIT,
+                labels=labels,
+                min=scale.min,
+                max=scale.max,
+                step=scale.step,
+                buckets=buckets,
             )
-        if len(hists) > self.max_rows:
-            skipped["histograms beyond max_rows (the busiest kept)"] += len(hists) - self.max_rows
-        return self._busiest(hists)
+            for labels, buckets in self._busiest(counted, skipped)
+        ]

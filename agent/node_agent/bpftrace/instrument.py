@@ -11,15 +11,21 @@ import os
 from pathlib import Path
 
 from node_agent.bpftrace.script import map_functions, read_script
-from node_agent.bpftrace.syntax import Probe
-from node_agent.errors import BadParameter
+from node_agent.bpftrace.syntax import Kind, Probe
+from node_agent.errors import BadParameter, PolicyViolation
 from node_agent.protocol import Scope
 from node_agent.scope import resolve_cgroup
 
 log = logging.getLogger(__name__)
 
 BTF = Path("/sys/kernel/btf/vmlinux")
-UNSCOPED = ("BEGIN", "END", "interval:", "i:")  # run in bpftrace's own context
+# Not scoped: BEGIN and END run in bpftrace's own process, interval probes on a timer tick.
+UNSCOPED = ("BEGIN", "END", "interval:", "i:")
+# The current task's identity and memory: in an interval probe, a task outside the scope.
+TASK_BUILTINS = frozenset(
+    {"pid", "tid", "uid", "gid", "comm", "curtask", "cgroup", "username"}
+    | {"kstack", "ustack", "reg", "uptr", "usym", "uaddr"}
+)
 MAX_CGROUP_IDS = 512  # groups in a scope without BTF (ids listed in the predicate)
 _COMM_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 _.-:+/")
 
@@ -82,6 +88,21 @@ def _scoped(probe: Probe) -> bool:
     return not all(a.startswith(UNSCOPED) for a in probe.attach)
 
 
+def _check_timer_probe(probe: Probe) -> None:
+    """An interval probe runs on whatever task its timer interrupts, in scope or not: with a
+    scope, it may not look at that task (the scope's predicate would not hold there)."""
+    if not any(a.startswith(("interval:", "i:")) for a in probe.attach):
+        return
+    for i, token in enumerate(probe.tokens):
+        if token.kind is Kind.ident and token.text in TASK_BUILTINS:
+            if i and probe.tokens[i - 1].text in (".", "->"):
+                continue
+            raise PolicyViolation(
+                f"line {token.line}: {token.text} in an interval probe is the task its timer"
+                " interrupts, in the scope or not (a scoped trace samples with profile:hz:N)"
+            )
+
+
 def instrument(
     script: str, *, scope_predicate: str | None, interval_s: float | None, marker: str
 ) -> str:
@@ -89,27 +110,30 @@ def instrument(
     printing `marker attached`, and when interval_s is set an appended probe printing every
     map between `marker begin` and `marker end` lines."""
     parsed = read_script(script)
-    edits: list[tuple[int, int, str]] = []  # (start, end, replacement), applied back to front
+    edits: list[tuple[int, str]] = []  # (offset, text to insert there), applied back to front
     # BEGIN runs once every probe is attached (bpftrace's own "attached_probes" comes before
     # the programs even load): it says when the trace is really running.
     attached = f'printf("{marker} attached\\n");'
     begin = [p for p in parsed.probes if p.attach == ("BEGIN",)]
     if begin:
-        edits.append((begin[0].body[0] + 1, begin[0].body[0] + 1, f" {attached}"))
+        edits.append((begin[0].body[0] + 1, f" {attached}"))
     if scope_predicate is not None:
         for probe in parsed.probes:
             if not _scoped(probe):
+                _check_timer_probe(probe)
                 continue
             if probe.predicate is None:
                 body = probe.body[0]
-                edits.append((body, body, f"/{scope_predicate}/ "))
+                # `kprobe:f/x/` would read as one path: a space before the predicate
+                space = "" if script[body - 1].isspace() else " "
+                edits.append((body, f"{space}/{scope_predicate}/ "))
             else:
                 opening, closing = probe.predicate
-                edits.append((closing, closing, ")"))
-                edits.append((opening + 1, opening + 1, f"({scope_predicate}) && ("))
+                edits.append((closing, ")"))
+                edits.append((opening + 1, f"({scope_predicate}) && ("))
     text = script
-    for start, end, replacement in sorted(edits, reverse=True):
-        text = text[:start] + replacement + text[end:]
+    for offset, insert in sorted(edits, reverse=True):
+        text = text[:offset] + insert + text[offset:]
     if not begin:
         text += f"\nBEGIN {{ {attached} }}"
     if interval_s:

@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from node_agent.bounds import MAX_COUNT, MAX_TEXT
+from node_agent import bounds
+from node_agent.bounds import MAX_COUNT, MAX_FIELDS, MAX_TEXT
 from node_agent.errors import BadParameter
 from node_agent.kinds import KeyField
 from node_agent.protocol import KeyValue
@@ -27,7 +28,7 @@ FieldKind = Literal["int", "str", "stack", "any"]
 KEY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
 _MAP = re.compile(r"@[A-Za-z0-9_]{0,63}")
 _INT = re.compile(r"-?[0-9]{1,20}")
-MAX_PIECES = 256  # more commas than this in one key: ambiguous without trying every split
+MAX_PIECES = 1024  # more commas than this in one key: refused as ambiguous (and cheap)
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,13 @@ class KeyNames:
 
     def names(self, map_name: str, arity: int) -> list[str]:
         given = self.declared(map_name)
-        return [given[i] if i < len(given) else f"key{i}" for i in range(arity)]
+        out = list(given[:arity])
+        for i in range(len(out), arity):
+            name = f"key{i}"
+            while name in given:  # a declared `key1` keeps its name
+                name += "_"
+            out.append(name)
+        return out
 
 
 def _names(text: str, entry: str) -> tuple[str, ...]:
@@ -54,6 +61,8 @@ def _names(text: str, entry: str) -> tuple[str, ...]:
             )
     if len(set(names)) != len(names):
         raise BadParameter("params.keys", f"{entry!r}: a name repeats")
+    if len(names) > MAX_FIELDS:
+        raise BadParameter("params.keys", f"{entry!r}: more than {MAX_FIELDS} names")
     return names
 
 
@@ -95,37 +104,53 @@ def fits(piece: str, kind: FieldKind) -> bool:
 
 def split_key(text: str, kinds: Sequence[FieldKind]) -> list[str] | None:
     """The key's fields, or None when the text does not split into exactly one sequence of
-    fields of these kinds (too few pieces, or more than one way)."""
+    fields of these kinds (too few pieces, or more than one way).
+
+    Counted in O(fields x pieces): an int field takes one piece, a stack field runs from a
+    piece starting with a newline to one ending with one, a string field takes any run."""
     pieces = text.split(",")
     n, k = len(pieces), len(kinds)
     if n == k:
         return pieces if all(fits(p, kind) for p, kind in zip(pieces, kinds, strict=True)) else None
     if n < k or n > MAX_PIECES or k == 0:
         return None
+    closes = [p.endswith("\n") for p in pieces]
     # ways[i][j]: how many splits (capped at 2) put pieces[j:] into fields kinds[i:]
     ways = [[0] * (n + 1) for _ in range(k + 1)]
     ways[k][n] = 1
     for i in range(k - 1, -1, -1):
-        for j in range(n - 1, -1, -1):
-            total = 0
-            for end in range(j + 1, n - (k - i - 1) + 1):
-                if ways[i + 1][end] and fits(",".join(pieces[j:end]), kinds[i]):
-                    total += ways[i + 1][end]
-                    if total > 1:
-                        break
-            ways[i][j] = min(total, 2)
+        after, here = ways[i + 1], ways[i]
+        runs, stacks = [0] * (n + 2), [0] * (n + 2)  # sums of after[e] over e >= index
+        for e in range(n, 0, -1):
+            runs[e] = min(2, runs[e + 1] + after[e])
+            stacks[e] = min(2, stacks[e + 1] + (after[e] if closes[e - 1] else 0))
+        for j in range(n):
+            here[j] = _ways_from(kinds[i], pieces[j], after[j + 1], runs[j + 1], stacks[j + 1])
     if ways[0][0] != 1:
         return None
     fields, j = [], 0
-    for i in range(k):
-        end = next(
-            e
-            for e in range(j + 1, n + 1)
-            if ways[i + 1][e] and fits(",".join(pieces[j:e]), kinds[i])
-        )
+    for i, kind in enumerate(kinds):
+        if kind == "int" or (kind == "stack" and not pieces[j].startswith("\n")):
+            end = j + 1
+        else:  # the one end with a way on (ways[i][j] == 1 sums exactly one)
+            end = next(
+                e
+                for e in range(j + 1, n + 1)
+                if ways[i + 1][e] and (kind != "stack" or closes[e - 1])
+            )
         fields.append(",".join(pieces[j:end]))
         j = end
     return fields
+
+
+def _ways_from(kind: FieldKind, piece: str, one: int, runs: int, stacks: int) -> int:
+    """Splits of the rest when a field of this kind starts at this piece: `one` if it takes
+    just the piece, `runs` if any run, `stacks` if a run ending in a stack's last line."""
+    if kind == "int":
+        return one if _INT.fullmatch(piece) else 0
+    if kind == "stack":
+        return stacks if piece.startswith("\n") else one if piece == "" else 0
+    return runs
 
 
 def stack_frames(text: str) -> list[str]:
@@ -135,11 +160,7 @@ def stack_frames(text: str) -> list[str]:
 
 def clip(text: str) -> str:
     """Host text made printable and cut to one key value's bound."""
-    safe = printable(text[: MAX_TEXT + 1])  # a 1 MB printf is cut before it is escaped
-    if len(safe) > MAX_TEXT:
-        mark = " [... cut]"
-        safe = safe[: MAX_TEXT - len(mark)] + mark
-    return safe
+    return bounds.clip(printable(text[: MAX_TEXT + 1]))  # a 1 MB printf: cut, then escaped
 
 
 def integer(value: object) -> int | None:
@@ -212,5 +233,7 @@ class KeySplitter:
         out: list[KeyValue] = []
         for text, kind in zip(fields, self.kinds, strict=True):
             number = _int(text) if kind == "int" else None
+            if kind == "stack":  # folded, root first, as a flame graph line names it
+                text = ";".join(stack_frames(text))
             out.append(number if number is not None else clip(text))
         return out

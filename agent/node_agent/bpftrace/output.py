@@ -3,9 +3,10 @@
 Each printed map replaces what an earlier print of it said (prints are cumulative):
 count/sum/min/max/avg maps become counter tables (value field named after the function,
 aggregated as the function says), stats() a table of count, average and total, hist() log2
-histograms, lhist() linear histograms, a map keyed by a stack folded stacks, and printf lines
-and plain values bounded samples. Nothing a traced host prints raises out of `take`: what
-cannot be read is counted by reason, per map, and sent as the `bpftrace.skipped` table.
+histograms, lhist() linear histograms, a count()/sum() map keyed by a stack folded stacks
+(other key fields as root frames), and printf lines and plain values bounded samples.
+Nothing a traced host prints raises out of `take`: what cannot be read is counted by reason,
+per map, and sent as the `bpftrace.skipped` table.
 """
 
 from __future__ import annotations
@@ -227,21 +228,20 @@ class Maps:
                 skipped[f"{function}() value that is not an integer"] += 1
             else:
                 rows.append((fields, values))
-        if splitter.has_stack():
+        if splitter.has_stack() and function in ("count", "sum"):  # they add up in a flame
             return [self._stacks(name, function, splitter, rows, skipped)]
         columns = TABLE_FIELDS[function]
-        table_rows = [(splitter.values(f), v) for f, v in rows]
-        table_rows.sort(key=lambda row: (-row[1][0], [str(k) for k in row[0]]))
-        kept = table_rows[: self.limits.max_rows]
+        rows.sort(key=lambda row: (-row[1][0], row[0]))
+        kept = rows[: self.limits.max_rows]  # only the kept keys are made safe and typed
         return [
             CounterTable(
                 name=name,
                 key_fields=splitter.fields(),
                 value_fields=[f for f, _ in columns],
                 aggregations=[a for _, a in columns],
-                rows=kept,
-                total_rows=len(table_rows),
-                truncated=len(kept) < len(table_rows),
+                rows=[(splitter.values(f), v) for f, v in kept],
+                total_rows=len(rows),
+                truncated=len(kept) < len(rows),
             )
         ]
 
@@ -297,8 +297,10 @@ class Maps:
 
 def _scalar_stats(payload: object) -> bool:
     """stats() of a scalar map prints {"count", "average", "total"}; keyed, a dict of those."""
-    return isinstance(payload, Mapping) and not any(
-        isinstance(v, Mapping) for v in payload.values()
+    return (
+        isinstance(payload, Mapping)
+        and "count" in payload
+        and not any(isinstance(v, Mapping) for v in payload.values())
     )
 
 

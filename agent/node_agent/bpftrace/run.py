@@ -11,100 +11,32 @@ SIGKILLed; the last snapshot then stands as the final one.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import queue
 import secrets
-import shutil
-import signal
-import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from node_agent.bpftrace.cost import BpftraceCost
 from node_agent.bpftrace.diagnostics import diagnose
 from node_agent.bpftrace.instrument import instrument, scope_predicate
 from node_agent.bpftrace.keys import parse_keys
 from node_agent.bpftrace.output import Maps
-from node_agent.bpftrace.script import lhist_args, map_functions, minimum_probes
+from node_agent.bpftrace.process import EOF, Bpftrace, find_bpftrace
+from node_agent.bpftrace.script import key_kinds, lhist_args, map_functions, minimum_probes
 from node_agent.errors import AttachError, FleettraceError, UnsupportedProgram
-from node_agent.protocol import (
-    ErrorCode,
-    Limits,
-    Result,
-    RunState,
-    Snapshot,
-    StateChange,
-    TraceError,
-)
+from node_agent.protocol import ErrorCode, Result, RunState, Snapshot, StateChange, TraceError
 from node_agent.trace import COST_EVERY_S, Emit, PreparedTrace
 
 log = logging.getLogger(__name__)
 
-MAX_PROBES = 512  # attach points after wildcards (BPFTRACE_MAX_PROBES)
-STRLEN = 64  # bytes per str() on the BPF stack (BPFTRACE_STRLEN, bpftrace's default)
-LOG_SIZE = 256 * 1024  # verifier log bytes (BPFTRACE_LOG_SIZE)
-STDERR_KEEP = 64 * 1024  # characters of bpftrace's stderr kept for the error
 POLL_S = 0.1  # how often the loop looks at stop, deadline and budget
 KILL_SHARE = 0.6  # of the grace: SIGKILL then, leaving the rest for the final snapshot
-QUEUE_LINES = 10_000  # a full queue stalls bpftrace's reads: its own buffers then count losses
-PR_SET_PDEATHSIG = 1
-_EOF = object()
-
-
-def find_bpftrace() -> str:
-    path = shutil.which("bpftrace")
-    if path is None:
-        raise UnsupportedProgram("bpftrace is not installed: no bpftrace on PATH")
-    return path
-
-
-def bpftrace_env(limits: Limits) -> dict[str, str]:
-    """A small environment: the PATH and bpftrace's own bounds, nothing else of ours."""
-    return {
-        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-        "LANG": "C.UTF-8",
-        "BPFTRACE_MAP_KEYS_MAX": str(limits.map_entries),
-        "BPFTRACE_MAX_PROBES": str(MAX_PROBES),
-        "BPFTRACE_MAX_BPF_PROGS": str(MAX_PROBES),
-        "BPFTRACE_STRLEN": str(STRLEN),
-        "BPFTRACE_LOG_SIZE": str(LOG_SIZE),
-        "BPFTRACE_CAT_BYTES_MAX": "0",
-    }
-
-
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    import ctypes  # resolved before the fork: the forked child only calls it
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def setup() -> None:
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl
-            os._exit(1)
-
-    return setup
-
-
-def _read_lines(stream: IO[str], out: queue.Queue[object]) -> None:
-    for line in stream:
-        out.put(line)
-    out.put(_EOF)
-
-
-def _read_stderr(stream: IO[str], keep: list[str]) -> None:
-    size = 0
-    for line in stream:
-        size += len(line)
-        keep.append(line)
-        while size > STDERR_KEEP and len(keep) > 1:
-            size -= len(keep.pop(len(keep) // 2))  # keep the first errors and the last lines
+RESEND_S = 0.5  # SIGINT again this often until bpftrace exits
 
 
 def run_script(
@@ -125,6 +57,7 @@ def run_script(
             functions=map_functions(source),
             keys=parse_keys(str(prepared.params.get("keys") or "")),
             lhist=lhist_args(source),
+            key_kinds=key_kinds(source),
         )
     except FleettraceError as exc:
         state = RunState.unsupported if isinstance(exc, UnsupportedProgram) else RunState.failed
@@ -161,10 +94,10 @@ class _Session:
         self.deadline = float("inf")
         self.interrupted: str | None = None  # why SIGINT was sent: "deadline", "stop", a budget
         self.kill_at = float("inf")
-        self.killed = False
+        self.resend_at = float("inf")
         self.minimum_probes = minimum_probes
         self.missing: str | None = None  # attach points that matched nothing
-        self.process: subprocess.Popen[str] | None = None
+        self.bpftrace: Bpftrace | None = None
         self.seq = 0
         self.last_wall = time.time()
         self.kept: list[Result] | None = None  # the last snapshot's results
@@ -173,51 +106,26 @@ class _Session:
         self.next_cost = float("inf")
 
     def run(self, binary: str, path: Path) -> RunState:
-        run_id = self.request.run_id
-        process = subprocess.Popen(
-            [binary, "-v", "-f", "json", str(path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=bpftrace_env(self.request.limits),
-            text=True,
-            errors="replace",
-            start_new_session=True,  # our SIGINT only: not a terminal's, not the runner's kill
-            preexec_fn=_die_with_parent(os.getpid()),  # prctl only: safe after fork
-        )
-        self.process = process
-        log.info("run %s: bpftrace started (pid %d)", run_id, process.pid)
-        self.cost = BpftraceCost(process.pid)
-        lines: queue.Queue[object] = queue.Queue(maxsize=QUEUE_LINES)
-        stderr: list[str] = []
-        assert process.stdout is not None and process.stderr is not None
-        readers = [
-            threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True),
-            threading.Thread(target=_read_stderr, args=(process.stderr, stderr), daemon=True),
-        ]
-        for reader in readers:
-            reader.start()
+        bpftrace = self.bpftrace = Bpftrace(binary, path, self.request.limits)
+        log.info("run %s: bpftrace started (pid %d)", self.request.run_id, bpftrace.pid)
+        self.cost = BpftraceCost(bpftrace.pid)
         try:
             eof = False
-            while not (eof and process.poll() is not None):
+            while not (eof and not bpftrace.running()):
                 try:
-                    item = lines.get(timeout=POLL_S)
+                    item = bpftrace.lines.get(timeout=POLL_S)
                 except queue.Empty:
                     item = None
-                if item is _EOF:
+                if item is EOF:
                     eof = True
                 elif isinstance(item, str):
                     self._line(item)
-                self._supervise(process)
+                self._supervise(bpftrace)
         finally:
-            if process.poll() is None:  # only on an exception of ours: nothing outlives us
-                self._kill(process)
-            process.wait()
-            for reader in readers:
-                reader.join(timeout=1)
+            code = bpftrace.reap()
         self.cost.reaped()
         try:
-            return self._finish(process.returncode, "".join(stderr))
+            return self._finish(code, bpftrace.stderr())
         finally:
             self.cost.close()
 
@@ -230,9 +138,9 @@ class _Session:
         try:
             message: Any = json.loads(line)
         except ValueError:
-            if line.startswith("Program ID:"):
-                with contextlib.suppress(ValueError):
-                    self.program_ids.append(int(line.split(":", 1)[1]))
+            number = line.removeprefix("Program ID:").strip()
+            if line.startswith("Program ID:") and number.isdigit():
+                self.program_ids.append(int(number))
             return
         if not isinstance(message, dict):
             return
@@ -250,12 +158,12 @@ class _Session:
 
     def _count_probes(self, data: object) -> None:
         probes = data.get("probes") if isinstance(data, dict) else None
-        if isinstance(probes, int) and probes < self.minimum_probes and self.process:
+        if isinstance(probes, int) and probes < self.minimum_probes and self.bpftrace:
             self.missing = (
                 f"bpftrace attached {probes} probes where the script names at least"
                 f" {self.minimum_probes}: a function, symbol or tracepoint matched nothing"
             )
-            self._interrupt(self.process, "missing")
+            self._interrupt(self.bpftrace, "missing")
 
     def _attached(self) -> None:
         now = time.monotonic()
@@ -266,17 +174,22 @@ class _Session:
             self.cost.start_meter()
             self.next_cost = now + COST_EVERY_S
         self.emit(StateChange(run_id=self.request.run_id, state=RunState.running))
-        log.info("run %s: bpftrace attached in %.2fs", self.request.run_id, self.attach_s)
+        log.info(
+            "run %s: bpftrace attached in %.2fs (BPF programs %s)",
+            self.request.run_id,
+            self.attach_s,
+            self.program_ids,
+        )
 
-    def _supervise(self, process: subprocess.Popen[str]) -> None:
+    def _supervise(self, bpftrace: Bpftrace) -> None:
         now = time.monotonic()
-        if process.poll() is not None:
+        if not bpftrace.running():
             return
         if self.interrupted is None:
             if self.stop.is_set():
-                self._interrupt(process, "stop")
+                self._interrupt(bpftrace, "stop")
             elif now >= self.deadline:
-                self._interrupt(process, "deadline")
+                self._interrupt(bpftrace, "deadline")
             elif now >= self.next_cost and self.cost is not None:
                 self.next_cost = now + COST_EVERY_S
                 budget = self.request.limits.overhead_pct
@@ -285,21 +198,22 @@ class _Session:
                     log.warning(
                         "run %s: stopped by the overhead guard: %s", self.request.run_id, over
                     )
-                    self._interrupt(process, over)
-        elif not self.killed and now >= self.kill_at:
+                    self._interrupt(bpftrace, over)
+        elif not bpftrace.killed and now >= self.kill_at:
             log.warning("run %s: bpftrace did not stop in time; killing it", self.request.run_id)
-            self._kill(process)
+            bpftrace.kill()
+        elif not bpftrace.killed and now >= self.resend_at:
+            # bpftrace 0.17 can miss a SIGINT that lands between its flag check and
+            # epoll_wait (it then sleeps until the next event): another one wakes it.
+            self.resend_at = now + RESEND_S
+            bpftrace.interrupt()
 
-    def _interrupt(self, process: subprocess.Popen[str], why: str) -> None:
+    def _interrupt(self, bpftrace: Bpftrace, why: str) -> None:
         self.interrupted = why
-        self.kill_at = time.monotonic() + self.request.grace_s * KILL_SHARE
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGINT)
-
-    def _kill(self, process: subprocess.Popen[str]) -> None:
-        self.killed = True
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
+        now = time.monotonic()
+        self.kill_at = now + self.request.grace_s * KILL_SHARE
+        self.resend_at = now + RESEND_S
+        bpftrace.interrupt()
 
     def _snapshot(self, *, final: bool, results: list[Result] | None = None) -> Snapshot:
         assert self.cost is not None
@@ -327,7 +241,7 @@ class _Session:
         error: TraceError | None = None
         if self.missing is not None:  # stopped at once, before BEGIN: nothing to report
             state, error = RunState.failed, AttachError(self.missing).to_error()
-        elif self.killed:
+        elif self.bpftrace is not None and self.bpftrace.killed:
             state, error = self._killed(stderr)
         elif why == "stop":  # whatever bpftrace made of the SIGINT (before attach: it died)
             if self.attach_s is not None:

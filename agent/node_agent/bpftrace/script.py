@@ -4,6 +4,7 @@ what fills each of its maps (for reading bpftrace's output)."""
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from node_agent.bpftrace.syntax import Kind, Script, Token, parse
 from node_agent.errors import PolicyViolation
@@ -25,6 +26,18 @@ REFUSED_CALLS = {
 SCOPE_TYPES = frozenset({"struct cgroup", "struct kernfs_node", "struct css_set"})
 WILDCARDS = "*?[{"
 AGGREGATIONS = ("count", "sum", "min", "max", "avg", "stats", "hist", "lhist")
+# What a key expression prints as, so that bpftrace's comma-joined keys split back exactly.
+KeyKind = Literal["int", "str", "stack", "any"]
+_INT_BUILTINS = frozenset(
+    {"pid", "tid", "uid", "gid", "cpu", "cgroup", "nsecs", "elapsed", "retval", "rand", "numaid"}
+    | {f"arg{i}" for i in range(10)}
+    | {f"sarg{i}" for i in range(10)}
+)
+_STR_BUILTINS = frozenset({"comm", "probe", "func", "username"})
+_STR_CALLS = frozenset(
+    {"str", "ksym", "usym", "path", "cgroup_path", "strftime", "ntop", "buf", "macaddr"}
+)
+_STACKS = frozenset({"kstack", "ustack"})
 _INCLUDE = re.compile(r"#\s*include\s*<([A-Za-z0-9_./+-]+)>\s*$")
 _DEFINE = re.compile(r"#\s*define\s+[A-Z_][A-Z0-9_]*\s+-?(?:0[xX][0-9a-fA-F]+|[0-9]+)\s*$")
 _INT = re.compile(r"-?(?:0[xX][0-9a-fA-F]+|[0-9]+)")
@@ -139,6 +152,40 @@ def map_functions(script: str) -> dict[str, str]:
             function = rhs[0].text
         functions.setdefault(name, function)
     return functions
+
+
+def key_kinds(script: str) -> dict[str, list[KeyKind]]:
+    """Each keyed map → the kind of each of its key's expressions (first assignment wins):
+    `@[comm, pid]` → ["str", "int"], `@[kstack]` → ["stack"]; "any" where it cannot tell."""
+    found: dict[str, list[KeyKind]] = {}
+    for probe in parse(script).probes:
+        tokens = probe.tokens
+        for i, token in enumerate(tokens):
+            if token.kind is not Kind.map or token.text in found:
+                continue
+            if i + 1 >= len(tokens) or tokens[i + 1].text != "[":
+                continue
+            args = _call_arguments(tokens, i + 1)
+            close = i + 1 + sum(len(a) for a in args) + len(args)  # the `]`
+            if close + 1 < len(tokens) and tokens[close + 1].text in ("=", "+=", "-=", "++", "--"):
+                found[token.text] = [_key_kind(arg) for arg in args]
+    return found
+
+
+def _key_kind(arg: list[Token]) -> KeyKind:
+    if not arg:
+        return "any"
+    first = arg[0]
+    if first.kind is Kind.ident and first.text in _STACKS:
+        return "stack"
+    if len(arg) == 1:
+        if first.kind is Kind.number or first.text in _INT_BUILTINS:
+            return "int"
+        if first.kind is Kind.string or first.text in _STR_BUILTINS:
+            return "str"
+    if len(arg) > 2 and first.text in _STR_CALLS and arg[1].text == "(" and arg[-1].text == ")":
+        return "str"
+    return "any"
 
 
 def lhist_args(script: str) -> dict[str, tuple[int, int, int]]:

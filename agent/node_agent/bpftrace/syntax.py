@@ -63,6 +63,7 @@ _MAP = re.compile(r"@[A-Za-z0-9_]*")
 _VAR = re.compile(r"\$[A-Za-z0-9_]+")
 _DEFINITION = re.compile(r"(struct|union|enum)\b[^{;]*\{")
 _SPACE = " \t\r\n\f\v"
+_PAIRS = {"{": "}", "(": ")", "[": "]"}
 
 
 class _Reader:
@@ -148,27 +149,23 @@ class _Reader:
         return end
 
     def definition(self, pos: int, match: re.Match[str]) -> int:
-        """A C type definition, `struct X { ... };`: braces balanced, then an optional `;`."""
+        """A C type definition, `struct X { ... };`, read as bpftrace reads it: braces counted
+        one by one, blind to comments and strings. So none is allowed inside (a `}` in a
+        comment would end it for bpftrace and not for clang, or the other way round)."""
+        text = self.text
         depth = 0
-        i = match.end() - 1
-        while i < len(self.text):
-            i = self.skip_space(i)
-            if i >= len(self.text):
-                break
-            ch = self.text[i]
-            if ch == '"':
-                i = self.string_end(i)
-                continue
-            if ch == "{":
+        for i in range(match.end() - 1, len(text)):
+            if text.startswith(("/*", "//"), i) or text[i] in "\"'":
+                raise self.fail(i, "no comments or quotes inside a type definition")
+            if text[i] == "{":
                 depth += 1
-            elif ch == "}":
+            elif text[i] == "}":
                 depth -= 1
                 if depth == 0:
                     name = " ".join(match.group()[:-1].split())
                     self.script.definitions.append((self.script.line_of(pos), name))
                     after = self.skip_space(i + 1)
-                    return after + 1 if self.text.startswith(";", after) else i + 1
-            i += 1
+                    return after + 1 if text.startswith(";", after) else i + 1
         raise self.fail(pos, "a type definition's braces are not closed")
 
     def attach_point(self, pos: int) -> int:
@@ -185,7 +182,7 @@ class _Reader:
         Returns the tokens (comments left out) and the offset of the closing character.
         """
         tokens: list[Token] = []
-        depth = 0
+        opened: list[str] = []
         text = self.text
         i = pos
         while True:
@@ -193,17 +190,19 @@ class _Reader:
             if i >= len(text):
                 what = "a predicate is not closed" if stop == "/" else "a block is not closed"
                 raise self.fail(pos, what)
-            if stop == "/" and text[i] == "/" and depth == 0:
+            if stop == "/" and text[i] == "/" and not opened:
                 after = self.skip_space(i + 1)
                 if text.startswith("{", after):
                     return tokens, i
             token = self.token(i)
             if token.text in ("{", "(", "["):
-                depth += 1
+                opened.append(token.text)
             elif token.text in ("}", ")", "]"):
-                if depth == 0 and token.text == "}" and stop == "}":
+                if not opened and token.text == "}" and stop == "}":
                     return tokens, i
-                depth -= 1
+                # Balanced, or `/pid) || (1/` would escape the scope's `(scope) && (...)`.
+                if not opened or _PAIRS[opened.pop()] != token.text:
+                    raise self.fail(i, f"unbalanced {token.text!r}")
             tokens.append(token)
             i = token.start + len(token.text)
 

@@ -57,7 +57,12 @@ class CounterTable(WireModel):
 
     @model_validator(mode="after")
     def _one_aggregation_per_field(self) -> CounterTable:
-        if self.aggregations is not None and len(self.aggregations) != len(self.value_fields):
+        if self.aggregations is None:
+            # a table of counts (every bcc program's): a negative one is a lie
+            if any(v < 0 for _, values in self.rows for v in values):
+                raise ValueError("a negative value in a table of counts (no aggregations)")
+            return self
+        if len(self.aggregations) != len(self.value_fields):
             raise ValueError(
                 f"{len(self.aggregations)} aggregations for {len(self.value_fields)} value fields"
             )
@@ -77,56 +82,57 @@ def _divide(total: int, count: int) -> int:
     return quotient if total >= 0 else -quotient
 
 
-def _weights(table: CounterTable) -> tuple[int, int] | None:
+def _weights(fields: Sequence[str]) -> tuple[int, int] | None:
     """The (count, total) fields a mean field is total / count of (stats()), if any."""
-    fields = table.value_fields
     if "count" in fields and "total" in fields:
         return fields.index("count"), fields.index("total")
     return None
 
 
-def _means(table: CounterTable, values: list[int], seen: list[list[int]]) -> list[int]:
-    """Each mean field: total / count when the table has both, else the mean of the hosts'."""
-    weights = _weights(table)
-    out = list(values)
-    for i in range(len(out)):
-        if table.aggregation(i) != "mean":
+def combine(
+    rows: Sequence[Sequence[int]],
+    fields: Sequence[str],
+    aggregations: Sequence[Aggregation] | None,
+) -> list[int]:
+    """Several rows' values as one (hosts' rows of one key, or a table's rows): each field as
+    its aggregation says; a mean is total / count where the table has both (stats()), else
+    the rows' unweighted mean (bpftrace prints avg() without its count)."""
+
+    def how(i: int) -> Aggregation:
+        return aggregations[i] if aggregations is not None and i < len(aggregations) else "sum"
+
+    width = max((len(r) for r in rows), default=len(fields))
+    columns = [[r[i] for r in rows if i < len(r)] for i in range(width)]
+    out = [
+        min(c) if how(i) == "min" else max(c) if how(i) == "max" else sum(c) if c else 0
+        for i, c in enumerate(columns)
+    ]
+    weights = _weights(fields)
+    for i, column in enumerate(columns):
+        if how(i) != "mean" or not column:
             continue
-        if weights is not None and values[weights[0]] > 0:
-            out[i] = _divide(values[weights[1]], values[weights[0]])
+        if weights is not None and max(weights) < width and out[weights[0]] > 0:
+            out[i] = _divide(out[weights[1]], out[weights[0]])
         else:
-            out[i] = _divide(sum(seen[i]), len(seen[i]))
+            out[i] = _divide(sum(column), len(column))
     return out
+
+
+def _bounded(values: list[int]) -> list[int]:
+    return [min(v, MAX_COUNT) for v in values]
 
 
 def merge_tables(tables: Sequence[CounterTable]) -> CounterTable:
     """Values combined by key as each field's aggregation says, largest first value first."""
     first = tables[0]
-    combined: dict[tuple[KeyValue, ...], list[int]] = {}
-    seen: dict[tuple[KeyValue, ...], list[list[int]]] = {}
+    grouped: dict[tuple[KeyValue, ...], list[list[int]]] = {}
     for table in tables:
         for keys, values in table.rows:
-            key = tuple(keys)
-            have = combined.get(key)
-            seen.setdefault(key, [[] for _ in values])
-            for i, v in enumerate(values[: len(seen[key])]):
-                seen[key][i].append(v)
-            if have is None:
-                combined[key] = list(values)
-                continue
-            for i, v in enumerate(values[: len(have)]):
-                how = first.aggregation(i) if i < len(first.value_fields) else "sum"
-                have[i] = (
-                    min(have[i], v)
-                    if how == "min"
-                    else max(have[i], v)
-                    if how == "max"
-                    else have[i] + v
-                )
+            grouped.setdefault(tuple(keys), []).append(values)
     rows = sorted(
         (
-            (k, [min(v, MAX_COUNT) for v in _means(first, vs, seen[k])])
-            for k, vs in combined.items()
+            (k, _bounded(combine(vs, first.value_fields, first.aggregations)))
+            for k, vs in grouped.items()
         ),
         key=lambda kv: (-kv[1][0] if kv[1] else 0, [str(k) for k in kv[0]]),
     )
@@ -146,21 +152,23 @@ def _row_key(keys: list[KeyValue]) -> str:
 
 
 def delta(current: CounterTable, previous: CounterTable | None) -> CounterTable:
-    """Sum fields are differenced; negative differences are clamped to 0: a key cut by
+    """Sum fields are differenced; negative differences of counts are clamped to 0: a key cut by
     max_rows in the earlier snapshot reappears with its full count, which we cannot tell
     apart (table.truncated says so). min/max fields pass through (the extreme so far), a
     mean field becomes the interval's mean where the table has count and total fields.
     A row stays when one of its sum fields moved (every row when there are none)."""
     rows_before = {_row_key(list(k)): v for k, v in previous.rows} if previous else {}
     sums = [i for i in range(len(current.value_fields)) if current.aggregation(i) == "sum"]
-    weights = _weights(current)
+    weights = _weights(current.value_fields)
     rows: list[Row] = []
     for keys, values in current.rows:
         prior = rows_before.get(_row_key(list(keys)), [0] * len(values))
         diff = list(values)
         for i in sums:
             if i < len(prior):
-                diff[i] = max(0, values[i] - prior[i])
+                moved = values[i] - prior[i]
+                # clamped for counts only: a sum() of negative values may fall
+                diff[i] = max(0, moved) if values[i] >= 0 and prior[i] >= 0 else moved
         if weights is not None and diff[weights[0]] > 0:
             interval_mean = _divide(diff[weights[1]], diff[weights[0]])
             diff = [

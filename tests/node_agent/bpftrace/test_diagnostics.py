@@ -44,7 +44,7 @@ SCRIPT = "// counts\nBEGIN { @x = 1 +; }\ntracepoint:a:b { @ = count(); }"
             "Error log: \n0: (05) goto pc-1\ninfinite loop detected at insn 0\n\n"
             "ERROR: Error loading program: BEGIN\n",
             VerifierRejected,
-            "bpftrace: Error loading program: BEGIN",
+            "bpftrace: line 2: Error loading program: BEGIN",
         ),
         (MEMLOCK, FleettraceError, "bpftrace: failed (exit code 1)"),
     ],
@@ -56,6 +56,15 @@ def test_errors_get_their_code_and_the_users_line(
     assert type(error) is kind
     assert error.message == message
     assert "RLIMIT_MEMLOCK" not in (error.detail or "")
+
+
+def test_a_load_or_attach_error_names_the_probes_line() -> None:
+    script = "// x\nBEGIN { }\nkprobe:vfs_* { @ = count(); }"
+    error = diagnose("ERROR: Error attaching probe: 'kprobe:vfs_read'\n", script, exit_code=1)
+    assert error.message == "bpftrace: line 3: Error attaching probe: 'kprobe:vfs_read'"
+    assert error.detail is not None and "  3 | kprobe:vfs_* { @ = count(); }" in error.detail
+    error = diagnose("ERROR: Error loading program: BEGIN\n", script, exit_code=1)
+    assert error.message == "bpftrace: line 2: Error loading program: BEGIN"
 
 
 def test_the_verifier_log_is_the_detail() -> None:

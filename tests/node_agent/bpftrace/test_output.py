@@ -4,15 +4,17 @@ that must never raise, and the key split. test_output_real.py runs real bpftrace
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import TypeAdapter
 
-from node_agent.bpftrace.keys import KeyNames, parse_keys, split_key
+from node_agent.bpftrace.keys import KeyNames, fits, parse_keys, split_key
 from node_agent.bpftrace.output import SKIPPED, Maps
 from node_agent.errors import BadParameter
 from node_agent.kinds import (
@@ -373,6 +375,7 @@ BAD_KEYS = {
     "no equals": ("@a", "expected @map=name1,name2"),
     "bad map": ("@a-b=x", "expected @map=name1,name2"),
     "too long": ("a" * 33, "is not a name"),
+    "too many": (",".join(f"k{i}" for i in range(33)), "more than 32 names"),
 }
 
 
@@ -382,3 +385,69 @@ def test_parse_keys_refuses_naming_the_field(text: str, problem: str) -> None:
         parse_keys(text)
     assert caught.value.field == "params.keys"
     assert problem in str(caught.value)
+
+
+def test_a_u64_count_near_2_64_is_kept_exactly() -> None:
+    got = read([{"type": "map", "data": {"@": {"a": 2**64 - 1, "b": 1}}}], {"@": "count"})
+    assert table(got, "@").rows == [(["a"], [2**64 - 1]), (["b"], [1])]
+
+
+def test_a_keyed_hist_labels_each_key_field() -> None:
+    buckets = [{"min": 4, "max": 7, "count": 2}, {"max": -1, "count": 1}]
+    message = {"type": "hist", "data": {"@h": {"a,b,7": buckets}}}
+    got = read([message], {"@h": "hist"}, keys="@h=comm,pid", key_kinds={"@h": ["str", "int"]})
+    hist = got["@h[('comm', 'a,b'), ('pid', 7)]"]
+    assert isinstance(hist, Log2Histogram) and hist.buckets == [(3, 2)]
+    negative = table(got, "@h.negative")
+    assert [f.name for f in negative.key_fields] == ["comm", "pid"]
+    assert negative.rows == [(["a,b", 7], [1])]
+
+
+def test_messages_that_are_not_ours_are_not_taken() -> None:
+    maps = Maps(limits=Limits(), functions={}, keys=KeyNames())
+    assert not maps.take({"type": "attached_probes", "data": {"probes": 2}})
+    assert maps.results() == []
+
+
+def _brute_split(text: str, kinds: list[Any]) -> list[str] | None:
+    pieces = text.split(",")
+    found = []
+    for cuts in itertools.combinations(range(1, len(pieces)), len(kinds) - 1):
+        bounds = [0, *cuts, len(pieces)]
+        fields = [",".join(pieces[a:b]) for a, b in itertools.pairwise(bounds)]
+        if all(fits(f, k) for f, k in zip(fields, kinds, strict=True)):
+            found.append(fields)
+    return found[0] if len(found) == 1 else None
+
+
+def test_split_key_agrees_with_trying_every_split() -> None:
+    rng = random.Random(16)
+    alphabet = ["a", "7", "-2", "", "\n  f+1\n", "\n  g", "h\n"]
+    for _ in range(3000):
+        kinds = [rng.choice(["int", "str", "stack", "any"]) for _ in range(rng.randint(1, 4))]
+        text = ",".join(rng.choice(alphabet) for _ in range(rng.randint(1, 7)))
+        assert split_key(text, kinds) == _brute_split(text, kinds), (text, kinds)
+
+
+def test_keyed_histograms_are_bounded_keeping_the_busiest() -> None:
+    data = {f"k{i}": [{"min": 1, "max": 1, "count": i + 1}] for i in range(50)}
+    got = read([{"type": "hist", "data": {"@h": data}}], {"@h": "hist"}, limits=Limits(max_rows=3))
+    hists = [r for r in got.values() if isinstance(r, Log2Histogram)]
+    assert sorted(h.total for h in hists) == [48, 49, 50]
+    skipped = table(got, SKIPPED)
+    assert skipped.rows == [(["@h", "histograms beyond max_rows (the busiest kept)"], [47])]
+
+
+def test_an_empty_keyed_map_is_an_empty_table() -> None:
+    got = read([{"type": "stats", "data": {"@s": {}}}], {"@s": "stats"})
+    assert table(got, "@s").rows == [] and SKIPPED not in got
+
+
+def test_key_names_beyond_the_declared_ones_do_not_collide() -> None:
+    assert parse_keys("key1").names("@", 3) == ["key1", "key1_", "key2"]
+
+
+def test_a_stack_keyed_min_or_avg_is_a_table_of_folded_stacks() -> None:
+    message = {"type": "stats", "data": {"@a": {"x,\n    leaf+1\n    root+2\n": 7}}}
+    got = read([message], {"@a": "avg"}, key_kinds={"@a": ["str", "stack"]})
+    assert table(got, "@a").rows == [(["x", "root+2;leaf+1"], [7])]

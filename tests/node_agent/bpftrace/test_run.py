@@ -83,7 +83,14 @@ def workers() -> Iterator[Callable[..., Worker]]:
 
 
 def _request(script: str, **fields: object) -> TraceRequest:
-    values: dict[str, object] = {"run_id": "bt", "program": "bpftrace", "duration_s": 3}
+    # The machine is shared: another test's getppid storm must not trip the overhead guard
+    # (measured all the same; one test below sets a real budget).
+    values: dict[str, object] = {
+        "run_id": "bt",
+        "program": "bpftrace",
+        "duration_s": 3,
+        "limits": {"overhead_pct": 400},
+    }
     values.update(fields)
     values["params"] = {"script": script}
     return TraceRequest.model_validate(values)
@@ -92,10 +99,14 @@ def _request(script: str, **fields: object) -> TraceRequest:
 class Run:
     """A trace in a thread: wait for it to be running, act, then take its outcome."""
 
-    def __init__(self, request: TraceRequest, pool: ChildPool | None = None) -> None:
+    def __init__(
+        self, request: TraceRequest, pool: ChildPool | None = None, cgroup_base: str | None = None
+    ) -> None:
         self.events: list[RunEvent] = []
         self.attached = threading.Event()
-        self.runner = TraceRunner(request, self._on_event, allow_bpftrace=True, pool=pool)
+        self.runner = TraceRunner(
+            request, self._on_event, allow_bpftrace=True, pool=pool, cgroup_base=cgroup_base
+        )
         self.outcome: TraceOutcome | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -321,8 +332,8 @@ def test_comm_scope_with_a_hostile_name(workers: Callable[..., Worker]) -> None:
     outcome = run.result()
     assert outcome.final.state is RunState.succeeded, outcome.final
     table = outcome.table("@")
-    # Only the named process: one row of 9 (how a comma in a key splits is output.py's).
-    assert len(table.rows) == 1 and table.rows[0][1] == [9]
+    # One key field (the script says so): the commas in the name do not split it.
+    assert [(keys, values) for keys, values in table.rows] == [([name], [9])]
 
 
 def test_cgroup_scope_counts_the_group_and_its_children_only(
@@ -439,3 +450,31 @@ def test_the_workers_zygote_children_run_bpftrace(workers: Callable[..., Worker]
             assert _count(outcome, key0=f"ft-bt-zyg{n}") == n
     finally:
         pool.close()
+
+
+def test_a_confined_agent_counts_only_its_own_cgroup(
+    workers: Callable[..., Worker], make_cgroup: Callable[[str], Path]
+) -> None:
+    base, other = make_cgroup("bt-agent"), make_cgroup("bt-other")
+    mine, theirs = workers("ft-bt-conf", base), workers("ft-bt-conf", other)
+    run = Run(_request(COUNT_BY_PID), cgroup_base=f"/{base.name}")  # no scope in the request
+    run.wait_running()
+    mine.calls(6)
+    theirs.calls(4)
+    outcome = run.result()
+    assert outcome.final.state is RunState.succeeded, outcome.final
+    assert _count(outcome, key0=mine.proc.pid) == 6
+    assert _count(outcome, key0=theirs.proc.pid) == 0
+
+
+def test_a_script_that_exits_by_itself_ends_with_its_maps(workers: Callable[..., Worker]) -> None:
+    worker = workers("ft-bt-exit")
+    script = COUNT_BY_COMM + "\ninterval:ms:1500 { exit(); }"
+    run = Run(_request(script, duration_s=60))
+    run.wait_running()
+    worker.calls(14)
+    outcome = run.result()
+    assert outcome.final.state is RunState.succeeded, outcome.final
+    assert outcome.last.final and _count(outcome, key0="ft-bt-exit") == 14
+    running = outcome.running
+    assert outcome.last.interval_end - running.at < 10  # long before its 60 s

@@ -13,6 +13,7 @@ from node_agent.bpftrace.script import (
     MAX_LINES,
     MAX_PROBES,
     check_script,
+    key_kinds,
     lhist_args,
     map_functions,
 )
@@ -82,6 +83,25 @@ def test_tool_passes_policy_and_its_maps_are_named() -> None:
     assert lhist_args(TOOL) == {"@l": (-10, 256, 5)}
 
 
+def test_key_kinds_say_how_keys_split() -> None:
+    assert key_kinds(TOOL) == {
+        "@": ["str"],
+        "@lat": ["int", "str"],
+        "@last": ["int"],
+    }
+    script = (
+        "kprobe:f { @s[kstack] = count(); @u[ustack(3), tid] = count();"
+        ' @x[str(arg0), args->y, $v, 5, "lit", pid / 2] = sum(1); @d[comm] += 1;'
+        " if (@y[comm]) { } }"
+    )
+    assert key_kinds(script) == {
+        "@s": ["stack"],
+        "@u": ["stack", "int"],
+        "@x": ["str", "any", "any", "int", "str", "any"],
+        "@d": ["str"],
+    }
+
+
 def test_lhist_without_literal_bounds_is_left_out() -> None:
     script = (
         "#define LO 0\nkprobe:f { @a = lhist(arg0, LO, 100, 10); @b = lhist(arg0, 0, 100, 010); }"
@@ -118,6 +138,17 @@ def test_lhist_without_literal_bounds_is_left_out() -> None:
         ("/* open comment\nBEGIN { }", "a comment is not closed"),
         ("kprobe:f /pid == 1 { }", "a predicate is not closed"),
         ("kprobe:f @x = 1;", "expected '{'"),
+        ("kprobe:f /pid) || (1/ { @ = count(); }", "unbalanced ')'"),
+        ("kprobe:f /pid == 1 || (1/ { @ = count(); }", "a predicate is not closed"),
+        ("kprobe:f /(pid == 1]/ { }", "unbalanced ']'"),
+        ("kprobe:f { @x = (1; }", "unbalanced '}'"),
+        (
+            "struct X { int a; /* { */ }\nkprobe:f { @ = count(); } }\nBEGIN { }",
+            "line 1: no comments or quotes inside a type definition",
+        ),
+        ("struct X { char c; // }\n};\nBEGIN { }", "no comments or quotes inside"),
+        ('struct X { char c[2]; /* "}" */ };\nBEGIN { }', "no comments or quotes inside"),
+        ("kprobe:f { @x = 1); }", "unbalanced ')'"),
         ("BEGIN { }\n" * (MAX_PROBES + 1), f"above {MAX_PROBES}"),
         ("\n" * MAX_LINES + "BEGIN { }", f"above {MAX_LINES}"),
     ],
@@ -170,6 +201,29 @@ def test_instrument_appends_the_interval_print_and_a_begin() -> None:
         ' printf("ft-x end\\n"); }'
     ) in out
     assert instrument(script, scope_predicate=None, interval_s=None, marker="m").startswith(script)
+
+
+@pytest.mark.parametrize(
+    "body", ["@[comm] = count();", "@[kstack] = count();", 'printf("%d", pid);', "@ = curtask;"]
+)
+def test_a_scoped_interval_probe_may_not_look_at_the_interrupted_task(body: str) -> None:
+    script = f"interval:ms:10 {{ {body} }}\ntracepoint:a:b {{ @n = count(); }}"
+    with pytest.raises(PolicyViolation, match=r"line 1: .* in an interval probe is the task"):
+        instrument(script, scope_predicate="pid == 1", interval_s=None, marker="m")
+    instrument(script, scope_predicate=None, interval_s=None, marker="m")  # unconfined: as is
+
+
+def test_a_scoped_interval_probe_may_print_and_clear() -> None:
+    script = "tracepoint:a:b { @[comm] = count(); }\ni:s:1 { print(@); clear(@); @x = nsecs; }"
+    out = instrument(script, scope_predicate="pid == 1", interval_s=None, marker="m")
+    assert out.split("\n")[1] == "i:s:1 { print(@); clear(@); @x = nsecs; }"
+
+
+def test_a_body_right_after_the_attach_point_gets_a_spaced_predicate() -> None:
+    out = instrument(
+        "kprobe:f{ @ = count(); }", scope_predicate="pid == 1", interval_s=None, marker="m"
+    )
+    assert out.startswith("kprobe:f /pid == 1/ { @ = count(); }")
 
 
 def test_a_predicate_with_a_comment_before_its_end_keeps_working() -> None:
