@@ -191,7 +191,10 @@ def test_counts_are_exact_per_host_each_in_its_own_cgroup_through_the_cli(
     # Each agent counts its own cgroup only: the workload, nothing else, exactly.
     assert per_host == {"bt-a": {COMM: N}, "bt-b": {COMM: M}}, per_host
     assert table_rows(named(body["merged"], "counter_table", "@")) == {COMM: N + M}
-    assert COMM in out and (f"{N + M:,}" in out or str(N + M) in out), out
+    # the side-by-side table the CLI printed: one row, each host's count and the total
+    assert [line.split() for line in out.splitlines() if COMM in line] == [
+        [COMM, str(N), str(M), str(N + M)]
+    ], out
 
 
 # -- histograms against the catalog ----------------------------------------------------------
