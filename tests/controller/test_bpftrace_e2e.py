@@ -289,6 +289,10 @@ def test_lhist_and_kernel_stacks_through_a_report(
         stacks = named(per_host[host], "folded_stacks", "@stacks")
         assert sum(s["count"] for s in stacks["stacks"]) == 100, stacks
         assert all(s["frames"] for s in stacks["stacks"]), stacks
+        # the kernel's own frames of a syscall's entry, root first
+        frames = [f for s in stacks["stacks"] for f in s["frames"]]
+        assert any(f.startswith("entry_SYSCALL_64") for f in frames), stacks
+        assert stacks["stacks"][0]["frames"][0].startswith("entry_SYSCALL_64"), stacks
 
     viewer = tokens.headers("viewer")
     answer = client.get(f"/v1/jobs/{job['id']}/report", headers=viewer)
