@@ -446,6 +446,36 @@ def test_a_bpftrace_that_overruns_its_deadline_is_killed_and_partial_results_are
     assert "did not stop" in run["error"]["message"], run
 
 
+def test_bpftrace_killed_mid_run_fails_the_run_keeps_its_snapshot_and_the_agent_goes_on(
+    fleet: dict[str, Any],
+    workload: StartWorkload,
+    agent: Agents,
+    client: TestClient,
+    tokens: Tokens,
+) -> None:
+    ticker = workload("bt-b", "while True:\n    os.getppid()\n    time.sleep(0.01)\n")
+    ticker.go()
+    job = bpftrace_job(client, tokens, COUNT, ["bt-b"], duration_s=30, interval_s=0.5)
+    viewer = tokens.headers("viewer")
+
+    def with_a_snapshot(job: dict[str, Any]) -> bool:
+        return all_running(job) and job["runs"][0]["snapshots"] >= 1
+
+    wait_job(client, viewer, job["id"], with_a_snapshot, 60, "a snapshot")
+    (worker,) = [a for a in agent.started if a.host == "bt-b"]
+    (pid,) = bpftrace_pids(worker.proc.pid)
+    os.kill(pid, signal.SIGKILL)  # bpftrace dies under the trace (OOM killer, an operator)
+    done = wait_job(client, viewer, job["id"], job_final, 20, "the run to end")  # not 30 s
+    (run,) = done["runs"]
+    assert run["state"] == "failed" and "killed by a signal" in run["error"]["message"], run
+    (host,) = results(client, tokens, job["id"])["hosts"]
+    assert table_rows(named(host["results"], "counter_table", "@")).get(COMM, 0) > 0, host
+    assert bpftrace_pids(worker.proc.pid) == [] and worker.proc.poll() is None
+    after = bpftrace_job(client, tokens, COUNT, ["bt-b"], duration_s=1)
+    ok = wait_job(client, viewer, after["id"], job_final, 60, "the next bpftrace job")
+    assert ok["state"] == "succeeded", ok
+
+
 # -- policy -------------------------------------------------------------------------------------
 
 
