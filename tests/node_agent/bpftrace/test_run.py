@@ -146,6 +146,16 @@ class Run:
         return self.outcome
 
 
+def _succeeds(run: Run, *work: tuple[Worker, int]) -> TraceOutcome:
+    """Once `run` is attached each worker makes its calls; the run must then succeed."""
+    run.wait_running()
+    for worker, calls in work:
+        worker.calls(calls)
+    outcome = run.result()
+    assert outcome.final.state is RunState.succeeded, outcome.final
+    return outcome
+
+
 def _count(outcome: TraceOutcome, **key: object) -> int:
     table = outcome.table("@")
     assert isinstance(table, CounterTable)
@@ -181,11 +191,7 @@ def test_exactly_n_calls_counted_by_the_comm_the_process_set(
     workers: Callable[..., Worker],
 ) -> None:
     worker = workers("ft-bt-exact")
-    run = Run(_request(COUNT_BY_COMM, duration_s=2))
-    run.wait_running()
-    worker.calls(357)
-    outcome = run.result()
-    assert outcome.final.state is RunState.succeeded, outcome.final
+    outcome = _succeeds(Run(_request(COUNT_BY_COMM, duration_s=2)), (worker, 357))
     assert _count(outcome, key0="ft-bt-exact") == 357
     final = outcome.last
     assert final.final and final.stats.attach_s > 0
@@ -314,23 +320,16 @@ def test_a_stopped_bpftrace_is_killed_and_its_last_snapshot_kept(
 def test_pid_scope_counts_only_that_process(workers: Callable[..., Worker]) -> None:
     inside, outside = workers("ft-bt-pid"), workers("ft-bt-pid")
     run = Run(_request(COUNT_BY_COMM, scope=Scope(pid=inside.proc.pid)))
-    run.wait_running()
-    inside.calls(11)
-    outside.calls(13)
-    outcome = run.result()
-    assert outcome.final.state is RunState.succeeded, outcome.final
+    outcome = _succeeds(run, (inside, 11), (outside, 13))
     assert _count(outcome, key0="ft-bt-pid") == 11
 
 
 def test_comm_scope_with_a_hostile_name(workers: Callable[..., Worker]) -> None:
     name = 'a"b,c\\d'
     inside, outside = workers(name), workers("ft-bt-other")
-    run = Run(_request(COUNT_BY_COMM, scope=Scope(comm=name)))
-    run.wait_running()
-    inside.calls(9)
-    outside.calls(4)
-    outcome = run.result()
-    assert outcome.final.state is RunState.succeeded, outcome.final
+    outcome = _succeeds(
+        Run(_request(COUNT_BY_COMM, scope=Scope(comm=name))), (inside, 9), (outside, 4)
+    )
     table = outcome.table("@")
     # One key field (the script says so): the commas in the name do not split it.
     assert [(keys, values) for keys, values in table.rows] == [([name], [9])]
@@ -347,12 +346,7 @@ def test_cgroup_scope_counts_the_group_and_its_children_only(
         in_child = workers("ft-bt-cg", child)
         outside = workers("ft-bt-cg")
         run = Run(_request(COUNT_BY_PID, scope=Scope(cgroup=group.name)))
-        run.wait_running()
-        in_group.calls(5)
-        in_child.calls(7)
-        outside.calls(3)
-        outcome = run.result()
-        assert outcome.final.state is RunState.succeeded, outcome.final
+        outcome = _succeeds(run, (in_group, 5), (in_child, 7), (outside, 3))
         assert _count(outcome, key0=in_group.proc.pid) == 5
         assert _count(outcome, key0=in_child.proc.pid) == 7
         assert _count(outcome, key0=outside.proc.pid) == 0
@@ -426,11 +420,7 @@ END { printf("%s\\n", "} done {"); }
 """
     inside, outside = workers("ft-bt-tricky"), workers("ft-bt-tricky")
     run = Run(_request(script, scope=Scope(pid=inside.proc.pid), interval_s=0.5))
-    run.wait_running()
-    inside.calls(21)
-    outside.calls(8)
-    outcome = run.result()
-    assert outcome.final.state is RunState.succeeded, outcome.final
+    outcome = _succeeds(run, (inside, 21), (outside, 8))
     table = outcome.table("@")
     assert sum(values[0] for _, values in table.rows) == 21
     assert "} done {" in str(outcome.samples().events)
@@ -442,11 +432,7 @@ def test_the_workers_zygote_children_run_bpftrace(workers: Callable[..., Worker]
     try:
         for n in (31, 32):  # the warm spare (bcc loaded) and the next one
             worker = workers(f"ft-bt-zyg{n}")
-            run = Run(_request(COUNT_BY_COMM, duration_s=1), pool=pool)
-            run.wait_running()
-            worker.calls(n)
-            outcome = run.result()
-            assert outcome.final.state is RunState.succeeded, outcome.final
+            outcome = _succeeds(Run(_request(COUNT_BY_COMM, duration_s=1), pool=pool), (worker, n))
             assert _count(outcome, key0=f"ft-bt-zyg{n}") == n
     finally:
         pool.close()
@@ -458,11 +444,7 @@ def test_a_confined_agent_counts_only_its_own_cgroup(
     base, other = make_cgroup("bt-agent"), make_cgroup("bt-other")
     mine, theirs = workers("ft-bt-conf", base), workers("ft-bt-conf", other)
     run = Run(_request(COUNT_BY_PID), cgroup_base=f"/{base.name}")  # no scope in the request
-    run.wait_running()
-    mine.calls(6)
-    theirs.calls(4)
-    outcome = run.result()
-    assert outcome.final.state is RunState.succeeded, outcome.final
+    outcome = _succeeds(run, (mine, 6), (theirs, 4))
     assert _count(outcome, key0=mine.proc.pid) == 6
     assert _count(outcome, key0=theirs.proc.pid) == 0
 
@@ -470,11 +452,7 @@ def test_a_confined_agent_counts_only_its_own_cgroup(
 def test_a_script_that_exits_by_itself_ends_with_its_maps(workers: Callable[..., Worker]) -> None:
     worker = workers("ft-bt-exit")
     script = COUNT_BY_COMM + "\ninterval:ms:1500 { exit(); }"
-    run = Run(_request(script, duration_s=60))
-    run.wait_running()
-    worker.calls(14)
-    outcome = run.result()
-    assert outcome.final.state is RunState.succeeded, outcome.final
+    outcome = _succeeds(Run(_request(script, duration_s=60)), (worker, 14))
     assert outcome.last.final and _count(outcome, key0="ft-bt-exit") == 14
     running = outcome.running
     assert outcome.last.interval_end - running.at < 10  # long before its 60 s
