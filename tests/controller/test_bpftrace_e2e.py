@@ -16,6 +16,7 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -407,6 +408,43 @@ def loaded(prog_id: int) -> bool:
     return shown.returncode == 0
 
 
+@dataclass
+class Traced:
+    """A bpftrace job on one host counting a workload's getppid calls, with a snapshot
+    stored, and the pid of its bpftrace."""
+
+    job: dict[str, Any]
+    agent_pid: int
+    pid: int
+
+    def kept(self, client: TestClient, tokens: Tokens) -> int:
+        """The workload's count in the run's stored results (its last snapshot)."""
+        (host,) = results(client, tokens, self.job["id"])["hosts"]
+        return table_rows(named(host["results"], "counter_table", "@")).get(COMM, 0)
+
+
+def traced_ticker(
+    host: str,
+    duration_s: float,
+    workload: StartWorkload,
+    agent: Agents,
+    client: TestClient,
+    tokens: Tokens,
+) -> Traced:
+    """An endless getppid workload on `host` and a bpftrace job counting it, once a snapshot
+    of the job is stored."""
+    workload(host, "while True:\n    os.getppid()\n    time.sleep(0.01)\n").go()
+    job = bpftrace_job(client, tokens, COUNT, [host], duration_s=duration_s, interval_s=0.5)
+
+    def with_a_snapshot(job: dict[str, Any]) -> bool:
+        return all_running(job) and job["runs"][0]["snapshots"] >= 1
+
+    wait_job(client, tokens.headers("viewer"), job["id"], with_a_snapshot, 60, "a snapshot")
+    (worker,) = [a for a in agent.started if a.host == host]
+    (pid,) = bpftrace_pids(worker.proc.pid)
+    return Traced(job, worker.proc.pid, pid)
+
+
 def test_a_bpftrace_that_overruns_its_deadline_is_killed_and_partial_results_are_kept(
     fleet: dict[str, Any],
     workload: StartWorkload,
@@ -414,36 +452,25 @@ def test_a_bpftrace_that_overruns_its_deadline_is_killed_and_partial_results_are
     client: TestClient,
     tokens: Tokens,
 ) -> None:
-    ticker = workload("bt-a", "while True:\n    os.getppid()\n    time.sleep(0.01)\n")
-    ticker.go()
-    job = bpftrace_job(client, tokens, COUNT, ["bt-a"], duration_s=3, interval_s=0.5)
-    viewer = tokens.headers("viewer")
-
-    def with_a_snapshot(job: dict[str, Any]) -> bool:
-        return all_running(job) and job["runs"][0]["snapshots"] >= 1
-
-    wait_job(client, viewer, job["id"], with_a_snapshot, 60, "a snapshot")
-    (worker,) = [a for a in agent.started if a.host == "bt-a"]
-    (pid,) = bpftrace_pids(worker.proc.pid)
+    traced = traced_ticker("bt-a", 3, workload, agent, client, tokens)
+    pid = traced.pid
     programs = bpf_program_ids(pid)
     assert programs and all(loaded(p) for p in programs), programs
     os.kill(pid, signal.SIGSTOP)  # hung: it will not answer the deadline's SIGINT
     try:
-        done = wait_job(client, viewer, job["id"], job_final, 60, "the run to end")
+        viewer = tokens.headers("viewer")
+        done = wait_job(client, viewer, traced.job["id"], job_final, 60, "the run to end")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
     (run,) = done["runs"]
-    assert not Path(f"/proc/{pid}").exists(), "bpftrace outlived its run"
-    assert bpftrace_pids(worker.proc.pid) == []
-    # the kernel frees a dead process's programs asynchronously
-    wait_for(lambda: not any(loaded(p) for p in programs), 10, "bpftrace's programs unloaded")
-    body = results(client, tokens, job["id"])
-    (host,) = body["hosts"]
-    table = named(host["results"], "counter_table", "@")
-    assert table_rows(table).get(COMM, 0) > 0, (run, host)  # the last snapshot, kept
     assert run["state"] == "timed_out" and run["error"]["code"] == "killed", run
     assert "did not stop" in run["error"]["message"], run
+    assert not Path(f"/proc/{pid}").exists(), "bpftrace outlived its run"
+    assert bpftrace_pids(traced.agent_pid) == []
+    # the kernel frees a dead process's programs asynchronously
+    wait_for(lambda: not any(loaded(p) for p in programs), 10, "bpftrace's programs unloaded")
+    assert traced.kept(client, tokens) > 0, run  # the last snapshot, kept
 
 
 def test_bpftrace_killed_mid_run_fails_the_run_keeps_its_snapshot_and_the_agent_goes_on(
@@ -453,24 +480,14 @@ def test_bpftrace_killed_mid_run_fails_the_run_keeps_its_snapshot_and_the_agent_
     client: TestClient,
     tokens: Tokens,
 ) -> None:
-    ticker = workload("bt-b", "while True:\n    os.getppid()\n    time.sleep(0.01)\n")
-    ticker.go()
-    job = bpftrace_job(client, tokens, COUNT, ["bt-b"], duration_s=30, interval_s=0.5)
+    traced = traced_ticker("bt-b", 30, workload, agent, client, tokens)
+    os.kill(traced.pid, signal.SIGKILL)  # bpftrace dies under the trace (OOM killer, an operator)
     viewer = tokens.headers("viewer")
-
-    def with_a_snapshot(job: dict[str, Any]) -> bool:
-        return all_running(job) and job["runs"][0]["snapshots"] >= 1
-
-    wait_job(client, viewer, job["id"], with_a_snapshot, 60, "a snapshot")
-    (worker,) = [a for a in agent.started if a.host == "bt-b"]
-    (pid,) = bpftrace_pids(worker.proc.pid)
-    os.kill(pid, signal.SIGKILL)  # bpftrace dies under the trace (OOM killer, an operator)
-    done = wait_job(client, viewer, job["id"], job_final, 20, "the run to end")  # not 30 s
+    done = wait_job(client, viewer, traced.job["id"], job_final, 20, "the run to end")  # not 30 s
     (run,) = done["runs"]
     assert run["state"] == "failed" and "killed by a signal" in run["error"]["message"], run
-    (host,) = results(client, tokens, job["id"])["hosts"]
-    assert table_rows(named(host["results"], "counter_table", "@")).get(COMM, 0) > 0, host
-    assert bpftrace_pids(worker.proc.pid) == [] and worker.proc.poll() is None
+    assert traced.kept(client, tokens) > 0, run
+    assert bpftrace_pids(traced.agent_pid) == []
     after = bpftrace_job(client, tokens, COUNT, ["bt-b"], duration_s=1)
     ok = wait_job(client, viewer, after["id"], job_final, 60, "the next bpftrace job")
     assert ok["state"] == "succeeded", ok
