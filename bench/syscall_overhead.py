@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -44,11 +44,13 @@ from node_agent.protocol import (
 )
 from node_agent.runner import TraceRunner
 
+Tracer = contextlib.AbstractContextManager[Callable[[], int]]  # yields a getter of its count
 LOOP_COMM = "ft_sysloop"  # the loop binary's name: what bpftrace and we see as comm
 WARMUP = 1000  # getppid() calls before the timed ones; counted by the tracers too
 BPFTRACE_PROG = "tracepoint:raw_syscalls:sys_enter { @[comm] = count(); }"
 # A BEGIN probe fires only after every other probe is attached: our "attached" marker.
-BPFTRACE_READY = 'BEGIN { printf("ft-ready\\n"); }'
+READY = "ft-ready"
+BPFTRACE_READY = f'BEGIN {{ printf("{READY}\\n"); }}'
 
 LOOP_C = r"""
 #define _GNU_SOURCE
@@ -109,8 +111,8 @@ def run_loop(loop: Path, n: int, cpu: int) -> float:
 # -- bpftrace -------------------------------------------------------------------------------
 
 
-def _read_until(stream: IO[str], marker: str, timeout_s: float) -> str:
-    """Lines read until one contains marker; raises if the deadline passes first."""
+def read_until(stream: IO[str], wanted: Callable[[str], bool], timeout_s: float) -> str:
+    """Lines read until one is `wanted`; raises if the deadline passes first."""
     seen = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -121,16 +123,24 @@ def _read_until(stream: IO[str], marker: str, timeout_s: float) -> str:
         if not line:
             break
         seen.append(line)
-        if marker in line:
+        if wanted(line):
             return "".join(seen)
-    raise RuntimeError(f"bpftrace did not print {marker!r}: {''.join(seen)[-2000:]}")
+    raise RuntimeError(f"bpftrace stopped short: {''.join(seen)[-2000:]}")
 
 
 @contextlib.contextmanager
-def bpftrace_attached(bpftrace: str) -> Iterator[Callable[[], int]]:
-    """Runs bpftrace until the block ends; yields a getter of the loop's count, read at exit."""
+def process_attached(
+    argv: Sequence[str],
+    steps: Sequence[tuple[str, Callable[[str], bool]]],
+    count: Callable[[str], int],
+    on_step: Callable[[str, float], None] | None = None,
+) -> Iterator[Callable[[], int]]:
+    """Runs a tracer process until the block ends, entered once each of `steps` (a name, a
+    test of an output line) has been seen in order (`on_step` gets the name and the seconds
+    since the start); yields a getter of `count` of its output after SIGINT."""
+    started = time.monotonic()
     proc = subprocess.Popen(
-        [bpftrace, "-e", f"{BPFTRACE_READY} {BPFTRACE_PROG}"],
+        list(argv),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,  # it warns about RLIMIT_MEMLOCK on memcg-accounted kernels
         text=True,
@@ -138,32 +148,75 @@ def bpftrace_attached(bpftrace: str) -> Iterator[Callable[[], int]]:
     assert proc.stdout is not None
     result: dict[str, int] = {}
     try:
-        _read_until(proc.stdout, "Attaching", 60)
-        _read_until(proc.stdout, "ft-ready", 60)
+        for name, wanted in steps:
+            read_until(proc.stdout, wanted, 60)
+            if on_step is not None:
+                on_step(name, time.monotonic() - started)
         yield lambda: result["count"]
     finally:
         proc.send_signal(2)  # SIGINT: bpftrace prints its maps and exits
         out, _ = proc.communicate(timeout=30)
+        result["count"] = count(out)
+
+
+def bpftrace_attached(bpftrace: str) -> Tracer:
+    """Runs bpftrace until the block ends; yields a getter of the loop's count, read at exit."""
+
+    def count(out: str) -> int:
         m = re.search(rf"^@\[{LOOP_COMM}\]: (\d+)$", out, re.M)
-        result["count"] = int(m.group(1)) if m else 0
+        return int(m.group(1)) if m else 0
+
+    steps = [("Attaching", lambda line: "Attaching" in line), (READY, lambda line: READY in line)]
+    return process_attached([bpftrace, "-e", f"{BPFTRACE_READY} {BPFTRACE_PROG}"], steps, count)
 
 
 # -- ours -----------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def ours_attached(per_process: bool, round_no: int, guard: bool) -> Iterator[Callable[[], int]]:
-    """Runs our syscalls program through the real TraceRunner until the block ends; with
-    `guard`, the overhead guard reads the kernel's BPF stats (budget high enough never to stop)."""
+def runner_attached(
+    request: TraceRequest,
+    count: Callable[[Snapshot | None], int],
+    on_running: Callable[[float], None] | None = None,
+    **options: Any,
+) -> Iterator[Callable[[], int]]:
+    """Runs `request` through the real TraceRunner (with `options`) until the block ends;
+    yields a getter of `count` of its last snapshot, read once cancelled. `on_running` gets
+    the seconds from run() to the running state."""
     running = threading.Event()
+    at: list[float] = []
 
     def on_event(event: RunEvent) -> None:
         # a final state also wakes the waiter, so a failed start is not a 120 s hang
         if isinstance(event, StateChange) and (
             event.state is RunState.running or event.state.final
         ):
+            at.append(time.monotonic())
             running.set()
 
+    runner = TraceRunner(request, on_event, **options)
+    finals: list[StateChange] = []
+    started = time.monotonic()
+    thread = threading.Thread(target=lambda: finals.append(runner.run()), daemon=True)
+    thread.start()
+    result: dict[str, int] = {}
+    try:
+        if not running.wait(timeout=120) or finals:
+            raise RuntimeError(f"our {request.program} program did not start: {finals}")
+        if on_running is not None:
+            on_running(at[0] - started)
+        yield lambda: result["count"]
+    finally:
+        runner.cancel()
+        thread.join(timeout=60)
+        result["count"] = count(runner.last_snapshot)
+        if finals and finals[0].state is not RunState.cancelled:
+            raise RuntimeError(f"our run ended {finals[0].state.value}: {finals[0].error}")
+
+
+def ours_attached(per_process: bool, round_no: int, guard: bool) -> Tracer:
+    """Our syscalls program through the real TraceRunner until the block ends; with `guard`,
+    the overhead guard reads the kernel's BPF stats (budget high enough never to stop)."""
     request = TraceRequest(
         run_id=f"bench-syscalls-{int(per_process)}-{round_no}",
         program="syscalls",
@@ -171,21 +224,7 @@ def ours_attached(per_process: bool, round_no: int, guard: bool) -> Iterator[Cal
         duration_s=600,
         limits=Limits(overhead_pct=400 if guard else None),
     )
-    runner = TraceRunner(request, on_event)
-    finals: list[StateChange] = []
-    thread = threading.Thread(target=lambda: finals.append(runner.run()), daemon=True)
-    thread.start()
-    result: dict[str, int] = {}
-    try:
-        if not running.wait(timeout=120) or finals:
-            raise RuntimeError(f"our syscalls program did not start: {finals}")
-        yield lambda: result["count"]
-    finally:
-        runner.cancel()
-        thread.join(timeout=60)
-        result["count"] = _getppid_count(runner.last_snapshot, per_process)
-        if finals and finals[0].state is not RunState.cancelled:
-            raise RuntimeError(f"our run ended {finals[0].state.value}: {finals[0].error}")
+    return runner_attached(request, lambda snapshot: _getppid_count(snapshot, per_process))
 
 
 def _getppid_count(snapshot: Snapshot | None, per_process: bool) -> int:
@@ -219,7 +258,7 @@ def measure(
                     f"{config.ns_per_call[-1]:7.1f} ns/call"
                 )
                 continue
-            tracer: contextlib.AbstractContextManager[Callable[[], int]]
+            tracer: Tracer
             if config.name == "bpftrace":
                 tracer = bpftrace_attached(args.bpftrace)
             else:
@@ -237,26 +276,33 @@ def measure(
             )
 
 
+def timing_row(name: str, label: str, ns: list[float], untraced: list[float]) -> dict[str, Any]:
+    """One configuration's ns per call against the untraced loop's (the same list: untraced)."""
+    traced = ns is not untraced
+    return {
+        "config": name,
+        "label": label,
+        "median_ns_per_call": round(statistics.median(ns), 2),
+        "min_ns_per_call": round(min(ns), 2),
+        "max_ns_per_call": round(max(ns), 2),
+        "overhead_ns_per_event": round(statistics.median(ns) - statistics.median(untraced), 2)
+        if traced
+        else 0.0,
+        # noise from other work only ever adds time: min - min is the low-noise estimate
+        "overhead_min_ns_per_event": round(min(ns) - min(untraced), 2) if traced else 0.0,
+        "samples_ns_per_call": [round(x, 2) for x in ns],
+    }
+
+
 def summarize(args: argparse.Namespace, configs: list[Config]) -> dict[str, Any]:
-    base = configs[0].median
-    base_min = min(configs[0].ns_per_call)
+    untraced = configs[0].ns_per_call
     expected = args.n + WARMUP
     rows: list[dict[str, Any]] = []
     for c in configs:
-        overhead = c.median - base if c.name != "untraced" else 0.0
-        # noise from other work only ever adds time: min - min is the low-noise estimate
-        overhead_min = min(c.ns_per_call) - base_min if c.name != "untraced" else 0.0
         sane = all(expected <= x <= expected * 1.01 + 100 for x in c.counted)
         rows.append(
             {
-                "config": c.name,
-                "label": c.label,
-                "median_ns_per_call": round(c.median, 2),
-                "min_ns_per_call": round(min(c.ns_per_call), 2),
-                "max_ns_per_call": round(max(c.ns_per_call), 2),
-                "overhead_ns_per_event": round(overhead, 2),
-                "overhead_min_ns_per_event": round(overhead_min, 2),
-                "samples_ns_per_call": [round(x, 2) for x in c.ns_per_call],
+                **timing_row(c.name, c.label, c.ns_per_call, untraced),
                 "counted": c.counted,
                 "counts_ok": sane if c.name != "untraced" else None,
                 "attach_wait_s": [round(x, 2) for x in c.attach_wait_s],
@@ -299,17 +345,7 @@ def print_table(summary: dict[str, Any]) -> None:
         f"\nsyscall overhead: {summary['n']:,} getppid() per run, pinned to CPU {summary['cpu']}, "
         f"median of {summary['rounds']} interleaved rounds; kernel {summary['host']['kernel']}"
     )
-    print(
-        f"{'configuration':46} {'ns/call':>7} {'min':>6} {'max':>6} "
-        f"{'ovh ns/ev':>9} {'(min)':>6}  counts"
-    )
-    for r in summary["results"]:
-        ok = {None: "-", True: "ok", False: "WRONG"}[r["counts_ok"]]
-        print(
-            f"{r['label']:46} {r['median_ns_per_call']:7.1f} {r['min_ns_per_call']:6.1f} "
-            f"{r['max_ns_per_call']:6.1f} {r['overhead_ns_per_event']:9.1f} "
-            f"{r['overhead_min_ns_per_event']:6.1f}  {ok}"
-        )
+    print_timings(summary["results"], 46)
     ratios = summary["ratio_ours_over_bpftrace"]
     print(
         "overhead ratio ours/bpftrace (median; min): "
@@ -325,12 +361,32 @@ def print_table(summary: dict[str, Any]) -> None:
         print(f"WARNING: counts off (expected {summary['expected_count']}) for: {', '.join(bad)}")
 
 
-def main() -> int:
-    parser = _main.options(__doc__, rounds=5, rounds_help="interleaved rounds (median taken)")
+def print_timings(rows: list[dict[str, Any]], width: int) -> None:
+    """The table of timing_row()s, each with its count check (counts_ok)."""
+    print(
+        f"{'configuration':{width}} {'ns/call':>7} {'min':>6} {'max':>6} "
+        f"{'ovh ns/ev':>9} {'(min)':>6}  counts"
+    )
+    for r in rows:
+        ok = {None: "-", True: "ok", False: "WRONG"}[r["counts_ok"]]
+        print(
+            f"{r['label']:{width}} {r['median_ns_per_call']:7.1f} {r['min_ns_per_call']:6.1f} "
+            f"{r['max_ns_per_call']:6.1f} {r['overhead_ns_per_event']:9.1f} "
+            f"{r['overhead_min_ns_per_event']:6.1f}  {ok}"
+        )
+
+
+def loop_options(doc: str | None) -> argparse.ArgumentParser:
+    """The options of a benchmark of the pinned loop under tracers."""
+    parser = _main.options(doc, rounds=5, rounds_help="interleaved rounds (median taken)")
     parser.add_argument("--n", type=int, default=5_000_000, help="timed getppid() calls per run")
     parser.add_argument("--cpu", type=int, default=(os.cpu_count() or 1) - 1, help="CPU to pin to")
     parser.add_argument("--bpftrace", default=shutil.which("bpftrace") or "/usr/bin/bpftrace")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = loop_options(__doc__).parse_args()
     if _main.not_root():
         return 2
     log = _main.progress(args)

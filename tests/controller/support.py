@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -97,6 +99,25 @@ def field_paths(answer: Any) -> list[str]:
 def timed() -> Iterator[Callable[[], float]]:
     start = time.monotonic()
     yield lambda: time.monotonic() - start
+
+
+class Workload:
+    """A process in a cgroup that waits for a go, then runs `body` (Python; os, sys and time
+    imported), under the process name `comm` if given."""
+
+    def __init__(self, group: Path, body: str, comm: bytes | None = None) -> None:
+        name = f"open('/proc/self/comm', 'wb').write({comm!r})\n" if comm is not None else ""
+        script = f"import os, sys, time\n{name}sys.stdin.readline()\n{body}"
+        self.proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE)
+        (group / "cgroup.procs").write_text(str(self.proc.pid))
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"go\n")
+        self.proc.stdin.close()
+
+    def wait(self) -> None:
+        assert self.proc.wait(timeout=60) == 0
 
 
 # -- API shortcuts ------------------------------------------------------------------------------

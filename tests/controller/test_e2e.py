@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from controller.jobs.models import JobEvent, SnapshotRow
 from controller.settings import Settings
 from node_agent.protocol import CounterTable, Feature
 from node_agent.wire import events_stream, host_queue
+from tests.controller import support
 from tests.controller.conftest import BIN, Agents, IngestThread, RecordingDispatcher, Tokens
 from tests.controller.support import (
     capabilities,
@@ -69,7 +69,7 @@ def cgroups(make_cgroup: Callable[[str], Path]) -> dict[str, Path]:
     return groups
 
 
-class Workload:
+class Workload(support.Workload):
     """A process that waits for a go, then makes exactly `calls` getppid syscalls.
 
     With no count it makes them until killed, one every 10 ms.
@@ -80,17 +80,7 @@ class Workload:
             loop = "while True:\n    os.getppid()\n    time.sleep(0.01)\n"
         else:
             loop = f"for _ in range({calls}): os.getppid()\n"
-        script = f"import os, sys, time\nsys.stdin.readline()\n{loop}"
-        self.proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE)
-        (group / "cgroup.procs").write_text(str(self.proc.pid))
-
-    def go(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(b"go\n")
-        self.proc.stdin.close()
-
-    def wait(self) -> None:
-        assert self.proc.wait(timeout=30) == 0
+        super().__init__(group, loop)
 
 
 @pytest.fixture
