@@ -62,5 +62,9 @@ class LimitExceeded(FleettraceError, code=ErrorCode.limit_exceeded):
     """A request past this agent's limits (duration, overhead budget)."""
 
 
+class Killed(FleettraceError, code=ErrorCode.killed):
+    """A trace's process ended by a signal it did not choose (the OOM killer, an operator)."""
+
+
 class PolicyViolation(FleettraceError, code=ErrorCode.policy):
     """Work this agent's own policy refuses, whatever the sender was allowed to ask."""

@@ -489,6 +489,7 @@ def test_bpftrace_killed_mid_run_fails_the_run_keeps_its_snapshot_and_the_agent_
     done = wait_job(client, viewer, traced.job["id"], job_final, 20, "the run to end")  # not 30 s
     (run,) = done["runs"]
     assert run["state"] == "failed" and "killed by a signal" in run["error"]["message"], run
+    assert run["error"]["code"] == "killed", run
     assert traced.kept(client, tokens) > 0, run
     assert bpftrace_pids(traced.agent_pid) == []
     after = bpftrace_job(client, tokens, COUNT, ["bt-b"], duration_s=1)

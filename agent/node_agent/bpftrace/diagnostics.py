@@ -14,7 +14,13 @@ import fnmatch
 import re
 
 from node_agent.bpftrace.syntax import parse
-from node_agent.errors import AttachError, FleettraceError, ProgramCompileError, VerifierRejected
+from node_agent.errors import (
+    AttachError,
+    FleettraceError,
+    Killed,
+    ProgramCompileError,
+    VerifierRejected,
+)
 from node_agent.protocol import truncate_log
 from node_agent.safe_text import printable, printable_lines
 
@@ -108,10 +114,11 @@ def diagnose(stderr: str, script: str, *, exit_code: int | None) -> FleettraceEr
             messages.append(raw.strip())
             kind = AttachError
     if not messages:
-        code = "killed by a signal" if exit_code is not None and exit_code < 0 else "failed"
+        signalled = exit_code is not None and exit_code < 0
+        code = "killed by a signal" if signalled else "failed"
         tail = [line for line in stderr.splitlines() if not any(n in line for n in _NOISE)]
         messages.append(f"{code} (exit code {exit_code})")
-        kind = FleettraceError  # nothing said why: internal
+        kind = Killed if signalled else FleettraceError  # nothing said why: internal
         detail.extend(tail[-20:])
     message = printable("bpftrace: " + "; ".join(dict.fromkeys(messages)))
     if len(message) > MAX_MESSAGE:

@@ -8,6 +8,7 @@ from node_agent.bpftrace.diagnostics import MAX_MESSAGE, diagnose
 from node_agent.errors import (
     AttachError,
     FleettraceError,
+    Killed,
     ProgramCompileError,
     VerifierRejected,
 )
@@ -83,3 +84,10 @@ def test_hostile_text_is_printable_and_bounded() -> None:
     for text in (error.message, error.detail or ""):
         assert "\x1b" not in text and "\x07" not in text
     assert "\\x1b" in error.message
+
+
+def test_a_silent_death_by_signal_is_killed_and_a_silent_failure_internal() -> None:
+    killed = diagnose(MEMLOCK, SCRIPT, exit_code=-9)
+    assert type(killed) is Killed and "killed by a signal (exit code -9)" in killed.message
+    failed = diagnose(MEMLOCK, SCRIPT, exit_code=3)
+    assert type(failed) is FleettraceError and "failed (exit code 3)" in failed.message

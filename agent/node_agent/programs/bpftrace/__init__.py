@@ -36,7 +36,8 @@ SPEC = ProgramSpec(
             "keys",
             "str",
             "",
-            "names of the maps' key fields, comma-separated (default key0, key1, ...)",
+            "names of the maps' key fields: `comm,pid` for every map, `@m=comm,pid;@n=cpu`"
+            " per map (default key0, key1, ...)",
             max_length=1024,
         ),
     ),
