@@ -32,6 +32,8 @@ STDERR_KEEP = 64 * 1024  # characters of bpftrace's stderr kept for the error
 QUEUE_LINES = 10_000  # a full queue stalls bpftrace's writes: its own buffers then count losses
 PR_SET_PDEATHSIG = 1
 EOF = object()  # the last item of `lines`: stdout closed
+TOO_LONG = object()  # an item of `lines`: a line above MAX_LINE, left out
+MAX_LINE = 64 * 1024 * 1024  # characters of one stdout line (a whole map print), newline included
 
 
 def find_bpftrace() -> str:
@@ -65,10 +67,21 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return setup
 
 
-def _read_lines(stream: IO[str], out: queue.Queue[object]) -> None:
-    for line in stream:
-        out.put(line)
-    out.put(EOF)
+def _read_lines(stream: IO[str], out: queue.Queue[object], max_line: int = MAX_LINE) -> None:
+    """Each stdout line into out (a line above max_line: TOO_LONG instead), then EOF, always:
+    the run loop waits for EOF, so a reader that died without it would hold the run."""
+    try:
+        while line := stream.readline(max_line + 1):
+            if len(line) > max_line:
+                while line and not line.endswith("\n"):  # the rest of it, never kept
+                    line = stream.readline(max_line)
+                out.put(TOO_LONG)
+            else:
+                out.put(line)
+    except Exception:  # MemoryError included: logged, and EOF below ends the run's wait
+        log.exception("bpftrace stdout could not be read")
+    finally:
+        out.put(EOF)
 
 
 def _read_stderr(stream: IO[str], keep: list[str]) -> None:

@@ -26,7 +26,7 @@ from node_agent.bpftrace.diagnostics import diagnose
 from node_agent.bpftrace.instrument import instrument, scope_predicate
 from node_agent.bpftrace.keys import parse_keys
 from node_agent.bpftrace.output import Maps
-from node_agent.bpftrace.process import EOF, Bpftrace, find_bpftrace
+from node_agent.bpftrace.process import EOF, MAX_LINE, TOO_LONG, Bpftrace, find_bpftrace
 from node_agent.bpftrace.script import key_kinds, lhist_args, map_functions, minimum_probes
 from node_agent.errors import AttachError, FleettraceError, UnsupportedProgram
 from node_agent.protocol import ErrorCode, Result, RunState, Snapshot, StateChange, TraceError
@@ -104,6 +104,7 @@ class _Session:
         self.program_ids: list[int] = []
         self.cost: BpftraceCost | None = None
         self.next_cost = float("inf")
+        self.too_long = 0  # stdout lines above MAX_LINE, left out
 
     def run(self, binary: str, path: Path) -> RunState:
         bpftrace = self.bpftrace = Bpftrace(binary, path, self.request.limits)
@@ -118,6 +119,13 @@ class _Session:
                     item = None
                 if item is EOF:
                     eof = True
+                elif item is TOO_LONG:
+                    self.too_long += 1
+                    log.warning(
+                        "run %s: a bpftrace output line above %d characters was left out",
+                        self.request.run_id,
+                        MAX_LINE,
+                    )
                 elif isinstance(item, str):
                     self._line(item)
                 self._supervise(bpftrace)

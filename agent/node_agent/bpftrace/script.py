@@ -4,6 +4,7 @@ what fills each of its maps (for reading bpftrace's output)."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Literal
 
 from node_agent.bpftrace.syntax import Kind, Script, Token, parse
@@ -15,12 +16,14 @@ MAX_PROBES = 200  # probe blocks written in the script; BPFTRACE_MAX_PROBES boun
 
 # Builtins that change the system or read the host beyond the traced events. bpftrace 0.17
 # itself refuses the first three without --unsafe (man bpftrace: "unsafe"); `cat` reads any
-# file on the host as root.
+# file on the host as root; `skboutput` creates (truncates) any path as root (pcap_dump_open)
+# on builds with libpcap. bpftrace 0.17's other builtins touch no file.
 REFUSED_CALLS = {
     "system": "runs a command on the host",
     "signal": "sends signals to traced processes",
     "override": "changes a kernel function's return value",
     "cat": "reads files on the host",
+    "skboutput": "writes files on the host",
 }
 # The kernel types the scope's cgroup predicate reads (instrument.py): never redefined.
 SCOPE_TYPES = frozenset({"struct cgroup", "struct kernfs_node", "struct css_set"})
@@ -120,55 +123,68 @@ def minimum_probes(script: str) -> int:
     )
 
 
-def _assignments(script: str) -> list[tuple[str, list[Token]]]:
-    """Each `@map[...] = rhs` in the script: the map's name and the tokens of the rhs."""
-    found: list[tuple[str, list[Token]]] = []
+_ASSIGNS = frozenset({"=", "+=", "-=", "*=", "/=", "%=", "&=", "|=", "^=", "<<=", ">>="})
+_STEPS = frozenset({"++", "--"})
+# Writes whose values add up across hosts and intervals, like sum(): `@[comm]++`, `@x += n`.
+_SUMS = frozenset({"++", "--", "+=", "-="})
+
+
+@dataclass(frozen=True)
+class _Write:
+    map: Token
+    key: list[list[Token]] | None  # the subscript's expressions; None for a scalar map
+    operator: str  # "=", "+=", "++", ... (prefix `++@x` too)
+    rhs: list[Token]  # the first two tokens after `=` (an aggregation's name and `(`)
+
+
+def _writes(script: str) -> list[_Write]:
+    """Each write to a map in the script, in order: `@m[k] = rhs`, `@m op= x`, `@m++`, `--@m`."""
+    found: list[_Write] = []
     for probe in parse(script).probes:
         tokens = probe.tokens
         for i, token in enumerate(tokens):
             if token.kind is not Kind.map:
                 continue
-            j = i + 1
+            j, key = i + 1, None
             if j < len(tokens) and tokens[j].text == "[":
+                key = _call_arguments(tokens, j)
                 depth = 0
                 while j < len(tokens):
                     depth += {"[": 1, "]": -1}.get(tokens[j].text, 0)
                     j += 1
                     if depth == 0:
                         break
-            if j < len(tokens) and tokens[j].text in ("=", "+=", "-=", "++", "--"):
-                rhs = list(tokens[j + 1 : j + 3]) if tokens[j].text == "=" else []
-                found.append((token.text, rhs))
+            after = tokens[j].text if j < len(tokens) else ""
+            before = tokens[i - 1].text if i else ""
+            if after in _ASSIGNS or after in _STEPS:
+                rhs = list(tokens[j + 1 : j + 3]) if after == "=" else []
+                found.append(_Write(token, key, after, rhs))
+            elif before in _STEPS:
+                found.append(_Write(token, key, before, []))
     return found
 
 
 def map_functions(script: str) -> dict[str, str]:
-    """Each assigned map (`@`, `@name`) → what fills it: an aggregation's name ("count",
-    "hist", ...) or "value" for a plain assignment. The first assignment of a map names it."""
+    """Each written map (`@`, `@name`) → what fills it: an aggregation's name ("count",
+    "hist", ...), "sum" for `++`, `--`, `+=` and `-=` (they add up like sum()), or "value" for
+    any other assignment. The first write of a map names it."""
     functions: dict[str, str] = {}
-    for name, rhs in _assignments(script):
-        function = "value"
+    for write in _writes(script):
+        function = "sum" if write.operator in _SUMS else "value"
+        rhs = write.rhs
         if len(rhs) == 2 and rhs[0].text in AGGREGATIONS and rhs[1].text == "(":
             function = rhs[0].text
-        functions.setdefault(name, function)
+        functions.setdefault(write.map.text, function)
     return functions
 
 
 def key_kinds(script: str) -> dict[str, list[KeyKind]]:
-    """Each keyed map → the kind of each of its key's expressions (first assignment wins):
+    """Each keyed map → the kind of each of its key's expressions (first write wins):
     `@[comm, pid]` → ["str", "int"], `@[kstack]` → ["stack"]; "any" where it cannot tell."""
     found: dict[str, list[KeyKind]] = {}
-    for probe in parse(script).probes:
-        tokens = probe.tokens
-        for i, token in enumerate(tokens):
-            if token.kind is not Kind.map or token.text in found:
-                continue
-            if i + 1 >= len(tokens) or tokens[i + 1].text != "[":
-                continue
-            args = _call_arguments(tokens, i + 1)
-            close = i + 1 + sum(len(a) for a in args) + len(args)  # the `]`
-            if close + 1 < len(tokens) and tokens[close + 1].text in ("=", "+=", "-=", "++", "--"):
-                found[token.text] = [_key_kind(arg) for arg in args]
+    for write in _writes(script):
+        if write.key is not None and write.map.text not in found:
+            found[write.map.text] = [_key_kind(arg) for arg in write.key]
     return found
 
 

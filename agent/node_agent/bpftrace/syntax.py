@@ -151,12 +151,15 @@ class _Reader:
     def definition(self, pos: int, match: re.Match[str]) -> int:
         """A C type definition, `struct X { ... };`, read as bpftrace reads it: braces counted
         one by one, blind to comments and strings. So none is allowed inside (a `}` in a
-        comment would end it for bpftrace and not for clang, or the other way round)."""
+        comment would end it for bpftrace and not for clang, or the other way round), nor a
+        `#`: clang would run an `#include </any/file>` or a `#define` of the scope's names."""
         text = self.text
         depth = 0
         for i in range(match.end() - 1, len(text)):
             if text.startswith(("/*", "//"), i) or text[i] in "\"'":
                 raise self.fail(i, "no comments or quotes inside a type definition")
+            if text[i] == "#":
+                raise self.fail(i, "no preprocessor lines inside a type definition")
             if text[i] == "{":
                 depth += 1
             elif text[i] == "}":

@@ -72,7 +72,7 @@ def test_tool_passes_policy_and_its_maps_are_named() -> None:
         "@lat": "hist",
         "@l": "lhist",
         "@last": "value",
-        "@n": "value",
+        "@n": "sum",
         "@bytes": "sum",
         "@lo": "min",
         "@hi": "max",
@@ -102,6 +102,30 @@ def test_key_kinds_say_how_keys_split() -> None:
     }
 
 
+def test_counting_idioms_are_sums_and_every_write_names_a_map() -> None:
+    script = (
+        "kprobe:f { @[comm]++; @b[pid] += arg0; ++@c; --@d[comm, pid]; @e -= 1; @f--;"
+        " @g *= 2; @h[tid] <<= 1; @i >>= 1; @j /= 2; @k %= 3; @l &= 1; @m |= 1; @n ^= 1;"
+        " @o = 1; @o++; @p = count(); if (@q[comm] == 1) { } $v = @r; }"
+    )
+    assert map_functions(script) == {
+        "@": "sum",
+        "@b": "sum",
+        "@c": "sum",
+        "@d": "sum",
+        "@e": "sum",
+        "@f": "sum",
+        **{m: "value" for m in ("@g", "@h", "@i", "@j", "@k", "@l", "@m", "@n", "@o")},
+        "@p": "count",
+    }
+    assert key_kinds(script) == {
+        "@": ["str"],
+        "@b": ["int"],
+        "@d": ["str", "int"],
+        "@h": ["int"],
+    }
+
+
 def test_lhist_without_literal_bounds_is_left_out() -> None:
     script = (
         "#define LO 0\nkprobe:f { @a = lhist(arg0, LO, 100, 10); @b = lhist(arg0, 0, 100, 010); }"
@@ -116,6 +140,17 @@ def test_lhist_without_literal_bounds_is_left_out() -> None:
         ("kprobe:f {\n  signal(9); }", "line 2: signal() is not allowed"),
         ("kprobe:f { override(0); }", "override() is not allowed"),
         ('BEGIN { cat("/etc/shadow"); }', "cat() is not allowed"),
+        ('BEGIN { $r = skboutput("/etc/passwd", 0, 1, 0); }', "skboutput() is not allowed"),
+        (
+            "struct x {\n#define level flags*0+1||1\nint a; };\n"
+            "tracepoint:syscalls:sys_enter_getppid { @ = count(); }",
+            "line 2: no preprocessor lines inside a type definition",
+        ),
+        (
+            "struct x {\n#include </dev/watchdog>\n};\nBEGIN { }",
+            "line 2: no preprocessor lines inside a type definition",
+        ),
+        ("struct x { int a; # define A 1\n};\nBEGIN { }", "no preprocessor lines inside"),
         ('BEGIN { system ("id"); }', "system() is not allowed"),
         ('BEGIN { if (1) { $x = 1; system("id") } }', "system() is not allowed"),
         ('kprobe:f /system("id")/ { }', "system() is not allowed"),
