@@ -155,7 +155,7 @@ class _Reader:
         `#`: clang would run an `#include </any/file>` or a `#define` of the scope's names."""
         text = self.text
         depth = 0
-        for i in range(match.end() - 1, len(text)):
+        for i in range(pos, len(text)):  # from `struct`: its name may span lines too
             if text.startswith(("/*", "//"), i) or text[i] in "\"'":
                 raise self.fail(i, "no comments or quotes inside a type definition")
             if text[i] == "#":

@@ -200,6 +200,25 @@ def test_exactly_n_calls_counted_by_the_comm_the_process_set(
     assert final.stats.bpf_runs >= 357
 
 
+def test_increments_are_counted_tables_at_every_interval(workers: Callable[..., Worker]) -> None:
+    # The commonest idioms: `@[comm]++`, `@[k] += n`, `++@n`: sums, printed at each interval.
+    worker = workers("ft-bt-incr")
+    script = "tracepoint:syscalls:sys_enter_getppid { @[comm]++; @twice[comm] += 2; ++@n; }"
+    run = Run(_request(script, duration_s=3, interval_s=0.5))
+    run.wait_running()
+    worker.calls(61)
+    first = run.wait_snapshots(len(snapshots_of(run.events)) + 2)[-1]
+    outcome = _succeeds(run, (worker, 39))
+    assert _count(outcome, key0="ft-bt-incr") == 100
+    twice = outcome.table("@twice")
+    assert isinstance(twice, CounterTable) and twice.aggregations == ["sum"]
+    assert row_value(twice, key0="ft-bt-incr") == 200
+    increments = outcome.table("@n")  # every getppid on the host (bpftrace's ++ may race)
+    assert isinstance(increments, CounterTable) and increments.rows[0][1][0] >= 100
+    shown = {r.name for r in first.results if isinstance(r, CounterTable)}
+    assert {"@", "@twice", "@n"} <= shown  # printed at the interval, not only at the end
+
+
 def test_interval_snapshots_are_cumulative(workers: Callable[..., Worker]) -> None:
     worker = workers("ft-bt-cumul")
     run = Run(_request(COUNT_BY_COMM, duration_s=4, interval_s=0.5))

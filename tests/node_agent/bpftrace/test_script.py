@@ -151,6 +151,8 @@ def test_lhist_without_literal_bounds_is_left_out() -> None:
             "line 2: no preprocessor lines inside a type definition",
         ),
         ("struct x { int a; # define A 1\n};\nBEGIN { }", "no preprocessor lines inside"),
+        ("struct x\n#include </dev/zero>\n{ int a; };\nBEGIN { }", "line 2: no preprocessor"),
+        ("struct x /* } */ { int a; };\nBEGIN { }", "no comments or quotes inside"),
         ('BEGIN { system ("id"); }', "system() is not allowed"),
         ('BEGIN { if (1) { $x = 1; system("id") } }', "system() is not allowed"),
         ('kprobe:f /system("id")/ { }', "system() is not allowed"),
