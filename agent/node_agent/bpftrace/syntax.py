@@ -11,6 +11,8 @@ Bodies and predicates are split into tokens; strings and comments are single tok
 
 from __future__ import annotations
 
+import bisect
+import functools
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -52,8 +54,12 @@ class Script:
     preprocessor: list[tuple[int, str]] = field(default_factory=list)  # (line, text)
     definitions: list[tuple[int, str]] = field(default_factory=list)  # (line, `struct X`)
 
+    def __post_init__(self) -> None:
+        # Every token asks for its line: a search, not a count from the start each time.
+        self._newlines = [m.start() for m in re.finditer("\n", self.text)]
+
     def line_of(self, offset: int) -> int:
-        return self.text.count("\n", 0, offset) + 1
+        return bisect.bisect_left(self._newlines, offset) + 1
 
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -253,6 +259,8 @@ class _Reader:
         return self.script
 
 
+@functools.lru_cache(maxsize=8)  # one prepare reads the same script several times
 def parse(text: str) -> Script:
-    """The script's structure; PolicyViolation naming the line where it cannot be read."""
+    """The script's structure (shared: never to be changed); PolicyViolation naming the line
+    where it cannot be read."""
     return _Reader(text).read()

@@ -126,6 +126,16 @@ def test_counting_idioms_are_sums_and_every_write_names_a_map() -> None:
     }
 
 
+def test_a_script_is_read_once_per_prepare_and_lines_are_exact() -> None:
+    # map_functions, key_kinds, lhist_args and instrument all read the same text: one parse.
+    text = "\n".join(["BEGIN { @a = 1+1+1; }"] * 50 + ["kprobe:f\n{ @b++ }"])
+    assert parse(text) is parse(text)
+    script = parse(text)
+    assert [p.line for p in script.probes][-2:] == [50, 51]
+    assert [(t.text, t.line) for t in script.probes[-1].tokens] == [("@b", 52), ("++", 52)]
+    assert [script.line_of(text.index("\n") + d) for d in (-1, 0, 1)] == [1, 1, 2]
+
+
 def test_lhist_without_literal_bounds_is_left_out() -> None:
     script = (
         "#define LO 0\nkprobe:f { @a = lhist(arg0, LO, 100, 10); @b = lhist(arg0, 0, 100, 010); }"
