@@ -211,6 +211,33 @@ def test_an_operator_may_not_change_or_run_an_admins_bpftrace_schedule(
     assert client.get(url, headers=operator).status_code == 200  # still theirs to see
 
 
+def test_an_operator_may_neither_pause_nor_resume_an_admins_bpftrace_schedule(
+    client: TestClient, tokens: Tokens, label: str
+) -> None:
+    """Resumed by an operator, it would fire as an admin: pause, resume and delete are the
+    admin's alone, as changing and running it are."""
+    operator, admin = tokens.headers("operator"), tokens.headers("admin")
+    created = client.post("/v1/schedules", json=_schedule(label), headers=admin).json()
+    url = f"/v1/schedules/{created['id']}"
+
+    def refused(action: str, enabled: bool) -> None:
+        method = "DELETE" if action == "delete" else "POST"
+        path = url if action == "delete" else f"{url}/{action}"
+        answer = client.request(method, path, headers=operator)
+        assert answer.status_code == 403, (action, answer.text)
+        assert field_paths(answer) == ["template.program"] and "admin role" in answer.text
+        assert client.get(url, headers=operator).json()["enabled"] is enabled, action
+
+    refused("pause", True)
+    refused("delete", True)
+    assert client.post(f"{url}/pause", headers=admin).json()["enabled"] is False
+    refused("resume", False)
+    refused("delete", False)
+    resumed = client.post(f"{url}/resume", headers=admin).json()
+    assert resumed["enabled"] is True and resumed["next_fire_at"] is not None
+    assert client.delete(url, headers=admin).status_code == 204
+
+
 def test_trend_of_count_at_is_each_hosts_total(
     client: TestClient, tokens: Tokens, label: str, sessions: sessionmaker[Session]
 ) -> None:
