@@ -120,9 +120,7 @@ def schedule_pause(
 def schedule_resume(
     who: OperatorDep, _: FormDep, session: SessionDep, schedule: ScheduleDep
 ) -> Response:
-    service.set_enabled(
-        session=session, schedule=schedule, enabled=True, admin=who.may(Role.admin)
-    )
+    service.set_enabled(session=session, schedule=schedule, enabled=True, admin=who.may(Role.admin))
     log.info("schedule %s resumed by %s", schedule.name, who.name)
     return redirect(f"/schedules/{ref(schedule)}")
 

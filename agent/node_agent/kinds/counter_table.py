@@ -132,10 +132,7 @@ def merge_tables(tables: Sequence[CounterTable]) -> CounterTable:
         for keys, values in table.rows:
             grouped.setdefault(tuple(keys), []).append(values)
     rows = sorted(
-        (
-            (k, combine(vs, first.value_fields, first.aggregations))
-            for k, vs in grouped.items()
-        ),
+        ((k, combine(vs, first.value_fields, first.aggregations)) for k, vs in grouped.items()),
         key=lambda kv: (-kv[1][0] if kv[1] else 0, [str(k) for k in kv[0]]),
     )
     return CounterTable(
