@@ -116,11 +116,12 @@ def combine(
             out[i] = _divide(out[weights[1]], out[weights[0]])
         else:
             out[i] = _divide(sum(column), len(column))
-    return _bounded(out)
+    return out
 
 
 def _bounded(values: list[int]) -> list[int]:
-    """Values within Signed's range: a sum over hosts (or a difference) may leave it."""
+    """Values within Signed's range: a sum over hosts (or a difference) may leave it (a
+    report's totals, plain ints, are not bounded)."""
     return [max(MIN_SIGNED, min(v, MAX_COUNT)) for v in values]
 
 
@@ -132,7 +133,10 @@ def merge_tables(tables: Sequence[CounterTable]) -> CounterTable:
         for keys, values in table.rows:
             grouped.setdefault(tuple(keys), []).append(values)
     rows = sorted(
-        ((k, combine(vs, first.value_fields, first.aggregations)) for k, vs in grouped.items()),
+        (
+            (k, _bounded(combine(vs, first.value_fields, first.aggregations)))
+            for k, vs in grouped.items()
+        ),
         key=lambda kv: (-kv[1][0] if kv[1] else 0, [str(k) for k in kv[0]]),
     )
     return CounterTable(
