@@ -4,15 +4,13 @@ results and report over the API answer 200 with the sum held at -2**63, never a 
 
 from __future__ import annotations
 
-import uuid
-
 from fastapi.testclient import TestClient
 
 from node_agent.kinds import CounterTable, KeyField
 from node_agent.kinds.counter_table import MIN_SIGNED
-from node_agent.protocol import Snapshot
 from tests.controller.conftest import Feeder, Tokens
-from tests.controller.support import register_host, state, submit
+from tests.controller.support import submit
+from tests.controller.test_report_linear import feed_finals, new_hosts
 
 
 def lowest_sum() -> CounterTable:
@@ -29,28 +27,9 @@ def lowest_sum() -> CounterTable:
 def test_two_hosts_lowest_sums_merge_and_report(
     client: TestClient, tokens: Tokens, feeder: Feeder
 ) -> None:
-    names = [f"ext{uuid.uuid4().hex[:6]}-{i}" for i in range(2)]
-    for name in names:
-        register_host(client, tokens.headers("admin"), name)
+    names = new_hosts(client, tokens, "ext", 2)
     job = submit(client, tokens.headers("operator"), targets={"hosts": names}, program="runqlat")
-    runs = job["runs"]
-    assert isinstance(runs, list)
-    for run in runs:
-        final = Snapshot(
-            run_id=run["id"],
-            seq=0,
-            interval_start=10.0,
-            interval_end=12.0,
-            final=True,
-            results=[lowest_sum()],
-        )
-        feeder(
-            run["host"],
-            state(run["id"], "running"),
-            final,
-            state(run["id"], "succeeded"),
-            job_id=str(job["id"]),
-        )
+    feed_finals(feeder, job, lambda _: [lowest_sum()])
     viewer = tokens.headers("viewer")
     answer = client.get(f"/v1/jobs/{job['id']}/results", headers=viewer)
     assert answer.status_code == 200, answer.text
