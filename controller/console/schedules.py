@@ -109,7 +109,9 @@ def schedule_page(
 def schedule_pause(
     who: OperatorDep, _: FormDep, session: SessionDep, schedule: ScheduleDep
 ) -> Response:
-    service.set_enabled(session=session, schedule=schedule, enabled=False)
+    service.set_enabled(
+        session=session, schedule=schedule, enabled=False, admin=who.may(Role.admin)
+    )
     log.info("schedule %s paused by %s", schedule.name, who.name)
     return redirect(f"/schedules/{ref(schedule)}")
 
@@ -118,7 +120,7 @@ def schedule_pause(
 def schedule_resume(
     who: OperatorDep, _: FormDep, session: SessionDep, schedule: ScheduleDep
 ) -> Response:
-    service.set_enabled(session=session, schedule=schedule, enabled=True)
+    service.set_enabled(session=session, schedule=schedule, enabled=True, admin=who.may(Role.admin))
     log.info("schedule %s resumed by %s", schedule.name, who.name)
     return redirect(f"/schedules/{ref(schedule)}")
 
@@ -148,7 +150,7 @@ def schedule_delete(
     who: OperatorDep, _: FormDep, session: SessionDep, schedule: ScheduleDep
 ) -> Response:
     name = schedule.name
-    service.remove(session=session, schedule=schedule)
+    service.remove(session=session, schedule=schedule, admin=who.may(Role.admin))
     log.info("schedule %s deleted by %s", name, who.name)
     return redirect("/schedules")
 

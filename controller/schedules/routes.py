@@ -95,26 +95,33 @@ def update_schedule(
 
 
 @router.delete("/{schedule_id}", operation_id="delete_schedule", **DELETED)
-def delete_schedule(session: SessionDep, schedule: ScheduleToChange) -> Response:
-    """Delete a schedule; the jobs it made are kept."""
-    service.remove(session=session, schedule=schedule)
+def delete_schedule(session: SessionDep, schedule: ScheduleToChange, token: Operator) -> Response:
+    """Delete a schedule; the jobs it made are kept (an admin-only program's: admins)."""
+    service.remove(session=session, schedule=schedule, admin=_admin(token))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{schedule_id}/pause", operation_id="pause_schedule", responses=errors(404))
-def pause_schedule(session: SessionDep, schedule: ScheduleToChange) -> SchedulePublic:
-    """Stop firing until resumed."""
-    return _enabled(session, schedule, False)
+def pause_schedule(
+    session: SessionDep, schedule: ScheduleToChange, token: Operator
+) -> SchedulePublic:
+    """Stop firing until resumed (an admin-only program's schedule: admins)."""
+    return _enabled(session, schedule, False, token)
 
 
 @router.post("/{schedule_id}/resume", operation_id="resume_schedule", responses=errors(404))
-def resume_schedule(session: SessionDep, schedule: ScheduleToChange) -> SchedulePublic:
-    """Fire again from the next slot after now; paused slots are not replayed."""
-    return _enabled(session, schedule, True)
+def resume_schedule(
+    session: SessionDep, schedule: ScheduleToChange, token: Operator
+) -> SchedulePublic:
+    """Fire again from the next slot after now; paused slots are not replayed (an admin-only
+    program's schedule: admins)."""
+    return _enabled(session, schedule, True, token)
 
 
-def _enabled(session: Session, schedule: Schedule, enabled: bool) -> SchedulePublic:
-    service.set_enabled(session=session, schedule=schedule, enabled=enabled)
+def _enabled(
+    session: Session, schedule: Schedule, enabled: bool, token: ApiToken
+) -> SchedulePublic:
+    service.set_enabled(session=session, schedule=schedule, enabled=enabled, admin=_admin(token))
     return service.to_public(session, schedule)
 
 

@@ -221,7 +221,9 @@ def update_schedule(
     now = utcnow()
     schedule.updated_at = now
     if update_in.enabled is not None and update_in.enabled != schedule.enabled:
-        set_enabled(session=session, schedule=schedule, enabled=update_in.enabled, commit=False)
+        set_enabled(
+            session=session, schedule=schedule, enabled=update_in.enabled, admin=admin, commit=False
+        )
     elif retiming and schedule.enabled:
         schedule.next_fire_at = timing_of(schedule).next_after(now)
     session.commit()
@@ -229,9 +231,11 @@ def update_schedule(
 
 
 def set_enabled(
-    *, session: Session, schedule: Schedule, enabled: bool, commit: bool = True
+    *, session: Session, schedule: Schedule, enabled: bool, admin: bool, commit: bool = True
 ) -> Schedule:
-    """Pause clears the next slot; resume starts from now, never replaying the paused time."""
+    """Pause clears the next slot; resume starts from now, never replaying the paused time.
+    An admin-only program's schedule is paused and resumed by admins only (it fires as one)."""
+    require_may_change(schedule, admin=admin)
     schedule.enabled = enabled
     schedule.next_fire_at = timing_of(schedule).next_after(utcnow()) if enabled else None
     schedule.updated_at = utcnow()
@@ -258,8 +262,9 @@ def list_schedules(
     return list(rows), total
 
 
-def remove(*, session: Session, schedule: Schedule) -> None:
+def remove(*, session: Session, schedule: Schedule, admin: bool) -> None:
     """Delete a schedule and its slot records; the jobs it made stay until pruned by hand."""
+    require_may_change(schedule, admin=admin)
     session.execute(delete(ScheduleFire).where(ScheduleFire.schedule_id == schedule.id))
     session.delete(schedule)
     session.commit()

@@ -113,20 +113,13 @@ def test_a_bad_script_is_refused_naming_the_field(
 def test_the_policy_message_is_the_agents(client: TestClient, tokens: Tokens, label: str) -> None:
     """Every script the agents' check refuses is refused at the API with the same words."""
     for script in ("", 'tracepoint:syscalls:sys_enter_getppid { system("id"); }'):
-        try:
-            check_script(script)
-        except PolicyViolation as exc:
-            answer = client.post(
-                "/v1/jobs", json=_job(label, script=script), headers=tokens.headers("admin")
-            )
-            assert answer.status_code == 422, answer.text
-            assert field_paths(answer) == ["params.script"]
-            assert exc.message in answer.json()["detail"][0]["msg"]
-        else:
-            answer = client.post(
-                "/v1/jobs", json=_job(label, script=script), headers=tokens.headers("admin")
-            )
-            assert answer.status_code == 201, answer.text
+        message = _refusal(script)  # fails here if the agents stopped refusing it
+        answer = client.post(
+            "/v1/jobs", json=_job(label, script=script), headers=tokens.headers("admin")
+        )
+        assert answer.status_code == 422, answer.text
+        assert field_paths(answer) == ["params.script"]
+        assert message in answer.json()["detail"][0]["msg"]
 
 
 # -- schedules ------------------------------------------------------------------------------
@@ -209,6 +202,33 @@ def test_an_operator_may_not_change_or_run_an_admins_bpftrace_schedule(
     requests = [r for _, r in dispatcher.sent[sent:]]
     assert len(requests) == 2 and {r.params["script"] for r in requests} == {other["script"]}
     assert client.get(url, headers=operator).status_code == 200  # still theirs to see
+
+
+def test_an_operator_may_neither_pause_nor_resume_an_admins_bpftrace_schedule(
+    client: TestClient, tokens: Tokens, label: str
+) -> None:
+    """Resumed by an operator, it would fire as an admin: pause, resume and delete are the
+    admin's alone, as changing and running it are."""
+    operator, admin = tokens.headers("operator"), tokens.headers("admin")
+    created = client.post("/v1/schedules", json=_schedule(label), headers=admin).json()
+    url = f"/v1/schedules/{created['id']}"
+
+    def refused(action: str, enabled: bool) -> None:
+        method = "DELETE" if action == "delete" else "POST"
+        path = url if action == "delete" else f"{url}/{action}"
+        answer = client.request(method, path, headers=operator)
+        assert answer.status_code == 403, (action, answer.text)
+        assert field_paths(answer) == ["template.program"] and "admin role" in answer.text
+        assert client.get(url, headers=operator).json()["enabled"] is enabled, action
+
+    refused("pause", True)
+    refused("delete", True)
+    assert client.post(f"{url}/pause", headers=admin).json()["enabled"] is False
+    refused("resume", False)
+    refused("delete", False)
+    resumed = client.post(f"{url}/resume", headers=admin).json()
+    assert resumed["enabled"] is True and resumed["next_fire_at"] is not None
+    assert client.delete(url, headers=admin).status_code == 204
 
 
 def test_trend_of_count_at_is_each_hosts_total(

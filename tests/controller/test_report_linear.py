@@ -5,13 +5,14 @@ side-by-side job view and a schedule's trend over the API, with hand-worked numb
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 from fastapi.testclient import TestClient
 
 from controller.cli.sidebyside import render_results
 from controller.jobs.models import JobResults
 from controller.kinds import VIEWS
-from node_agent.kinds import KINDS, LinearHistogram
+from node_agent.kinds import KINDS, LinearHistogram, Result
 from node_agent.protocol import Snapshot
 from tests.controller.conftest import Feeder, Tokens
 from tests.controller.support import register_host, state, submit
@@ -25,7 +26,10 @@ def lat(buckets: list[tuple[int, int]]) -> LinearHistogram:
     return LinearHistogram(name="lat", unit="packets", min=0, max=30, step=10, buckets=buckets)
 
 
-def _feed(feeder: Feeder, job: dict[str, object], odd: str) -> None:
+def feed_finals(
+    feeder: Feeder, job: dict[str, object], results_of: Callable[[str], list[Result]]
+) -> None:
+    """Each run of the job running, one final snapshot of results_of(its host), succeeded."""
     runs = job["runs"]
     assert isinstance(runs, list)
     for run in runs:
@@ -35,7 +39,7 @@ def _feed(feeder: Feeder, job: dict[str, object], odd: str) -> None:
             interval_start=10.0,
             interval_end=12.0,
             final=True,
-            results=[lat(ODD if run["host"] == odd else ALIKE)],
+            results=results_of(run["host"]),
         )
         feeder(
             run["host"],
@@ -46,11 +50,19 @@ def _feed(feeder: Feeder, job: dict[str, object], odd: str) -> None:
         )
 
 
-def _hosts(client: TestClient, tokens: Tokens) -> list[str]:
-    names = [f"lin{uuid.uuid4().hex[:6]}-{i}" for i in range(6)]
+def _feed(feeder: Feeder, job: dict[str, object], odd: str) -> None:
+    feed_finals(feeder, job, lambda host: [lat(ODD if host == odd else ALIKE)])
+
+
+def new_hosts(client: TestClient, tokens: Tokens, prefix: str, count: int) -> list[str]:
+    names = [f"{prefix}{uuid.uuid4().hex[:6]}-{i}" for i in range(count)]
     for name in names:
         register_host(client, tokens.headers("admin"), name)
     return names
+
+
+def _hosts(client: TestClient, tokens: Tokens) -> list[str]:
+    return new_hosts(client, tokens, "lin", 6)
 
 
 def test_every_kind_has_a_controller_view() -> None:

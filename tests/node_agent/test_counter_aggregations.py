@@ -92,3 +92,23 @@ def test_negative_values_only_where_the_table_says_what_they_are() -> None:
     signed = table([(["a"], [-6])], ["sum"], ["sum"])
     # a sum() of negative values falls: its delta is not clamped the way a count's is
     assert delta(signed, table([(["a"], [-2])], ["sum"], ["sum"])).rows == [(["a"], [-4])]
+
+
+def test_signed_sums_merge_and_difference_within_their_bounds() -> None:
+    low = table([(["a"], [-(2**63)])], ["sum"], ["sum"])
+    assert merge_tables([low, low]).rows == [(["a"], [-(2**63)])]
+    high = table([(["a"], [2**64 - 1])], ["sum"], ["sum"])
+    assert merge_tables([high, high]).rows == [(["a"], [2**64 - 1])]
+    # from the floor to the top: a difference past the top is held there, not refused
+    assert delta(high, low).rows == [(["a"], [2**64 - 1])]
+    assert delta(low, high).rows == [(["a"], [-(2**63)])]
+
+
+def test_a_sum_that_falls_from_positive_has_a_negative_delta() -> None:
+    before = table([(["a"], [5])], ["sum"], ["sum"])
+    assert delta(table([(["a"], [3])], ["sum"], ["sum"]), before).rows == [(["a"], [-2])]
+    # a count() (or stats()'s count) never runs backwards: a cleared map is clamped to 0
+    counts = table([(["a"], [5])], ["count"], ["sum"])
+    assert delta(table([(["a"], [3]), (["b"], [1])], ["count"], ["sum"]), counts).rows == [
+        (["b"], [1])
+    ]

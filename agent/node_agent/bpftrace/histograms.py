@@ -6,10 +6,11 @@ bpf_log2l gives the same values (bcc counts 0 in slot 1, "0 -> 1"; bpftrace's 0 
 in slot 0, which merges with bcc's correctly since slot 1's bounds cover 0). Negative values
 have no log2 slot: they are counted in a `<map>.negative` counter table beside the histogram
 (one row per key), so no value is lost and the histogram's percentiles stay those of the
-values >= 0. bpftrace 0.17's log2 stops at 2**31: every value >= 2**31 lands in its top
-bucket, which its text output calls [2G, 4G) and its JSON prints with 32-bit overflowed
-bounds (min -2147483648, max 0); that bucket is our slot 32, [2**31, 2**32 - 1], as
-bpftrace itself labels it.
+values >= 0. bpftrace 0.17's log2 stops at 2**31: every value >= 2**31 (3e9 and 2**62
+alike) lands in its top bucket, which its text output calls [2G, 4G) and its JSON prints with
+32-bit overflowed bounds (min -2147483648, max 0). That bucket is open above, so it is no
+slot of ours: its values are counted in a `<map>.overflow` counter table (one row per key,
+"values >= 2**31"), the way negative ones are, and percentiles are of the values below 2**31.
 
 lhist(v, min, max, step): bpftrace keeps n = (max - min) // step buckets and an overflow
 bucket from min + n*step up (it prints that bucket's low end as max, even when max - min is
@@ -33,6 +34,8 @@ from node_agent.kinds.linear_histogram import MAX_LINEAR_BUCKETS
 from node_agent.protocol import KeyValue, Result
 
 BROKEN_TOP = (-(2**31), 0)  # bpftrace 0.17's JSON bounds of its top log2 bucket, [2**31, ...)
+NEGATIVE, OVERFLOW = -1, -2  # the pseudo slots of hist()'s buckets counted beside it
+PSEUDO = (("negative", NEGATIVE), ("overflow", OVERFLOW))  # as `<map>.negative`, ...
 UNIT = "value"
 
 
@@ -62,19 +65,19 @@ def read_buckets(payload: object) -> list[Bucket] | None:
 
 
 def log2_slot(bucket: Bucket) -> int | None:
-    """Our log2 slot for a bpftrace hist() bucket; -1 for its negative bucket; None if the
-    bucket is no hist() bucket."""
+    """Our log2 slot for a bpftrace hist() bucket; NEGATIVE for its negative bucket, OVERFLOW
+    for 0.17's open-ended top one (>= 2**31); None if the bucket is no hist() bucket."""
     return _log2_slot(bucket.low, bucket.high)
 
 
 @lru_cache(maxsize=1024)  # a map prints the same few dozen bounds over and over
 def _log2_slot(low: int | None, high: int | None) -> int | None:
     if low is None:
-        return -1 if high == -1 else None
+        return NEGATIVE if high == -1 else None
     if (low, high) == (0, 0):
         return 0
     if (low, high) == BROKEN_TOP:
-        return 32
+        return OVERFLOW
     if high is not None and low >= 1 and low & (low - 1) == 0 and high == 2 * low - 1:
         return low.bit_length()
     return None
@@ -202,27 +205,36 @@ class HistogramReader:
         skipped: Counter[str],
     ) -> list[Result]:
         counted = self._counted(parsed, log2_slot, skipped, "hist() bucket that is no log2 one")
-        negative = [
-            (list(labels.values()), [min(below, MAX_COUNT)])
-            for labels, slots in counted
-            if (below := slots.pop(-1, 0))
-        ]
+        beside = [self._beside(f"{name}.{what}", splitter, counted, slot) for what, slot in PSEUDO]
         out: list[Result] = [
             Log2Histogram(name=name, unit=UNIT, labels=labels, buckets=buckets)
             for labels, buckets in self._busiest(counted, skipped)
         ]
-        if negative:
-            negative.sort(key=lambda row: -row[1][0])
-            out.append(
-                CounterTable(
-                    name=f"{name}.negative",
-                    key_fields=splitter.fields(),
-                    rows=negative[: self.max_rows],
-                    total_rows=len(negative),
-                    truncated=len(negative) > self.max_rows,
-                )
-            )
-        return out
+        return out + [table for table in beside if table is not None]
+
+    def _beside(
+        self,
+        name: str,
+        splitter: KeySplitter,
+        counted: list[tuple[dict[str, KeyValue], Counter[int]]],
+        slot: int,
+    ) -> CounterTable | None:
+        """The values of one pseudo slot (taken out of `counted`) as a counter table by key."""
+        rows = [
+            (list(labels.values()), [min(n, MAX_COUNT)])
+            for labels, slots in counted
+            if (n := slots.pop(slot, 0))
+        ]
+        if not rows:
+            return None
+        rows.sort(key=lambda row: -row[1][0])
+        return CounterTable(
+            name=name,
+            key_fields=splitter.fields(),
+            rows=rows[: self.max_rows],
+            total_rows=len(rows),
+            truncated=len(rows) > self.max_rows,
+        )
 
     def _linear(
         self,

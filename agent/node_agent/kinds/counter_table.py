@@ -27,6 +27,7 @@ from node_agent.kinds.base import Kind, name_only
 
 Aggregation = Literal["sum", "min", "max", "mean"]
 Row = tuple[list[KeyValue], list[int]]
+MIN_SIGNED = -(2**63)  # Signed's floor: hosts' sums of it must not merge below it
 
 
 class KeyField(WireModel):
@@ -119,7 +120,9 @@ def combine(
 
 
 def _bounded(values: list[int]) -> list[int]:
-    return [min(v, MAX_COUNT) for v in values]
+    """Values within Signed's range: a sum over hosts (or a difference) may leave it (a
+    report's totals, plain ints, are not bounded)."""
+    return [max(MIN_SIGNED, min(v, MAX_COUNT)) for v in values]
 
 
 def merge_tables(tables: Sequence[CounterTable]) -> CounterTable:
@@ -151,9 +154,15 @@ def _row_key(keys: list[KeyValue]) -> str:
     return json.dumps(keys, default=str)
 
 
+def _is_count(table: CounterTable, field: int) -> bool:
+    """A field that only grows: every field of a table without aggregations, a "count" one."""
+    return table.aggregations is None or table.value_fields[field] == "count"
+
+
 def delta(current: CounterTable, previous: CounterTable | None) -> CounterTable:
-    """Sum fields are differenced; negative differences of counts are clamped to 0: a key cut by
-    max_rows in the earlier snapshot reappears with its full count, which we cannot tell
+    """Sum fields are differenced; negative differences of counts are clamped to 0 (a count
+    cleared by the script has not run backwards), those of a signed sum() are kept. A key cut
+    by max_rows in the earlier snapshot reappears with its full count, which we cannot tell
     apart (table.truncated says so). min/max fields pass through (the extreme so far), a
     mean field becomes the interval's mean where the table has count and total fields.
     A row stays when one of its sum fields moved (every row when there are none)."""
@@ -167,13 +176,14 @@ def delta(current: CounterTable, previous: CounterTable | None) -> CounterTable:
         for i in sums:
             if i < len(prior):
                 moved = values[i] - prior[i]
-                # clamped for counts only: a sum() of negative values may fall
-                diff[i] = max(0, moved) if values[i] >= 0 and prior[i] >= 0 else moved
+                # clamped for counts only: a sum() may fall
+                diff[i] = max(0, moved) if _is_count(current, i) else moved
         if weights is not None and diff[weights[0]] > 0:
             interval_mean = _divide(diff[weights[1]], diff[weights[0]])
             diff = [
                 interval_mean if current.aggregation(i) == "mean" else v for i, v in enumerate(diff)
             ]
+        diff = _bounded(diff)
         if not sums or any(diff[i] for i in sums):
             rows.append((keys, diff))
     rows.sort(key=lambda row: -row[1][0] if row[1] else 0)

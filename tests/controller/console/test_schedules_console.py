@@ -20,7 +20,7 @@ from node_agent.protocol import Log2Histogram
 from tests.controller.conftest import RecordingDispatcher, Tokens
 from tests.controller.console.dom import Node, parse
 from tests.controller.support import counters, register_host
-from tests.controller.test_schedules import _put_results, make
+from tests.controller.test_schedules import _put_results, body, make
 
 Browser = Callable[[str], tuple[TestClient, str]]
 
@@ -165,6 +165,48 @@ def test_pause_resume_run_now_and_delete_change_the_stored_schedule(
     assert stored(sessions, schedule["id"]) is None
     gone = get(operator, url, status=404)
     assert f"no schedule '{schedule['name']}'" in gone.text
+
+
+def test_an_operator_may_neither_pause_nor_resume_an_admins_bpftrace_schedule(
+    browser: Browser,
+    client: TestClient,
+    tokens: Tokens,
+    fleet: tuple[str, list[str]],
+    sessions: sessionmaker[Session],
+) -> None:
+    script = "tracepoint:syscalls:sys_enter_getppid { @ = count(); }"
+    template = {
+        "program": "bpftrace",
+        "params": {"script": script},
+        "duration_s": 2,
+        "targets": {"selector": {"role": fleet[0]}},
+    }
+    made = client.post(
+        "/v1/schedules", json=body(fleet[0], template=template), headers=tokens.headers("admin")
+    )
+    assert made.status_code == 201, made.text
+    schedule = made.json()
+    operator, csrf = browser("operator")
+    url = f"/schedules/{schedule['name']}"
+
+    def refused(action: str, enabled: bool) -> None:
+        answer = operator.post(f"{url}/{action}", data={"csrf": csrf}, follow_redirects=False)
+        assert answer.status_code == 403, (action, answer.text[:500])
+        assert "needs the admin role" in answer.text
+        kept = stored(sessions, schedule["id"])
+        assert kept is not None and kept.enabled is enabled, action
+
+    refused("pause", True)
+    refused("delete", True)
+    admin, admin_csrf = browser("admin")
+    paused = admin.post(f"{url}/pause", data={"csrf": admin_csrf}, follow_redirects=False)
+    assert paused.status_code == 303
+    refused("resume", False)
+    refused("delete", False)
+    resumed = admin.post(f"{url}/resume", data={"csrf": admin_csrf}, follow_redirects=False)
+    assert resumed.status_code == 303
+    kept = stored(sessions, schedule["id"])
+    assert kept is not None and kept.enabled and kept.next_fire_at is not None
 
 
 def test_the_page_answers_to_the_id_too(browser: Browser, schedule: dict[str, Any]) -> None:

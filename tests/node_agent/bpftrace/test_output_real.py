@@ -216,8 +216,9 @@ def test_printf_lines_are_bounded_samples(results: dict[str, Result]) -> None:
 
 
 def expected_log2() -> Counter[int]:
-    # bpftrace 0.17's log2 stops at 2**31: larger values share its top bucket, our slot 32
-    return Counter(min(v.bit_length(), 32) for v in EDGES)
+    # bpftrace 0.17's log2 stops at 2**31: larger values share its open top bucket, counted
+    # in `@h.overflow` instead
+    return Counter(v.bit_length() for v in EDGES if v < 1 << 31)
 
 
 def test_hist_lands_every_power_of_two_edge_in_its_slot(results: dict[str, Result]) -> None:
@@ -226,11 +227,13 @@ def test_hist_lands_every_power_of_two_edge_in_its_slot(results: dict[str, Resul
     assert dict(hist.buckets) == dict(expected_log2())
     for value in EDGES:
         if value < 1 << 31:  # each value within its slot's bounds, as the scale states them
-            slot = min(value.bit_length(), 32)
-            low, high = hist.scale.bounds(slot)
+            low, high = hist.scale.bounds(value.bit_length())
             assert low is not None and high is not None and low <= value <= high
     negative = results["@h.negative"]
     assert isinstance(negative, CounterTable) and negative.rows == [([], [len(NEGATIVE)])]
+    overflow = results["@h.overflow"]
+    above = len([v for v in EDGES if v >= 1 << 31])
+    assert isinstance(overflow, CounterTable) and overflow.rows == [([], [above])]
     keyed = results["@w[('whence', 0)]"]
     assert isinstance(keyed, Log2Histogram) and keyed.buckets == hist.buckets
 
