@@ -118,6 +118,10 @@ class Maps:
             self._skipped[name] = skipped
         return True
 
+    def ignore(self, reason: str) -> None:
+        """Count output the engine left out before it reached here (a line too long to read)."""
+        self._ignored[reason] += 1
+
     def reset(self) -> None:
         """Forget the maps read so far: bpftrace prints no line for an empty (cleared) map,
         so a full print of every map starts from nothing. Text samples are kept."""
@@ -211,6 +215,8 @@ class Maps:
             got = [integer(value.get(f)) for f, _ in TABLE_FIELDS["stats"]]
             return [v for v in got if v is not None] if None not in got else None
         one = integer(value)
+        if one is not None and function == "sum" and one >= 2**63:
+            one -= 2**64  # 0.17 types a map first written by `-=` unsigned: a u64 of a negative
         return None if one is None else [one]
 
     def _table_or_stacks(

@@ -121,6 +121,7 @@ class _Session:
                     eof = True
                 elif item is TOO_LONG:
                     self.too_long += 1
+                    self.maps.ignore(f"stdout line above {MAX_LINE} characters")
                     log.warning(
                         "run %s: a bpftrace output line above %d characters was left out",
                         self.request.run_id,

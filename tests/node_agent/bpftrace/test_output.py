@@ -241,6 +241,20 @@ def test_a_later_print_replaces_the_earlier_and_reset_forgets() -> None:
     assert maps.results() == []
 
 
+def test_a_negative_sum_printed_as_u64_reads_negative_and_ignored_output_is_counted() -> None:
+    """bpftrace 0.17 prints `@x -= 3` (first write) as 2**64 - 3; only sums are read back."""
+    maps = Maps(limits=Limits(), functions={"@x": "sum", "@c": "count"}, keys=KeyNames())
+    maps.take({"type": "map", "data": {"@x": 2**64 - 3, "@c": 2**64 - 3}})
+    maps.ignore("stdout line above 10 characters")
+    results = maps.results()
+    RESULTS.validate_python([r.model_dump() for r in results])  # what goes on the wire
+    got = {_title(r): r for r in results}
+    assert table(got, "@x").rows == [([], [-3])]
+    assert table(got, "@c").rows == [([], [2**64 - 3])]
+    skipped = table(got, SKIPPED)
+    assert (["", "stdout line above 10 characters"], [1]) in skipped.rows
+
+
 def test_rows_are_bounded_keeping_the_largest() -> None:
     data = {f"k{i}": i for i in range(5000)}
     got = read([{"type": "map", "data": {"@": data}}], {"@": "count"}, limits=Limits(max_rows=3))
