@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from pydantic import ValidationError
 
 from node_agent import __version__
-from node_agent.arguments import add_trace_options, parse_duration
+from node_agent.arguments import (
+    add_script_options,
+    add_trace_options,
+    parse_duration,
+    script_params,
+)
 from node_agent.errors import FleettraceError
 from node_agent.programs import catalog, get_program
 from node_agent.protocol import (
@@ -104,10 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--grace", type=parse_duration, default=5.0, help="kill after this long")
     run.add_argument("--source", type=Path, help="custom: bcc C file")
     run.add_argument("--map", type=_map_decl, action="append", default=[], metavar="NAME:KIND")
-    script = run.add_mutually_exclusive_group()
-    script.add_argument("--script", help="bpftrace: the script's text")
-    script.add_argument("--file", type=Path, help="bpftrace: a script file")
-    run.add_argument("--keys", help="bpftrace: key field names, e.g. '@=comm;@lat=pid,comm'")
+    add_script_options(run)
     run.add_argument("--allow-custom", action="store_true", help="allow the custom program")
     run.add_argument("--allow-bpftrace", action="store_true", help="allow the bpftrace program")
     run.add_argument("--max-duration", type=parse_duration, default=3600.0)
@@ -196,7 +198,10 @@ def _request(args: argparse.Namespace) -> TraceRequest:
         },
         "maps": [m.model_dump() for m in args.map],
     }
-    fields["params"].update(_bpftrace_params(args))
+    try:
+        fields["params"].update(script_params(args, dict(args.param)))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if args.source is not None:
         try:
             fields["source"] = args.source.read_text()
@@ -208,28 +213,6 @@ def _request(args: argparse.Namespace) -> TraceRequest:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "request"
         raise UsageError(f"{_flag(where)}: {first['msg']}") from None
-
-
-def _bpftrace_params(args: argparse.Namespace) -> dict[str, str]:
-    """--script/--file and --keys: the bpftrace program's params (for it only)."""
-    given = args.script is not None or args.file is not None or args.keys is not None
-    if args.program != "bpftrace":
-        if given:
-            raise UsageError("--script, --file and --keys are for the bpftrace program")
-        return {}
-    params: dict[str, str] = {}
-    if args.file is not None:
-        try:
-            params["script"] = args.file.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"--file: cannot read {args.file}: {exc}") from None
-    elif args.script is not None:
-        params["script"] = args.script
-    elif "script" not in dict(args.param):
-        raise UsageError("bpftrace needs --script TEXT or --file F")
-    if args.keys is not None:
-        params["keys"] = args.keys
-    return params
 
 
 def _flag(location: str) -> str:
