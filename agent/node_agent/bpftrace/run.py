@@ -104,7 +104,6 @@ class _Session:
         self.program_ids: list[int] = []
         self.cost: BpftraceCost | None = None
         self.next_cost = float("inf")
-        self.too_long = 0  # stdout lines above MAX_LINE, left out
 
     def run(self, binary: str, path: Path) -> RunState:
         bpftrace = self.bpftrace = Bpftrace(binary, path, self.request.limits)
@@ -120,7 +119,6 @@ class _Session:
                 if item is EOF:
                     eof = True
                 elif item is TOO_LONG:
-                    self.too_long += 1
                     self.maps.ignore(f"stdout line above {MAX_LINE} characters")
                     log.warning(
                         "run %s: a bpftrace output line above %d characters was left out",
