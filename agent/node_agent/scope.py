@@ -96,8 +96,13 @@ def scope_defines(scope: Scope, cgroup_base: str | None = None) -> dict[str, str
         defines["FT_SCOPE_CGROUP_ID"] = f"{cgroup_id}ULL"
         defines["FT_SCOPE_CGROUP_LEVEL"] = level
     if scope.comm is not None:
-        raw = scope.comm.encode()
-        if len(raw) > 15 or b"\0" in raw:
-            raise BadParameter("scope.comm", "a process name is at most 15 bytes, without NUL")
-        defines["FT_SCOPE_COMM"] = "{" + ",".join(str(b) for b in raw) + ",0}"
+        defines["FT_SCOPE_COMM"] = "{" + ",".join(str(b) for b in comm_bytes(scope.comm)) + ",0}"
     return defines
+
+
+def comm_bytes(comm: str) -> bytes:
+    """A scope's process name as the kernel keeps it (TASK_COMM_LEN with its NUL), checked."""
+    raw = comm.encode()
+    if len(raw) > 15 or b"\0" in raw:
+        raise BadParameter("scope.comm", "a process name is at most 15 bytes, without NUL")
+    return raw

@@ -14,7 +14,7 @@ from node_agent.bpftrace.script import map_functions, read_script
 from node_agent.bpftrace.syntax import Kind, Probe
 from node_agent.errors import BadParameter, PolicyViolation
 from node_agent.protocol import Scope
-from node_agent.scope import resolve_cgroup
+from node_agent.scope import comm_bytes, resolve_cgroup
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,7 @@ def scope_predicate(scope: Scope, cgroup_base: str | None, *, btf: Path = BTF) -
     if scope.pid is not None:
         parts.append(f"pid == {int(scope.pid)}")
     if scope.comm is not None:
-        raw = scope.comm.encode()
-        if len(raw) > 15 or b"\0" in raw:
-            raise BadParameter("scope.comm", "a process name is at most 15 bytes, without NUL")
+        comm_bytes(scope.comm)  # the bcc prelude's bound, the same refusal
         parts.append(f"comm == {bpftrace_string(scope.comm)}")
     if scope.cgroup is not None or cgroup_base is not None:
         group, cgroup_id, level = resolve_cgroup(scope.cgroup, cgroup_base)
