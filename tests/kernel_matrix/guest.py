@@ -1,0 +1,172 @@
+"""The kernel matrix's guest side: on whatever kernel it starts on (this host, or a VM),
+probe the host, then run every catalog program through the agent's own runner on its
+known-answer workload, and write one JSON line per program as it ends.
+
+    python -m tests.kernel_matrix.guest --out results.jsonl [--block-dev /dev/vda]
+
+Lines: {"type": "start"}, one {"type": "program"} per catalog program (a program without
+a workload in workloads.CASES fails), {"type": "probe"} with the capability report, and
+{"type": "end"}. The host side (test_matrix.py) judges them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import IO, Any
+
+from node_agent.programs import catalog
+from node_agent.protocol import Limits, RunState, TraceRequest
+from node_agent.runner import ChildPool
+from node_agent.zygote import Zygote
+from tests.helpers import TraceOutcome, run_trace
+from tests.kernel_matrix.workloads import CASES, Context, Setup
+
+log = logging.getLogger("kernel_matrix.guest")
+PROBE = (sys.executable, "-m", "node_agent.cli", "probe", "--allow-custom", "--allow-bpftrace")
+PROBE_TIMEOUT_S = 300.0
+DETAIL_CHARS = 600  # of a compiler or verifier log, in a failure's reason
+
+
+class Lines:
+    """The JSON lines file, flushed line by line: a guest that hangs leaves what it did."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+        self.lock = threading.Lock()
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.lock:
+            self.out.write(json.dumps(record, default=str) + "\n")
+            self.out.flush()
+
+
+def _reason(outcome: TraceOutcome) -> str:
+    error = outcome.final.error
+    if error is None:
+        return outcome.final.reason or outcome.final.state.value
+    text = f"{error.code.value}: {error.message}"
+    if error.detail:
+        text += f" [{error.detail.strip()[-DETAIL_CHARS:]}]"
+    return text
+
+
+def _timings(outcome: TraceOutcome) -> dict[str, Any]:
+    snaps = outcome.snapshots
+    if not snaps:
+        return {"compile_s": None, "attach_s": None, "attach": None}
+    stats = snaps[-1].stats
+    return {
+        "compile_s": round(stats.compile_s, 3),
+        "attach_s": round(stats.attach_s, 3),
+        "attach": getattr(stats, "attach", None),  # the attach point, where the stats have it
+    }
+
+
+def _judged(name: str, setup: Setup, pool: ChildPool) -> dict[str, Any]:
+    request = TraceRequest(
+        run_id=f"matrix-{name}",
+        program=name,
+        limits=Limits(overhead_pct=None),  # emulation would trip any real budget
+        **setup.fields,
+    )
+    outcome = run_trace(request, setup.release, allow_custom=True, allow_bpftrace=True, pool=pool)
+    record: dict[str, Any] = {"state": outcome.final.state.value, **_timings(outcome)}
+    if outcome.final.state is RunState.unsupported:
+        return {**record, "status": "unsupported", "reason": _reason(outcome)}
+    if outcome.final.state is not RunState.succeeded:
+        return {**record, "status": "failed", "reason": _reason(outcome)}
+    try:
+        verdict = setup.judge(outcome)
+    except Exception as exc:  # a missing table or label is a wrong answer, said as such
+        return {**record, "status": "failed", "reason": f"cannot read the answer: {exc!r}"}
+    record.update(answer=verdict.answer, expected=verdict.expected)
+    if verdict.ok:
+        return {**record, "status": "ok", "reason": ""}
+    return {**record, "status": "failed", "reason": "wrong answer"}
+
+
+def run_program(name: str, ctx: Context, pool: ChildPool) -> dict[str, Any]:
+    """One program on its workload, never raising: whatever goes wrong is its record."""
+    started = time.monotonic()
+    record: dict[str, Any] = {"type": "program", "program": name, "kernel": platform.release()}
+    make = CASES.get(name)
+    if make is None:
+        reason = "no known-answer workload for it in tests/kernel_matrix/workloads.py"
+        return {**record, "status": "failed", "reason": reason}
+    log.info("%s: starting", name)
+    try:
+        setup = make(ctx)
+    except Exception as exc:
+        return {**record, "status": "failed", "reason": f"workload setup failed: {exc!r}"}
+    try:
+        record.update(_judged(name, setup, pool))
+    except Exception as exc:
+        record.update(status="failed", reason=f"the runner raised {exc!r}")
+    finally:
+        setup.cleanup()
+    record["wall_s"] = round(time.monotonic() - started, 2)
+    log.info("%s: %s %s (%.1f s)", name, record["status"], record["reason"], record["wall_s"])
+    return record
+
+
+def probe() -> dict[str, Any]:
+    """The agent's capability probe, run as the worker runs it (a child process)."""
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            PROBE, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"type": "probe", "error": f"no answer within {PROBE_TIMEOUT_S:g} s"}
+    record: dict[str, Any] = {"type": "probe", "seconds": round(time.monotonic() - started, 2)}
+    try:
+        record["capabilities"] = json.loads(done.stdout)
+    except ValueError:
+        record["error"] = f"exit {done.returncode}: {done.stderr.strip()[-DETAIL_CHARS:]}"
+    return record
+
+
+def run(lines: Lines, ctx: Context, *, jobs: int, only: list[str] | None = None) -> None:
+    started = time.monotonic()
+    lines.write({"type": "start", "kernel": platform.release(), "time": time.time()})
+    names = [n for n in catalog() if not only or n in only]
+    pool = ChildPool(Zygote.spawn())
+    try:
+        with ThreadPoolExecutor(max_workers=jobs + 1) as executor:
+            probed = executor.submit(probe)  # beside the traces: it is the slowest part
+            with ThreadPoolExecutor(max_workers=jobs) as traces:
+                runs = [traces.submit(run_program, n, ctx, pool) for n in names]
+                for done in as_completed(runs):
+                    lines.write(done.result())
+            lines.write(probed.result())
+    finally:
+        pool.close()
+    lines.write({"type": "end", "seconds": round(time.monotonic() - started, 2)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="the JSON lines file to write")
+    parser.add_argument("--block-dev", type=Path, help="a whole disk biolatency may overwrite")
+    parser.add_argument("--jobs", type=int, default=2, help="traces at once")
+    parser.add_argument("--only", action="append", help="only this program (repeatable)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    with tempfile.TemporaryDirectory(prefix="ft-matrix-") as tmp, args.out.open("a") as out:
+        ctx = Context(tmp=Path(tmp), block_dev=args.block_dev)
+        run(Lines(out), ctx, jobs=args.jobs, only=args.only)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

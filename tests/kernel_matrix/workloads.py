@@ -1,0 +1,300 @@
+"""Known-answer workloads for every catalog program, one case per program.
+
+Each case starts its processes waiting (their start-up is not traced), names the request
+that traces them, releases them once the program is attached, and judges the answer: exact
+counts where the kernel makes them exact. They reuse the workloads of the per-program tests
+(tests/node_agent/programs/), smaller, as a guest under emulation is slow.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node_agent.protocol import MapDecl, MapKind, Scope
+from tests.helpers import TraceOutcome, compile_c, go, row_value, spawn_waiting
+from tests.node_agent.programs.test_cpu_profile import BUSY, HELPER_C
+from tests.node_agent.programs.test_custom import COUNTER_C
+from tests.node_agent.programs.test_tcp_retransmits import CLIENT_PORT, SERVER_PORT, SYN_DROP
+
+N = 2000  # getppid calls
+K = 20  # opens of an existing file
+J = 5  # opens of a missing file
+M = 5  # execs of a uniquely named binary
+SLEEPS = 50  # 1 ms sleeps
+WRITES = 40  # O_DIRECT block writes
+BLOCK = 4096
+MIN_BUSY_SHARE = 0.8
+
+GETPPIDS = f"import os\nfor _ in range({N}): os.getppid()\n"
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    answer: Any
+    expected: Any
+
+
+@dataclass
+class Setup:
+    """One program's trace: what to ask for, what to release once attached, how to judge."""
+
+    fields: dict[str, Any]  # TraceRequest fields beyond program and run_id
+    release: Callable[[], None]
+    judge: Callable[[TraceOutcome], Verdict]
+    procs: list[subprocess.Popen[str]] = field(default_factory=list)
+    finalizers: list[Callable[[], None]] = field(default_factory=list)
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+        for finalizer in self.finalizers:
+            finalizer()
+
+
+@dataclass
+class Context:
+    tmp: Path
+    block_dev: Path | None  # a whole disk the runner may overwrite, for biolatency
+
+
+Case = Callable[[Context], Setup]
+CASES: dict[str, Case] = {}
+
+
+def case(name: str) -> Callable[[Case], Case]:
+    def register(fn: Case) -> Case:
+        CASES[name] = fn
+        return fn
+
+    return register
+
+
+def waiting(script: str, *args: str) -> subprocess.Popen[str]:
+    """`python -c script args...` that first waits for a line on its stdin."""
+    return spawn_waiting(f"import sys; sys.stdin.readline()\n{script}", *args)
+
+
+def released(*procs: subprocess.Popen[str]) -> Callable[[], None]:
+    return lambda: go(list(procs), succeed=True)
+
+
+def exact(answer: Any, expected: Any) -> Verdict:
+    return Verdict(answer == expected, answer, expected)
+
+
+def between(answer: int, low: int, high: int) -> Verdict:
+    return Verdict(low <= answer <= high, answer, f"{low}..{high}")
+
+
+def scoped(proc: subprocess.Popen[str], judge: Callable[[TraceOutcome], Verdict]) -> Setup:
+    """A 2 s trace of one waiting process, scoped to its pid."""
+    return Setup({"duration_s": 2, "scope": Scope(pid=proc.pid)}, released(proc), judge, [proc])
+
+
+@case("syscalls")
+def syscalls(ctx: Context) -> Setup:
+    child = waiting(GETPPIDS)
+
+    def judge(outcome: TraceOutcome) -> Verdict:
+        table = outcome.table("syscalls")
+        others = {keys[1] for keys, _ in table.rows} - {child.pid}
+        answer = {"getppid": row_value(table, syscall="getppid", pid=child.pid)}
+        return exact({**answer, "other pids": len(others)}, {"getppid": N, "other pids": 0})
+
+    return scoped(child, judge)
+
+
+@case("syscall_latency")
+def syscall_latency(ctx: Context) -> Setup:
+    child = waiting(f"import time\nfor _ in range({SLEEPS}): time.sleep(0.001)\n{GETPPIDS}")
+
+    def judge(outcome: TraceOutcome) -> Verdict:
+        totals = {str(h.labels["syscall"]): h.total for h in outcome.histograms()}
+        answer = {name: totals.get(name, 0) for name in ("clock_nanosleep", "getppid")}
+        return exact(answer, {"clock_nanosleep": SLEEPS, "getppid": N})
+
+    return scoped(child, judge)
+
+
+@case("opens")
+def opens(ctx: Context) -> Setup:
+    path, missing = ctx.tmp / "ft-matrix-opened", ctx.tmp / "ft-matrix-missing"
+    path.write_text("x")
+    script = (
+        f"for _ in range({K}): open(sys.argv[1]).close()\n"
+        f"for _ in range({J}):\n"
+        "    try: open(sys.argv[2])\n"
+        "    except FileNotFoundError: pass\n"
+    )
+    child = waiting(script, str(path), str(missing))
+
+    def judge(outcome: TraceOutcome) -> Verdict:
+        table = outcome.table("opens")
+        names = [f.name for f in table.key_fields]
+        got: dict[str, list[int]] = {}
+        for keys, values in table.rows:
+            row = dict(zip(names, keys, strict=True))
+            if row.get("pid") == child.pid:
+                got[str(row["path"])] = list(values)
+        answer = {p.name: got.get(str(p)) for p in (path, missing)}
+        return exact(answer, {path.name: [K, 0], missing.name: [J, J]})
+
+    return scoped(child, judge)
+
+
+@case("execs")
+def execs(ctx: Context) -> Setup:
+    binary = ctx.tmp / f"ftmx{os.getpid()}"
+    shutil.copy(shutil.which("true") or "/bin/true", binary)
+    script = f"import subprocess\nfor _ in range({M}): subprocess.run([sys.argv[1]], check=True)\n"
+    child = waiting(script, str(binary))
+
+    def judge(outcome: TraceOutcome) -> Verdict:
+        return exact(row_value(outcome.table("execs"), comm=binary.name), M)
+
+    fields = {"duration_s": 2, "scope": Scope(comm=binary.name), "params": {"samples": False}}
+    return Setup(fields, released(child), judge, [child])
+
+
+@case("runqlat")
+def runqlat(ctx: Context) -> Setup:
+    child = waiting(f"import time\nfor _ in range({SLEEPS}): time.sleep(0.001)\n")
+
+    def judge(outcome: TraceOutcome) -> Verdict:
+        # One wait per wakeup, plus the stdin wakeup and a few preemptions
+        # (tests/node_agent/programs/test_runqlat.py).
+        total = sum(h.total for h in outcome.histograms())
+        return between(total, SLEEPS * 9 // 10, SLEEPS * 6 // 5)
+
+    return scoped(child, judge)
+
+
+def loop_device(backing: Path, size: int) -> Path:
+    """A loop device over a new file, for a host that was given no disk of its own."""
+    with backing.open("wb") as f:
+        f.truncate(size)
+    done = subprocess.run(
+        ["losetup", "--find", "--show", "--direct-io=on", str(backing)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return Path(done.stdout.strip())
+
+
+@case("biolatency")
+def biolatency(ctx: Context) -> Setup:
+    finalizers: list[Callable[[], None]] = []
+    device = ctx.block_dev
+    if device is None:
+        device = loop_device(ctx.tmp / "ft-matrix-disk.img", WRITES * BLOCK * 4)
+        loop = str(device)
+        finalizers.append(lambda: subprocess.run(["losetup", "-d", loop], check=False, timeout=30))
+    # Each aligned O_DIRECT write to the raw disk is one request, issued by the writer.
+    script = (
+        "import mmap, os\n"
+        "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_DIRECT)\n"
+        f"buf = mmap.mmap(-1, {BLOCK})\n"
+        f"buf.write(b'f' * {BLOCK})\n"
+        f"for i in range({WRITES}): assert os.pwritev(fd, [buf], i * {BLOCK}) == {BLOCK}\n"
+    )
+    writer = waiting(script, str(device))
+    disk = Path(os.path.realpath(device)).name
+
+    def judge(outcome: TraceOutcome) -> Verdict:
+        return exact(
+            {str(h.labels.get("disk")): h.total for h in outcome.histograms()}, {disk: WRITES}
+        )
+
+    setup = scoped(writer, judge)
+    setup.finalizers = finalizers
+    return setup
+
+
+@case("cpu_profile")
+def cpu_profile(ctx: Context) -> Setup:
+    helper = compile_c(HELPER_C, ctx.tmp / "ft_busy")  # spins in BUSY for 3 s after a line
+    proc = subprocess.Popen([str(helper)], stdin=subprocess.PIPE, text=True)
+
+    def judge(outcome: TraceOutcome) -> Verdict:
+        stacks = outcome.stacks().stacks
+        total = sum(s.count for s in stacks)
+        top = max(stacks, key=lambda s: s.count).frames[-1] if stacks else None
+        busy = sum(s.count for s in stacks if s.frames and s.frames[-1].startswith(BUSY))
+        share = round(busy / total, 2) if total else 0.0
+        answer = {"top": top, "samples": total, "busy share": share}
+        ok = top is not None and top.startswith(BUSY) and share >= MIN_BUSY_SHARE
+        return Verdict(ok, answer, {"top": BUSY, "busy share": f">= {MIN_BUSY_SHARE}"})
+
+    setup = scoped(proc, judge)
+    setup.fields["params"] = {"frequency": 99, "kernel": False}
+    return setup
+
+
+@case("tcp_retransmits")
+def tcp_retransmits(ctx: Context) -> Setup:
+    # A full accept queue drops the SYN (tests/node_agent/programs/test_tcp_retransmits.py),
+    # in a network namespace of its own whose RetransSegs counter is then the answer.
+    script = (
+        "import sys; sys.stdin.readline()\n"
+        f"{SYN_DROP}\n"
+        "print(''.join(l for l in open('/proc/net/snmp') if l.startswith('Tcp:')), end='')\n"
+    )
+    argv = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$0" -c "$1" 4']
+    proc = subprocess.Popen(
+        [*argv, sys.executable, script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    seen: dict[str, int] = {}
+
+    def release() -> None:
+        out, _ = proc.communicate("go\n", timeout=60)
+        names, values = (line.split() for line in out.splitlines()[-2:])
+        seen["RetransSegs"] = int(values[names.index("RetransSegs")])
+
+    def judge(outcome: TraceOutcome) -> Verdict:
+        table = outcome.table("retransmits")
+        mine = {"saddr": "127.0.0.1", "sport": CLIENT_PORT, "daddr": "127.0.0.1"}
+        answer = row_value(table, **mine, dport=SERVER_PORT, state="SYN_SENT")
+        expected = seen.get("RetransSegs", "the workload did not finish")
+        return Verdict(answer == expected and answer >= 1, answer, expected)
+
+    fields = {"duration_s": 3, "params": {"port": SERVER_PORT}}  # after the 1 s SYN RTO
+    return Setup(fields, release, judge, [proc])
+
+
+@case("custom")
+def custom(ctx: Context) -> Setup:
+    child = waiting(GETPPIDS)
+
+    def judge(outcome: TraceOutcome) -> Verdict:
+        return exact(outcome.table("by_tgid").rows, [([child.pid], [N])])
+
+    setup = scoped(child, judge)
+    maps = [MapDecl(name=n, kind=MapKind.counter) for n in ("calls", "by_tgid")]
+    setup.fields.update(source=COUNTER_C, maps=maps)
+    return setup
+
+
+@case("bpftrace")
+def bpftrace(ctx: Context) -> Setup:
+    child = waiting(GETPPIDS)
+
+    def judge(outcome: TraceOutcome) -> Verdict:
+        return exact(row_value(outcome.table("@"), key0=child.pid), N)
+
+    setup = scoped(child, judge)
+    setup.fields["params"] = {
+        "script": "tracepoint:syscalls:sys_enter_getppid { @[pid] = count(); }"
+    }
+    return setup
