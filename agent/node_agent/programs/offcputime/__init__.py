@@ -1,0 +1,74 @@
+"""offcputime: where tasks block, as user + kernel stacks weighted by microseconds off-CPU.
+
+Output: folded stacks `offcputime` (unit usec): frames comm;user...;kernel_[k], root first,
+each stack's count the total microseconds its tasks spent switched out there.
+Attach: tracepoint sched:sched_switch (the only option: every kernel has it). A raw
+tracepoint would be cheaper but reads struct task_struct, which approximate headers get wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from node_agent.programs.spec import AttachOption, DecodeContext, Param, ProgramSpec
+from node_agent.programs.stacks import folded_stacks
+from node_agent.protocol import Feature, Result
+
+ATTACH = (
+    AttachOption(
+        "tracepoint",
+        "tracepoint:sched:sched_switch",
+        frozenset({Feature.tracepoints}),
+        tracepoints=("sched:sched_switch",),
+    ),
+)
+
+
+def _defines(params: Mapping[str, Any]) -> dict[str, str | int]:
+    return {
+        "FT_USER": int(params["user"]),
+        "FT_KERNEL": int(params["kernel"]),
+        "FT_PREEMPTED": int(params["preempted"]),
+        "FT_MIN_US": int(params["min_us"]),
+        "FT_STACK_ENTRIES": int(params["stack_entries"]),
+    }
+
+
+def _decode(ctx: DecodeContext) -> list[Result]:
+    return [folded_stacks(ctx, "offcputime", "counts", "usec")]
+
+
+SPEC = ProgramSpec(
+    name="offcputime",
+    summary="off-CPU time (blocked) by user and kernel stack per process, for flame graphs",
+    output="folded_stacks",
+    source_path=Path(__file__).with_name("program.c"),
+    decode=_decode,
+    defines=_defines,
+    features=frozenset(),
+    attach=ATTACH,
+    scope_note="scope, process and stacks are taken as the task goes off the CPU",
+    params=(
+        Param("kernel", "bool", True, "include kernel stacks"),
+        Param("user", "bool", True, "include user stacks"),
+        Param("preempted", "bool", False, "also count time preempted while still runnable"),
+        Param(
+            "min_us",
+            "int",
+            1,
+            "ignore blocks shorter than this (microseconds)",
+            minimum=0,
+            maximum=10_000_000,
+        ),
+        Param(
+            "stack_entries",
+            "int",
+            16384,
+            "distinct stacks the kernel can hold (about 1 KiB each)",
+            minimum=256,
+            maximum=131072,
+        ),
+    ),
+)
