@@ -162,6 +162,18 @@ class AttachOption:
     def define(self) -> str:
         return f"FT_ATTACH_{self.kind.upper()}"
 
+    @classmethod
+    def tracepoint(cls, *tracepoints: str) -> AttachOption:
+        point = "tracepoint:" + ",".join(tracepoints)
+        return cls("tracepoint", point, frozenset({Feature.tracepoints}), tracepoints=tracepoints)
+
+    @classmethod
+    def on_functions(cls, kind: Literal["fentry", "kprobe"], *functions: str) -> AttachOption:
+        """fentry (+fexit) or kprobes (+kretprobes) on kernel functions."""
+        features = {Feature.fentry, Feature.btf} if kind == "fentry" else {Feature.kprobes}
+        point = f"{kind}:" + ",".join(functions)
+        return cls(kind, point, frozenset(features), functions=functions)
+
 
 def attach_param(options: Sequence[AttachOption]) -> Param:
     """The `attach` parameter of a program with attach options: auto or one of its own."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Mapping
 from typing import Any
 
 from node_agent.programs.decode import text, value
-from node_agent.programs.spec import DecodeContext
+from node_agent.programs.spec import DecodeContext, Param
 from node_agent.protocol import FoldedStacks, StackCount
 
 STACKS = "stack_traces"
@@ -14,6 +15,29 @@ MISSING_USER = "[Missing User Stack]"
 MISSING_KERNEL = "[Missing Kernel Stack]"
 KERNEL_SUFFIX = "_[k]"
 SYMBOL_CACHE_MAX = 65536
+
+# The parameters every stack program takes, and their -D flags.
+STACK_PARAMS = (
+    Param("kernel", "bool", True, "include kernel stacks"),
+    Param("user", "bool", True, "include user stacks"),
+    Param(
+        "stack_entries",
+        "int",
+        16384,
+        "distinct stacks the kernel can hold (about 1 KiB each)",
+        minimum=256,
+        maximum=131072,
+    ),
+)
+
+
+def stack_defines(params: Mapping[str, Any]) -> dict[str, str | int]:
+    return {
+        "FT_USER": int(params["user"]),
+        "FT_KERNEL": int(params["kernel"]),
+        "FT_STACK_ENTRIES": int(params["stack_entries"]),
+    }
+
 
 # Decoders run once per snapshot in the same child: remember names across snapshots.
 _symbols: dict[tuple[int | None, int], str] = {}

@@ -7,17 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from node_agent.programs.spec import DecodeContext, Param, PerfSample, ProgramSpec
-from node_agent.programs.stacks import folded_stacks
+from node_agent.programs.stacks import STACK_PARAMS, folded_stacks, stack_defines
 from node_agent.protocol import Feature, Result
 
 
 def _defines(params: Mapping[str, Any]) -> dict[str, str | int]:
-    return {
-        "FT_USER": int(params["user"]),
-        "FT_KERNEL": int(params["kernel"]),
-        "FT_IDLE": int(params["idle"]),
-        "FT_STACK_ENTRIES": int(params["stack_entries"]),
-    }
+    return {**stack_defines(params), "FT_IDLE": int(params["idle"])}
 
 
 def _decode(ctx: DecodeContext) -> list[Result]:
@@ -35,16 +30,7 @@ SPEC = ProgramSpec(
     perf_samples=(PerfSample(fn="on_sample", frequency_param="frequency"),),
     params=(
         Param("frequency", "int", 49, "samples per second on each CPU", minimum=1, maximum=1000),
-        Param("kernel", "bool", True, "include kernel stacks"),
-        Param("user", "bool", True, "include user stacks"),
+        *STACK_PARAMS,
         Param("idle", "bool", False, "include the idle task (pid 0)"),
-        Param(
-            "stack_entries",
-            "int",
-            16384,
-            "distinct stacks the kernel can hold (about 1 KiB each)",
-            minimum=256,
-            maximum=131072,
-        ),
     ),
 )

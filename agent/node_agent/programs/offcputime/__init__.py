@@ -13,26 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from node_agent.programs.spec import AttachOption, DecodeContext, Param, ProgramSpec
-from node_agent.programs.stacks import folded_stacks
-from node_agent.protocol import Feature, Result
+from node_agent.programs.stacks import STACK_PARAMS, folded_stacks, stack_defines
+from node_agent.protocol import Result
 
-ATTACH = (
-    AttachOption(
-        "tracepoint",
-        "tracepoint:sched:sched_switch",
-        frozenset({Feature.tracepoints}),
-        tracepoints=("sched:sched_switch",),
-    ),
-)
+ATTACH = (AttachOption.tracepoint("sched:sched_switch"),)
 
 
 def _defines(params: Mapping[str, Any]) -> dict[str, str | int]:
     return {
-        "FT_USER": int(params["user"]),
-        "FT_KERNEL": int(params["kernel"]),
+        **stack_defines(params),
         "FT_PREEMPTED": int(params["preempted"]),
         "FT_MIN_US": int(params["min_us"]),
-        "FT_STACK_ENTRIES": int(params["stack_entries"]),
     }
 
 
@@ -51,8 +42,7 @@ SPEC = ProgramSpec(
     attach=ATTACH,
     scope_note="scope, process and stacks are taken as the task goes off the CPU",
     params=(
-        Param("kernel", "bool", True, "include kernel stacks"),
-        Param("user", "bool", True, "include user stacks"),
+        *STACK_PARAMS,
         Param("preempted", "bool", False, "also count time preempted while still runnable"),
         Param(
             "min_us",
@@ -61,14 +51,6 @@ SPEC = ProgramSpec(
             "ignore blocks shorter than this (microseconds)",
             minimum=0,
             maximum=10_000_000,
-        ),
-        Param(
-            "stack_entries",
-            "int",
-            16384,
-            "distinct stacks the kernel can hold (about 1 KiB each)",
-            minimum=256,
-            maximum=131072,
         ),
     ),
 )

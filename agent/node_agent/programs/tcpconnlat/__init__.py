@@ -13,30 +13,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from node_agent.programs.decode import Row, addr, log2_histograms, table_map, text
-from node_agent.programs.spec import AttachOption, DecodeContext, ProgramSpec
-from node_agent.protocol import Feature, KeyField, KeyValue, Result
+from node_agent.programs.decode import addr, latency_map, text
+from node_agent.programs.spec import AttachOption, ProgramSpec
+from node_agent.protocol import KeyField, KeyValue
 
 FUNCTIONS = ("tcp_v4_connect", "tcp_v6_connect", "tcp_rcv_state_process")
 ATTACH = (
-    AttachOption(
-        "tracepoint",
-        "tracepoint:sock:inet_sock_set_state",
-        frozenset({Feature.tracepoints}),
-        tracepoints=("sock:inet_sock_set_state",),
-    ),
-    AttachOption(
-        "fentry",
-        "fentry:tcp_v4_connect,tcp_v6_connect,tcp_rcv_state_process",
-        frozenset({Feature.fentry, Feature.btf}),
-        functions=FUNCTIONS,
-    ),
-    AttachOption(
-        "kprobe",
-        "kprobe:tcp_v4_connect,tcp_v6_connect,tcp_rcv_state_process",
-        frozenset({Feature.kprobes}),
-        functions=FUNCTIONS,
-    ),
+    AttachOption.tracepoint("sock:inet_sock_set_state"),
+    AttachOption.on_functions("fentry", *FUNCTIONS),
+    AttachOption.on_functions("kprobe", *FUNCTIONS),
 )
 
 FIELDS = [
@@ -47,30 +32,12 @@ FIELDS = [
 ]
 
 
-def _row(key: Any, val: Any) -> Row:
-    keys: list[KeyValue] = [
-        addr(int(key.family), key.daddr),
-        int(key.dport),
-        int(key.tgid),
-        text(key.comm),
-    ]
-    return keys, [int(val.count), int(val.total_us)]
+def _keys(key: Any) -> list[KeyValue]:
+    return [addr(int(key.family), key.daddr), int(key.dport), int(key.tgid), text(key.comm)]
 
 
-_table = table_map(
-    "connects", lambda ctx: FIELDS, lambda ctx: _row, value_fields=("count", "total_us")
-)
-
-
-def _decode(ctx: DecodeContext) -> list[Result]:
-    hists = log2_histograms(
-        "connect_latency",
-        "usec",
-        ctx.program.items("latency"),
-        lambda key: {"daddr": addr(int(key.family), key.daddr), "dport": int(key.dport)},
-        max_histograms=ctx.limits.max_rows,
-    )
-    return [*_table(ctx), *hists]
+def _labels(key: Any) -> dict[str, KeyValue]:
+    return {"daddr": addr(int(key.family), key.daddr), "dport": int(key.dport)}
 
 
 SPEC = ProgramSpec(
@@ -78,7 +45,14 @@ SPEC = ProgramSpec(
     summary="TCP connect latency (SYN to ESTABLISHED) per destination and process",
     output="counter_table",
     source_path=Path(__file__).with_name("program.c"),
-    decode=_decode,
+    decode=latency_map(
+        "latency",
+        table="connects",
+        fields=FIELDS,
+        keys=_keys,
+        histogram="connect_latency",
+        labels=_labels,
+    ),
     features=frozenset(),
     attach=ATTACH,
     scope_note="scope and process are taken at connect(), where the caller is current",

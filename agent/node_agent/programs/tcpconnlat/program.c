@@ -22,29 +22,18 @@ struct start_t {
     char comm[FT_COMM_LEN];
 };
 
-struct conn_key_t {
+/* One entry per destination, process and log2 slot of microseconds. */
+struct lat_key_t {
     u8 daddr[16];
     u16 family;
     u16 dport;
     u32 tgid;
+    u32 slot;
     char comm[FT_COMM_LEN];
 };
 
-struct conn_val_t {
-    u64 count;
-    u64 total_us;
-};
-
-struct hist_key_t {
-    u8 daddr[16];
-    u16 family;
-    u16 dport;
-    u32 slot;
-};
-
 BPF_HASH(start, u64, struct start_t, FT_MAP_ENTRIES);     /* socket -> when SYN was sent */
-BPF_HASH(connects, struct conn_key_t, struct conn_val_t, FT_MAP_ENTRIES);
-BPF_HASH(latency, struct hist_key_t, u64, FT_MAP_ENTRIES);
+BPF_HASH(latency, struct lat_key_t, struct ft_latency_t, FT_MAP_ENTRIES);
 
 static __always_inline void ft_connect_start(u64 sk)
 {
@@ -65,33 +54,16 @@ static __always_inline void ft_connected(u64 sk, u16 family, const void *daddr, 
     if (!s)
         return;
     u64 us = (bpf_ktime_get_ns() - s->ts) / 1000;
-    struct conn_key_t key = {};
+    struct lat_key_t key = {};
     key.family = family;
     key.dport = dport;
     key.tgid = s->tgid;
+    key.slot = bpf_log2l(us);
     __builtin_memcpy(&key.comm, s->comm, sizeof(key.comm));
     start.delete(&sk);
     bpf_probe_read_kernel(&key.daddr, family == FT_AF_INET ? 4 : 16, daddr);
-
-    struct conn_val_t zero = {};
-    struct conn_val_t *val = connects.lookup_or_try_init(&key, &zero);
-    if (val) {
-        __sync_fetch_and_add(&val->count, 1);
-        __sync_fetch_and_add(&val->total_us, us);
-    } else {
-        ft_count_drop();
-    }
-    struct hist_key_t hkey = {};
-    __builtin_memcpy(&hkey.daddr, &key.daddr, sizeof(hkey.daddr));
-    hkey.family = family;
-    hkey.dport = dport;
-    hkey.slot = bpf_log2l(us);
-    u64 hzero = 0;
-    u64 *count = latency.lookup_or_try_init(&hkey, &hzero);
-    if (count)
-        __sync_fetch_and_add(count, 1);
-    else
-        ft_count_drop();
+    struct ft_latency_t zero = {};
+    ft_add_latency(latency.lookup_or_try_init(&key, &zero), us);
 }
 
 #ifdef FT_ATTACH_TRACEPOINT

@@ -12,22 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from node_agent.programs.decode import Row, log2_histograms, table_map, text
-from node_agent.programs.spec import AttachOption, DecodeContext, ProgramSpec
-from node_agent.protocol import Feature, KeyField, KeyValue, Result
+from node_agent.programs.decode import latency_map, text
+from node_agent.programs.spec import AttachOption, ProgramSpec
+from node_agent.protocol import KeyField, KeyValue
 
 FUNCTIONS = ("vfs_read", "vfs_write")
 OPS = ("read", "write")
 ATTACH = (
-    AttachOption(
-        "fentry",
-        "fentry:vfs_read,vfs_write",
-        frozenset({Feature.fentry, Feature.btf}),
-        functions=FUNCTIONS,
-    ),
-    AttachOption(
-        "kprobe", "kprobe:vfs_read,vfs_write", frozenset({Feature.kprobes}), functions=FUNCTIONS
-    ),
+    AttachOption.on_functions("fentry", *FUNCTIONS),
+    AttachOption.on_functions("kprobe", *FUNCTIONS),
 )
 
 FIELDS = [KeyField(name="fs"), KeyField(name="op")]
@@ -38,25 +31,8 @@ def _op(raw: Any) -> str:
     return OPS[op] if 0 <= op < len(OPS) else f"op_{op}"
 
 
-def _row(key: Any, val: Any) -> Row:
-    keys: list[KeyValue] = [text(key.fs) or "?", _op(key.op)]
-    return keys, [int(val.count), int(val.total_us)]
-
-
-_table = table_map(
-    "vfs_ops", lambda ctx: FIELDS, lambda ctx: _row, value_fields=("count", "total_us")
-)
-
-
-def _decode(ctx: DecodeContext) -> list[Result]:
-    hists = log2_histograms(
-        "vfs_latency",
-        "usec",
-        ctx.program.items("latency"),
-        lambda key: {"fs": text(key.fs) or "?", "op": _op(key.op)},
-        max_histograms=ctx.limits.max_rows,
-    )
-    return [*_table(ctx), *hists]
+def _keys(key: Any) -> list[KeyValue]:
+    return [text(key.fs) or "?", _op(key.op)]
 
 
 SPEC = ProgramSpec(
@@ -64,7 +40,14 @@ SPEC = ProgramSpec(
     summary="read/write latency (vfs_read, vfs_write) per file system type",
     output="log2_histogram",
     source_path=Path(__file__).with_name("program.c"),
-    decode=_decode,
+    decode=latency_map(
+        "latency",
+        table="vfs_ops",
+        fields=FIELDS,
+        keys=_keys,
+        histogram="vfs_latency",
+        labels=lambda key: dict(zip(("fs", "op"), _keys(key), strict=True)),
+    ),
     features=frozenset(),
     attach=ATTACH,
     scope_note="scope is checked when the call starts, where the caller is current",

@@ -18,25 +18,15 @@ struct start_t {
     char fs[FT_FS_LEN];
 };
 
-struct ops_key_t {
-    char fs[FT_FS_LEN];
-    u32 op;
-};
-
-struct ops_val_t {
-    u64 count;
-    u64 total_us;
-};
-
-struct hist_key_t {
+/* One entry per file system, op and log2 slot of microseconds. */
+struct lat_key_t {
     char fs[FT_FS_LEN];
     u32 op;
     u32 slot;
 };
 
 BPF_HASH(start, u32, struct start_t, FT_MAP_ENTRIES);   /* tid -> its call in progress */
-BPF_HASH(ops, struct ops_key_t, struct ops_val_t, FT_MAP_ENTRIES);
-BPF_HASH(latency, struct hist_key_t, u64, FT_MAP_ENTRIES);
+BPF_HASH(latency, struct lat_key_t, struct ft_latency_t, FT_MAP_ENTRIES);
 
 static __always_inline void ft_vfs_enter(struct file *file)
 {
@@ -69,29 +59,13 @@ static __always_inline void ft_vfs_exit(u32 op)
     if (!s)
         return;
     u64 us = (bpf_ktime_get_ns() - s->ts) / 1000;
-    struct ops_key_t key = {};
+    struct lat_key_t key = {};
     __builtin_memcpy(&key.fs, s->fs, sizeof(key.fs));
     key.op = op;
+    key.slot = bpf_log2l(us);
     start.delete(&tid);
-
-    struct ops_val_t zero = {};
-    struct ops_val_t *val = ops.lookup_or_try_init(&key, &zero);
-    if (val) {
-        __sync_fetch_and_add(&val->count, 1);
-        __sync_fetch_and_add(&val->total_us, us);
-    } else {
-        ft_count_drop();
-    }
-    struct hist_key_t hkey = {};
-    __builtin_memcpy(&hkey.fs, &key.fs, sizeof(hkey.fs));
-    hkey.op = op;
-    hkey.slot = bpf_log2l(us);
-    u64 hzero = 0;
-    u64 *count = latency.lookup_or_try_init(&hkey, &hzero);
-    if (count)
-        __sync_fetch_and_add(count, 1);
-    else
-        ft_count_drop();
+    struct ft_latency_t zero = {};
+    ft_add_latency(latency.lookup_or_try_init(&key, &zero), us);
 }
 
 #ifdef FT_ATTACH_FENTRY
