@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,21 +46,13 @@ Check = Callable[[Snapshot], list[str]]
 
 
 @contextmanager
-def _netns() -> Iterator[str]:
-    name = "ft-attach-guest"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
-
-
-@contextmanager
 def _workload(program: str, tmp: Path) -> Iterator[tuple[known.Workload, Check]]:
     """The program's known workload, started and waiting, and the check of its answer."""
     if program == "tcpconnlat":
-        with _netns() as netns, known.started(known.connects_argv(netns, PORT, CONNECTS)) as w:
+        with (
+            known.netns("ft-attach-guest") as ns,
+            known.started(known.connects_argv(ns, PORT, CONNECTS)) as w,
+        ):
             yield w, lambda s: known.check_connects(s, w.pid, w.comm, PORT, CONNECTS)
     elif program == "offcputime":
         with known.started([str(known.naps_binary(tmp)), str(NAPS)]) as w:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 
 import pytest
+
+from tests.node_agent.programs.known_workloads import netns as own_netns
 
 
 @pytest.fixture
@@ -15,10 +16,5 @@ def netns() -> Iterator[str]:
     """A network namespace of our own with loopback up; deleted afterwards."""
     if shutil.which("ip") is None:
         pytest.skip("needs iproute2 (ip) to make a network namespace")
-    name = f"ft-test-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    with own_netns(f"ft-test-{os.getpid()}") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)

@@ -150,6 +150,17 @@ def started(argv: Sequence[str]) -> Iterator[Workload]:
         proc.wait(timeout=10)
 
 
+@contextmanager
+def netns(name: str) -> Iterator[str]:
+    """A network namespace of our own with loopback up; deleted afterwards."""
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
 def connects_argv(netns: str | None, port: int, n: int) -> list[str]:
     prefix = ["ip", "netns", "exec", netns] if netns else []
     return [*prefix, sys.executable, "-c", CONNECTS, str(port), str(n)]
