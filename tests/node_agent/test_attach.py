@@ -3,7 +3,9 @@ functions (no bcc: the features are given, tracefs is a directory made here)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,7 +13,9 @@ from node_agent.attach import choose, kernel_functions
 from node_agent.capabilities import program_support
 from node_agent.errors import BadParameter, UnsupportedProgram
 from node_agent.programs import get_program
-from node_agent.protocol import Feature
+from node_agent.protocol import Feature, RunState, Snapshot, StateChange, TraceRequest
+from node_agent.runtime.fake import FakeProgram, FakeRuntime
+from node_agent.trace import execute, prepare
 
 ALL = frozenset(Feature)
 TCP_FUNCTIONS = ["tcp_v4_connect", "tcp_v6_connect", "tcp_rcv_state_process"]
@@ -140,3 +144,33 @@ def test_the_catalog_describes_each_option() -> None:
     attach = next(p for p in described["params"] if p["name"] == "attach")
     assert attach["default"] == "auto"
     assert attach["choices"] == ["auto", "tracepoint", "fentry", "kprobe"]
+
+
+def _run(params: dict[str, str], features: dict[Feature, bool]) -> tuple[FakeRuntime, list[Any]]:
+    request = TraceRequest(run_id="attach-u", program="tcpconnlat", duration_s=0.05, params=params)
+    runtime = FakeRuntime(FakeProgram({}))
+    events: list[Any] = []
+    execute(prepare(request), runtime, events.append, threading.Event(), features=features)
+    return runtime, events
+
+
+def test_the_probe_features_pick_the_option_compiled_in_and_shown_in_the_stats() -> None:
+    """The agent's probe says tracepoints are out: fentry is compiled in (its define), and
+    every snapshot names it."""
+    runtime, events = _run({}, _features(Feature.fentry, Feature.btf, Feature.kprobes))
+    ((_, cflags),) = runtime.loaded
+    assert "-DFT_ATTACH_FENTRY=1" in cflags
+    assert not any(f.startswith(("-DFT_ATTACH_TRACEPOINT", "-DFT_ATTACH_KPROBE")) for f in cflags)
+    snapshots = [e for e in events if isinstance(e, Snapshot)]
+    assert snapshots and all(
+        s.stats.attach == "fentry:tcp_v4_connect,tcp_v6_connect,tcp_rcv_state_process"
+        for s in snapshots
+    )
+
+
+def test_a_forced_option_the_probe_lacks_is_unsupported_before_compiling() -> None:
+    runtime, events = _run({"attach": "kprobe"}, _features(*ALL - {Feature.kprobes}))
+    assert runtime.loaded == []
+    final = events[-1]
+    assert isinstance(final, StateChange) and final.state is RunState.unsupported
+    assert final.error is not None and "attach=kprobe fails" in final.error.message
