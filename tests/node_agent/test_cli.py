@@ -37,6 +37,8 @@ def test_durations(text: str, seconds: float) -> None:
         (["run", "syscalls", "--duration", "1s", "--param", "per_process=maybe"], "per_process"),
         (["run", "syscalls", "--duration", "1s", "--param", "nope=1"], "params.nope"),
         (["run", "syscalls", "--duration", "1s", "--param", "novalue"], "name=value"),
+        (["run", "offcputime", "--duration", "1s", "--param", "attach=kprobe"], "params.attach"),
+        (["run", "syscalls", "--duration", "1s", "--param", "attach=auto"], "params.attach"),
         (["run", "syscalls", "--duration", "1s", "--pid", "0"], "--pid"),
         (["run", "syscalls", "--duration", "1s", "--max-rows", "0"], "--max-rows"),
         (["run", "syscalls", "--duration", "2h", "--max-duration", "1h"], "duration_s"),
