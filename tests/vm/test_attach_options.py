@@ -28,7 +28,12 @@ pytestmark = [pytest.mark.vm, pytest.mark.timeout(1500)]
 REPO = Path(__file__).resolve().parents[2]
 VM_LOCK = Path("/tmp/ft-vm.lock")
 GUEST_TIMEOUT_S = 1200.0
-EXPECTED = {("tcpconnlat", "fentry"), ("tcpconnlat", "kprobe"), ("vfs_latency", "kprobe")}
+EXPECTED = {
+    ("tcpconnlat", "fentry"),
+    ("tcpconnlat", "kprobe"),
+    ("offcputime", "tracepoint"),
+    ("vfs_latency", "kprobe"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +79,7 @@ def test_the_guest_supports_all_three_with_kprobes_and_fentry(
     # The cheapest each has there: what the kernel matrix's `auto` runs.
     assert probe["auto"] == {
         "tcpconnlat": "tracepoint",
-        "offcputime": "tracepoint",
+        "offcputime": "raw_tracepoint",
         "vfs_latency": "fentry",
     }
 

@@ -16,7 +16,7 @@ from node_agent.scope import cgroup_path_problem
 ParamType = Literal["int", "float", "bool", "str"]
 OutputKind = Literal["counter_table", "log2_histogram", "folded_stacks", "event_samples"]
 Engine = Literal["bcc", "bpftrace"]
-AttachKind = Literal["tracepoint", "fentry", "kprobe"]
+AttachKind = Literal["raw_tracepoint", "tracepoint", "fentry", "kprobe"]
 AUTO = "auto"
 ALL_SCOPES = frozenset({"cgroup", "pid", "comm"})
 
@@ -163,9 +163,12 @@ class AttachOption:
         return f"FT_ATTACH_{self.kind.upper()}"
 
     @classmethod
-    def tracepoint(cls, *tracepoints: str) -> AttachOption:
-        point = "tracepoint:" + ",".join(tracepoints)
-        return cls("tracepoint", point, frozenset({Feature.tracepoints}), tracepoints=tracepoints)
+    def tracepoint(cls, *tracepoints: str, raw: bool = False) -> AttachOption:
+        """Tracepoints (`raw`: as raw tracepoints, which format no record: cheaper)."""
+        kind: AttachKind = "raw_tracepoint" if raw else "tracepoint"
+        names = [tp.partition(":")[2] for tp in tracepoints] if raw else tracepoints
+        point = f"{kind}:" + ",".join(names)
+        return cls(kind, point, frozenset({Feature.tracepoints}), tracepoints=tracepoints)
 
     @classmethod
     def on_functions(cls, kind: Literal["fentry", "kprobe"], *functions: str) -> AttachOption:

@@ -90,19 +90,26 @@ def test_tcpconnlat_forced_to_an_option_this_kernel_lacks_is_unsupported(
     assert "tracepoint" not in message.split(":", 1)[1].split("needs")[0]
 
 
-def test_offcputime_weighs_a_named_function_by_its_naps(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("attach", "point"),
+    [("auto", "raw_tracepoint:sched_switch"), ("tracepoint", "tracepoint:sched:sched_switch")],
+)
+def test_offcputime_weighs_a_named_function_by_its_naps(
+    tmp_path: Path, attach: str, point: str
+) -> None:
     naps = known.naps_binary(tmp_path)
     with known.started([str(naps), "50"]) as workload:
         request = TraceRequest(
-            run_id="offcpu",
+            run_id=f"offcpu-{attach}",
             program="offcputime",
             duration_s=3,
+            params={"attach": attach},
             scope=Scope(pid=workload.pid),
         )
         outcome = run_trace(request, workload.go)
         workload.end()
     assert outcome.final.state.value == "succeeded", outcome.final
-    assert outcome.last.stats.attach == "tracepoint:sched:sched_switch"
+    assert outcome.last.stats.attach == point
     assert known.check_naps(outcome.last, workload.comm, 50) == []
     top = next(s for s in outcome.stacks().stacks if known.NAP_FUNCTION in ";".join(s.frames))
     # Root first: the process, main, the nap, then the kernel where it blocked.

@@ -2,8 +2,10 @@
 
 Output: folded stacks `offcputime` (unit usec): frames comm;user...;kernel_[k], root first,
 each stack's count the total microseconds its tasks spent switched out there.
-Attach: tracepoint sched:sched_switch (the only option: every kernel has it). A raw
-tracepoint would be cheaper but reads struct task_struct, which approximate headers get wrong.
+Attach options, cheapest first: raw_tracepoint sched_switch (no record formatted; tasks keyed
+by their task_struct pointers), tracepoint sched:sched_switch (keyed by pid). Neither reads
+struct task_struct, so approximate headers are enough. "Runnable" (not counted unless the
+`preempted` param) is the raw tracepoint's preempt argument, or the tracepoint's prev_state.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from node_agent.programs.spec import AttachOption, DecodeContext, Param, Program
 from node_agent.programs.stacks import STACK_PARAMS, folded_stacks, stack_defines
 from node_agent.protocol import Result
 
-ATTACH = (AttachOption.tracepoint("sched:sched_switch"),)
+ATTACH = (
+    AttachOption.tracepoint("sched:sched_switch", raw=True),
+    AttachOption.tracepoint("sched:sched_switch"),
+)
 
 
 def _defines(params: Mapping[str, Any]) -> dict[str, str | int]:
