@@ -31,7 +31,7 @@ GUEST_TIMEOUT_S = 1200.0
 EXPECTED = {
     ("tcpconnlat", "fentry"),
     ("tcpconnlat", "kprobe"),
-    ("offcputime", "tracepoint"),
+    ("offcputime", "raw_tracepoint"),
     ("vfs_latency", "kprobe"),
 }
 
@@ -79,7 +79,7 @@ def test_the_guest_supports_all_three_with_kprobes_and_fentry(
     # The cheapest each has there: what the kernel matrix's `auto` runs.
     assert probe["auto"] == {
         "tcpconnlat": "tracepoint",
-        "offcputime": "raw_tracepoint",
+        "offcputime": "tracepoint",
         "vfs_latency": "fentry",
     }
 

@@ -164,7 +164,7 @@ class AttachOption:
 
     @classmethod
     def tracepoint(cls, *tracepoints: str, raw: bool = False) -> AttachOption:
-        """Tracepoints (`raw`: as raw tracepoints, which format no record: cheaper)."""
+        """Tracepoints (`raw`: as raw tracepoints, which format no record)."""
         kind: AttachKind = "raw_tracepoint" if raw else "tracepoint"
         names = [tp.partition(":")[2] for tp in tracepoints] if raw else tracepoints
         point = f"{kind}:" + ",".join(names)

@@ -92,7 +92,7 @@ def test_tcpconnlat_forced_to_an_option_this_kernel_lacks_is_unsupported(
 
 @pytest.mark.parametrize(
     ("attach", "point"),
-    [("auto", "raw_tracepoint:sched_switch"), ("tracepoint", "tracepoint:sched:sched_switch")],
+    [("auto", "tracepoint:sched:sched_switch"), ("raw_tracepoint", "raw_tracepoint:sched_switch")],
 )
 def test_offcputime_weighs_a_named_function_by_its_naps(
     tmp_path: Path, attach: str, point: str

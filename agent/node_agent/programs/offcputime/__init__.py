@@ -2,8 +2,10 @@
 
 Output: folded stacks `offcputime` (unit usec): frames comm;user...;kernel_[k], root first,
 each stack's count the total microseconds its tasks spent switched out there.
-Attach options, cheapest first: raw_tracepoint sched_switch (no record formatted; tasks keyed
-by their task_struct pointers), tracepoint sched:sched_switch (keyed by pid). Neither reads
+Attach options, cheapest first: tracepoint sched:sched_switch (tasks keyed by pid), then the
+raw tracepoint sched_switch (keyed by task_struct pointer). The raw one formats no record, but
+its stack walks cost more: with stacks, bench/attach_points.py measured it slower (a
+context-switch ping-pong 1.3-1.5x the tracepoint's traced time), so it is second. Neither reads
 struct task_struct, so approximate headers are enough. "Runnable" (not counted unless the
 `preempted` param) is the raw tracepoint's preempt argument, or the tracepoint's prev_state.
 """
@@ -19,8 +21,8 @@ from node_agent.programs.stacks import STACK_PARAMS, folded_stacks, stack_define
 from node_agent.protocol import Result
 
 ATTACH = (
-    AttachOption.tracepoint("sched:sched_switch", raw=True),
     AttachOption.tracepoint("sched:sched_switch"),
+    AttachOption.tracepoint("sched:sched_switch", raw=True),
 )
 
 

@@ -5,9 +5,9 @@
  * the time since is added to that stack. No struct task_struct field is read (approximate
  * headers are enough): the raw tracepoint keys tasks by their task_struct pointers, the
  * tracepoint by the pids in its record. One attach option is compiled in:
- *   FT_ATTACH_RAW_TRACEPOINT  raw sched_switch (no record formatted: cheaper); "runnable"
- *                             is its preempt argument
  *   FT_ATTACH_TRACEPOINT      sched:sched_switch; "runnable" is prev_state & 0xff == 0
+ *   FT_ATTACH_RAW_TRACEPOINT  raw sched_switch (no record formatted, but dearer stack walks);
+ *                             "runnable" is its preempt argument
  *
  * -D FT_USER / FT_KERNEL     collect user / kernel stacks (1) or not (0)
  * -D FT_PREEMPTED            count time of tasks preempted while runnable too (1)
