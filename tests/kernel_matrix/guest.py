@@ -20,12 +20,12 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import IO, Any
 
-from node_agent.programs import catalog
-from node_agent.protocol import Limits, RunState, TraceRequest
+from node_agent.programs import catalog, get_program
+from node_agent.protocol import HostCapabilities, Limits, RunState, TraceRequest
 from node_agent.runner import ChildPool
 from node_agent.zygote import Zygote
 from tests.helpers import TraceOutcome, run_trace
@@ -35,6 +35,8 @@ log = logging.getLogger("kernel_matrix.guest")
 PROBE = (sys.executable, "-m", "node_agent.cli", "probe", "--allow-custom", "--allow-bpftrace")
 PROBE_TIMEOUT_S = 300.0
 DETAIL_CHARS = 600  # of a compiler or verifier log, in a failure's reason
+GRACE_S = 30.0  # under emulation bpftrace takes over the default 5 s to print and detach
+DISK_WAIT_S = 20.0
 
 
 class Lines:
@@ -68,15 +70,18 @@ def _timings(outcome: TraceOutcome) -> dict[str, Any]:
     return {
         "compile_s": round(stats.compile_s, 3),
         "attach_s": round(stats.attach_s, 3),
-        "attach": getattr(stats, "attach", None),  # the attach point, where the stats have it
+        "attach": stats.attach,
     }
 
 
-def _judged(name: str, setup: Setup, pool: ChildPool) -> dict[str, Any]:
+def _judged(
+    name: str, setup: Setup, pool: ChildPool, capabilities: HostCapabilities | None
+) -> dict[str, Any]:
     request = TraceRequest(
         run_id=f"matrix-{name}",
         program=name,
         limits=Limits(overhead_pct=None),  # emulation would trip any real budget
+        grace_s=GRACE_S,
         **setup.fields,
     )
     outcome = run_trace(request, setup.release, allow_custom=True, allow_bpftrace=True, pool=pool)
@@ -95,8 +100,13 @@ def _judged(name: str, setup: Setup, pool: ChildPool) -> dict[str, Any]:
     return {**record, "status": "failed", "reason": "wrong answer"}
 
 
-def run_program(name: str, ctx: Context, pool: ChildPool) -> dict[str, Any]:
-    """One program on its workload, never raising: whatever goes wrong is its record."""
+def run_program(
+    name: str, ctx: Context, pool: ChildPool, probed: Future[dict[str, Any]]
+) -> dict[str, Any]:
+    """One program on its workload, never raising: whatever goes wrong is its record.
+
+    As the worker does, a program with attach options is given the probe's capabilities
+    (it picks the option by them); the others start beside the probe."""
     started = time.monotonic()
     record: dict[str, Any] = {"type": "program", "program": name, "kernel": platform.release()}
     make = CASES.get(name)
@@ -109,7 +119,8 @@ def run_program(name: str, ctx: Context, pool: ChildPool) -> dict[str, Any]:
     except Exception as exc:
         return {**record, "status": "failed", "reason": f"workload setup failed: {exc!r}"}
     try:
-        record.update(_judged(name, setup, pool))
+        capabilities = _capabilities(probed) if get_program(name).attach else None
+        record.update(_judged(name, setup, pool, capabilities))
     except Exception as exc:
         record.update(status="failed", reason=f"the runner raised {exc!r}")
     finally:
@@ -117,6 +128,11 @@ def run_program(name: str, ctx: Context, pool: ChildPool) -> dict[str, Any]:
     record["wall_s"] = round(time.monotonic() - started, 2)
     log.info("%s: %s %s (%.1f s)", name, record["status"], record["reason"], record["wall_s"])
     return record
+
+
+def _capabilities(probed: Future[dict[str, Any]]) -> HostCapabilities | None:
+    report = probed.result().get("capabilities")
+    return HostCapabilities.model_validate(report) if report else None
 
 
 def probe() -> dict[str, Any]:
@@ -139,19 +155,31 @@ def probe() -> dict[str, Any]:
 def run(lines: Lines, ctx: Context, *, jobs: int, only: list[str] | None = None) -> None:
     started = time.monotonic()
     lines.write({"type": "start", "kernel": platform.release(), "time": time.time()})
-    names = [n for n in catalog() if not only or n in only]
+    # Those waiting for the probe last: the others' compiles overlap it.
+    names = sorted(
+        (n for n in catalog() if not only or n in only), key=lambda n: bool(catalog()[n].attach)
+    )
     pool = ChildPool(Zygote.spawn())
     try:
         with ThreadPoolExecutor(max_workers=jobs + 1) as executor:
             probed = executor.submit(probe)  # beside the traces: it is the slowest part
             with ThreadPoolExecutor(max_workers=jobs) as traces:
-                runs = [traces.submit(run_program, n, ctx, pool) for n in names]
+                runs = [traces.submit(run_program, n, ctx, pool, probed) for n in names]
                 for done in as_completed(runs):
                     lines.write(done.result())
             lines.write(probed.result())
     finally:
         pool.close()
     lines.write({"type": "end", "seconds": round(time.monotonic() - started, 2)})
+
+
+def wait_for_disk(path: Path) -> None:
+    """A guest's virtio disk appears once its driver (a module on distro kernels) is loaded."""
+    if not path.exists():
+        subprocess.run(["modprobe", "-q", "virtio_blk"], check=False, timeout=60)
+    deadline = time.monotonic() + DISK_WAIT_S
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", help="only this program (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.block_dev is not None:
+        wait_for_disk(args.block_dev)
     with tempfile.TemporaryDirectory(prefix="ft-matrix-") as tmp, args.out.open("a") as out:
         ctx = Context(tmp=Path(tmp), block_dev=args.block_dev)
         run(Lines(out), ctx, jobs=args.jobs, only=args.only)

@@ -13,12 +13,15 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from node_agent.protocol import MapDecl, MapKind, Scope
+from node_agent.protocol import MapDecl, MapKind, Scope, Snapshot
 from tests.helpers import TraceOutcome, compile_c, go, row_value, spawn_waiting
+from tests.node_agent.programs import known_workloads as known
 from tests.node_agent.programs.test_cpu_profile import BUSY, HELPER_C
 from tests.node_agent.programs.test_custom import COUNTER_C
 from tests.node_agent.programs.test_tcp_retransmits import CLIENT_PORT, SERVER_PORT, SYN_DROP
@@ -171,10 +174,10 @@ def runqlat(ctx: Context) -> Setup:
     child = waiting(f"import time\nfor _ in range({SLEEPS}): time.sleep(0.001)\n")
 
     def judge(outcome: TraceOutcome) -> Verdict:
-        # One wait per wakeup, plus the stdin wakeup and a few preemptions
-        # (tests/node_agent/programs/test_runqlat.py).
+        # One wait per wakeup (tests/node_agent/programs/test_runqlat.py), plus preemptions:
+        # under emulation, beside a compile on every vCPU, up to about one per sleep more.
         total = sum(h.total for h in outcome.histograms())
-        return between(total, SLEEPS * 9 // 10, SLEEPS * 6 // 5)
+        return between(total, SLEEPS * 9 // 10, SLEEPS * 2)
 
     return scoped(child, judge)
 
@@ -213,13 +216,12 @@ def biolatency(ctx: Context) -> Setup:
     disk = Path(os.path.realpath(device)).name
 
     def judge(outcome: TraceOutcome) -> Verdict:
-        return exact(
-            {str(h.labels.get("disk")): h.total for h in outcome.histograms()}, {disk: WRITES}
-        )
+        totals = {str(h.labels.get("disk")): h.total for h in outcome.histograms()}
+        return exact(totals.get(disk, 0), WRITES)
 
-    setup = scoped(writer, judge)
-    setup.finalizers = finalizers
-    return setup
+    # Not scoped: on some kernels the writer's requests are issued from a kernel worker (the
+    # scope_note), and the disk is the runner's alone, so its count is the writer's.
+    return Setup({"duration_s": 2}, released(writer), judge, [writer], finalizers)
 
 
 @case("cpu_profile")
@@ -298,3 +300,61 @@ def bpftrace(ctx: Context) -> Setup:
         "script": "tracepoint:syscalls:sys_enter_getppid { @[pid] = count(); }"
     }
     return setup
+
+
+# -- the programs with attach options: lane b's known workloads and checks -----------------
+
+CONNECT_PORT = 47301
+CONNECTS = 5
+NAPS = 50
+FILE_READS, FILE_WRITES = 200, 100
+
+
+def _known(
+    stack: ExitStack,
+    workload: known.Workload,
+    check: Callable[[Snapshot], list[str]],
+    duration_s: float,
+) -> Setup:
+    """A tests/node_agent/programs/known_workloads workload, scoped to its pid."""
+
+    def judge(outcome: TraceOutcome) -> Verdict:
+        problems = check(outcome.last)
+        return Verdict(not problems, problems or "as the workload made it", [])
+
+    fields = {"duration_s": duration_s, "scope": Scope(pid=workload.pid)}
+
+    def release() -> None:
+        workload.go()
+
+    return Setup(fields, release, judge, [], [stack.close])
+
+
+@case("tcpconnlat")
+def tcpconnlat(ctx: Context) -> Setup:
+    with ExitStack() as stack:  # closed here only if the workload does not start
+        ns = stack.enter_context(known.netns(f"ft-matrix-{os.getpid()}"))
+        w = stack.enter_context(known.started(known.connects_argv(ns, CONNECT_PORT, CONNECTS)))
+        stack.callback(w.end)
+        check = partial(known.check_connects, pid=w.pid, comm=w.comm, port=CONNECT_PORT, n=CONNECTS)
+        return _known(stack.pop_all(), w, check, 5)  # a dropped SYN waits the 1 s RTO
+
+
+@case("offcputime")
+def offcputime(ctx: Context) -> Setup:
+    with ExitStack() as stack:
+        w = stack.enter_context(known.started([str(known.naps_binary(ctx.tmp)), str(NAPS)]))
+        stack.callback(w.end)
+        return _known(stack.pop_all(), w, partial(known.check_naps, comm=w.comm, n=NAPS), 3)
+
+
+@case("vfs_latency")
+def vfs_latency(ctx: Context) -> Setup:
+    mount = ctx.tmp / "vfs-tmpfs"
+    mount.mkdir(exist_ok=True)
+    with ExitStack() as stack:
+        argv = known.file_io_argv(mount, FILE_READS, FILE_WRITES)
+        w = stack.enter_context(known.started(argv))
+        stack.callback(w.end)
+        check = partial(known.check_file_io, reads=FILE_READS, writes=FILE_WRITES)
+        return _known(stack.pop_all(), w, check, 3)
