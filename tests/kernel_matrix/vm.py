@@ -1,7 +1,8 @@
 """Run the guest runner on a kernel: this host's directly, or a VM's booted with virtme-ng.
 
-Every run is bounded by a timeout; a VM's QEMU is killed by the pid it wrote, and the
-process group we started with it, whatever happens. What the guest wrote stays readable.
+Every run is bounded by a timeout; a VM's QEMU is stopped by the pid it wrote, and the
+session started with it killed, whatever happens (tests/controller/vm_support.booted).
+What the runner wrote stays readable, a hung one's last output included.
 """
 
 from __future__ import annotations
@@ -9,32 +10,40 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from devstack import kernels
+from tests.controller.vm_support import booted
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = "results.jsonl"
 GUEST_LOG = "guest.log"
 TAIL_CHARS = 3000
 POLL_S = 0.2
+GUEST_DISK = "/dev/vda"  # the one virtio disk a guest is given, for biolatency
+DISK_BYTES = 4 << 20
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass
 class GuestRun:
     """What one kernel's runner wrote, and how long it took."""
 
-    kernel: str
+    kernel: str  # the column's name: "host", "6.1", ...
     records: list[dict[str, Any]] = field(default_factory=list)
     log_tail: str = ""
     boot_to_start_s: float | None = None  # launch to the runner's first line
     wall_s: float = 0.0
     timed_out: bool = False
+    timeout_s: float = 0.0
+    launcher_pid: int | None = None  # what was started: a VM's vng session, or the runner
 
     def programs(self) -> dict[str, dict[str, Any]]:
         return {r["program"]: r for r in self.records if r.get("type") == "program"}
@@ -42,97 +51,109 @@ class GuestRun:
     def one(self, kind: str) -> dict[str, Any] | None:
         return next((r for r in self.records if r.get("type") == kind), None)
 
+    def capabilities(self) -> dict[str, Any]:
+        probe = self.one("probe") or {}
+        caps: dict[str, Any] = probe.get("capabilities") or {}
+        return caps
 
-def guest_command(
-    share: Path, *, block_dev: str | None = None, python: str = sys.executable
-) -> str:
-    """The shell line a guest runs: the runner, its lines and its log into `share`."""
+    def release(self) -> str | None:
+        start = self.one("start")
+        return str(start["kernel"]) if start else None
+
+
+def guest_command(share: Path, *, block_dev: str | None = None) -> str:
+    """The shell line that runs the runner, its lines and its log into `share`."""
     disk = f" --block-dev {block_dev}" if block_dev else ""
     return (
-        f"export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; cd {ROOT} && "
-        f"exec {python} -m tests.kernel_matrix.guest --out {share / RESULTS}{disk}"
-        f" > {share / GUEST_LOG} 2>&1"
+        f"export PATH={SYSTEM_PATH}; cd {shlex.quote(str(ROOT))} && "
+        f"exec {shlex.quote(sys.executable)} -m tests.kernel_matrix.guest"
+        f" --out {share / RESULTS}{disk} > {share / GUEST_LOG} 2>&1"
     )
 
 
-def _read(share: Path) -> tuple[list[dict[str, Any]], str]:
-    records = []
+def _collect(run: GuestRun, share: Path) -> GuestRun:
     with contextlib.suppress(OSError):
         for line in (share / RESULTS).read_text().splitlines():
             with contextlib.suppress(ValueError):
-                records.append(json.loads(line))
+                run.records.append(json.loads(line))
     try:
-        tail = (share / GUEST_LOG).read_text(errors="replace")[-TAIL_CHARS:]
+        run.log_tail = (share / GUEST_LOG).read_text(errors="replace")[-TAIL_CHARS:]
     except OSError:
-        tail = "(the guest wrote no log)"
-    return records, tail
-
-
-def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGKILL)
-
-
-def _qemu_pid(pidfile: Path | None) -> int | None:
-    if pidfile is None:
-        return None
-    try:
-        return int(pidfile.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def run_guest(
-    kernel: str,
-    argv: Sequence[str],
-    share: Path,
-    *,
-    timeout_s: float,
-    pidfile: Path | None = None,
-) -> GuestRun:
-    """Start `argv` (a VM boot, or the runner itself) and wait for it, at most `timeout_s`.
-
-    `share` is where the runner writes; `pidfile` where QEMU writes its pid, killed at the
-    end in any case, with the process group started here.
-    """
-    share.mkdir(parents=True, exist_ok=True)
-    run = GuestRun(kernel)
-    started = time.monotonic()
-    with (share / "launcher.log").open("wb") as out:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        while proc.poll() is None:
-            now = time.monotonic()
-            if run.boot_to_start_s is None and (share / RESULTS).exists():
-                run.boot_to_start_s = round(now - started, 2)
-            if now - started > timeout_s:
-                run.timed_out = True
-                break
-            time.sleep(POLL_S)
-    finally:
-        qemu = _qemu_pid(pidfile)
-        if qemu is not None:
-            _kill(qemu)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    run.wall_s = round(time.monotonic() - started, 2)
-    run.records, run.log_tail = _read(share)
+        run.log_tail = "(the runner wrote no log)"
     return run
 
 
-def qemu_alive(pidfile: Path) -> bool:
-    """Whether the QEMU that wrote `pidfile` still runs (a test asserts it does not)."""
-    pid = _qemu_pid(pidfile)
-    if pid is None:
-        return False
+def _wait(proc: subprocess.Popen[bytes], run: GuestRun, share: Path, started: float) -> None:
+    """Until `proc` exits or the timeout passes; notes when the runner's first line appears."""
+    while proc.poll() is None:
+        now = time.monotonic()
+        if run.boot_to_start_s is None and (share / RESULTS).exists():
+            run.boot_to_start_s = round(now - started, 2)
+        if now - started > run.timeout_s:
+            run.timed_out = True
+            return
+        time.sleep(POLL_S)
+
+
+def run_on_host(share: Path, *, timeout_s: float) -> GuestRun:
+    """The runner on this machine's own kernel, as a bounded child process group."""
+    share.mkdir(parents=True, exist_ok=True)
+    run = GuestRun("host", timeout_s=timeout_s)
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        ["sh", "-c", guest_command(share)], stdin=subprocess.DEVNULL, start_new_session=True
+    )
+    run.launcher_pid = proc.pid
     try:
-        return "qemu" in Path(f"/proc/{pid}/comm").read_text()
-    except OSError:
-        return False
+        _wait(proc, run, share, started)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    run.wall_s = round(time.monotonic() - started, 2)
+    return _collect(run, share)
+
+
+def overlays() -> list[str]:
+    """Guest paths to overlay: Landlock (the custom program's sandbox) cannot hold a rule on
+    a 9p directory, whose inodes are made anew at each lookup; on an overlay it can."""
+    paths = [ROOT]
+    cache = kernels.cache_dir()
+    if not cache.resolve().is_relative_to(ROOT):
+        paths.append(cache.resolve())
+    return [str(p) for p in paths]
+
+
+def run_in_vm(
+    kernel: kernels.Kernel,
+    modules: Path,
+    share: Path,
+    *,
+    timeout_s: float,
+    name: str,
+    command: str | None = None,
+) -> GuestRun:
+    """Boot `kernel` with `modules` as its /lib/modules and one blank virtio disk, run the
+    runner (or `command`) in it; at most `timeout_s` from launch, QEMU stopped in any case."""
+    share.mkdir(parents=True, exist_ok=True)
+    disk = share / "disk.img"
+    with disk.open("wb") as f:
+        f.truncate(DISK_BYTES)
+    pidfile = share / "qemu.pid"
+    argv = kernels.vng_command(
+        kernel,
+        modules=modules,
+        name=name,
+        exec_=command or guest_command(share, block_dev=GUEST_DISK),
+        rwdirs={str(share): share},
+        overlays=overlays(),
+        qemu_opts=("-drive", f"file={disk},format=raw,if=virtio"),
+        pidfile=pidfile,
+    )
+    run = GuestRun(kernel.version, timeout_s=timeout_s)
+    started = time.monotonic()
+    with booted(argv, pidfile, share / "vng.log") as proc:
+        run.launcher_pid = proc.pid
+        _wait(proc, run, share, started)
+    run.wall_s = round(time.monotonic() - started, 2)
+    return _collect(run, share)

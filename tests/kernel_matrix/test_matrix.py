@@ -1,0 +1,133 @@
+"""The kernel matrix: every catalog program on this host's kernel and on Debian's 6.1 and
+6.12 kernels booted under QEMU, each through the agent's runner on a workload whose answer
+is known (tests/kernel_matrix/guest.py), is right, or is unsupported with a reason naming
+what is missing; a 6.1 boot without headers names the missing tree and its package; a
+guest that hangs fails with its last output and leaves no QEMU. One boot per kernel; the
+program x kernel table goes to test-artifacts/kernel-matrix.md.
+
+Boots take /tmp/ft-vm.lock: without KVM a boot takes the machine's CPUs for minutes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from devstack import kernels
+from node_agent.programs import catalog
+from tests.kernel_matrix import vm
+from tests.kernel_matrix.table import Column, problems, write
+
+pytestmark = [pytest.mark.kernel_matrix, pytest.mark.timeout(1800)]  # with the VM lock's wait
+
+VM_LOCK = Path("/tmp/ft-vm.lock")
+HOST_TIMEOUT_S = 300.0
+GUEST_TIMEOUT_S = 600.0
+HUNG_TIMEOUT_S = 90.0  # a boot is up in well under this, even emulated
+PROGRAMS = list(catalog())
+
+
+@dataclass
+class Matrix:
+    columns: list[Column] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    lock_wait_s: float = 0.0
+
+    def add(self, column: Column) -> None:
+        """Keep a kernel's column and rewrite the table with every column so far."""
+        self.columns.append(column)
+        write(self.columns, PROGRAMS, time.monotonic() - self.started, self.lock_wait_s)
+
+    @contextlib.contextmanager
+    def vm_lock(self) -> Iterator[None]:
+        with VM_LOCK.open("a") as lock:
+            waiting = time.monotonic()
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.lock_wait_s += time.monotonic() - waiting
+            yield
+
+
+@pytest.fixture(scope="module")
+def matrix() -> Matrix:
+    return Matrix()
+
+
+def _failure(run: vm.GuestRun) -> str:
+    return "\n".join(problems(run, PROGRAMS))
+
+
+@pytest.mark.bcc
+def test_this_hosts_kernel(matrix: Matrix, tmp_path: Path) -> None:
+    run = vm.run_on_host(tmp_path / "share", timeout_s=HOST_TIMEOUT_S)
+    matrix.add(Column(f"{platform.release()} (this host)", run, emulated=False))
+    assert run.release() == platform.release()
+    assert problems(run, PROGRAMS) == [], _failure(run)
+
+
+def _boot(matrix: Matrix, version: str, headers: kernels.HeadersMode, tmp: Path) -> vm.GuestRun:
+    kernel = kernels.fetch(version)
+    modules = kernels.modules_tree(kernel, tmp / "modules", headers=headers)
+    share = tmp / "share"
+    with matrix.vm_lock():
+        run = vm.run_in_vm(
+            kernel, modules, share, timeout_s=GUEST_TIMEOUT_S, name=f"matrix-{version}"
+        )
+    assert kernels.qemu_pid(share / "qemu.pid") is None  # nothing left running
+    assert run.release() in (None, kernel.release)
+    return run
+
+
+@pytest.mark.vm
+@pytest.mark.parametrize("version", ["6.1", "6.12"])
+def test_a_vm_kernel(matrix: Matrix, version: str, tmp_path: Path) -> None:
+    run = _boot(matrix, version, "exact", tmp_path)
+    matrix.add(Column(f"{run.release() or version} (VM)", run, emulated=True))
+    assert problems(run, PROGRAMS) == [], _failure(run)
+    assert run.capabilities()["headers"] == "exact"
+
+
+@pytest.mark.vm
+def test_no_headers_names_the_tree_and_the_package(matrix: Matrix, tmp_path: Path) -> None:
+    run = _boot(matrix, "6.1", "none", tmp_path)
+    release = run.release() or "6.1"
+    matrix.add(Column(f"{release}, no headers (VM)", run, emulated=True))
+    assert problems(run, PROGRAMS) == [], _failure(run)
+    caps = run.capabilities()
+    build, package = f"/lib/modules/{release}/build", f"linux-headers-{release}"
+    assert caps["headers"] == "none", caps
+    assert build in caps["headers_detail"] and package in caps["headers_detail"], caps
+    for name, spec in catalog().items():
+        record = run.programs()[name]
+        if spec.engine == "bcc":
+            assert record["status"] == "unsupported", record
+            assert package in record["reason"], record
+
+
+@pytest.mark.vm
+def test_a_hung_guest_fails_with_its_last_output_and_leaves_nothing(
+    matrix: Matrix, tmp_path: Path
+) -> None:
+    kernel = kernels.fetch("6.1")
+    modules = kernels.modules_tree(kernel, tmp_path / "modules", headers="exact")
+    share = tmp_path / "share"
+    hang = f"echo the guest began, then hung > {share / vm.GUEST_LOG}; exec sleep 3600"
+    with matrix.vm_lock():
+        run = vm.run_in_vm(
+            kernel, modules, share, timeout_s=HUNG_TIMEOUT_S, name="matrix-hung", command=hang
+        )
+    assert run.timed_out
+    (said,) = problems(run, PROGRAMS)
+    assert f"did not finish within {HUNG_TIMEOUT_S:g} s" in said
+    assert "the guest began, then hung" in said
+    assert kernels.qemu_pid(share / "qemu.pid") is None
+    assert run.launcher_pid is not None and not Path(f"/proc/{run.launcher_pid}").exists()
+    with pytest.raises(ProcessLookupError):
+        os.killpg(run.launcher_pid, 0)  # nothing of the session vng ran in is left
