@@ -10,7 +10,6 @@ Boots take /tmp/ft-vm.lock: without KVM a boot takes the machine's CPUs for minu
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import platform
@@ -18,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -40,24 +40,28 @@ class Matrix:
     columns: list[Column] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     lock_wait_s: float = 0.0
+    lock: IO[str] | None = None
 
     def add(self, column: Column) -> None:
         """Keep a kernel's column and rewrite the table with every column so far."""
         self.columns.append(column)
         write(self.columns, PROGRAMS, time.monotonic() - self.started, self.lock_wait_s)
 
-    @contextlib.contextmanager
-    def vm_lock(self) -> Iterator[None]:
-        with VM_LOCK.open("a") as lock:
+    def vm_lock(self) -> None:
+        """The VM lock, from the first boot to the module's end: the boots one after another."""
+        if self.lock is None:
+            self.lock = VM_LOCK.open("a")
             waiting = time.monotonic()
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            self.lock_wait_s += time.monotonic() - waiting
-            yield
+            fcntl.flock(self.lock, fcntl.LOCK_EX)
+            self.lock_wait_s = time.monotonic() - waiting
 
 
 @pytest.fixture(scope="module")
-def matrix() -> Matrix:
-    return Matrix()
+def matrix() -> Iterator[Matrix]:
+    made = Matrix()
+    yield made
+    if made.lock is not None:
+        made.lock.close()  # and the lock with it
 
 
 def _failure(run: vm.GuestRun) -> str:
@@ -76,10 +80,8 @@ def _boot(matrix: Matrix, version: str, headers: kernels.HeadersMode, tmp: Path)
     kernel = kernels.fetch(version)
     modules = kernels.modules_tree(kernel, tmp / "modules", headers=headers)
     share = tmp / "share"
-    with matrix.vm_lock():
-        run = vm.run_in_vm(
-            kernel, modules, share, timeout_s=GUEST_TIMEOUT_S, name=f"matrix-{version}"
-        )
+    matrix.vm_lock()
+    run = vm.run_in_vm(kernel, modules, share, timeout_s=GUEST_TIMEOUT_S, name=f"matrix-{version}")
     assert kernels.qemu_pid(share / "qemu.pid") is None  # nothing left running
     assert run.release() in (None, kernel.release)
     return run
@@ -119,10 +121,10 @@ def test_a_hung_guest_fails_with_its_last_output_and_leaves_nothing(
     modules = kernels.modules_tree(kernel, tmp_path / "modules", headers="exact")
     share = tmp_path / "share"
     hang = f"echo the guest began, then hung > {share / vm.GUEST_LOG}; exec sleep 3600"
-    with matrix.vm_lock():
-        run = vm.run_in_vm(
-            kernel, modules, share, timeout_s=HUNG_TIMEOUT_S, name="matrix-hung", command=hang
-        )
+    matrix.vm_lock()
+    run = vm.run_in_vm(
+        kernel, modules, share, timeout_s=HUNG_TIMEOUT_S, name="matrix-hung", command=hang
+    )
     assert run.timed_out
     (said,) = problems(run, PROGRAMS)
     assert f"did not finish within {HUNG_TIMEOUT_S:g} s" in said
