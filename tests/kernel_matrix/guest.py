@@ -87,7 +87,15 @@ def _judged(
         grace_s=GRACE_S,
         **setup.fields,
     )
-    outcome = run_trace(request, setup.release, allow_custom=True, allow_bpftrace=True, pool=pool)
+    outcome = run_trace(
+        request,
+        setup.release,
+        allow_custom=True,
+        allow_bpftrace=True,
+        pool=pool,
+        capabilities=capabilities,
+        compile_timeout_s=COMPILE_TIMEOUT_S,
+    )
     record: dict[str, Any] = {"state": outcome.final.state.value, **_timings(outcome)}
     if outcome.final.state is RunState.unsupported:
         return {**record, "status": "unsupported", "reason": _reason(outcome)}
