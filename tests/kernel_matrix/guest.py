@@ -33,7 +33,7 @@ from tests.kernel_matrix.workloads import CASES, Context, Setup
 
 log = logging.getLogger("kernel_matrix.guest")
 PROBE = (sys.executable, "-m", "node_agent.cli", "probe", "--allow-custom", "--allow-bpftrace")
-PROBE_TIMEOUT_S = 300.0
+PROBE_TIMEOUT_S = 540.0  # 6.12 under emulation, beside the compiles, took over 300 s
 DETAIL_CHARS = 600  # of a compiler or verifier log, in a failure's reason
 GRACE_S = 30.0  # under emulation bpftrace takes over the default 5 s to print and detach
 # Under emulation a compile takes 10-40 times as long: cpu_profile's came near the agent's
@@ -159,7 +159,8 @@ def probe() -> dict[str, Any]:
     try:
         record["capabilities"] = json.loads(done.stdout)
     except ValueError:
-        record["error"] = f"exit {done.returncode}: {done.stderr.strip()[-DETAIL_CHARS:]}"
+        said = f"stdout {done.stdout[:DETAIL_CHARS]!r}, stderr {done.stderr[-DETAIL_CHARS:]!r}"
+        record["error"] = f"exit {done.returncode}, no JSON report: {said}"
     return record
 
 
