@@ -1,0 +1,64 @@
+"""The matrix's judgement of one kernel's lines, on made-up lines (logic only: the real runs
+are test_matrix.py's)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.kernel_matrix.table import Column, markdown, problems
+from tests.kernel_matrix.vm import GuestRun
+
+
+def _run(status: str, reason: str = "", supported: bool = True, **extra: Any) -> GuestRun:
+    support = {"program": "p", "supported": supported, "reason": None if supported else "x"}
+    caps = {"headers": "exact", "programs": [support]}
+    records = [
+        {"type": "start", "kernel": "6.1.0-57-amd64"},
+        {"type": "program", "program": "p", "status": status, "reason": reason, **extra},
+        {"type": "probe", "seconds": 55, "capabilities": caps},
+        {"type": "end", "seconds": 99},
+    ]
+    return GuestRun("6.1", records=records, timeout_s=600)
+
+
+@pytest.mark.parametrize(
+    ("run", "wrong"),
+    [
+        (_run("ok"), None),
+        (_run("unsupported", "needs kprobes, which this host lacks", supported=False), None),
+        (_run("unsupported", "no /lib/modules/6.1.0-57-amd64/build", supported=False), None),
+        (_run("unsupported", "unsupported", supported=False), "without naming"),
+        (_run("unsupported", "", supported=False), "without naming"),
+        (_run("unsupported", "needs kprobes"), "the probe says supported"),
+        (_run("ok", supported=False), "the probe says unsupported"),
+        (_run("failed", "wrong answer", answer=3, expected=4), "answer 3, expected 4"),
+        (_run("failed", "compile_error: boom"), "compile_error: boom"),
+    ],
+)
+def test_a_program_line_is_judged(run: GuestRun, wrong: str | None) -> None:
+    found = problems(run, ["p"])
+    if wrong is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and wrong in found[0], found
+
+
+def test_a_missing_program_a_hang_and_a_cut_run_are_problems() -> None:
+    assert problems(_run("ok"), ["p", "q"]) == ["6.1: no line for q"]
+    hung = GuestRun("6.1", log_tail="last words", timed_out=True, timeout_s=90)
+    (said,) = problems(hung, ["p"])
+    assert "did not finish within 90 s" in said and "last words" in said
+    cut = _run("ok")
+    cut.records.pop()  # no end line: the guest died (QEMU killed, a panic)
+    (said,) = problems(cut, ["p"])
+    assert "without its last line" in said
+
+
+def test_the_table_escapes_and_bounds_what_a_guest_wrote() -> None:
+    hostile = _run("unsupported", "no /x | y " + "z" * 500, supported=False)
+    text = markdown([Column("6.1 (VM)", hostile, emulated=True)], ["p"], 10.0, 0.0)
+    row = next(line for line in text.splitlines() if line.startswith("| `p`"))
+    assert "\\|" in row and len(row) < 200
+    assert "(emulated)" in text and "under software emulation" in text
