@@ -12,6 +12,7 @@ import ctypes
 import logging
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -124,6 +125,15 @@ class Bpftrace:
 
     def running(self) -> bool:
         return self.process.poll() is None
+
+    def catches_sigint(self) -> bool:
+        """Whether bpftrace still has its SIGINT handler (SigCgt in /proc/<pid>/status)."""
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return False
+        caught = re.search(r"^SigCgt:\s*([0-9a-fA-F]+)$", status, re.MULTILINE)
+        return caught is not None and bool(int(caught.group(1), 16) >> (signal.SIGINT - 1) & 1)
 
     def interrupt(self) -> None:
         with contextlib.suppress(ProcessLookupError):

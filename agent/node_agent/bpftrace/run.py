@@ -211,9 +211,12 @@ class _Session:
             bpftrace.kill()
         elif not bpftrace.killed and now >= self.resend_at:
             # bpftrace 0.17 can miss a SIGINT that lands between its flag check and
-            # epoll_wait (it then sleeps until the next event): another one wakes it.
+            # epoll_wait (it then sleeps until the next event): another one wakes it. Once
+            # it has taken one it resets SIGINT to the default: another would kill it
+            # mid-exit (seen under emulation, where printing and detaching take seconds).
             self.resend_at = now + RESEND_S
-            bpftrace.interrupt()
+            if bpftrace.catches_sigint():
+                bpftrace.interrupt()
 
     def _interrupt(self, bpftrace: Bpftrace, why: str) -> None:
         self.interrupted = why
