@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
@@ -10,8 +9,6 @@ from pathlib import Path
 from node_agent.errors import UnsupportedProgram
 from node_agent.programs.spec import AUTO, AttachOption, ProgramSpec
 from node_agent.protocol import Feature
-
-log = logging.getLogger(__name__)
 
 TRACEFS = Path("/sys/kernel/tracing")
 BTF_VMLINUX = Path("/sys/kernel/btf/vmlinux")
@@ -150,5 +147,4 @@ def choose(
     if option is None:
         what = "none of its attach options works" if wanted == AUTO else f"attach={wanted} fails"
         raise UnsupportedProgram(f"{spec.name}: {what} on this host: {why}")
-    log.info("%s attaches by %s (%s)", spec.name, option.kind, option.point)
     return option

@@ -11,9 +11,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from node_agent.attach import FENTRY_PROBE, TRACEFS, unavailable
+from node_agent.attach import FENTRY_PROBE, TRACEFS, missing
 from node_agent.programs import catalog
-from node_agent.programs.spec import AUTO, ProgramSpec
+from node_agent.programs.spec import ProgramSpec
 from node_agent.protocol import Feature, HeadersState, HostCapabilities, ProgramSupport
 from node_agent.safe_text import printable
 
@@ -215,10 +215,15 @@ def program_support(
             reason = f"tracepoint {tp} is missing on this kernel"
             return ProgramSupport(program=spec.name, supported=False, reason=reason)
     if spec.attach:  # supported when any option is there; else what each one lacks
-        option, options_why = unavailable(spec, AUTO, features, errors)
-        if option is None:
-            reason = f"no attach option works on this host: {options_why}"
-            return ProgramSupport(program=spec.name, supported=False, reason=reason)
+        attach: dict[str, str | None] = {}
+        for option in spec.attach:
+            lack = missing(option, features, errors)
+            attach[option.kind] = f"needs {', '.join(lack)}" if lack else None
+        if all(attach.values()):
+            each = "; ".join(f"{o.kind} ({o.point}) {attach[o.kind]}" for o in spec.attach)
+            reason = f"no attach option works on this host: {each}"
+            return ProgramSupport(program=spec.name, supported=False, reason=reason, attach=attach)
+        return ProgramSupport(program=spec.name, supported=True, attach=attach)
     return ProgramSupport(program=spec.name, supported=True)
 
 

@@ -325,6 +325,12 @@ class ProgramSupport(_Model):
     program: Name
     supported: bool
     reason: Clipped | None = None
+    attach: dict[Name, Clipped | None] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="each attach option of the program: None when this host has it, else"
+        " what it lacks",
+    )
 
 
 class HostCapabilities(_Model):

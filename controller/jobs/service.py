@@ -6,7 +6,7 @@ import logging
 import math
 import uuid
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,7 +23,7 @@ from controller.jobs.models import Job, JobCreate, JobEvent, JobPublic, JobState
 from controller.settings import Settings
 from node_agent.errors import BadParameter, UnknownProgram
 from node_agent.programs import get_program
-from node_agent.programs.spec import RefusedField
+from node_agent.programs.spec import AUTO, RefusedField
 from node_agent.protocol import RunState, TraceRequest
 
 log = logging.getLogger(__name__)
@@ -81,14 +81,23 @@ def resolve_targets(*, session: Session, job_in: JobCreate) -> list[Host]:
     return hosts
 
 
-def unsupported_reason(host: Host, program: str) -> str | None:
-    """Why a host cannot run a program, from the capabilities it reported; None if it can."""
+def unsupported_reason(
+    host: Host, program: str, params: Mapping[str, Any] | None = None
+) -> str | None:
+    """Why a host cannot run a program (with `params`: the attach option they force), from
+    the capabilities it reported; None if it can."""
     caps = host.capabilities
     if not caps:
         return None
+    wanted = str((params or {}).get("attach", AUTO))
     for support in caps.get("programs", []):
-        if support.get("program") == program and not support.get("supported", True):
+        if support.get("program") != program:
+            continue
+        if not support.get("supported", True):
             return str(support.get("reason") or "unsupported on this host")
+        lacks = (support.get("attach") or {}).get(wanted) if wanted != AUTO else None
+        if lacks:
+            return f"{program}: attach={wanted} fails on this host: {wanted} {lacks}"
     features = caps.get("features", {})
     if program == "custom" and not features.get("tracepoints", False):
         return "this host cannot load tracepoint programs"
@@ -176,7 +185,7 @@ def _add_runs(
             state=RunState.pending.value,
             created_at=now,
         )
-        reason = unsupported_reason(host, job.program)
+        reason = unsupported_reason(host, job.program, job.params)
         if reason is not None:
             run.state = RunState.unsupported.value
             run.reason = reason

@@ -395,3 +395,33 @@ def test_events_follow_a_job_live_and_replay_it_in_order_after_it_ended(
     with client.stream("GET", f"/v1/jobs/{job['id']}/events", headers=headers) as answer:
         rest = parse_sse(answer.read().decode())
     assert [f[0] for f in rest] == [f[0] for f in frames[3:]]
+
+
+def test_attach_options_are_chosen_by_each_agents_probe_and_reported(
+    fleet: dict[str, Any], cgroups: dict[str, Path], client: TestClient, tokens: Tokens
+) -> None:
+    """On this kernel (no kprobes): tcpconnlat forced to kprobes is unsupported on every host
+    at dispatch, with the reason; by default each host takes the tracepoint (its probe says it
+    has it) and its stats say so."""
+    operator, viewer = tokens.headers("operator"), tokens.headers("viewer")
+    if all(h["capabilities"]["features"]["kprobes"] for h in fleet.values()):
+        pytest.skip("this kernel has kprobes: the forced option would run")
+    forced = submit(
+        client,
+        operator,
+        program="tcpconnlat",
+        params={"attach": "kprobe"},
+        duration_s=1,
+        targets={"all": True},
+    )
+    # Judged at dispatch, from each host's probe: no task is sent.
+    for run in runs_by_host(forced).values():
+        assert run["state"] == "unsupported", json.dumps(run)
+        assert "tcpconnlat: attach=kprobe fails on this host: kprobe needs kprobes" in run["reason"]
+    auto = submit(client, operator, program="tcpconnlat", duration_s=1, targets={"all": True})
+    done = wait_job(client, viewer, auto["id"], job_final, 60, "the auto job to end")
+    assert done["state"] == "succeeded", done
+    body = client.get(f"/v1/jobs/{auto['id']}/results", headers=viewer).json()
+    assert {h["host"]: h["stats"]["attach"] for h in body["hosts"]} == dict.fromkeys(
+        HOSTS, "tracepoint:sock:inet_sock_set_state"
+    )

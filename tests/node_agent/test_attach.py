@@ -124,7 +124,10 @@ def test_program_support_names_each_options_missing_feature() -> None:
     assert not support.supported and support.reason is not None
     assert "fentry (fentry:vfs_read,vfs_write) needs btf, fentry" in support.reason
     assert "kprobe (kprobe:vfs_read,vfs_write) needs kprobes" in support.reason
-    assert program_support(get_program("vfs_latency"), _features(Feature.kprobes)).supported
+    kprobes_only = program_support(get_program("vfs_latency"), _features(Feature.kprobes))
+    assert kprobes_only.supported
+    # Each option's state, for the controller to judge a forced one at dispatch.
+    assert kprobes_only.attach == {"fentry": "needs btf, fentry", "kprobe": None}
 
 
 @pytest.mark.parametrize(

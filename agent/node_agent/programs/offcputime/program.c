@@ -14,6 +14,9 @@
  * -D FT_MIN_US               ignore blocks shorter than this many microseconds
  * -D FT_STACK_ENTRIES        distinct stacks the kernel can hold
  */
+#if !defined(FT_ATTACH_TRACEPOINT) && !defined(FT_ATTACH_RAW_TRACEPOINT)
+#error "offcputime needs one of FT_ATTACH_TRACEPOINT, FT_ATTACH_RAW_TRACEPOINT"
+#endif
 /* prev_state & 0xff == 0: still runnable (preempted); 0x100 (TASK_REPORT_MAX) marks
  * preemption on top, so the mask is needed (as in runqlat). */
 #define FT_TASK_REPORT_MASK 0xff

@@ -14,6 +14,8 @@
 
 #if defined(FT_ATTACH_FENTRY) || defined(FT_ATTACH_KPROBE)
 #include <net/sock.h>
+#elif !defined(FT_ATTACH_TRACEPOINT)
+#error "tcpconnlat needs one of FT_ATTACH_TRACEPOINT, FT_ATTACH_FENTRY, FT_ATTACH_KPROBE"
 #endif
 
 struct start_t {
@@ -89,7 +91,9 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         ft_connected(sk, args->family, args->daddr_v6, args->dport);
     return 0;
 }
-#else
+#endif
+
+#if defined(FT_ATTACH_FENTRY) || defined(FT_ATTACH_KPROBE)
 /* The SYN-ACK of a socket in SYN_SENT: fields read from struct sock (exact headers). */
 static __always_inline void ft_syn_ack(struct sock *sk)
 {

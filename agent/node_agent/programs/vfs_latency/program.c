@@ -7,6 +7,9 @@
  *   FT_ATTACH_FENTRY   fentry + fexit on vfs_read, vfs_write (BTF, 5.5+)
  *   FT_ATTACH_KPROBE   kprobes + kretprobes on the same functions
  */
+#if !defined(FT_ATTACH_FENTRY) && !defined(FT_ATTACH_KPROBE)
+#error "vfs_latency needs one of FT_ATTACH_FENTRY, FT_ATTACH_KPROBE"
+#endif
 #include <linux/fs.h>
 
 #define FT_FS_LEN 16
