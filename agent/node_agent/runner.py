@@ -24,6 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from node_agent.child import ChildStart
 from node_agent.errors import FleettraceError
+from node_agent.headers.kheaders import KheadersSource
 from node_agent.protocol import (
     ErrorCode,
     Limits,
@@ -207,6 +208,7 @@ class TraceRunner:
         cgroup_base: str | None = None,
         child_argv: Sequence[str] | None = None,
         pool: ChildPool | None = None,
+        kheaders: KheadersSource | None = None,
     ) -> None:
         self.request = request
         self.on_event = on_event
@@ -218,6 +220,7 @@ class TraceRunner:
         self.cgroup_base = cgroup_base
         self.child_argv = list(child_argv or DEFAULT_CHILD)
         self.pool = pool
+        self.kheaders = kheaders
         self._cancel = threading.Event()
         self.last_snapshot: Snapshot | None = None
         self.child_pid: int | None = None
@@ -261,6 +264,7 @@ class TraceRunner:
             max_duration_s=self.max_duration_s,
             max_overhead_pct=self.max_overhead_pct,
             cgroup_base=self.cgroup_base,
+            kheaders=self.kheaders,
         )
         child, stderr = spawned.process, spawned.stderr
         self.child_pid = child.pid
