@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,11 +28,32 @@ def _bcc_problem() -> str | None:
     return None
 
 
+def _vm_problem() -> str | None:
+    """What a VM host needs beyond bcc: QEMU, virtme-ng and what virtme runs in the guest."""
+    from devstack.kernels import vng_path
+
+    for tool in ("qemu-system-x86_64", "busybox", "depmod", "apt-get"):
+        if shutil.which(tool, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") is None:
+            return f"needs {tool} (bash scripts/setup.sh --for tests)"
+    if not vng_path().exists():
+        return "needs virtme-ng in the venv (bash scripts/setup.sh --for tests)"
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     problem = _bcc_problem()
-    if problem is None:
-        return
+    vm_problem = problem or _vm_problem()
     for item in items:
+        if item.get_closest_marker("vm") and vm_problem is not None:
+            # In CI, as for bcc: a VM test that cannot run fails.
+            item.add_marker(
+                pytest.mark.xfail(reason=vm_problem, strict=True, run=False)
+                if IN_CI
+                else pytest.mark.skip(reason=vm_problem)
+            )
+            continue
+        if problem is None:
+            continue
         if item.get_closest_marker("bcc") or item.get_closest_marker("root"):
             if IN_CI:
                 # In CI the real tests must run: a missing bcc or root fails them.

@@ -1,0 +1,199 @@
+"""devstack.kernels without booting: versions, the per-VM modules tree, vng's argv, the cache."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from devstack import kernels
+from devstack.config import DevstackError
+
+RELEASE = "6.1.0-99-amd64"
+
+
+def _extracted(root: Path, release: str = RELEASE) -> kernels.Kernel:
+    """A cache entry laid out as the Debian packages extract (files empty)."""
+    kernel = kernels.Kernel("6.1", release, root / release)
+    kernel.vmlinuz.parent.mkdir(parents=True)
+    kernel.vmlinuz.write_bytes(b"")
+    (kernel.modules / "kernel").mkdir(parents=True)
+    (kernel.modules / "modules.dep").write_text("")
+    kernel.headers.mkdir(parents=True)
+    kernel.common.mkdir(parents=True)
+    return kernel
+
+
+def test_kernel_paths_follow_debians_layout(tmp_path: Path) -> None:
+    kernel = kernels.Kernel("6.12", "6.12.117+deb12-amd64", tmp_path)
+    assert kernel.vmlinuz == tmp_path / "boot/vmlinuz-6.12.117+deb12-amd64"
+    assert kernel.modules == tmp_path / "lib/modules/6.12.117+deb12-amd64"
+    assert kernel.headers == tmp_path / "usr/src/linux-headers-6.12.117+deb12-amd64"
+    assert kernel.common == tmp_path / "usr/src/linux-headers-6.12.117+deb12-common"
+
+
+@pytest.mark.parametrize("version", ["5.10", "6", "6.1.0", "", "6.1; rm -rf /"])
+def test_an_unknown_version_is_one_line_naming_the_known_ones(version: str) -> None:
+    with pytest.raises(DevstackError, match=r"known kernels are 6\.1, 6\.12$"):
+        kernels.fetch(version)
+
+
+@pytest.mark.parametrize(
+    ("mode", "build", "source"),
+    [
+        ("exact", "usr/src/linux-headers-6.1.0-99-amd64", "usr/src/linux-headers-6.1.0-99-common"),
+        (
+            "approximate",
+            "other/linux-headers-6.1.0-50-amd64",
+            "other/linux-headers-6.1.0-50-common",
+        ),
+        ("none", None, None),
+    ],
+)
+def test_modules_tree_links_the_headers_the_mode_asks_for(
+    tmp_path: Path, mode: kernels.HeadersMode, build: str | None, source: str | None
+) -> None:
+    kernel = _extracted(tmp_path / "cache")
+    other = tmp_path / "other"
+    (other / "linux-headers-6.1.0-50-amd64").mkdir(parents=True)
+    (other / "linux-headers-6.1.0-50-common").mkdir()
+    modules = kernels.modules_tree(
+        kernel,
+        tmp_path / "vm",
+        headers=mode,
+        approximate_from=other / "linux-headers-6.1.0-50-amd64",
+    )
+    tree = modules / RELEASE
+    assert modules == tmp_path / "vm/lib/modules"
+    assert (tree / "kernel").resolve() == kernel.modules / "kernel"
+    assert (tree / "modules.dep").is_symlink()
+    for link, want in (("build", build), ("source", source)):
+        if want is None:
+            assert not (tree / link).exists()
+        else:
+            base = tmp_path if want.startswith("other") else kernel.root
+            assert (tree / link).resolve() == base / want
+    # What vng boots: the image beside this tree, so virtme finds these modules.
+    assert kernels.boot_image(kernel, modules).resolve() == kernel.vmlinuz
+    # The cache itself is never written: another VM may want other headers.
+    assert sorted(p.name for p in kernel.modules.iterdir()) == ["kernel", "modules.dep"]
+
+
+def test_modules_tree_refuses_what_it_cannot_make(tmp_path: Path) -> None:
+    kernel = _extracted(tmp_path / "cache")
+    with pytest.raises(DevstackError, match="approximate_from"):
+        kernels.modules_tree(kernel, tmp_path / "vm", headers="approximate")
+    with pytest.raises(DevstackError, match="not one of exact, approximate, none"):
+        kernels.modules_tree(kernel, tmp_path / "vm", headers="kheaders")  # type: ignore[arg-type]
+    half = kernels.Kernel("6.1", "6.1.0-98-amd64", tmp_path / "half")
+    with pytest.raises(DevstackError, match="not \\(completely\\)"):
+        kernels.modules_tree(half, tmp_path / "vm", headers="none")
+
+
+def test_vng_command_is_the_whole_argv(tmp_path: Path) -> None:
+    kernel = _extracted(tmp_path / "cache")
+    modules = kernels.modules_tree(kernel, tmp_path / "vm", headers="exact")
+    argv = kernels.vng_command(
+        kernel,
+        modules=modules,
+        name="k61-1",
+        exec_="echo 'a b' > /x",
+        memory_mb=1536,
+        cpus=1,
+        rwdirs={"/etc/fleettrace": tmp_path / "etc"},
+        overlays=("/opt",),
+        qemu_opts=("-netdev", "tap,id=n0,ifname=ftk0,script=no,downscript=no"),
+        kvm=False,
+        pidfile=tmp_path / "qemu.pid",
+    )
+    assert argv[0] == "env" and argv[1].startswith(f"PATH={kernels.vng_path().parent}:")
+    assert "/usr/sbin" in argv[1].split(":")
+    assert argv[2:6] == [
+        str(kernels.vng_path()),
+        "--run",
+        str(tmp_path / "vm/boot/vmlinuz-6.1.0-99-amd64"),
+        "--force-9p",
+    ]
+    joined = " ".join(argv)
+    assert "--name k61-1 --memory 1536M --cpus 1 --disable-kvm" in joined
+    assert f"--rwdir=/etc/fleettrace={tmp_path / 'etc'}" in argv
+    assert "--overlay-rwdir=/opt" in argv
+    opts = [a.removeprefix("--qemu-opts=") for a in argv if a.startswith("--qemu-opts=")]
+    assert opts == [
+        "-pidfile",
+        str(tmp_path / "qemu.pid"),
+        "-netdev",
+        "tap,id=n0,ifname=ftk0,script=no,downscript=no",
+    ]
+    assert argv[-2:] == ["--exec", "echo 'a b' > /x"]
+    with_kvm = kernels.vng_command(kernel, modules=modules, name="k", exec_="true", kvm=True)
+    assert "--disable-kvm" not in with_kvm
+
+
+@pytest.mark.parametrize("opt", ["-append a b", "x;reboot", "$(id)", ""])
+def test_qemu_options_vngs_shell_would_split_are_refused(tmp_path: Path, opt: str) -> None:
+    kernel = _extracted(tmp_path / "cache")
+    modules = kernels.modules_tree(kernel, tmp_path / "vm", headers="none")
+    with pytest.raises(DevstackError, match="cannot pass through vng's shell line"):
+        kernels.vng_command(kernel, modules=modules, name="k", exec_="true", qemu_opts=(opt,))
+
+
+def test_vng_command_wants_a_tree_from_modules_tree(tmp_path: Path) -> None:
+    kernel = _extracted(tmp_path / "cache")
+    with pytest.raises(DevstackError, match="not a tree made by modules_tree"):
+        kernels.vng_command(kernel, modules=kernel.modules, name="k", exec_="true", kvm=False)
+
+
+def test_cache_dir_is_the_environments_else_the_checkouts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(kernels.CACHE_ENV, str(tmp_path))
+    assert kernels.cache_dir() == tmp_path
+    monkeypatch.delenv(kernels.CACHE_ENV)
+    assert kernels.cache_dir() == Path(__file__).resolve().parents[2] / "var" / "kernels"
+
+
+@pytest.mark.parametrize("version", kernels.KNOWN)
+def test_resolve_names_a_release_apt_can_download(version: str) -> None:
+    # apt-cache reads the local lists: no network, but the lists must be there.
+    if not Path("/var/lib/apt/lists").is_dir() or not any(Path("/var/lib/apt/lists").iterdir()):
+        pytest.skip("no apt package lists on this machine")
+    release = kernels.resolve(version)
+    assert re.fullmatch(rf"{re.escape(version)}(\.\d+)*(-\d+|\+deb\d+)-amd64", release)
+    needed = kernels.packages(release)
+    assert needed[:2] == [f"linux-image-{release}-unsigned", f"linux-headers-{release}"]
+    assert any(p.startswith("linux-kbuild-") for p in needed)
+    assert any(p.endswith("-common") for p in needed)
+
+
+def test_fetch_reuses_the_cache_and_clears_a_killed_fetch(tmp_path: Path) -> None:
+    release = kernels.resolve("6.1")
+    kernel = _extracted(tmp_path, release)
+    leftover = tmp_path / ".fetch-6.1-12345" / "root"
+    leftover.mkdir(parents=True)
+    assert kernels.fetch("6.1", cache=tmp_path) == kernel
+    assert not leftover.parent.exists()
+
+
+def test_fetch_without_apt_lists_uses_what_is_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kernel = _extracted(tmp_path, "6.1.0-7-amd64")
+    _extracted(tmp_path, "6.1.0-12-amd64")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # apt-cache failing as it does without lists: the newest cached kernel still boots.
+    fake = bin_dir / "apt-cache"
+    fake.write_text("#!/bin/sh\necho 'E: no lists' >&2\nexit 100\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert kernels.fetch("6.1", cache=tmp_path).release == "6.1.0-12-amd64"
+    (tmp_path / "6.1.0-12-amd64" / "boot" / "vmlinuz-6.1.0-12-amd64").unlink()
+    assert kernels.fetch("6.1", cache=tmp_path) == kernel
+    for entry in ("6.1.0-7-amd64", "6.1.0-12-amd64"):
+        shutil.rmtree(tmp_path / entry)
+    with pytest.raises(DevstackError, match=r"E: no lists\): run `apt-get update`$"):
+        kernels.fetch("6.1", cache=tmp_path)

@@ -1,0 +1,59 @@
+"""Booting a VM host in a test: QEMU is always stopped by its pid, whatever the test did."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from devstack import kernels
+
+
+@contextlib.contextmanager
+def booted(argv: Sequence[str], pidfile: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Start `argv` (from kernels.vng_command with `pidfile`); on leaving, stop its QEMU and
+    everything vng left in its session, by pid."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        kernels.stop_qemu(pidfile, grace_s=5.0)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def run_in_vm(
+    kernel: kernels.Kernel,
+    modules: Path,
+    command: str,
+    workdir: Path,
+    *,
+    timeout_s: float,
+    name: str = "ft-vm-test",
+) -> int:
+    """Boot, run `command` in the guest (`workdir` is writable there), return vng's status
+    (255 even when the command succeeded: judge by what the command wrote)."""
+    pidfile = workdir / "qemu.pid"
+    argv = kernels.vng_command(
+        kernel,
+        modules=modules,
+        name=name,
+        exec_=command,
+        memory_mb=1024,
+        cpus=1,
+        rwdirs={str(workdir): workdir},
+        pidfile=pidfile,
+    )
+    with booted(argv, pidfile, workdir / "vng.log") as proc:
+        return proc.wait(timeout=timeout_s)
