@@ -81,7 +81,7 @@ def kheaders_offer(release: str, *, archive: Path, modules: Path) -> str | None:
         return f"the kernel offers {archive}"
     module = kheaders_module(release, modules)
     if module is not None:
-        return f"the kheaders module {module} (not loaded) offers {archive}"
+        return f"the kheaders module {module} offers {archive} once loaded"
     return None
 
 
