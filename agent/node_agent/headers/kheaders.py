@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from node_agent.errors import FleettraceError
 from node_agent.headers.probe import KHEADERS_ARCHIVE, Headers, kheaders_module, tree_release
 from node_agent.protocol import HeadersState
+from node_agent.safe_text import printable
 
 log = logging.getLogger(__name__)
 
@@ -168,18 +169,14 @@ def _ensure_archive(archive: Path, release: str) -> None:
         raise KheadersError(f"cannot load {module}: no modprobe")
     try:
         done = subprocess.run(
-            [modprobe, "kheaders"],
-            capture_output=True,
-            text=True,
-            errors="replace",
-            stdin=subprocess.DEVNULL,
-            timeout=MODPROBE_TIMEOUT_S,
-            check=False,
-        )
+            [modprobe, "kheaders"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, timeout=MODPROBE_TIMEOUT_S, check=False,
+        )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise KheadersError(f"modprobe kheaders failed: {exc}") from exc
     if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        said = done.stderr.decode(errors="replace").strip().splitlines()
+        last = printable((said or ["no output"])[-1][:200])
         raise KheadersError(f"modprobe kheaders failed ({done.returncode}): {last}")
     log.info("loaded %s for its %s", module, archive)
     deadline = time.monotonic() + LOADED_WAIT_S
