@@ -64,8 +64,8 @@ def _trace(calls: int, program: str) -> dict[str, Any]:
         workload.kill()
     counts = {}
     finals = [e for e in events if e.get("type") == "snapshot" and e.get("final")]
-    if finals:
-        for key, value in finals[-1]["results"][0]["rows"]:
+    for result in finals[-1]["results"][:1] if finals else []:
+        for key, value in result["rows"]:
             if program == "bpftrace":  # @calls[comm], scoped to the workload's pid
                 counts["getppid"] = counts.get("getppid", 0) + value[0]
             elif key[1] == workload.pid:
@@ -78,6 +78,7 @@ def _trace(calls: int, program: str) -> dict[str, Any]:
         "running_after_s": running_s,
         "compile_s": finals[-1]["stats"]["compile_s"] if finals else None,
         "counts": counts,
+        "last_events": json.dumps(events[-3:])[-3000:],
     }
 
 
