@@ -13,14 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from node_agent.headers import kheaders
-from node_agent.headers.kheaders import (
-    KheadersError,
-    KheadersSource,
-    extract,
-    headers_for_bcc,
-    headers_tree,
-)
+from node_agent.headers import extract as extracting
+from node_agent.headers.extract import KheadersError, extract
+from node_agent.headers.kheaders import KheadersSource, headers_for_bcc, headers_tree
 from node_agent.headers.probe import Headers
 from node_agent.protocol import HeadersState
 
@@ -111,7 +106,7 @@ def test_a_hostile_archive_is_refused_and_nothing_is_kept(tmp_path: Path, case: 
 def test_size_and_entry_bounds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: str, value: int, message: str
 ) -> None:
-    monkeypatch.setattr(kheaders, limit, value)
+    monkeypatch.setattr(extracting, limit, value)
     archive = _archive(tmp_path / "k.tar.xz", GOOD)
     with pytest.raises(KheadersError, match=message):
         headers_tree(_source(tmp_path, archive), REL)
@@ -181,13 +176,13 @@ def test_concurrent_traces_extract_once(tmp_path: Path, monkeypatch: pytest.Monk
     archive = _archive(tmp_path / "k.tar.xz", GOOD)
     source = _source(tmp_path, archive)
     calls: list[Path] = []
-    real = kheaders.extract
+    real = extracting.extract
 
     def counted(path: Path, into: Path) -> int:
         calls.append(into)
         return real(path, into)
 
-    monkeypatch.setattr(kheaders, "extract", counted)
+    monkeypatch.setattr(extracting, "extract", counted)
     results: list[Path] = []
     threads = [
         threading.Thread(target=lambda: results.append(headers_tree(source, REL))) for _ in range(6)
