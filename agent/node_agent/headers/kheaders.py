@@ -109,9 +109,10 @@ def headers_for_bcc(source: KheadersSource, headers: Headers) -> Headers:
         return headers
     try:
         tree = headers_tree(source, headers.release)
-    except KheadersError as exc:
+    except (KheadersError, OSError) as exc:  # OSError: e.g. a state dir it cannot write
         use_for_compiles(Path(source.cache) / headers.release)
-        detail = f"{headers.detail}, but the agent could not extract it: {exc.message}"
+        why = exc.message if isinstance(exc, KheadersError) else str(exc)
+        detail = f"{headers.detail}, but the agent could not extract it: {why}"
         return Headers(HeadersState.none, detail, headers.release)
     use_for_compiles(tree)
     detail = f"{headers.detail}; extracted into {tree}"

@@ -81,6 +81,13 @@ HOSTILE: dict[str, tuple[list[Member], str]] = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _compile_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What headers_for_bcc sets is put back after each test: other tests compile for real."""
+    for name in ("BCC_KERNEL_SOURCE", "BPFTRACE_KERNEL_SOURCE"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def _source(tmp_path: Path, archive: Path) -> KheadersSource:
     return KheadersSource(archive=str(archive), cache=str(tmp_path / "state" / "kheaders"))
 
@@ -195,11 +202,7 @@ def test_concurrent_traces_extract_once(tmp_path: Path, monkeypatch: pytest.Monk
     assert _left(tmp_path) == [".lock", REL]
 
 
-def test_headers_for_bcc_points_bcc_there_or_at_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for name in ("BCC_KERNEL_SOURCE", "BPFTRACE_KERNEL_SOURCE"):
-        monkeypatch.delenv(name, raising=False)
+def test_headers_for_bcc_points_bcc_there_or_at_nothing(tmp_path: Path) -> None:
     offered = Headers(HeadersState.kheaders, "the kernel offers k.tar.xz", REL)
     good = _archive(tmp_path / "k.tar.xz", GOOD)
     used = headers_for_bcc(_source(tmp_path, good), offered)
@@ -215,6 +218,14 @@ def test_headers_for_bcc_points_bcc_there_or_at_nothing(
     # Not bcc's own /tmp/kheaders-<release>: the (missing) tree the agent would have made.
     assert os.environ["BCC_KERNEL_SOURCE"] == str(other / "state" / "kheaders" / REL)
     assert not Path(os.environ["BCC_KERNEL_SOURCE"]).exists()
+
+
+def test_a_state_dir_it_cannot_write_leaves_no_headers_with_the_reason(tmp_path: Path) -> None:
+    archive = _archive(tmp_path / "k.tar.xz", GOOD)
+    (tmp_path / "state").write_text("a file where the state dir should be")
+    offered = Headers(HeadersState.kheaders, "the kernel offers k.tar.xz", REL)
+    refused = headers_for_bcc(_source(tmp_path, archive), offered)
+    assert refused.state is HeadersState.none and "Not a directory" in refused.detail
 
 
 def test_extract_counts_entries(tmp_path: Path) -> None:
