@@ -30,13 +30,20 @@ for _ in range(int(sys.argv[2])):
 def _probe() -> dict[str, Any]:
     started = time.monotonic()
     done = subprocess.run([*AGENT, "probe"], capture_output=True, text=True, check=False)
-    probe = json.loads(done.stdout) if done.returncode == 0 else {"error": done.stderr[-2000:]}
-    return {"probe": probe, "probe_s": round(time.monotonic() - started, 1)}
+    if done.returncode != 0:
+        return {"probe": {"error": done.stderr[-2000:]}}
+    # Whatever else reached stdout (a tool bcc ran, say) is kept, not mistaken for the probe.
+    probe, end = json.JSONDecoder().raw_decode(done.stdout)
+    return {
+        "probe": probe,
+        "probe_s": round(time.monotonic() - started, 1),
+        "probe_stray_stdout": done.stdout[end:].strip()[-2000:],
+    }
 
 
 def _trace(calls: int, program: str) -> dict[str, Any]:
     """`program --pid` on the workload; it makes its calls once the trace says running."""
-    go = Path(f"/tmp/ft-go-{os.getpid()}")
+    go = Path(f"/tmp/ft-go-{program}-{os.getpid()}")  # one per trace: each workload waits
     workload = subprocess.Popen([sys.executable, "-c", _WORKLOAD, str(go), str(calls)])
     started = time.monotonic()
     agent = subprocess.Popen(
