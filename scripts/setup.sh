@@ -184,7 +184,7 @@ setup_headers() {
         return 0
     fi
     headers_ok "$modules/build" && return 0
-    # bcc unpacks the kernel's own headers from the kheaders module when there is no build tree.
+    # The agent extracts the kernel's own headers (kheaders) when there is no build tree.
     [ -e /sys/kernel/kheaders.tar.xz ] && return 0
     if [ -L "$modules/build" ]; then
         warn "$modules/build points to $(readlink "$modules/build"), which holds no headers: relinking"

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from node_agent.attach import FENTRY_PROBE, TRACEFS, missing
+from node_agent.headers.kheaders import KheadersSource, headers_for_bcc
+from node_agent.headers.probe import probe_headers, unsupported_reason
 from node_agent.programs import catalog
 from node_agent.programs.spec import ProgramSpec
-from node_agent.protocol import Feature, HeadersState, HostCapabilities, ProgramSupport
+from node_agent.protocol import Feature, HostCapabilities, ProgramSupport
 from node_agent.safe_text import printable
 
 log = logging.getLogger(__name__)
@@ -33,36 +35,6 @@ MIN_BPFTRACE = (0, 13)
 BPFTRACE_TIMEOUT_S = 10.0
 _BPFTRACE_VERSION = re.compile(r"\bv?(\d{1,6})\.(\d{1,6})(?:\.(\d{1,6}))?\b")
 _SHOWN = 200  # characters of bpftrace's own output quoted in a reason
-
-
-def headers_state(release: str | None = None) -> tuple[HeadersState, str]:
-    """Exact when the build tree is this kernel's, approximate when another's is linked in."""
-    release = release or platform.release()
-    build = Path("/lib/modules") / release / "build"
-    if build.exists():
-        target = build.resolve()
-        version = _headers_release(target)
-        if version == release:
-            return HeadersState.exact, f"{target} matches the running kernel"
-        return (
-            HeadersState.approximate,
-            f"{target} is for {version or 'another kernel'}, not {release}",
-        )
-    if Path("/sys/kernel/kheaders.tar.xz").exists():
-        return HeadersState.exact, "the kernel's own /sys/kernel/kheaders.tar.xz"
-    return HeadersState.none, f"no {build} and no kheaders module"
-
-
-def _headers_release(tree: Path) -> str | None:
-    for name in ("include/generated/utsrelease.h", "include/config/kernel.release"):
-        path = tree / name
-        if path.exists():
-            match = re.search(r'"([^"]+)"', path.read_text()) or re.search(
-                r"(\S+)", path.read_text()
-            )
-            if match:
-                return match.group(1)
-    return None
 
 
 def lockdown_mode() -> str | None:
@@ -227,14 +199,29 @@ def program_support(
     return ProgramSupport(program=spec.name, supported=True)
 
 
-def probe(*, allow_custom: bool = False, allow_bpftrace: bool = False) -> HostCapabilities:
+def without_headers(
+    support: ProgramSupport, spec: ProgramSpec, reason: str | None
+) -> ProgramSupport:
+    """A bcc program that would otherwise run is unsupported where nothing can compile it."""
+    if reason is None or not support.supported or spec.engine != "bcc":
+        return support
+    return ProgramSupport(program=spec.name, supported=False, reason=reason)
+
+
+def probe(
+    kheaders: KheadersSource,
+    *,
+    allow_custom: bool = False,
+    allow_bpftrace: bool = False,
+) -> HostCapabilities:
     """The host's capabilities as an agent with these settings sees them."""
+    # First: the probe's own programs compile with the headers the traces will use.
+    headers = headers_for_bcc(kheaders, probe_headers(archive=Path(kheaders.archive)))
     features, errors = probe_features()
     version, bpftrace_error = bpftrace_version()
     features[Feature.bpftrace] = bpftrace_error is None
     if bpftrace_error is not None:
         errors[Feature.bpftrace] = bpftrace_error
-    headers, headers_detail = headers_state()
     try:
         import bcc
 
@@ -246,14 +233,18 @@ def probe(*, allow_custom: bool = False, allow_bpftrace: bool = False) -> HostCa
         arch=platform.machine(),
         bcc_version=bcc_version,
         bpftrace_version=version,
-        headers=headers,
-        headers_detail=headers_detail,
+        headers=headers.state,
+        headers_detail=headers.detail,
         lockdown=lockdown_mode(),
         features=features,
         feature_errors=errors,
         programs=[
-            program_support(
-                spec, features, errors, allow_custom=allow_custom, allow_bpftrace=allow_bpftrace
+            without_headers(
+                program_support(
+                    spec, features, errors, allow_custom=allow_custom, allow_bpftrace=allow_bpftrace
+                ),
+                spec,
+                unsupported_reason(headers),
             )
             for spec in catalog().values()
         ],

@@ -15,11 +15,14 @@ import signal
 import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import IO
 
 from pydantic import BaseModel
 
 from node_agent.errors import FleettraceError, PolicyViolation
+from node_agent.headers.kheaders import KheadersSource, headers_for_bcc
+from node_agent.headers.probe import Headers, probe_headers
 from node_agent.protocol import (
     ErrorCode,
     Feature,
@@ -43,6 +46,7 @@ class ChildStart(BaseModel):
     # The agent's last probe, which picks a program's attach option (None: the child finds out).
     features: dict[Feature, bool] | None = None
     feature_errors: dict[Feature, str] = {}
+    kheaders: KheadersSource | None = None
 
 
 def _limit_memory(megabytes: int) -> None:
@@ -58,7 +62,15 @@ def _open_libbcc_lazily() -> None:
         ctypes.CDLL("libbcc.so.0", mode=os.RTLD_LAZY)
 
 
-def _sandbox(request: TraceRequest) -> None:
+def _headers(start: ChildStart) -> Headers:
+    """The headers this trace compiles with; the kernel's own are extracted (once) here."""
+    if start.kheaders is None:
+        return probe_headers()
+    found = probe_headers(archive=Path(start.kheaders.archive))
+    return headers_for_bcc(start.kheaders, found)
+
+
+def _sandbox(request: TraceRequest, headers: Headers) -> None:
     """No pinned BPF objects from here on, and for custom C no files outside system trees
     (runtime.sandbox); custom C does not run without those guards."""
     from node_agent.runtime.sandbox import (
@@ -77,7 +89,7 @@ def _sandbox(request: TraceRequest) -> None:
         log.warning("run %s: no seccomp filter on pinned objects: %s", request.run_id, exc)
     if request.program == "custom":
         try:
-            read_only_beneath(readable_roots())
+            read_only_beneath(readable_roots(extra=headers.trees))
         except OSError as exc:
             raise PolicyViolation(
                 f"custom programs need Landlock (kernel 5.13+), which this host refused: {exc}"
@@ -135,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from node_agent.trace import execute, prepare
 
-        _sandbox(request)
+        headers = _headers(start)  # before the sandbox: it writes under the state dir
+        _sandbox(request, headers)
         # bpftrace inherits the limit (its own address space): LLVM fits in the default 2048 MiB.
         _limit_memory(request.limits.memory_mb)
         prepared = prepare(
@@ -156,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             _open_libbcc_lazily()
             state = execute(
                 prepared,
-                BccRuntime(),
+                BccRuntime(headers),
                 emit,
                 stop,
                 features=start.features,

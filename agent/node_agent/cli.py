@@ -35,6 +35,8 @@ from node_agent.render import snapshot_text
 from node_agent.safe_text import printable_lines
 
 if TYPE_CHECKING:
+    from node_agent.headers.kheaders import KheadersSource
+    from node_agent.settings import AgentSettings
     from node_agent.zygote import Zygote
 
 log = logging.getLogger("node_agent.cli")
@@ -83,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--allow-bpftrace", action="store_true", help="as an agent allowing bpftrace"
     )
+    _add_headers_options(probe)
 
     worker = sub.add_parser("worker", help="join the fleet: consume this host's queue")
     worker.add_argument("--host", help="this host's name in the fleet (default: hostname)")
@@ -113,7 +116,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-custom", action="store_true", help="allow the custom program")
     run.add_argument("--allow-bpftrace", action="store_true", help="allow the bpftrace program")
     run.add_argument("--max-duration", type=parse_duration, default=3600.0)
+    _add_headers_options(run)
     return parser
+
+
+def _add_headers_options(parser: argparse.ArgumentParser) -> None:
+    """Where the kernel's own headers come from and go (default: the agent's settings)."""
+    parser.add_argument("--state-dir", type=Path, help="kheaders are extracted under it")
+    parser.add_argument("--kheaders-archive", type=Path, help="the kernel's header archive")
+
+
+def _settings(overrides: dict[str, Any]) -> AgentSettings:
+    """The agent's settings with these flags over them; a bad one is a usage error."""
+    from node_agent.settings import AgentSettings
+
+    try:
+        return AgentSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UsageError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+
+
+def _kheaders(args: argparse.Namespace) -> KheadersSource:
+    overrides = {"state_dir": args.state_dir, "kheaders_archive": args.kheaders_archive}
+    return _settings(overrides).kheaders
 
 
 def _out(text: str) -> None:
@@ -142,7 +168,9 @@ def cmd_programs(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     from node_agent.capabilities import probe
 
-    capabilities = probe(allow_custom=args.allow_custom, allow_bpftrace=args.allow_bpftrace)
+    capabilities = probe(
+        _kheaders(args), allow_custom=args.allow_custom, allow_bpftrace=args.allow_bpftrace
+    )
     _out(capabilities.model_dump_json(indent=2))
     return 0
 
@@ -160,7 +188,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace, zygote: Zygote) -> int:
-    from node_agent.settings import AgentSettings
     from node_agent.worker import serve
 
     overrides = {
@@ -170,11 +197,7 @@ def _worker(args: argparse.Namespace, zygote: Zygote) -> int:
         "allow_custom": args.allow_custom,
         "allow_bpftrace": args.allow_bpftrace,
     }
-    try:
-        settings = AgentSettings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise UsageError(f"--{first['loc'][0]}: {first['msg']}") from None
+    settings = _settings(overrides)
     logging.getLogger().setLevel(logging.INFO)
     serve(settings, zygote)
     return 0
@@ -261,6 +284,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         allow_custom=args.allow_custom,
         allow_bpftrace=args.allow_bpftrace,
         max_duration_s=args.max_duration,
+        kheaders=_kheaders(args),
     )
     signal.signal(signal.SIGINT, lambda *_: runner.cancel())
     final = runner.run()

@@ -316,9 +316,12 @@ class Feature(str, Enum):
 
 
 class HeadersState(str, Enum):
-    exact = "exact"
-    approximate = "approximate"
-    none = "none"
+    """The kernel headers bcc compiles with (node_agent.headers.probe)."""
+
+    exact = "exact"  # the build tree is the running kernel's
+    approximate = "approximate"  # another kernel's tree is linked as build
+    none = "none"  # nothing to compile with: every bcc program is unsupported
+    kheaders = "kheaders"  # the kernel's own archive (CONFIG_IKHEADERS), extracted by the agent
 
 
 class ProgramSupport(_Model):

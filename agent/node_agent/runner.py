@@ -24,6 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from node_agent.child import ChildStart
 from node_agent.errors import FleettraceError
+from node_agent.headers.kheaders import KheadersSource
 from node_agent.protocol import (
     ErrorCode,
     HostCapabilities,
@@ -209,6 +210,7 @@ class TraceRunner:
         capabilities: HostCapabilities | None = None,
         child_argv: Sequence[str] | None = None,
         pool: ChildPool | None = None,
+        kheaders: KheadersSource | None = None,
     ) -> None:
         self.request = request
         self.on_event = on_event
@@ -221,6 +223,7 @@ class TraceRunner:
         self.capabilities = capabilities  # the agent's probe: it picks attach options
         self.child_argv = list(child_argv or DEFAULT_CHILD)
         self.pool = pool
+        self.kheaders = kheaders
         self._cancel = threading.Event()
         self.last_snapshot: Snapshot | None = None
         self.child_pid: int | None = None
@@ -266,6 +269,7 @@ class TraceRunner:
             cgroup_base=self.cgroup_base,
             features=self.capabilities.features if self.capabilities else None,
             feature_errors=self.capabilities.feature_errors if self.capabilities else {},
+            kheaders=self.kheaders,
         )
         child, stderr = spawned.process, spawned.stderr
         self.child_pid = child.pid

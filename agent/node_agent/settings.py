@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from node_agent.headers.kheaders import KheadersSource
+from node_agent.headers.probe import KHEADERS_ARCHIVE
 from node_agent.wire import HOST_NAME_PATTERN
 
 CONFIG_FILE = os.environ.get("FLEETTRACE_AGENT_CONFIG", "/etc/fleettrace/agent.env")
@@ -42,6 +44,17 @@ class AgentSettings(BaseSettings):
     )
     state_dir: Path = Field(default=STATE_DIR, description="where accepted run ids are kept")
     clock_skew_s: float = Field(default=30.0, ge=0, le=600)
+    kheaders_archive: Path = Field(
+        default=KHEADERS_ARCHIVE,
+        description="the kernel's header archive (CONFIG_IKHEADERS), used without a build tree",
+    )
+
+    @property
+    def kheaders(self) -> KheadersSource:
+        """Its archive, extracted under the state dir (shared by the local hosts' agents)."""
+        return KheadersSource(
+            archive=str(self.kheaders_archive), cache=str(self.state_dir / "kheaders")
+        )
 
     @property
     def seen_runs_file(self) -> Path:

@@ -186,6 +186,7 @@ class Agent:
             cgroup_base=self.settings.cgroup,  # resolved and enforced in trace.prepare
             capabilities=self.capabilities,
             pool=self.pool,
+            kheaders=self.settings.kheaders,
         )
         with self._lock:
             self.running[run_id] = runner
@@ -232,6 +233,8 @@ class Agent:
         allow = [
             *(["--allow-custom"] if self.settings.allow_custom else []),
             *(["--allow-bpftrace"] if self.settings.allow_bpftrace else []),
+            *("--state-dir", str(self.settings.state_dir)),
+            *("--kheaders-archive", str(self.settings.kheaders_archive)),
         ]
         try:
             out = subprocess.run(

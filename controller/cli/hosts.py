@@ -106,11 +106,12 @@ def hosts_lines(items: list[dict[str, Any]], *, selected: bool) -> list[Line]:
             _labels(h.labels),
             h.agent_version or "-",
             str((h.capabilities or {}).get("kernel_release") or "-"),
+            str((h.capabilities or {}).get("headers") or "-"),
             since(h.last_heartbeat),
         ]
         for h in hosts
     ]
-    header = ["NAME", "STATE", "LABELS", "AGENT", "KERNEL", "HEARTBEAT"]
+    header = ["NAME", "STATE", "LABELS", "AGENT", "KERNEL", "HEADERS", "HEARTBEAT"]
     styles: dict[str, Style] = {"offline": "bad", "never_seen": "dim"}
     lines = table_lines(header, rows, styles=[styles.get(h.state, "") for h in hosts])
     return [*lines, Line(plural(len(hosts), "host"), "dim")]

@@ -107,7 +107,12 @@ class HostPublic(BaseModel):
     state: HostState
     last_heartbeat: datetime | None
     agent_version: str | None
-    capabilities: dict[str, Any] | None
+    capabilities: dict[str, Any] | None = Field(
+        description="the agent's last probe: kernel, features, programs it runs, and `headers`:"
+        " exact (the running kernel's build tree), approximate (another kernel's), kheaders"
+        " (the kernel's own archive, extracted by the agent) or none (no bcc program runs);"
+        " `headers_detail` names the tree, archive or missing path and how to get exact ones"
+    )
     agent_stats: AgentStats | None = Field(
         default=None, description="what the agent costs and how its traces went, last heartbeat"
     )

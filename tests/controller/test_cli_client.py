@@ -334,9 +334,11 @@ def test_hosts_add_list_show(run: Run, stub: AgentStub) -> None:
     code, out, _ = run("hosts", "list")
     lines = out.splitlines()
     assert code == 0
-    assert lines[0].split() == ["NAME", "STATE", "LABELS", "AGENT", "KERNEL", "HEARTBEAT"]
-    assert lines[1].split() == ["db-1", "never_seen", "role=db", "-", "-", "never"]
-    assert lines[2].split() == ["web-1", "online", "role=web", "0.1.0", "6.1.0-test", "0s", "ago"]
+    header = ["NAME", "STATE", "LABELS", "AGENT", "KERNEL", "HEADERS", "HEARTBEAT"]
+    assert lines[0].split() == header
+    assert lines[1].split() == ["db-1", "never_seen", "role=db", "-", "-", "-", "never"]
+    web = ["web-1", "online", "role=web", "0.1.0", "6.1.0-test", "exact", "0s", "ago"]
+    assert lines[2].split() == web
     assert lines[3] == "2 hosts"
     assert "\x1b" not in out
     code, out, _ = run("hosts", "list", "--selector", "role=db", "--json")

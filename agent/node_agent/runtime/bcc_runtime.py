@@ -16,8 +16,10 @@ from node_agent.errors import (
     FleettraceError,
     PolicyViolation,
     ProgramCompileError,
+    UnsupportedProgram,
     VerifierRejected,
 )
+from node_agent.headers.probe import Headers, compile_note, unsupported_reason
 from node_agent.overhead import OverheadMeter
 from node_agent.runtime.base import EventCallback
 from node_agent.runtime.compiler_output import filter_diagnostics
@@ -160,9 +162,28 @@ def _functions(bpf: Any) -> Iterator[tuple[str, bytes]]:
 
 
 class BccRuntime:
-    """Compiles with bcc's clang, loads through the verifier, attaches auto probes."""
+    """Compiles with bcc's clang, loads through the verifier, attaches auto probes.
+
+    `headers`, when known: none refuses every program before it compiles, and a failed
+    compile with approximate headers says so (node_agent.headers.probe)."""
+
+    def __init__(self, headers: Headers | None = None) -> None:
+        self.headers = headers
 
     def load(self, source: str, cflags: list[str]) -> tuple[BccProgram, float, float]:
+        headers = self.headers
+        reason = unsupported_reason(headers) if headers is not None else None
+        if reason is not None:
+            raise UnsupportedProgram(reason)
+        try:
+            return self._load(source, cflags)
+        except ProgramCompileError as exc:
+            note = compile_note(headers) if headers is not None else None
+            if note is None:
+                raise
+            raise ProgramCompileError(f"{exc.message} ({note})", detail=exc.detail) from exc
+
+    def _load(self, source: str, cflags: list[str]) -> tuple[BccProgram, float, float]:
         from bcc import BPF
 
         attach_s = 0.0

@@ -16,6 +16,7 @@ import errno
 import os
 import platform
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 # (audit arch, __NR_bpf, __NR_seccomp) per machine
@@ -97,13 +98,15 @@ class PathBeneathAttr(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
-def readable_roots() -> list[str]:
+def readable_roots(extra: Sequence[str] = ()) -> list[str]:
     """What a trace's process needs to read: system libraries and headers, /proc, /sys, /dev,
-    the kernel headers (wherever their links point) and Python's own trees; not /etc, /home,
-    /root, /var or /tmp, where an `asm(".incbin ...")` could otherwise read a secret."""
+    the kernel headers (wherever their links point, and `extra`: the agent's kheaders tree)
+    and Python's own trees; not /etc, /home, /root, /var or /tmp, where an
+    `asm(".incbin ...")` could otherwise read a secret (nor bcc's /tmp/kheaders-<release>,
+    which another local user may have made)."""
     release = os.uname().release
-    roots = ["/usr", "/lib", "/lib64", "/lib32", "/proc", "/sys", "/dev"]
-    roots += [f"/tmp/kheaders-{release}", "/etc/ld.so.cache", "/etc/localtime"]
+    roots = ["/usr", "/lib", "/lib64", "/lib32", "/proc", "/sys", "/dev", *extra]
+    roots += ["/etc/ld.so.cache", "/etc/localtime"]
     roots += [os.path.realpath(f"/lib/modules/{release}/{link}") for link in ("build", "source")]
     roots += [sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parents[2])]
     real = {os.path.realpath(r) for r in roots if os.path.exists(r)}

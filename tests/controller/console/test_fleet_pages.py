@@ -33,6 +33,7 @@ Browser = Callable[[str], tuple[TestClient, str]]
 FINGERPRINT = "SHA256:" + "A" * 43
 OFFERED = "SHA256:" + "B" * 43
 NO_SYSCALL_TABLE = "syscall_latency needs bcc's syscall table (bcc.syscall is missing)"
+KHEADERS = "the kernel offers /sys/kernel/kheaders.tar.xz; extracted into /var/lib/ft/k"
 HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
 
 
@@ -41,6 +42,7 @@ def probe_of(
     lacking: frozenset[Feature] = frozenset(),
     refused: dict[str, str] | None = None,
     kernel: str = "6.1.0-13-amd64",
+    headers: tuple[HeadersState, str | None] = (HeadersState.exact, None),
 ) -> HostCapabilities:
     """A capability probe as an agent with these features reports it (the agent's own rules)."""
     features = {f: f not in lacking for f in Feature}
@@ -56,7 +58,8 @@ def probe_of(
         kernel_release=kernel,
         arch="x86_64",
         bcc_version="0.26.0",
-        headers=HeadersState.exact,
+        headers=headers[0],
+        headers_detail=headers[1],
         features=features,
         feature_errors={f: f"{f.value} probe refused" for f in lacking},
         programs=programs,
@@ -112,6 +115,7 @@ def fleet(sessions: sessionmaker[Session]) -> dict[str, str]:
                 lacking=frozenset({Feature.perf_events}),
                 refused={"syscall_latency": NO_SYSCALL_TABLE},
                 kernel="5.10.0-26-amd64",
+                headers=(HeadersState.kheaders, KHEADERS),
             ),
             seen_ago=timedelta(hours=2),
             ssh_user="deploy",
@@ -242,6 +246,8 @@ def test_a_host_page_shows_what_the_api_shows_and_its_jobs(
     assert f"REJECTED {OFFERED}" in key and f"pinned: {FINGERPRINT}" in key
     assert "fleet/web-2" in page.text and "5.10.0-26-amd64 x86_64" in page.text
     assert page.one(id="probed").attrs["title"].endswith("UTC")
+    headers = page.one(id="headers")
+    assert headers.attrs["data-state"] == "kheaders" and headers.text == f"kheaders ({KHEADERS})"
     perf = page.one("tr", data_feature="perf_events").text
     assert "no" in perf and "perf_events probe refused" in perf
     cells = matrix(page)
