@@ -85,7 +85,10 @@ HOSTILE: dict[str, tuple[list[Member], str]] = {
 def _compile_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """What headers_for_bcc sets is put back after each test: other tests compile for real."""
     for name in ("BCC_KERNEL_SOURCE", "BPFTRACE_KERNEL_SOURCE"):
-        monkeypatch.delenv(name, raising=False)
+        # setenv first, so that monkeypatch records the value (or its absence) to put back:
+        # a bare delenv of an unset variable records nothing, and the tests' value leaked.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
 
 def _source(tmp_path: Path, archive: Path) -> KheadersSource:
