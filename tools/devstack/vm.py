@@ -129,8 +129,12 @@ def guest_script(
         f"exec >>{shlex.quote(str(logs))} 2>&1",
         'echo "guest: kernel $(uname -r), up $(cut -d" " -f1 /proc/uptime) s"',
         "ip link set lo up",
-        # The only NIC is the tap's peer: whatever the guest kernel named it.
-        "dev=$(ls /sys/class/net | grep -vx lo | head -n 1)",
+        # Distro kernels build virtio-net as a module; the only NIC is the tap's peer.
+        "modprobe virtio_net",
+        "for _ in $(seq 50); do",
+        "    dev=$(ls /sys/class/net | grep -vx lo | head -n 1)",
+        '    [ -n "$dev" ] && break; sleep 0.1',
+        "done",
         f'ip addr add {host_addr}/30 dev "$dev" && ip link set "$dev" up',
         f"ip route add default via {root_addr}",
         f"mkdir -p {shlex.quote(str(workload_cg.parent))} {shlex.quote(str(agent_cg.parent))}",
