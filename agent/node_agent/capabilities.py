@@ -11,11 +11,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from node_agent.attach import FENTRY_PROBE, TRACEFS, unavailable
 from node_agent.programs import catalog
-from node_agent.programs.spec import ProgramSpec
+from node_agent.programs.spec import AUTO, ProgramSpec
 from node_agent.protocol import Feature, HeadersState, HostCapabilities, ProgramSupport
 from node_agent.safe_text import printable
-from node_agent.trace import TRACEFS
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,6 @@ int ft_probe_perf(struct bpf_perf_event_data *ctx) { return 0; }
 int ft_probe_kprobe(struct pt_regs *ctx) { return 0; }
 int ft_probe_uprobe(struct pt_regs *ctx) { return 0; }
 """
-_FENTRY_SOURCE = "KFUNC_PROBE(do_nanosleep) { return 0; }"
 # The oldest bpftrace whose `-f json` map output and cgroup builtins the engine relies on
 # (Ubuntu 22.04 ships 0.14, Debian 12 0.17).
 MIN_BPFTRACE = (0, 13)
@@ -174,7 +173,7 @@ def probe_features() -> tuple[dict[Feature, bool], dict[Feature, str]]:
     def fentry() -> None:
         if not features[Feature.btf]:
             raise RuntimeError("fentry needs kernel BTF")
-        BPF(text=_FENTRY_SOURCE).cleanup()
+        BPF(text=FENTRY_PROBE).cleanup()
 
     features[Feature.fentry] = _try(errors, Feature.fentry, fentry)
     return features, errors
@@ -214,6 +213,11 @@ def program_support(
         category, _, event = tp.partition(":")
         if not (TRACEFS / "events" / category / event).is_dir():
             reason = f"tracepoint {tp} is missing on this kernel"
+            return ProgramSupport(program=spec.name, supported=False, reason=reason)
+    if spec.attach:  # supported when any option is there; else what each one lacks
+        option, options_why = unavailable(spec, AUTO, features, errors)
+        if option is None:
+            reason = f"no attach option works on this host: {options_why}"
             return ProgramSupport(program=spec.name, supported=False, reason=reason)
     return ProgramSupport(program=spec.name, supported=True)
 

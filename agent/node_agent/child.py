@@ -20,7 +20,15 @@ from typing import IO
 from pydantic import BaseModel
 
 from node_agent.errors import FleettraceError, PolicyViolation
-from node_agent.protocol import ErrorCode, RunEvent, RunState, StateChange, TraceError, TraceRequest
+from node_agent.protocol import (
+    ErrorCode,
+    Feature,
+    RunEvent,
+    RunState,
+    StateChange,
+    TraceError,
+    TraceRequest,
+)
 
 log = logging.getLogger("node_agent.child")
 
@@ -32,6 +40,9 @@ class ChildStart(BaseModel):
     max_duration_s: float = 3600.0
     max_overhead_pct: float = 400.0
     cgroup_base: str | None = None
+    # The agent's last probe, which picks a program's attach option (None: the child finds out).
+    features: dict[Feature, bool] | None = None
+    feature_errors: dict[Feature, str] = {}
 
 
 def _limit_memory(megabytes: int) -> None:
@@ -143,7 +154,14 @@ def main(argv: list[str] | None = None) -> int:
             from node_agent.runtime.bcc_runtime import BccRuntime
 
             _open_libbcc_lazily()
-            state = execute(prepared, BccRuntime(), emit, stop)
+            state = execute(
+                prepared,
+                BccRuntime(),
+                emit,
+                stop,
+                features=start.features,
+                feature_errors=start.feature_errors,
+            )
     except FleettraceError as exc:
         emit(StateChange(run_id=request.run_id, state=RunState.failed, error=exc.to_error()))
         return 1

@@ -248,6 +248,11 @@ class SnapshotStats(_Model):
     overhead_pct: float | None = Field(
         default=None, ge=0, description="percent of one CPU; None when it was not measured"
     )
+    attach: Name | None = Field(
+        default=None,
+        description="the attach point a program with options used, e.g."
+        " tracepoint:sock:inet_sock_set_state; None for a program with one way to attach",
+    )
 
 
 class Snapshot(_Model):

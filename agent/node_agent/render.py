@@ -37,6 +37,8 @@ def snapshot_text(snapshot: Snapshot) -> str:
     notes = stats_notes(snapshot.stats)
     if notes:
         lines += ["", "note: " + "; ".join(notes)]
+    if snapshot.stats.attach:
+        lines += ["", f"attached by {snapshot.stats.attach}"]
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ from node_agent.child import ChildStart
 from node_agent.errors import FleettraceError
 from node_agent.protocol import (
     ErrorCode,
+    HostCapabilities,
     Limits,
     RunEvent,
     RunState,
@@ -205,6 +206,7 @@ class TraceRunner:
         max_overhead_pct: float = 400.0,
         compile_timeout_s: float = 120.0,
         cgroup_base: str | None = None,
+        capabilities: HostCapabilities | None = None,
         child_argv: Sequence[str] | None = None,
         pool: ChildPool | None = None,
     ) -> None:
@@ -216,6 +218,7 @@ class TraceRunner:
         self.max_overhead_pct = max_overhead_pct
         self.compile_timeout_s = compile_timeout_s
         self.cgroup_base = cgroup_base
+        self.capabilities = capabilities  # the agent's probe: it picks attach options
         self.child_argv = list(child_argv or DEFAULT_CHILD)
         self.pool = pool
         self._cancel = threading.Event()
@@ -261,6 +264,8 @@ class TraceRunner:
             max_duration_s=self.max_duration_s,
             max_overhead_pct=self.max_overhead_pct,
             cgroup_base=self.cgroup_base,
+            features=self.capabilities.features if self.capabilities else None,
+            feature_errors=self.capabilities.feature_errors if self.capabilities else {},
         )
         child, stderr = spawned.process, spawned.stderr
         self.child_pid = child.pid

@@ -10,11 +10,12 @@ import resource
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node_agent.attach import TRACEFS, choose
 from node_agent.errors import FleettraceError, LimitExceeded, UnsupportedProgram
 from node_agent.overhead import OverheadMeter
 from node_agent.programs import get_program
@@ -39,7 +40,6 @@ from node_agent.scope import scope_defines
 log = logging.getLogger(__name__)
 
 PRELUDE = Path(__file__).with_name("programs") / "prelude.h"
-TRACEFS = Path("/sys/kernel/tracing")
 POLL_MS = 100  # how often the loop looks at the stop flag: the bound on cancel latency
 COST_EVERY_S = 1.0  # how often the overhead guard reads the trace's cost
 
@@ -157,6 +157,7 @@ class _Snapshotter:
     compile_s: float
     attach_s: float
     meter: OverheadMeter | None = None
+    attach_point: str | None = None
     seq: int = 0
     last: float = field(default_factory=time.time)  # the next snapshot's interval_start
 
@@ -190,6 +191,7 @@ class _Snapshotter:
                 bpf_runs=cost.bpf_runs if cost else 0,
                 events_per_s=round(cost.events_per_s, 1) if cost else 0.0,
                 overhead_pct=round(cost.percent, 3) if cost else None,
+                attach=self.attach_point,
             ),
         )
         self.seq += 1
@@ -198,14 +200,29 @@ class _Snapshotter:
 
 
 def execute(
-    prepared: PreparedTrace, runtime: Runtime, emit: Emit, stop: threading.Event
+    prepared: PreparedTrace,
+    runtime: Runtime,
+    emit: Emit,
+    stop: threading.Event,
+    *,
+    features: Mapping[Feature, bool] | None = None,
+    feature_errors: Mapping[Feature, str] | None = None,
 ) -> RunState:
-    """Run a prepared trace to its deadline or until stop is set; emit snapshots and states."""
+    """Run a prepared trace to its deadline or until stop is set; emit snapshots and states.
+
+    `features`: the agent's probe, which picks a program's attach option (None: found here).
+    """
     request = prepared.request
     spec = prepared.spec
+    point: str | None = None
     try:
         preflight(spec)
-        program, compile_s, attach_s = runtime.load(prepared.source, prepared.cflags)
+        cflags = prepared.cflags
+        if spec.attach:
+            wanted = str(prepared.params["attach"])
+            option = choose(spec, wanted, features, feature_errors)
+            cflags, point = [*cflags, f"-D{option.define}=1"], option.point
+        program, compile_s, attach_s = runtime.load(prepared.source, cflags)
     except FleettraceError as exc:
         state = RunState.unsupported if isinstance(exc, UnsupportedProgram) else RunState.failed
         emit(StateChange(run_id=request.run_id, state=state, error=exc.to_error()))
@@ -222,11 +239,17 @@ def execute(
         attach_s += time.monotonic() - extra_attach
         if request.limits.overhead_pct is not None:
             meter = runtime.cost_meter()
-        snapshots = _Snapshotter(prepared, program, samples, compile_s, attach_s, meter)
+        snapshots = _Snapshotter(prepared, program, samples, compile_s, attach_s, meter, point)
         # Read the (still empty) maps once now: a missing map fails the run at once, not at the end.
         spec.decode(DecodeContext(program, prepared.params, request.limits, request.maps))
         emit(StateChange(run_id=request.run_id, state=RunState.running))
-        log.info("run %s: %s attached (compile %.2fs)", request.run_id, spec.name, compile_s)
+        log.info(
+            "run %s: %s attached%s (compile %.2fs)",
+            request.run_id,
+            spec.name,
+            f" by {point}" if point else "",
+            compile_s,
+        )
         # Durations on the monotonic clock: a wall clock step must not cut or stretch a trace
         # (the runner's supervisor counts the same deadline on it).
         started = time.monotonic()

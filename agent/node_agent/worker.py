@@ -184,6 +184,7 @@ class Agent:
             max_duration_s=self.settings.max_duration_s,
             max_overhead_pct=self.settings.max_overhead_pct,
             cgroup_base=self.settings.cgroup,  # resolved and enforced in trace.prepare
+            capabilities=self.capabilities,
             pool=self.pool,
         )
         with self._lock:

@@ -124,4 +124,7 @@ def _notes(job: JobResults) -> list[Line]:
     ]
     if costs:
         notes.append(Line(f"cost to each host, % of one CPU: {', '.join(costs)}", "dim"))
+    points = [f"{h.host} {h.stats.attach}" for h in job.hosts if h.stats and h.stats.attach]
+    if points:
+        notes.append(Line(f"attach point on each host: {', '.join(points)}", "dim"))
     return [Line(""), *notes] if notes else []

@@ -99,6 +99,9 @@ class HostCost(BaseModel):
     bpf_runs: int
     agent_cpu_s: float
     events_lost: int
+    attach: str | None = Field(
+        default=None, description="the attach point a program with options used on this host"
+    )
 
 
 class HostReport(BaseModel):

@@ -118,7 +118,15 @@ def render_md(report: JobReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-COST_HEADER = ["host", "CPU (BPF programs)", "events/s", "BPF run time", "agent CPU", "lost"]
+COST_HEADER = [
+    "host",
+    "CPU (BPF programs)",
+    "events/s",
+    "BPF run time",
+    "agent CPU",
+    "lost",
+    "attach point",
+]
 
 
 def cost_rows(report: JobReport) -> list[list[object]]:
@@ -131,7 +139,8 @@ def cost_rows(report: JobReport) -> list[list[object]]:
             f"{c.bpf_run_time_s:.3f} s ({c.bpf_runs:,} runs)",
             f"{c.agent_cpu_s:.2f} s",
             f"{c.events_lost:,}",
+            c.attach or "-",
         ]
         for host in report.hosts
-        if (c := host.cost) is not None and (c.bpf_runs or c.overhead_pct is not None)
+        if (c := host.cost) is not None and (c.bpf_runs or c.overhead_pct is not None or c.attach)
     ]

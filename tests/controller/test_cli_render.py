@@ -346,3 +346,17 @@ def test_emit_is_plain_text_off_a_terminal() -> None:
     out = io.StringIO()
     emit([Line("title", "title"), Line("row", "bad")], out)
     assert out.getvalue() == "title\nrow\n"
+
+
+def test_the_attach_point_of_each_host_is_one_line() -> None:
+    results, runs = job(
+        {"a": [table([("read", 1)])], "b": [table([("read", 2)])]},
+        stats={
+            "a": SnapshotStats(attach="tracepoint:sock:inet_sock_set_state"),
+            "b": SnapshotStats(attach="kprobe:tcp_v4_connect,tcp_v6_connect"),
+        },
+    )
+    assert text(results, runs)[-1] == (
+        "attach point on each host: a tracepoint:sock:inet_sock_set_state,"
+        " b kprobe:tcp_v4_connect,tcp_v6_connect"
+    )

@@ -27,7 +27,23 @@ def schedule(**changes: Any) -> dict[str, Any]:
     return body
 
 
+def job_with(program: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {"program": program, "duration_s": 1, "targets": {"hosts": [HOST]}, "params": params}
+
+
 BAD: dict[str, tuple[str, str, Any, str]] = {
+    "an attach option the program lacks": (
+        "POST",
+        "/v1/jobs",
+        job_with("offcputime", {"attach": "kprobe"}),
+        "params.attach",
+    ),
+    "attach on a program with one way to attach": (
+        "POST",
+        "/v1/jobs",
+        job_with("syscalls", {"attach": "tracepoint"}),
+        "params.attach",
+    ),
     "jobs offset past 2**63": ("GET", f"/v1/jobs?offset={HUGE}", None, "query.offset"),
     "schedules offset past 2**63": ("GET", f"/v1/schedules?offset={HUGE}", None, "query.offset"),
     "token id past 2**63": ("DELETE", f"/v1/tokens/{HUGE}", None, "path.token_id"),

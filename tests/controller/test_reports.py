@@ -286,6 +286,7 @@ def test_a_report_says_what_the_trace_cost_each_host(
         overhead_pct=1.25,
         agent_cpu_s=0.5,
         events_lost=3,
+        attach="kprobe:vfs_read,vfs_write",
     )
     for name, stats in zip(names, [measured, SnapshotStats()], strict=True):
         run = runs[name]
@@ -307,15 +308,20 @@ def test_a_report_says_what_the_trace_cost_each_host(
         "bpf_runs": 250_000,
         "agent_cpu_s": 0.5,
         "events_lost": 3,
+        "attach": "kprobe:vfs_read,vfs_write",
     }
     assert cost[names[1]]["overhead_pct"] is None  # an agent that did not measure
     md = client.get(f"/v1/jobs/{job['id']}/report?format=md", headers=viewer).text
     assert "## What the trace cost each host" in md
-    row = f"| {names[0]} | 1.25 % | 125,000 | 0.013 s (250,000 runs) | 0.50 s | 3 |"
+    row = (
+        f"| {names[0]} | 1.25 % | 125,000 | 0.013 s (250,000 runs) | 0.50 s | 3"
+        r" | kprobe:vfs\_read,vfs\_write |"  # Markdown-escaped
+    )
     assert row in md
     assert f"| {names[1]} |" not in md.split("## What the trace cost each host")[1]
     html = client.get(f"/v1/jobs/{job['id']}/report?format=html", headers=viewer).text
     assert "What the trace cost each host" in html and "1.25 %" in html
+    assert "kprobe:vfs_read,vfs_write" in html
 
 
 @contextmanager

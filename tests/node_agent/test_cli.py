@@ -37,6 +37,8 @@ def test_durations(text: str, seconds: float) -> None:
         (["run", "syscalls", "--duration", "1s", "--param", "per_process=maybe"], "per_process"),
         (["run", "syscalls", "--duration", "1s", "--param", "nope=1"], "params.nope"),
         (["run", "syscalls", "--duration", "1s", "--param", "novalue"], "name=value"),
+        (["run", "offcputime", "--duration", "1s", "--param", "attach=kprobe"], "params.attach"),
+        (["run", "syscalls", "--duration", "1s", "--param", "attach=auto"], "params.attach"),
         (["run", "syscalls", "--duration", "1s", "--pid", "0"], "--pid"),
         (["run", "syscalls", "--duration", "1s", "--max-rows", "0"], "--max-rows"),
         (["run", "syscalls", "--duration", "2h", "--max-duration", "1h"], "duration_s"),
@@ -73,9 +75,13 @@ def test_probe_reports_features_and_why_programs_cannot_run() -> None:
             assert caps["feature_errors"][feature]
     support = {p["program"]: p for p in caps["programs"]}
     assert support["syscalls"]["supported"] is True
-    needs = {p["name"]: set(p["features"]) for p in json.loads(agent("programs", "--json").stdout)}
+    described = {p["name"]: p for p in json.loads(agent("programs", "--json").stdout)}
     for name, program in support.items():
-        lacking = {f for f in needs[name] if not caps["features"][f]}
+        lacking = {f for f in described[name]["features"] if not caps["features"][f]}
+        # A program with attach options runs when any option has all it needs.
+        options = [set(o["features"]) for o in described[name]["attach"]]
+        if options and not lacking:
+            lacking = min(({f for f in o if not caps["features"][f]} for o in options), key=len)
         assert program["supported"] is (not lacking)
         if lacking:
             assert all(f in program["reason"] for f in lacking)

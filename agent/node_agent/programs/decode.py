@@ -146,3 +146,29 @@ def table_map(
 def value(raw: Any) -> int:
     """A map value as an int, whether bcc gave a ctypes scalar or an int."""
     return int(getattr(raw, "value", raw))
+
+
+def latency_map(
+    map_name: str,
+    *,
+    table: str,
+    fields: Sequence[KeyField],
+    keys: Callable[[Any], list[KeyValue]],
+    histogram: str,
+    labels: Labels,
+) -> Decoder:
+    """A decoder for a latency map (key: labels + log2 slot of microseconds; value:
+    ft_latency_t): a counter table of calls and total_us per label set, and one log2
+    histogram (usec) per label set."""
+
+    def decode(ctx: DecodeContext) -> list[Result]:
+        entries = list(ctx.program.items(map_name))
+        rows = ((keys(k), [int(v.count), int(v.total_us)]) for k, v in entries)
+        limit = ctx.limits.max_rows
+        summed = counter_table(
+            table, fields, rows, max_rows=limit, value_fields=("count", "total_us")
+        )
+        counts = ((k, int(v.count)) for k, v in entries)
+        return [summed, *log2_histograms(histogram, "usec", counts, labels, max_histograms=limit)]
+
+    return decode

@@ -38,6 +38,23 @@ static __always_inline void ft_bump(u64 *count)
         ft_count_drop();
 }
 
+/* A latency map's value: calls and their summed microseconds (the mean is the quotient). */
+struct ft_latency_t {
+    u64 count;
+    u64 total_us;
+};
+
+/* Adds one call of `us` microseconds to a value a map gave, or counts the drop. */
+static __always_inline void ft_add_latency(struct ft_latency_t *val, u64 us)
+{
+    if (val) {
+        __sync_fetch_and_add(&val->count, 1);
+        __sync_fetch_and_add(&val->total_us, us);
+    } else {
+        ft_count_drop();
+    }
+}
+
 static __always_inline int ft_in_scope(void)
 {
 #ifdef FT_SCOPE_PID

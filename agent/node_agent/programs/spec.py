@@ -16,6 +16,8 @@ from node_agent.scope import cgroup_path_problem
 ParamType = Literal["int", "float", "bool", "str"]
 OutputKind = Literal["counter_table", "log2_histogram", "folded_stacks", "event_samples"]
 Engine = Literal["bcc", "bpftrace"]
+AttachKind = Literal["raw_tracepoint", "tracepoint", "fentry", "kprobe"]
+AUTO = "auto"
 ALL_SCOPES = frozenset({"cgroup", "pid", "comm"})
 
 
@@ -146,6 +148,48 @@ class SampleSpec:
 
 
 @dataclass(frozen=True)
+class AttachOption:
+    """One way a program attaches (a program lists them cheapest first): what it needs of
+    the kernel, and the C define (FT_ATTACH_<KIND>) that selects it in the program's source."""
+
+    kind: AttachKind
+    point: str  # shown in each snapshot's stats, e.g. "tracepoint:sock:inet_sock_set_state"
+    features: frozenset[Feature]
+    tracepoints: tuple[str, ...] = ()
+    functions: tuple[str, ...] = ()  # kernel functions it attaches to (renamed or inlined: gone)
+
+    @property
+    def define(self) -> str:
+        return f"FT_ATTACH_{self.kind.upper()}"
+
+    @classmethod
+    def tracepoint(cls, *tracepoints: str, raw: bool = False) -> AttachOption:
+        """Tracepoints (`raw`: as raw tracepoints, which format no record)."""
+        kind: AttachKind = "raw_tracepoint" if raw else "tracepoint"
+        names = [tp.partition(":")[2] for tp in tracepoints] if raw else tracepoints
+        point = f"{kind}:" + ",".join(names)
+        return cls(kind, point, frozenset({Feature.tracepoints}), tracepoints=tracepoints)
+
+    @classmethod
+    def on_functions(cls, kind: Literal["fentry", "kprobe"], *functions: str) -> AttachOption:
+        """fentry (+fexit) or kprobes (+kretprobes) on kernel functions."""
+        features = {Feature.fentry, Feature.btf} if kind == "fentry" else {Feature.kprobes}
+        point = f"{kind}:" + ",".join(functions)
+        return cls(kind, point, frozenset(features), functions=functions)
+
+
+def attach_param(options: Sequence[AttachOption]) -> Param:
+    """The `attach` parameter of a program with attach options: auto or one of its own."""
+    return Param(
+        "attach",
+        "str",
+        AUTO,
+        "attach point: auto (the cheapest this host has) or one of the program's own",
+        choices=(AUTO, *(o.kind for o in options)),
+    )
+
+
+@dataclass(frozen=True)
 class ProgramSpec:
     name: str
     summary: str
@@ -165,6 +209,12 @@ class ProgramSpec:
     # What runs it: bcc compiles the C above; bpftrace runs the script in params.script.
     engine: Engine = "bcc"
     param_policy: ParamPolicy | None = None
+    # Ways to attach, cheapest first; `features` and `tracepoints` are then what all need.
+    attach: tuple[AttachOption, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.attach and all(p.name != "attach" for p in self.params):
+            object.__setattr__(self, "params", (*self.params, attach_param(self.attach)))
 
     @property
     def admin_only(self) -> bool:
@@ -239,4 +289,14 @@ class ProgramSpec:
             "scope_note": self.scope_note,
             "engine": self.engine,
             "admin_only": self.admin_only,
+            "attach": [
+                {
+                    "kind": o.kind,
+                    "point": o.point,
+                    "features": sorted(f.value for f in o.features),
+                    "tracepoints": list(o.tracepoints),
+                    "functions": list(o.functions),
+                }
+                for o in self.attach
+            ],
         }

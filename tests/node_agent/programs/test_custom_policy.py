@@ -227,7 +227,9 @@ def test_compiler_output_about_other_files_is_withheld_even_past_the_source_chec
 def test_catalog_programs_pass_the_helper_check(
     kernel_loads: list[bytes], make_cgroup: Callable[[str], Path]
 ) -> None:
+    from node_agent.attach import unavailable
     from node_agent.programs import catalog
+    from node_agent.programs.spec import AUTO
     from node_agent.protocol import Scope, TraceRequest
     from node_agent.trace import prepare
 
@@ -238,7 +240,14 @@ def test_catalog_programs_pass_the_helper_check(
         scope = Scope() if name == "tcp_retransmits" else Scope(pid=1, comm="x", cgroup=group.name)
         request = TraceRequest(run_id=f"cat-{name}", program=name, duration_s=1, scope=scope)
         prepared = prepare(request)
-        program, _, _ = BccRuntime().load(prepared.source, prepared.cflags)
+        cflags = prepared.cflags
+        spec = catalog()[name]
+        if spec.attach:  # with the option the agent would pick here (none: nothing to load)
+            option, _ = unavailable(spec, AUTO, None)
+            if option is None:
+                continue
+            cflags = [*cflags, f"-D{option.define}=1"]
+        program, _, _ = BccRuntime().load(prepared.source, cflags)
         program.close()
     assert kernel_loads
 

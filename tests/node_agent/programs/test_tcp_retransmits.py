@@ -7,11 +7,8 @@ port pair in state SYN_SENT, with no packet-dropping tool needed.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -41,20 +38,6 @@ client.setblocking(False)
 client.connect_ex((host, {SERVER_PORT}))
 time.sleep(1.6)
 """
-
-
-@pytest.fixture
-def netns() -> Iterator[str]:
-    """A network namespace of our own with loopback up; deleted afterwards."""
-    if shutil.which("ip") is None:
-        pytest.skip("needs iproute2 (ip) to make a network namespace")
-    name = f"ft-test-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
 def _syn_drop(netns: str, family: str) -> None:

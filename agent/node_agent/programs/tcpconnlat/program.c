@@ -1,0 +1,148 @@
+/* TCP connect latency per destination and process: from SYN sent to ESTABLISHED.
+ *
+ * The start is stamped where the connecting process is current (its scope and name are
+ * taken there); the SYN-ACK arrives in softirq context, so the end uses what was stamped.
+ * One attach option is compiled in, chosen by the agent:
+ *   FT_ATTACH_TRACEPOINT  sock:inet_sock_set_state (SYN_SENT -> ESTABLISHED), 4.16+
+ *   FT_ATTACH_FENTRY      fentry on tcp_v4_connect/tcp_v6_connect + tcp_rcv_state_process
+ *   FT_ATTACH_KPROBE      kprobes on the same functions (bcc's tcpconnlat)
+ */
+#define FT_AF_INET 2
+#define FT_IPPROTO_TCP 6
+#define FT_TCP_ESTABLISHED 1
+#define FT_TCP_SYN_SENT 2
+
+#if defined(FT_ATTACH_FENTRY) || defined(FT_ATTACH_KPROBE)
+#include <net/sock.h>
+#endif
+
+struct start_t {
+    u64 ts;
+    u32 tgid;
+    char comm[FT_COMM_LEN];
+};
+
+/* One entry per destination, process and log2 slot of microseconds. */
+struct lat_key_t {
+    u8 daddr[16];
+    u16 family;
+    u16 dport;
+    u32 tgid;
+    u32 slot;
+    char comm[FT_COMM_LEN];
+};
+
+BPF_HASH(start, u64, struct start_t, FT_MAP_ENTRIES);     /* socket -> when SYN was sent */
+BPF_HASH(latency, struct lat_key_t, struct ft_latency_t, FT_MAP_ENTRIES);
+
+static __always_inline void ft_connect_start(u64 sk)
+{
+    if (!ft_in_scope())
+        return;
+    struct start_t s = {};
+    s.ts = bpf_ktime_get_ns();
+    s.tgid = bpf_get_current_pid_tgid() >> 32;
+    bpf_get_current_comm(&s.comm, sizeof(s.comm));
+    if (start.update(&sk, &s) != 0)
+        ft_count_drop();
+}
+
+/* daddr: 4 (AF_INET) or 16 bytes; dport in host order. */
+static __always_inline void ft_connected(u64 sk, u16 family, const void *daddr, u16 dport)
+{
+    struct start_t *s = start.lookup(&sk);
+    if (!s)
+        return;
+    u64 us = (bpf_ktime_get_ns() - s->ts) / 1000;
+    struct lat_key_t key = {};
+    key.family = family;
+    key.dport = dport;
+    key.tgid = s->tgid;
+    key.slot = bpf_log2l(us);
+    __builtin_memcpy(&key.comm, s->comm, sizeof(key.comm));
+    start.delete(&sk);
+    bpf_probe_read_kernel(&key.daddr, family == FT_AF_INET ? 4 : 16, daddr);
+    struct ft_latency_t zero = {};
+    ft_add_latency(latency.lookup_or_try_init(&key, &zero), us);
+}
+
+#ifdef FT_ATTACH_TRACEPOINT
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+    if (args->protocol != FT_IPPROTO_TCP)
+        return 0;
+    u64 sk = (u64)args->skaddr;
+    if (args->newstate == FT_TCP_SYN_SENT) {
+        ft_connect_start(sk);
+        return 0;
+    }
+    if (args->oldstate != FT_TCP_SYN_SENT)
+        return 0;
+    if (args->newstate != FT_TCP_ESTABLISHED) {  /* refused or timed out: no latency */
+        start.delete(&sk);
+        return 0;
+    }
+    /* The tracepoint gives ports in host byte order. */
+    if (args->family == FT_AF_INET)
+        ft_connected(sk, args->family, args->daddr, args->dport);
+    else
+        ft_connected(sk, args->family, args->daddr_v6, args->dport);
+    return 0;
+}
+#else
+/* The SYN-ACK of a socket in SYN_SENT: fields read from struct sock (exact headers). */
+static __always_inline void ft_syn_ack(struct sock *sk)
+{
+    u8 state = 0;
+    bpf_probe_read_kernel(&state, sizeof(state), (void *)&sk->__sk_common.skc_state);
+    if (state != FT_TCP_SYN_SENT)
+        return;
+    u16 family = 0, dport = 0;
+    bpf_probe_read_kernel(&family, sizeof(family), &sk->__sk_common.skc_family);
+    bpf_probe_read_kernel(&dport, sizeof(dport), &sk->__sk_common.skc_dport);
+    if (family == FT_AF_INET)
+        ft_connected((u64)sk, family, &sk->__sk_common.skc_daddr, bpf_ntohs(dport));
+    else
+        ft_connected((u64)sk, family, &sk->__sk_common.skc_v6_daddr, bpf_ntohs(dport));
+}
+#endif
+
+#ifdef FT_ATTACH_FENTRY
+KFUNC_PROBE(tcp_v4_connect, struct sock *sk)
+{
+    ft_connect_start((u64)sk);
+    return 0;
+}
+
+KFUNC_PROBE(tcp_v6_connect, struct sock *sk)
+{
+    ft_connect_start((u64)sk);
+    return 0;
+}
+
+KFUNC_PROBE(tcp_rcv_state_process, struct sock *sk)
+{
+    ft_syn_ack(sk);
+    return 0;
+}
+#endif
+
+#ifdef FT_ATTACH_KPROBE
+int kprobe__tcp_v4_connect(struct pt_regs *ctx, struct sock *sk)
+{
+    ft_connect_start((u64)sk);
+    return 0;
+}
+
+int kprobe__tcp_v6_connect(struct pt_regs *ctx, struct sock *sk)
+{
+    ft_connect_start((u64)sk);
+    return 0;
+}
+
+int kprobe__tcp_rcv_state_process(struct pt_regs *ctx, struct sock *sk)
+{
+    ft_syn_ack(sk);
+    return 0;
+}
+#endif
