@@ -141,13 +141,19 @@ def guest_script(
         # This shell and what it starts leave the host's data: the agent, sshd.
         f"echo $$ > {shlex.quote(str(agent_cg))}",
         "mkdir -p /run/sshd",
+        # virtme locks every account in its /etc/shadow; sshd refuses a locked one's keys.
+        "sed 's/^\\([^:]*\\):!:/\\1:*:/' /etc/shadow > /run/ft-shadow",
+        "mount --bind /run/ft-shadow /etc/shadow",
         f"sh -c {shlex.quote(system.INTO_CGROUP)} {shlex.quote(str(workload_cg))} "
         f"{shlex.join([*workload, str(config.alive_file)])} &",
         *(f"{command} &" for command in services),
     ]
     if agent:
         argv = host.agent_argv(config, spec)
-        lines.append(f"FLEETTRACE_HEARTBEAT_S={config.heartbeat_s:g} {shlex.join(argv)} &")
+        agent_log = shlex.quote(str(config.logs_dir / f"{spec.name}-agent.log"))
+        lines.append(
+            f"FLEETTRACE_HEARTBEAT_S={config.heartbeat_s:g} {shlex.join(argv)} >>{agent_log} 2>&1 &"
+        )
     lines += [
         'echo "guest: started, up $(cut -d" " -f1 /proc/uptime) s"',
         f"while [ -e {alive} ]; do sleep 1; done",
