@@ -261,6 +261,8 @@ class Stack:
     def _heartbeat_timeout_s(self) -> float:
         """Agents that bootstrap installs heartbeat every 10 s unless told otherwise."""
         timeout = self.config.heartbeat_timeout_s
+        if self.config.vm_hosts:
+            timeout = max(timeout, vm.HEARTBEAT_TIMEOUT_S)
         return timeout if self.agents else max(timeout, BOOTSTRAPPED_HEARTBEAT_TIMEOUT_S)
 
     def _start_controller(self, exports: dict[str, str]) -> None:

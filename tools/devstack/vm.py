@@ -29,6 +29,10 @@ CPUS = 2
 # Under emulation: boot ~5 s, the agent's start and its probe (bcc compiles) about a minute.
 ONLINE_TIMEOUT_S = 600.0
 STOP_GRACE_S = 10.0
+# The agent's capability probe compiles bcc programs: minutes in an emulated guest.
+PROBE_TIMEOUT_S = 900.0
+# Heartbeats from an emulated guest come late when its CPUs are busy (a compile).
+HEARTBEAT_TIMEOUT_S = 60.0
 NEEDED = ("qemu-system-x86_64", "ip", "apt-get", "dpkg-deb", "depmod", "busybox")
 
 
@@ -152,7 +156,9 @@ def guest_script(
         argv = host.agent_argv(config, spec)
         agent_log = shlex.quote(str(config.logs_dir / f"{spec.name}-agent.log"))
         lines.append(
-            f"FLEETTRACE_HEARTBEAT_S={config.heartbeat_s:g} {shlex.join(argv)} >>{agent_log} 2>&1 &"
+            f"FLEETTRACE_HEARTBEAT_S={config.heartbeat_s:g} "
+            f"FLEETTRACE_PROBE_TIMEOUT_S={PROBE_TIMEOUT_S:g} "
+            f"{shlex.join(argv)} >>{agent_log} 2>&1 &"
         )
     lines += [
         'echo "guest: started, up $(cut -d" " -f1 /proc/uptime) s"',
