@@ -184,6 +184,7 @@ class Agent:
             allow_bpftrace=self.settings.allow_bpftrace,
             max_duration_s=self.settings.max_duration_s,
             max_overhead_pct=self.settings.max_overhead_pct,
+            compile_timeout_s=self.settings.compile_timeout_s,
             cgroup_base=self.settings.cgroup,  # resolved and enforced in trace.prepare
             capabilities=self.capabilities,
             pool=self.pool,

@@ -29,7 +29,7 @@ CPUS = 2
 # Under emulation: boot ~5 s, the agent's start and its probe (bcc compiles) about a minute.
 ONLINE_TIMEOUT_S = 600.0
 STOP_GRACE_S = 10.0
-# The agent's capability probe compiles bcc programs: minutes in an emulated guest.
+# The agent's capability probe, and a trace's compile and attach: minutes in an emulated guest.
 PROBE_TIMEOUT_S = 900.0
 # Heartbeats from an emulated guest come late when its CPUs are busy (a compile).
 HEARTBEAT_TIMEOUT_S = 60.0
@@ -158,6 +158,7 @@ def guest_script(
         lines.append(
             f"FLEETTRACE_HEARTBEAT_S={config.heartbeat_s:g} "
             f"FLEETTRACE_PROBE_TIMEOUT_S={PROBE_TIMEOUT_S:g} "
+            f"FLEETTRACE_COMPILE_TIMEOUT_S={PROBE_TIMEOUT_S:g} "
             f"{shlex.join(argv)} >>{agent_log} 2>&1 &"
         )
     lines += [
