@@ -59,6 +59,8 @@ arch=$(dpkg --print-architecture)
 # "a|b" means the first of them that the distro has (Debian and Ubuntu name some differently).
 # bpftrace: the bpftrace program's engine (Debian 12 ships 0.17, Ubuntu 22.04 0.14, universe).
 packages=(python3-bpfcc bpftrace python3-venv "bpftool|linux-tools-common" gcc iproute2 redis-server util-linux mount)
+# VM hosts (`fleettrace dev up --kernel 6.1`): QEMU, and what virtme-ng runs (depmod, busybox).
+packages+=(qemu-system-x86 kmod busybox-static)
 [ "$purpose" = tests ] && packages+=(postgresql openssh-server sudo "chromium|chromium-browser" "chromium-driver|chromium-chromedriver")
 packages+=("${extra[@]}")
 
@@ -282,6 +284,19 @@ install_promtool() {
     rm -rf "$tmp"
 }
 
+# The distro kernels the VM tests boot, extracted into the checkout's var/kernels (or
+# FLEETTRACE_KERNEL_CACHE): a second run finds them there and downloads nothing.
+fetch_kernels() {
+    step="fetching the VM hosts' kernels"
+    { [ "$purpose" = tests ] && [ "$offline" != 1 ]; } || return 0
+    local fetch=("$here/.venv/bin/python" -m devstack.kernels fetch 6.1 6.12)
+    [ "$quiet" = 1 ] || fetch+=(--verbose)
+    # Stale package lists name kernels the mirror dropped: refresh them once and retry.
+    "${fetch[@]}" 2>/dev/null && return 0
+    apt_refresh
+    "${fetch[@]}" || die "could not fetch the 6.1 and 6.12 kernels (the line above says why)"
+}
+
 if [ "$only" = headers ]; then
     setup_headers
     exit 0
@@ -291,3 +306,4 @@ setup_headers
 mount_tracefs
 make_venv
 install_promtool
+fetch_kernels

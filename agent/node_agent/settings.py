@@ -35,6 +35,9 @@ class AgentSettings(BaseSettings):
     concurrency: int = Field(default=4, ge=1, le=64)
     heartbeat_s: float = Field(default=10.0, gt=0)
     probe_every_s: float = Field(default=3600.0, gt=0)
+    # A probe compiles bcc programs: seconds here, minutes in an emulated VM.
+    probe_timeout_s: float = Field(default=120.0, gt=0)
+    compile_timeout_s: float = Field(default=120.0, gt=0)  # a trace's compile and attach
     cgroup: str | None = Field(
         default=None, description="cgroup v2 path every trace of this host is confined to"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -183,6 +184,7 @@ class Agent:
             allow_bpftrace=self.settings.allow_bpftrace,
             max_duration_s=self.settings.max_duration_s,
             max_overhead_pct=self.settings.max_overhead_pct,
+            compile_timeout_s=self.settings.compile_timeout_s,
             cgroup_base=self.settings.cgroup,  # resolved and enforced in trace.prepare
             capabilities=self.capabilities,
             pool=self.pool,
@@ -229,21 +231,36 @@ class Agent:
                 log.warning("run %s: cannot check for cancel: %s", run_id, exc)
 
     def probe(self) -> HostCapabilities | None:
-        """Probe in a child process: a probe that crashes must not take the worker down."""
+        """Probe in a child process: a probe that crashes must not take the worker down.
+        The host keeps beating meanwhile: a slow probe must not make it look gone."""
         allow = [
             *(["--allow-custom"] if self.settings.allow_custom else []),
             *(["--allow-bpftrace"] if self.settings.allow_bpftrace else []),
             *("--state-dir", str(self.settings.state_dir)),
             *("--kheaders-archive", str(self.settings.kheaders_archive)),
         ]
+        deadline = time.monotonic() + self.settings.probe_timeout_s
         try:
-            out = subprocess.run(
+            with subprocess.Popen(
                 [sys.executable, "-m", "node_agent.cli", "probe", *allow],
-                capture_output=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
-                timeout=120,
-                check=True,
-            ).stdout
+                start_new_session=True,  # a timed-out probe goes with whatever it started
+            ) as proc:
+                while True:
+                    wait_s = min(self.settings.heartbeat_s, deadline - time.monotonic())
+                    try:
+                        out, err = proc.communicate(timeout=max(wait_s, 0.0))
+                        break
+                    except subprocess.TimeoutExpired:
+                        if time.monotonic() >= deadline:
+                            os.killpg(proc.pid, signal.SIGKILL)
+                            proc.communicate()
+                            raise
+                        self.beat()
+            if proc.returncode != 0:
+                raise subprocess.CalledProcessError(proc.returncode, proc.args, out, err)
             return HostCapabilities.model_validate(json.loads(out))
         except (subprocess.SubprocessError, ValueError, OSError) as exc:
             log.error("host %s: capability probe failed: %s", self.settings.host, exc)

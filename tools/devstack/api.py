@@ -50,20 +50,30 @@ class Api:
     def hosts(self) -> dict[str, dict[str, Any]]:
         return {h["name"]: h for h in self._call("GET", "/v1/hosts")["data"]}
 
-    def wait_online(self, names: list[str], timeout_s: float, alive: Callable[[], None]) -> None:
+    def wait_online(
+        self,
+        names: list[str],
+        timeout_s: float,
+        alive: Callable[[], None],
+        online: Callable[[str], None] = lambda name: None,
+    ) -> None:
         """Until every named host heartbeats with its probe; `alive` raises if the stack broke
-        meanwhile."""
+        meanwhile; `online` is told each host's name as it comes online."""
         waiting = list(names)
 
         def all_online() -> bool:
             alive()
             hosts = self.hosts()
             # An agent's first beat comes before its probe: wait for the capabilities too.
-            waiting[:] = [
+            still = [
                 n
                 for n in names
                 if hosts.get(n, {}).get("state") != "online" or not hosts[n].get("capabilities")
             ]
+            for name in waiting:
+                if name not in still:
+                    online(name)
+            waiting[:] = still
             return not waiting
 
         try:

@@ -79,12 +79,23 @@ def _up_args(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="start the hosts bare, without agents: for `fleettrace hosts bootstrap` (with --ssh)",
     )
+    parser.add_argument(
+        "--kernel",
+        dest="kernels",
+        action="append",
+        default=[],
+        metavar="VERSION[:HEADERS]",
+        help="one more host: a VM booting Debian's VERSION kernel (6.1, 6.12), fetched with apt "
+        "and cached; HEADERS is exact (default), approximate or none. Repeatable",
+    )
 
 
 def _config(args: argparse.Namespace) -> StackConfig:
+    from devstack.vm import parse_kernels
+
     return StackConfig(
         state_dir=args.state_dir,
-        hosts=demo_hosts(args.hosts),
+        hosts=(*demo_hosts(args.hosts), *parse_kernels(getattr(args, "kernels", []))),
         port=args.port,
         allow_bpftrace=args.allow_bpftrace,
     )
@@ -176,12 +187,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         _out(f"controller {report['api_url']} {health}; redis {redis}")
         _out(f"client env: . {report['env_file']}")
         _out(
-            f"{'HOST':<10} {'STATE':<11} {'ADDRESS':<13} {'NETNS':<12} {'WORKLOAD':<13} PROCS AGENT"
+            f"{'HOST':<10} {'STATE':<11} {'ADDRESS':<13} {'NETNS/VM':<16} {'WORKLOAD':<13} "
+            "PROCS AGENT"
         )
         for h in report["hosts"]:
             agent = "running" if h["agent_running"] else "stopped"
+            where = h["netns"] or "-"
+            if h.get("vm") is not None:
+                vm = h["vm"]
+                where = f"vm {vm['kernel']} pid {vm['qemu_pid']}" if vm["qemu_pid"] else "vm DOWN"
             _out(
-                f"{h['name']:<10} {h['state']:<11} {h['address']:<13} {h['netns'] or '-':<12} "
+                f"{h['name']:<10} {h['state']:<11} {h['address']:<13} {where:<16} "
                 f"{h['workload']:<13} {h['workload_processes']:>5} {agent}"
             )
         return 0

@@ -29,6 +29,10 @@ class HostSpec:
     name: str
     labels: dict[str, str]
     workload: str = "web-moderate"
+    # A VM host booting this distro kernel (devstack/kernels.py KNOWN), None for a namespaced
+    # one; `headers` is what its /lib/modules/<release>/build is: exact, approximate or none.
+    kernel: str | None = None
+    headers: str = "exact"
 
 
 # The demo fleet: each host runs a different workload, so the traces differ for real.
@@ -67,6 +71,9 @@ class StackConfig:
     heartbeat_timeout_s: float = 10.0
     # Agents run bpftrace scripts (`fleettrace-agent worker --allow-bpftrace`): off, as on a host.
     allow_bpftrace: bool = False
+    # Redis's TCP port on redis_address, for VM hosts (they cannot reach its unix socket);
+    # 0 when the stack has none.
+    redis_port: int = 0
     created_dirs: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -86,6 +93,8 @@ class StackConfig:
             raise DevstackError(f"link prefix {self.link_prefix!r} is too long")
         if not 0 <= self.subnet <= 255:
             raise DevstackError("subnet must be 0..255 (the third octet of 10.250.x.0/24)")
+        for host in self.hosts:
+            _check_vm(host)
         if len(str(self.redis_socket)) > MAX_SOCKET_PATH:
             raise DevstackError(f"state dir {self.state_dir} is too long for a unix socket path")
 
@@ -101,6 +110,16 @@ class StackConfig:
         """(root side, host side) of host `index`'s veth pair, without the /30."""
         base = 4 * index
         return f"10.250.{self.subnet}.{base + 1}", f"10.250.{self.subnet}.{base + 2}"
+
+    @property
+    def redis_address(self) -> str:
+        """Where VM hosts reach Redis over TCP: an address of this machine past every host's
+        /30 (on lo: packets from a VM's tap are delivered to any local address)."""
+        return f"10.250.{self.subnet}.254"
+
+    @property
+    def vm_hosts(self) -> tuple[HostSpec, ...]:
+        return tuple(h for h in self.hosts if h.kernel is not None)
 
     def host_cgroup(self, host: str) -> str:
         """The cgroup holding a host's workload: the agent confines every trace to it."""
@@ -199,6 +218,19 @@ class StackConfig:
 
     def with_created_dir(self, path: Path) -> StackConfig:
         return replace(self, created_dirs=(*self.created_dirs, str(path)))
+
+
+def _check_vm(host: HostSpec) -> None:
+    from devstack.kernels import HEADERS_MODES, check_version
+
+    if host.kernel is not None:
+        try:
+            check_version(host.kernel)
+        except DevstackError as exc:
+            raise DevstackError(f"host {host.name}: {exc}") from None
+    if host.headers not in HEADERS_MODES:
+        modes = ", ".join(HEADERS_MODES)
+        raise DevstackError(f"host {host.name}: headers {host.headers!r} not in {modes}")
 
 
 def private_config(

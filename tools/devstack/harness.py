@@ -109,16 +109,17 @@ def redis_conf(
     password: str | None,
     aof: bool,
     extra: Sequence[str] = (),
+    tcp: tuple[str, int] | None = None,
 ) -> str:
-    """A redis.conf with no plain TCP port (a unix socket, or what `extra` opens); with a
-    password, auth as in production (no default user, the controller's ACL user); with aof,
-    queued work survives a restart."""
+    """A redis.conf with no plain TCP port (a unix socket, or what `extra` opens) unless `tcp`
+    (address, port) asks for one; with a password, auth as in production (no default user,
+    the controller's ACL user); with aof, queued work survives a restart."""
     users = ["user default off", f"user {REDIS_USER} on >{password} ~* &* +@all"]
     unix = [f"unixsocket {sock}", "unixsocketperm 700"]
     persistence = ["appendonly yes", "appendfsync everysec"] if aof else ["appendonly no"]
     lines = [
         *(users if password is not None else []),
-        "port 0",
+        *((f"bind {tcp[0]}", f"port {tcp[1]}") if tcp is not None else ("port 0",)),
         *(unix if sock is not None else []),
         *('save ""', f"dir {data_dir}"),
         *persistence,

@@ -117,11 +117,16 @@ def agent_pidfile(config: StackConfig, host: HostSpec) -> Path:
 
 
 def agent_command(config: StackConfig, host: HostSpec, holder: int) -> list[str]:
+    """The agent in the host's namespaces (held open by `holder`)."""
+    return [*system.enter(holder), *agent_argv(config, host)]
+
+
+def agent_argv(config: StackConfig, host: HostSpec) -> list[str]:
     """The agent under its supervisor, restarted like its systemd unit would be; it reads its
     Redis identity from the host's agent.env (never a command line)."""
     agent = fleettrace_command("fleettrace-agent", "node_agent.cli")
     return [
-        *(*system.enter(holder), *supervise.command(agent_pidfile(config, host)), "--"),
+        *(*supervise.command(agent_pidfile(config, host)), "--"),
         *(*agent, "worker", "--host", host.name),
         *("--cgroup", config.host_cgroup(host.name)),
         *(("--allow-bpftrace",) if config.allow_bpftrace else ()),

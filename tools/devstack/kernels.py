@@ -415,3 +415,29 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):
         return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m devstack.kernels fetch 6.1 6.12`: what scripts/setup.sh runs for the tests."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m devstack.kernels", description=main.__doc__)
+    parser.add_argument("action", choices=["fetch"])
+    parser.add_argument("versions", nargs="+", metavar="VERSION", help=", ".join(KNOWN))
+    parser.add_argument("-v", "--verbose", action="store_true", help="say what is fetched")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
+    )
+    try:
+        for version in args.versions:
+            kernel = fetch(version)
+            log.info("kernel %s: %s in %s", version, kernel.release, kernel.root)
+    except DevstackError as exc:
+        sys.stderr.write(f"devstack.kernels: error: {exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

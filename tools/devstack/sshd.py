@@ -205,9 +205,12 @@ class Sshd:
 
     def ready(self, config: StackConfig, host: HostSpec, index: int) -> bool:
         """sshd answers on the host's address with its banner."""
+        # An emulated VM's sshd takes seconds to fork and re-exec before its banner.
+        timeout_s = 10.0 if host.kernel is not None else 0.5
         try:
-            with socket.create_connection((config.addresses(index)[1], self.port), 0.5) as sock:
-                sock.settimeout(0.5)
+            address = (config.addresses(index)[1], self.port)
+            with socket.create_connection(address, timeout_s) as sock:
+                sock.settimeout(timeout_s)
                 return sock.recv(8).startswith(b"SSH-")
         except OSError:
             return False

@@ -13,13 +13,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from controller.bootstrap.artifacts import source_root
 from controller.keys.store import KeyStore
-from devstack import harness, host, system
+from devstack import harness, host, kernels, system, vm
 from devstack.api import Api
 from devstack.config import DevstackError, HostSpec, StackConfig, load
 from devstack.teardown import down
@@ -54,6 +55,11 @@ class Stack:
         self.progress = progress
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.token = ""
+        # When each VM host's QEMU started: its first heartbeat is measured from there.
+        self.booted: dict[str, float] = {}
+        self.kernels: dict[str, kernels.Kernel] = {}
+        if config.vm_hosts and not config.redis_port:
+            self.config = replace(config, redis_port=harness.free_port())
 
     @property
     def api(self) -> Api:
@@ -65,10 +71,13 @@ class Stack:
         started = time.monotonic()
         try:
             self._prepare_dirs()
+            self._fetch_kernels()
             exports: dict[str, str] = {}
             for service in self.services:
                 self.progress(f"setting up {service.name}")
                 exports.update(service.setup(self.config))
+            if self.config.vm_hosts:
+                vm.add_redis_address(self.config)
             self._start_redis()
             self._start_controller(exports)
             api = self.api
@@ -79,7 +88,9 @@ class Stack:
                 if self.agents:
                     self.progress("waiting for the agents' first heartbeats")
                     names = [h.name for h in self.config.hosts]
-                    api.wait_online(names, online_timeout_s, self.check)
+                    if self.config.vm_hosts:
+                        online_timeout_s = max(online_timeout_s, vm.ONLINE_TIMEOUT_S)
+                    api.wait_online(names, online_timeout_s, self.check, self._online)
             finally:
                 api.close()
         except BaseException:
@@ -90,6 +101,12 @@ class Stack:
                 self.progress(str(exc))
             raise
         self.progress(f"stack up in {time.monotonic() - started:.1f}s: {self.config.api_url}")
+
+    def _online(self, name: str) -> None:
+        if name in self.booted:
+            took = time.monotonic() - self.booted[name]
+            how = "KVM" if kernels.kvm_works() else "emulated, no KVM"
+            self.progress(f"host {name}: online {took:.1f}s after its VM started ({how})")
 
     def down(self, *, purge: bool = False) -> None:
         down(self.config.state_dir, purge=purge, progress=self.progress, reap=self.reap)
@@ -117,6 +134,8 @@ class Stack:
         if missing:
             raise DevstackError(f"missing tools: {', '.join(missing)} (run scripts/setup.sh)")
         system.cgroup_root()
+        if self.config.vm_hosts:
+            vm.preflight()
         for private in ("/opt", "/etc/fleettrace"):
             for needed in (Path(sys.prefix), Path(__file__), self.config.state_dir):
                 if needed.resolve().is_relative_to(private):
@@ -207,8 +226,14 @@ class Stack:
         _private(config.redis_password_file, password + "\n")
         redis_conf = config.state_dir / "redis.conf"
         # AOF: queued tasks and cancel flags survive a restart (README: In production).
+        # VM hosts cannot reach the socket: a TCP listener on the stack's own address for them.
+        tcp = (config.redis_address, config.redis_port) if config.redis_port else None
         text = harness.redis_conf(
-            data_dir=config.state_dir, sock=config.redis_socket, password=password, aof=True
+            data_dir=config.state_dir,
+            sock=config.redis_socket,
+            password=password,
+            aof=True,
+            tcp=tcp,
         )
         _private(redis_conf, text)
         self._spawn("redis", ["redis-server", str(redis_conf)], config.services_cgroup)
@@ -218,6 +243,10 @@ class Stack:
         """The services' exports too: FLEETTRACE_SSH_KEY and _KNOWN_HOSTS are settings of its
         bootstrap; its artifacts are cached in the checkout, not built again every `up`."""
         config = self.config
+        if config.redis_port and not self.agents:
+            # What bootstrap writes in every host's agent.env: VM hosts reach only TCP, and the
+            # namespaced hosts get a route to it.
+            exports = {**exports, "FLEETTRACE_AGENT_REDIS_URL": vm.agents_redis_url(config)}
         return harness.clean_env(
             FLEETTRACE_DATABASE_URL=config.database_url,
             FLEETTRACE_REDIS_URL=config.redis_url,
@@ -232,6 +261,8 @@ class Stack:
     def _heartbeat_timeout_s(self) -> float:
         """Agents that bootstrap installs heartbeat every 10 s unless told otherwise."""
         timeout = self.config.heartbeat_timeout_s
+        if self.config.vm_hosts:
+            timeout = max(timeout, vm.HEARTBEAT_TIMEOUT_S)
         return timeout if self.agents else max(timeout, BOOTSTRAPPED_HEARTBEAT_TIMEOUT_S)
 
     def _start_controller(self, exports: dict[str, str]) -> None:
@@ -274,7 +305,38 @@ class Stack:
         finally:
             api.close()
 
+    def _fetch_kernels(self) -> None:
+        for version in sorted({h.kernel for h in self.config.vm_hosts if h.kernel is not None}):
+            self.progress(f"kernel {version}: fetching with apt (cached after the first time)")
+            self.kernels[version] = kernel = kernels.fetch(version)
+            self.progress(f"kernel {version}: {kernel.release} in {kernel.root}")
+
+    def _start_vm(self, index: int, spec: HostSpec, api: Api) -> None:
+        config = self.config
+        assert spec.kernel is not None
+        kernel = self.kernels[spec.kernel]
+        root_addr, host_addr = config.addresses(index)
+        self.progress(
+            f"host {spec.name}: VM on {kernel.release} (headers {spec.headers}) at {host_addr}"
+        )
+        host.write_files(config, spec)
+        system.make_tap(config.link(index), root_addr)
+        cgroup = None if self.agents else config.host_cgroup(spec.name)
+        join = api.register(spec, host_addr, cgroup=cgroup)
+        url = vm.tcp_url(config, spec, join["redis_url"]) if self.agents else None
+        host.write_agent_env(config, spec, url)
+        services = []
+        for service in self.services:
+            service.prepare(config, spec, index)
+            services.append(shlex.join(service.command(config, spec, index)))
+        argv = vm.command(config, spec, index, kernel, agent=self.agents, services=services)
+        self.booted[spec.name] = time.monotonic()
+        self._spawn(f"{spec.name}-vm", argv, config.agent_cgroup(spec.name))
+
     def _start_host(self, index: int, spec: HostSpec, api: Api) -> None:
+        if spec.kernel is not None:
+            self._start_vm(index, spec, api)
+            return
         config = self.config
         root_addr, host_addr = config.addresses(index)
         netns = config.netns(spec.name)
@@ -282,6 +344,8 @@ class Stack:
         host.write_files(config, spec)
         system.make_cgroup(config.host_cgroup(spec.name))
         system.make_netns(netns, config.link(index), root_addr, host_addr)
+        if config.redis_port and not self.agents:
+            system.add_route(netns, config.redis_address, root_addr)
         agents = config.agent_cgroup(spec.name)
         holder = self._spawn(f"{spec.name}-ns", host.holder_command(config, spec), agents)
         ready = host.ready_file(config, spec)
@@ -310,9 +374,11 @@ class Stack:
 
     def _wait_services(self) -> None:
         for index, spec in enumerate(self.config.hosts):
+            # A VM's services start after its boot: minutes without KVM.
+            timeout_s = vm.ONLINE_TIMEOUT_S if spec.kernel is not None else 15
             for service in self.services:
                 ready = partial(service.ready, self.config, spec, index)
-                self._wait(f"{spec.name}'s {service.name}", ready, 15)
+                self._wait(f"{spec.name}'s {service.name}", ready, timeout_s)
 
 
 def _private(path: Path, text: str) -> None:

@@ -19,7 +19,7 @@ from node_agent.scope import cgroup2_mount
 log = logging.getLogger(__name__)
 NETNS_DIR = Path("/run/netns")
 # Moves the shell into the cgroup, then becomes the command: the pid stays the same.
-_INTO_CGROUP = 'echo $$ > "$0" && exec "$@"'
+INTO_CGROUP = 'echo $$ > "$0" && exec "$@"'
 
 
 def run(*cmd: str) -> str:
@@ -53,6 +53,18 @@ def make_netns(name: str, link: str, root_addr: str, host_addr: str) -> None:
     run("ip", "-n", name, "addr", "add", f"{host_addr}/30", "dev", "eth0")
     run("ip", "-n", name, "link", "set", "eth0", "up")
     run("ip", "-n", name, "link", "set", "lo", "up")
+
+
+def make_tap(link: str, root_addr: str) -> None:
+    """A tap for a VM host's QEMU (it opens it by name), its root side at `root_addr`/30."""
+    run("ip", "tuntap", "add", "dev", link, "mode", "tap")
+    run("ip", "addr", "add", f"{root_addr}/30", "dev", link)
+    run("ip", "link", "set", link, "up")
+
+
+def add_route(netns: str, address: str, via: str) -> None:
+    """One more address a namespaced host reaches through its veth."""
+    run("ip", "-n", netns, "route", "add", f"{address}/32", "via", via)
 
 
 def remove_netns(name: str, link: str) -> None:
@@ -172,7 +184,7 @@ def spawn(
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as out:
         return subprocess.Popen(
-            ["sh", "-c", _INTO_CGROUP, str(cgroup / "cgroup.procs"), *cmd],
+            ["sh", "-c", INTO_CGROUP, str(cgroup / "cgroup.procs"), *cmd],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -10,9 +10,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from devstack import sshd, system
+from devstack import kernels, sshd, system, vm
 from devstack.api import Api
-from devstack.config import DevstackError, StackConfig, load
+from devstack.config import DevstackError, HostSpec, StackConfig, load
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,9 @@ def down(
 
     progress(f"stopping the stack in {state_dir}")
     config.alive_file.unlink(missing_ok=True)
+    for host in config.vm_hosts:
+        # By its pid file: QEMU may have been left by a crash, outside any cgroup we still know.
+        attempt(f"stopping {host.name}'s QEMU", partial(vm.stop, config, host))
     parent = _cgroup(config.cgroup_parent, errors)
     if parent is not None:
         # Agents first, so that they do not log a broker that went away; then the rest.
@@ -56,6 +59,8 @@ def down(
     for index, host in enumerate(config.hosts):
         netns, link = config.netns(host.name), config.link(index)
         attempt(f"removing netns {netns}", partial(system.remove_netns, netns, link))
+    if config.redis_port:
+        attempt("removing Redis's address", partial(vm.remove_redis_address, config))
     for made in reversed(config.created_dirs):
         attempt(f"removing {made}", partial(_rmdir_if_empty, Path(made)))
     if errors:
@@ -135,12 +140,25 @@ def status(state_dir: Path) -> dict[str, Any] | None:
                 "cgroup": config.host_cgroup(host.name),
                 "workload": host.workload,
                 "workload_processes": len(workload),
-                "agent_running": _running(pids, f"{host.name}-agent", config),
+                "agent_running": _running(pids, f"{host.name}-agent", config)
+                # A VM's agent runs in the guest: its heartbeat is what says it runs.
+                or (host.kernel is not None and known.get(host.name, {}).get("state") == "online"),
                 "sshd_running": _running(pids, f"{host.name}-sshd", config),
                 "state": known.get(host.name, {}).get("state", "unknown"),
+                "vm": _vm(config, host),
             }
         )
     return report
+
+
+def _vm(config: StackConfig, host: HostSpec) -> dict[str, Any] | None:
+    if host.kernel is None:
+        return None
+    return {
+        "kernel": host.kernel,
+        "headers": host.headers,
+        "qemu_pid": kernels.qemu_pid(vm.pidfile(config, host)),
+    }
 
 
 def _running(pids: dict[str, int], name: str, config: StackConfig) -> bool:

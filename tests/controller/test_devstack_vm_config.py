@@ -1,0 +1,111 @@
+"""VM hosts in a stack's config, without booting: the --kernel flag, names, the guest's init
+script, the agent's Redis URL over TCP, the state file `down` reads back after a crash."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devstack import vm
+from devstack.config import DevstackError, HostSpec, StackConfig, demo_hosts, load
+from devstack.harness import redis_conf
+from node_agent.wire import agent_user
+
+
+def test_each_kernel_flag_is_one_vm_host() -> None:
+    specs = vm.parse_kernels(["6.1", "6.12:none", "6.1:approximate"])
+    assert [(s.name, s.kernel, s.headers) for s in specs] == [
+        ("k61-1", "6.1", "exact"),
+        ("k612-1", "6.12", "none"),
+        ("k61-2", "6.1", "approximate"),
+    ]
+    assert specs[1].labels == {"role": "vm", "kernel": "6.12"}
+
+
+@pytest.mark.parametrize(
+    ("flag", "error"),
+    [
+        ("5.10", r"unknown kernel '5\.10': known kernels are 6\.1, 6\.12$"),
+        ("6.1:kheaders", r"--kernel 6\.1:kheaders: headers 'kheaders' not in exact, approximate"),
+        ("", r"unknown kernel ''"),
+    ],
+)
+def test_a_bad_kernel_flag_is_one_line(flag: str, error: str) -> None:
+    with pytest.raises(DevstackError, match=error):
+        vm.parse_kernels([flag])
+
+
+def test_dev_up_with_an_unknown_kernel_exits_with_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "controller.cli.main", "dev", "up", "--kernel", "5.10"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"FLEETTRACE_DEV_STATE": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "fleettrace dev: error: unknown kernel '5.10': known kernels are 6.1, 6.12"
+    ]
+
+
+def test_a_state_file_keeps_the_vm_hosts(tmp_path: Path) -> None:
+    hosts = (*demo_hosts(1), *vm.parse_kernels(["6.12:none"]))
+    StackConfig(state_dir=tmp_path, hosts=hosts, redis_port=6390).save()
+    again = load(tmp_path)
+    assert again is not None
+    assert again.vm_hosts == (HostSpec("k612-1", hosts[1].labels, kernel="6.12", headers="none"),)
+    assert again.redis_port == 6390
+    with pytest.raises(DevstackError, match=r"host bad: unknown kernel '4\.19'"):
+        StackConfig(state_dir=tmp_path, hosts=(HostSpec("bad", {}, kernel="4.19"),))
+
+
+def test_the_vms_agent_gets_its_own_identity_over_tcp(tmp_path: Path) -> None:
+    config = StackConfig(
+        state_dir=tmp_path, hosts=vm.parse_kernels(["6.1"]), subnet=7, redis_port=41234
+    )
+    user = agent_user("k61-1")
+    join = f"unix://{user}:s3cret-Token_x@{config.redis_socket}"
+    assert vm.tcp_url(config, config.hosts[0], join) == (
+        f"redis://{user}:s3cret-Token_x@10.250.7.254:41234/0"
+    )
+    assert vm.agents_redis_url(config) == "redis://10.250.7.254:41234/0"
+    with pytest.raises(DevstackError, match="no secret"):
+        vm.tcp_url(config, config.hosts[0], f"unix://{config.redis_socket}")
+    # Redis listens there, with the unix socket the namespaced hosts keep.
+    conf = redis_conf(
+        data_dir=tmp_path,
+        sock=config.redis_socket,
+        password="p",
+        aof=False,
+        tcp=("10.250.7.254", 41234),
+    )
+    assert "bind 10.250.7.254\nport 41234\n" in conf and "port 0" not in conf
+    assert f"unixsocket {config.redis_socket}" in conf
+
+
+def test_the_guest_init_sets_up_what_a_namespaced_host_has(tmp_path: Path) -> None:
+    config = StackConfig(state_dir=tmp_path, hosts=(*demo_hosts(1), *vm.parse_kernels(["6.1"])))
+    script = vm.guest_script(config, config.hosts[1], 1, agent=True, services=["sshd -D"])
+    lines = script.splitlines()
+    assert "modprobe virtio_net" in lines
+    assert 'ip addr add 10.250.0.6/30 dev "$dev" && ip link set "$dev" up' in lines
+    assert "ip route add default via 10.250.0.5" in lines
+    # The workload in the host's cgroup; the agent, confined to it, and sshd beside it.
+    assert any(
+        f"/sys/fs/cgroup/{config.host_cgroup('k61-1')}/cgroup.procs" in line
+        and "workload.py web-moderate" in line
+        for line in lines
+    )
+    assert f"echo $$ > /sys/fs/cgroup/{config.agent_cgroup('k61-1')}/cgroup.procs" in lines
+    assert "sshd -D &" in lines
+    (agent,) = [line for line in lines if "worker --host k61-1" in line]
+    assert agent.startswith("FLEETTRACE_HEARTBEAT_S=2 ") and agent.endswith(" &")
+    assert f"--cgroup {config.host_cgroup('k61-1')}" in agent
+    assert lines[-1] == f"while [ -e {config.alive_file} ]; do sleep 1; done"
+    bare = vm.guest_script(config, config.hosts[1], 1, agent=False, services=[])
+    assert "worker --host" not in bare
