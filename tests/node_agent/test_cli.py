@@ -100,7 +100,12 @@ def test_probe_reports_the_installed_bpftrace_and_its_version() -> None:
     assert caps["features"]["bpftrace"] is True
     assert "bpftrace" not in caps["feature_errors"]
     support = {p["program"]: p for p in caps["programs"]}
-    assert support["bpftrace"] == {"program": "bpftrace", "supported": True, "reason": None}
+    assert support["bpftrace"] == {
+        "program": "bpftrace",
+        "supported": True,
+        "reason": None,
+        "attach": {},  # bpftrace has no attach options of its own
+    }
 
 
 @pytest.mark.bcc

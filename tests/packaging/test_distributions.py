@@ -106,7 +106,9 @@ def test_one_version_everywhere(wheels: Wheels) -> None:
     assert [r for r in controller_needs if r.startswith("fleettrace")] == [
         f"fleettrace-agent=={version}"
     ]
-    assert wheel_metadata(wheels.dev) == (version, [f"fleettrace=={version}"])
+    dev_version, dev_needs = wheel_metadata(wheels.dev)
+    assert dev_version == version
+    assert [r for r in dev_needs if r.startswith("fleettrace")] == [f"fleettrace=={version}"]
 
 
 def test_the_dev_wheel_holds_devstack_only(wheels: Wheels) -> None:
