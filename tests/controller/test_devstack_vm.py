@@ -28,7 +28,7 @@ from devstack.config import HostSpec, StackConfig, private_config
 from tests.controller.support import wait_for
 from tests.node_agent.programs import known_workloads as known
 
-pytestmark = [pytest.mark.vm, pytest.mark.bcc, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.vm, pytest.mark.slow_vm, pytest.mark.bcc, pytest.mark.timeout(1800)]
 
 NAMESPACED = HostSpec("web-1", {"role": "web"}, "web-moderate")
 (VM,) = vm.parse_kernels(["6.1"])

@@ -20,7 +20,7 @@ from devstack import kernels
 from tests.controller.vm_support import run_in_vm
 from tests.node_agent.headers import kheaders_module
 
-pytestmark = [pytest.mark.vm, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.vm, pytest.mark.slow_vm, pytest.mark.timeout(900)]
 GUEST = Path(__file__).with_name("vm_guest.py")
 CALLS = 1234  # getppid calls the workload makes while traced
 
