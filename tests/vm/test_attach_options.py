@@ -23,7 +23,8 @@ import pytest
 from devstack import kernels
 from tests.controller.vm_support import booted
 
-pytestmark = [pytest.mark.vm, pytest.mark.slow_vm, pytest.mark.timeout(2700)]  # with waiting for the VM lock
+# The timeout covers waiting for the VM lock.
+pytestmark = [pytest.mark.vm, pytest.mark.slow_vm, pytest.mark.timeout(2700)]
 
 REPO = Path(__file__).resolve().parents[2]
 VM_LOCK = Path("/tmp/ft-vm.lock")
