@@ -118,8 +118,8 @@ def bad_cases() -> list[tuple[str, dict[str, str], str, str]]:
         ("not a choice", {"program": "runqlat", "params_per": "host"}, "params.per",
          "params.per: 'host' is not one of none, pid, cgroup"),
         ("unknown param", {"params_bogus": "1"}, "params.bogus",
-         "params.bogus: unknown parameter (this program takes: frequency, kernel, user, idle,"
-         " stack_entries)"),
+         "params.bogus: unknown parameter (this program takes: frequency, kernel, user,"
+         " stack_entries, idle)"),
         ("unknown program", {"program": "nope"}, "program", "unknown program 'nope' (known: "),
         ("bad duration", {"duration": "10 parsecs"}, "duration_s",
          "bad duration '10 parsecs' (use e.g. 10s, 500ms, 2m, 1h)"),
