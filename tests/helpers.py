@@ -81,33 +81,46 @@ def run_trace(
     request: TraceRequest,
     workload: Callable[[], None] | None = None,
     *,
-    start_after: Callable[[], bool] | None = None,
     on_final: Callable[[], None] | None = None,
+    end_when_done: bool = False,
     **runner_kwargs: object,
 ) -> TraceOutcome:
     """Run a trace; start `workload` in a thread once the program is attached (and call
-    `on_final`, e.g. to stop an endless workload, when the run ends)."""
+    `on_final`, e.g. to stop an endless workload, when the run ends). With `end_when_done`,
+    the trace is stopped (as a cancel: final snapshot, state cancelled) once `workload`
+    returns or raises, instead of running its whole duration."""
     outcome_events: list[RunEvent] = []
-    attached = threading.Event()
+    attached, ended = threading.Event(), threading.Event()
 
     def on_event(event: RunEvent) -> None:
         outcome_events.append(event)
         if isinstance(event, StateChange) and event.state.value == "running":
             attached.set()
-        if isinstance(event, StateChange) and event.state.final and on_final is not None:
-            on_final()
+        if isinstance(event, StateChange) and event.state.final:
+            ended.set()
+            attached.set()
+            if on_final is not None:
+                on_final()
 
     runner = TraceRunner(request, on_event, **runner_kwargs)  # type: ignore[arg-type]
     worker: threading.Thread | None = None
     if workload is not None:
 
         def delayed() -> None:
-            if attached.wait(timeout=120):
-                workload()
+            try:
+                # No bound of its own: the runner's compile timeout ends a run that never
+                # attaches, and run() returning sets `attached`.
+                attached.wait()
+                if not ended.is_set():
+                    workload()
+            finally:
+                if end_when_done:
+                    runner.cancel()
 
         worker = threading.Thread(target=delayed, daemon=True)
         worker.start()
     final = runner.run()
+    ended.set()
     attached.set()
     if worker is not None:
         worker.join(timeout=60)

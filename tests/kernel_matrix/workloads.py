@@ -1,8 +1,9 @@
 """Known-answer workloads for every catalog program, one case per program.
 
 Each case starts its processes waiting (their start-up is not traced), names the request
-that traces them, releases them once the program is attached, and judges the answer: exact
-counts where the kernel makes them exact. They reuse the workloads of the per-program tests
+that traces them, releases them once the program is attached (the trace ends when the
+release returns, that is when the work is done), and judges the answer: exact counts where
+the kernel makes them exact. They reuse the workloads of the per-program tests
 (tests/node_agent/programs/), smaller, as a guest under emulation is slow.
 """
 
@@ -49,8 +50,8 @@ class Verdict:
 class Setup:
     """One program's trace: what to ask for, what to release once attached, how to judge."""
 
-    fields: dict[str, Any]  # TraceRequest fields beyond program and run_id
-    release: Callable[[], None]
+    fields: dict[str, Any]  # TraceRequest fields beyond program, run_id and duration_s
+    release: Callable[[], None]  # starts the work and returns when it is done
     judge: Callable[[TraceOutcome], Verdict]
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
     finalizers: list[Callable[[], None]] = field(default_factory=list)
@@ -100,8 +101,8 @@ def between(answer: int, low: int, high: int) -> Verdict:
 
 
 def scoped(proc: subprocess.Popen[str], judge: Callable[[TraceOutcome], Verdict]) -> Setup:
-    """A 2 s trace of one waiting process, scoped to its pid."""
-    return Setup({"duration_s": 2, "scope": Scope(pid=proc.pid)}, released(proc), judge, [proc])
+    """A trace of one waiting process, scoped to its pid."""
+    return Setup({"scope": Scope(pid=proc.pid)}, released(proc), judge, [proc])
 
 
 @case("syscalls")
@@ -165,7 +166,7 @@ def execs(ctx: Context) -> Setup:
     def judge(outcome: TraceOutcome) -> Verdict:
         return exact(row_value(outcome.table("execs"), comm=binary.name), M)
 
-    fields = {"duration_s": 2, "scope": Scope(comm=binary.name), "params": {"samples": False}}
+    fields = {"scope": Scope(comm=binary.name), "params": {"samples": False}}
     return Setup(fields, released(child), judge, [child])
 
 
@@ -228,13 +229,32 @@ def biolatency(ctx: Context) -> Setup:
 
     # Not scoped: on some kernels the writer's requests are issued from a kernel worker (the
     # scope_note), and the disk is the runner's alone, so its count is the writer's.
-    return Setup({"duration_s": 2}, released(writer), judge, [writer], finalizers)
+    return Setup({}, released(writer), judge, [writer], finalizers)
+
+
+# tests/node_agent/programs/test_cpu_profile.py's helper exits when its spin ends, but the
+# trace now ends when the work is done, and stacks are symbolized then: the process must
+# still be there. This one says it is done, then waits for its stdin to close.
+_SPIN_END = "return (int)(total & 1);"
+assert _SPIN_END in HELPER_C, "test_cpu_profile.HELPER_C changed: adapt BUSY_THEN_WAIT_C"
+BUSY_THEN_WAIT_C = HELPER_C.replace(
+    _SPIN_END,
+    'printf("done %lu\\n", total & 1);\n    fflush(stdout);\n'
+    "    while (fgets(line, sizeof line, stdin)) {}\n    return 0;",
+)
 
 
 @case("cpu_profile")
 def cpu_profile(ctx: Context) -> Setup:
-    helper = compile_c(HELPER_C, ctx.tmp / "ft_busy")  # spins in BUSY for 3 s after a line
-    proc = subprocess.Popen([str(helper)], stdin=subprocess.PIPE, text=True)
+    helper = compile_c(BUSY_THEN_WAIT_C, ctx.tmp / "ft_busy")  # spins in BUSY for 3 s
+    proc = subprocess.Popen([str(helper)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def release() -> None:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        said = proc.stdout.readline()
+        assert said.startswith("done"), f"the busy helper said {said!r}"
 
     def judge(outcome: TraceOutcome) -> Verdict:
         stacks = outcome.stacks().stacks
@@ -246,9 +266,8 @@ def cpu_profile(ctx: Context) -> Setup:
         ok = top is not None and top.startswith(BUSY) and share >= MIN_BUSY_SHARE
         return Verdict(ok, answer, {"top": BUSY, "busy share": f">= {MIN_BUSY_SHARE}"})
 
-    setup = scoped(proc, judge)
-    setup.fields["params"] = {"frequency": 99, "kernel": False}
-    return setup
+    fields = {"scope": Scope(pid=proc.pid), "params": {"frequency": 99, "kernel": False}}
+    return Setup(fields, release, judge, [proc])
 
 
 @case("tcp_retransmits")
@@ -278,8 +297,7 @@ def tcp_retransmits(ctx: Context) -> Setup:
         expected = seen.get("RetransSegs", "the workload did not finish")
         return Verdict(answer == expected and answer >= 1, answer, expected)
 
-    fields = {"duration_s": 3, "params": {"port": SERVER_PORT}}  # after the 1 s SYN RTO
-    return Setup(fields, release, judge, [proc])
+    return Setup({"params": {"port": SERVER_PORT}}, release, judge, [proc])
 
 
 @case("custom")
@@ -321,7 +339,6 @@ def _known(
     stack: ExitStack,
     workload: known.Workload,
     check: Callable[[Snapshot], list[str]],
-    duration_s: float,
 ) -> Setup:
     """A tests/node_agent/programs/known_workloads workload, scoped to its pid."""
 
@@ -329,7 +346,7 @@ def _known(
         problems = check(outcome.last)
         return Verdict(not problems, problems or "as the workload made it", [])
 
-    fields = {"duration_s": duration_s, "scope": Scope(pid=workload.pid)}
+    fields = {"scope": Scope(pid=workload.pid)}
 
     def release() -> None:
         workload.go()
@@ -344,7 +361,7 @@ def tcpconnlat(ctx: Context) -> Setup:
         w = stack.enter_context(known.started(known.connects_argv(ns, CONNECT_PORT, CONNECTS)))
         stack.callback(w.end)
         check = partial(known.check_connects, pid=w.pid, comm=w.comm, port=CONNECT_PORT, n=CONNECTS)
-        return _known(stack.pop_all(), w, check, 5)  # a dropped SYN waits the 1 s RTO
+        return _known(stack.pop_all(), w, check)
 
 
 @case("offcputime")
@@ -352,7 +369,7 @@ def offcputime(ctx: Context) -> Setup:
     with ExitStack() as stack:
         w = stack.enter_context(known.started([str(known.naps_binary(ctx.tmp)), str(NAPS)]))
         stack.callback(w.end)
-        return _known(stack.pop_all(), w, partial(known.check_naps, comm=w.comm, n=NAPS), 3)
+        return _known(stack.pop_all(), w, partial(known.check_naps, comm=w.comm, n=NAPS))
 
 
 @case("vfs_latency")
@@ -364,4 +381,4 @@ def vfs_latency(ctx: Context) -> Setup:
         w = stack.enter_context(known.started(argv))
         stack.callback(w.end)
         check = partial(known.check_file_io, reads=FILE_READS, writes=FILE_WRITES)
-        return _known(stack.pop_all(), w, check, 3)
+        return _known(stack.pop_all(), w, check)
