@@ -145,7 +145,14 @@ def probe_features() -> tuple[dict[Feature, bool], dict[Feature, str]]:
     def fentry() -> None:
         if not features[Feature.btf]:
             raise RuntimeError("fentry needs kernel BTF")
-        BPF(text=FENTRY_PROBE).cleanup()
+        try:
+            BPF(text=FENTRY_PROBE).cleanup()
+        except Exception as exc:
+            # bcc words every EPERM as "Need super-user privileges", but the probe runs as
+            # root: the kernel itself refuses (no BPF trampoline, or a policy such as lockdown).
+            if os.geteuid() == 0 and "super-user" in str(exc):
+                raise RuntimeError("the kernel refused to load an fentry program") from exc
+            raise
 
     features[Feature.fentry] = _try(errors, Feature.fentry, fentry)
     return features, errors
