@@ -172,21 +172,43 @@ def execs(ctx: Context) -> Setup:
 
 @case("runqlat")
 def runqlat(ctx: Context) -> Setup:
-    # Real-time: no CFS task preempts it, so beside the compiles on every vCPU its run-queue
-    # waits are its wakeups, not those plus an unknowable number of preemptions.
-    fifo = "import os\nos.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))\n"
-    child = spawn_waiting(
-        f"{fifo}import sys, time\nsys.stdin.readline()\n"
+    # Every run-queue wait follows a switch out (a sleep, or a preemption), so the known
+    # answer is the workload's own count of context switches (getrusage) from just before it
+    # blocks on stdin, across its naps. Under emulation preemptions are many and unknowable
+    # in advance; the kernel's counter says how many there were. Real-time, so fewer of them.
+    script = (
+        "import os, resource, sys, time\n"
+        "os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))\n"
+        "def switches():\n"
+        "    r = resource.getrusage(resource.RUSAGE_SELF)\n"
+        "    return r.ru_nvcsw + r.ru_nivcsw\n"
+        "before = switches()\n"
+        "sys.stdin.readline()\n"
         f"for _ in range({SLEEPS}): time.sleep(0.001)\n"
+        "print(switches() - before, flush=True)\n"
     )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    said: dict[str, int] = {}
+
+    def release() -> None:
+        out, _ = child.communicate("go\n", timeout=120)
+        said["switches"] = int(out.split()[-1])
 
     def judge(outcome: TraceOutcome) -> Verdict:
-        # One wait per wakeup, plus the stdin wakeup; a sleep whose deadline passed before it
-        # blocked has none (tests/node_agent/programs/test_runqlat.py).
         total = sum(h.total for h in outcome.histograms())
-        return between(total, SLEEPS * 9 // 10, SLEEPS + SLEEPS // 5)
+        switches = said.get("switches")
+        if switches is None:
+            return Verdict(False, total, "the workload did not say its context switches")
+        # A wait per switch out; up to two more on its way out after it counted (at exit).
+        return Verdict(
+            switches <= total <= switches + 2 and switches >= SLEEPS // 2,
+            total,
+            f"{switches}..{switches + 2} (its context switches)",
+        )
 
-    return scoped(child, judge)
+    return Setup({"scope": Scope(pid=child.pid)}, release, judge, [child])
 
 
 def loop_device(backing: Path, size: int) -> Path:
