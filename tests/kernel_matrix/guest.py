@@ -4,8 +4,9 @@ known-answer workload, and write one JSON line per program as it ends.
 
     python -m tests.kernel_matrix.guest --out results.jsonl [--block-dev /dev/vda]
 
-Lines: {"type": "start"}, one {"type": "program"} per catalog program (a program without
-a workload in workloads.CASES fails), {"type": "probe"} with the capability report, and
+Lines: {"type": "start"}, one {"type": "program"} per row of workloads.rows() (each catalog
+program, and its costlier attach options forced; a program without a workload in
+workloads.CASES fails), {"type": "probe"} with the capability report, and
 {"type": "end"}. The host side (test_matrix.py) judges them.
 """
 
@@ -29,7 +30,7 @@ from node_agent.protocol import HostCapabilities, Limits, RunState, TraceRequest
 from node_agent.runner import ChildPool
 from node_agent.zygote import Zygote
 from tests.helpers import TraceOutcome, run_trace
-from tests.kernel_matrix.workloads import CASES, Context, Setup
+from tests.kernel_matrix.workloads import CASES, Context, Row, Setup, rows
 
 log = logging.getLogger("kernel_matrix.guest")
 PROBE = (sys.executable, "-m", "node_agent.cli", "probe", "--allow-custom", "--allow-bpftrace")
@@ -79,18 +80,21 @@ def _timings(outcome: TraceOutcome) -> dict[str, Any]:
 
 
 def _judged(
-    name: str, setup: Setup, pool: ChildPool, capabilities: HostCapabilities | None
+    row: Row, setup: Setup, pool: ChildPool, capabilities: HostCapabilities | None
 ) -> dict[str, Any]:
     # The trace ends when its workload is done (a stop: final snapshot, state cancelled), not
     # after a duration sized for a real machine: under emulation five fork+execs or
     # bpftrace's exit print can take longer than a real host's whole trace. The duration is
     # only the bound for a workload that never ends.
+    fields = {**setup.fields, "duration_s": WORKLOAD_BOUND_S}
+    if row.attach is not None:
+        fields["params"] = {**fields.get("params", {}), "attach": row.attach}
     request = TraceRequest(
-        run_id=f"matrix-{name}",
-        program=name,
+        run_id=f"matrix-{row.program}-{row.attach or 'auto'}",
+        program=row.program,
         limits=Limits(overhead_pct=None),  # emulation would trip any real budget
         grace_s=GRACE_S,
-        **{**setup.fields, "duration_s": WORKLOAD_BOUND_S},
+        **fields,
     )
     outcome = run_trace(
         request,
@@ -119,26 +123,31 @@ def _judged(
 
 
 def run_program(
-    name: str, ctx: Context, pool: ChildPool, probed: Future[dict[str, Any]]
+    row: Row, ctx: Context, pool: ChildPool, probed: Future[dict[str, Any]]
 ) -> dict[str, Any]:
-    """One program on its workload, never raising: whatever goes wrong is its record.
+    """One row's program on its workload, never raising: whatever goes wrong is its record.
 
     As the worker does, a program with attach options is given the probe's capabilities
-    (it picks the option by them); the others start beside the probe."""
+    (it picks the option by them, or checks the forced one); the others start beside the
+    probe."""
     started = time.monotonic()
+    name = row.name
     record: dict[str, Any] = {"type": "program", "program": name, "kernel": platform.release()}
-    make = CASES.get(name)
+    make = CASES.get(row.program)
     if make is None:
         reason = "no known-answer workload for it in tests/kernel_matrix/workloads.py"
         return {**record, "status": "failed", "reason": reason}
     log.info("%s: starting", name)
+    # Rows of one program run at once: each builds its helpers in a directory of its own.
+    own = Context(tmp=ctx.tmp / name.replace(" ", "_"), block_dev=ctx.block_dev)
+    own.tmp.mkdir()
     try:
-        setup = make(ctx)
+        setup = make(own)
     except Exception as exc:
         return {**record, "status": "failed", "reason": f"workload setup failed: {exc!r}"}
     try:
-        capabilities = _capabilities(probed) if get_program(name).attach else None
-        record.update(_judged(name, setup, pool, capabilities))
+        capabilities = _capabilities(probed) if get_program(row.program).attach else None
+        record.update(_judged(row, setup, pool, capabilities))
     except Exception as exc:
         record.update(status="failed", reason=f"the runner raised {exc!r}")
     finally:
@@ -175,15 +184,16 @@ def run(lines: Lines, ctx: Context, *, jobs: int, only: list[str] | None = None)
     started = time.monotonic()
     lines.write({"type": "start", "kernel": platform.release(), "time": time.time()})
     # Those waiting for the probe last: the others' compiles overlap it.
-    names = sorted(
-        (n for n in catalog() if not only or n in only), key=lambda n: bool(catalog()[n].attach)
+    chosen = sorted(
+        (r for r in rows() if not only or r.program in only),
+        key=lambda r: bool(catalog()[r.program].attach),
     )
     pool = ChildPool(Zygote.spawn())
     try:
         with ThreadPoolExecutor(max_workers=jobs + 1) as executor:
             probed = executor.submit(probe)  # beside the traces: it is the slowest part
             with ThreadPoolExecutor(max_workers=jobs) as traces:
-                runs = [traces.submit(run_program, n, ctx, pool, probed) for n in names]
+                runs = [traces.submit(run_program, r, ctx, pool, probed) for r in chosen]
                 for done in as_completed(runs):
                     lines.write(done.result())
             lines.write(probed.result())

@@ -11,6 +11,7 @@ from typing import Any
 
 from node_agent.protocol import Feature
 from tests.kernel_matrix.vm import GuestRun
+from tests.kernel_matrix.workloads import Row
 
 ARTIFACT = Path(__file__).resolve().parents[2] / "test-artifacts" / "kernel-matrix.md"
 CELL_CHARS = 160
@@ -33,7 +34,7 @@ def why_unnamed(reason: str) -> bool:
     return not reason.strip() or NAMED.search(reason) is None
 
 
-def problems(run: GuestRun, programs: list[str]) -> list[str]:
+def problems(run: GuestRun, rows: list[Row]) -> list[str]:
     """Everything wrong with one kernel's run, each said with the evidence (empty: right)."""
     if run.timed_out:
         return [
@@ -49,12 +50,24 @@ def problems(run: GuestRun, programs: list[str]) -> list[str]:
         return [f"{run.kernel}: no capability report: {probe.get('error')}"]
     support = {p["program"]: p for p in run.capabilities()["programs"]}
     found = run.programs()
-    wrong = [f"{run.kernel}: no line for {n}" for n in programs if n not in found]
-    for name in programs:
-        record = found.get(name)
+    wrong = [f"{run.kernel}: no line for {r.name}" for r in rows if r.name not in found]
+    for row in rows:
+        record = found.get(row.name)
         if record is not None:
-            wrong += _program_problems(run.kernel, record, support.get(name, {}))
+            said = row_support(support.get(row.program, {}), row)
+            wrong += _program_problems(run.kernel, record, said)
     return wrong
+
+
+def row_support(program: dict[str, Any], row: Row) -> dict[str, Any]:
+    """The probe's word on a row: the program's, or for a forced option, that option's."""
+    if row.attach is None or not program.get("supported"):
+        return program
+    options: dict[str, str | None] = program.get("attach") or {}
+    if row.attach not in options:
+        return {"supported": False, "reason": f"the probe lists no option {row.attach}"}
+    reason = options[row.attach]
+    return {"supported": reason is None, "reason": reason}
 
 
 def _program_problems(kernel: str, record: dict[str, Any], support: dict[str, Any]) -> list[str]:
@@ -99,7 +112,7 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} s"
 
 
-def markdown(columns: list[Column], programs: list[str], wall_s: float, lock_wait_s: float) -> str:
+def markdown(columns: list[Column], rows: list[Row], wall_s: float, lock_wait_s: float) -> str:
     titles = [c.title for c in columns]
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
@@ -107,7 +120,8 @@ def markdown(columns: list[Column], programs: list[str], wall_s: float, lock_wai
         "",
         f"Written by `tests/kernel_matrix/test_matrix.py` on {stamp}."
         " Each program ran through the agent's runner on a workload whose answer is known;"
-        " a cell is `ok` (the right answer; the attach point a program with options picked;"
+        " a cell is `ok` (the right answer; the attach point a program with options picked,"
+        " or was given in `attach=`;"
         " compile+attach seconds), or `unsupported` with the reason, or **FAILED**."
         " VM columns ran **under software emulation** (QEMU without KVM): their times"
         " measure QEMU, not the programs.",
@@ -115,9 +129,9 @@ def markdown(columns: list[Column], programs: list[str], wall_s: float, lock_wai
         "| program | " + " | ".join(titles) + " |",
         "|---|" + "---|" * len(titles),
     ]
-    for name in programs:
-        cells = [_cell(c.run.programs().get(name)) for c in columns]
-        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    for row in rows:
+        cells = [_cell(c.run.programs().get(row.name)) for c in columns]
+        lines.append(f"| `{row.name}` | " + " | ".join(cells) + " |")
     lines += [
         "",
         "| kernel | headers | launch to runner start | probe | runner (all programs)"
@@ -139,9 +153,7 @@ def markdown(columns: list[Column], programs: list[str], wall_s: float, lock_wai
     return "\n".join(lines)
 
 
-def write(
-    columns: list[Column], programs: list[str], wall_s: float, lock_wait_s: float = 0.0
-) -> Path:
+def write(columns: list[Column], rows: list[Row], wall_s: float, lock_wait_s: float = 0.0) -> Path:
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
-    ARTIFACT.write_text(markdown(columns, programs, wall_s, lock_wait_s))
+    ARTIFACT.write_text(markdown(columns, rows, wall_s, lock_wait_s))
     return ARTIFACT

@@ -25,6 +25,7 @@ from devstack import kernels
 from node_agent.programs import catalog
 from tests.kernel_matrix import vm
 from tests.kernel_matrix.table import Column, problems, write
+from tests.kernel_matrix.workloads import rows
 
 pytestmark = [pytest.mark.kernel_matrix, pytest.mark.timeout(1800)]  # with the VM lock's wait
 
@@ -32,7 +33,7 @@ VM_LOCK = Path("/tmp/ft-vm.lock")
 HOST_TIMEOUT_S = 300.0
 GUEST_TIMEOUT_S = 900.0  # 6.12 under emulation on a busy 2-CPU machine: 526 s
 HUNG_TIMEOUT_S = 90.0  # a boot is up in well under this, even emulated
-PROGRAMS = list(catalog())
+ROWS = rows()
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Matrix:
     def add(self, column: Column) -> None:
         """Keep a kernel's column and rewrite the table with every column so far."""
         self.columns.append(column)
-        write(self.columns, PROGRAMS, time.monotonic() - self.started, self.lock_wait_s)
+        write(self.columns, ROWS, time.monotonic() - self.started, self.lock_wait_s)
 
     def vm_lock(self) -> None:
         """The VM lock, from the first boot to the module's end: the boots one after another."""
@@ -65,7 +66,7 @@ def matrix() -> Iterator[Matrix]:
 
 
 def _failure(run: vm.GuestRun) -> str:
-    return "\n".join(problems(run, PROGRAMS))
+    return "\n".join(problems(run, ROWS))
 
 
 @pytest.mark.bcc
@@ -73,7 +74,7 @@ def test_this_hosts_kernel(matrix: Matrix, tmp_path: Path) -> None:
     run = vm.run_on_host(tmp_path / "share", timeout_s=HOST_TIMEOUT_S)
     matrix.add(Column(f"{platform.release()} (this host)", run, emulated=False))
     assert run.release() == platform.release()
-    assert problems(run, PROGRAMS) == [], _failure(run)
+    assert problems(run, ROWS) == [], _failure(run)
 
 
 def _boot(matrix: Matrix, version: str, headers: kernels.HeadersMode, tmp: Path) -> vm.GuestRun:
@@ -93,8 +94,15 @@ def _boot(matrix: Matrix, version: str, headers: kernels.HeadersMode, tmp: Path)
 def test_a_vm_kernel(matrix: Matrix, version: str, tmp_path: Path) -> None:
     run = _boot(matrix, version, "exact", tmp_path)
     matrix.add(Column(f"{run.release() or version} (VM)", run, emulated=True))
-    assert problems(run, PROGRAMS) == [], _failure(run)
+    assert problems(run, ROWS) == [], _failure(run)
     assert run.capabilities()["headers"] == "exact"
+    # Debian's kernels with their own headers have every feature: nothing is unsupported,
+    # every attach option of every program ran there, each by the point it names.
+    for row in ROWS:
+        record = run.programs()[row.name]
+        assert record["status"] == "ok", record
+        if row.attach is not None:
+            assert str(record["attach"]).startswith(f"{row.attach}:"), record
 
 
 @pytest.mark.vm
@@ -103,7 +111,7 @@ def test_no_headers_names_the_tree_and_the_package(matrix: Matrix, tmp_path: Pat
     run = _boot(matrix, "6.1", "none", tmp_path)
     release = run.release() or "6.1"
     matrix.add(Column(f"{release}, no headers (VM)", run, emulated=True))
-    assert problems(run, PROGRAMS) == [], _failure(run)
+    assert problems(run, ROWS) == [], _failure(run)
     caps = run.capabilities()
     build, package = f"/lib/modules/{release}/build", f"linux-headers-{release}"
     assert caps["headers"] == "none", caps
@@ -129,7 +137,7 @@ def test_a_hung_guest_fails_with_its_last_output_and_leaves_nothing(
         kernel, modules, share, timeout_s=HUNG_TIMEOUT_S, name="matrix-hung", command=hang
     )
     assert run.timed_out
-    (said,) = problems(run, PROGRAMS)
+    (said,) = problems(run, ROWS)
     assert f"did not finish within {HUNG_TIMEOUT_S:g} s" in said
     assert "the guest began, then hung" in said
     assert kernels.qemu_pid(share / "qemu.pid") is None

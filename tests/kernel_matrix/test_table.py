@@ -9,6 +9,7 @@ import pytest
 
 from tests.kernel_matrix.table import Column, markdown, problems
 from tests.kernel_matrix.vm import GuestRun
+from tests.kernel_matrix.workloads import Row
 
 
 def _run(status: str, reason: str = "", supported: bool = True, **extra: Any) -> GuestRun:
@@ -38,7 +39,7 @@ def _run(status: str, reason: str = "", supported: bool = True, **extra: Any) ->
     ],
 )
 def test_a_program_line_is_judged(run: GuestRun, wrong: str | None) -> None:
-    found = problems(run, ["p"])
+    found = problems(run, [Row("p")])
     if wrong is None:
         assert found == []
     else:
@@ -46,19 +47,46 @@ def test_a_program_line_is_judged(run: GuestRun, wrong: str | None) -> None:
 
 
 def test_a_missing_program_a_hang_and_a_cut_run_are_problems() -> None:
-    assert problems(_run("ok"), ["p", "q"]) == ["6.1: no line for q"]
+    assert problems(_run("ok"), [Row("p"), Row("q")]) == ["6.1: no line for q"]
     hung = GuestRun("6.1", log_tail="last words", timed_out=True, timeout_s=90)
-    (said,) = problems(hung, ["p"])
+    (said,) = problems(hung, [Row("p")])
     assert "did not finish within 90 s" in said and "last words" in said
     cut = _run("ok")
     cut.records.pop()  # no end line: the guest died (QEMU killed, a panic)
-    (said,) = problems(cut, ["p"])
+    (said,) = problems(cut, [Row("p")])
     assert "without its last line" in said
 
 
 def test_the_table_escapes_and_bounds_what_a_guest_wrote() -> None:
     hostile = _run("unsupported", "no /x | y " + "z" * 500, supported=False)
-    text = markdown([Column("6.1 (VM)", hostile, emulated=True)], ["p"], 10.0, 0.0)
+    text = markdown([Column("6.1 (VM)", hostile, emulated=True)], [Row("p")], 10.0, 0.0)
     row = next(line for line in text.splitlines() if line.startswith("| `p`"))
     assert "\\|" in row and len(row) < 200
     assert "(emulated)" in text and "under software emulation" in text
+
+
+def _forced(status: str, reason: str = "") -> GuestRun:
+    """A line for `p attach=kprobe`, on a host whose probe has fentry but not kprobes."""
+    options = {"fentry": None, "kprobe": "needs kprobes (no /sys/kernel/tracing/kprobe_events)"}
+    support = {"program": "p", "supported": True, "reason": None, "attach": options}
+    line = {"type": "program", "program": "p attach=kprobe", "status": status, "reason": reason}
+    records = [
+        {"type": "start", "kernel": "6.18"},
+        line,
+        {"type": "probe", "seconds": 5, "capabilities": {"programs": [support]}},
+        {"type": "end", "seconds": 9},
+    ]
+    return GuestRun("6.18", records=records, timeout_s=600)
+
+
+def test_a_forced_option_is_judged_by_the_probes_word_on_that_option() -> None:
+    row = Row("p", "kprobe")
+    assert row.name == "p attach=kprobe"
+    said = "unsupported: needs kprobes (no /sys/kernel/tracing/kprobe_events)"
+    assert problems(_forced("unsupported", said), [row]) == []
+    (wrong,) = problems(_forced("ok"), [row])
+    assert "the probe says unsupported: needs kprobes" in wrong
+    fentry = _forced("unsupported", "needs fentry")
+    fentry.records[1]["program"] = "p attach=fentry"
+    (wrong,) = problems(fentry, [Row("p", "fentry")])
+    assert "the probe says supported" in wrong

@@ -9,6 +9,7 @@ the kernel makes them exact. They reuse the workloads of the per-program tests
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -73,6 +74,30 @@ class Context:
 
 Case = Callable[[Context], Setup]
 CASES: dict[str, Case] = {}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the matrix: a program as `auto` attaches it, or with one option forced."""
+
+    program: str
+    attach: str | None = None  # forced attach option
+
+    @property
+    def name(self) -> str:
+        return self.program if self.attach is None else f"{self.program} attach={self.attach}"
+
+
+def rows() -> list[Row]:
+    """Every catalog program, and each of its attach options but the cheapest forced: `auto`
+    takes the cheapest wherever the host has it, so this runs every option somewhere."""
+    from node_agent.programs import catalog
+
+    found = []
+    for name, spec in sorted(catalog().items()):
+        found.append(Row(name))
+        found += [Row(name, option.kind) for option in spec.attach[1:]]
+    return found
 
 
 def case(name: str) -> Callable[[Case], Case]:
@@ -351,6 +376,7 @@ def bpftrace(ctx: Context) -> Setup:
 
 # -- the programs with attach options: lane b's known workloads and checks -----------------
 
+_NETNS = itertools.count()  # rows of one program run at once: each its own namespace
 CONNECT_PORT = 47301
 CONNECTS = 5
 NAPS = 50
@@ -379,7 +405,7 @@ def _known(
 @case("tcpconnlat")
 def tcpconnlat(ctx: Context) -> Setup:
     with ExitStack() as stack:  # closed here only if the workload does not start
-        ns = stack.enter_context(known.netns(f"ft-matrix-{os.getpid()}"))
+        ns = stack.enter_context(known.netns(f"ft-matrix-{os.getpid()}-{next(_NETNS)}"))
         w = stack.enter_context(known.started(known.connects_argv(ns, CONNECT_PORT, CONNECTS)))
         stack.callback(w.end)
         check = partial(known.check_connects, pid=w.pid, comm=w.comm, port=CONNECT_PORT, n=CONNECTS)

@@ -1,7 +1,7 @@
 """tcpconnlat, offcputime and vfs_latency on this kernel (6.18: tracepoints, no kprobes, fentry
 refused), each against a workload whose answer is known; the options this kernel lacks are
-`unsupported` with reasons naming them. tests/vm/test_attach_options.py runs the others in a
-6.1 guest."""
+`unsupported` with reasons naming them. tests/kernel_matrix forces the others (a row per
+option) in 6.1 and 6.12 guests."""
 
 from __future__ import annotations
 
