@@ -1,6 +1,7 @@
 """Kernel headers for real, in a Debian 6.1 VM with no build tree: the kernel's own headers
-(kheaders) found, extracted by the agent and compiled against, counting a known workload; and
-no headers at all, where every bcc program is refused with the reason and the agent goes on.
+(kheaders) found, extracted by the agent and compiled against, counting a known workload. (No
+headers at all is the kernel matrix's `6.1, no headers` column: every bcc program refused with
+the tree and the package, bpftrace still counting right.)
 
 Debian's kernels have no CONFIG_IKHEADERS: the kheaders case builds the kernel's own
 kernel/kheaders.c out of tree for 6.1 (kheaders_module.py) and puts it in the VM's modules
@@ -84,30 +85,3 @@ def test_kheaders_are_found_extracted_privately_and_compiled_against(tmp_path: P
     }
     assert result["tmp_kheaders"] == []
     assert result["bpftrace"]["counts"] == {"getppid": CALLS}, result["bpftrace"]
-
-
-def test_no_headers_refuses_every_bcc_program_with_the_fix(tmp_path: Path) -> None:
-    kernel = kernels.fetch("6.1")
-    modules = kernels.modules_tree(kernel, tmp_path / "vm", headers="none")
-
-    result = _in_vm(kernel, modules, tmp_path)
-    probe, run = result["probe"], result["run"]
-    build = f"/lib/modules/{kernel.release}/build"
-    fix = (
-        f"apt-get install linux-headers-{kernel.release}"  # the guest sees this Debian's os-release
-    )
-    assert probe["headers"] == "none"
-    assert f"no {build}" in probe["headers_detail"] and fix in probe["headers_detail"]
-    for support in probe["programs"]:
-        if support["program"] not in ("bpftrace", "custom"):  # refused by policy first
-            assert not support["supported"], support
-            assert support["reason"].startswith("no kernel headers to compile with: no "), support
-    # The trace is refused before compiling, with the same reason, and the agent answers.
-    final = run["final_state"]
-    assert final["state"] == "unsupported" and final["error"]["code"] == "unsupported", run
-    assert fix in final["error"]["message"] and build in final["error"]["message"]
-    assert run["returncode"] == 1 and fix in run["stderr"]
-    assert "getppid" not in run["counts"]
-    # What needs no headers still runs: bpftrace (BTF) counts the next workload exactly.
-    assert result["bpftrace"]["counts"] == {"getppid": CALLS}, result["bpftrace"]
-    assert result["tmp_kheaders"] == [] and "kheaders_dir" not in result
