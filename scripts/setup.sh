@@ -53,14 +53,17 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 kernel=${FLEETTRACE_SETUP_KERNEL:-$(uname -r)}
 command -v dpkg >/dev/null || die "this script knows Debian and Ubuntu (dpkg and apt); install by hand what README.md lists"
 arch=$(dpkg --print-architecture)
+os_id=$(. /etc/os-release 2>/dev/null && echo "${ID:-}")
+os_codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
 
 # -- packages -------------------------------------------------------------------------------
 
 # "a|b" means the first of them that the distro has (Debian and Ubuntu name some differently).
 # bpftrace: the bpftrace program's engine (Debian 12 ships 0.17, Ubuntu 22.04 0.14, universe).
 packages=(python3-bpfcc bpftrace python3-venv "bpftool|linux-tools-common" gcc iproute2 redis-server util-linux mount)
-# VM hosts (`fleettrace dev up --kernel 6.1`): QEMU, and what virtme-ng runs (depmod, busybox).
-packages+=(qemu-system-x86 kmod busybox-static)
+# VM hosts (`fleettrace dev up --kernel 6.1`): QEMU, and what virtme-ng runs (depmod, busybox,
+# and `file`, which it asks whether busybox is static).
+packages+=(qemu-system-x86 kmod busybox-static file)
 [ "$purpose" = tests ] && packages+=(postgresql openssh-server sudo "chromium|chromium-browser" "chromium-driver|chromium-chromedriver")
 packages+=("${extra[@]}")
 
@@ -286,13 +289,29 @@ install_promtool() {
 
 # The distro kernels the VM tests boot, extracted into the checkout's var/kernels (or
 # FLEETTRACE_KERNEL_CACHE): a second run finds them there and downloads nothing.
+# The 6.12 kernel is in bookworm-backports, which a default Debian 12 does not list.
+enable_backports() {
+    local list=/etc/apt/sources.list.d/fleettrace-bookworm-backports.list
+    [ "$os_id:$os_codename" = debian:bookworm ] || return 0
+    grep -rqs -e bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/ && return 0
+    say "adding bookworm-backports to apt's sources ($list), for the 6.12 kernel"
+    echo "deb http://deb.debian.org/debian bookworm-backports main" >"$list"
+    apt_updated=0
+}
+
 fetch_kernels() {
     step="fetching the VM hosts' kernels"
     { [ "$purpose" = tests ] && [ "$offline" != 1 ]; } || return 0
+    if [ "$os_id" != debian ]; then
+        # Their packages are Debian's: another distro's apt does not have them.
+        warn "the VM tests boot Debian's 6.1 and 6.12 kernels, which apt on $os_id cannot fetch: they will not run here"
+        return 0
+    fi
     local fetch=("$here/.venv/bin/python" -m devstack.kernels fetch 6.1 6.12)
     [ "$quiet" = 1 ] || fetch+=(--verbose)
     # Stale package lists name kernels the mirror dropped: refresh them once and retry.
     "${fetch[@]}" 2>/dev/null && return 0
+    enable_backports
     apt_refresh
     "${fetch[@]}" || die "could not fetch the 6.1 and 6.12 kernels (the line above says why)"
 }

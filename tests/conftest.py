@@ -37,7 +37,11 @@ def _vm_problem() -> str | None:
     """What a VM host needs beyond bcc: QEMU, virtme-ng and what virtme runs in the guest."""
     from devstack.kernels import vng_path
 
-    for tool in ("qemu-system-x86_64", "busybox", "depmod", "apt-get"):
+    os_release = Path("/etc/os-release")
+    distro = os_release.read_text() if os_release.exists() else ""
+    if "\nID=debian" not in f"\n{distro}":
+        return "boots Debian's 6.1 and 6.12 kernels, which only a Debian system's apt fetches"
+    for tool in ("qemu-system-x86_64", "busybox", "depmod", "file", "apt-get"):
         if shutil.which(tool, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") is None:
             return f"needs {tool} (bash scripts/setup.sh --for tests)"
     if not vng_path().exists():
