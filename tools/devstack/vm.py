@@ -26,8 +26,9 @@ from node_agent.wire import agent_url
 
 MEMORY_MB = 2048
 CPUS = 2
-# Under emulation: boot ~5 s, the agent's start and its probe (bcc compiles) about a minute.
-ONLINE_TIMEOUT_S = 600.0
+# Under emulation: boot ~30 s, the agent's start (Python over 9p) 2-6 min, its probe (two bcc
+# compiles) 2-7 min, the more the busier the machine.
+ONLINE_TIMEOUT_S = 900.0
 STOP_GRACE_S = 10.0
 # The agent's capability probe, and a trace's compile and attach: minutes in an emulated guest.
 PROBE_TIMEOUT_S = 900.0
