@@ -294,7 +294,7 @@ enable_backports() {
     local list=/etc/apt/sources.list.d/fleettrace-bookworm-backports.list
     [ "$os_id:$os_codename" = debian:bookworm ] || return 0
     grep -rqs -e bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/ && return 0
-    say "adding bookworm-backports to apt's sources ($list), for the 6.12 kernel"
+    warn "adding bookworm-backports to apt's sources ($list), for the 6.12 kernel"
     echo "deb http://deb.debian.org/debian bookworm-backports main" >"$list"
     apt_updated=0
 }
