@@ -89,7 +89,6 @@ def _boot(matrix: Matrix, version: str, headers: kernels.HeadersMode, tmp: Path)
 
 
 @pytest.mark.vm
-@pytest.mark.slow_vm
 @pytest.mark.parametrize("version", ["6.1", "6.12"])
 def test_a_vm_kernel(matrix: Matrix, version: str, tmp_path: Path) -> None:
     run = _boot(matrix, version, "exact", tmp_path)
@@ -106,7 +105,6 @@ def test_a_vm_kernel(matrix: Matrix, version: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.vm
-@pytest.mark.slow_vm
 def test_no_headers_names_the_tree_and_the_package(matrix: Matrix, tmp_path: Path) -> None:
     run = _boot(matrix, "6.1", "none", tmp_path)
     release = run.release() or "6.1"
@@ -124,7 +122,6 @@ def test_no_headers_names_the_tree_and_the_package(matrix: Matrix, tmp_path: Pat
 
 
 @pytest.mark.vm
-@pytest.mark.slow_vm
 def test_a_hung_guest_fails_with_its_last_output_and_leaves_nothing(
     matrix: Matrix, tmp_path: Path
 ) -> None:

@@ -32,6 +32,9 @@ ONLINE_TIMEOUT_S = 900.0
 STOP_GRACE_S = 10.0
 # The agent's capability probe, and a trace's compile and attach: minutes in an emulated guest.
 PROBE_TIMEOUT_S = 900.0
+# Emulated, the agent's own CPU costs ~40x what it costs on a real host, and so a trace's
+# overhead: jobs may lift the guard there (limits.overhead_pct up to 400, or none).
+MAX_OVERHEAD_PCT = 400.0
 # Heartbeats from an emulated guest come late when its CPUs are busy (a compile).
 HEARTBEAT_TIMEOUT_S = 60.0
 NEEDED = ("qemu-system-x86_64", "ip", "apt-get", "dpkg-deb", "depmod", "busybox")
@@ -160,6 +163,7 @@ def guest_script(
             f"FLEETTRACE_HEARTBEAT_S={config.heartbeat_s:g} "
             f"FLEETTRACE_PROBE_TIMEOUT_S={PROBE_TIMEOUT_S:g} "
             f"FLEETTRACE_COMPILE_TIMEOUT_S={PROBE_TIMEOUT_S:g} "
+            f"FLEETTRACE_MAX_OVERHEAD_PCT={MAX_OVERHEAD_PCT:g} "
             f"{shlex.join(argv)} >>{agent_log} 2>&1 &"
         )
     lines += [
