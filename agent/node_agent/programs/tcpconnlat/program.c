@@ -13,7 +13,24 @@
 #define FT_TCP_SYN_SENT 2
 
 #if defined(FT_ATTACH_FENTRY) || defined(FT_ATTACH_KPROBE)
+/* net/sock.h pulls in the kernel's own linux/bpf.h, which from 6.10 takes the size of uapi
+ * types (bpf_wq, bpf_rb_root, bpf_rb_node, bpf_refcount) that the uapi bpf.h bundled in
+ * older bcc (Debian 12's 0.26) lacks: "sizeof to an incomplete type" against 6.12 headers.
+ * They are given here under names of their own, so that a bcc whose uapi has them does not
+ * see them twice; struct sock, all this program reads, holds none of them. */
+#define bpf_wq ft_compat_bpf_wq
+#define bpf_rb_root ft_compat_bpf_rb_root
+#define bpf_rb_node ft_compat_bpf_rb_node
+#define bpf_refcount ft_compat_bpf_refcount
+struct ft_compat_bpf_wq { __u64 __opaque[2]; } __attribute__((aligned(8)));
+struct ft_compat_bpf_rb_root { __u64 __opaque[2]; } __attribute__((aligned(8)));
+struct ft_compat_bpf_rb_node { __u64 __opaque[4]; } __attribute__((aligned(8)));
+struct ft_compat_bpf_refcount { __u32 __opaque[1]; } __attribute__((aligned(4)));
 #include <net/sock.h>
+#undef bpf_wq
+#undef bpf_rb_root
+#undef bpf_rb_node
+#undef bpf_refcount
 #elif !defined(FT_ATTACH_TRACEPOINT)
 #error "tcpconnlat needs one of FT_ATTACH_TRACEPOINT, FT_ATTACH_FENTRY, FT_ATTACH_KPROBE"
 #endif
