@@ -207,10 +207,12 @@ def program_support(
 
 
 def without_headers(
-    support: ProgramSupport, spec: ProgramSpec, reason: str | None
+    support: ProgramSupport, spec: ProgramSpec, reason: str | None, *, refused: bool = False
 ) -> ProgramSupport:
-    """A bcc program that would otherwise run is unsupported where nothing can compile it."""
-    if reason is None or not support.supported or spec.engine != "bcc":
+    """A bcc program is unsupported where nothing can compile it, and that is its reason: it
+    comes first (the probe's own programs did not compile either, so the features they test
+    read as missing), unless this agent's settings refuse the program anyway (`refused`)."""
+    if reason is None or refused or spec.engine != "bcc":
         return support
     return ProgramSupport(program=spec.name, supported=False, reason=reason)
 
@@ -252,6 +254,10 @@ def probe(
                 ),
                 spec,
                 unsupported_reason(headers),
+                refused=_policy_refusal(
+                    spec, allow_custom=allow_custom, allow_bpftrace=allow_bpftrace
+                )
+                is not None,
             )
             for spec in catalog().values()
         ],

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -165,12 +168,29 @@ def cmd_programs(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def _stdout_kept() -> Iterator[None]:
+    """File descriptor 1 goes to stderr meanwhile: libbcc writes some complaints there ("Unable
+    to find kernel headers..." on a host without them), which would corrupt the JSON report
+    the worker reads from stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     from node_agent.capabilities import probe
 
-    capabilities = probe(
-        _kheaders(args), allow_custom=args.allow_custom, allow_bpftrace=args.allow_bpftrace
-    )
+    with _stdout_kept():
+        capabilities = probe(
+            _kheaders(args), allow_custom=args.allow_custom, allow_bpftrace=args.allow_bpftrace
+        )
     _out(capabilities.model_dump_json(indent=2))
     return 0
 

@@ -105,6 +105,7 @@ def test_a_vm_kernel(matrix: Matrix, version: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.vm
+@pytest.mark.slow_vm  # 10 min emulated; tests/node_agent/headers/test_probe_report.py in CI
 def test_no_headers_names_the_tree_and_the_package(matrix: Matrix, tmp_path: Path) -> None:
     run = _boot(matrix, "6.1", "none", tmp_path)
     release = run.release() or "6.1"

@@ -111,9 +111,13 @@ def test_without_headers_every_bcc_program_is_unsupported_with_the_reason() -> N
         support = without_headers(ProgramSupport(program=name, supported=True), spec, reason)
         assert support.supported is (spec.engine != "bcc")
         assert support.reason == (reason if spec.engine == "bcc" else None)
-    # A program already unsupported keeps its own reason.
-    kept = ProgramSupport(program="syscalls", supported=False, reason="needs kprobes")
-    assert without_headers(kept, get_program("syscalls"), reason) == kept
+    # The headers come first: without them the probe's own programs do not compile, and the
+    # features they test read as missing ("needs tracepoints ... Failed to compile").
+    lacking = ProgramSupport(program="syscalls", supported=False, reason="needs tracepoints")
+    assert without_headers(lacking, get_program("syscalls"), reason).reason == reason
+    # A program this agent's settings refuse keeps that reason.
+    refused = ProgramSupport(program="custom", supported=False, reason="allow_custom is off")
+    assert without_headers(refused, get_program("custom"), reason, refused=True) == refused
 
 
 def test_a_trace_without_headers_is_refused_before_bcc_compiles() -> None:
