@@ -121,8 +121,13 @@ def exact(answer: Any, expected: Any) -> Verdict:
     return Verdict(answer == expected, answer, expected)
 
 
-def between(answer: int, low: int, high: int) -> Verdict:
-    return Verdict(low <= answer <= high, answer, f"{low}..{high}")
+def go_and_read(proc: subprocess.Popen[str]) -> str:
+    """Tell a waiting process to start, and return the line it says when its work is done
+    (it stays alive after: a trace ending with its work must not see it exit)."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    return proc.stdout.readline()
 
 
 def scoped(proc: subprocess.Popen[str], judge: Callable[[TraceOutcome], Verdict]) -> Setup:
@@ -221,10 +226,7 @@ def runqlat(ctx: Context) -> Setup:
     said: dict[str, int] = {}
 
     def release() -> None:
-        assert child.stdin is not None and child.stdout is not None
-        child.stdin.write("go\n")
-        child.stdin.flush()
-        said["switches"] = int(child.stdout.readline())
+        said["switches"] = int(go_and_read(child))
 
     def judge(outcome: TraceOutcome) -> Verdict:
         total = sum(h.total for h in outcome.histograms())
@@ -302,10 +304,7 @@ def cpu_profile(ctx: Context) -> Setup:
     proc = subprocess.Popen([str(helper)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def release() -> None:
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        said = proc.stdout.readline()
+        said = go_and_read(proc)
         assert said.startswith("done"), f"the busy helper said {said!r}"
 
     def judge(outcome: TraceOutcome) -> Verdict:
