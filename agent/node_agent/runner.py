@@ -94,7 +94,8 @@ class ChildPool:
     for process start-up nor for our imports: about 100 ms of the time to attach. While the
     agent is busy, one child forked ahead also has bcc loaded under the default memory limit
     (another ~40 ms), until `keep_warm_s` pass without a trace: an idle agent keeps no bcc
-    loaded. While the zygote is down, a child is spawned cold and a new zygote started."""
+    loaded. While the zygote is down, a child is spawned cold and a new zygote started; while
+    it is slow to answer, that one child is spawned cold."""
 
     def __init__(
         self,
@@ -121,7 +122,10 @@ class ChildPool:
                 return child
             except ZygoteGone as exc:
                 log.warning("run %s: %s; spawning its child cold", request.run_id, exc)
-        self._replace()
+        # A zygote that is only slow (a loaded host) keeps serving, its children with it:
+        # replacing it would leave it running beside the new one.
+        if zygote is None or not zygote.alive():
+            self._replace()
         return Child.spawn(DEFAULT_CHILD)
 
     def _warm(self, request: TraceRequest) -> Child | None:

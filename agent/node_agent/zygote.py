@@ -6,11 +6,13 @@ copy-on-write by the worker, the zygote and each trace child instead of being lo
 bcc (libbcc, LLVM, clang: ~55 MB once loaded) is loaded by each trace child, or by the
 one warm child runner.ChildPool keeps while the agent is busy: never by an idle agent.
 
-Worker -> zygote, on a SOCK_SEQPACKET socket pair: b"fork" (or b"fork MB": a warm child,
-`node_agent.child --warm MB`) carrying the child's stdin, stdout and stderr fds; the child
-then is node_agent.child (which applies the request's memory limit before bcc loads).
-Zygote -> worker: b"pid PID" once forked, then b"exit PID RETURNCODE" once reaped
-(RETURNCODE as subprocess gives it: -N for signal N).
+Worker -> zygote, on a SOCK_SEQPACKET socket pair: b"fork ID" (or b"fork ID MB": a warm
+child, `node_agent.child --warm MB`) carrying the child's stdin, stdout and stderr fds; the
+child then is node_agent.child (which applies the request's memory limit before bcc loads).
+Zygote -> worker: b"pid ID PID" once forked, then b"exit PID RETURNCODE" once reaped
+(RETURNCODE as subprocess gives it: -N for signal N). ID is the worker's number for the
+request: a reply that comes after the worker gave up waiting belongs to no later request
+(that child reads the end of its stdin and exits by itself).
 A zygote that dies takes its children with it (they die with their parent, SIGKILL), and
 the worker replaces it with a fresh `python -m node_agent.zygote FD` (no pages shared).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import itertools
 import logging
 import os
 import selectors
@@ -30,7 +33,6 @@ import sys
 import tempfile
 import threading
 import traceback
-from collections import deque
 from typing import IO, NoReturn
 
 log = logging.getLogger(__name__)
@@ -92,7 +94,10 @@ class Zygote:
         self._process = process  # None: forked, reaped with waitpid
         self._lock = threading.Lock()  # one fork request at a time
         self._cond = threading.Condition()
-        self._pids: deque[int] = deque()
+        self._requests = itertools.count(1)
+        self._pids: dict[int, int] = {}  # request id -> the pid forked for it
+        self._abandoned: set[int] = set()  # request ids given up on: their late replies
+        self._strays: set[int] = set()  # pids forked for those: their exits are nobody's
         self._exits: dict[int, int] = {}
         self._alive = True
         self._closing = False
@@ -132,7 +137,8 @@ class Zygote:
     def start_child(self, warm_mb: int | None = None) -> tuple[ForkedProcess, IO[bytes]]:
         """A new trace child, and the file its stderr goes to; with `warm_mb`, one that
         loads bcc now under a memory limit of that many MiB (node_agent.child --warm)."""
-        message = b"fork" if warm_mb is None else b"fork %d" % warm_mb
+        request = next(self._requests)
+        message = b"fork %d" % request if warm_mb is None else b"fork %d %d" % (request, warm_mb)
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         stderr = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 - closed by the runner
@@ -143,7 +149,7 @@ class Zygote:
                 except OSError as exc:
                     self._died()
                     raise ZygoteGone(f"cannot reach the zygote: {exc}") from exc
-                pid = self._next_pid()
+                pid = self._next_pid(request)
         except BaseException:
             for fd in (stdin_w, stdout_r):
                 os.close(fd)
@@ -156,13 +162,16 @@ class Zygote:
         stdout = os.fdopen(stdout_r, "r")
         return ForkedProcess(pid, stdin, stdout, self), stderr
 
-    def _next_pid(self) -> int:
+    def _next_pid(self, request: int) -> int:
         with self._cond:
-            if not self._cond.wait_for(lambda: self._pids or not self._alive, REPLY_TIMEOUT_S):
-                raise ZygoteGone("the zygote did not answer in time")
-            if not self._pids:
-                raise ZygoteGone("the zygote died")
-            return self._pids.popleft()
+            answered = self._cond.wait_for(
+                lambda: request in self._pids or not self._alive, REPLY_TIMEOUT_S
+            )
+            if request in self._pids:
+                return self._pids.pop(request)
+            # Its child, if it is forked yet, finds its stdin closed and exits by itself.
+            self._abandoned.add(request)
+            raise ZygoteGone("the zygote died" if answered else "the zygote did not answer in time")
 
     def returncode(self, pid: int, *, block: bool) -> int | None:
         with self._cond:
@@ -184,11 +193,25 @@ class Zygote:
             kind, *fields = message.split()
             with self._cond:
                 if kind == b"pid":
-                    self._pids.append(int(fields[0]))
+                    self._forked(int(fields[0]), int(fields[1]))
                 elif kind == b"exit":
-                    self._exits[int(fields[0])] = int(fields[1])
+                    self._exited(int(fields[0]), int(fields[1]))
                 self._cond.notify_all()
         self._died()
+
+    def _forked(self, request: int, pid: int) -> None:
+        if request in self._abandoned:
+            self._abandoned.discard(request)
+            self._strays.add(pid)
+            log.info("the zygote forked pid %d after its request was given up; it exits", pid)
+        else:
+            self._pids[request] = pid
+
+    def _exited(self, pid: int, code: int) -> None:
+        if pid in self._strays:
+            self._strays.discard(pid)
+        else:
+            self._exits[pid] = code
 
     def _died(self) -> None:
         with self._cond:
@@ -267,15 +290,19 @@ def _serve(sock: socket.socket) -> None:
                 if not message:
                     return  # the worker closed its end
                 try:
-                    kind, _, warm_mb = message.partition(b" ")
-                    if kind != b"fork" or len(fds) != 3 or not (warm_mb or b"0").isdigit():
+                    kind, *numbers = message.split()
+                    if kind != b"fork" or len(fds) != 3 or not 1 <= len(numbers) <= 2:
                         log.error("zygote: bad request %r with %d fds", message[:64], len(fds))
                         continue
-                    argv = ["--warm", warm_mb.decode()] if warm_mb else []
+                    if not all(n.isdigit() for n in numbers):
+                        log.error("zygote: bad request %r", message[:64])
+                        continue
+                    request, *warm_mb = numbers
+                    argv = ["--warm", warm_mb[0].decode()] if warm_mb else []
                     pid = os.fork()
                     if pid == 0:
                         _child_main(fds, argv, (sock.fileno(), wake_r, wake_w))
-                    sock.send(b"pid %d" % pid)
+                    sock.send(b"pid %s %d" % (request, pid))
                 finally:
                     for fd in fds:
                         os.close(fd)

@@ -13,6 +13,7 @@ workloads.CASES fails), {"type": "probe"} with the capability report, and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import platform
@@ -180,6 +181,33 @@ def probe() -> dict[str, Any]:
     return record
 
 
+class LowWater:
+    """The lowest MemAvailable seen, sampled every second in a thread until stop()."""
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        self.lowest_mb: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(every_s,), daemon=True)
+        self._thread.start()
+
+    def _sample(self, every_s: float) -> None:
+        while True:
+            with contextlib.suppress(OSError, StopIteration, ValueError):
+                info = Path("/proc/meminfo").read_text().splitlines()
+                line = next(x for x in info if x.startswith("MemAvailable:"))
+                mb = int(line.split()[1]) // 1024
+                if self.lowest_mb is None or mb < self.lowest_mb:
+                    self.lowest_mb = mb
+            if self._stop.wait(every_s):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        if self.lowest_mb is not None:
+            log.info("lowest available memory: %d MiB", self.lowest_mb)
+
+
 def run(lines: Lines, ctx: Context, *, jobs: int, only: list[str] | None = None) -> None:
     started = time.monotonic()
     lines.write({"type": "start", "kernel": platform.release(), "time": time.time()})
@@ -189,6 +217,7 @@ def run(lines: Lines, ctx: Context, *, jobs: int, only: list[str] | None = None)
         key=lambda r: bool(catalog()[r.program].attach),
     )
     pool = ChildPool(Zygote.spawn())
+    memory = LowWater()
     try:
         with ThreadPoolExecutor(max_workers=jobs + 1) as executor:
             probed = executor.submit(probe)  # beside the traces: it is the slowest part
@@ -199,7 +228,14 @@ def run(lines: Lines, ctx: Context, *, jobs: int, only: list[str] | None = None)
             lines.write(probed.result())
     finally:
         pool.close()
-    lines.write({"type": "end", "seconds": round(time.monotonic() - started, 2)})
+        memory.stop()
+    lines.write(
+        {
+            "type": "end",
+            "seconds": round(time.monotonic() - started, 2),
+            "mem_available_min_mb": memory.lowest_mb,
+        }
+    )
 
 
 def wait_for_disk(path: Path) -> None:

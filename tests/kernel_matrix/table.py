@@ -36,14 +36,16 @@ def why_unnamed(reason: str) -> bool:
 
 def problems(run: GuestRun, rows: list[Row]) -> list[str]:
     """Everything wrong with one kernel's run, each said with the evidence (empty: right)."""
+    console = f"\nthe VM's console:\n{run.console_tail}" if run.console_tail.strip() else ""
     if run.timed_out:
         return [
             f"{run.kernel}: the runner did not finish within {run.timeout_s:g} s; its last"
-            f" output:\n{run.log_tail}"
+            f" output:\n{run.log_tail}{console}"
         ]
     if run.one("end") is None:
         return [
             f"{run.kernel}: the runner ended without its last line; its output:\n{run.log_tail}"
+            f"{console}"
         ]
     probe = run.one("probe") or {}
     if not run.capabilities():

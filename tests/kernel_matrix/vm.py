@@ -25,10 +25,15 @@ from tests.controller.vm_support import booted
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = "results.jsonl"
 GUEST_LOG = "guest.log"
+CONSOLE_LOG = "vng.log"  # vng's output: the guest's console
 TAIL_CHARS = 3000
 POLL_S = 0.2
 GUEST_DISK = "/dev/vda"  # the one virtio disk a guest is given, for biolatency
 DISK_BYTES = 4 << 20
+# Two compiles at once (tcpconnlat's fentry and kprobe rows include net/sock.h), the probe's,
+# the zygote and a warm child: 2 GiB ran out in CI (a trace child and once the runner itself
+# died without a word). The end line says how low the guest's available memory went.
+GUEST_MEMORY_MB = 3072
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -39,6 +44,7 @@ class GuestRun:
     kernel: str  # the column's name: "host", "6.1", ...
     records: list[dict[str, Any]] = field(default_factory=list)
     log_tail: str = ""
+    console_tail: str = ""  # a VM's console (kernel messages: an OOM kill, a panic)
     boot_to_start_s: float | None = None  # launch to the runner's first line
     wall_s: float = 0.0
     timed_out: bool = False
@@ -71,15 +77,20 @@ def guest_command(share: Path, *, block_dev: str | None = None) -> str:
     )
 
 
+def _tail(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")[-TAIL_CHARS:]
+    except OSError:
+        return ""
+
+
 def _collect(run: GuestRun, share: Path) -> GuestRun:
     with contextlib.suppress(OSError):
         for line in (share / RESULTS).read_text().splitlines():
             with contextlib.suppress(ValueError):
                 run.records.append(json.loads(line))
-    try:
-        run.log_tail = (share / GUEST_LOG).read_text(errors="replace")[-TAIL_CHARS:]
-    except OSError:
-        run.log_tail = "(the runner wrote no log)"
+    run.log_tail = _tail(share / GUEST_LOG) or "(the runner wrote no log)"
+    run.console_tail = _tail(share / CONSOLE_LOG)
     return run
 
 
@@ -145,6 +156,7 @@ def run_in_vm(
         modules=modules,
         name=name,
         exec_=command or guest_command(share, block_dev=GUEST_DISK),
+        memory_mb=GUEST_MEMORY_MB,
         rwdirs={str(share): share},
         overlays=overlays(),
         qemu_opts=("-drive", f"file={disk},format=raw,if=virtio"),
@@ -152,7 +164,7 @@ def run_in_vm(
     )
     run = GuestRun(kernel.version, timeout_s=timeout_s)
     started = time.monotonic()
-    with booted(argv, pidfile, share / "vng.log") as proc:
+    with booted(argv, pidfile, share / CONSOLE_LOG) as proc:
         run.launcher_pid = proc.pid
         _wait(proc, run, share, started)
     run.wall_s = round(time.monotonic() - started, 2)

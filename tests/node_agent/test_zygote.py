@@ -1,5 +1,6 @@
-"""Trace children forked by the zygote, for real: exact counts, their own memory limit, and a
-zygote that dies (the trace still runs, cold, and a new zygote takes over)."""
+"""Trace children forked by the zygote, for real: exact counts, their own memory limit, a
+zygote that dies (the trace still runs, cold, and a new zygote takes over), and one that is
+only slow to answer (one cold child; its late answer is nobody's pid)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 
 from node_agent.protocol import ErrorCode, Limits, RunEvent, RunState, Scope, TraceRequest
 from node_agent.runner import ChildPool, TraceRunner
-from node_agent.zygote import Zygote
+from node_agent.zygote import Zygote, ZygoteGone
 from tests.helpers import is_running, row_value, snapshots_of
 
 pytestmark = pytest.mark.bcc
@@ -183,3 +184,70 @@ def test_a_busy_pool_keeps_one_warm_child_then_lets_it_go() -> None:
         _wait(lambda: pool._spare is None, timeout_s=60)
         _wait(lambda: last.process.poll() is not None)
         assert zygote.alive()
+
+
+def _pipe_of(fd: int) -> str:
+    return f"pipe:[{os.fstat(fd).st_ino}]"
+
+
+def _open_files(pid: int) -> set[str]:
+    """What a process's fds point at (the child writes its events on a copy of fd 1)."""
+    try:
+        return {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()}
+    except FileNotFoundError:  # gone (or one fd closed while listing: asked again)
+        return set()
+
+
+@contextlib.contextmanager
+def _stopped(pid: int) -> Iterator[None]:
+    """The process frozen (SIGSTOP) as a loaded host's scheduler may leave it, then resumed."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_a_late_answer_from_a_slow_zygote_is_nobodys_pid(
+    spawned: tuple[ChildPool, Zygote], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fork the worker gave up on is answered later: that pid must not become the next
+    child's, whose stop, kill and exit code would then all be another process's."""
+    _, zygote = spawned
+    monkeypatch.setattr("node_agent.zygote.REPLY_TIMEOUT_S", 0.5)
+    with _stopped(zygote.pid), pytest.raises(ZygoteGone, match="did not answer in time"):
+        zygote.start_child()
+    # Resumed, the zygote answers the request given up on before it reads this one.
+    process, stderr = zygote.start_child()
+    try:
+        # The pid given is the process reading the pipes this side holds (the stray's are
+        # closed: it has read the end of its stdin and exited, or is about to).
+        assert process.stdout is not None and process.stdin is not None
+        ours = {_pipe_of(process.stdin.fileno()), _pipe_of(process.stdout.fileno())}
+        _wait(lambda: ours <= _open_files(process.pid), timeout_s=10)
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()  # it reads no request and exits 0
+        assert process.wait() == 0
+        stderr.close()
+    # The stray exited by itself; its exit is kept for nobody.
+    _wait(lambda: not zygote._strays)
+    assert zygote._exits == {} and zygote._pids == {}
+
+
+def test_a_slow_zygote_gives_one_cold_child_and_keeps_serving(
+    spawned: tuple[ChildPool, Zygote], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool, zygote = spawned
+    monkeypatch.setattr("node_agent.zygote.REPLY_TIMEOUT_S", 0.5)
+    with _stopped(zygote.pid):
+        cold = Traced(pool, "while-slow")
+        assert cold.run() == CALLS
+    assert cold.parent == os.getpid()  # spawned cold, not forked
+    # Not replaced: a second zygote would run beside this one for the agent's life.
+    assert pool._zygote is zygote and zygote.alive()
+    again = Traced(pool, "after-slow")
+    assert again.run() == CALLS
+    assert again.parent == zygote.pid
+    pid = again.runner.child_pid
+    assert pid is not None and pid not in zygote._strays
