@@ -291,11 +291,9 @@ def _serve(sock: socket.socket) -> None:
                     return  # the worker closed its end
                 try:
                     kind, *numbers = message.split()
-                    if kind != b"fork" or len(fds) != 3 or not 1 <= len(numbers) <= 2:
+                    wellformed = len(numbers) in (1, 2) and all(n.isdigit() for n in numbers)
+                    if kind != b"fork" or len(fds) != 3 or not wellformed:
                         log.error("zygote: bad request %r with %d fds", message[:64], len(fds))
-                        continue
-                    if not all(n.isdigit() for n in numbers):
-                        log.error("zygote: bad request %r", message[:64])
                         continue
                     request, *warm_mb = numbers
                     argv = ["--warm", warm_mb[0].decode()] if warm_mb else []
