@@ -174,11 +174,18 @@ def program_support(
     *,
     allow_custom: bool = True,
     allow_bpftrace: bool = True,
+    no_headers: str | None = None,
 ) -> ProgramSupport:
-    """Whether this host runs the program; when not, the reason names what to change."""
+    """Whether this host runs the program; when not, the reason names what to change.
+
+    The order of reasons: this agent's settings; then, for a bcc program, `no_headers` (why
+    nothing can compile it: the probe's own programs did not compile either, so the
+    features they test read as missing); then the features, tracepoints and attach options."""
     refusal = _policy_refusal(spec, allow_custom=allow_custom, allow_bpftrace=allow_bpftrace)
     if refusal is not None:
         return ProgramSupport(program=spec.name, supported=False, reason=refusal)
+    if no_headers is not None and spec.engine == "bcc":
+        return ProgramSupport(program=spec.name, supported=False, reason=no_headers)
     lacking = sorted(
         (f for f in spec.features if not features.get(f, False)), key=lambda f: f.value
     )
@@ -206,17 +213,6 @@ def program_support(
     return ProgramSupport(program=spec.name, supported=True)
 
 
-def without_headers(
-    support: ProgramSupport, spec: ProgramSpec, reason: str | None, *, refused: bool = False
-) -> ProgramSupport:
-    """A bcc program is unsupported where nothing can compile it, and that is its reason: it
-    comes first (the probe's own programs did not compile either, so the features they test
-    read as missing), unless this agent's settings refuse the program anyway (`refused`)."""
-    if reason is None or refused or spec.engine != "bcc":
-        return support
-    return ProgramSupport(program=spec.name, supported=False, reason=reason)
-
-
 def probe(
     kheaders: KheadersSource,
     *,
@@ -226,6 +222,7 @@ def probe(
     """The host's capabilities as an agent with these settings sees them."""
     # First: the probe's own programs compile with the headers the traces will use.
     headers = headers_for_bcc(kheaders, probe_headers(archive=Path(kheaders.archive)))
+    no_headers = unsupported_reason(headers)
     features, errors = probe_features()
     version, bpftrace_error = bpftrace_version()
     features[Feature.bpftrace] = bpftrace_error is None
@@ -248,16 +245,13 @@ def probe(
         features=features,
         feature_errors=errors,
         programs=[
-            without_headers(
-                program_support(
-                    spec, features, errors, allow_custom=allow_custom, allow_bpftrace=allow_bpftrace
-                ),
+            program_support(
                 spec,
-                unsupported_reason(headers),
-                refused=_policy_refusal(
-                    spec, allow_custom=allow_custom, allow_bpftrace=allow_bpftrace
-                )
-                is not None,
+                features,
+                errors,
+                allow_custom=allow_custom,
+                allow_bpftrace=allow_bpftrace,
+                no_headers=no_headers,
             )
             for spec in catalog().values()
         ],

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from node_agent.capabilities import without_headers
+from node_agent.capabilities import program_support
 from node_agent.errors import ProgramCompileError, UnsupportedProgram
 from node_agent.headers.probe import Headers, compile_note, probe_headers, unsupported_reason
 from node_agent.programs import get_program
-from node_agent.protocol import HeadersState, ProgramSupport
+from node_agent.protocol import Feature, HeadersState
 from node_agent.runtime.bcc_runtime import BccRuntime
 
 REL = "6.1.0-57-amd64"
@@ -106,18 +106,21 @@ def test_none_says_how_to_get_them_on_this_distribution(
 
 def test_without_headers_every_bcc_program_is_unsupported_with_the_reason() -> None:
     reason = "no kernel headers to compile with: no /lib/modules/x/build"
+    every = dict.fromkeys(Feature, True)
     for name in ("syscalls", "bpftrace"):
         spec = get_program(name)
-        support = without_headers(ProgramSupport(program=name, supported=True), spec, reason)
+        support = program_support(spec, every, no_headers=reason)
         assert support.supported is (spec.engine != "bcc")
         assert support.reason == (reason if spec.engine == "bcc" else None)
     # The headers come first: without them the probe's own programs do not compile, and the
     # features they test read as missing ("needs tracepoints ... Failed to compile").
-    lacking = ProgramSupport(program="syscalls", supported=False, reason="needs tracepoints")
-    assert without_headers(lacking, get_program("syscalls"), reason).reason == reason
+    lacking = dict.fromkeys(Feature, False)
+    errors = dict.fromkeys(Feature, "Failed to compile BPF module")
+    support = program_support(get_program("syscalls"), lacking, errors, no_headers=reason)
+    assert support.reason == reason
     # A program this agent's settings refuse keeps that reason.
-    refused = ProgramSupport(program="custom", supported=False, reason="allow_custom is off")
-    assert without_headers(refused, get_program("custom"), reason, refused=True) == refused
+    refused = program_support(get_program("custom"), every, allow_custom=False, no_headers=reason)
+    assert refused.reason is not None and "allow_custom is off" in refused.reason
 
 
 def test_a_trace_without_headers_is_refused_before_bcc_compiles() -> None:
