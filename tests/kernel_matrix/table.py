@@ -36,7 +36,9 @@ def why_unnamed(reason: str) -> bool:
 
 def problems(run: GuestRun, rows: list[Row]) -> list[str]:
     """Everything wrong with one kernel's run, each said with the evidence (empty: right)."""
-    console = f"\nthe VM's console:\n{run.console_tail}" if run.console_tail.strip() else ""
+    console = (
+        f"\nthe VM's kernel and vng said:\n{run.console_tail}" if run.console_tail.strip() else ""
+    )
     if run.timed_out:
         return [
             f"{run.kernel}: the runner did not finish within {run.timeout_s:g} s; its last"

@@ -54,10 +54,10 @@ def test_a_missing_program_a_hang_and_a_cut_run_are_problems() -> None:
     cut = _run("ok")
     cut.records.pop()  # no end line: the guest died (QEMU killed, a panic)
     (said,) = problems(cut, [Row("p")])
-    assert "without its last line" in said and "console" not in said
+    assert "without its last line" in said and "vng said" not in said
     cut.console_tail = "Out of memory: Killed process 212 (python3)"
     (said,) = problems(cut, [Row("p")])
-    assert "the VM's console:\nOut of memory: Killed process 212" in said
+    assert "the VM's kernel and vng said:\nOut of memory: Killed process 212" in said
 
 
 def test_the_table_escapes_and_bounds_what_a_guest_wrote() -> None:

@@ -25,7 +25,8 @@ from tests.controller.vm_support import booted
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = "results.jsonl"
 GUEST_LOG = "guest.log"
-CONSOLE_LOG = "vng.log"  # vng's output: the guest's console
+CONSOLE_LOG = "vng.log"  # vng's own output
+KERNEL_LOG = "dmesg.log"  # a VM kernel's warnings and errors, once the runner has ended
 TAIL_CHARS = 3000
 POLL_S = 0.2
 GUEST_DISK = "/dev/vda"  # the one virtio disk a guest is given, for biolatency
@@ -44,7 +45,7 @@ class GuestRun:
     kernel: str  # the column's name: "host", "6.1", ...
     records: list[dict[str, Any]] = field(default_factory=list)
     log_tail: str = ""
-    console_tail: str = ""  # a VM's console (kernel messages: an OOM kill, a panic)
+    console_tail: str = ""  # a VM's kernel warnings (an OOM kill) and vng's own output
     boot_to_start_s: float | None = None  # launch to the runner's first line
     wall_s: float = 0.0
     timed_out: bool = False
@@ -67,14 +68,18 @@ class GuestRun:
         return str(start["kernel"]) if start else None
 
 
-def guest_command(share: Path, *, block_dev: str | None = None) -> str:
-    """The shell line that runs the runner, its lines and its log into `share`."""
+def guest_command(share: Path, *, block_dev: str | None = None, vm: bool = False) -> str:
+    """The shell line that runs the runner, its lines and its log into `share`; in a VM,
+    then the kernel's warnings and errors (an OOM kill, a hung task: virtme sends the
+    console itself nowhere)."""
     disk = f" --block-dev {block_dev}" if block_dev else ""
-    return (
-        f"export PATH={SYSTEM_PATH}; cd {shlex.quote(str(ROOT))} && "
-        f"exec {shlex.quote(sys.executable)} -m tests.kernel_matrix.guest"
+    run = (
+        f"{shlex.quote(sys.executable)} -m tests.kernel_matrix.guest"
         f" --out {share / RESULTS}{disk} > {share / GUEST_LOG} 2>&1"
     )
+    after = f"; dmesg --level=emerg,alert,crit,err,warn > {share / KERNEL_LOG} 2>&1" if vm else ""
+    start = f"export PATH={SYSTEM_PATH}; cd {shlex.quote(str(ROOT))} && "
+    return start + (f"{run}{after}" if vm else f"exec {run}")
 
 
 def _tail(path: Path) -> str:
@@ -90,7 +95,7 @@ def _collect(run: GuestRun, share: Path) -> GuestRun:
             with contextlib.suppress(ValueError):
                 run.records.append(json.loads(line))
     run.log_tail = _tail(share / GUEST_LOG) or "(the runner wrote no log)"
-    run.console_tail = _tail(share / CONSOLE_LOG)
+    run.console_tail = _tail(share / KERNEL_LOG) + _tail(share / CONSOLE_LOG)
     return run
 
 
@@ -155,7 +160,7 @@ def run_in_vm(
         kernel,
         modules=modules,
         name=name,
-        exec_=command or guest_command(share, block_dev=GUEST_DISK),
+        exec_=command or guest_command(share, block_dev=GUEST_DISK, vm=True),
         memory_mb=GUEST_MEMORY_MB,
         rwdirs={str(share): share},
         overlays=overlays(),
