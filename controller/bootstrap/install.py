@@ -215,6 +215,9 @@ def config_text(ctx: StepContext, redis_url: str) -> bytes:
         "FLEETTRACE_HEARTBEAT_S": _number(options.heartbeat_s),
         "FLEETTRACE_MAX_DURATION_S": _number(options.max_duration_s),
         "FLEETTRACE_CONCURRENCY": _number(options.concurrency),
+        "FLEETTRACE_PROBE_TIMEOUT_S": _number(options.probe_timeout_s),
+        "FLEETTRACE_COMPILE_TIMEOUT_S": _number(options.compile_timeout_s),
+        "FLEETTRACE_MAX_OVERHEAD_PCT": _number(options.max_overhead_pct),
         "FLEETTRACE_ALLOW_BPFTRACE": "true" if options.with_bpftrace else None,
     }
     lines = ["# Written by fleettrace bootstrap: changes here are overwritten."]

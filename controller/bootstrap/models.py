@@ -123,6 +123,20 @@ class BootstrapOptions(BaseModel):
     max_duration_s: float | None = Field(default=None, gt=0, le=MAX_JOB_DURATION_S)
     concurrency: int | None = Field(default=None, ge=1, le=64)
     verify_timeout_s: float | None = Field(default=None, gt=0, le=3600)
+    # A slow host (an emulated VM, a small board) compiles for minutes: its agent's bounds.
+    probe_timeout_s: float | None = Field(
+        default=None, gt=0, le=3600, description="the agent's capability probe (bcc compiles)"
+    )
+    compile_timeout_s: float | None = Field(
+        default=None, gt=0, le=3600, description="a trace's compile and attach on the host"
+    )
+    max_overhead_pct: float | None = Field(
+        default=None,
+        gt=0,
+        le=400,
+        description="the most a job may set limits.overhead_pct to, % of one CPU;"
+        " 400 lets a job lift the guard (overhead_pct null)",
+    )
     with_bpftrace: bool = Field(
         default=False,
         description="install the distro's bpftrace and let the agent run bpftrace scripts"

@@ -66,6 +66,19 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     boot.add_argument("--trust-on-first-use", action="store_true", help="pin unknown host keys")
     boot.add_argument("--cgroup", help="cgroup v2 path for the agents ({host} = host name)")
     boot.add_argument("--heartbeat", type=float, metavar="S", help="agent heartbeat interval")
+    # A slow host (an emulated VM, a small board) compiles for minutes.
+    boot.add_argument(
+        "--probe-timeout", type=float, metavar="S", help="the agent's capability probe's bound"
+    )
+    boot.add_argument(
+        "--compile-timeout", type=float, metavar="S", help="a trace's compile-and-attach bound"
+    )
+    boot.add_argument(
+        "--max-overhead",
+        type=float,
+        metavar="PCT",
+        help="the most a job may set limits.overhead_pct to (400 lets it lift the guard)",
+    )
     boot.add_argument(
         "--with-bpftrace",
         action="store_true",
@@ -233,8 +246,14 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         options["trust_on_first_use"] = True
     if args.cgroup:
         options["cgroup"] = args.cgroup
-    if args.heartbeat:
-        options["heartbeat_s"] = args.heartbeat
+    for flag, option in (
+        ("heartbeat", "heartbeat_s"),
+        ("probe_timeout", "probe_timeout_s"),
+        ("compile_timeout", "compile_timeout_s"),
+        ("max_overhead", "max_overhead_pct"),
+    ):
+        if getattr(args, flag) is not None:
+            options[option] = getattr(args, flag)
     if args.with_bpftrace:
         options["with_bpftrace"] = True
     return options

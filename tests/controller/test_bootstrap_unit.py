@@ -7,6 +7,7 @@ The steps' commands are tested on real OpenSSH servers in test_ssh.py.
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import sys
@@ -53,6 +54,7 @@ from controller.hosts.models import Host, HostCreate
 from controller.keys.store import KeyStore
 from controller.migrate import alembic_config, upgrade
 from controller.settings import Settings
+from node_agent.settings import AgentSettings
 from node_agent.signing import parse_trusted_keys
 from node_agent.wire import agent_user, client_url
 from tests.controller.bootstrap_fakes import (
@@ -318,6 +320,31 @@ def test_a_config_change_restarts_the_agent_and_nothing_else(lab: Lab) -> None:
     }
     assert b"FLEETTRACE_HEARTBEAT_S=2\n" in machine.files[CONFIG_FILE][0]
     assert machine.starts == 2
+
+
+def test_a_slow_hosts_bounds_reach_its_agent_as_it_reads_them(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An emulated VM compiles for minutes: the probe's and a trace's compile bounds, and the
+    overhead ceiling a job may lift the guard under, go into agent.env under the agent's names."""
+    machine = lab.add("web-1")
+    run = lab.run("web-1", probe_timeout_s=900, compile_timeout_s=600.5, max_overhead_pct=400)
+    assert run["state"] == "succeeded", run
+    env = tmp_path / "agent.env"
+    env.write_bytes(machine.files[CONFIG_FILE][0])
+    for name in [k for k in os.environ if k.startswith("FLEETTRACE_")]:
+        monkeypatch.delenv(name)
+    agent = AgentSettings(_env_file=env)
+    assert (agent.probe_timeout_s, agent.compile_timeout_s, agent.max_overhead_pct) == (
+        900,
+        600.5,
+        400,
+    )
+    assert (agent.host, agent.heartbeat_s) == ("web-1", 10.0)
+    # Without them the agent keeps its own defaults: nothing of them is written.
+    lab.run("web-1")
+    assert b"TIMEOUT" not in machine.files[CONFIG_FILE][0]
+    assert b"OVERHEAD" not in machine.files[CONFIG_FILE][0]
 
 
 def test_a_config_file_with_the_wrong_mode_is_rewritten(lab: Lab) -> None:

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from devstack import Stack, down, kernels, sshd, system, vm
+from devstack import Stack, down, kernels, sshd, vm
 from devstack.api import Api
 from devstack.config import HostSpec, StackConfig, private_config
 from tests.controller.support import wait_for
+from tests.controller.vm_support import assert_nothing_left
 from tests.node_agent.programs import known_workloads as known
 
 pytestmark = [pytest.mark.vm, pytest.mark.bcc, pytest.mark.timeout(1800)]
@@ -46,23 +47,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
     finally:
         down(config.state_dir, purge=True, reap=stack.reap)
-        _assert_nothing_left(stack.config)
-
-
-def _assert_nothing_left(config: StackConfig) -> None:
-    """No QEMU, tap, Redis address or cgroup of this stack on the machine."""
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            assert not (b"qemu-system" in argv[0] and VM.name.encode() in argv), argv
-    for index in range(len(config.hosts)):
-        assert not system.link_exists(config.link(index))
-    lo = subprocess.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True)
-    assert f" {config.redis_address}/32 " not in lo.stdout
-    assert not system.cgroup_path(config.cgroup_parent).exists()
+        assert_nothing_left(stack.config)
 
 
 def _agent_log(config: StackConfig, chars: int = 4000) -> str:
@@ -205,4 +190,4 @@ def test_qemu_killed_mid_job_ends_the_run_and_down_cleans_up(stack: Stack) -> No
     finally:
         api.close()
     assert down(config.state_dir, reap=stack.reap)
-    _assert_nothing_left(config)
+    assert_nothing_left(config)

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from controller.bootstrap.models import BootstrapOptions
+from controller.cli.hosts import _options
+from controller.cli.main import build_parser
 from devstack import vm
 from devstack.config import DevstackError, HostSpec, StackConfig, demo_hosts, load
 from devstack.harness import redis_conf
@@ -105,6 +108,21 @@ def test_the_guest_init_sets_up_what_a_namespaced_host_has(tmp_path: Path) -> No
     assert "sshd -D &" in lines
     (agent,) = [line for line in lines if "worker --host k61-1" in line]
     assert agent.startswith("FLEETTRACE_HEARTBEAT_S=2 ") and agent.endswith(" &")
+    # Emulated, its bounds are minutes; a bootstrapped agent gets the same as options.
+    assert vm.agent_settings(config) == {
+        "heartbeat_s": 2.0,
+        "probe_timeout_s": 900.0,
+        "compile_timeout_s": 900.0,
+        "max_overhead_pct": 400.0,
+    }
+    assert (
+        "FLEETTRACE_PROBE_TIMEOUT_S=900 FLEETTRACE_COMPILE_TIMEOUT_S=900 "
+        "FLEETTRACE_MAX_OVERHEAD_PCT=400 " in agent
+    )
+    BootstrapOptions(**vm.agent_settings(config))
+    # What `up` tells to run for a bare VM host gives the CLI those same options.
+    argv = ["hosts", "bootstrap", "k61-1", *" ".join(vm.bootstrap_flags(config)).split()]
+    assert _options(build_parser().parse_args(argv)) == vm.agent_settings(config)
     assert f"--cgroup {config.host_cgroup('k61-1')}" in agent
     assert lines[-1] == f"while [ -e {config.alive_file} ]; do sleep 1; done"
     bare = vm.guest_script(config, config.hosts[1], 1, agent=False, services=[])

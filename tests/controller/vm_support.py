@@ -9,7 +9,8 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from devstack import kernels
+from devstack import kernels, system
+from devstack.config import StackConfig
 
 
 @contextlib.contextmanager
@@ -57,3 +58,20 @@ def run_in_vm(
     )
     with booted(argv, pidfile, workdir / "vng.log") as proc:
         return proc.wait(timeout=timeout_s)
+
+
+def assert_nothing_left(config: StackConfig) -> None:
+    """No QEMU, tap, Redis address or cgroup of this stack on the machine."""
+    names = {spec.name.encode() for spec in config.vm_hosts}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            assert not (b"qemu-system" in argv[0] and names & set(argv)), argv
+    for index in range(len(config.hosts)):
+        assert not system.link_exists(config.link(index))
+    lo = subprocess.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True)
+    assert f" {config.redis_address}/32 " not in lo.stdout
+    assert not system.cgroup_path(config.cgroup_parent).exists()

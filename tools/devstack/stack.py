@@ -247,6 +247,12 @@ class Stack:
             # What bootstrap writes in every host's agent.env: VM hosts reach only TCP, and the
             # namespaced hosts get a route to it.
             exports = {**exports, "FLEETTRACE_AGENT_REDIS_URL": vm.agents_redis_url(config)}
+        if config.vm_hosts and not self.agents:
+            exports = {
+                **exports,
+                "FLEETTRACE_SSH_COMMAND_TIMEOUT_S": f"{vm.BOOTSTRAP_COMMAND_TIMEOUT_S:g}",
+                "FLEETTRACE_BOOTSTRAP_VERIFY_TIMEOUT_S": f"{vm.BOOTSTRAP_VERIFY_TIMEOUT_S:g}",
+            }
         return harness.clean_env(
             FLEETTRACE_DATABASE_URL=config.database_url,
             FLEETTRACE_REDIS_URL=config.redis_url,
@@ -324,6 +330,9 @@ class Stack:
         cgroup = None if self.agents else config.host_cgroup(spec.name)
         join = api.register(spec, host_addr, cgroup=cgroup)
         url = vm.tcp_url(config, spec, join["redis_url"]) if self.agents else None
+        if not self.agents:
+            flags = " ".join(vm.bootstrap_flags(config))
+            self.progress(f"host {spec.name}: bare; bootstrap it with {flags} (emulated: slow)")
         host.write_agent_env(config, spec, url)
         services = []
         for service in self.services:

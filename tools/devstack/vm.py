@@ -3,10 +3,11 @@
 Each VM has a tap on its /30 of the stack's plan (the machine .4i+1, the guest .4i+2), its
 own hostname, and the host's dir as its writable /opt and /etc/fleettrace; the rest of this
 machine's root filesystem is its read-only root (virtme-ng over 9p, overlays where a system
-writes). Its init script starts what runs in a namespaced host: the workload in the host's
-cgroup, sshd, the agent. Redis is reached over TCP at the stack's redis_address. QEMU runs
-in the host's agents cgroup and writes its pid beside the host's files: `down` stops it by
-pid even after a crash.
+writes: /var among them, so a bootstrapped agent's /var/lib/fleettrace is the guest's own, in
+its memory). Its init script starts what runs in a namespaced host: the workload in the host's
+cgroup, sshd, and the agent unless the host starts bare for bootstrap. Redis is reached over
+TCP at the stack's redis_address. QEMU runs in the host's agents cgroup and writes its pid
+beside the host's files: `down` stops it by pid even after a crash.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ PROBE_TIMEOUT_S = 900.0
 MAX_OVERHEAD_PCT = 400.0
 # Heartbeats from an emulated guest come late when its CPUs are busy (a compile).
 HEARTBEAT_TIMEOUT_S = 60.0
+# Bootstrapping a bare VM: a venv and pip install take minutes emulated, and verify waits
+# for the agent's start and probe.
+BOOTSTRAP_COMMAND_TIMEOUT_S = 1800.0
+BOOTSTRAP_VERIFY_TIMEOUT_S = ONLINE_TIMEOUT_S
 NEEDED = ("qemu-system-x86_64", "ip", "apt-get", "dpkg-deb", "depmod", "busybox")
 
 
@@ -121,6 +126,28 @@ def approximate_headers() -> Path:
     return build.resolve()
 
 
+def agent_settings(config: StackConfig) -> dict[str, float]:
+    """What an agent in an emulated guest needs (FLEETTRACE_<NAME>): the guest's own agent
+    gets them in its environment, a bootstrapped one as options of the same names."""
+    return {
+        "heartbeat_s": config.heartbeat_s,
+        "probe_timeout_s": PROBE_TIMEOUT_S,
+        "compile_timeout_s": PROBE_TIMEOUT_S,
+        "max_overhead_pct": MAX_OVERHEAD_PCT,
+    }
+
+
+def bootstrap_flags(config: StackConfig) -> list[str]:
+    """`agent_settings` as `fleettrace hosts bootstrap` flags."""
+    settings = agent_settings(config)
+    return [
+        f"--heartbeat {settings['heartbeat_s']:g}",
+        f"--probe-timeout {settings['probe_timeout_s']:g}",
+        f"--compile-timeout {settings['compile_timeout_s']:g}",
+        f"--max-overhead {settings['max_overhead_pct']:g}",
+    ]
+
+
 def guest_script(
     config: StackConfig, spec: HostSpec, index: int, *, agent: bool, services: Sequence[str]
 ) -> str:
@@ -159,13 +186,8 @@ def guest_script(
     if agent:
         argv = host.agent_argv(config, spec)
         agent_log = shlex.quote(str(config.logs_dir / f"{spec.name}-agent.log"))
-        lines.append(
-            f"FLEETTRACE_HEARTBEAT_S={config.heartbeat_s:g} "
-            f"FLEETTRACE_PROBE_TIMEOUT_S={PROBE_TIMEOUT_S:g} "
-            f"FLEETTRACE_COMPILE_TIMEOUT_S={PROBE_TIMEOUT_S:g} "
-            f"FLEETTRACE_MAX_OVERHEAD_PCT={MAX_OVERHEAD_PCT:g} "
-            f"{shlex.join(argv)} >>{agent_log} 2>&1 &"
-        )
+        env = " ".join(f"FLEETTRACE_{k.upper()}={v:g}" for k, v in agent_settings(config).items())
+        lines.append(f"{env} {shlex.join(argv)} >>{agent_log} 2>&1 &")
     lines += [
         'echo "guest: started, up $(cut -d" " -f1 /proc/uptime) s"',
         f"while [ -e {alive} ]; do sleep 1; done",
