@@ -241,7 +241,13 @@ def check_naps(snapshot: Snapshot, comm: str, n: int) -> list[str]:
     # A nap never ends early; waking late (timer slack, a busy or emulated CPU) adds a little.
     problems = []
     if not want <= total <= want * 1.5:
-        problems.append(f"{total} us in {NAP_FUNCTION}, not in [{want}, {want * 1.5:g}]")
+        # Where the rest went (a nap whose user stack was not captured, say), to judge by.
+        others = [s for s in stacks.stacks if not any(f.startswith(NAP_FUNCTION) for f in s.frames)]
+        elsewhere = "; ".join(f"{';'.join(s.frames)} {s.count}" for s in others[:5])
+        problems.append(
+            f"{total} us in {NAP_FUNCTION}, not in [{want}, {want * 1.5:g}];"
+            f" other stacks: {elsewhere or 'none'}"
+        )
     if stacks.unit != "usec":
         problems.append(f"unit {stacks.unit}")
     if {s.frames[0] for s in stacks.stacks} - {comm}:
