@@ -25,7 +25,7 @@ from tests.controller.vm_support import booted
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = "results.jsonl"
 GUEST_LOG = "guest.log"
-CONSOLE_LOG = "vng.log"  # vng's own output
+CONSOLE_LOG = "vng.log"  # vng's own output and the guest kernel's console
 KERNEL_LOG = "dmesg.log"  # a VM kernel's warnings and errors, once the runner has ended
 TAIL_CHARS = 3000
 POLL_S = 0.2
@@ -162,6 +162,7 @@ def run_in_vm(
         name=name,
         exec_=command or guest_command(share, block_dev=GUEST_DISK, vm=True),
         memory_mb=GUEST_MEMORY_MB,
+        console=True,
         rwdirs={str(share): share},
         overlays=overlays(),
         qemu_opts=("-drive", f"file={disk},format=raw,if=virtio"),

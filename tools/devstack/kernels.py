@@ -350,13 +350,15 @@ def vng_command(
     qemu_opts: Sequence[str] = (),
     kvm: bool | None = None,
     pidfile: Path | None = None,
+    console: bool = False,
 ) -> list[str]:
     """The whole argv that boots `kernel` as host `name` and runs `exec_` in it.
 
     `modules` is what `modules_tree` returned; `rwdirs` maps guest paths to host directories
     the guest may write; `overlays` are guest paths writable in the guest only; `pidfile`
     receives QEMU's pid (vng runs it two processes below this argv's). Each of `qemu_opts`
-    is one QEMU argument without spaces (vng joins them into a shell line).
+    is one QEMU argument without spaces (vng joins them into a shell line). With `console`,
+    the guest kernel's console goes to vng's stderr (else nowhere: a panic says nothing).
     """
     use_kvm = kvm_works() if kvm is None else kvm
     bin_dir = vng_path().parent
@@ -368,6 +370,8 @@ def vng_command(
     ]
     if not use_kvm:
         argv.append("--disable-kvm")
+    if console:
+        argv.append("--verbose")
     for guest, host in rwdirs.items():
         argv.append(f"--rwdir={guest}={host}")
     argv.extend(f"--overlay-rwdir={path}" for path in overlays)
