@@ -27,7 +27,7 @@ from devstack import Stack, down, kernels, sshd, vm
 from devstack.api import Api
 from devstack.config import HostSpec, StackConfig, private_config
 from tests.controller.support import wait_for
-from tests.controller.vm_support import assert_nothing_left
+from tests.controller.vm_support import assert_nothing_left, ssh
 from tests.node_agent.programs import known_workloads as known
 
 pytestmark = [pytest.mark.vm, pytest.mark.bcc, pytest.mark.timeout(1800)]
@@ -62,16 +62,7 @@ def _api(stack: Stack) -> Api:
 
 
 def _ssh(config: StackConfig, command: str) -> subprocess.Popen[str]:
-    """A command in the VM as root, over its sshd, with the stack's key and known_hosts."""
-    address = config.addresses(config.hosts.index(VM))[1]
-    argv = [
-        *("ssh", "-i", str(sshd.controller_key(config))),
-        *("-o", f"UserKnownHostsFile={sshd.known_hosts(config)}", "-o", "BatchMode=yes"),
-        *("-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=30"),
-        f"root@{address}",
-        command,
-    ]
-    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return ssh(config, VM, command)
 
 
 def test_the_vm_host_is_online_with_its_kernels_capabilities(stack: Stack) -> None:

@@ -27,7 +27,7 @@ from devstack import Stack, down, sshd, vm
 from devstack.api import Api
 from devstack.config import StackConfig, private_config
 from tests.controller.support import FIRST_BOOTSTRAP_STEPS, step_statuses, wait_for
-from tests.controller.vm_support import assert_nothing_left
+from tests.controller.vm_support import assert_nothing_left, ssh
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow_vm, pytest.mark.bcc, pytest.mark.timeout(3600)]
 
@@ -74,16 +74,7 @@ def _agent_log(config: StackConfig, chars: int = 4000) -> str:
 
 
 def _ssh(config: StackConfig, command: str) -> subprocess.Popen[str]:
-    """A command in the VM as root, over its sshd, with the stack's key and known_hosts."""
-    address = config.addresses(config.hosts.index(VM))[1]
-    argv = [
-        *("ssh", "-i", str(sshd.controller_key(config))),
-        *("-o", f"UserKnownHostsFile={sshd.known_hosts(config)}", "-o", "BatchMode=yes"),
-        *("-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=30"),
-        f"root@{address}",
-        command,
-    ]
-    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return ssh(config, VM, command)
 
 
 def _ssh_output(config: StackConfig, command: str, timeout_s: float = 120) -> str:

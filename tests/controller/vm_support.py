@@ -9,8 +9,8 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from devstack import kernels, system
-from devstack.config import StackConfig
+from devstack import kernels, sshd, system
+from devstack.config import HostSpec, StackConfig
 
 
 @contextlib.contextmanager
@@ -75,3 +75,16 @@ def assert_nothing_left(config: StackConfig) -> None:
     lo = subprocess.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True)
     assert f" {config.redis_address}/32 " not in lo.stdout
     assert not system.cgroup_path(config.cgroup_parent).exists()
+
+
+def ssh(config: StackConfig, host: HostSpec, command: str) -> subprocess.Popen[str]:
+    """`command` in a VM host as root, over its sshd, with the stack's key and known_hosts."""
+    address = config.addresses(config.hosts.index(host))[1]
+    argv = [
+        *("ssh", "-i", str(sshd.controller_key(config))),
+        *("-o", f"UserKnownHostsFile={sshd.known_hosts(config)}", "-o", "BatchMode=yes"),
+        *("-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=30"),
+        f"root@{address}",
+        command,
+    ]
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
