@@ -13,7 +13,12 @@ from typing import Any
 
 from node_agent.attach import FENTRY_PROBE, TRACEFS, missing
 from node_agent.headers.kheaders import KheadersSource, headers_for_bcc
-from node_agent.headers.probe import probe_headers, unsupported_reason
+from node_agent.headers.probe import (
+    Headers,
+    layout_problem,
+    probe_headers,
+    unsupported_reason,
+)
 from node_agent.programs import catalog
 from node_agent.programs.spec import ProgramSpec
 from node_agent.protocol import Feature, HostCapabilities, ProgramSupport
@@ -175,12 +180,15 @@ def program_support(
     allow_custom: bool = True,
     allow_bpftrace: bool = True,
     no_headers: str | None = None,
+    headers: Headers | None = None,
 ) -> ProgramSupport:
     """Whether this host runs the program; when not, the reason names what to change.
 
     The order of reasons: this agent's settings; then, for a bcc program, `no_headers` (why
     nothing can compile it: the probe's own programs did not compile either, so the
-    features they test read as missing); then the features, tracepoints and attach options."""
+    features they test read as missing); then the features, tracepoints and attach options (an
+    option reading kernel structs, with approximate `headers`, also needs this kernel's BTF to
+    place them)."""
     refusal = _policy_refusal(spec, allow_custom=allow_custom, allow_bpftrace=allow_bpftrace)
     if refusal is not None:
         return ProgramSupport(program=spec.name, supported=False, reason=refusal)
@@ -204,7 +212,10 @@ def program_support(
         attach: dict[str, str | None] = {}
         for option in spec.attach:
             lack = missing(option, features, errors)
-            attach[option.kind] = f"needs {', '.join(lack)}" if lack else None
+            said = f"needs {', '.join(lack)}" if lack else None
+            if said is None and headers is not None:
+                said = layout_problem(headers, dict(option.fields))
+            attach[option.kind] = said
         if all(attach.values()):
             each = "; ".join(f"{o.kind} ({o.point}) {attach[o.kind]}" for o in spec.attach)
             reason = f"no attach option works on this host: {each}"
@@ -252,6 +263,7 @@ def probe(
                 allow_custom=allow_custom,
                 allow_bpftrace=allow_bpftrace,
                 no_headers=no_headers,
+                headers=headers,
             )
             for spec in catalog().values()
         ],

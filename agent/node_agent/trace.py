@@ -218,11 +218,13 @@ def execute(
     try:
         preflight(spec)
         cflags = prepared.cflags
+        fields: dict[str, str] = {}
         if spec.attach:
             wanted = str(prepared.params["attach"])
             option = choose(spec, wanted, features, feature_errors)
             cflags, point = [*cflags, f"-D{option.define}=1"], option.point
-        program, compile_s, attach_s = runtime.load(prepared.source, cflags)
+            fields = dict(option.fields)
+        program, compile_s, attach_s = runtime.load(prepared.source, cflags, kernel_fields=fields)
     except FleettraceError as exc:
         state = RunState.unsupported if isinstance(exc, UnsupportedProgram) else RunState.failed
         emit(StateChange(run_id=request.run_id, state=state, error=exc.to_error()))

@@ -12,7 +12,7 @@ import pytest
 from controller.bootstrap.models import BootstrapOptions
 from controller.cli.hosts import _options
 from controller.cli.main import build_parser
-from devstack import vm
+from devstack import kernels, vm
 from devstack.config import DevstackError, HostSpec, StackConfig, demo_hosts, load
 from devstack.harness import redis_conf
 from node_agent.wire import agent_user
@@ -127,3 +127,25 @@ def test_the_guest_init_sets_up_what_a_namespaced_host_has(tmp_path: Path) -> No
     assert lines[-1] == f"while [ -e {config.alive_file} ]; do sleep 1; done"
     bare = vm.guest_script(config, config.hosts[1], 1, agent=False, services=[])
     assert "worker --host" not in bare
+
+
+def _headers_tree(root: Path, release: str) -> Path:
+    tree = root / f"linux-headers-{release}"
+    (tree / "include" / "config").mkdir(parents=True)
+    (tree / "include" / "config" / "kernel.release").write_text(f"{release}\n")
+    (tree / "Makefile").write_text("")
+    build = root / "build"
+    build.symlink_to(tree)
+    return build
+
+
+def test_approximate_headers_are_another_kernels_never_the_guests_own(tmp_path: Path) -> None:
+    guest = kernels.Kernel("6.12", "6.12.117+deb12-amd64", tmp_path / "cache")
+    build = _headers_tree(tmp_path / "here", "6.1.0-57-amd64")
+    assert vm.approximate_headers(guest, build=build) == build.resolve()
+    # This machine's tree is 6.1.0-57's: a 6.1 guest linking it would have exact headers.
+    same = kernels.Kernel("6.1", "6.1.0-57-amd64", tmp_path / "cache")
+    with pytest.raises(DevstackError, match=r"--kernel 6\.1:approximate: .* use --kernel 6\.1,"):
+        vm.approximate_headers(same, build=build)
+    with pytest.raises(DevstackError, match="it has none"):
+        vm.approximate_headers(guest, build=tmp_path / "nowhere")

@@ -22,6 +22,7 @@ from typing import IO
 import pytest
 
 from devstack import kernels
+from devstack import vm as devstack_vm
 from node_agent.programs import catalog
 from tests.kernel_matrix import vm
 from tests.kernel_matrix.table import Column, problems, write
@@ -77,9 +78,17 @@ def test_this_hosts_kernel(matrix: Matrix, tmp_path: Path) -> None:
     assert problems(run, ROWS) == [], _failure(run)
 
 
-def _boot(matrix: Matrix, version: str, headers: kernels.HeadersMode, tmp: Path) -> vm.GuestRun:
+def _boot(
+    matrix: Matrix,
+    version: str,
+    headers: kernels.HeadersMode,
+    tmp: Path,
+    approximate_from: Path | None = None,
+) -> vm.GuestRun:
     kernel = kernels.fetch(version)
-    modules = kernels.modules_tree(kernel, tmp / "modules", headers=headers)
+    modules = kernels.modules_tree(
+        kernel, tmp / "modules", headers=headers, approximate_from=approximate_from
+    )
     share = tmp / "share"
     matrix.vm_lock()
     run = vm.run_in_vm(kernel, modules, share, timeout_s=GUEST_TIMEOUT_S, name=f"matrix-{version}")
@@ -102,6 +111,23 @@ def test_a_vm_kernel(matrix: Matrix, version: str, tmp_path: Path) -> None:
         assert record["status"] == "ok", record
         if row.attach is not None:
             assert str(record["attach"]).startswith(f"{row.attach}:"), record
+
+
+@pytest.mark.vm
+@pytest.mark.bcc  # this machine's headers tree, which setup links
+def test_approximate_headers_say_so_and_answers_stay_right(matrix: Matrix, tmp_path: Path) -> None:
+    """6.12 with this machine's headers (Debian's generic 6.1 ones), as `fleettrace dev up
+    --kernel 6.12:approximate` links them and as users meet them: the probe says approximate
+    naming the tree and the exact package, and every row is right or says why not."""
+    tree = devstack_vm.approximate_headers(kernels.fetch("6.12"))
+    run = _boot(matrix, "6.12", "approximate", tmp_path, approximate_from=tree)
+    release = run.release() or "6.12"
+    matrix.add(Column(f"{release}, {tree.name} headers (VM)", run, emulated=True))
+    assert problems(run, ROWS) == [], _failure(run)
+    caps = run.capabilities()
+    assert caps["headers"] == "approximate", caps
+    assert str(tree) in caps["headers_detail"], caps
+    assert f"linux-headers-{release}" in caps["headers_detail"], caps
 
 
 @pytest.mark.vm

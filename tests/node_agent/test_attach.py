@@ -177,3 +177,35 @@ def test_a_forced_option_the_probe_lacks_is_unsupported_before_compiling() -> No
     final = events[-1]
     assert isinstance(final, StateChange) and final.state is RunState.unsupported
     assert final.error is not None and "attach=kprobe fails" in final.error.message
+
+
+def test_an_option_reading_kernel_structs_tells_the_runtime_what_it_reads() -> None:
+    """The struct members an option's C reads go to the runtime, which places them from BTF
+    when the headers are approximate (tests/node_agent/test_btf.py); the tracepoint reads
+    none (its record has them)."""
+    runtime, _ = _run({"attach": "kprobe"}, _features(*ALL))
+    assert runtime.kernel_fields == [dict(get_program("tcpconnlat").attach[2].fields)]
+    assert runtime.kernel_fields[0]["FT_OFF_SK_DPORT"] == "sock.__sk_common.skc_dport"
+    runtime, _ = _run({}, _features(*ALL))
+    assert runtime.kernel_fields == [{}]
+
+
+def test_approximate_headers_without_btf_make_only_the_struct_reading_options_unsupported(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from node_agent import btf
+    from node_agent.headers.probe import Headers
+    from node_agent.protocol import HeadersState
+
+    monkeypatch.setattr(btf, "BTF_VMLINUX", tmp_path / "no-btf")
+    headers = Headers(HeadersState.approximate, "6.1's tree; exact ones: apt-get install X", "6.12")
+    support = program_support(get_program("tcpconnlat"), _features(*ALL), headers=headers)
+    assert support.supported  # the tracepoint reads no struct
+    assert support.attach is not None and support.attach["tracepoint"] is None
+    assert "reads sock.__sk_common.skc_state" in str(support.attach["kprobe"])
+    assert str(tmp_path / "no-btf") in str(support.attach["kprobe"])
+    vfs = program_support(get_program("vfs_latency"), _features(*ALL), headers=headers)
+    assert not vfs.supported and vfs.reason is not None
+    assert "reads file.f_inode" in vfs.reason and "apt-get install X" in vfs.reason
+    exact = Headers(HeadersState.exact, "this kernel's", "6.12")
+    assert program_support(get_program("vfs_latency"), _features(*ALL), headers=exact).supported

@@ -316,6 +316,8 @@ class Stack:
             self.progress(f"kernel {version}: fetching with apt (cached after the first time)")
             self.kernels[version] = kernel = kernels.fetch(version)
             self.progress(f"kernel {version}: {kernel.release} in {kernel.root}")
+            if any(h.kernel == version and h.headers == "approximate" for h in self.config.hosts):
+                vm.approximate_headers(kernel)  # refused now, before anything starts
 
     def _start_vm(self, index: int, spec: HostSpec, api: Api) -> None:
         config = self.config

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from devstack import host, kernels, system
 from devstack.config import DevstackError, HostSpec, StackConfig
+from node_agent.headers.probe import tree_release
 from node_agent.wire import agent_url
 
 MEMORY_MB = 2048
@@ -118,12 +119,21 @@ def remove_redis_address(config: StackConfig) -> None:
 # -- the VM -------------------------------------------------------------------------------------
 
 
-def approximate_headers() -> Path:
-    """This machine's own headers tree, what an `approximate` VM links as its build."""
-    build = Path("/lib/modules", os.uname().release, "build")
+def approximate_headers(kernel: kernels.Kernel, *, build: Path | None = None) -> Path:
+    """This machine's own headers tree (`build`, else /lib/modules/<this release>/build),
+    what an `approximate` VM links as its build: another kernel's, so never the guest's own
+    (the guest would have exact headers while the flag said approximate)."""
+    build = build if build is not None else Path("/lib/modules", os.uname().release, "build")
     if not (build / "Makefile").exists():
         raise DevstackError(f"approximate headers link this machine's {build}: it has none")
-    return build.resolve()
+    tree = build.resolve()
+    if tree_release(tree) == kernel.release:
+        raise DevstackError(
+            f"--kernel {kernel.version}:approximate: this machine's {build} is {kernel.release}'s"
+            f" own, so the guest's headers would be exact; use --kernel {kernel.version}, or"
+            " approximate headers on another version"
+        )
+    return tree
 
 
 def agent_settings(config: StackConfig) -> dict[str, float]:
@@ -207,7 +217,7 @@ def command(
     """Write the VM's modules tree and init script; the argv that boots it."""
     home = config.host_dir(spec.name)
     headers = cast(kernels.HeadersMode, spec.headers)
-    approximate = approximate_headers() if headers == "approximate" else None
+    approximate = approximate_headers(kernel) if headers == "approximate" else None
     modules = kernels.modules_tree(
         kernel, home / "vm", headers=headers, approximate_from=approximate
     )

@@ -5,12 +5,16 @@ Each answer names the tree (or archive) and, when the headers are not exact, how
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from node_agent import btf as kernel_btf
+from node_agent.errors import UnsupportedProgram
 from node_agent.protocol import HeadersState
 from node_agent.safe_text import printable
 
@@ -19,6 +23,7 @@ KHEADERS_ARCHIVE = Path("/sys/kernel/kheaders.tar.xz")
 OS_RELEASE = Path("/etc/os-release")
 _DEBIAN_LIKE = {"debian", "ubuntu"}
 _RHEL_LIKE = {"fedora", "rhel", "centos", "rocky", "almalinux", "ol", "amzn"}
+log = logging.getLogger(__name__)
 _MODULE = re.compile(r"^(?:\S*/)?kheaders\.ko(?:\.(?:xz|zst|gz))?:", re.MULTILINE)
 
 
@@ -148,6 +153,42 @@ def unsupported_reason(headers: Headers) -> str | None:
     if headers.state is HeadersState.none:
         return f"no kernel headers to compile with: {headers.detail}"
     return None
+
+
+def layout_problem(
+    headers: Headers, fields: Mapping[str, str], btf: Path | None = None
+) -> str | None:
+    """Why a program reading these struct members (C define -> "struct.member") cannot run
+    with these headers: approximate ones may lay the structs out as another kernel did, so the
+    offsets must come from this kernel's BTF; None when they can (or the headers are this
+    kernel's own)."""
+    if headers.state is not HeadersState.approximate or not fields:
+        return None
+    try:
+        kernel_btf.offsets(fields, btf or kernel_btf.BTF_VMLINUX)
+    except kernel_btf.BtfError as exc:
+        return (
+            f"reads {', '.join(fields.values())} in kernel structs, which approximate headers"
+            f" may place wrongly, and {exc}; exact headers: {headers.detail}"
+        )
+    return None
+
+
+def layout_defines(
+    headers: Headers, fields: Mapping[str, str], btf: Path | None = None
+) -> list[str]:
+    """The cflags placing those members where this kernel has them, from its BTF, when the
+    headers are approximate (else none: the headers' own offsets are right); a member BTF
+    cannot place makes the program unsupported, naming it."""
+    if headers.state is not HeadersState.approximate or not fields:
+        return []
+    problem = layout_problem(headers, fields, btf)
+    if problem is not None:
+        raise UnsupportedProgram(f"the program {problem}")
+    btf = btf or kernel_btf.BTF_VMLINUX
+    placed = kernel_btf.offsets(fields, btf)
+    log.info("approximate headers: struct members placed from %s: %s", btf, placed)
+    return [f"-D{define}={offset}" for define, offset in placed.items()]
 
 
 def compile_note(headers: Headers) -> str | None:

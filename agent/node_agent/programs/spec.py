@@ -157,6 +157,9 @@ class AttachOption:
     features: frozenset[Feature]
     tracepoints: tuple[str, ...] = ()
     functions: tuple[str, ...] = ()  # kernel functions it attaches to (renamed or inlined: gone)
+    # Kernel struct members its code reads through pointers, as (C define, "struct.member"):
+    # with approximate headers the define is the kernel's own offset, from its BTF (node_agent.btf).
+    fields: tuple[tuple[str, str], ...] = ()
 
     @property
     def define(self) -> str:
@@ -171,11 +174,17 @@ class AttachOption:
         return cls(kind, point, frozenset({Feature.tracepoints}), tracepoints=tracepoints)
 
     @classmethod
-    def on_functions(cls, kind: Literal["fentry", "kprobe"], *functions: str) -> AttachOption:
-        """fentry (+fexit) or kprobes (+kretprobes) on kernel functions."""
+    def on_functions(
+        cls,
+        kind: Literal["fentry", "kprobe"],
+        *functions: str,
+        fields: Mapping[str, str] | None = None,
+    ) -> AttachOption:
+        """fentry (+fexit) or kprobes (+kretprobes) on kernel functions, reading `fields`."""
         features = {Feature.fentry, Feature.btf} if kind == "fentry" else {Feature.kprobes}
         point = f"{kind}:" + ",".join(functions)
-        return cls(kind, point, frozenset(features), functions=functions)
+        read = tuple((fields or {}).items())
+        return cls(kind, point, frozenset(features), functions=functions, fields=read)
 
 
 def attach_param(options: Sequence[AttachOption]) -> Param:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -39,8 +39,13 @@ class LoadedProgram(Protocol):
 
 
 class Runtime(Protocol):
-    def load(self, source: str, cflags: list[str]) -> tuple[LoadedProgram, float, float]:
-        """Compile, load and auto-attach; returns the program, compile and attach seconds."""
+    def load(
+        self, source: str, cflags: list[str], *, kernel_fields: Mapping[str, str] | None = None
+    ) -> tuple[LoadedProgram, float, float]:
+        """Compile, load and auto-attach; returns the program, compile and attach seconds.
+
+        `kernel_fields`: the struct members the program reads (C define -> "struct.member"),
+        which a runtime whose headers may lay structs out wrongly defines from the kernel."""
 
     def cost_meter(self) -> OverheadMeter:
         """Starts measuring what the loaded programs cost the host (after attach)."""

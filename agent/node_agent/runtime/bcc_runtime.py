@@ -8,7 +8,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from node_agent.errors import (
@@ -19,7 +19,7 @@ from node_agent.errors import (
     UnsupportedProgram,
     VerifierRejected,
 )
-from node_agent.headers.probe import Headers, compile_note, unsupported_reason
+from node_agent.headers.probe import Headers, compile_note, layout_defines, unsupported_reason
 from node_agent.overhead import OverheadMeter
 from node_agent.runtime.base import EventCallback
 from node_agent.runtime.compiler_output import filter_diagnostics
@@ -164,17 +164,22 @@ def _functions(bpf: Any) -> Iterator[tuple[str, bytes]]:
 class BccRuntime:
     """Compiles with bcc's clang, loads through the verifier, attaches auto probes.
 
-    `headers`, when known: none refuses every program before it compiles, and a failed
-    compile with approximate headers says so (node_agent.headers.probe)."""
+    `headers`, when known: none refuses every program before it compiles, a failed compile
+    with approximate headers says so, and with approximate headers the struct members a
+    program reads are placed where the kernel's BTF says (node_agent.headers.probe)."""
 
     def __init__(self, headers: Headers | None = None) -> None:
         self.headers = headers
 
-    def load(self, source: str, cflags: list[str]) -> tuple[BccProgram, float, float]:
+    def load(
+        self, source: str, cflags: list[str], *, kernel_fields: Mapping[str, str] | None = None
+    ) -> tuple[BccProgram, float, float]:
         headers = self.headers
         reason = unsupported_reason(headers) if headers is not None else None
         if reason is not None:
             raise UnsupportedProgram(reason)
+        if headers is not None and kernel_fields:
+            cflags = [*cflags, *layout_defines(headers, kernel_fields)]
         try:
             return self._load(source, cflags)
         except ProgramCompileError as exc:

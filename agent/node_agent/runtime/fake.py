@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from node_agent.overhead import OverheadMeter, Reading
@@ -63,6 +63,7 @@ class FakeRuntime:
         self.program = program or FakeProgram({})
         self.error = error
         self.loaded: list[tuple[str, list[str]]] = []
+        self.kernel_fields: list[dict[str, str]] = []  # what each load was told the C reads
         self.cost_pct = cost_pct  # the share of one CPU the fake programs "spend" in the kernel
 
     def cost_meter(self) -> OverheadMeter:
@@ -75,8 +76,11 @@ class FakeRuntime:
 
         return OverheadMeter(read)
 
-    def load(self, source: str, cflags: list[str]) -> tuple[FakeProgram, float, float]:
+    def load(
+        self, source: str, cflags: list[str], *, kernel_fields: Mapping[str, str] | None = None
+    ) -> tuple[FakeProgram, float, float]:
         self.loaded.append((source, cflags))
+        self.kernel_fields.append(dict(kernel_fields or {}))
         if self.error is not None:
             raise self.error
         return self.program, 0.01, 0.002

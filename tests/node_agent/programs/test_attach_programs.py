@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from node_agent import btf
 from node_agent.attach import TRACEFS, fentry_problem
+from node_agent.programs import catalog
 from node_agent.protocol import Limits, Scope, TraceRequest
+from node_agent.trace import prepare
 from tests.helpers import run_trace
 from tests.node_agent.programs import known_workloads as known
 
@@ -125,3 +128,33 @@ def test_vfs_latency_names_both_missing_options_on_this_kernel() -> None:
     message = outcome.final.error.message
     assert "fentry (fentry:vfs_read,vfs_write) needs fentry" in message, message
     assert "kprobe (kprobe:vfs_read,vfs_write) needs kprobes" in message, message
+
+
+def _compile(source: str, cflags: list[str]) -> None:
+    """bcc's compile of a program, loading and attaching nothing (this kernel can attach
+    neither kprobes nor fentry, but its clang compiles those options' C)."""
+    from bcc import BPF
+
+    class Compiled(BPF):  # type: ignore[misc]
+        def _trace_autoload(self) -> None:
+            pass
+
+    Compiled(text=source.encode(), cflags=cflags).cleanup()
+
+
+@pytest.mark.parametrize(
+    "program", [name for name, spec in catalog().items() if spec.attach and spec.engine == "bcc"]
+)
+def test_every_attach_option_compiles_with_the_headers_and_with_btf_offsets(program: str) -> None:
+    """Each option's C compiles here, with the headers' offsets and, for one that reads
+    kernel structs, with this kernel's own from BTF as approximate headers get them: the VM
+    columns of tests/kernel_matrix then only meet their kernel, not a typo."""
+    spec = catalog()[program]
+    for option in spec.attach:
+        request = TraceRequest(run_id=f"compile-{program}", program=program, duration_s=1)
+        prepared = prepare(request.model_copy(update={"params": {"attach": option.kind}}))
+        cflags = [*prepared.cflags, f"-D{option.define}=1"]
+        _compile(prepared.source, cflags)
+        if option.fields:
+            placed = btf.offsets(dict(option.fields))
+            _compile(prepared.source, [*cflags, *(f"-D{d}={o}" for d, o in placed.items())])

@@ -18,10 +18,19 @@ from node_agent.programs.spec import AttachOption, ProgramSpec
 from node_agent.protocol import KeyField, KeyValue
 
 FUNCTIONS = ("tcp_v4_connect", "tcp_v6_connect", "tcp_rcv_state_process")
+# What the function options read of struct sock at the SYN-ACK (the tracepoint has them as
+# its own fields), and where.
+FIELDS_READ = {
+    "FT_OFF_SK_STATE": "sock.__sk_common.skc_state",
+    "FT_OFF_SK_FAMILY": "sock.__sk_common.skc_family",
+    "FT_OFF_SK_DPORT": "sock.__sk_common.skc_dport",
+    "FT_OFF_SK_DADDR": "sock.__sk_common.skc_daddr",
+    "FT_OFF_SK_V6_DADDR": "sock.__sk_common.skc_v6_daddr",
+}
 ATTACH = (
     AttachOption.tracepoint("sock:inet_sock_set_state"),
-    AttachOption.on_functions("fentry", *FUNCTIONS),
-    AttachOption.on_functions("kprobe", *FUNCTIONS),
+    AttachOption.on_functions("fentry", *FUNCTIONS, fields=FIELDS_READ),
+    AttachOption.on_functions("kprobe", *FUNCTIONS, fields=FIELDS_READ),
 )
 
 FIELDS = [

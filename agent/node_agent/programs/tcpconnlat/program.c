@@ -111,20 +111,39 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 #endif
 
 #if defined(FT_ATTACH_FENTRY) || defined(FT_ATTACH_KPROBE)
-/* The SYN-ACK of a socket in SYN_SENT: fields read from struct sock (exact headers). */
+/* Where struct sock keeps what ft_syn_ack reads: the headers' offsets, or, with approximate
+ * headers (another kernel's), the running kernel's own from its BTF, defined by the agent. */
+#ifndef FT_OFF_SK_STATE
+#define FT_OFF_SK_STATE __builtin_offsetof(struct sock, __sk_common.skc_state)
+#endif
+#ifndef FT_OFF_SK_FAMILY
+#define FT_OFF_SK_FAMILY __builtin_offsetof(struct sock, __sk_common.skc_family)
+#endif
+#ifndef FT_OFF_SK_DPORT
+#define FT_OFF_SK_DPORT __builtin_offsetof(struct sock, __sk_common.skc_dport)
+#endif
+#ifndef FT_OFF_SK_DADDR
+#define FT_OFF_SK_DADDR __builtin_offsetof(struct sock, __sk_common.skc_daddr)
+#endif
+#ifndef FT_OFF_SK_V6_DADDR
+#define FT_OFF_SK_V6_DADDR __builtin_offsetof(struct sock, __sk_common.skc_v6_daddr)
+#endif
+
+/* The SYN-ACK of a socket in SYN_SENT. */
 static __always_inline void ft_syn_ack(struct sock *sk)
 {
+    void *at = (void *)sk;
     u8 state = 0;
-    bpf_probe_read_kernel(&state, sizeof(state), (void *)&sk->__sk_common.skc_state);
+    bpf_probe_read_kernel(&state, sizeof(state), at + FT_OFF_SK_STATE);
     if (state != FT_TCP_SYN_SENT)
         return;
     u16 family = 0, dport = 0;
-    bpf_probe_read_kernel(&family, sizeof(family), &sk->__sk_common.skc_family);
-    bpf_probe_read_kernel(&dport, sizeof(dport), &sk->__sk_common.skc_dport);
+    bpf_probe_read_kernel(&family, sizeof(family), at + FT_OFF_SK_FAMILY);
+    bpf_probe_read_kernel(&dport, sizeof(dport), at + FT_OFF_SK_DPORT);
     if (family == FT_AF_INET)
-        ft_connected((u64)sk, family, &sk->__sk_common.skc_daddr, bpf_ntohs(dport));
+        ft_connected((u64)sk, family, at + FT_OFF_SK_DADDR, bpf_ntohs(dport));
     else
-        ft_connected((u64)sk, family, &sk->__sk_common.skc_v6_daddr, bpf_ntohs(dport));
+        ft_connected((u64)sk, family, at + FT_OFF_SK_V6_DADDR, bpf_ntohs(dport));
 }
 #endif
 

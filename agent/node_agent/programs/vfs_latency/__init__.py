@@ -18,9 +18,16 @@ from node_agent.protocol import KeyField, KeyValue
 
 FUNCTIONS = ("vfs_read", "vfs_write")
 OPS = ("read", "write")
+# What the C reads, file->f_inode->i_sb->s_type->name (each a pointer), and where.
+FIELDS_READ = {
+    "FT_OFF_FILE_INODE": "file.f_inode",
+    "FT_OFF_INODE_SB": "inode.i_sb",
+    "FT_OFF_SB_TYPE": "super_block.s_type",
+    "FT_OFF_FSTYPE_NAME": "file_system_type.name",
+}
 ATTACH = (
-    AttachOption.on_functions("fentry", *FUNCTIONS),
-    AttachOption.on_functions("kprobe", *FUNCTIONS),
+    AttachOption.on_functions("fentry", *FUNCTIONS, fields=FIELDS_READ),
+    AttachOption.on_functions("kprobe", *FUNCTIONS, fields=FIELDS_READ),
 )
 
 FIELDS = [KeyField(name="fs"), KeyField(name="op")]

@@ -1,8 +1,10 @@
 /* vfs_read / vfs_write latency per file system type, as log2 histograms and counts.
  *
  * The call is stamped at entry, where the caller is current (scope checked there), with its
- * file's file system name (file->f_inode->i_sb->s_type->name: needs exact headers, as every
- * fentry or kprobe reading kernel structs does); the latency is charged at return.
+ * file's file system name (file->f_inode->i_sb->s_type->name); the latency is charged at
+ * return. Each member is read at FT_OFF_*: the headers' offset, or, when the headers are
+ * approximate (another kernel's), the running kernel's own from its BTF, which the agent
+ * defines (node_agent.btf): another kernel's layout reads the wrong bytes.
  * One attach option is compiled in, chosen by the agent:
  *   FT_ATTACH_FENTRY   fentry + fexit on vfs_read, vfs_write (BTF, 5.5+)
  *   FT_ATTACH_KPROBE   kprobes + kretprobes on the same functions
@@ -11,6 +13,19 @@
 #error "vfs_latency needs one of FT_ATTACH_FENTRY, FT_ATTACH_KPROBE"
 #endif
 #include <linux/fs.h>
+
+#ifndef FT_OFF_FILE_INODE
+#define FT_OFF_FILE_INODE __builtin_offsetof(struct file, f_inode)
+#endif
+#ifndef FT_OFF_INODE_SB
+#define FT_OFF_INODE_SB __builtin_offsetof(struct inode, i_sb)
+#endif
+#ifndef FT_OFF_SB_TYPE
+#define FT_OFF_SB_TYPE __builtin_offsetof(struct super_block, s_type)
+#endif
+#ifndef FT_OFF_FSTYPE_NAME
+#define FT_OFF_FSTYPE_NAME __builtin_offsetof(struct file_system_type, name)
+#endif
 
 #define FT_FS_LEN 16
 #define FT_OP_READ 0
@@ -36,17 +51,15 @@ static __always_inline void ft_vfs_enter(struct file *file)
     if (!ft_in_scope())
         return;
     struct start_t s = {};
-    struct inode *inode = NULL;
-    struct super_block *sb = NULL;
-    struct file_system_type *type = NULL;
+    void *inode = NULL, *sb = NULL, *type = NULL;
     const char *name = NULL;
-    bpf_probe_read_kernel(&inode, sizeof(inode), &file->f_inode);
+    bpf_probe_read_kernel(&inode, sizeof(inode), (void *)file + FT_OFF_FILE_INODE);
     if (inode)
-        bpf_probe_read_kernel(&sb, sizeof(sb), &inode->i_sb);
+        bpf_probe_read_kernel(&sb, sizeof(sb), inode + FT_OFF_INODE_SB);
     if (sb)
-        bpf_probe_read_kernel(&type, sizeof(type), &sb->s_type);
+        bpf_probe_read_kernel(&type, sizeof(type), sb + FT_OFF_SB_TYPE);
     if (type)
-        bpf_probe_read_kernel(&name, sizeof(name), &type->name);
+        bpf_probe_read_kernel(&name, sizeof(name), type + FT_OFF_FSTYPE_NAME);
     if (name)
         bpf_probe_read_kernel_str(&s.fs, sizeof(s.fs), name);
     s.ts = bpf_ktime_get_ns();
