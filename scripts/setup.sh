@@ -60,7 +60,9 @@ os_codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
 
 # "a|b" means the first of them that the distro has (Debian and Ubuntu name some differently).
 # bpftrace: the bpftrace program's engine (Debian 12 ships 0.17, Ubuntu 22.04 0.14, universe).
-packages=(python3-bpfcc bpftrace python3-venv "bpftool|linux-tools-common" gcc iproute2 redis-server util-linux mount)
+# gcc with libc6-dev: the C workloads of the tests and bench/ (gcc only recommends libc6-dev,
+# and --no-install-recommends leaves it out: no stdio.h on a fresh machine).
+packages=(python3-bpfcc bpftrace python3-venv "bpftool|linux-tools-common" gcc libc6-dev iproute2 redis-server util-linux mount)
 # VM hosts (`fleettrace dev up --kernel 6.1`): QEMU, and what virtme-ng runs (depmod, busybox,
 # and `file`, which it asks whether busybox is static).
 packages+=(qemu-system-x86 kmod busybox-static file)

@@ -11,6 +11,7 @@ from controller.reports.analysis import (
     Z_THRESHOLD,
     human,
     modified_z,
+    tie_aware_z,
 )
 from controller.reports.models import HistogramStats, Metric, MetricId, Outlier, TableStats
 from node_agent.protocol import KeyValue
@@ -97,7 +98,7 @@ def mad_outliers(
             by_metric.setdefault(m.id, []).append((host, m))
     out: list[Outlier] = []
     for mid, items in by_metric.items():
-        scores = modified_z([m.value for _, m in items])
+        scores = tie_aware_z([m.value for _, m in items])
         med = fleet[mid]
         for (host, m), z in zip(items, scores, strict=True):
             if abs(z) <= Z_THRESHOLD:

@@ -9,7 +9,7 @@ import pytest
 
 from controller.jobs.merge import merge_results
 from controller.jobs.models import JobResults, JobState
-from controller.reports.analysis import human, js_divergence, modified_z
+from controller.reports.analysis import Z_THRESHOLD, human, js_divergence, modified_z, tie_aware_z
 from controller.reports.digest import (
     decode,
     decode_detail,
@@ -201,3 +201,23 @@ def test_a_busy_key_on_one_host_is_the_top_outlier_and_compare_gives_deltas() ->
     total = next(m for m in h0.metrics if m.id == "table:opens:count")
     assert (total.base, total.other, total.delta, total.ratio) == (15.0, 5.0, -10.0, 1 / 3)
     assert [(h.host, h.in_base, h.in_other) for h in diff.hosts][-1] == ("h4", True, False)
+
+
+def test_a_lone_odd_host_among_agreeing_ones_scores_by_how_far_off_it_is() -> None:
+    """MAD is 0 when most hosts agree: the demo's runqlat p50 of 15, 15 and 4095 us (log2
+    buckets tie often) must make the third an outlier, and 15, 15, 16 must not; the
+    mean-absolute-deviation fallback scored both 3/1.2533 = 2.39, never an outlier."""
+    assert modified_z([15, 15, 4095])[2] == pytest.approx(3 / 1.253314)
+    high = tie_aware_z([15, 15, 4095])
+    assert high[2] == pytest.approx(Z_THRESHOLD * 8) and high[:2] == [0.0, 0.0]
+    assert abs(tie_aware_z([15, 15, 16])[2]) < Z_THRESHOLD
+    # Five agreeing hosts and one a hair off: not an outlier (the fallback gave it 3.99 > 3.5).
+    assert abs(tie_aware_z([10, 10, 10, 10, 11])[4]) < Z_THRESHOLD
+    assert tie_aware_z([10, 10, 10, 10, 50])[4] > Z_THRESHOLD
+    # Below the agreed value, and a fleet agreeing on zero.
+    assert tie_aware_z([100, 100, 3])[2] < -Z_THRESHOLD
+    assert tie_aware_z([0, 0, 5])[2] > Z_THRESHOLD
+    assert abs(tie_aware_z([0, 0, 1])[2]) <= Z_THRESHOLD
+    # Spread hosts keep the modified z-scores; fewer than 3 hosts score nothing.
+    assert tie_aware_z([10, 11, 12, 13, 100]) == modified_z([10, 11, 12, 13, 100])
+    assert tie_aware_z([1, 1000]) == [0.0, 0.0]
