@@ -11,6 +11,7 @@ import ctypes
 import logging
 import os
 import resource
+import select
 import signal
 import sys
 import threading
@@ -117,6 +118,15 @@ def _warm_limit(argv: list[str]) -> int | None:
     return None
 
 
+def _abandoned() -> bool:
+    """stdin closed with nothing in it: the runner gave up on this child before handing it a
+    trace (a late zygote answer), so there is nothing to warm up for."""
+    poller = select.poll()
+    poller.register(0, select.POLLIN)
+    events = dict(poller.poll(0)).get(0, 0)
+    return bool(events & select.POLLHUP) and not events & select.POLLIN
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m node_agent.child [--warm MB]`, or a child the zygote forked (its argv)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
@@ -130,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
 
     warm_mb = _warm_limit(sys.argv[1:] if argv is None else argv)
     if warm_mb is not None:
+        if _abandoned():
+            return 0
         _limit_memory(warm_mb)  # first: it must cover bcc's own load
         _open_libbcc_lazily()
         # A missing bcc is reported by the trace itself, with the request's run id.

@@ -86,6 +86,10 @@ class Child:
     def discard(self) -> None:
         _kill(self.process)
         self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):  # a Popen's wait keeps them
+            with contextlib.suppress(OSError):
+                if stream is not None:
+                    stream.close()
         self.stderr.close()
 
 
@@ -95,7 +99,9 @@ class ChildPool:
     agent is busy, one child forked ahead also has bcc loaded under the default memory limit
     (another ~40 ms), until `keep_warm_s` pass without a trace: an idle agent keeps no bcc
     loaded. While the zygote is down, a child is spawned cold and a new zygote started; while
-    it is slow to answer, that one child is spawned cold."""
+    it is slow to answer, that one child is spawned cold; once it is retired (it stopped
+    answering: node_agent.zygote) a new one is started too, the old one kept for its children
+    until they exit or the pool closes."""
 
     def __init__(
         self,
@@ -110,21 +116,23 @@ class ChildPool:
         self._lock = threading.Lock()
         self._spare: Child | None = None
         self._last_take = 0.0
+        self._refilling = False
         self._replacing = False
+        self._retired: list[Zygote] = []  # replaced while alive: closed with the pool
         self._closed = False
 
     def take(self, request: TraceRequest) -> Child:
         zygote = self._zygote
-        if zygote is not None and zygote.alive():
+        if zygote is not None and zygote.serving():
             try:
                 child = self._warm(request) or Child(*zygote.start_child())
                 threading.Thread(target=self._refill, name="child-pool", daemon=True).start()
                 return child
             except ZygoteGone as exc:
                 log.warning("run %s: %s; spawning its child cold", request.run_id, exc)
-        # A zygote that is only slow (a loaded host) keeps serving, its children with it:
-        # replacing it would leave it running beside the new one.
-        if zygote is None or not zygote.alive():
+        # A zygote that is only slow (a loaded host) keeps serving, its children with it,
+        # until it is retired.
+        if zygote is None or not zygote.serving():
             self._replace()
         return Child.spawn(DEFAULT_CHILD)
 
@@ -145,12 +153,23 @@ class ChildPool:
             zygote = self._zygote
             if self._closed or zygote is None:
                 return
-            if self._spare is None:
-                try:
-                    self._spare = Child(*zygote.start_child(warm_mb=self.memory_mb))
-                except ZygoteGone as exc:
-                    log.warning("no warm child: %s", exc)
-                    return
+            wanted = self._spare is None and not self._refilling
+            self._refilling = self._refilling or wanted
+        if wanted:  # asked without the lock: a take does not wait for a slow zygote's answer
+            try:
+                spare: Child | None = Child(*zygote.start_child(warm_mb=self.memory_mb))
+            except ZygoteGone as exc:
+                log.warning("no warm child: %s", exc)
+                spare = None
+            with self._lock:
+                self._refilling = False
+                if not self._closed and self._spare is None:
+                    self._spare, spare = spare, None
+            if spare is not None:  # closed meanwhile
+                spare.discard()
+            if not zygote.serving():
+                self._replace()
+                return
         timer = threading.Timer(self.keep_warm_s, self._cool_down)
         timer.daemon = True
         timer.start()
@@ -184,17 +203,24 @@ class ChildPool:
                 zygote.close()
                 return
             if zygote is not None:
-                self._zygote = zygote
+                old, self._zygote = self._zygote, zygote
+                if old is not None and old.alive():
+                    self._retired.append(old)
+                self._retired = [z for z in self._retired if z.alive()]
+        if zygote is not None:
+            log.info("a new zygote (pid %d) serves the next traces", zygote.pid)
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             zygote, self._zygote = self._zygote, None
             spare, self._spare = self._spare, None
+            retired, self._retired = self._retired, []
         if spare is not None:
             spare.discard()
-        if zygote is not None:
-            zygote.close()
+        for each in [*retired, zygote]:
+            if each is not None:
+                each.close()
 
 
 class TraceRunner:
@@ -373,6 +399,10 @@ def _send(stdin: IO[str], line: str) -> None:
 
 
 def _kill(child: Process) -> None:
+    """SIGKILL the child's process group, unless it has exited: the zygote reaps its children
+    at once, so an exited child's pid may be another process's by now."""
+    if child.poll() is not None:
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(child.pid, signal.SIGKILL)
 

@@ -10,15 +10,19 @@ Worker -> zygote, on a SOCK_SEQPACKET socket pair: b"fork ID" (or b"fork ID MB":
 child, `node_agent.child --warm MB`) carrying the child's stdin, stdout and stderr fds; the
 child then is node_agent.child (which applies the request's memory limit before bcc loads).
 Zygote -> worker: b"pid ID PID" once forked, then b"exit PID RETURNCODE" once reaped
-(RETURNCODE as subprocess gives it: -N for signal N). ID is the worker's number for the
-request: a reply that comes after the worker gave up waiting belongs to no later request
-(that child reads the end of its stdin and exits by itself).
+(RETURNCODE as subprocess gives it: -N for signal N); b"fail ID ERRNO" when fork() failed
+(pids.max, memory) and b"bad ID" for a request it cannot read: that child is spawned cold.
+ID is the worker's number for the request: a reply that comes after the worker gave up
+waiting belongs to no later request (that child reads the end of its stdin and exits).
 A zygote that dies takes its children with it (they die with their parent, SIGKILL), and
 the worker replaces it with a fresh `python -m node_agent.zygote FD` (no pages shared).
+One that stops answering (stopped, wedged) is retired: it gets no more requests, a fresh
+one is started, and it is killed once the children it forked are gone.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import ctypes
 import gc
@@ -32,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from typing import IO, NoReturn
 
@@ -39,6 +44,10 @@ log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 REPLY_TIMEOUT_S = 10.0
+# A zygote is retired after this many requests in a row not answered in time, or once a
+# request given up on has waited this many REPLY_TIMEOUT_S for its answer.
+RETIRE_AFTER_TIMEOUTS = 3
+RETIRE_AFTER_WAITS = 3
 # The returncode the worker reports for a child whose zygote died before reaping it: its
 # children are sent SIGKILL when it dies (PR_SET_PDEATHSIG).
 LOST = -signal.SIGKILL
@@ -96,10 +105,14 @@ class Zygote:
         self._cond = threading.Condition()
         self._requests = itertools.count(1)
         self._pids: dict[int, int] = {}  # request id -> the pid forked for it
-        self._abandoned: set[int] = set()  # request ids given up on: their late replies
+        self._refused: dict[int, str] = {}  # request id -> why no child was forked for it
+        self._abandoned: dict[int, float] = {}  # request ids given up on -> when sent
         self._strays: set[int] = set()  # pids forked for those: their exits are nobody's
+        self._children: set[int] = set()  # pids forked and not reaped yet
         self._exits: dict[int, int] = {}
+        self._timeouts = 0  # requests in a row not answered in time
         self._alive = True
+        self._retired = False
         self._closing = False
         threading.Thread(target=self._read, name="zygote", daemon=True).start()
 
@@ -134,6 +147,11 @@ class Zygote:
         with self._cond:
             return self._alive
 
+    def serving(self) -> bool:
+        """Alive and not retired: it may be asked for children."""
+        with self._cond:
+            return self._alive and not self._retired
+
     def start_child(self, warm_mb: int | None = None) -> tuple[ForkedProcess, IO[bytes]]:
         """A new trace child, and the file its stderr goes to; with `warm_mb`, one that
         loads bcc now under a memory limit of that many MiB (node_agent.child --warm)."""
@@ -143,13 +161,15 @@ class Zygote:
         stdout_r, stdout_w = os.pipe()
         stderr = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 - closed by the runner
         try:
-            with self._lock:
-                try:
-                    socket.send_fds(self._sock, [message], [stdin_r, stdout_w, stderr.fileno()])
-                except OSError as exc:
-                    self._died()
-                    raise ZygoteGone(f"cannot reach the zygote: {exc}") from exc
-                pid = self._next_pid(request)
+            # Bounded: behind a request that waits for a silent zygote, this one gives up too.
+            if not self._lock.acquire(timeout=REPLY_TIMEOUT_S):
+                raise ZygoteGone(
+                    f"the zygote is still busy with an earlier request (pid {self.pid})"
+                )
+            try:
+                pid = self._request(request, message, [stdin_r, stdout_w, stderr.fileno()])
+            finally:
+                self._lock.release()
         except BaseException:
             for fd in (stdin_w, stdout_r):
                 os.close(fd)
@@ -162,16 +182,77 @@ class Zygote:
         stdout = os.fdopen(stdout_r, "r")
         return ForkedProcess(pid, stdin, stdout, self), stderr
 
-    def _next_pid(self, request: int) -> int:
+    def _request(self, request: int, message: bytes, fds: list[int]) -> int:
+        """Send one fork request and wait for its answer (under self._lock)."""
+        if not self.serving():
+            raise ZygoteGone(f"the zygote (pid {self.pid}) is retired or gone")
+        sent = time.monotonic()
+        try:
+            # Not blocking: the socket of a zygote that reads nothing fills up. (sendmsg, as
+            # socket.send_fds ignores its flags argument: CPython 3.11 does.)
+            rights = (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))
+            self._sock.sendmsg([message], [rights], socket.MSG_DONTWAIT)
+        except BlockingIOError as exc:
+            self._timed_out()
+            raise ZygoteGone("the zygote did not answer in time (its socket is full)") from exc
+        except OSError as exc:
+            self._died()
+            raise ZygoteGone(f"cannot reach the zygote: {exc}") from exc
+        return self._next_pid(request, sent)
+
+    def _next_pid(self, request: int, sent: float) -> int:
         with self._cond:
             answered = self._cond.wait_for(
-                lambda: request in self._pids or not self._alive, REPLY_TIMEOUT_S
+                lambda: request in self._pids or request in self._refused or not self._alive,
+                REPLY_TIMEOUT_S,
             )
+            if answered and self._alive:
+                self._timeouts = 0
             if request in self._pids:
                 return self._pids.pop(request)
+            if request in self._refused:
+                raise ZygoteGone(f"the zygote did not fork: {self._refused.pop(request)}")
+            if answered:
+                raise ZygoteGone("the zygote died")
             # Its child, if it is forked yet, finds its stdin closed and exits by itself.
-            self._abandoned.add(request)
-            raise ZygoteGone("the zygote died" if answered else "the zygote did not answer in time")
+            self._abandoned[request] = sent
+        self._timed_out()
+        raise ZygoteGone("the zygote did not answer in time")
+
+    def _timed_out(self) -> None:
+        """One more request not answered in time: retired if it is too many, or too long."""
+        with self._cond:
+            self._timeouts += 1
+            why = self._why_retire()
+        if why is not None:
+            self._retire(why)
+
+    def _why_retire(self) -> str | None:
+        """Why this zygote should get no more requests, if it should (under self._cond)."""
+        if self._retired or not self._alive:
+            return None
+        if self._timeouts >= RETIRE_AFTER_TIMEOUTS:
+            return f"{self._timeouts} requests in a row not answered in {REPLY_TIMEOUT_S:g}s"
+        if self._abandoned:
+            waited = time.monotonic() - min(self._abandoned.values())
+            if waited > RETIRE_AFTER_WAITS * REPLY_TIMEOUT_S:
+                return f"a request given up on is still unanswered after {waited:.0f}s"
+        return None
+
+    def _retire(self, why: str) -> None:
+        """No more requests for it; it is closed once the children it forked are gone."""
+        with self._cond:
+            self._retired = True
+            children = len(self._children)
+        log.warning(
+            "the zygote (pid %d) is retired: %s; a new one serves the next requests, this one "
+            "is closed once its %d children have exited",
+            self.pid,
+            why,
+            children,
+        )
+        if not children:
+            self.close()
 
     def returncode(self, pid: int, *, block: bool) -> int | None:
         with self._cond:
@@ -183,31 +264,50 @@ class Zygote:
             return None if self._alive else LOST
 
     def _read(self) -> None:
-        while True:
-            try:
-                message = self._sock.recv(64)
-            except OSError:
-                message = b""
-            if not message:
-                break
-            kind, *fields = message.split()
-            with self._cond:
-                if kind == b"pid":
-                    self._forked(int(fields[0]), int(fields[1]))
-                elif kind == b"exit":
-                    self._exited(int(fields[0]), int(fields[1]))
-                self._cond.notify_all()
-        self._died()
+        try:
+            while True:
+                try:
+                    message = self._sock.recv(64)
+                except OSError:
+                    message = b""
+                if not message:
+                    break
+                kind, *fields = message.split()
+                with self._cond:
+                    if kind == b"pid":
+                        self._forked(int(fields[0]), int(fields[1]))
+                    elif kind == b"exit":
+                        self._exited(int(fields[0]), int(fields[1]))
+                    elif kind in (b"fail", b"bad"):
+                        self._refuse(int(fields[0]), fields[1:])
+                    self._cond.notify_all()
+                    done = self._retired and not self._children and not self._closing
+                if done:
+                    log.info("the retired zygote (pid %d) has no children left", self.pid)
+                    self.close()
+        except Exception:
+            log.exception("the zygote (pid %d) sent what this side cannot read", self.pid)
+        finally:
+            self._died()
 
     def _forked(self, request: int, pid: int) -> None:
-        if request in self._abandoned:
-            self._abandoned.discard(request)
+        self._children.add(pid)
+        if self._abandoned.pop(request, None) is not None:
             self._strays.add(pid)
             log.info("the zygote forked pid %d after its request was given up; it exits", pid)
         else:
             self._pids[request] = pid
 
+    def _refuse(self, request: int, errno: list[bytes]) -> None:
+        why = os.strerror(int(errno[0])) if errno else "it could not read the request"
+        log.warning(
+            "the zygote (pid %d) forked no child for request %d: %s", self.pid, request, why
+        )
+        if self._abandoned.pop(request, None) is None:
+            self._refused[request] = why
+
     def _exited(self, pid: int, code: int) -> None:
+        self._children.discard(pid)
         if pid in self._strays:
             self._strays.discard(pid)
         else:
@@ -232,8 +332,13 @@ class Zygote:
             os.waitpid(self.pid, 0)
 
     def close(self) -> None:
-        """The zygote exits when its socket closes (its children then die with it)."""
+        """The zygote exits when its socket closes (its children then die with it); a
+        retired one, which may never read it, is killed."""
         self._closing = True
+        with self._cond:  # killed first: once its socket is shut, the reader may reap it
+            if self._retired and self._alive:  # not reaped yet: the pid is still its own
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
 
@@ -290,20 +395,33 @@ def _serve(sock: socket.socket) -> None:
                 if not message:
                     return  # the worker closed its end
                 try:
-                    kind, *numbers = message.split()
-                    wellformed = len(numbers) in (1, 2) and all(n.isdigit() for n in numbers)
-                    if kind != b"fork" or len(fds) != 3 or not wellformed:
-                        log.error("zygote: bad request %r with %d fds", message[:64], len(fds))
-                        continue
-                    request, *warm_mb = numbers
-                    argv = ["--warm", warm_mb[0].decode()] if warm_mb else []
-                    pid = os.fork()
-                    if pid == 0:
-                        _child_main(fds, argv, (sock.fileno(), wake_r, wake_w))
-                    sock.send(b"pid %s %d" % (request, pid))
+                    _fork(sock, message, fds, (sock.fileno(), wake_r, wake_w))
                 finally:
                     for fd in fds:
                         os.close(fd)
+
+
+def _fork(sock: socket.socket, message: bytes, fds: list[int], own: tuple[int, ...]) -> None:
+    """Answer one request: a child forked, or why not (the worker then spawns it cold)."""
+    kind, *numbers = message.split() or [b""]
+    wellformed = len(numbers) in (1, 2) and all(n.isdigit() for n in numbers)
+    if kind != b"fork" or len(fds) != 3 or not wellformed:
+        log.error("zygote: bad request %r with %d fds", message[:64], len(fds))
+        if numbers and numbers[0].isdigit():
+            sock.send(b"bad %s" % numbers[0])
+        return
+    request, *warm_mb = numbers
+    argv = ["--warm", warm_mb[0].decode()] if warm_mb else []
+    parent = os.getpid()
+    try:
+        pid = os.fork()
+    except OSError as exc:  # pids.max, memory: this child is spawned cold, the others run on
+        log.error("zygote: cannot fork request %s: %s", request.decode(), exc)
+        sock.send(b"fail %s %d" % (request, exc.errno or 0))
+        return
+    if pid == 0:
+        _child_main(fds, argv, own, parent)
+    sock.send(b"pid %s %d" % (request, pid))
 
 
 def _reap_children(sock: socket.socket) -> None:
@@ -317,7 +435,9 @@ def _reap_children(sock: socket.socket) -> None:
         sock.send(b"exit %d %d" % (pid, os.waitstatus_to_exitcode(status)))
 
 
-def _child_main(fds: list[int], argv: list[str], zygote_fds: tuple[int, ...]) -> NoReturn:
+def _child_main(
+    fds: list[int], argv: list[str], zygote_fds: tuple[int, ...], parent: int
+) -> NoReturn:
     """A trace child, just forked: its own session and stdio, then child.main's protocol."""
     code = 1
     try:
@@ -327,6 +447,8 @@ def _child_main(fds: list[int], argv: list[str], zygote_fds: tuple[int, ...]) ->
             os.close(fd)
         os.setsid()  # its own process group: the runner kills the group
         _die_with_parent()
+        if os.getppid() != parent:
+            os._exit(0)  # the zygote died before the guard was set: no unsupervised trace
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)

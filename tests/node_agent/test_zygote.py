@@ -1,23 +1,30 @@
 """Trace children forked by the zygote, for real: exact counts, their own memory limit, a
-zygote that dies (the trace still runs, cold, and a new zygote takes over), and one that is
-only slow to answer (one cold child; its late answer is nobody's pid)."""
+zygote that dies (the trace still runs, cold, and a new zygote takes over), one that is
+only slow to answer (one cold child; its late answer is nobody's pid), one that never
+answers (retired, replaced, nothing waits on it), and one whose fork fails (pids.max)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from node_agent import runner
 from node_agent.protocol import ErrorCode, Limits, RunEvent, RunState, Scope, TraceRequest
-from node_agent.runner import ChildPool, TraceRunner
-from node_agent.zygote import Zygote, ZygoteGone
-from tests.helpers import is_running, row_value, snapshots_of
+from node_agent.runner import Child, ChildPool, TraceRunner
+from node_agent.scope import cgroup2_mount
+from node_agent.zygote import RETIRE_AFTER_TIMEOUTS, Zygote, ZygoteGone
+from tests.helpers import cgroup_name, is_running, row_value, snapshots_of
 
 pytestmark = pytest.mark.bcc
 
@@ -232,22 +239,235 @@ def test_a_late_answer_from_a_slow_zygote_is_nobodys_pid(
         stderr.close()
     # The stray exited by itself; its exit is kept for nobody.
     _wait(lambda: not zygote._strays)
-    assert zygote._exits == {} and zygote._pids == {}
+    assert not zygote._abandoned and zygote._exits == {} and zygote._pids == {}
 
 
 def test_a_slow_zygote_gives_one_cold_child_and_keeps_serving(
-    spawned: tuple[ChildPool, Zygote], monkeypatch: pytest.MonkeyPatch
+    spawned: tuple[ChildPool, Zygote],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     pool, zygote = spawned
     monkeypatch.setattr("node_agent.zygote.REPLY_TIMEOUT_S", 0.5)
+    caplog.set_level(logging.INFO, logger="node_agent.zygote")
     with _stopped(zygote.pid):
         cold = Traced(pool, "while-slow")
         assert cold.run() == CALLS
     assert cold.parent == os.getpid()  # spawned cold, not forked
-    # Not replaced: a second zygote would run beside this one for the agent's life.
+    # Not replaced: one late answer does not retire it.
     assert pool._zygote is zygote and zygote.alive()
     again = Traced(pool, "after-slow")
     assert again.run() == CALLS
     assert again.parent == zygote.pid
-    pid = again.runner.child_pid
-    assert pid is not None and pid not in zygote._strays
+    # The request given up on was answered late, by a child of its own that exited by itself:
+    # that pid went to nobody, and not to the trace after it.
+    _wait(lambda: not zygote._abandoned and not zygote._strays)
+    strays = [r.args[0] for r in caplog.records if "after its request was given up" in r.msg]
+    assert len(strays) == 1, caplog.text
+    assert strays[0] != again.runner.child_pid
+
+
+def _request(run_id: str) -> TraceRequest:
+    return TraceRequest(run_id=run_id, program="syscalls", duration_s=1)
+
+
+def _timed_take(pool: ChildPool, run_id: str, took: list[float]) -> None:
+    """One take (its child let go at once), and how long it took."""
+    start = time.monotonic()
+    child = pool.take(_request(run_id))
+    took.append(time.monotonic() - start)
+    child.discard()
+
+
+def test_a_zygote_that_never_answers_is_retired_and_a_new_one_serves(
+    spawned: tuple[ChildPool, Zygote], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped for good (or wedged), the zygote is not waited on forever: every take gives
+    up in bounded time, even behind another; after RETIRE_AFTER_TIMEOUTS silent requests it
+    gets no more, a new zygote forks the next trace, the old one (no children) is killed,
+    and the pool closes."""
+    pool, zygote = spawned
+    monkeypatch.setattr("node_agent.zygote.REPLY_TIMEOUT_S", 0.5)
+    assert zygote._process is not None
+    os.kill(zygote.pid, signal.SIGSTOP)
+    try:
+        took: list[float] = []
+        # At once: each waits at most 0.5 s for the one before it, then 0.5 s for its answer.
+        takes = [
+            threading.Thread(target=_timed_take, args=(pool, f"together-{n}", took))
+            for n in range(6)
+        ]
+        for thread in takes:
+            thread.start()
+        for thread in takes:
+            thread.join(timeout=20)
+        assert not any(thread.is_alive() for thread in takes)
+        # One by one, until a new zygote takes its place (each spawned cold till then).
+        for n in range(RETIRE_AFTER_TIMEOUTS + 20):
+            if pool._zygote is not zygote:
+                break
+            _timed_take(pool, f"one-by-one-{n}", took)
+        assert max(took) < 2.0, took
+        assert pool._zygote is not zygote and pool._zygote is not None
+        # The old one had no children: it is killed.
+        assert zygote._process.wait(timeout=10) == -signal.SIGKILL
+        new = pool._zygote
+        assert new.alive()
+        # The new zygote may still be importing: it gets the usual time to answer.
+        monkeypatch.setattr("node_agent.zygote.REPLY_TIMEOUT_S", 10.0)
+        after = Traced(pool, "after-retirement")
+        assert after.run() == CALLS
+        assert after.parent == new.pid and _ppid(new.pid) == os.getpid()
+        closing = threading.Thread(target=pool.close)
+        closing.start()
+        closing.join(timeout=20)
+        assert not closing.is_alive()
+        assert new._process is not None and new._process.wait(timeout=10) is not None
+    finally:
+        if zygote._process.returncode is None:
+            zygote._process.kill()  # stopped or not, it goes
+
+
+def test_a_full_socket_fails_the_request_instead_of_blocking(
+    spawned: tuple[ChildPool, Zygote], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests pile up in the socket of a zygote that reads nothing: once it is full, a
+    request fails at once (as slow) rather than blocking its sender, and the lock, for good.
+    Retirement is put off here so that requests keep going to it."""
+    _, zygote = spawned
+    monkeypatch.setattr("node_agent.zygote.REPLY_TIMEOUT_S", 0.05)
+    monkeypatch.setattr("node_agent.zygote.RETIRE_AFTER_TIMEOUTS", 10_000)
+    monkeypatch.setattr("node_agent.zygote.RETIRE_AFTER_WAITS", 10_000)
+    zygote._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)  # the kernel's least
+    assert zygote._process is not None
+    errors: list[str] = []
+
+    def ask() -> None:
+        for _ in range(200):
+            try:
+                zygote.start_child()
+            except ZygoteGone as exc:
+                errors.append(str(exc))
+                if "socket is full" in str(exc):
+                    return
+
+    os.kill(zygote.pid, signal.SIGSTOP)
+    try:
+        asking = threading.Thread(target=ask, daemon=True)
+        asking.start()
+        asking.join(timeout=30)
+        assert not asking.is_alive(), "a request blocked on the full socket"
+        assert "socket is full" in errors[-1]
+        assert zygote.alive() and zygote._lock.acquire(timeout=1)
+        zygote._lock.release()
+    finally:
+        zygote._process.kill()  # it is given up here: the fixture's close then finds it gone
+
+
+def _pids_hierarchy() -> Path | None:
+    """Where a pids cgroup can be made: cgroup v2 if its root hands out the pids controller,
+    else the cgroup v1 pids hierarchy."""
+    root = cgroup2_mount()
+    if root is not None and "pids" in (root / "cgroup.subtree_control").read_text().split():
+        return root
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, where, kind, options, *_ = line.split()
+        if kind == "cgroup" and "pids" in options.split(","):
+            return Path(where)
+    return None
+
+
+@pytest.fixture
+def pids_group() -> Iterator[Path]:
+    """A pids cgroup of its own, emptied and removed afterwards."""
+    root = _pids_hierarchy()
+    if root is None:
+        pytest.skip("no pids cgroup controller")
+    path = root / cgroup_name("zygote-pids")
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        for pid in (path / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):
+                (root / "cgroup.procs").write_text(pid)
+        path.rmdir()
+
+
+def test_a_fork_refused_by_pids_max_is_spawned_cold_and_the_zygote_stays(
+    spawned: tuple[ChildPool, Zygote], pids_group: Path
+) -> None:
+    """fork() failing in the zygote (EAGAIN at pids.max) fails that request at once; the
+    zygote, and with it every trace it forked, goes on."""
+    pool, zygote = spawned
+    (pids_group / "cgroup.procs").write_text(str(zygote.pid))
+    (pids_group / "pids.max").write_text((pids_group / "pids.current").read_text())
+    start = time.monotonic()
+    with pytest.raises(ZygoteGone, match="did not fork: Resource temporarily unavailable"):
+        zygote.start_child()
+    assert time.monotonic() - start < 5  # answered: not the 10 s of a silent zygote
+    cold = Traced(pool, "no-pids-left")
+    assert cold.run() == CALLS
+    assert cold.parent == os.getpid()  # spawned cold
+    assert pool._zygote is zygote and zygote.serving()
+    (pids_group / "pids.max").write_text("max")
+    again = Traced(pool, "pids-again")
+    assert again.run() == CALLS
+    assert again.parent == zygote.pid
+
+
+def _discard(child: Child) -> None:
+    child.discard()
+
+
+def _deadline_kill(child: Child) -> None:
+    runner._kill(child.process)  # what TraceRunner does past a deadline
+    child.process.wait()
+    child.stderr.close()
+
+
+@pytest.mark.parametrize("kill", [_discard, _deadline_kill], ids=["discard", "deadline-kill"])
+def test_an_exited_childs_pid_is_not_killed_again(
+    spawned: tuple[ChildPool, Zygote], kill: Callable[[Child], None]
+) -> None:
+    """The zygote reaps its children at once: once it said a child exited, that pid may be
+    any process's, and its group is not killed."""
+    _, zygote = spawned
+    process, stderr = zygote.start_child()
+    assert process.stdin is not None
+    process.stdin.close()  # it reads no request and exits 0
+    _wait(lambda: process.poll() is not None, timeout_s=10)
+    # A process group of ours stands for the process that got the pid next.
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        process.pid = other.pid
+        kill(Child(process, stderr))
+        with pytest.raises(subprocess.TimeoutExpired):
+            other.wait(timeout=1)
+    finally:
+        other.kill()
+        other.wait(timeout=10)
+
+
+def _imported(stderr: bytes) -> set[str]:
+    """The modules `python -X importtime` says it imported."""
+    lines = stderr.decode(errors="replace").splitlines()
+    return {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+
+
+@pytest.mark.parametrize(
+    ("stdin", "loads_bcc"), [(b"", False), (b"\n", True)], ids=["closed-empty", "line-then-closed"]
+)
+def test_a_warm_child_given_up_on_exits_without_loading_bcc(stdin: bytes, loads_bcc: bool) -> None:
+    """A warm child whose request was given up on (its stdin closed before it ran) has
+    nothing to warm for: it exits before bcc and LLVM load. One with a line to read warms."""
+    read, write = os.pipe()
+    os.write(write, stdin)
+    os.close(write)  # closed before the child starts: no race with its first look
+    try:
+        argv = [sys.executable, "-X", "importtime", "-m", "node_agent.child", "--warm", "2048"]
+        done = subprocess.run(argv, stdin=read, capture_output=True, timeout=120, check=False)
+    finally:
+        os.close(read)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert ("bcc" in _imported(done.stderr)) is loads_bcc
