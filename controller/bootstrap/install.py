@@ -231,7 +231,11 @@ def config_text(ctx: StepContext, redis_url: str) -> bytes:
 
 
 def _number(value: float | None) -> str | None:
-    return None if value is None else f"{value:g}"
+    """Exactly the value given: rounding could lift a limit (399.9999 written as 400)."""
+    if value is None:
+        return None
+    number = float(value)
+    return str(int(number)) if number.is_integer() else repr(number)
 
 
 def trusted_keys_text(ctx: StepContext) -> bytes:

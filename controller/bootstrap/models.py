@@ -124,11 +124,12 @@ class BootstrapOptions(BaseModel):
     concurrency: int | None = Field(default=None, ge=1, le=64)
     verify_timeout_s: float | None = Field(default=None, gt=0, le=3600)
     # A slow host (an emulated VM, a small board) compiles for minutes: its agent's bounds.
+    # Under a second no bcc compile ends, so every probe or trace would time out.
     probe_timeout_s: float | None = Field(
-        default=None, gt=0, le=3600, description="the agent's capability probe (bcc compiles)"
+        default=None, ge=1, le=3600, description="the agent's capability probe (bcc compiles)"
     )
     compile_timeout_s: float | None = Field(
-        default=None, gt=0, le=3600, description="a trace's compile and attach on the host"
+        default=None, ge=1, le=3600, description="a trace's compile and attach on the host"
     )
     max_overhead_pct: float | None = Field(
         default=None,

@@ -54,8 +54,11 @@ from controller.hosts.models import Host, HostCreate
 from controller.keys.store import KeyStore
 from controller.migrate import alembic_config, upgrade
 from controller.settings import Settings
+from node_agent.errors import LimitExceeded
+from node_agent.protocol import Limits, TraceRequest
 from node_agent.settings import AgentSettings
 from node_agent.signing import parse_trusted_keys
+from node_agent.trace import prepare
 from node_agent.wire import agent_user, client_url
 from tests.controller.bootstrap_fakes import (
     FINGERPRINT,
@@ -345,6 +348,56 @@ def test_a_slow_hosts_bounds_reach_its_agent_as_it_reads_them(
     lab.run("web-1")
     assert b"TIMEOUT" not in machine.files[CONFIG_FILE][0]
     assert b"OVERHEAD" not in machine.files[CONFIG_FILE][0]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "line"),
+    [
+        # Rounded to 400 the agent would let jobs run with no overhead budget at all.
+        ("max_overhead_pct", 399.9999, "FLEETTRACE_MAX_OVERHEAD_PCT=399.9999"),
+        ("compile_timeout_s", 1234.5678, "FLEETTRACE_COMPILE_TIMEOUT_S=1234.5678"),
+        ("probe_timeout_s", 1.0000001, "FLEETTRACE_PROBE_TIMEOUT_S=1.0000001"),
+        ("heartbeat_s", 0.1, "FLEETTRACE_HEARTBEAT_S=0.1"),
+        ("probe_timeout_s", 900, "FLEETTRACE_PROBE_TIMEOUT_S=900"),
+        ("max_overhead_pct", 400.0, "FLEETTRACE_MAX_OVERHEAD_PCT=400"),
+    ],
+)
+def test_agent_env_carries_each_number_exactly_as_given(
+    lab: Lab,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    option: str,
+    value: float,
+    line: str,
+) -> None:
+    machine = lab.add("web-1")
+    run = lab.run("web-1", RunKind.bootstrap, **{option: value})
+    assert run["state"] == "succeeded", run
+    written = machine.files[CONFIG_FILE][0]
+    assert f"{line}\n".encode() in written, written
+    env = tmp_path / "agent.env"
+    env.write_bytes(written)
+    for name in [k for k in os.environ if k.startswith("FLEETTRACE_")]:
+        monkeypatch.delenv(name)
+    assert getattr(AgentSettings(_env_file=env), option) == value
+
+
+def test_an_overhead_ceiling_under_400_still_makes_the_agent_require_a_budget(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent lifts the guard only at exactly 400: what bootstrap writes must not round up."""
+    machine = lab.add("web-1")
+    assert lab.run("web-1", max_overhead_pct=399.9999)["state"] == "succeeded"
+    env = tmp_path / "agent.env"
+    env.write_bytes(machine.files[CONFIG_FILE][0])
+    for name in [k for k in os.environ if k.startswith("FLEETTRACE_")]:
+        monkeypatch.delenv(name)
+    agent = AgentSettings(_env_file=env)
+    unguarded = TraceRequest(
+        run_id="r", program="syscalls", duration_s=1, limits=Limits(overhead_pct=None)
+    )
+    with pytest.raises(LimitExceeded, match="requires an overhead budget"):
+        prepare(unguarded, max_overhead_pct=agent.max_overhead_pct)
 
 
 def test_a_config_file_with_the_wrong_mode_is_rewritten(lab: Lab) -> None:
@@ -693,6 +746,62 @@ def test_the_api_checks_batches_and_hosts(
         "/v1/hosts", json={"name": "k", "host_key_fingerprint": "MD5:aa"}, headers=admin
     )
     assert bad.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("probe_timeout_s", 1e-07),
+        ("probe_timeout_s", 0.999),
+        ("compile_timeout_s", 1e-07),
+        ("compile_timeout_s", 0),
+        ("compile_timeout_s", 3601),
+    ],
+)
+def test_the_api_refuses_agent_bounds_no_compile_could_meet_naming_the_field(
+    api: tuple[TestClient, NullQueue, dict[str, str]], field: str, value: float
+) -> None:
+    client, queue, admin = api
+    client.post("/v1/hosts", json={"name": "web-1", "address": "web-1.test"}, headers=admin)
+    for path, body, loc in (
+        ("/v1/hosts/web-1/bootstrap", {field: value}, ["body", field]),
+        ("/v1/hosts/bootstrap", {"hosts": ["web-1"], "options": {field: value}},
+         ["body", "options", field]),
+    ):  # fmt: skip
+        answer = client.post(path, json=body, headers=admin)
+        assert answer.status_code == 422, answer.text
+        assert [e["loc"] for e in answer.json()["detail"]] == [loc], answer.text
+    assert queue.sent == []
+    assert getattr(BootstrapOptions.model_validate({field: 1}), field) == 1, "one second is allowed"
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["--probe-timeout", "1e-07"],
+            "probe_timeout_s: Input should be greater than or equal to 1 (got 1e-07)",
+        ),
+        (
+            ["--compile-timeout", "0.5", "--max-failures", "1"],
+            "options.compile_timeout_s: Input should be greater than or equal to 1 (got 0.5)",
+        ),
+    ],
+)
+def test_the_cli_refuses_a_useless_agent_bound_in_one_line(
+    api: tuple[TestClient, NullQueue, dict[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    line: str,
+) -> None:
+    client, queue, admin = api
+    client.post("/v1/hosts", json={"name": "web-1", "address": "web-1.test"}, headers=admin)
+    call = run_cli(monkeypatch, capsys, client, admin["Authorization"].removeprefix("Bearer "))
+    # --no-wait: were it accepted, nothing here would ever run it.
+    code, out, err = call("hosts", "bootstrap", "web-1", "--no-wait", *argv)
+    assert (code, out, err) == (2, "", f"fleettrace: error: {line}\n")
+    assert queue.sent == []
 
 
 def test_the_api_starts_a_batch(api: tuple[TestClient, NullQueue, dict[str, str]]) -> None:

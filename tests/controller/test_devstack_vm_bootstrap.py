@@ -4,7 +4,8 @@ supervised fallback (no systemd there), with the emulation bounds the stack's VM
 
 The host comes online, then traces a process started in the guest over SSH that makes exactly
 CALLS getppid calls, and counts them exactly; the agent kept the run's id in its state dir
-(/var/lib/fleettrace: the guest's own, in its memory). `down` leaves nothing behind.
+(/var/lib/fleettrace: the guest's own, an overlay whose upper layer is in the guest's memory,
+looked at over SSH). `down` leaves nothing behind.
 
 Opt-in (FLEETTRACE_VM_TESTS=1), ~30 min emulated. Run under
 `flock /tmp/ft-stack.lock flock /tmp/ft-vm.lock`.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -27,7 +27,7 @@ from devstack import Stack, down, sshd, vm
 from devstack.api import Api
 from devstack.config import StackConfig, private_config
 from tests.controller.support import FIRST_BOOTSTRAP_STEPS, step_statuses, wait_for
-from tests.controller.vm_support import assert_nothing_left, ssh
+from tests.controller.vm_support import Remote, assert_nothing_left
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow_vm, pytest.mark.bcc, pytest.mark.timeout(3600)]
 
@@ -36,6 +36,9 @@ CALLS = 4321
 FINAL_RUN_STATES = {"succeeded", "failed", "cancelled"}
 # Every command bounded by BOOTSTRAP_COMMAND_TIMEOUT_S; the whole run well within the sum.
 BOOTSTRAP_DEADLINE_S = 2400.0
+# An SSH login plus an emulated Python's start, or its CALLS calls under the trace.
+WORKLOAD_LINE_S = 180.0
+STATE_DIR = "/var/lib/fleettrace"
 # Says who it is, waits for "go", makes exactly n getppid calls, says done, waits for EOF.
 GETPPIDS = r"""
 import json, os, sys
@@ -57,13 +60,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     started = time.monotonic()
     try:
         stack.up()
-        print(f"\nstack up, the VM's sshd answering: {time.monotonic() - started:.0f} s")
-        yield stack
-    finally:
-        down(config.state_dir, purge=True, reap=stack.reap)
-        assert_nothing_left(stack.config)
-        # The guest's state dir was its own: nothing of it on this machine.
-        assert not Path(f"/var/lib/fleettrace/seen-runs.{VM.name}").exists()
+    except BaseException:
+        # The failed start is the error to see; a teardown that fails too is only told.
+        try:
+            down(config.state_dir, purge=True, reap=stack.reap)
+            assert_nothing_left(config)
+        except Exception as teardown:
+            print(f"tearing the stack down after its failed start: {teardown!r}", file=sys.stderr)
+        raise
+    print(f"\nstack up, the VM's sshd answering: {time.monotonic() - started:.0f} s")
+    # pytest runs the rest as teardown whatever the test did, and reports its own error
+    # apart from the test's.
+    yield stack
+    down(config.state_dir, purge=True, reap=stack.reap)
+    assert_nothing_left(config)
 
 
 def _agent_log(config: StackConfig, chars: int = 4000) -> str:
@@ -73,15 +83,9 @@ def _agent_log(config: StackConfig, chars: int = 4000) -> str:
     return log.read_text(errors="replace")[-chars:] if log.exists() else f"no {log}"
 
 
-def _ssh(config: StackConfig, command: str) -> subprocess.Popen[str]:
-    return ssh(config, VM, command)
-
-
 def _ssh_output(config: StackConfig, command: str, timeout_s: float = 120) -> str:
-    proc = _ssh(config, command)
-    out, _ = proc.communicate("", timeout=timeout_s)
-    assert proc.returncode == 0, (command, proc.returncode, out)
-    return out
+    with Remote(config, VM, command) as remote:
+        return remote.finish(timeout_s, command)
 
 
 def _bootstrap(api: Api, config: StackConfig) -> dict[str, Any]:
@@ -140,9 +144,26 @@ def test_a_bare_vm_is_bootstrapped_over_ssh_and_traces_a_known_workload(stack: S
         vm_run = _trace_known_workload(api, config)
     finally:
         api.close()
-    # The agent kept the run's id where a restarted agent would refuse its replay.
-    seen = _ssh_output(config, f"cat /var/lib/fleettrace/seen-runs.{VM.name}")
-    assert vm_run["id"] in seen, seen
+    _assert_the_run_is_kept_in_the_guests_own_state_dir(config, vm_run["id"])
+
+
+def _assert_the_run_is_kept_in_the_guests_own_state_dir(config: StackConfig, run_id: str) -> None:
+    """The agent kept the run's id where a restarted agent would refuse its replay: the
+    guest's /var, an overlay (virtme's --overlay-rwdir) whose upper layer is in the guest's
+    memory, never this machine's read-only root under it."""
+    seen = f"{STATE_DIR}/seen-runs.{VM.name}"
+    assert run_id in _ssh_output(config, f"cat {seen}")
+    mount = _ssh_output(config, f"findmnt -rno FSTYPE,TARGET,OPTIONS -T {STATE_DIR}").split()
+    assert len(mount) == 3, mount
+    fstype, target, options = mount
+    assert fstype in ("overlay", "tmpfs"), (STATE_DIR, mount)
+    if fstype == "overlay":
+        upper = dict(o.partition("=")[::2] for o in options.split(",")).get("upperdir")
+        assert upper, (STATE_DIR, mount)
+        written = Path(upper, Path(seen).relative_to(target))
+        # The file is in the upper layer itself (not a stale one of the lower, the host's).
+        check = f"findmnt -rno FSTYPE -T {upper} && test -f {written} && echo written"
+        assert _ssh_output(config, check).split() == ["tmpfs", "written"], (mount, written)
 
 
 def _trace_known_workload(api: Api, config: StackConfig) -> dict[str, Any]:
@@ -150,10 +171,8 @@ def _trace_known_workload(api: Api, config: StackConfig) -> dict[str, Any]:
     agent confines traces to) making CALLS getppid calls once the trace is attached."""
     cgroup = Path("/sys/fs/cgroup", config.host_cgroup(VM.name), "cgroup.procs")
     argv = [sys.executable, "-c", GETPPIDS, str(CALLS)]
-    workload = _ssh(config, f"echo $$ > {cgroup} && exec {shlex.join(argv)}")
-    try:
-        assert workload.stdout is not None and workload.stdin is not None
-        me = json.loads(workload.stdout.readline())
+    with Remote(config, VM, f"echo $$ > {cgroup} && exec {shlex.join(argv)}") as workload:
+        me = json.loads(workload.readline(WORKLOAD_LINE_S, "pid from the workload"))
         submitted = time.monotonic()
         job = api._call(
             "POST",
@@ -181,16 +200,13 @@ def _trace_known_workload(api: Api, config: StackConfig) -> dict[str, Any]:
         except TimeoutError as exc:
             raise AssertionError(f"{exc}\n{_agent_log(config)}") from None
         attached_s = time.monotonic() - submitted
-        workload.stdin.write("go\n")
-        workload.stdin.flush()
-        assert json.loads(workload.stdout.readline()) == {"done": True}
+        workload.write("go\n")
+        done = workload.readline(WORKLOAD_LINE_S, "'done' from the workload")
+        assert json.loads(done) == {"done": True}, done
         final = api.wait_job(job["id"], timeout_s=300)
         done_s = time.monotonic() - submitted
         results = api.results(job["id"])
-    finally:
-        if workload.stdin is not None:
-            workload.stdin.close()
-        workload.wait(timeout=60)
+        workload.finish(60, "the workload")
     (vm_run,) = final["runs"]
     assert vm_run["state"] == "succeeded", (vm_run, _agent_log(config))
     print(f"trace: first snapshot {attached_s:.0f} s after submit, final at {done_s:.0f} s")

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import subprocess
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 from devstack import kernels, sshd, system
 from devstack.config import HostSpec, StackConfig
@@ -77,14 +81,121 @@ def assert_nothing_left(config: StackConfig) -> None:
     assert not system.cgroup_path(config.cgroup_parent).exists()
 
 
-def ssh(config: StackConfig, host: HostSpec, command: str) -> subprocess.Popen[str]:
-    """`command` in a VM host as root, over its sshd, with the stack's key and known_hosts."""
+def ssh_argv(config: StackConfig, host: HostSpec, command: str) -> list[str]:
+    """ssh running `command` in a VM host as root, with the stack's key and known_hosts."""
     address = config.addresses(config.hosts.index(host))[1]
-    argv = [
+    return [
         *("ssh", "-i", str(sshd.controller_key(config))),
         *("-o", f"UserKnownHostsFile={sshd.known_hosts(config)}", "-o", "BatchMode=yes"),
         *("-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=30"),
         f"root@{address}",
         command,
     ]
+
+
+def ssh(config: StackConfig, host: HostSpec, command: str) -> subprocess.Popen[str]:
+    """`command` in a VM host as root, over its sshd, with the stack's key and known_hosts."""
+    argv = ssh_argv(config, host, command)
     return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+class Remote:
+    """`command` in a VM host over ssh, every wait on it bounded: on a timeout its ssh is
+    killed by pid and reaped, and the error shows what it printed so far.
+
+    Use it as a context manager: leaving kills a still running ssh and never hides the error
+    the block raised."""
+
+    def __init__(self, config: StackConfig, host: HostSpec, command: str) -> None:
+        self.command = command
+        self.proc = subprocess.Popen(
+            ssh_argv(config, host, command),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.out: list[str] = []  # every stdout line read so far, taken or not
+        self.err: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, True), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, False), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def __enter__(self) -> Remote:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+    def _read(self, stream: IO[str] | None, stdout: bool) -> None:
+        assert stream is not None
+        for line in stream:
+            (self.out if stdout else self.err).append(line)
+            if stdout:
+                self._lines.put(line)
+        if stdout:
+            self._lines.put(None)
+
+    def readline(self, timeout_s: float, what: str) -> str:
+        """The next line of its stdout, within `timeout_s`."""
+        try:
+            line = self._lines.get(timeout=timeout_s)
+        except queue.Empty:
+            self.kill()
+            raise AssertionError(
+                f"no {what} within {timeout_s:g} s (ssh killed): {self.said()}"
+            ) from None
+        if line is None:
+            self._lines.put(None)  # at its end it stays there
+            self.kill()
+            raise AssertionError(
+                f"ssh ended (exit {self.proc.returncode}) before {what}: {self.said()}"
+            )
+        return line
+
+    def write(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text)
+        self.proc.stdin.flush()
+
+    def finish(self, timeout_s: float, what: str) -> str:
+        """Close its stdin and wait for a clean exit within `timeout_s`; all of its stdout."""
+        assert self.proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self.proc.stdin.close()
+        try:
+            code = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(
+                f"{what} still running after {timeout_s:g} s (ssh killed): {self.said()}"
+            ) from None
+        self._join_readers()
+        assert code == 0, f"{what} failed (exit {code}): {self.said()}"
+        return "".join(self.out)
+
+    def kill(self) -> None:
+        """SIGKILL its ssh by pid if it still runs, and reap it."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        self._join_readers()
+
+    def _join_readers(self, timeout_s: float = 5.0) -> None:
+        """Its pipes end with it: the readers finish with what it printed last."""
+        deadline = time.monotonic() + timeout_s
+        for reader in self._readers:
+            reader.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    def said(self) -> str:
+        """The command and the end of what it printed, for an error."""
+        out, err = "".join(self.out)[-2000:], "".join(self.err)[-2000:]
+        return f"{self.command[:120]!r} printed {out!r}; ssh's stderr {err!r}"

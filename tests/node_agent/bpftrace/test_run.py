@@ -388,20 +388,37 @@ def _caught_before_attach(run: Run) -> int | None:
     return None
 
 
+def _miss(bpftrace: int | None, attached: bool, outcome: TraceOutcome) -> str:
+    """One missed attempt: what was seen and how the run ended, with its error."""
+    error = outcome.final.error
+    ended = f"{error.code.value}: {error.message}" if error is not None else "no error"
+    seen = "bpftrace seen compiling" if bpftrace is not None else "bpftrace not seen compiling"
+    return (
+        f"  {seen}, {'attached' if attached else 'not attached'};"
+        f" final {outcome.final.state.value} ({ended})"
+    )
+
+
 def test_cancel_before_attach_leaves_nothing_running() -> None:
     # bpftrace attaches one tracepoint within ~100 ms of its start: a loaded machine can
     # deschedule this poll (or the cancel) for longer. A run that attached is stopped, and
     # another started.
+    misses: list[str] = []
     for _ in range(5):
         run = Run(_request(COUNT_BY_COMM, duration_s=60))
         bpftrace = _caught_before_attach(run)
         run.runner.cancel()
         outcome = run.result()
         # It may still attach between the poll and the cancel: that run missed too.
-        if bpftrace is not None and not any(is_running(e) for e in outcome.events):
+        attached = any(is_running(e) for e in outcome.events)
+        if bpftrace is not None and not attached:
             break
+        misses.append(_miss(bpftrace, attached, outcome))
     else:
-        pytest.fail("bpftrace was never cancelled before its attach in 5 runs")
+        # A run that fails for another reason (no bpftrace, a child that cannot start) says so.
+        pytest.fail(
+            "bpftrace was never cancelled before its attach in 5 runs:\n" + "\n".join(misses)
+        )
     assert outcome.final.state is RunState.cancelled, outcome.final
     assert not Path(f"/proc/{bpftrace}").exists()
 
