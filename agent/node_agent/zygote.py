@@ -17,7 +17,8 @@ waiting belongs to no later request (that child reads the end of its stdin and e
 A zygote that dies takes its children with it (they die with their parent, SIGKILL), and
 the worker replaces it with a fresh `python -m node_agent.zygote FD` (no pages shared).
 One that stops answering (stopped, wedged) is retired: it gets no more requests, a fresh
-one is started, and it is killed once the children it forked are gone.
+one is started, and it is killed once the children it forked are gone. A child's exit it
+leaves unreported is read from the zombie's /proc (node_agent.zygote.unreaped_exit).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import tempfile
 import threading
 import time
 import traceback
+from pathlib import Path
 from typing import IO, NoReturn
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,10 @@ REPLY_TIMEOUT_S = 10.0
 # request given up on has waited this many REPLY_TIMEOUT_S for its answer.
 RETIRE_AFTER_TIMEOUTS = 3
 RETIRE_AFTER_WAITS = 3
+# The zygote reaps a child the moment it exits. One left a zombie this long (a stopped or
+# wedged zygote) has its exit code read from /proc instead, and one reaped with no "exit"
+# sent is reported LOST: a trace never waits on a zygote that stopped talking.
+UNREPORTED_EXIT_S = 10.0
 # The returncode the worker reports for a child whose zygote died before reaping it: its
 # children are sent SIGKILL when it dies (PR_SET_PDEATHSIG).
 LOST = -signal.SIGKILL
@@ -257,11 +263,44 @@ class Zygote:
     def returncode(self, pid: int, *, block: bool) -> int | None:
         with self._cond:
             if block:
-                self._cond.wait_for(lambda: pid in self._exits or not self._alive)
+                code = self._wait_exit(pid)
+                if code is not None:
+                    return code
             if pid in self._exits:
                 return self._exits.pop(pid)
             # Its zygote died first: the child got SIGKILL with it, its status went with it.
             return None if self._alive else LOST
+
+    def _wait_exit(self, pid: int) -> int | None:
+        """Wait (under self._cond) for the zygote to report `pid`'s exit; its code if the
+        zygote failed to within UNREPORTED_EXIT_S of the exit, else None (reported)."""
+        silent_since: float | None = None
+        while not self._cond.wait_for(
+            lambda: pid in self._exits or not self._alive, timeout=UNREPORTED_EXIT_S / 10
+        ):
+            code = unreaped_exit(pid, self.pid)
+            if code == RUNNING:
+                silent_since = None
+                continue
+            silent_since = silent_since or time.monotonic()
+            if time.monotonic() - silent_since < UNREPORTED_EXIT_S:
+                continue
+            # Its "exit" may still come: it is nobody's then.
+            self._strays.add(pid)
+            self._children.discard(pid)
+            done = self._retired and not self._children
+            log.warning(
+                "the zygote (pid %d) did not report child %d's exit in %gs: %s",
+                self.pid,
+                pid,
+                UNREPORTED_EXIT_S,
+                "read from /proc" if code is not None else "reaped, its code lost",
+            )
+            self._timed_out()  # self._cond is reentrant: retiring takes it again
+            if done:
+                self.close()
+            return LOST if code is None else code
+        return None
 
     def _read(self) -> None:
         try:
@@ -341,6 +380,25 @@ class Zygote:
                     os.kill(self.pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
+
+
+RUNNING = 1 << 16  # not an exit status: unreaped_exit's "still running"
+
+
+def unreaped_exit(pid: int, parent: int) -> int | None:
+    """`pid`, a child of `parent`: RUNNING while it runs; its exit code (-N for signal N) if
+    it has exited and `parent` has not reaped it (a zombie's /proc/PID/stat keeps its wait
+    status, field 52); None if it is reaped (gone, or its pid is another process's)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # from field 3, state; the name may hold ")"
+    if int(fields[1]) != parent:
+        return None
+    if fields[0] != "Z":
+        return RUNNING
+    return os.waitstatus_to_exitcode(int(fields[52 - 3]))
 
 
 def _die_with_parent() -> None:

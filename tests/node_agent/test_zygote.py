@@ -1,7 +1,8 @@
 """Trace children forked by the zygote, for real: exact counts, their own memory limit, a
 zygote that dies (the trace still runs, cold, and a new zygote takes over), one that is
 only slow to answer (one cold child; its late answer is nobody's pid), one that never
-answers (retired, replaced, nothing waits on it), and one whose fork fails (pids.max)."""
+answers (retired, replaced, nothing waits on it), one stopped while its child exits (the
+exit is still known, the trace ends), and one whose fork fails (pids.max)."""
 
 from __future__ import annotations
 
@@ -471,3 +472,64 @@ def test_a_warm_child_given_up_on_exits_without_loading_bcc(stdin: bytes, loads_
         os.close(read)
     assert done.returncode == 0, done.stderr[-2000:]
     assert ("bcc" in _imported(done.stderr)) is loads_bcc
+
+
+@pytest.mark.parametrize(("signum", "code"), [(None, 0), (signal.SIGKILL, -signal.SIGKILL)])
+def test_a_childs_exit_is_known_while_its_zygote_is_stopped(
+    spawned: tuple[ChildPool, Zygote],
+    monkeypatch: pytest.MonkeyPatch,
+    signum: int | None,
+    code: int,
+) -> None:
+    """A stopped (or wedged) zygote reaps nothing and reports nothing: the exit is read from
+    the zombie's /proc, within UNREPORTED_EXIT_S, and the late report, once it comes, is
+    nobody's."""
+    monkeypatch.setattr("node_agent.zygote.UNREPORTED_EXIT_S", 1.0)
+    _, zygote = spawned
+    process, stderr = zygote.start_child()
+    assert process.stdin is not None
+    try:
+        with _stopped(zygote.pid):
+            if signum is None:
+                process.stdin.close()  # it reads no request and exits 0
+            else:
+                os.kill(process.pid, signum)
+            waited = threading.Thread(target=process.wait, daemon=True)
+            waited.start()
+            waited.join(timeout=30)
+            assert not waited.is_alive(), "wait() hung on a stopped zygote"
+            assert process.returncode == code
+            # Still its zombie: it was not reaped behind the zygote's back.
+            assert Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        _wait(lambda: not zygote._strays, timeout_s=10)  # resumed, it reaped and told
+        assert zygote._exits == {} and zygote.serving()
+    finally:
+        stderr.close()
+
+
+def test_a_trace_ends_when_its_zygote_stops_mid_trace(
+    spawned: tuple[ChildPool, Zygote], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child counts, ends and exits; its zygote, frozen meanwhile, reports nothing. The
+    trace still ends, succeeded, with the exact count."""
+    monkeypatch.setattr("node_agent.zygote.UNREPORTED_EXIT_S", 1.0)
+    pool, zygote = spawned
+    traced = Traced(pool, "zygote-stopped")
+    original = traced._on_event
+
+    def stop_the_zygote_once_attached(event: RunEvent) -> None:
+        if is_running(event):
+            os.kill(zygote.pid, signal.SIGSTOP)
+        original(event)
+
+    traced.runner.on_event = stop_the_zygote_once_attached
+    try:
+        result: list[int] = []
+        thread = threading.Thread(target=lambda: result.append(traced.run()), daemon=True)
+        thread.start()
+        thread.join(timeout=120)
+        assert not thread.is_alive(), "the trace waited on a stopped zygote"
+        assert result == [CALLS]
+        assert traced.parent == zygote.pid
+    finally:
+        os.kill(zygote.pid, signal.SIGCONT)
