@@ -95,8 +95,15 @@ def forked() -> Iterator[tuple[ChildPool, Zygote]]:
 
 @pytest.fixture
 def spawned() -> Iterator[tuple[ChildPool, Zygote]]:
-    """A zygote without bcc loaded, as the worker's is (this test process has loaded it)."""
+    """A zygote without bcc loaded, as the worker's is (this test process has loaded it),
+    ready: it has answered once (a fresh one imports for seconds on a loaded machine, longer
+    than the short reply timeouts some tests set)."""
     with _pool(Zygote.spawn()) as pair:
+        process, stderr = pair[1].start_child()
+        assert process.stdin is not None
+        process.stdin.close()  # it reads no request and exits 0
+        assert process.wait() == 0
+        stderr.close()
         yield pair
 
 

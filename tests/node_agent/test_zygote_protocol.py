@@ -1,5 +1,6 @@
 """The zygote's protocol, each side on its own: the worker's end (node_agent.zygote.Zygote)
-against a socket this test answers on, and the zygote's answer to one request (`_fork`).
+against a socket this test answers on, and the zygote's answer to one request
+(node_agent.zygote_process._fork).
 The real zygote, forking real trace children, is tests/node_agent/test_zygote.py."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from node_agent import zygote as zygote_module
+from node_agent import zygote_process
 from node_agent.zygote import Zygote, ZygoteGone
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -128,7 +130,7 @@ def test_the_zygote_answers_a_request_it_cannot_read(
 ) -> None:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with ours, theirs:
-        zygote_module._fork(theirs, message, [0] * fds, ())
+        zygote_process._fork(theirs, message, [0] * fds, ())
         ours.setblocking(False)
         if reply is None:
             with pytest.raises(BlockingIOError):
@@ -149,7 +151,7 @@ def _orphan(report: int, stdin: int) -> None:
             deadline = time.monotonic() + 10
             while os.getppid() == parent and time.monotonic() < deadline:
                 time.sleep(0.01)
-            zygote_module._child_main([stdin, out, err], [], (), parent)
+            zygote_process._child_main([stdin, out, err], [], (), parent)
         os._exit(0)
     os.waitpid(zygote, 0)
     _, status = os.waitpid(-1, 0)  # the orphan, reparented to this subreaper

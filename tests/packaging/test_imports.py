@@ -32,6 +32,7 @@ AGENT_ONLY = (
     "node_agent.runtime.bcc_runtime",  # runtime.base, the interface catalog specs name, is shared
     "node_agent.runtime.sandbox",
     "node_agent.zygote",
+    "node_agent.zygote_process",
     "node_agent.selfstats",
 )
 # (importing file, module): `fleettrace dev` from a checkout, behind an ImportError.
