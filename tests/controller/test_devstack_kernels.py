@@ -141,6 +141,46 @@ def test_qemu_options_vngs_shell_would_split_are_refused(tmp_path: Path, opt: st
         kernels.vng_command(kernel, modules=modules, name="k", exec_="true", qemu_opts=(opt,))
 
 
+def test_what_virtmes_tmpfs_hides_is_exported_again_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """virtme's init mounts a tmpfs over /var/tmp, /var/cache, /run...: a kernel cache or a
+    checkout under one of them would be empty in the guest (its build link dangling, its
+    venv missing). Each is given back, read-only, where it is; once, outermost first."""
+    hidden = Path("/var/tmp") / tmp_path.name  # a made-up path: nothing is written there
+    kernel = kernels.Kernel("6.1", RELEASE, hidden / "var/kernels" / RELEASE)
+    checkout = hidden
+    monkeypatch.setattr(kernels, "source_root", lambda: checkout)
+    monkeypatch.setattr(kernels.sys, "prefix", str(hidden / ".venv"))
+    assert kernels.hidden_in_guest(kernel.root) and kernels.hidden_in_guest(Path("/run/x"))
+    assert not kernels.hidden_in_guest(tmp_path) and not kernels.hidden_in_guest(Path("/var"))
+    assert not kernels.hidden_in_guest(Path("/var/tmpx"))
+    assert kernels.shown_again([kernel.root, hidden / ".venv", checkout], {}) == [checkout]
+    # A path an rwdir already gives the guest is left to it.
+    assert kernels.shown_again([kernel.root], {str(hidden): hidden}) == []
+    # Nothing hidden: nothing added.
+    assert kernels.shown_again([tmp_path, Path("/usr")], {}) == []
+
+    visible = _extracted(tmp_path / "cache")
+    modules = kernels.modules_tree(visible, tmp_path / "vm", headers="exact")
+    argv = kernels.vng_command(visible, modules=modules, name="k", exec_="true", kvm=False)
+    assert [a for a in argv if a.startswith("--rodir")] == [f"--rodir={checkout}={checkout}"]
+    monkeypatch.setattr(kernels, "source_root", lambda: tmp_path)
+    monkeypatch.setattr(kernels.sys, "prefix", str(tmp_path / ".venv"))
+    argv = kernels.vng_command(visible, modules=modules, name="k", exec_="true", kvm=False)
+    assert not [a for a in argv if a.startswith("--rodir")]
+
+
+@pytest.mark.parametrize("path", ["/tmp/a b", "/tmp/a=b", "/tmp/$(id)", "relative"])
+def test_paths_vngs_line_would_split_are_refused_naming_them(tmp_path: Path, path: str) -> None:
+    kernel = _extracted(tmp_path / "cache")
+    modules = kernels.modules_tree(kernel, tmp_path / "vm", headers="none")
+    with pytest.raises(DevstackError, match=f"a VM cannot be given {re.escape(repr(path))}"):
+        kernels.vng_command(
+            kernel, modules=modules, name="k", exec_="true", rwdirs={"/x": Path(path)}
+        )
+
+
 def test_vng_command_wants_a_tree_from_modules_tree(tmp_path: Path) -> None:
     kernel = _extracted(tmp_path / "cache")
     with pytest.raises(DevstackError, match="not a tree made by modules_tree"):

@@ -5,6 +5,9 @@ Run under `flock /tmp/ft-vm.lock`: without KVM a boot takes the machine's CPUs f
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +20,33 @@ pytestmark = [pytest.mark.vm, pytest.mark.timeout(600)]
 
 
 def test_a_fetched_61_kernel_boots_with_its_exact_headers(tmp_path: Path) -> None:
-    kernel = kernels.fetch("6.1")
+    _boots_with_its_exact_headers(kernels.fetch("6.1"), tmp_path)
+
+
+def test_a_kernel_cache_where_virtme_mounts_a_tmpfs_is_still_seen(tmp_path: Path) -> None:
+    """virtme's init hides /var/tmp (and /var/cache, /run...) under an empty tmpfs: a kernel
+    cache there (a checkout cloned into /var/tmp, say) left the guest's build link dangling.
+    The cache is given back, read-only, where it is."""
+    fetched = kernels.fetch("6.1")
+    hidden = Path(tempfile.mkdtemp(prefix="ft-hidden-", dir="/var/tmp"))
+    try:
+        # Hard links: the same files at no cost where /var/tmp and the cache share a
+        # filesystem; a copy otherwise.
+        root = hidden / fetched.root.name
+        for how in ("-al", "-a"):
+            shutil.rmtree(root, ignore_errors=True)
+            copied = subprocess.run(["cp", how, str(fetched.root), str(root)], timeout=600)
+            if copied.returncode == 0:
+                break
+        assert copied.returncode == 0, f"cannot copy {fetched.root} to {root}"
+        kernel = kernels.Kernel(fetched.version, fetched.release, root)
+        assert kernels.hidden_in_guest(kernel.root)
+        _boots_with_its_exact_headers(kernel, tmp_path)
+    finally:
+        shutil.rmtree(hidden)
+
+
+def _boots_with_its_exact_headers(kernel: kernels.Kernel, tmp_path: Path) -> None:
     assert kernel.release.startswith("6.1.0-") and kernel.complete()
     modules = kernels.modules_tree(kernel, tmp_path / "vm", headers="exact")
     out = tmp_path / "out"

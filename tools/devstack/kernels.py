@@ -337,6 +337,55 @@ def vng_path() -> Path:
     return Path(sys.executable).parent / "vng"
 
 
+# What virtme's init mounts an empty tmpfs over in the guest (virtme/guest/virtme-init):
+# a host path under one of them is not in the guest's view of this machine's root.
+HIDDEN_IN_GUEST = (
+    "/run",
+    "/dev",
+    "/var/log",
+    "/var/tmp",
+    "/var/cache",
+    "/var/spool/rsyslog",
+    "/var/lib/portables",
+    "/var/lib/machines",
+    "/var/lib/private",
+    "/var/lib/apt",
+    "/var/lib/snapd/cookie",
+    "/var/lib/sudo",
+)
+
+
+def hidden_in_guest(path: Path) -> bool:
+    """`path` (resolved) lies where a guest sees an empty tmpfs instead of this machine's."""
+    resolved = path.resolve()
+    return any(resolved.is_relative_to(hidden) for hidden in HIDDEN_IN_GUEST)
+
+
+def shown_again(paths: Sequence[Path], rwdirs: Mapping[str, Path]) -> list[Path]:
+    """Of the host directories a guest reads (`paths`), those a tmpfs of virtme's hides (a
+    checkout or kernel cache under /var/tmp, say), each once and outermost first, unless an
+    rwdir already gives the guest that path: each is exported again, read-only, where it is."""
+    given = [Path(guest) for guest in rwdirs]
+    out: list[Path] = []
+    for path in sorted({p.resolve() for p in paths}, key=lambda p: len(p.parts)):
+        if not hidden_in_guest(path) or any(path.is_relative_to(g) for g in given):
+            continue
+        if not any(path.is_relative_to(done) for done in out):
+            out.append(path)
+    return out
+
+
+def _vng_path(path: str | Path) -> str:
+    """`path` as vng passes it on (joined into a line it splits again, then GUEST=HOST)."""
+    text = str(path)
+    if not text.startswith("/") or any(c.isspace() or c in "='\"\\;&|<>$`" for c in text):
+        raise DevstackError(
+            f"a VM cannot be given {text!r}: vng needs an absolute path "
+            "without spaces, quotes, '=' or shell characters"
+        )
+    return text
+
+
 def vng_command(
     kernel: Kernel,
     *,
@@ -373,7 +422,11 @@ def vng_command(
     if console:
         argv.append("--verbose")
     for guest, host in rwdirs.items():
-        argv.append(f"--rwdir={guest}={host}")
+        argv.append(f"--rwdir={_vng_path(guest)}={_vng_path(host)}")
+    # The guest runs this checkout's venv and reads the kernel's modules and headers.
+    checkout = source_root()
+    needed = [kernel.root, Path(sys.prefix), *([checkout] if checkout is not None else [])]
+    argv.extend(f"--rodir={_vng_path(p)}={_vng_path(p)}" for p in shown_again(needed, rwdirs))
     argv.extend(f"--overlay-rwdir={path}" for path in overlays)
     if pidfile is not None:
         qemu_opts = ("-pidfile", str(pidfile), *qemu_opts)
