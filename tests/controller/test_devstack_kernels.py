@@ -237,3 +237,37 @@ def test_fetch_without_apt_lists_uses_what_is_cached(
         shutil.rmtree(tmp_path / entry)
     with pytest.raises(DevstackError, match=r"E: no lists\): run `apt-get update`$"):
         kernels.fetch("6.1", cache=tmp_path)
+
+
+def test_fetch_asks_apt_again_only_once_its_lists_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """setup.sh fetches both kernels on every run: with the lists unchanged since the last
+    resolve, the remembered release is used without an apt-cache call (~1 s each here)."""
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    os.utime(lists, (1, 1))
+    monkeypatch.setattr(kernels, "APT_LISTS", lists)
+    release = kernels.resolve("6.1")
+    cache = tmp_path / "cache"
+    kernel = _extracted(cache, release)
+    assert kernels.fetch("6.1", cache=cache) == kernel  # resolved with apt, remembered
+    # From now on apt-cache would fail, and say it was called.
+    called = tmp_path / "called"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "apt-cache"
+    fake.write_text(f"#!/bin/sh\ntouch {called}\necho 'E: asked' >&2\nexit 100\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert kernels.fetch("6.1", cache=cache) == kernel
+    assert not called.exists()
+    # `apt-get update` since: apt is asked again (failing, the cached kernel is used).
+    os.utime(lists)
+    assert kernels.fetch("6.1", cache=cache) == kernel
+    assert called.exists()
+    # A remembered release no longer in the cache is not taken on trust either.
+    called.unlink()
+    (cache / ".resolved-6.1").write_text("6.1.0-1-amd64\n")
+    assert kernels.fetch("6.1", cache=cache) == kernel
+    assert called.exists()

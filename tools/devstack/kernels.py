@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 KNOWN = ("6.1", "6.12")
 FLAVOUR = "amd64"
 CACHE_ENV = "FLEETTRACE_KERNEL_CACHE"
+# `apt-get update` replaces files here: its mtime says when apt's answers may have changed.
+APT_LISTS = Path("/var/lib/apt/lists")
 HeadersMode = Literal["exact", "approximate", "none"]
 HEADERS_MODES: tuple[HeadersMode, ...] = ("exact", "approximate", "none")
 # Debian's ABIs: 6.1.0-57 (bookworm), 6.12.117+deb12 (bookworm-backports).
@@ -169,6 +171,24 @@ def _lock(cache: Path, version: str) -> Iterator[None]:
         os.close(fd)
 
 
+def _remembered(version: str, cache: Path) -> str | None:
+    """The release `resolve` last gave for `version`, while apt's lists have not changed
+    since (each apt-cache call re-reads them all: ~1 s where apt keeps no pkgcache.bin)."""
+    note = cache / f".resolved-{version}"
+    try:
+        if note.stat().st_mtime > APT_LISTS.stat().st_mtime:
+            return note.read_text().strip() or None
+    except OSError:
+        pass
+    return None
+
+
+def _remember(version: str, cache: Path, release: str) -> None:
+    note = cache / f".resolved-{version}"
+    with contextlib.suppress(OSError):
+        note.write_text(f"{release}\n")
+
+
 def fetch(version: str, *, cache: Path | None = None) -> Kernel:
     """The newest `version` kernel, downloaded and extracted once; later calls reuse it.
 
@@ -180,6 +200,9 @@ def fetch(version: str, *, cache: Path | None = None) -> Kernel:
     with _lock(cache, version):
         _remove_leftovers(cache, version)
         cached = _cached(version, cache)
+        known = _remembered(version, cache)
+        if known is not None and (kernel := Kernel(version, known, cache / known)).complete():
+            return kernel
         try:
             release = resolve(version)
         except DevstackError:
@@ -191,6 +214,7 @@ def fetch(version: str, *, cache: Path | None = None) -> Kernel:
                 return cached[0]
             raise
         kernel = Kernel(version, release, cache / release)
+        _remember(version, cache, release)
         if kernel.complete():
             return kernel
         started = time.monotonic()
