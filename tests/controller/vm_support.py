@@ -145,16 +145,11 @@ class Remote:
         try:
             line = self._lines.get(timeout=timeout_s)
         except queue.Empty:
-            self.kill()
-            raise AssertionError(
-                f"no {what} within {timeout_s:g} s (ssh killed): {self.said()}"
-            ) from None
+            raise self._given_up(f"no {what} within {timeout_s:g} s (ssh killed)") from None
         if line is None:
             self._lines.put(None)  # at its end it stays there
-            self.kill()
-            raise AssertionError(
-                f"ssh ended (exit {self.proc.returncode}) before {what}: {self.said()}"
-            )
+            self.kill()  # reaped: its exit status is known for the message
+            raise self._given_up(f"ssh ended (exit {self.proc.returncode}) before {what}")
         return line
 
     def write(self, text: str) -> None:
@@ -170,13 +165,17 @@ class Remote:
         try:
             code = self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(
-                f"{what} still running after {timeout_s:g} s (ssh killed): {self.said()}"
+            raise self._given_up(
+                f"{what} still running after {timeout_s:g} s (ssh killed)"
             ) from None
         self._join_readers()
         assert code == 0, f"{what} failed (exit {code}): {self.said()}"
         return "".join(self.out)
+
+    def _given_up(self, why: str) -> AssertionError:
+        """The error for a wait given up on, its ssh killed and reaped first."""
+        self.kill()
+        return AssertionError(f"{why}: {self.said()}")
 
     def kill(self) -> None:
         """SIGKILL its ssh by pid if it still runs, and reap it."""
