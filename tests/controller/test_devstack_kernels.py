@@ -271,3 +271,30 @@ def test_fetch_asks_apt_again_only_once_its_lists_change(
     (cache / ".resolved-6.1").write_text("6.1.0-1-amd64\n")
     assert kernels.fetch("6.1", cache=cache) == kernel
     assert called.exists()
+
+
+@pytest.mark.parametrize(
+    ("modules", "hardware"),
+    [(["kvm", "kvm_pvm"], False), (["kvm"], False), (["kvm", "kvm_intel"], True)],
+)
+def test_kvm_counts_only_when_its_backend_is_hardware_virtualization(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, modules: list[str], hardware: bool
+) -> None:
+    """On a nested host without VMX/SVM, /dev/kvm is PVM's: QEMU opens it and its firmware
+    runs, but a distro kernel hangs; such a host emulates. With kvm_intel or kvm_amd, QEMU is
+    asked (here it is a stand-in that spins, as a working KVM's firmware does)."""
+    for name in modules:
+        (tmp_path / "module" / name).mkdir(parents=True)
+    monkeypatch.setattr(kernels, "SYS_MODULE", tmp_path / "module")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    qemu = bin_dir / "qemu-system-x86_64"
+    qemu.write_text("#!/bin/sh\nexec sleep 30\n")
+    qemu.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(kernels.os, "access", lambda path, mode: path == "/dev/kvm")
+    kernels.kvm_works.cache_clear()
+    try:
+        assert kernels.kvm_works() is hardware
+    finally:
+        kernels.kvm_works.cache_clear()

@@ -131,8 +131,9 @@ def run_on_host(share: Path, *, timeout_s: float) -> GuestRun:
 
 
 def overlays() -> list[str]:
-    """Guest paths to overlay: Landlock (the custom program's sandbox) cannot hold a rule on
-    a 9p directory, whose inodes are made anew at each lookup; on an overlay it can."""
+    """Guest paths to overlay, writable in the guest only (Python's caches). Landlock rules
+    hold on 9p too since the sandbox keeps its roots open (tests/node_agent/test_sandbox_vm.py);
+    before, these overlays were what let the custom program's sandbox read the checkout."""
     paths = [ROOT]
     cache = kernels.cache_dir()
     if not cache.resolve().is_relative_to(ROOT):

@@ -39,6 +39,8 @@ HEADERS_MODES: tuple[HeadersMode, ...] = ("exact", "approximate", "none")
 _ABI = r"(?:\.\d+)*(?:-\d+|\+deb\d+)"
 DOWNLOAD_TIMEOUT_S = 900.0
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SYS_MODULE = Path("/sys/module")
+HARDWARE_KVM = ("kvm_intel", "kvm_amd")  # the KVM backends a distro kernel boots on
 
 
 @dataclass(frozen=True)
@@ -320,8 +322,20 @@ def common_of(headers: Path) -> Path:
 
 @functools.lru_cache(maxsize=1)
 def kvm_works() -> bool:
-    """Whether QEMU can run a vCPU under KVM here: /dev/kvm may open yet refuse to run one."""
+    """Whether QEMU can run a distro kernel under KVM here: /dev/kvm may open yet refuse to
+    run a vCPU, or be PVM's (`kvm_pvm`, KVM on a nested host without VMX or SVM), which runs
+    only kernels built as PVM guests: a distro kernel's boot hangs in its decompressor, its
+    vCPU spinning in the host's kernel, while the firmware's part of it passes for working."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    backends = [m for m in HARDWARE_KVM if (SYS_MODULE / m).exists()]
+    if not backends:
+        loaded = sorted(p.name for p in SYS_MODULE.glob("kvm_*")) if SYS_MODULE.is_dir() else []
+        log.info(
+            "/dev/kvm is not hardware virtualization (%s loaded, not %s): emulating",
+            ", ".join(loaded) or "no kvm_* module",
+            " or ".join(HARDWARE_KVM),
+        )
         return False
     # Without a bootable disk a working guest spins in its firmware; a broken KVM aborts at once.
     cmd = [

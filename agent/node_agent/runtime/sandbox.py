@@ -113,36 +113,43 @@ def readable_roots(extra: Sequence[str] = ()) -> list[str]:
     return sorted(real - {"/"})  # a prefix of "/" would allow everything
 
 
+# The roots' directories, held open for the process's life (see read_only_beneath).
+_pinned: list[int] = []
+
+
 def read_only_beneath(roots: list[str]) -> None:
     """From now on this thread and its children open files for reading only beneath roots.
 
-    OSError when Landlock is missing or refuses. Writing is not restricted here."""
+    OSError when Landlock is missing or refuses. Writing is not restricted here.
+
+    A Landlock rule belongs to the directory's inode. On a file system that makes a new
+    inode at each lookup once nothing uses the old one (9p without a cache, as a VM's shared
+    directory is; some FUSE and network file systems), a root whose directory nobody holds
+    would match nothing a moment later, and every file beneath it would be refused: each
+    root stays open, so that its inode is the one every later lookup finds."""
     libc = ctypes.CDLL(None, use_errno=True)
     attr = RulesetAttr(ACCESS_READ_FILE)
     ruleset = libc.syscall(LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.sizeof(attr), 0)
     if ruleset < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
+    opened: list[int] = []
     try:
         for root in roots:
             fd = os.open(root, os.O_PATH | os.O_CLOEXEC)
-            try:
-                rule = PathBeneathAttr(ACCESS_READ_FILE, fd)
-                if (
-                    libc.syscall(
-                        LANDLOCK_ADD_RULE,
-                        ruleset,
-                        LANDLOCK_RULE_PATH_BENEATH,
-                        ctypes.byref(rule),
-                        0,
-                    )
-                    != 0
-                ):
-                    raise OSError(ctypes.get_errno(), f"landlock_add_rule({root}) failed")
-            finally:
-                os.close(fd)
+            opened.append(fd)
+            rule = PathBeneathAttr(ACCESS_READ_FILE, fd)
+            added = libc.syscall(
+                LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0
+            )
+            if added != 0:
+                raise OSError(ctypes.get_errno(), f"landlock_add_rule({root}) failed")
         if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
         if libc.syscall(LANDLOCK_RESTRICT_SELF, ruleset, 0) != 0:
             raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+        _pinned.extend(opened)
+        opened = []
     finally:
         os.close(ruleset)
+        for fd in opened:
+            os.close(fd)
