@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.kernel_matrix.table import Column, markdown, problems
+from tests.kernel_matrix.table import NOT_RUN, Column, markdown, problems
 from tests.kernel_matrix.vm import GuestRun
 from tests.kernel_matrix.workloads import Row
 
@@ -93,3 +93,15 @@ def test_a_forced_option_is_judged_by_the_probes_word_on_that_option() -> None:
     fentry.records[1]["program"] = "p attach=fentry"
     (wrong,) = problems(fentry, [Row("p", "fentry")])
     assert "the probe says supported" in wrong
+
+
+def test_a_column_of_some_programs_marks_the_others_not_run() -> None:
+    full = Column("6.1 (VM)", _run("ok"), emulated=True)
+    some = Column("6.12, approximate (VM)", _run("ok"), emulated=True, only=frozenset({"p"}))
+    text = markdown([full, some], [Row("p"), Row("q")], 10.0, 0.0)
+    lines = text.splitlines()
+    assert next(x for x in lines if x.startswith("| `p`")) == "| `p` | ok, 0.0 s | ok, 0.0 s |"
+    q = next(x for x in lines if x.startswith("| `q`"))
+    assert q == f"| `q` | **no line** | {NOT_RUN} |"
+    assert "FLEETTRACE_VM_TESTS=1" in lines[2]
+    assert "FLEETTRACE_VM_TESTS" not in markdown([full], [Row("p")], 10.0, 0.0)

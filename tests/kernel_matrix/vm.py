@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,14 +69,17 @@ class GuestRun:
         return str(start["kernel"]) if start else None
 
 
-def guest_command(share: Path, *, block_dev: str | None = None, vm: bool = False) -> str:
-    """The shell line that runs the runner, its lines and its log into `share`; in a VM,
-    then the kernel's warnings and errors (an OOM kill, a hung task: virtme sends the
-    console itself nowhere)."""
+def guest_command(
+    share: Path, *, block_dev: str | None = None, vm: bool = False, only: Sequence[str] = ()
+) -> str:
+    """The shell line that runs the runner (on the programs `only` names, if any), its lines
+    and its log into `share`; in a VM, then the kernel's warnings and errors (an OOM kill, a
+    hung task: virtme sends the console itself nowhere)."""
     disk = f" --block-dev {block_dev}" if block_dev else ""
+    chosen = "".join(f" --only {shlex.quote(name)}" for name in only)
     run = (
         f"{shlex.quote(sys.executable)} -m tests.kernel_matrix.guest"
-        f" --out {share / RESULTS}{disk} > {share / GUEST_LOG} 2>&1"
+        f" --out {share / RESULTS}{disk}{chosen} > {share / GUEST_LOG} 2>&1"
     )
     after = f"; dmesg --level=emerg,alert,crit,err,warn > {share / KERNEL_LOG} 2>&1" if vm else ""
     start = f"export PATH={SYSTEM_PATH}; cd {shlex.quote(str(ROOT))} && "
@@ -149,9 +153,11 @@ def run_in_vm(
     timeout_s: float,
     name: str,
     command: str | None = None,
+    only: Sequence[str] = (),
 ) -> GuestRun:
     """Boot `kernel` with `modules` as its /lib/modules and one blank virtio disk, run the
-    runner (or `command`) in it; at most `timeout_s` from launch, QEMU stopped in any case."""
+    runner (on `only` those programs, if given; or `command`) in it; at most `timeout_s`
+    from launch, QEMU stopped in any case."""
     share.mkdir(parents=True, exist_ok=True)
     disk = share / "disk.img"
     with disk.open("wb") as f:
@@ -161,7 +167,7 @@ def run_in_vm(
         kernel,
         modules=modules,
         name=name,
-        exec_=command or guest_command(share, block_dev=GUEST_DISK, vm=True),
+        exec_=command or guest_command(share, block_dev=GUEST_DISK, vm=True, only=only),
         memory_mb=GUEST_MEMORY_MB,
         console=True,
         rwdirs={str(share): share},
