@@ -20,6 +20,7 @@ from node_agent.protocol import CounterTable, FoldedStacks, Log2Histogram, Snaps
 
 RTO_S = 1.0  # TCP's initial retransmission timeout: a dropped SYN is sent again after it
 NAP_MS = 10
+NAP_SHORTFALL = 0.95  # of the naps' time, the least offcputime may count (check_naps)
 NAP_FUNCTION = "fleettrace_nap"
 
 # argv: port, n. n connects over IPv4 and n over IPv6 loopback to `port`; then 3 to port+1,
@@ -238,14 +239,18 @@ def check_naps(snapshot: Snapshot, comm: str, n: int) -> list[str]:
         return ["no folded stacks"]
     total = nap_total_us(stacks)
     want = n * NAP_MS * 1000
-    # A nap never ends early; waking late (timer slack, a busy or emulated CPU) adds a little.
+    # A nap never ends early, and waking late (timer slack, a busy or emulated CPU) adds a
+    # little. But blocked time can fall short of it: a task preempted after arming its timer
+    # and before it blocks waits runnable first, which offcputime (without `preempted`) does
+    # not count. On a loaded CI machine: 495,699 us of 500,000.
+    low, high = want * NAP_SHORTFALL, want * 1.5
     problems = []
-    if not want <= total <= want * 1.5:
+    if not low <= total <= high:
         # Where the rest went (a nap whose user stack was not captured, say), to judge by.
         others = [s for s in stacks.stacks if not any(f.startswith(NAP_FUNCTION) for f in s.frames)]
         elsewhere = "; ".join(f"{';'.join(s.frames)} {s.count}" for s in others[:5])
         problems.append(
-            f"{total} us in {NAP_FUNCTION}, not in [{want}, {want * 1.5:g}];"
+            f"{total} us in {NAP_FUNCTION}, not in [{low:g}, {high:g}];"
             f" other stacks: {elsewhere or 'none'}"
         )
     if stacks.unit != "usec":
