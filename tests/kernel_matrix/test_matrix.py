@@ -32,8 +32,8 @@ pytestmark = [pytest.mark.kernel_matrix, pytest.mark.timeout(1800)]  # with the 
 
 VM_LOCK = Path("/tmp/ft-vm.lock")
 HOST_TIMEOUT_S = 300.0
-# A VM column: 190-250 s on a quiet 2-CPU machine, 600-770 s in CI's runs; one (the
-# approximate column, with every row) passed 900 s there.
+# A VM column: 171-217 s on a quiet 2-CPU machine, 253-312 s in a clean-clone CI run; CI
+# runs have been up to 3.5 times slower, and one whole approximate column passed 900 s.
 GUEST_TIMEOUT_S = 1200.0
 HUNG_TIMEOUT_S = 90.0  # a boot is up in well under this, even emulated
 ROWS = rows()
