@@ -218,18 +218,23 @@ def test_fetch_reuses_the_cache_and_clears_a_killed_fetch(tmp_path: Path) -> Non
     assert not leftover.parent.exists()
 
 
+def _on_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, script: str) -> None:
+    """A shell script called `name`, first on PATH for this test."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / name
+    fake.write_text(f"#!/bin/sh\n{script}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
 def test_fetch_without_apt_lists_uses_what_is_cached(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     kernel = _extracted(tmp_path, "6.1.0-7-amd64")
     _extracted(tmp_path, "6.1.0-12-amd64")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
     # apt-cache failing as it does without lists: the newest cached kernel still boots.
-    fake = bin_dir / "apt-cache"
-    fake.write_text("#!/bin/sh\necho 'E: no lists' >&2\nexit 100\n")
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    _on_path(monkeypatch, tmp_path, "apt-cache", "echo 'E: no lists' >&2\nexit 100")
     assert kernels.fetch("6.1", cache=tmp_path).release == "6.1.0-12-amd64"
     (tmp_path / "6.1.0-12-amd64" / "boot" / "vmlinuz-6.1.0-12-amd64").unlink()
     assert kernels.fetch("6.1", cache=tmp_path) == kernel
@@ -254,12 +259,7 @@ def test_fetch_asks_apt_again_only_once_its_lists_change(
     assert kernels.fetch("6.1", cache=cache) == kernel  # resolved with apt, remembered
     # From now on apt-cache would fail, and say it was called.
     called = tmp_path / "called"
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "apt-cache"
-    fake.write_text(f"#!/bin/sh\ntouch {called}\necho 'E: asked' >&2\nexit 100\n")
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    _on_path(monkeypatch, tmp_path, "apt-cache", f"touch {called}\necho 'E: asked' >&2\nexit 100")
     assert kernels.fetch("6.1", cache=cache) == kernel
     assert not called.exists()
     # `apt-get update` since: apt is asked again (failing, the cached kernel is used).
@@ -286,12 +286,7 @@ def test_kvm_counts_only_when_its_backend_is_hardware_virtualization(
     for name in modules:
         (tmp_path / "module" / name).mkdir(parents=True)
     monkeypatch.setattr(kernels, "SYS_MODULE", tmp_path / "module")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    qemu = bin_dir / "qemu-system-x86_64"
-    qemu.write_text("#!/bin/sh\nexec sleep 30\n")
-    qemu.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    _on_path(monkeypatch, tmp_path, "qemu-system-x86_64", "exec sleep 30")
     monkeypatch.setattr(kernels.os, "access", lambda path, mode: path == "/dev/kvm")
     kernels.kvm_works.cache_clear()
     try:

@@ -328,8 +328,7 @@ def kvm_works() -> bool:
     vCPU spinning in the host's kernel, while the firmware's part of it passes for working."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
-    backends = [m for m in HARDWARE_KVM if (SYS_MODULE / m).exists()]
-    if not backends:
+    if not any((SYS_MODULE / m).exists() for m in HARDWARE_KVM):
         loaded = sorted(p.name for p in SYS_MODULE.glob("kvm_*")) if SYS_MODULE.is_dir() else []
         log.info(
             "/dev/kvm is not hardware virtualization (%s loaded, not %s): emulating",
